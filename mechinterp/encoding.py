@@ -1,0 +1,232 @@
+"""Turning text into SAE feature activations, fast and without wasting memory.
+
+Three decisions make this both correct and quick:
+
+* **Only as far as the hook.** The model runs up to the SAE's layer (``stop_at_layer``) and caches
+  only that one hook (``names_filter``); the blocks after it would not change the features.
+* **Batched, right-padded.** Prompts are sorted by length and packed into batches. Padding goes on
+  the right: with causal attention a real token never sees a later pad token, and positions are not
+  shifted, so every real token's activations equal the one-prompt-at-a-time result.
+* **Streaming aggregation.** Per-prompt summaries (max, mean, fired) are reduced batch by batch and
+  stored sparsely; the tokens x features tensor exists for one batch at a time only.
+
+The BOS position and padding are excluded from every statistic: GPT-2's BOS token carries a huge
+residual norm and lights up the same features for every prompt.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from mechinterp.errors import EnvironmentProblem, UserError
+from mechinterp.loading import Loaded
+
+DEFAULT_BATCH_SIZE_CPU = 16
+DEFAULT_BATCH_SIZE_GPU = 64
+
+
+def default_batch_size(device: str) -> int:
+    """Large enough to keep the cores busy, small enough that one batch's features fit in memory."""
+    return DEFAULT_BATCH_SIZE_GPU if device.startswith("cuda") else DEFAULT_BATCH_SIZE_CPU
+
+
+@dataclass
+class Tokenized:
+    """Token ids for a list of texts, BOS included when the SAE was trained with it."""
+
+    ids: list[list[int]]
+    n_skip: int  # leading positions that are not text (1 for BOS, else 0)
+    truncated: list[int] = field(default_factory=list)  # indices of texts cut to the context length
+
+
+def tokenize(loaded: Loaded, texts: Sequence[str]) -> Tokenized:
+    """Tokenize like the SAE's training data: BOS first (if the SAE used it), cut at the model's context."""
+    tok = loaded.model.tokenizer
+    bos = [tok.bos_token_id] if loaded.sae.prepend_bos else []
+    n_ctx = int(loaded.model.cfg.n_ctx)
+    out: list[list[int]] = []
+    truncated: list[int] = []
+    for i, text in enumerate(texts):
+        ids = bos + tok.encode(text, add_special_tokens=False)
+        if len(ids) > n_ctx:
+            ids = ids[:n_ctx]
+            truncated.append(i)
+        if len(ids) <= len(bos):
+            raise UserError(f"text {i + 1} ({text!r}) has no tokens; remove it or add words")
+        out.append(ids)
+    return Tokenized(out, len(bos), truncated)
+
+
+def warn_truncated(texts: Sequence[str], tokenized: Tokenized, n_ctx: int, labels: Sequence[str] | None = None) -> None:
+    """Say which texts were cut to the context length, so no one is surprised by a missing ending."""
+    for i in tokenized.truncated:
+        where = labels[i] if labels else f"text {i + 1}"
+        print(
+            f"warning: {where} is longer than the model's context of {n_ctx} tokens and was truncated "
+            f"(starts {texts[i][:40]!r})",
+            file=sys.stderr,
+        )
+
+
+@torch.inference_mode()
+def hook_activations(loaded: Loaded, tokens: torch.Tensor) -> torch.Tensor:
+    """Residual stream at the SAE's hook, shape ``[batch, pos, d_model]``; runs no further than needed."""
+    hook = loaded.sae.hook_name
+    _, cache = loaded.model.run_with_cache(
+        tokens, names_filter=hook, stop_at_layer=loaded.sae.hook_layer + 1, return_type=None
+    )
+    return cache[hook]
+
+
+@torch.inference_mode()
+def encode_tokens(loaded: Loaded, tokens: torch.Tensor) -> torch.Tensor:
+    """SAE feature activations ``[batch, pos, d_sae]`` for a batch of token ids ``[batch, pos]``."""
+    return loaded.sae.sae.encode(hook_activations(loaded, tokens.to(loaded.device)))
+
+
+def iter_batches(
+    loaded: Loaded, tokenized: Tokenized, batch_size: int, order: Sequence[int] | None = None
+) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
+    """Yield ``(indices, acts [B, T, d_sae], valid [B, T])`` for batches of texts sorted by length.
+
+    ``valid`` is False at the BOS position and at padding, so callers cannot forget to exclude them.
+    """
+    ids = tokenized.ids
+    if order is None:
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+    pad = loaded.model.tokenizer.pad_token_id
+    pad = loaded.model.tokenizer.bos_token_id if pad is None else pad
+    for start in range(0, len(order), batch_size):
+        batch = list(order[start : start + batch_size])
+        longest = max(len(ids[i]) for i in batch)
+        tokens = torch.full((len(batch), longest), pad, dtype=torch.long)
+        valid = torch.zeros((len(batch), longest), dtype=torch.bool)
+        for row, i in enumerate(batch):
+            tokens[row, : len(ids[i])] = torch.tensor(ids[i])
+            valid[row, tokenized.n_skip : len(ids[i])] = True
+        acts = encode_tokens(loaded, tokens)
+        yield batch, acts, valid.to(acts.device)
+
+
+@dataclass
+class SparseRow:
+    """One prompt's summary over its text tokens: features that fired, their max and mean activation."""
+
+    idx: np.ndarray  # int32 feature ids with max > 0
+    max: np.ndarray  # float32
+    mean: np.ndarray  # float32
+    n_tokens: int
+    truncated: bool = False
+
+
+@dataclass
+class PromptAggregates:
+    """Per-prompt, per-feature summaries for a list of prompts (BOS and padding excluded)."""
+
+    rows: list[SparseRow]
+    d_sae: int
+
+    def dense(self, agg: str, indices: Sequence[int] | None = None, features: np.ndarray | None = None) -> np.ndarray:
+        """A dense ``[n_prompts, n_features]`` float32 array of ``agg`` ("max" or "mean")."""
+        rows = self.rows if indices is None else [self.rows[i] for i in indices]
+        if features is None:
+            out = np.zeros((len(rows), self.d_sae), dtype=np.float32)
+            for r, row in enumerate(rows):
+                out[r, row.idx] = getattr(row, agg)
+            return out
+        lookup = np.full(self.d_sae, -1, dtype=np.int64)
+        lookup[features] = np.arange(len(features))
+        out = np.zeros((len(rows), len(features)), dtype=np.float32)
+        for r, row in enumerate(rows):
+            cols = lookup[row.idx]
+            keep = cols >= 0
+            out[r, cols[keep]] = getattr(row, agg)[keep]
+        return out
+
+    def fired_any(self, indices: Sequence[int] | None = None) -> np.ndarray:
+        """Boolean ``[d_sae]``: did the feature fire in any of these prompts?"""
+        rows = self.rows if indices is None else [self.rows[i] for i in indices]
+        out = np.zeros(self.d_sae, dtype=bool)
+        for row in rows:
+            out[row.idx] = True
+        return out
+
+    @property
+    def n_tokens(self) -> int:
+        return int(sum(row.n_tokens for row in self.rows))
+
+
+def summarise_batch(acts: torch.Tensor, valid: torch.Tensor) -> list[SparseRow]:
+    """Reduce ``[B, T, d_sae]`` activations to one sparse row per prompt, over valid positions only."""
+    mask = valid.unsqueeze(-1)
+    counts = valid.sum(1)
+    maxes = acts.masked_fill(~mask, float("-inf")).amax(1)
+    means = acts.masked_fill(~mask, 0.0).sum(1) / counts.unsqueeze(-1)
+    rows = []
+    for b in range(acts.shape[0]):
+        idx = torch.nonzero(maxes[b] > 0).squeeze(-1)
+        rows.append(
+            SparseRow(
+                idx=idx.cpu().numpy().astype(np.int32),
+                max=maxes[b, idx].float().cpu().numpy(),
+                mean=means[b, idx].float().cpu().numpy(),
+                n_tokens=int(counts[b]),
+            )
+        )
+    return rows
+
+
+def _is_oom(err: BaseException) -> bool:
+    return isinstance(err, torch.OutOfMemoryError) or (
+        isinstance(err, (RuntimeError, MemoryError)) and "out of memory" in str(err).lower()
+    ) or isinstance(err, MemoryError)
+
+
+def aggregate_prompts(
+    loaded: Loaded,
+    tokenized: Tokenized,
+    batch_size: int,
+    on_rows: Callable[[list[int], list[SparseRow]], None] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[SparseRow]:
+    """Per-prompt sparse summaries for every tokenized prompt, in input order.
+
+    ``on_rows`` sees each finished batch (the activation cache stores it there, so an interrupted run
+    keeps what it finished). When a batch does not fit in memory, the batch size is halved once and the
+    run continues; a second failure is reported with advice.
+    """
+    n = len(tokenized.ids)
+    order = sorted(range(n), key=lambda i: -len(tokenized.ids[i]))
+    results: list[SparseRow | None] = [None] * n
+    done = 0
+    retried = False
+    while done < n:
+        try:
+            for batch, acts, valid in iter_batches(loaded, tokenized, batch_size, order[done:]):
+                rows = summarise_batch(acts, valid)
+                del acts
+                for i, row in zip(batch, rows):
+                    row.truncated = i in tokenized.truncated
+                    results[i] = row
+                if on_rows is not None:
+                    on_rows(batch, rows)
+                done += len(batch)
+                if progress is not None:
+                    progress(len(batch))
+        except Exception as err:
+            if not _is_oom(err):
+                raise
+            if retried or batch_size == 1:
+                raise EnvironmentProblem(
+                    f"out of memory even at --batch-size {batch_size}; lower --batch-size further "
+                    "or use a machine with more memory"
+                ) from err
+            retried = True
+            batch_size = max(1, batch_size // 2)
+            print(f"warning: out of memory; retrying with --batch-size {batch_size}", file=sys.stderr)
+    return [row for row in results if row is not None]

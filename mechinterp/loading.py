@@ -1,0 +1,300 @@
+"""Loading the language model and its SAE, the way the libraries intend, with clear failures.
+
+The SAE is loaded first: its own metadata says which model it was trained on, which hook it reads
+and which keyword arguments the model must be loaded with (``model_from_pretrained_kwargs``; for
+``gpt2-small-res-jb`` that is ``center_writing_weights=True``). Loading the model any other way
+silently changes the residual stream the SAE sees.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import io
+import logging
+import re
+import socket
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+
+from mechinterp.constants import NEURONPEDIA_BASE
+from mechinterp.errors import EnvironmentProblem, UserError
+
+HUB_PROBE_SECONDS = 3.0  # one connection attempt; a reachable Hub answers far faster
+HUB_HINT = (
+    "Connect to the internet for the first run (GPT-2 small and the SAE are about 650 MB), "
+    "or point HF_HOME at a Hugging Face cache that has the files, or pass --sae-path DIR for a "
+    "local SAE. To see the whole pipeline without network, add --demo."
+)
+
+
+@dataclass
+class LoadedSAE:
+    """An SAE plus what the project needs to know about it."""
+
+    sae: Any  # sae_lens.SAE
+    hook_name: str
+    label: str  # how titles and tables name it, e.g. "gpt2-small-res-jb/blocks.8.hook_resid_pre"
+    neuronpedia_id: str | None
+    log_sparsity: torch.Tensor | None  # log10 feature density, when the release ships it
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    prepend_bos: bool = True
+
+    @property
+    def d_sae(self) -> int:
+        return int(self.sae.cfg.d_sae)
+
+    @property
+    def hook_layer(self) -> int:
+        return hook_layer(self.hook_name)
+
+
+@dataclass
+class Loaded:
+    """Everything a chapter script needs to encode text into SAE features."""
+
+    model: Any  # transformer_lens.HookedTransformer
+    sae: LoadedSAE
+    model_label: str
+    device: str
+    is_demo: bool = False
+
+    @property
+    def title(self) -> str:
+        """Names the model, SAE and hook, for figure titles."""
+        prefix = "SYNTHETIC DEMO · " if self.is_demo else ""
+        return f"{prefix}{self.model_label} · SAE {self.sae.label} · hook {self.sae.hook_name}"
+
+
+def hook_layer(hook_name: str) -> int:
+    """The block index of a hook such as ``blocks.8.hook_resid_pre`` (8)."""
+    match = re.match(r"blocks\.(\d+)\.", hook_name)
+    if not match:
+        raise UserError(f"the SAE reads hook {hook_name!r}, which is not inside a transformer block")
+    return int(match.group(1))
+
+
+def neuronpedia_url(neuronpedia_id: str | None, feature: int) -> str:
+    """The feature's Neuronpedia page, or "" when the SAE is not on Neuronpedia."""
+    return f"{NEURONPEDIA_BASE}/{neuronpedia_id}/{feature}" if neuronpedia_id else ""
+
+
+def pick_device(requested: str | None) -> str:
+    """The device to run on: the user's choice, else CUDA when available, else CPU."""
+    if requested is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda was requested but this machine has no CUDA GPU; use --device cpu")
+    if requested == "mps":
+        if not torch.backends.mps.is_available():
+            raise UserError("--device mps was requested but MPS is not available here; use --device cpu")
+        warnings.warn(
+            "TransformerLens has known silent-numerics problems on MPS; compare against --device cpu "
+            "before trusting the numbers.",
+            stacklevel=2,
+        )
+    return requested
+
+
+@contextlib.contextmanager
+def quiet_third_party() -> Iterator[None]:
+    """Keep library chatter the user cannot act on (load banners, deprecation notes) off the terminal."""
+    from transformers.utils import logging as hf_logging
+
+    previous = logging.root.manager.disable
+    bars_were_on = hf_logging.is_progress_bar_enabled()
+    logging.disable(logging.WARNING)
+    # transformers' per-tensor "Loading weights" bars say nothing useful; Hub download bars stay on.
+    hf_logging.disable_progress_bar()
+    sink = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sink):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)
+        if bars_were_on:
+            hf_logging.enable_progress_bar()
+
+
+def _is_download_failure(err: BaseException) -> bool:
+    """True when an exception means "the Hub could not be reached and the file is not cached"."""
+    names = {cls.__name__ for cls in type(err).__mro__}
+    modules = {cls.__module__.split(".")[0] for cls in type(err).__mro__}
+    if names & {"LocalEntryNotFoundError", "OfflineModeIsEnabled", "ConnectError", "ConnectionError", "TimeoutException"}:
+        return True
+    if modules & {"huggingface_hub", "httpx", "requests", "urllib3"}:
+        return True
+    text = str(err).lower()
+    return isinstance(err, OSError) and any(
+        s in text for s in ("offline", "connect", "couldn't", "cannot find the requested files", "hub")
+    )
+
+
+def _download_error(what: str, err: BaseException) -> EnvironmentProblem:
+    from huggingface_hub import constants as hub
+
+    if hub.HF_HUB_OFFLINE:
+        reason = f"offline, and the files are not in the cache at {hub.HF_HUB_CACHE}"
+    else:
+        first = str(err).strip().split(". ")[0]
+        reason = first[:200] if first else type(err).__name__
+    return EnvironmentProblem(f"could not fetch {what} from the Hugging Face Hub ({reason}). {HUB_HINT}")
+
+
+def go_offline_if_hub_unreachable(log: Callable[[str], None]) -> None:
+    """Switch huggingface_hub to offline mode when the Hub cannot be reached.
+
+    Without this, every file request is retried with exponential back-off (about 30 s per file) before
+    the library falls back to its cache. One quick connection attempt decides instead: cached files are
+    then used at once, and missing files fail at once with a clear message. Setting the module constant
+    is the run-time equivalent of ``HF_HUB_OFFLINE=1``, which both huggingface_hub and transformers read
+    at call time.
+    """
+    from huggingface_hub import constants as hub
+
+    if hub.HF_HUB_OFFLINE:
+        return
+    url = urlparse(hub.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=HUB_PROBE_SECONDS).close()
+    except OSError:
+        hub.HF_HUB_OFFLINE = True
+        log(f"note: {url.hostname} is unreachable; using the local Hugging Face cache only")
+
+
+def validate_release(release: str, sae_id: str) -> None:
+    """Fail early, with close matches, on an SAE release or id that SAELens does not know."""
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    directory = get_pretrained_saes_directory()
+    if release not in directory:
+        close = difflib.get_close_matches(release, list(directory), n=5, cutoff=0.5)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise UserError(f"unknown SAE release {release!r}.{hint} (SAELens lists {len(directory)} releases)")
+    ids = list(directory[release].saes_map)
+    if sae_id not in ids:
+        close = difflib.get_close_matches(sae_id, ids, n=5, cutoff=0.5) or ids[:5]
+        raise UserError(f"unknown SAE id {sae_id!r} in release {release!r}. Close matches: {', '.join(close)}")
+
+
+def load_sae_from_disk(path: Path, device: str) -> Any:
+    """An SAE saved by SAELens' ``save_model`` (cfg.json + sae_weights.safetensors)."""
+    from sae_lens import SAE
+
+    path = Path(path)
+    if not (path / "cfg.json").is_file() or not (path / "sae_weights.safetensors").is_file():
+        raise UserError(
+            f"--sae-path {path} is not an SAE folder: it needs cfg.json and sae_weights.safetensors "
+            "(as written by SAELens' save_model)"
+        )
+    with quiet_third_party():
+        return SAE.load_from_disk(path, device=device)
+
+
+def load_sae(release: str, sae_id: str, sae_path: Path | None, device: str) -> LoadedSAE:
+    """Load the SAE from a local folder (``sae_path``) or from SAELens' pretrained directory."""
+    log_sparsity = None
+    if sae_path is not None:
+        sae = load_sae_from_disk(sae_path, device)
+        sparsity_file = Path(sae_path) / "sparsity.safetensors"
+        if sparsity_file.is_file():
+            from safetensors.torch import load_file
+
+            log_sparsity = load_file(sparsity_file)["sparsity"]
+        label = Path(sae_path).name
+    else:
+        from sae_lens import SAE
+
+        validate_release(release, sae_id)
+        try:
+            with quiet_third_party():
+                sae, _, log_sparsity = SAE.from_pretrained_with_cfg_and_sparsity(release, sae_id, device=device)
+        except Exception as err:
+            if _is_download_failure(err):
+                raise _download_error(f"the SAE {release}/{sae_id}", err) from err
+            raise
+        label = f"{release}/{sae_id}"
+    meta = sae.cfg.metadata
+    hook_name = meta.hook_name
+    if not hook_name:
+        raise UserError(f"the SAE {label} does not say which hook it reads (cfg.json has no hook_name)")
+    return LoadedSAE(
+        sae=sae,
+        hook_name=hook_name,
+        label=label,
+        neuronpedia_id=meta.neuronpedia_id,
+        log_sparsity=log_sparsity,
+        model_kwargs=dict(meta.model_from_pretrained_kwargs or {}),
+        prepend_bos=meta.prepend_bos is not False,
+    )
+
+
+def load_model(model_name: str, loaded_sae: LoadedSAE, device: str) -> Any:
+    """Load the model with the kwargs the SAE asks for, and check the SAE fits it."""
+    from transformer_lens import HookedTransformer
+
+    try:
+        with quiet_third_party():
+            if (Path(model_name) / "config.json").is_file():
+                model = load_local_model(Path(model_name), device, loaded_sae.model_kwargs)
+            else:
+                model = HookedTransformer.from_pretrained(model_name, device=device, **loaded_sae.model_kwargs)
+    except ValueError as err:
+        if "not found" in str(err):
+            raise UserError(
+                f"unknown model {model_name!r}: TransformerLens does not list it "
+                "(examples: gpt2-small, gpt2-medium, pythia-70m)"
+            ) from err
+        raise
+    except Exception as err:
+        if _is_download_failure(err):
+            raise _download_error(f"the model {model_name}", err) from err
+        raise
+    model.eval()
+    check_compatible(model, loaded_sae)
+    return model
+
+
+def load_local_model(path: Path, device: str, kwargs: dict[str, Any]) -> Any:
+    """A Hugging Face model folder on disk, processed exactly as ``HookedTransformer.from_pretrained`` does.
+
+    TransformerLens' ``from_pretrained`` only accepts names from its list of official models, but its
+    config and weight converters accept a local folder; this runs the same steps on one.
+    """
+    from transformer_lens import HookedTransformer
+    from transformer_lens import loading_from_pretrained as tl_loading
+
+    options = {"fold_ln": True, "center_writing_weights": True, "center_unembed": True, "fold_value_biases": True}
+    options.update({k: v for k, v in kwargs.items() if k in options})
+    extra = {k: v for k, v in kwargs.items() if k not in options}
+    cfg = tl_loading.get_pretrained_model_config(
+        str(path), fold_ln=options["fold_ln"], device=device, dtype=torch.float32, **extra
+    )
+    state_dict = tl_loading.get_pretrained_state_dict(str(path), cfg, None, dtype=torch.float32)
+    model = HookedTransformer(cfg, move_to_device=False)
+    model.load_and_process_state_dict(state_dict, **options)
+    model.move_model_modules_to_device()
+    return model
+
+
+def check_compatible(model: Any, loaded_sae: LoadedSAE) -> None:
+    """The SAE must read a hook that exists in the model, with the model's width."""
+    if loaded_sae.hook_name not in model.hook_dict:
+        raise UserError(
+            f"the SAE {loaded_sae.label} reads {loaded_sae.hook_name}, which this model does not have "
+            f"(it has {model.cfg.n_layers} layers); pick an SAE made for this model"
+        )
+    d_in = int(loaded_sae.sae.cfg.d_in)
+    if d_in != model.cfg.d_model:
+        raise UserError(
+            f"the SAE {loaded_sae.label} expects width {d_in} but the model's residual stream has width "
+            f"{model.cfg.d_model}; pick an SAE made for this model"
+        )

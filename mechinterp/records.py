@@ -1,0 +1,95 @@
+"""Run records: every run writes ``<out>/<script-stem>_run.json`` saying exactly how its outputs were made.
+
+The record holds the command line, the resolved options, library versions, the model and SAE, the
+project's git commit, input hashes, counts, timings and the list of files written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import platform
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from mechinterp.constants import PROJECT_ROOT
+from mechinterp.io import write_json
+
+LIBRARIES = ("sae-lens", "transformer-lens", "torch", "transformers", "numpy", "scipy", "matplotlib")
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def git_commit() -> str | None:
+    """The project's commit (with ``+dirty`` when files are modified), or None outside a checkout."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+dirty" if dirty else "")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class RunRecord:
+    """Collects what a run did; :meth:`write` saves it as JSON beside the outputs."""
+
+    def __init__(self, script: str, argv: list[str] | None, args: argparse.Namespace):
+        self.script = Path(script).stem
+        self.data: dict[str, Any] = {
+            "script": Path(script).name,
+            "argv": list(sys.argv[1:] if argv is None else argv),
+            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "versions": library_versions(),
+            "git_commit": git_commit(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "seconds": {},
+            "files_written": [],
+        }
+
+    @contextmanager
+    def timed(self, stage: str):
+        """Add the wall-clock seconds of a ``with`` block to ``seconds[stage]``."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            seconds = self.data["seconds"]
+            seconds[stage] = round(seconds.get(stage, 0.0) + time.perf_counter() - start, 4)
+
+    def wrote(self, *paths: Path) -> None:
+        self.data["files_written"].extend(str(p) for p in paths)
+
+    def update(self, **fields: Any) -> None:
+        self.data.update(fields)
+
+    def write(self, out: Path) -> Path:
+        path = Path(out) / f"{self.script}_run.json"
+        self.data["files_written"].append(str(path))
+        self.data["seconds"]["total"] = round(sum(v for k, v in self.data["seconds"].items() if k != "total"), 4)
+        return write_json(path, self.data)

@@ -1,0 +1,46 @@
+"""Aligned plain-text tables for the terminal (readable at 100 columns, pasteable into notes)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+MAX_CELL = 24  # longer cells (except the last column, usually a URL) are shortened with an ellipsis
+
+
+def _cell(value: Any, last: bool) -> str:
+    text = str(value)
+    if not last and len(text) > MAX_CELL:
+        text = text[: MAX_CELL - 1] + "…"
+    return text
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Columns padded to their widest cell; numbers right-aligned, text left-aligned."""
+    n = len(header)
+    cells = [[_cell(v, i == n - 1) for i, v in enumerate(row)] for row in rows]
+    widths = [max([len(header[i])] + [len(r[i]) for r in cells]) for i in range(n)]
+    numeric = [
+        all(isinstance(row[i], (int, float)) or _is_number(str(row[i])) for row in rows) if rows else False
+        for i in range(n)
+    ]
+
+    def line(values: Sequence[str]) -> str:
+        parts = [v.rjust(widths[i]) if numeric[i] else v.ljust(widths[i]) for i, v in enumerate(values)]
+        return "  ".join(parts).rstrip()
+
+    out = [line(list(header)), line(["-" * w for w in widths])]
+    out += [line(r) for r in cells]
+    return "\n".join(out)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def print_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    print(format_table(header, rows))
