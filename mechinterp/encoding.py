@@ -156,6 +156,21 @@ class PromptAggregates:
             out[row.idx] = True
         return out
 
+    def fire_fraction(self, indices: Sequence[int]) -> np.ndarray:
+        """``[d_sae]`` share of these prompts in which each feature fired (max > 0)."""
+        counts = np.zeros(self.d_sae, dtype=np.int64)
+        for i in indices:
+            counts[self.rows[i].idx] += 1
+        return counts / max(len(indices), 1)
+
+    def column_means(self, agg: str, indices: Sequence[int]) -> np.ndarray:
+        """``[d_sae]`` mean over these prompts of each feature's per-prompt ``agg`` activation."""
+        total = np.zeros(self.d_sae, dtype=np.float64)
+        for i in indices:
+            row = self.rows[i]
+            total[row.idx] += getattr(row, agg)
+        return total / max(len(indices), 1)
+
     @property
     def n_tokens(self) -> int:
         return int(sum(row.n_tokens for row in self.rows))

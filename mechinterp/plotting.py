@@ -57,3 +57,119 @@ def token_heatmap(
     ax.set_title(title, fontsize=10)
     fig.colorbar(image, ax=ax, label="SAE feature activation (white = 0, off)", fraction=0.04, pad=0.02)
     return save_figure(fig, path)
+
+
+GROUP_COLOURS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666")
+
+
+def group_mean_overview(
+    means: dict[str, np.ndarray],
+    always_on: Sequence[int],
+    title: str,
+    path: Path,
+    agg: str,
+) -> Path:
+    """MI2: every feature's mean activation in each group (one panel per group), always-on marked.
+
+    Args:
+        means: group -> ``[d_sae]`` mean over the group's prompts of the per-prompt ``agg`` activation.
+        always_on: feature ids that fire in nearly every prompt of every group.
+    """
+    groups = list(means)
+    d_sae = len(next(iter(means.values())))
+    fig = Figure(figsize=(11, 1.9 * len(groups) + 1.2))
+    axes = fig.subplots(len(groups), 1, sharex=True, sharey=True, squeeze=False)[:, 0]
+    always = np.asarray(list(always_on), dtype=int)
+    top = max(float(m.max()) for m in means.values()) or 1.0
+    for i, (ax, group) in enumerate(zip(axes, groups)):
+        m = means[group]
+        ids = np.flatnonzero(m > 0)
+        ax.vlines(ids, 0, m[ids], color=GROUP_COLOURS[i % len(GROUP_COLOURS)], linewidth=0.8)
+        if len(always):
+            ax.scatter(always, m[always], s=28, marker="v", color="black", zorder=3, label="always-on")
+        ax.set_ylim(0, top * 1.12)
+        ax.set_ylabel(group, rotation=0, ha="right", va="center", fontsize=11)
+        ax.text(0.995, 0.92, f"{len(ids)} features active", transform=ax.transAxes, ha="right", va="top", fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    if len(always):
+        axes[0].legend(loc="upper left", fontsize=8, frameon=False)
+    axes[-1].set_xlabel(f"feature id (0 to {d_sae - 1})")
+    axes[-1].set_xlim(-0.5, d_sae - 0.5)
+    fig.supylabel(f"mean of per-prompt {agg} activation", x=0.0)
+    fig.suptitle(
+        f"Mean activation of every SAE feature, per prompt group (BOS and padding excluded)\n"
+        f"▼ always-on features (fire in nearly every prompt of every group; not ranked)\n{title}",
+        fontsize=10,
+    )
+    return save_figure(fig, path)
+
+
+def group_heatmaps(
+    panels: list[tuple[str, str, np.ndarray, int, list[int]]],
+    baseline: str,
+    title: str,
+    path: Path,
+    agg: str,
+) -> Path:
+    """MI3: per contrast group, prompts x that group's top features, group prompts above baseline ones.
+
+    Args:
+        panels: ``(group, subtitle, acts [n_group + n_baseline, n_top], n_group, feature_ids)`` per group.
+    """
+    n = len(panels)
+    rows = max(p[2].shape[0] for p in panels)
+    fig = Figure(figsize=(max(4.5, 3.2 * n + 1.5), max(4.5, 0.075 * rows + 2.5)))
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    vmax = max((float(p[2].max()) for p in panels), default=1.0) or 1.0
+    image = None
+    for ax, (group, subtitle, acts, n_group, feats) in zip(axes, panels):
+        image = ax.imshow(acts, aspect="auto", cmap=_cmap_with_white_zero(), vmin=1e-6, vmax=vmax, interpolation="nearest")
+        ax.axhline(n_group - 0.5, color="black", linewidth=1.5)
+        ax.set_xticks(range(len(feats)), [f"#{f}" for f in feats], rotation=70, fontsize=8)
+        ax.set_yticks(
+            [n_group / 2, n_group + (acts.shape[0] - n_group) / 2],
+            [f"{group}\n({n_group})", f"{baseline}\n({acts.shape[0] - n_group})"],
+            fontsize=9,
+        )
+        ax.set_title(f"{group}: top {len(feats)} features\n{subtitle}", fontsize=10)
+        ax.set_xlabel("feature (rank 1 at left)")
+    if image is not None:
+        fig.colorbar(image, ax=list(axes), label=f"per-prompt {agg} activation (white = 0)", fraction=0.03, pad=0.02)
+    fig.suptitle(f"Each row is one prompt; always-on features removed\n{title}", fontsize=10)
+    return save_figure(fig, path)
+
+
+def volcano(
+    effect: np.ndarray,
+    q: np.ndarray,
+    features: np.ndarray,
+    labelled: Sequence[int],
+    alpha: float,
+    group: str,
+    baseline: str,
+    title: str,
+    path: Path,
+) -> Path:
+    """MI4: effect size (rank-biserial) against -log10 q for every tested feature, top ones labelled."""
+    fig = Figure(figsize=(8, 6))
+    ax = fig.subplots()
+    floor = np.finfo(float).tiny
+    y = -np.log10(np.maximum(q, floor))
+    sig = q < alpha
+    ax.scatter(effect[~sig], y[~sig], s=9, color="#bbbbbb", label=f"q ≥ {alpha:g}", linewidths=0)
+    ax.scatter(effect[sig & (effect > 0)], y[sig & (effect > 0)], s=14, color="#d95f02", label=f"higher in {group}")
+    ax.scatter(effect[sig & (effect < 0)], y[sig & (effect < 0)], s=14, color="#1b9e77", label=f"higher in {baseline}")
+    ax.axhline(-np.log10(alpha), color="black", linestyle="--", linewidth=0.8)
+    ax.text(-0.98, -np.log10(alpha), f" q = {alpha:g}", va="bottom", fontsize=8)
+    position = {int(f): i for i, f in enumerate(features)}
+    for f in labelled:
+        i = position[int(f)]
+        ax.annotate(f"#{f}", (effect[i], y[i]), xytext=(4, 3), textcoords="offset points", fontsize=8)
+    ax.set_xlim(-1.05, 1.05)
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel(f"effect size: rank-biserial r = 2·AUROC − 1  (+1: always higher in {group})")
+    ax.set_ylabel("−log10 q  (Benjamini-Hochberg)")
+    ax.legend(loc="upper left", fontsize=8, frameon=False)
+    ax.grid(alpha=0.3)
+    ax.set_title(f"{group} vs {baseline}: {int(sig.sum())} of {len(q)} tested features at q < {alpha:g}\n{title}", fontsize=10)
+    return save_figure(fig, path)

@@ -28,6 +28,9 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["MECHINTERP_CACHE"] = str(_SESSION_DIR / "project_cache")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # The toy model's matrices are tiny: one thread is fastest, and immune to slowdowns when the
+    # machine's cores are busy with other work (multi-threaded tiny ops spin-wait on each other).
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -1,0 +1,311 @@
+"""Chapter 2 - Attach meanings to features by contrasting prompt sets.
+
+Which SAE features fire for happy statements and not for neutral ones? Every group of prompts in
+``prompts/`` (one ``<group>.txt`` per group) is compared with the baseline group, feature by feature:
+Mann-Whitney U test, AUROC, effect size, Benjamini-Hochberg q-values over all features, and a check
+that each finding replicates on held-out prompts. Features that fire in nearly every prompt of every
+group ("always on") are listed separately and not ranked.
+
+Run:
+    python MechInterpFeatureMeaning.py                      # prompts/happy.txt, angry.txt vs baseline.txt
+    python MechInterpFeatureMeaning.py --groups happy --agg mean
+    python MechInterpFeatureMeaning.py --demo               # synthetic toy world with planted features
+
+Prints, per group, the top features with q, AUROC and firing rates, and writes to Images/:
+feature_stats.csv, always_on_features.csv, MI2.png (+MI2.csv), MI3.png (+MI3.csv), MI4_<group>.png,
+and MechInterpFeatureMeaning_run.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from mechinterp import constants, stats
+from mechinterp.cli import add_common_args, make_logger, out_dir, positive_int, resolve_source
+from mechinterp.errors import UserError, run_cli
+from mechinterp.io import write_csv
+from mechinterp.loading import neuronpedia_url
+from mechinterp.pipeline import summarise_prompts
+from mechinterp.plotting import group_heatmaps, group_mean_overview, volcano
+from mechinterp.prompts import load_prompt_sets
+from mechinterp.records import RunRecord
+from mechinterp.tables import print_table
+
+MIN_PROMPTS = 5  # per group (per split with --holdout): fewer cannot reach significance after FDR
+AUTO_HOLDOUT_MIN = 20  # the held-out split is on by default when every group has this many prompts
+LABELLED_IN_VOLCANO = 8
+
+
+def fraction(text: str) -> float:
+    """argparse type for a number strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be strictly between 0 and 1, got {value}")
+    return value
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Chapter 2: find the SAE features that distinguish each prompt group from the baseline.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    data = parser.add_argument_group("prompts")
+    data.add_argument(
+        "--prompts", type=Path, default=None, metavar="DIR",
+        help="folder with one <group>.txt per group (default: prompts/ beside the script; the demo's own with --demo)",
+    )
+    data.add_argument("--groups", nargs="+", default=None, metavar="NAME", help="use only these groups (default: all)")
+    data.add_argument("--baseline", default="baseline", help="the reference group every other group is compared with")
+    data.add_argument(
+        "--duplicates", choices=("drop", "error"), default="drop",
+        help="a prompt listed twice: warn and keep the first occurrence, or stop with an error",
+    )
+    analysis = parser.add_argument_group("statistics")
+    analysis.add_argument(
+        "--agg", choices=("max", "mean"), default="max",
+        help="summarise each prompt by the feature's max or mean activation over its tokens (BOS excluded)",
+    )
+    analysis.add_argument("--alpha", type=fraction, default=0.05, help="false discovery rate for q-values")
+    analysis.add_argument(
+        "--holdout", type=fraction, default=None, metavar="FRACTION",
+        help=f"share of each group held out to re-test findings (default: 0.5 when every group has at least "
+        f"{AUTO_HOLDOUT_MIN} prompts, else off)",
+    )
+    analysis.add_argument("--no-holdout", action="store_true", help="test on all prompts, without replication")
+    analysis.add_argument("--seed", type=int, default=0, help="seed of the discovery/held-out split")
+    analysis.add_argument(
+        "--always-on", type=fraction, default=0.9, metavar="FRACTION",
+        help="a feature firing in at least this share of the prompts of every group is 'always on'",
+    )
+    analysis.add_argument("--top-k", type=positive_int, default=10, help="features per group in tables and figures")
+    speed = parser.add_argument_group("speed")
+    speed.add_argument("--batch-size", type=positive_int, default=None, help="prompts per forward pass (default: 16 on CPU, 64 on GPU)")
+    speed.add_argument(
+        "--no-cache", action="store_true",
+        help="do not read or write the activation cache (.cache/activations, or $MECHINTERP_CACHE/activations)",
+    )
+    add_common_args(parser)
+    args = parser.parse_args(argv)
+    if args.holdout is not None and args.no_holdout:
+        parser.error("--holdout and --no-holdout contradict each other; pick one")
+    return args
+
+
+def choose_holdout(args: argparse.Namespace, sizes: dict[str, int]) -> float:
+    if args.no_holdout:
+        return 0.0
+    if args.holdout is not None:
+        return args.holdout
+    return 0.5 if min(sizes.values()) >= AUTO_HOLDOUT_MIN else 0.0
+
+
+STATS_HEADER = [
+    "group", "feature", "rank", "direction", "mean_group", "mean_baseline", "frac_active_group",
+    "frac_active_baseline", "auroc", "effect_size", "cohens_d", "p_value", "q_value",
+    "holdout_auroc", "holdout_q_value", "replicated", "always_on", "neuronpedia_url",
+]
+
+
+def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+    log = make_logger(args)
+    out = out_dir(args)
+    record = RunRecord(__file__, argv, args)
+    source = resolve_source(args)
+    if args.prompts is not None:
+        folder = args.prompts
+    elif source.is_demo:
+        from mechinterp.toyworld import ensure_demo_world
+
+        folder = ensure_demo_world(constants.demo_dir()).prompts_dir
+    else:
+        folder = constants.DEFAULT_PROMPTS_DIR
+    min_needed = MIN_PROMPTS * (2 if not args.no_holdout and args.holdout is not None else 1)
+    sets = load_prompt_sets(folder, args.groups, args.baseline, min_needed, args.duplicates)
+    sizes = {g: len(p) for g, p in sets.groups.items()}
+    holdout = choose_holdout(args, sizes)
+    if holdout and min(round(n * holdout) for n in sizes.values()) < MIN_PROMPTS:
+        smallest = min(sizes, key=sizes.get)
+        raise UserError(
+            f"with --holdout {holdout:g}, group {smallest!r} keeps only {round(sizes[smallest] * holdout)} prompts "
+            f"for re-testing; the statistics need at least {MIN_PROMPTS} per split (add prompts or use --no-holdout)"
+        )
+    texts, labels = sets.flat()
+
+    with record.timed("load_and_encode"):
+        summaries = summarise_prompts(args, source, texts, labels, log, use_cache=not args.no_cache)
+    agg, info = summaries.aggregates, summaries.info
+
+    with record.timed("statistics"):
+        index = {g: np.flatnonzero(np.array(labels) == g) for g in sets.groups}
+        fired_frac = {g: agg.fire_fraction(idx) for g, idx in index.items()}
+        always = stats.always_on(fired_frac, args.always_on)
+        rng = np.random.default_rng(args.seed)
+        splits = {g: stats.split_indices(len(idx), holdout, rng) if holdout else (np.arange(len(idx)), None) for g, idx in index.items()}
+        results = {}
+        for group in sets.contrasts:
+            results[group] = analyse(agg, args, index, splits, group, sets.baseline, always)
+
+    rows = []
+    for group, (c, order, rep) in results.items():
+        rank_of = {int(pos): r for r, pos in enumerate(order, start=1)}
+        for pos in range(len(c.tested)):
+            f = int(c.tested[pos])
+            h = rep.get(f)
+            rows.append([
+                group, f, rank_of.get(pos, ""), {1: "up", -1: "down", 0: "none"}[int(c.direction[pos])],
+                _r(c.mean_group[pos]), _r(c.mean_baseline[pos]), _r(c.frac_group[pos]), _r(c.frac_baseline[pos]),
+                _r(c.auroc[pos]), _r(c.effect_size[pos]), _r(c.cohens_d[pos]), f"{c.p_value[pos]:.6g}",
+                f"{c.q_value[pos]:.6g}", _r(h[0]) if h else "", f"{h[1]:.6g}" if h else "",
+                ("yes" if h[2] else "no") if h else ("n/a" if holdout else "not tested"),
+                "yes" if f in set(always.tolist()) else "no", neuronpedia_url(info.neuronpedia_id, f),
+            ])
+    written = [write_csv(out / constants.FEATURE_STATS_CSV, STATS_HEADER, rows)]
+
+    means_all = {g: agg.column_means(args.agg, idx) for g, idx in index.items()}
+    written.append(write_csv(
+        out / constants.ALWAYS_ON_CSV,
+        ["feature", *[f"frac_active_{g}" for g in sets.groups], *[f"mean_{g}" for g in sets.groups], "neuronpedia_url"],
+        [[int(f), *[_r(fired_frac[g][f]) for g in sets.groups], *[_r(means_all[g][f]) for g in sets.groups],
+          neuronpedia_url(info.neuronpedia_id, int(f))] for f in always],
+    ))
+
+    print_summary(args, sets, results, always, info, holdout, summaries)
+    written += make_figures(args, out, sets, results, always, agg, index, means_all, info)
+
+    record.wrote(*written)
+    record.update(
+        model=info.model_label, sae=info.sae_label, hook=info.hook_name, d_sae=info.d_sae,
+        prompts_folder=str(folder), prompt_file_sha256=sets.file_hashes, n_prompts=sizes,
+        tokens_in_prompts=agg.n_tokens, tokens_encoded=summaries.tokens_encoded,
+        cache_hits=summaries.cache_hits, cache_misses=summaries.cache_misses,
+        model_loaded=summaries.loaded is not None, seed=args.seed, holdout=holdout,
+        always_on_features=[int(f) for f in always],
+        filtered=[
+            "BOS position and padding excluded from every per-prompt summary",
+            f"features that never fired in either group were not tested: "
+            + ", ".join(f"{g}: {c.n_never_fired}" for g, (c, _, _) in results.items()),
+            f"{len(always)} always-on features (fire in >= {args.always_on:g} of prompts in every group) not ranked",
+            *sets.notes,
+        ],
+        discoveries={g: int((c.q_value < args.alpha).sum()) for g, (c, _, _) in results.items()},
+    )
+    path = record.write(out)
+    print(f"\nWrote {len(written) + 1} files to {out} (feature_stats.csv, figures MI2-MI4, {path.name})")
+    return 0
+
+
+def _r(x: float) -> float:
+    return round(float(x), 6)
+
+
+def analyse(agg, args, index, splits, group, baseline, always):
+    """Discovery statistics for ``group`` vs ``baseline``, its ranking, and the held-out re-test."""
+    g_idx, b_idx = index[group], index[baseline]
+    g_disc, g_hold = splits[group]
+    b_disc, b_hold = splits[baseline]
+    disc_rows_g, disc_rows_b = g_idx[g_disc], b_idx[b_disc]
+    features = np.flatnonzero(agg.fired_any(np.concatenate([disc_rows_g, disc_rows_b])))
+    x = agg.dense(args.agg, disc_rows_g, features)
+    y = agg.dense(args.agg, disc_rows_b, features)
+    c = stats.contrast(x, y, features)
+    c.n_never_fired = agg.d_sae - len(features)
+    order = stats.rank_order(c, exclude=always)
+    replication: dict[int, tuple[float, float, bool]] = {}
+    if g_hold is not None:
+        significant = order[c.q_value[order] < args.alpha]
+        feats = c.tested[significant]
+        if len(feats):
+            xh = agg.dense(args.agg, g_idx[g_hold], feats)
+            yh = agg.dense(args.agg, b_idx[b_hold], feats)
+            u, p = stats.mann_whitney(xh, yh)
+            q = stats.benjamini_hochberg(p)
+            auroc = u / (len(g_hold) * len(b_hold))
+            same_dir = np.sign(auroc - 0.5) == np.sign(c.effect_size[significant])
+            for f, a, qq, ok in zip(feats, auroc, q, same_dir & (q < args.alpha)):
+                replication[int(f)] = (float(a), float(qq), bool(ok))
+    return c, order, replication
+
+
+def print_summary(args, sets, results, always, info, holdout, summaries) -> None:
+    print(f"\n{info.title}")
+    n_tokens = summaries.aggregates.n_tokens
+    print(
+        f"{sum(len(p) for p in sets.groups.values())} prompts, {n_tokens} text tokens "
+        f"(BOS and padding excluded); per-prompt {args.agg} activation; "
+        f"cache: {summaries.cache_hits} hits, {summaries.cache_misses} misses"
+    )
+    if len(always):
+        shown = ", ".join(f"#{f}" for f in always[:12]) + (" ..." if len(always) > 12 else "")
+        print(f"{len(always)} always-on features (fire in >= {args.always_on:.0%} of prompts of every group), "
+              f"listed in always_on_features.csv and not ranked: {shown}")
+    for group, (c, order, rep) in results.items():
+        n_sig = int((c.q_value < args.alpha).sum())
+        split = (f"discovery on {c.n_group} vs {c.n_baseline} prompts, re-tested on the held-out "
+                 f"{holdout:.0%}" if holdout else f"{c.n_group} vs {c.n_baseline} prompts, no held-out split")
+        print(f"\n=== {group} vs {sets.baseline}: {split}")
+        print(f"{n_sig} features with q < {args.alpha:g} (of {len(c.tested)} tested; "
+              f"{c.n_never_fired} never fired in either group and were skipped)")
+        rows = []
+        for r, pos in enumerate(order[: args.top_k], start=1):
+            f = int(c.tested[pos])
+            h = rep.get(f)
+            rows.append([
+                r, f, "up" if c.effect_size[pos] > 0 else "down", f"{c.q_value[pos]:.2g}", f"{c.auroc[pos]:.2f}",
+                f"{c.frac_group[pos]:.0%}", f"{c.frac_baseline[pos]:.0%}",
+                ("yes" if h[2] else "no") if h else ("-" if not holdout else "n/a"),
+                neuronpedia_url(info.neuronpedia_id, f) or "-",
+            ])
+        print_table(["rank", "feature", "dir", "q", "AUROC", f"in {group}"[:10], f"in {sets.baseline}"[:12],
+                     "replic.", "neuronpedia"], rows)
+    print(f"\nRank = smallest q first, ties broken by larger |effect size|, then larger mean difference. "
+          f"'replic.' = same direction and q < {args.alpha:g} on held-out prompts.")
+
+
+def make_figures(args, out, sets, results, always, agg, index, means_all, info) -> list[Path]:
+    written = []
+    written.append(group_mean_overview(means_all, always.tolist(), info.title, out / "MI2.png", args.agg))
+    active = np.flatnonzero(np.any(np.stack(list(means_all.values())) > 0, axis=0))
+    written.append(write_csv(
+        out / "MI2.csv", ["feature", *[f"mean_{g}" for g in sets.groups], "always_on"],
+        [[int(f), *[_r(means_all[g][f]) for g in sets.groups], "yes" if f in set(always.tolist()) else "no"] for f in active],
+    ))
+    panels, heat_rows = [], []
+    texts_by_group = sets.groups
+    for group, (c, order, _) in results.items():
+        feats = [int(c.tested[pos]) for pos in order[: args.top_k]]
+        rows_idx = np.concatenate([index[group], index[sets.baseline]])
+        acts = agg.dense(args.agg, rows_idx, np.array(feats, dtype=int))
+        subtitle = f"{int((c.q_value < args.alpha).sum())} features at q < {args.alpha:g}"
+        panels.append((group, subtitle, acts, len(index[group]), feats))
+        prompts = texts_by_group[group] + texts_by_group[sets.baseline]
+        groups_of = [group] * len(index[group]) + [sets.baseline] * len(index[sets.baseline])
+        for r, (prompt, g) in enumerate(zip(prompts, groups_of)):
+            for k, f in enumerate(feats):
+                heat_rows.append([group, g, prompt, f, _r(acts[r, k])])
+    if panels and all(p[4] for p in panels):
+        written.append(group_heatmaps(panels, sets.baseline, info.title, out / "MI3.png", args.agg))
+        written.append(write_csv(out / "MI3.csv", ["panel", "prompt_group", "prompt", "feature", "activation"], heat_rows))
+    for group, (c, order, _) in results.items():
+        # Label the strongest findings only: labels on non-significant points would invite over-reading.
+        labelled = [int(c.tested[pos]) for pos in order[:LABELLED_IN_VOLCANO] if c.q_value[pos] < args.alpha]
+        written.append(volcano(
+            c.effect_size, c.q_value, c.tested, labelled, args.alpha, group, sets.baseline, info.title,
+            out / f"MI4_{group}.png",
+        ))
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    return run_cli(lambda a: run(a, argv), args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
