@@ -33,7 +33,7 @@ from mechinterp.pipeline import summarise_prompts
 from mechinterp.plotting import group_heatmaps, group_mean_overview, volcano
 from mechinterp.prompts import load_prompt_sets
 from mechinterp.records import RunRecord
-from mechinterp.tables import print_table
+from mechinterp.tables import print_table, print_wrapped
 
 MIN_PROMPTS = 5  # per group (per split with --holdout): fewer cannot reach significance after FDR
 AUTO_HOLDOUT_MIN = 20  # the held-out split is on by default when every group has this many prompts
@@ -163,7 +163,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
                 _r(c.mean_group[pos]), _r(c.mean_baseline[pos]), _r(c.frac_group[pos]), _r(c.frac_baseline[pos]),
                 _r(c.auroc[pos]), _r(c.effect_size[pos]), _r(c.cohens_d[pos]), f"{c.p_value[pos]:.6g}",
                 f"{c.q_value[pos]:.6g}", _r(h[0]) if h else "", f"{h[1]:.6g}" if h else "",
-                ("yes" if h[2] else "no") if h else ("n/a" if holdout else "not tested"),
+                ("yes" if h[2] else "no") if h else "not tested",
                 "yes" if f in set(always.tolist()) else "no", neuronpedia_url(info.neuronpedia_id, f),
             ])
     written = [write_csv(out / constants.FEATURE_STATS_CSV, STATS_HEADER, rows)]
@@ -197,7 +197,8 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         discoveries={g: int((c.q_value < args.alpha).sum()) for g, (c, _, _) in results.items()},
     )
     path = record.write(out)
-    print(f"\nWrote {len(written) + 1} files to {out} (feature_stats.csv, figures MI2-MI4, {path.name})")
+    print(f"\nWrote {len(written) + 1} files to {out}/")
+    print_wrapped(", ".join(p.name for p in [*written, path]))
     return 0
 
 
@@ -236,21 +237,22 @@ def analyse(agg, args, index, splits, group, baseline, always):
 def print_summary(args, sets, results, always, info, holdout, summaries) -> None:
     print(f"\n{info.title}")
     n_tokens = summaries.aggregates.n_tokens
-    print(
+    print_wrapped(
         f"{sum(len(p) for p in sets.groups.values())} prompts, {n_tokens} text tokens "
         f"(BOS and padding excluded); per-prompt {args.agg} activation; "
         f"cache: {summaries.cache_hits} hits, {summaries.cache_misses} misses"
     )
     if len(always):
         shown = ", ".join(f"#{f}" for f in always[:12]) + (" ..." if len(always) > 12 else "")
-        print(f"{len(always)} always-on features (fire in >= {args.always_on:.0%} of prompts of every group), "
+        print_wrapped(f"{len(always)} always-on features (fire in >= {args.always_on:.0%} of prompts of every group), "
               f"listed in always_on_features.csv and not ranked: {shown}")
     for group, (c, order, rep) in results.items():
         n_sig = int((c.q_value < args.alpha).sum())
         split = (f"discovery on {c.n_group} vs {c.n_baseline} prompts, re-tested on the held-out "
                  f"{holdout:.0%}" if holdout else f"{c.n_group} vs {c.n_baseline} prompts, no held-out split")
-        print(f"\n=== {group} vs {sets.baseline}: {split}")
-        print(f"{n_sig} features with q < {args.alpha:g} (of {len(c.tested)} tested; "
+        print()
+        print_wrapped(f"=== {group} vs {sets.baseline}: {split}")
+        print_wrapped(f"{n_sig} features with q < {args.alpha:g} (of {len(c.tested)} tested; "
               f"{c.n_never_fired} never fired in either group and were skipped)")
         rows = []
         for r, pos in enumerate(order[: args.top_k], start=1):
@@ -259,13 +261,16 @@ def print_summary(args, sets, results, always, info, holdout, summaries) -> None
             rows.append([
                 r, f, "up" if c.effect_size[pos] > 0 else "down", f"{c.q_value[pos]:.2g}", f"{c.auroc[pos]:.2f}",
                 f"{c.frac_group[pos]:.0%}", f"{c.frac_baseline[pos]:.0%}",
-                ("yes" if h[2] else "no") if h else ("-" if not holdout else "n/a"),
-                neuronpedia_url(info.neuronpedia_id, f) or "-",
+                ("yes" if h[2] else "no") if h else "-",
             ])
-        print_table(["rank", "feature", "dir", "q", "AUROC", f"in {group}"[:10], f"in {sets.baseline}"[:12],
-                     "replic.", "neuronpedia"], rows)
-    print(f"\nRank = smallest q first, ties broken by larger |effect size|, then larger mean difference. "
-          f"'replic.' = same direction and q < {args.alpha:g} on held-out prompts.")
+        print_table(["rank", "feature", "dir", "q", "AUROC", f"in {group}", f"in {sets.baseline}", "replic."], rows)
+    print()
+    if info.neuronpedia_id:
+        print_wrapped(f"Each feature's page: {constants.NEURONPEDIA_BASE}/{info.neuronpedia_id}/<feature> "
+              f"(every link is in {constants.FEATURE_STATS_CSV})")
+    print_wrapped(f"Rank = smallest q first, ties broken by larger |effect size|, then larger mean difference. "
+          f"'replic.' = same direction and q < {args.alpha:g} on held-out prompts ('-': not re-tested, "
+          f"because not significant in discovery or no held-out split).")
 
 
 def make_figures(args, out, sets, results, always, agg, index, means_all, info) -> list[Path]:

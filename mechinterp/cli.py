@@ -9,12 +9,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from mechinterp import constants
 from mechinterp.errors import EnvironmentProblem, UserError
+from mechinterp.io import begin_outputs
 from mechinterp.loading import Loaded, go_offline_if_hub_unreachable, load_model, load_sae, pick_device
 
 
@@ -80,7 +82,10 @@ def positive_int(text: str) -> int:
 
 
 def out_dir(args: argparse.Namespace) -> Path:
-    """The folder this run writes to (``--out``, or ``--out/--tag``), created and checked writable."""
+    """The folder this run writes to (``--out``, or ``--out/--tag``), created and checked writable.
+
+    Files written there are renamed into place only when the run succeeds (see mechinterp.io).
+    """
     path = Path(args.out) / args.tag if args.tag else Path(args.out)
     if args.tag and (os.sep in args.tag or args.tag in ("", ".", "..")):
         raise UserError(f"--tag {args.tag!r} must be a plain name, without slashes")
@@ -88,8 +93,12 @@ def out_dir(args: argparse.Namespace) -> Path:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise EnvironmentProblem(f"cannot create the output folder {path} ({err.strerror}); pick another --out") from err
-    if not os.access(path, os.W_OK):
-        raise EnvironmentProblem(f"the output folder {path} is not writable; pick another --out")
+    try:
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise EnvironmentProblem(f"the output folder {path} is not writable ({err.strerror}); pick another --out") from err
+    begin_outputs(path)
     return path
 
 

@@ -30,9 +30,15 @@ class EnvironmentProblem(UserError):
 
 def run_cli(body: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Run a script's body, turning expected failures into one-line messages and exit codes."""
+    from mechinterp.io import finish_outputs
+
     debug = bool(getattr(args, "debug", False))
+    committed = False
     try:
-        return body(args)
+        code = body(args)
+        finish_outputs(commit=code == 0)
+        committed = True
+        return code
     except UserError as err:
         if debug:
             raise
@@ -42,8 +48,8 @@ def run_cli(body: Callable[[argparse.Namespace], int], args: argparse.Namespace)
         if debug:
             raise
         print(
-            "interrupted: stopped cleanly; finished outputs and cached prompts are kept, "
-            "so rerunning continues where this run stopped.",
+            "interrupted: stopped cleanly. Earlier results in the output folder are untouched, and the "
+            "prompts already encoded are cached, so a rerun continues where this one stopped.",
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
@@ -56,3 +62,6 @@ def run_cli(body: Callable[[argparse.Namespace], int], args: argparse.Namespace)
             file=sys.stderr,
         )
         return EXIT_FAILURE
+    finally:
+        if not committed:
+            finish_outputs(commit=False)

@@ -2,6 +2,11 @@
 
 Every output goes to a temporary name in the same folder and is renamed into place (an atomic
 operation on POSIX and Windows), so a reader sees either the previous complete file or the new one.
+
+Inside a script's output folder, renames are held back until the run has finished
+(:func:`begin_outputs` / :func:`finish_outputs`, driven by :func:`mechinterp.errors.run_cli`): a run
+that fails or is interrupted leaves the previous results untouched, instead of a mix of old and new
+files. Writes elsewhere (the activation cache) are renamed at once, so finished work is kept.
 """
 
 from __future__ import annotations
@@ -17,6 +22,30 @@ from pathlib import Path
 from typing import Any
 
 
+# The output folder of the running script, and the (temporary, final) paths waiting to be renamed.
+_scope: Path | None = None
+_pending: list[tuple[Path, Path]] = []
+
+
+def begin_outputs(folder: Path) -> None:
+    """From now on, hold back the final rename of files written under ``folder``."""
+    global _scope
+    _scope = Path(folder).resolve()
+    _pending.clear()
+
+
+def finish_outputs(commit: bool) -> None:
+    """Rename every held-back file into place (``commit``), or delete them all."""
+    global _scope
+    for tmp, final in _pending:
+        if commit:
+            os.replace(tmp, final)
+        else:
+            tmp.unlink(missing_ok=True)
+    _pending.clear()
+    _scope = None
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``, else delete it."""
@@ -25,11 +54,17 @@ def atomic_path(path: Path) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    deferred = False
     try:
         yield tmp
-        os.replace(tmp, path)
+        if _scope is not None and path.resolve().is_relative_to(_scope):
+            _pending.append((tmp, path))
+            deferred = True
+        else:
+            os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        if not deferred:
+            tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

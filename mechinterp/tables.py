@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
-MAX_CELL = 24  # longer cells (except the last column, usually a URL) are shortened with an ellipsis
+MAX_CELL = 16  # longer cells (except the last column, usually a URL) are shortened with an ellipsis
 
 
 def _cell(value: Any, last: bool) -> str:
@@ -40,6 +41,14 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+WIDTH = 100  # terminal columns that every printed line fits in
+
+
+def print_wrapped(text: str) -> None:
+    """Print prose wrapped to :data:`WIDTH` columns (continuation lines indented)."""
+    print(textwrap.fill(text, WIDTH, subsequent_indent="  ", break_on_hyphens=False))
 
 
 def print_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
