@@ -138,8 +138,8 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         )
     texts, labels = sets.flat()
 
-    with record.timed("load_and_encode"):
-        summaries = summarise_prompts(args, source, texts, labels, log, use_cache=not args.no_cache)
+    summaries = summarise_prompts(args, source, texts, labels, log, use_cache=not args.no_cache)
+    record.add_seconds(summaries.seconds)
     agg, info = summaries.aggregates, summaries.info
 
     with record.timed("statistics"):
@@ -177,7 +177,8 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     ))
 
     print_summary(args, sets, results, always, info, holdout, summaries)
-    written += make_figures(args, out, sets, results, always, agg, index, means_all, info)
+    with record.timed("figures"):
+        written += make_figures(args, out, sets, results, always, agg, index, means_all, info)
 
     record.wrote(*written)
     record.update(

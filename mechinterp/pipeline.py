@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -58,6 +59,7 @@ class Summaries:
     cache_hits: int
     cache_misses: int
     tokens_encoded: int
+    seconds: dict[str, float]  # wall-clock "load" (model + SAE), "encode", "cache" (entry reads/writes)
 
 
 def _progress_bar(total: int, quiet: bool) -> Any:
@@ -76,14 +78,18 @@ def summarise_prompts(
     use_cache: bool = True,
 ) -> Summaries:
     """Per-prompt summaries for ``texts``; ``labels`` name each prompt in warnings (e.g. its group)."""
+    start_all = time.perf_counter()
     cache = ActivationCache(constants.activation_cache_dir(), source.cache_identity()) if use_cache else None
     found: dict[int, SparseRow] = cache.lookup(list(texts)) if cache else {}
     meta = cache.meta if cache else None
     missing = [i for i in range(len(texts)) if i not in found]
     loaded = None
     tokens_encoded = 0
+    seconds = {"load": 0.0, "encode": 0.0}
     if missing or meta is None:
+        start = time.perf_counter()
         loaded = load(args, source, log=log)
+        seconds["load"] = round(time.perf_counter() - start, 4)
         info = ModelInfo.from_loaded(loaded)
         if cache:
             cache.save_meta(asdict(info))
@@ -92,6 +98,7 @@ def summarise_prompts(
             tokenized = tokenize(loaded, [texts[i] for i in missing])
             batch_size = args.batch_size or default_batch_size(pick_device(args.device))
             bar = _progress_bar(len(missing), args.quiet)
+            start = time.perf_counter()
 
             def store(batch: list[int], rows: list[SparseRow]) -> None:
                 if cache:
@@ -102,6 +109,7 @@ def summarise_prompts(
                 rows = aggregate_prompts(loaded, tokenized, batch_size, on_rows=store, progress=bar.update)
             finally:
                 bar.close()
+                seconds["encode"] = round(time.perf_counter() - start, 4)
             for j, row in zip(missing, rows):
                 found[j] = row
             tokens_encoded = sum(row.n_tokens for row in rows)
@@ -109,6 +117,7 @@ def summarise_prompts(
         info = ModelInfo(**{k: v for k, v in meta.items() if k in ModelInfo.__dataclass_fields__})
         log(f"all {len(texts)} prompts found in the activation cache; the model was not loaded")
     ordered = [found[i] for i in range(len(texts))]
+    seconds["cache"] = round(time.perf_counter() - start_all - seconds["load"] - seconds["encode"], 4)
     for i, row in enumerate(ordered):
         if row.truncated:
             print(
@@ -123,4 +132,5 @@ def summarise_prompts(
         cache_hits=cache.hits if cache else 0,
         cache_misses=cache.misses if cache else len(texts),
         tokens_encoded=tokens_encoded,
+        seconds=seconds,
     )

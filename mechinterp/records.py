@@ -82,6 +82,11 @@ class RunRecord:
             seconds = self.data["seconds"]
             seconds[stage] = round(seconds.get(stage, 0.0) + time.perf_counter() - start, 4)
 
+    def add_seconds(self, seconds: dict[str, float]) -> None:
+        """Add stage timings measured elsewhere (e.g. inside the encoding pipeline)."""
+        for stage, value in seconds.items():
+            self.data["seconds"][stage] = round(self.data["seconds"].get(stage, 0.0) + value, 4)
+
     def wrote(self, *paths: Path) -> None:
         self.data["files_written"].extend(str(p) for p in paths)
 

@@ -120,3 +120,15 @@ def test_user_adds_a_group_without_code_changes(world, tmp_path, capsys):
     assert groups == {"happy", "angry", "sad"}
     # sad has 12 prompts (< 20), so the held-out split is off by default and the run says so.
     assert "no held-out split" in printed
+
+
+def test_mean_aggregation_also_recovers_planted_features(world, tmp_path):
+    out = tmp_path / "out"
+    assert ch2.main(["--demo", "--out", str(out), "--agg", "mean", "--no-holdout", "--quiet"]) == 0
+    rows = read_rows(out / "feature_stats.csv")
+    happy_top = next(r for r in rows if r["group"] == "happy" and r["rank"] == "1")
+    assert int(happy_top["feature"]) == world.planted.concept["happy"]
+    # Mean activation over a ~12-token prompt is the max diluted by the prompt's length.
+    assert 0.05 < float(happy_top["mean_group"]) < 0.5
+    record = json.loads((out / "MechInterpFeatureMeaning_run.json").read_text())
+    assert record["holdout"] == 0.0 and happy_top["replicated"] == "not tested"
