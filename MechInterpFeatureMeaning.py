@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from mechinterp import constants, stats
-from mechinterp.cli import add_common_args, make_logger, out_dir, positive_int, resolve_source
+from mechinterp.cli import ArgumentParser, add_common_args, make_logger, out_dir, positive_int, resolve_source
 from mechinterp.errors import UserError, run_cli
 from mechinterp.io import write_csv
 from mechinterp.loading import neuronpedia_url
@@ -52,9 +52,8 @@ def fraction(text: str) -> float:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description="Chapter 2: find the SAE features that distinguish each prompt group from the baseline.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     data = parser.add_argument_group("prompts")
     data.add_argument(
@@ -62,29 +61,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="folder with one <group>.txt per group (default: prompts/ beside the script; the demo's own with --demo)",
     )
     data.add_argument("--groups", nargs="+", default=None, metavar="NAME", help="use only these groups (default: all)")
-    data.add_argument("--baseline", default="baseline", help="the reference group every other group is compared with")
+    data.add_argument("--baseline", default="baseline", help="the reference group every other group is compared with (default: %(default)s)")
     data.add_argument(
         "--duplicates", choices=("drop", "error"), default="drop",
-        help="a prompt listed twice: warn and keep the first occurrence, or stop with an error",
+        help="a prompt listed twice: warn and keep the first occurrence, or stop with an error (default: %(default)s)",
     )
     analysis = parser.add_argument_group("statistics")
     analysis.add_argument(
         "--agg", choices=("max", "mean"), default="max",
-        help="summarise each prompt by the feature's max or mean activation over its tokens (BOS excluded)",
+        help="summarise each prompt by the feature's max or mean activation over its tokens, BOS excluded (default: %(default)s)",
     )
-    analysis.add_argument("--alpha", type=fraction, default=0.05, help="false discovery rate for q-values")
+    analysis.add_argument("--alpha", type=fraction, default=0.05, help="false discovery rate for q-values (default: %(default)s)")
     analysis.add_argument(
         "--holdout", type=fraction, default=None, metavar="FRACTION",
         help=f"share of each group held out to re-test findings (default: 0.5 when every group has at least "
         f"{AUTO_HOLDOUT_MIN} prompts, else off)",
     )
     analysis.add_argument("--no-holdout", action="store_true", help="test on all prompts, without replication")
-    analysis.add_argument("--seed", type=int, default=0, help="seed of the discovery/held-out split")
+    analysis.add_argument("--seed", type=int, default=0, help="seed of the discovery/held-out split (default: %(default)s)")
     analysis.add_argument(
         "--always-on", type=fraction, default=0.9, metavar="FRACTION",
-        help="a feature firing in at least this share of the prompts of every group is 'always on'",
+        help="a feature firing in at least this share of the prompts of every group is 'always on' (default: %(default)s)",
     )
-    analysis.add_argument("--top-k", type=positive_int, default=10, help="features per group in tables and figures")
+    analysis.add_argument("--top-k", type=positive_int, default=10, help="features per group in tables and figures (default: %(default)s)")
     speed = parser.add_argument_group("speed")
     speed.add_argument("--batch-size", type=positive_int, default=None, help="prompts per forward pass (default: 16 on CPU, 64 on GPU)")
     speed.add_argument(

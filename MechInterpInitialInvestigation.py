@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from mechinterp import constants
-from mechinterp.cli import add_common_args, load, make_logger, out_dir, positive_int
+from mechinterp.cli import ArgumentParser, add_common_args, load, make_logger, out_dir, positive_int
 from mechinterp.encoding import encode_tokens, tokenize, warn_truncated
 from mechinterp.errors import run_cli
 from mechinterp.io import write_csv
@@ -33,12 +33,11 @@ DEFAULT_TEXT = "I was thrilled when the package finally arrived, but furious tha
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description="Chapter 1: encode a text with GPT-2 small + its SAE and show the top features.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--text", default=DEFAULT_TEXT, help="the text to encode")
-    parser.add_argument("--top-k", type=positive_int, default=20, help="how many features to show")
+    parser.add_argument("--text", default=DEFAULT_TEXT, help="the text to encode (default: a sentence with a happy and an angry word)")
+    parser.add_argument("--top-k", type=positive_int, default=20, help="how many features to show (default: %(default)s)")
     add_common_args(parser)
     args = parser.parse_args(argv)
     if not args.text.strip():

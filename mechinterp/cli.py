@@ -7,7 +7,9 @@ named, documented and validated once.
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
+import re
 import sys
 import tempfile
 import time
@@ -18,6 +20,24 @@ from mechinterp import constants
 from mechinterp.errors import EnvironmentProblem, UserError
 from mechinterp.io import begin_outputs
 from mechinterp.loading import Loaded, go_offline_if_hub_unreachable, load_model, load_sae, pick_device
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, plus a "did you mean" for mistyped option names (Python 3.11's argparse has none)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        match = re.match(r"unrecognized arguments: (.*)", message)
+        if match:
+            known = [opt for action in self._actions for opt in action.option_strings]
+            hints = []
+            for word in match.group(1).split():
+                if word.startswith("-"):
+                    close = difflib.get_close_matches(word.split("=")[0], known, n=1, cutoff=0.6)
+                    if close:
+                        hints.append(close[0])
+            if hints:
+                message += f" (did you mean {' / '.join(hints)}?)"
+        super().error(message)
 
 
 def add_common_args(parser: argparse.ArgumentParser, out_help: str = "folder for figures and tables") -> None:

@@ -102,6 +102,11 @@ def test_bad_options(extra, message, prompts, tmp_path, capsys):
         assert "available: baseline, happy" in err
 
 
+def test_mistyped_option_gets_a_suggestion(capsys):
+    code, _, err = run_main(ch1, ["--tpo-k", "3"], capsys)
+    assert code == 2 and "unrecognized arguments: --tpo-k 3 (did you mean --top-k?)" in err
+
+
 def test_duplicates_warn_and_dedupe_or_refuse(world, prompts, tmp_path, capsys):
     write(prompts, "happy.txt", prompt_lines("delighted", 8) + "My friend number 1 was delighted about the weather today.\n")
     write(prompts, "baseline.txt", prompt_lines("calm", 8) + "My friend number 2 was delighted about the weather today.\n")
