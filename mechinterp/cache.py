@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from mechinterp.encoding import SparseRow
+from mechinterp.summaries import SparseRow
 from mechinterp.io import atomic_path, write_json
 
 # Bump when anything about how summaries are computed changes; old entries are then never read.

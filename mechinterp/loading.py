@@ -18,12 +18,14 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-import torch
 
 from mechinterp.constants import NEURONPEDIA_BASE
+
+if TYPE_CHECKING:  # torch is imported where it is used, so that cached reruns never pay for it
+    import torch
 from mechinterp.errors import EnvironmentProblem, UserError
 
 HUB_PROBE_SECONDS = 3.0  # one connection attempt; a reachable Hub answers far faster
@@ -87,6 +89,8 @@ def neuronpedia_url(neuronpedia_id: str | None, feature: int) -> str:
 
 def pick_device(requested: str | None) -> str:
     """The device to run on: the user's choice, else CUDA when available, else CPU."""
+    import torch
+
     if requested is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if requested.startswith("cuda") and not torch.cuda.is_available():
@@ -269,6 +273,7 @@ def load_local_model(path: Path, device: str, kwargs: dict[str, Any]) -> Any:
     TransformerLens' ``from_pretrained`` only accepts names from its list of official models, but its
     config and weight converters accept a local folder; this runs the same steps on one.
     """
+    import torch
     from transformer_lens import HookedTransformer
     from transformer_lens import loading_from_pretrained as tl_loading
 

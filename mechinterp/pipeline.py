@@ -18,8 +18,8 @@ from typing import Any
 from mechinterp import constants
 from mechinterp.cache import ActivationCache
 from mechinterp.cli import Source, load
-from mechinterp.encoding import PromptAggregates, SparseRow, aggregate_prompts, default_batch_size, tokenize
 from mechinterp.loading import Loaded, pick_device
+from mechinterp.summaries import PromptAggregates, SparseRow
 
 
 @dataclass
@@ -94,6 +94,8 @@ def summarise_prompts(
         if cache:
             cache.save_meta(asdict(info))
         if missing:
+            from mechinterp.encoding import aggregate_prompts, default_batch_size, tokenize
+
             log(f"encoding {len(missing)} prompt(s) ({len(found)} from the cache) ...")
             tokenized = tokenize(loaded, [texts[i] for i in missing])
             batch_size = args.batch_size or default_batch_size(pick_device(args.device))

@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from mechinterp.io import atomic_dir
 
@@ -247,6 +246,7 @@ def _build_weights(vocab: dict[str, int], bos_id: int, seed: int) -> tuple[dict,
 
 
 def _save_hf_model(model_dir: Path, hf_tok, embed: dict, seed: int) -> None:
+    import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
     config = GPT2Config(
@@ -279,8 +279,9 @@ def _save_hf_model(model_dir: Path, hf_tok, embed: dict, seed: int) -> None:
     config_path.write_text(json.dumps(config_dict, indent=2), encoding="utf-8")
 
 
-def _firing_log10_density(model_dir: Path, sae_dir: Path, seed: int) -> torch.Tensor:
+def _firing_log10_density(model_dir: Path, sae_dir: Path, seed: int):
     """Feature densities on demo text, as SAELens' sparsity.safetensors stores them (log10)."""
+    import torch
     from transformers import AutoTokenizer, GPT2LMHeadModel
 
     from mechinterp.loading import load_sae_from_disk
@@ -303,6 +304,7 @@ def _firing_log10_density(model_dir: Path, sae_dir: Path, seed: int) -> torch.Te
 
 def build_world(root: Path, seed: int = SEED) -> DemoWorld:
     """Build the toy world into ``root`` (replaced atomically) and return its paths."""
+    import torch
     from safetensors.torch import save_file
     from sae_lens import StandardSAE, StandardSAEConfig
     from sae_lens.saes.sae import SAEMetadata
