@@ -176,6 +176,11 @@ def load(args: argparse.Namespace, source: Source | None = None, log=None) -> Lo
         loaded_sae.label = source.sae_label
     log(f"loading model {source.model_label} on {device} ...")
     model = load_model(source.model, loaded_sae, device)
+    if source.is_demo:
+        import torch
+
+        # The toy model is 64 wide: thread hand-offs cost more than they save (10x slower on a busy CPU).
+        torch.set_num_threads(1)
     log(f"loaded in {time.perf_counter() - start:.1f}s")
     return Loaded(model=model, sae=loaded_sae, model_label=source.model_label, device=device, is_demo=source.is_demo)
 

@@ -100,8 +100,9 @@ def iter_batches(
     ids = tokenized.ids
     if order is None:
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-    pad = loaded.model.tokenizer.pad_token_id
-    pad = loaded.model.tokenizer.bos_token_id if pad is None else pad
+    # Any id will do for padding: it sits to the right, where causal attention never lets real tokens
+    # see it, and its positions are masked out of every summary.
+    pad = 0
     for start in range(0, len(order), batch_size):
         batch = list(order[start : start + batch_size])
         longest = max(len(ids[i]) for i in batch)

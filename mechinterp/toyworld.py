@@ -49,7 +49,7 @@ N_CTX = 128
 D_SAE = 512
 BOS_TOKEN = "<|endoftext|>"
 # Bump when the world's construction changes, so cached demo builds are rebuilt.
-WORLD_VERSION = "1"
+WORLD_VERSION = "2"
 
 CONCEPT_WORDS: dict[str, tuple[str, ...]] = {
     "happy": ("delighted", "cheerful", "glad", "thrilled", "grateful", "joyful", "elated", "overjoyed"),
@@ -227,7 +227,9 @@ def _build_weights(vocab: dict[str, int], bos_id: int, seed: int) -> tuple[dict,
         direction = u_always + 0.3 * noise(1, 1.0)[0]
         w_enc[:, f], b_enc[f] = (0.8 + 0.2 * i) * direction, -0.2
     for concept, f in planted.concept.items():
-        w_enc[:, f], b_enc[f] = u_concept[concept], -1.0
+        # Activation 1.5 * 3.0 - 1.5 = 3.0 on a concept word, exactly the planted magnitude, so the
+        # decoder reconstructs the whole concept direction and ablating the feature removes all of it.
+        w_enc[:, f], b_enc[f] = 1.5 * u_concept[concept], -1.5
     special = {planted.bos, *planted.always_on, *planted.concept.values()}
     candidates = [i for i in range(n_vocab) if i != bos_id]
     for f in range(D_SAE):

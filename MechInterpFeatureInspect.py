@@ -1,0 +1,237 @@
+"""Chapter 3 - Understand a feature: where it fires, what it writes, how often it fires.
+
+For each feature, prints a feature card: its top activating prompts with every token highlighted by
+activation (colour on a terminal, ``[token:act]`` marks otherwise; the peak token marked), the 15
+tokens its decoder direction promotes and suppresses most (``W_dec[f] @ W_U``), its density from the
+SAE's sparsity file beside its firing rate on your prompts, and its Neuronpedia URL. The BOS position
+and padding are excluded from every number.
+
+Writes to --out (default Images/): ``MI5_<id>.png`` (activation histogram + logit effects) with
+``MI5_<id>.csv`` and ``MI5_<id>_hist.csv`` (the numbers behind it), ``feature_<id>.html`` (a
+self-contained card to open in a browser), ``feature_<id>.json`` (everything on the card),
+``feature_cards.csv`` (one summary row per feature) and the run record.
+
+Run:
+    python MechInterpFeatureInspect.py --feature 501 --demo          # toy world, no network needed
+    python MechInterpFeatureInspect.py --demo                        # the demo's planted features
+    python MechInterpFeatureInspect.py --feature 1234 --feature 7 --prompts prompts/
+    python MechInterpFeatureInspect.py --from-results Images/feature_stats.csv --top-n 3
+    python MechInterpFeatureInspect.py --feature 1234 --corpus my_documents.txt   # one document per line
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+from mechinterp import constants
+from mechinterp.causal_plots import feature_figure, png_bytes
+from mechinterp.cli import ArgumentParser, add_common_args, load, make_logger, out_dir, positive_int
+from mechinterp.encoding import default_batch_size, tokenize, warn_truncated
+from mechinterp.errors import UserError, run_cli
+from mechinterp.inspect_feature import (
+    ansi_allowed,
+    build_card,
+    collect_feature_activations,
+    filter_note,
+    format_card_text,
+    histogram_counts,
+    read_results_csv,
+    render_html,
+    validate_features,
+)
+from mechinterp.io import save_figure, write_csv, write_json, write_text
+from mechinterp.prompts import available_groups, read_prompt_file
+from mechinterp.records import RunRecord
+from mechinterp.tables import print_table, print_wrapped
+
+CORPUS_SOURCE = "corpus"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = ArgumentParser(
+        description="Chapter 3: feature cards - where a feature fires, what it writes, how often it fires.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    which = parser.add_argument_group("which features")
+    which.add_argument("--feature", type=int, action="append", default=[], metavar="ID",
+                       help="a feature to inspect; repeat for several (with --demo and no ids: the planted features)")
+    which.add_argument("--from-results", type=Path, default=None, metavar="CSV",
+                       help="inspect the top features of each group in a Chapter 2 feature_stats.csv")
+    which.add_argument("--top-n", type=positive_int, default=3,
+                       help="with --from-results: how many features per group (rank 1 = strongest)")
+    texts = parser.add_argument_group("texts to look for activations in")
+    texts.add_argument("--prompts", type=Path, default=None, metavar="DIR",
+                       help="folder of prompt files, one prompt per line (default: prompts/, or the demo's "
+                            "prompts with --demo)")
+    texts.add_argument("--corpus", type=Path, default=None, metavar="FILE",
+                       help="a text file with one document per line, searched as well")
+    texts.add_argument("--batch-size", type=positive_int, default=None,
+                       help="texts per forward pass (default: 16 on CPU, 64 on GPU)")
+    show = parser.add_argument_group("what to show")
+    show.add_argument("--top-prompts", type=positive_int, default=10, help="top activating texts per card")
+    show.add_argument("--n-tokens", type=positive_int, default=15,
+                      help="how many promoted and suppressed tokens of W_dec[f] @ W_U to list")
+    show.add_argument("--color", choices=("auto", "always", "never"), default="auto",
+                      help="colour the terminal highlights: auto = only when stdout is a terminal")
+    add_common_args(parser)
+    return parser.parse_args(argv)
+
+
+def gather_texts(args: argparse.Namespace) -> tuple[list[str], list[str], str]:
+    """All prompts (labelled by group) and corpus documents (labelled "corpus"), and where they came from."""
+    folder = args.prompts
+    if folder is None and args.demo:
+        from mechinterp.toyworld import ensure_demo_world
+
+        folder = ensure_demo_world(constants.demo_dir()).prompts_dir
+    explicit = folder is not None
+    folder = Path(folder) if explicit else constants.DEFAULT_PROMPTS_DIR
+    texts: list[str] = []
+    sources: list[str] = []
+    if explicit and not folder.is_dir():
+        raise UserError(f"prompt folder {folder} does not exist; pass --prompts DIR with one .txt file per group")
+    groups = available_groups(folder) if folder.is_dir() else []
+    if explicit and not groups:
+        raise UserError(f"prompt folder {folder} has no .txt files; add one file per group, one prompt per line")
+    for group in groups:
+        prompts = read_prompt_file(folder / f"{group}.txt")
+        texts += prompts
+        sources += [group] * len(prompts)
+    described = f"{len(texts)} prompts in {len(groups)} group(s) from {folder}" if groups else ""
+    if args.corpus is not None:
+        docs = read_prompt_file(args.corpus)  # same rules: one document per line, '#' lines ignored
+        texts += docs
+        sources += [CORPUS_SOURCE] * len(docs)
+        described += ("; " if described else "") + f"{len(docs)} documents from {args.corpus}"
+    if not texts:
+        raise UserError(
+            f"no texts to search: {folder} has no prompt files; pass --prompts DIR, --corpus FILE, or --demo"
+        )
+    return texts, sources, described
+
+
+def choose_features(args: argparse.Namespace, d_sae: int) -> tuple[list[int], dict[int, str], str]:
+    """The features to inspect, the Chapter 2 group each came from (if any), and how they were chosen."""
+    groups: dict[int, str] = {}
+    features = list(args.feature)
+    how = "given with --feature"
+    if args.from_results is not None:
+        for pick in read_results_csv(args.from_results, args.top_n):
+            if pick.feature not in features:
+                features.append(pick.feature)
+            groups.setdefault(pick.feature, f"{pick.group} (rank {pick.rank})")
+        how = f"top {args.top_n} per group of {args.from_results}" + (" plus --feature" if args.feature else "")
+    if not features and args.demo:
+        from mechinterp.toyworld import planted_features
+
+        planted = planted_features().concept
+        features = list(planted.values())
+        groups = {f: f"planted '{c}' feature" for c, f in planted.items()}
+        how = "the demo's planted concept features (no --feature given)"
+    if not features:
+        raise UserError("no feature to inspect: give --feature ID (repeatable) or --from-results feature_stats.csv")
+    return validate_features(features, d_sae), groups, how
+
+
+def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+    log = make_logger(args)
+    out = out_dir(args)
+    record = RunRecord(__file__, argv, args)
+    texts, sources, described = gather_texts(args)
+    with record.timed("load"):
+        loaded = load(args, log=log)
+    features, origin, how = choose_features(args, loaded.sae.d_sae)
+    log(f"encoding {len(texts)} texts for {len(features)} feature(s) ...")
+    with record.timed("encode"):
+        tokenized = tokenize(loaded, texts)
+        warn_truncated(texts, tokenized, int(loaded.model.cfg.n_ctx))
+        fa = collect_feature_activations(
+            loaded, texts, sources, features, args.batch_size or default_batch_size(loaded.device), tokenized
+        )
+    color = ansi_allowed(sys.stdout, args.color)
+
+    print(f"\n{loaded.title}")
+    print_wrapped(f"Texts: {described}. Features: {how}.")
+    summary, written = [], []
+    for feature in features:
+        with record.timed("cards"):
+            card = build_card(loaded, fa, feature, args.top_prompts, args.n_tokens)
+            print()
+            if feature in origin:
+                print(f"(feature #{feature}: {origin[feature]})")
+            print(format_card_text(card, loaded.title, color))
+
+            edges, counts = histogram_counts(fa, feature)
+            fired, total = card.fired_total
+            fig = feature_figure(
+                feature, edges, counts, total - fired, total,
+                [(x.token, x.value) for x in card.promoted], [(x.token, x.value) for x in card.suppressed],
+                loaded.title,
+            )
+            png = save_figure(fig, out / f"MI5_{feature}.png")
+            logits_csv = write_csv(
+                out / f"MI5_{feature}.csv",
+                ["direction", "rank", "token_id", "token", "logit_effect"],
+                [["promoted", r, x.token_id, x.token, x.value] for r, x in enumerate(card.promoted, 1)]
+                + [["suppressed", r, x.token_id, x.token, x.value] for r, x in enumerate(card.suppressed, 1)],
+            )
+            hist_csv = write_csv(
+                out / f"MI5_{feature}_hist.csv",
+                ["bin_low", "bin_high", *counts.keys()],
+                [[float(edges[b]), float(edges[b + 1]), *(int(c[b]) for c in counts.values())]
+                 for b in range(len(edges) - 1)],
+            )
+            data = card.to_dict() | {"title": loaded.title, "origin": origin.get(feature, how)}
+            card_json = write_json(out / f"feature_{feature}.json", data)
+            page = write_text(out / f"feature_{feature}.html", render_html(card, loaded.title, loaded.is_demo, png_bytes(fig)))
+            written += [png, logits_csv, hist_csv, card_json, page]
+        top = card.examples[0] if card.examples else None
+        summary.append([
+            feature,
+            f"{card.density:.3g}" if card.density is not None else "-",
+            f"{card.firing_rate:.3g}",
+            f"{card.typical_max:.3f}",
+            repr(top.tokens[top.peak]) if top else "-",
+            repr(card.promoted[0].token),
+            card.url or "-",
+        ])
+
+    summary_csv = write_csv(
+        out / "feature_cards.csv",
+        ["feature", "density_sparsity_file", "firing_rate_prompts", "typical_max_activation", "top_peak_token",
+         "top_promoted_token", "neuronpedia_url"],
+        summary,
+    )
+    print("\nSummary (firing rate and typical max over your texts; BOS and padding excluded):\n")
+    print_table(["feature", "density", "firing rate", "typ. max", "top peak token", "top promoted", "neuronpedia"],
+                summary)
+    record.wrote(*written, summary_csv)
+    record.update(
+        model=loaded.model_label,
+        sae=loaded.sae.label,
+        hook=loaded.sae.hook_name,
+        d_sae=loaded.sae.d_sae,
+        features=features,
+        feature_choice=how,
+        texts=described,
+        n_texts=len(texts),
+        n_tokens=int(sum(len(a) for a in fa.acts)),
+        filtered=filter_note(fa),
+    )
+    record_path = record.write(out)
+    print()
+    print_wrapped(f"Saved {len(written) + 2} files to {out}: feature_<id>.html (open in a browser), MI5_<id>.png, "
+          f"CSV/JSON numbers, {summary_csv.name}, {record_path.name}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    return run_cli(lambda a: run(a, argv), args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

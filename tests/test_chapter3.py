@@ -1,0 +1,183 @@
+"""Chapter 3: feature cards, checked against a direct computation and the toy world's planted features."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import MechInterpFeatureInspect as ch3
+from mechinterp.errors import UserError
+from mechinterp.inspect_feature import (
+    Example,
+    collect_feature_activations,
+    highlight_terminal,
+    logit_effects,
+    read_results_csv,
+    render_html,
+    build_card,
+    safe_text,
+    validate_features,
+)
+from mechinterp.toyworld import CONCEPT_WORDS, PLANTED_OUTPUTS
+
+
+def test_logit_effects_equal_direct_computation(loaded_toy, world):
+    model, sae = loaded_toy.model, loaded_toy.sae.sae
+    for feature in (*world.planted.concept.values(), 7, 300):
+        promoted, suppressed = logit_effects(loaded_toy, feature, 15)
+        direct = (sae.W_dec[feature] @ model.W_U).detach()  # [d_vocab]
+        top, bottom = torch.topk(direct, 15), torch.topk(-direct, 15)
+        assert [x.token_id for x in promoted] == top.indices.tolist()
+        assert [x.token_id for x in suppressed] == bottom.indices.tolist()
+        np.testing.assert_allclose([x.value for x in promoted], top.values.numpy(), rtol=0, atol=1e-5)
+        np.testing.assert_allclose([x.value for x in suppressed], -bottom.values.numpy(), rtol=0, atol=1e-5)
+    # The planted wiring: each concept's decoder direction promotes exactly its planted outputs first.
+    for concept, feature in world.planted.concept.items():
+        promoted, _ = logit_effects(loaded_toy, feature, 3)
+        assert {x.token for x in promoted} == {" " + w for w in PLANTED_OUTPUTS[concept]}
+
+
+def test_card_from_default_model_flags(world, tmp_path, capsys):
+    """The offline test cache (real names) with the demo prompts and a hostile corpus document."""
+    happy, angry, bos = world.planted.concept["happy"], world.planted.concept["angry"], world.planted.bos
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text('<script>alert("x")</script> & the <b>teacher</b> was glad\n', encoding="utf-8")
+    out = tmp_path / "out"
+    argv = ["--feature", str(happy), "--feature", str(angry), "--feature", str(bos),
+            "--prompts", str(world.prompts_dir), "--corpus", str(corpus), "--top-prompts", "8", "--out", str(out)]
+    assert ch3.main(argv) == 0
+    printed = capsys.readouterr().out
+
+    for concept, feature in world.planted.concept.items():
+        card = json.loads((out / f"feature_{feature}.json").read_text())
+        words = {" " + w for w in CONCEPT_WORDS[concept]}
+        # Where it fires: every top example peaks on one of the planted concept words.
+        assert len(card["top_examples"]) == 8
+        assert all(ex["peak_token"] in words for ex in card["top_examples"])
+        # What it writes: the planted outputs, as in a direct W_dec @ W_U.
+        assert {x["token"] for x in card["promoted"][:3]} == {" " + w for w in PLANTED_OUTPUTS[concept]}
+        # How often: only in its own group (the concept word is one token per prompt), never in baseline.
+        by_source = card["fired_tokens_by_source"]
+        assert by_source["baseline"]["fired"] == 0 and by_source["control"]["fired"] == 0
+        assert by_source[concept]["fired"] == 48
+        assert card["typical_max_activation"] == pytest.approx(3.0, abs=0.01)
+        assert card["neuronpedia_url"] == f"https://www.neuronpedia.org/gpt2-small/8-res-jb/{feature}"
+        assert 0 < card["density_from_sparsity_file"] < 0.1
+
+    # The BOS feature fires hugely at BOS only: with BOS excluded it never fires on the texts.
+    bos_card = json.loads((out / f"feature_{bos}.json").read_text())
+    assert bos_card["firing_rate_on_prompts"] == 0 and bos_card["top_examples"] == []
+
+    # The corpus document was searched too (its one concept word fires), and the page stays self-contained.
+    card = json.loads((out / f"feature_{happy}.json").read_text())
+    assert card["fired_tokens_by_source"]["corpus"]["fired"] == 1
+    page = (out / f"feature_{happy}.html").read_text()
+    assert "<script" not in page.lower() and 'src="http' not in page and "@import" not in page
+    assert 'src="data:image/png;base64,' in page  # the figure is inlined
+
+    # stdout is not a terminal here: plain marks, no ANSI escapes.
+    assert "\x1b[" not in printed and "[[glad:3.00]]" in printed
+
+    rows = list(csv.DictReader(open(out / f"MI5_{happy}.csv", encoding="utf-8")))
+    assert len(rows) == 30 and rows[0]["direction"] == "promoted" and rows[0]["token"] in {" hooray", " sunshine", " laughter"}
+    hist = list(csv.DictReader(open(out / f"MI5_{happy}_hist.csv", encoding="utf-8")))
+    assert sum(int(r["happy"]) for r in hist) == 48 and sum(int(r["baseline"]) for r in hist) == 0
+    from PIL import Image
+
+    with Image.open(out / f"MI5_{happy}.png") as img:
+        assert img.size[0] > 1200 and np.asarray(img.convert("L"), dtype=float).std() > 20
+    record = json.loads((out / "MechInterpFeatureInspect_run.json").read_text())
+    assert "BOS" in record["filtered"] and record["features"] == [happy, angry, bos]
+
+
+def test_statistics_exclude_bos_and_padding(loaded_toy, world):
+    """Batching (padding) and BOS must not leak into the per-token activations."""
+    texts = ["The teacher was glad.", "A much longer sentence, so the first one is padded, and was thrilled."]
+    happy, bos = world.planted.concept["happy"], world.planted.bos
+    fa = collect_feature_activations(loaded_toy, texts, ["a", "b"], [happy, bos], batch_size=2)
+    single = collect_feature_activations(loaded_toy, texts[:1], ["a"], [happy, bos], batch_size=1)
+    ids = loaded_toy.model.tokenizer.encode(texts[0], add_special_tokens=False)
+    assert fa.acts[0].shape == (len(ids), 2)  # text tokens only: no BOS row, no padding rows
+    np.testing.assert_allclose(fa.acts[0], single.acts[0], atol=1e-5)
+    assert fa.firing(bos) == (0, sum(len(a) for a in fa.acts))
+    card = build_card(loaded_toy, fa, happy, n_examples=5)
+    assert sorted(e.tokens[e.peak] for e in card.examples) == [" glad", " thrilled"]
+
+
+def test_from_results_picks_top_n_per_group(tmp_path):
+    path = tmp_path / "feature_stats.csv"
+    header = ["group", "feature", "rank", "mean_group", "mean_baseline", "frac_active_group", "frac_active_baseline",
+              "auroc", "effect_size", "p_value", "q_value", "replicated", "neuronpedia_url"]
+    rows = [["happy", 501, 1], ["happy", 17, 2], ["happy", 33, 3], ["happy", 286, ""], ["angry", 409, 1], ["angry", 501, 2],
+            ["angry", 8, 3]]
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows([r + [1.0, 0.1, 0.5, 0.0, 0.9, 1.2, 1e-4, 1e-3, True, ""] for r in rows])
+    picks = read_results_csv(path, top_n=2)
+    assert [(p.group, p.feature, p.rank) for p in picks] == [("happy", 501, 1), ("happy", 17, 2), ("angry", 409, 1)]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("feature,score\n1,2\n", encoding="utf-8")
+    with pytest.raises(UserError, match="lacks the column"):
+        read_results_csv(bad, 3)
+
+
+def test_feature_ids_are_validated(world, capsys):
+    with pytest.raises(UserError, match="ids run from 0 to 511"):
+        validate_features([3, 512], 512)
+    with pytest.raises(UserError, match="ids run from 0 to 511"):
+        validate_features([-1], 512)
+    assert ch3.main(["--demo", "--feature", "600", "--out", str(Path(world.root) / "unused")]) == 2
+    assert "feature 600 does not exist" in capsys.readouterr().err
+
+
+def test_terminal_highlighting_and_untrusted_tokens():
+    ex = Example(rank=1, text_index=0, source="g", tokens=["A", " \x1b[31mred", " was", " glad"],
+                 acts=np.array([0.0, 0.5, 0.0, 2.0], dtype=np.float32), peak=3)
+    plain = highlight_terminal(ex, 2.0, color=False)
+    assert plain == "A [\\x1b[31mred:0.50] was [[glad:2.00]]"
+    coloured = highlight_terminal(ex, 2.0, color=True)
+    assert "\x1b[30;48;5;" in coloured and ";1;4m" in coloured  # background levels, peak bold + underlined
+    assert "\x1b[31m" not in coloured  # the token's own escape sequence is neutralised
+    assert safe_text("a\nb\tc\x07") == "a↵b→c\\x07"
+
+
+def test_html_card_escapes_untrusted_text(loaded_toy, world):
+    happy = world.planted.concept["happy"]
+    texts = ['<script>alert("x")</script> & the <b>teacher</b> was glad', "The driver was late."]
+    fa = collect_feature_activations(loaded_toy, texts, ["corpus", "baseline"], [happy], batch_size=2)
+    card = build_card(loaded_toy, fa, happy, n_examples=5)
+    assert len(card.examples) == 1 and card.examples[0].tokens[card.examples[0].peak] == " glad"
+    page = render_html(card, "title <i>", is_demo=True)
+    tags, text = _parse(page)
+    assert "script" not in tags and "i" not in tags and "img" not in tags
+    # The hostile text is shown literally, as text (each token in its own span).
+    assert '<script>alert("x")</script> & the <b>teacher</b> was glad' in text
+    assert "title <i>" in text
+    assert "http" not in page  # no Neuronpedia link for the toy SAE, and nothing loaded from the network
+
+
+def _parse(page: str) -> tuple[set[str], str]:
+    """The tag names in an HTML page, and its visible text with the spans' text joined."""
+    from html.parser import HTMLParser
+
+    class Collect(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.tags: set[str] = set()
+            self.text: list[str] = []
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.add(tag)
+
+        def handle_data(self, data):
+            self.text.append(data)
+
+    parser = Collect()
+    parser.feed(page)
+    return parser.tags, "".join(parser.text)
