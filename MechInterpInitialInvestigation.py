@@ -83,7 +83,8 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
 
     print(f"\n{loaded.title}")
     print_wrapped(f"Text ({len(str_tokens)} tokens, BOS excluded from every number): {args.text!r}")
-    print_wrapped(f"{n_fired} of {loaded.sae.d_sae} features fire on at least one token; top {k} by max activation:\n")
+    print_wrapped(f"{n_fired} of {loaded.sae.d_sae} features fire on at least one token; top {k} by max activation:")
+    print()
     print_table(
         ["rank", "feature", "max act", "peak token", "pos", "neuronpedia"],
         [[r[0], r[1], f"{r[2]:.3f}", repr(r[3]), r[4], r[5] or "-"] for r in rows],
