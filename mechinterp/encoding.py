@@ -97,22 +97,35 @@ def iter_batches(
 
     ``valid`` is False at the BOS position and at padding, so callers cannot forget to exclude them.
     """
-    ids = tokenized.ids
     if order is None:
-        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-    # Any id will do for padding: it sits to the right, where causal attention never lets real tokens
-    # see it, and its positions are masked out of every summary.
-    pad = 0
+        order = length_order(tokenized)
     for start in range(0, len(order), batch_size):
         batch = list(order[start : start + batch_size])
-        longest = max(len(ids[i]) for i in batch)
-        tokens = torch.full((len(batch), longest), pad, dtype=torch.long)
-        valid = torch.zeros((len(batch), longest), dtype=torch.bool)
-        for row, i in enumerate(batch):
-            tokens[row, : len(ids[i])] = torch.tensor(ids[i])
-            valid[row, tokenized.n_skip : len(ids[i])] = True
+        tokens, valid = pad_batch(tokenized, batch)
         acts = encode_tokens(loaded, tokens)
         yield batch, acts, valid.to(acts.device)
+
+
+def length_order(tokenized: Tokenized) -> list[int]:
+    """Text indices, longest first: batches of similar length waste little on padding, and the
+    largest batch comes first, so a batch size too big for memory fails at once, not at the end."""
+    return sorted(range(len(tokenized.ids)), key=lambda i: -len(tokenized.ids[i]))
+
+
+def pad_batch(tokenized: Tokenized, rows: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded token ids ``[B, T]`` of the given texts, and ``valid [B, T]``: False at BOS and padding.
+
+    Any id will do for padding: it sits to the right, where causal attention never lets a real token
+    see it, and its positions are masked out of every summary.
+    """
+    ids = tokenized.ids
+    longest = max(len(ids[i]) for i in rows)
+    tokens = torch.zeros((len(rows), longest), dtype=torch.long)
+    valid = torch.zeros((len(rows), longest), dtype=torch.bool)
+    for r, i in enumerate(rows):
+        tokens[r, : len(ids[i])] = torch.tensor(ids[i])
+        valid[r, tokenized.n_skip : len(ids[i])] = True
+    return tokens, valid
 
 
 def summarise_batch(acts: torch.Tensor, valid: torch.Tensor) -> list[SparseRow]:
@@ -155,7 +168,7 @@ def aggregate_prompts(
     run continues; a second failure is reported with advice.
     """
     n = len(tokenized.ids)
-    order = sorted(range(n), key=lambda i: -len(tokenized.ids[i]))
+    order = length_order(tokenized)
     results: list[SparseRow | None] = [None] * n
     done = 0
     retried = False

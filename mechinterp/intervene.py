@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mechinterp.encoding import Tokenized, hook_activations
+from mechinterp.encoding import Tokenized, hook_activations, length_order, pad_batch
 from mechinterp.errors import UserError
 from mechinterp.loading import Loaded
 
@@ -75,19 +75,10 @@ class Batch:
 
 def make_batches(loaded: Loaded, tokenized: Tokenized, batch_size: int) -> list[Batch]:
     """Right-padded batches, longest first; with causal attention a pad never affects a real token."""
-    ids = tokenized.ids
-    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-    pad = loaded.model.tokenizer.pad_token_id
-    pad = loaded.model.tokenizer.bos_token_id if pad is None else pad
+    order = length_order(tokenized)
     batches = []
     for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        longest = max(len(ids[i]) for i in rows)
-        tokens = torch.full((len(rows), longest), pad, dtype=torch.long)
-        valid = torch.zeros((len(rows), longest), dtype=torch.bool)
-        for r, i in enumerate(rows):
-            tokens[r, : len(ids[i])] = torch.tensor(ids[i])
-            valid[r, tokenized.n_skip : len(ids[i])] = True
+        tokens, valid = pad_batch(tokenized, order[start : start + batch_size])
         batches.append(Batch(tokens.to(loaded.device), valid.to(loaded.device)))
     return batches
 
