@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from mechinterp import constants, stats
-from mechinterp.cli import ArgumentParser, add_common_args, make_logger, out_dir, positive_int, resolve_source
+from mechinterp.cli import ArgumentParser, add_common_args, fraction, make_logger, out_dir, positive_int, resolve_source
 from mechinterp.errors import UserError, run_cli
 from mechinterp.io import write_csv
 from mechinterp.loading import neuronpedia_url
@@ -38,17 +38,6 @@ from mechinterp.tables import print_table, print_wrapped
 MIN_PROMPTS = 5  # per group (per split with --holdout): fewer cannot reach significance after FDR
 AUTO_HOLDOUT_MIN = 20  # the held-out split is on by default when every group has this many prompts
 LABELLED_IN_VOLCANO = 8
-
-
-def fraction(text: str) -> float:
-    """argparse type for a number strictly between 0 and 1."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be strictly between 0 and 1, got {value}")
-    return value
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -101,6 +101,28 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """argparse type for a number strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be strictly between 0 and 1, got {value}")
+    return value
+
+
 def out_dir(args: argparse.Namespace) -> Path:
     """The folder this run writes to (``--out``, or ``--out/--tag``), created and checked writable.
 
@@ -151,13 +173,17 @@ class Source:
 
 def resolve_source(args: argparse.Namespace) -> Source:
     """Apply ``--demo`` (building the toy world if needed) and validate the SAE flags."""
+    if args.sae_path is not None and not Path(args.sae_path).is_dir():
+        raise UserError(f"--sae-path {args.sae_path} does not exist or is not a folder")
     if args.demo:
         from mechinterp.toyworld import DEMO_MODEL_NAME, ensure_demo_world
 
         world = ensure_demo_world(constants.demo_dir(), log=make_logger(args))
-        return Source(str(world.model_dir), "", "", world.sae_dir, True, DEMO_MODEL_NAME, "toy SAE (planted features)")
-    if args.sae_path is not None and not Path(args.sae_path).is_dir():
-        raise UserError(f"--sae-path {args.sae_path} does not exist or is not a folder")
+        if args.sae_path is not None:  # e.g. an SAE trained on the demo model in Chapter 5
+            sae_path, sae_label = Path(args.sae_path), Path(args.sae_path).name
+        else:
+            sae_path, sae_label = world.sae_dir, "toy SAE (planted features)"
+        return Source(str(world.model_dir), "", "", sae_path, True, DEMO_MODEL_NAME, sae_label)
     label = Path(args.model).name if Path(args.model).is_dir() else args.model
     return Source(args.model, args.sae_release, args.sae_id, args.sae_path, False, label)
 

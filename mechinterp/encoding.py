@@ -128,21 +128,32 @@ def pad_batch(tokenized: Tokenized, rows: Sequence[int]) -> tuple[torch.Tensor, 
     return tokens, valid
 
 
-def summarise_batch(acts: torch.Tensor, valid: torch.Tensor) -> list[SparseRow]:
-    """Reduce ``[B, T, d_sae]`` activations to one sparse row per prompt, over valid positions only."""
-    mask = valid.unsqueeze(-1)
-    counts = valid.sum(1)
-    maxes = acts.masked_fill(~mask, float("-inf")).amax(1)
-    means = acts.masked_fill(~mask, 0.0).sum(1) / counts.unsqueeze(-1)
+@torch.inference_mode()
+def encode_positions(loaded: Loaded, tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """SAE features ``[n_valid, d_sae]`` of the valid positions of ``tokens [B, T]``, row by row.
+
+    Only text positions reach the SAE: BOS and padding are dropped before the (large) encoder matmul,
+    which saves its cost on them and the memory of their 24,576-wide rows.
+    """
+    resid = hook_activations(loaded, tokens.to(loaded.device))
+    return loaded.sae.sae.encode(resid[valid.to(resid.device)])
+
+
+def summarise_positions(feats: torch.Tensor, counts: Sequence[int]) -> list[SparseRow]:
+    """Reduce per-position features ``[n_valid, d_sae]`` to one sparse row per prompt.
+
+    ``counts[i]`` consecutive rows belong to prompt ``i`` (the row-major order of a valid mask).
+    """
     rows = []
-    for b in range(acts.shape[0]):
-        idx = torch.nonzero(maxes[b] > 0).squeeze(-1)
+    for segment in torch.split(feats, list(counts)):
+        peak = segment.amax(0)
+        idx = torch.nonzero(peak > 0).squeeze(-1)
         rows.append(
             SparseRow(
                 idx=idx.cpu().numpy().astype(np.int32),
-                max=maxes[b, idx].float().cpu().numpy(),
-                mean=means[b, idx].float().cpu().numpy(),
-                n_tokens=int(counts[b]),
+                max=peak[idx].float().cpu().numpy(),
+                mean=(segment[:, idx].sum(0) / segment.shape[0]).float().cpu().numpy(),
+                n_tokens=int(segment.shape[0]),
             )
         )
     return rows
@@ -169,16 +180,20 @@ def aggregate_prompts(
     """
     n = len(tokenized.ids)
     order = length_order(tokenized)
+    truncated = set(tokenized.truncated)
     results: list[SparseRow | None] = [None] * n
     done = 0
     retried = False
     while done < n:
         try:
-            for batch, acts, valid in iter_batches(loaded, tokenized, batch_size, order[done:]):
-                rows = summarise_batch(acts, valid)
-                del acts
+            for start in range(done, n, batch_size):
+                batch = order[start : start + batch_size]
+                tokens, valid = pad_batch(tokenized, batch)
+                feats = encode_positions(loaded, tokens, valid)
+                rows = summarise_positions(feats, valid.sum(1).tolist())
+                del feats
                 for i, row in zip(batch, rows):
-                    row.truncated = i in tokenized.truncated
+                    row.truncated = i in truncated
                     results[i] = row
                 if on_rows is not None:
                     on_rows(batch, rows)

@@ -127,7 +127,7 @@ def quiet_third_party() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def _is_download_failure(err: BaseException) -> bool:
+def is_download_failure(err: BaseException) -> bool:
     """True when an exception means "the Hub could not be reached and the file is not cached"."""
     names = {cls.__name__ for cls in type(err).__mro__}
     modules = {cls.__module__.split(".")[0] for cls in type(err).__mro__}
@@ -141,7 +141,7 @@ def _is_download_failure(err: BaseException) -> bool:
     )
 
 
-def _download_error(what: str, err: BaseException) -> EnvironmentProblem:
+def download_error(what: str, err: BaseException) -> EnvironmentProblem:
     from huggingface_hub import constants as hub
 
     if hub.HF_HUB_OFFLINE:
@@ -222,8 +222,8 @@ def load_sae(release: str, sae_id: str, sae_path: Path | None, device: str) -> L
             with quiet_third_party():
                 sae, _, log_sparsity = SAE.from_pretrained_with_cfg_and_sparsity(release, sae_id, device=device)
         except Exception as err:
-            if _is_download_failure(err):
-                raise _download_error(f"the SAE {release}/{sae_id}", err) from err
+            if is_download_failure(err):
+                raise download_error(f"the SAE {release}/{sae_id}", err) from err
             raise
         label = f"{release}/{sae_id}"
     meta = sae.cfg.metadata
@@ -243,28 +243,58 @@ def load_sae(release: str, sae_id: str, sae_path: Path | None, device: str) -> L
 
 def load_model(model_name: str, loaded_sae: LoadedSAE, device: str) -> Any:
     """Load the model with the kwargs the SAE asks for, and check the SAE fits it."""
+    model = load_hooked_model(model_name, device, loaded_sae.model_kwargs)
+    check_compatible(model, loaded_sae)
+    return model
+
+
+def load_hooked_model(model_name: str, device: str, kwargs: dict[str, Any]) -> Any:
+    """A HookedTransformer by TransformerLens name or from a local Hugging Face folder, in eval mode.
+
+    ``kwargs`` go to ``HookedTransformer.from_pretrained`` (e.g. ``center_writing_weights=True``).
+    """
     from transformer_lens import HookedTransformer
 
     try:
         with quiet_third_party():
             if (Path(model_name) / "config.json").is_file():
-                model = load_local_model(Path(model_name), device, loaded_sae.model_kwargs)
+                model = load_local_model(Path(model_name), device, kwargs)
             else:
-                model = HookedTransformer.from_pretrained(model_name, device=device, **loaded_sae.model_kwargs)
+                model = HookedTransformer.from_pretrained(model_name, device=device, **kwargs)
     except ValueError as err:
         if "not found" in str(err):
             raise UserError(
                 f"unknown model {model_name!r}: TransformerLens does not list it "
-                "(examples: gpt2-small, gpt2-medium, pythia-70m)"
+                "(examples: gpt2-small, gpt2-medium, pythia-70m), and it is not a local model folder"
             ) from err
         raise
     except Exception as err:
-        if _is_download_failure(err):
-            raise _download_error(f"the model {model_name}", err) from err
+        if is_download_failure(err):
+            raise download_error(f"the model {model_name}", err) from err
         raise
     model.eval()
-    check_compatible(model, loaded_sae)
+    use_fused_gelu(model)
     return model
+
+
+def use_fused_gelu(model: Any) -> None:
+    """Compute GPT-2's ``gelu_new`` with PyTorch's fused kernel instead of TransformerLens' Python version.
+
+    ``gelu_new`` is exactly the tanh approximation of GELU. TransformerLens evaluates it as five
+    separate elementwise passes over ``[batch, pos, d_mlp]``; ``F.gelu(approximate="tanh")`` does it in
+    one, about 8x faster on a CPU, and agrees to 3e-7. On GPT-2 small that is a large share of the
+    forward pass up to the hook.
+    """
+    import functools
+
+    import torch.nn.functional as F
+
+    if getattr(model.cfg, "act_fn", None) != "gelu_new":
+        return
+    fused = functools.partial(F.gelu, approximate="tanh")
+    for block in model.blocks:
+        if hasattr(block.mlp, "act_fn"):
+            block.mlp.act_fn = fused
 
 
 def load_local_model(path: Path, device: str, kwargs: dict[str, Any]) -> Any:

@@ -11,7 +11,7 @@ import torch
 
 import MechInterpFeatureMeaning as ch2
 from mechinterp import pipeline
-from mechinterp.encoding import PromptAggregates, aggregate_prompts, summarise_batch, tokenize
+from mechinterp.encoding import PromptAggregates, aggregate_prompts, summarise_positions, tokenize
 from mechinterp.toyworld import demo_corpus
 
 
@@ -48,11 +48,12 @@ def test_summary_matches_full_forward_pass_reference(loaded_toy, mixed_prompts):
     assert row.n_tokens == tokens.shape[1] - 1
 
 
-def test_summarise_batch_ignores_masked_positions():
-    acts = torch.tensor([[[5.0, 0.0], [1.0, 2.0], [9.0, 9.0]]])  # positions: BOS, token, padding
-    valid = torch.tensor([[False, True, False]])
-    (row,) = summarise_batch(acts, valid)
-    assert row.idx.tolist() == [0, 1] and row.max.tolist() == [1.0, 2.0] and row.n_tokens == 1
+def test_summarise_positions_splits_prompts_by_count():
+    # Two prompts: 2 positions, then 1; features are [3 positions, 3 features].
+    feats = torch.tensor([[0.0, 1.0, 0.0], [4.0, 3.0, 0.0], [0.0, 0.0, 2.0]])
+    first, second = summarise_positions(feats, [2, 1])
+    assert first.idx.tolist() == [0, 1] and first.max.tolist() == [4.0, 3.0] and first.mean.tolist() == [2.0, 2.0]
+    assert second.idx.tolist() == [2] and second.max.tolist() == [2.0] and second.n_tokens == 1
 
 
 def test_cache_skips_model_and_recomputes_only_edited_prompt(world, tmp_path, monkeypatch):

@@ -162,21 +162,21 @@ def test_out_folder_that_cannot_be_created(tmp_path, capsys):
 def test_out_of_memory_retries_once_with_smaller_batch(world, prompts, tmp_path, capsys, monkeypatch):
     from mechinterp import encoding
 
-    real = encoding.encode_tokens
+    real = encoding.encode_positions
     calls = []
 
-    def flaky(loaded, tokens):
+    def flaky(loaded, tokens, valid):
         calls.append(tokens.shape[0])
         if tokens.shape[0] > 4:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(loaded, tokens)
+        return real(loaded, tokens, valid)
 
-    monkeypatch.setattr(encoding, "encode_tokens", flaky)
+    monkeypatch.setattr(encoding, "encode_positions", flaky)
     code, _, err = run_main(ch2, ch2_args(prompts, tmp_path, "--no-cache", "--batch-size", "8"), capsys)
     assert code == 0 and "out of memory; retrying with --batch-size 4" in err
     assert calls[0] == 8 and max(calls[1:]) == 4
 
-    monkeypatch.setattr(encoding, "encode_tokens", lambda *_: (_ for _ in ()).throw(torch.OutOfMemoryError("oom")))
+    monkeypatch.setattr(encoding, "encode_positions", lambda *_: (_ for _ in ()).throw(torch.OutOfMemoryError("oom")))
     code, _, err = run_main(ch2, ch2_args(prompts, tmp_path, "--no-cache", "--batch-size", "8"), capsys)
     assert code == 1 and "out of memory even at --batch-size 4; lower --batch-size further" in err
 

@@ -1,0 +1,173 @@
+"""Chapter 5: training SAEs - scored against ground truth, saved, and used by Chapter 1 through --sae-path."""
+
+from __future__ import annotations
+
+import csv
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import MechInterpInitialInvestigation as ch1
+import MechInterpTrainSAE as ch5
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+SMALL_SYNTHETIC = [
+    "--synthetic", "--n-features", "64", "--hidden-dim", "16", "--training-tokens", "300000",
+    "--batch-size", "512", "--lr", "0.01", "--l1-coefficient", "0.5", "--k", "4", "--eval-samples", "5000",
+    "--quiet",
+]
+
+
+def test_synthetic_recovers_planted_features_far_above_chance(tmp_path):
+    assert ch5.main([*SMALL_SYNTHETIC, "--out", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "MI8.json").read_text())
+    rows = read_csv(tmp_path / "MI8.csv")
+    assert len(rows) == 64
+
+    # Chance level, computed here independently: the same 64 true features (SAELens' dictionary is
+    # deterministic from the seed) against 64 random unit directions, averaged over a few draws.
+    from sae_lens.synthetic import FeatureDictionary
+
+    true = FeatureDictionary(64, 16, seed=0).feature_vectors.detach()
+    true = true / true.norm(dim=1, keepdim=True)
+    chance_mean, chance_recovery = [], []
+    for seed in range(5):
+        rand = torch.randn(64, 16, generator=torch.Generator().manual_seed(100 + seed))
+        rand = rand / rand.norm(dim=1, keepdim=True)
+        best = (rand @ true.T).abs().max(dim=0).values
+        chance_mean.append(float(best.mean()))
+        chance_recovery.append(float((best > 0.9).float().mean()))
+    assert max(chance_recovery) < 0.1
+
+    for result in summary["results"]:
+        arch = result["architecture"]
+        max_cos = np.array([float(r[f"{arch}_max_cos"]) for r in rows])
+        # The table's numbers are the ones behind the figure.
+        assert result["recovery"] == pytest.approx(float((max_cos > 0.9).mean()))
+        assert result["mean_max_cos"] == pytest.approx(float(max_cos.mean()), abs=1e-6)
+        assert result["mean_max_cos"] > np.mean(chance_mean) + 0.3
+        assert result["dead_latents"] < 16
+    assert summary["best_recovery"] >= 0.6 > 6 * max(chance_recovery)
+    topk = next(r for r in summary["results"] if r["architecture"] == "topk")
+    assert topk["l0"] <= 4 + 1e-9  # TopK never has more than k active latents
+    assert (tmp_path / "MI7.png").stat().st_size > 20_000 and (tmp_path / "MI8.png").stat().st_size > 20_000
+    curves = read_csv(tmp_path / "MI7.csv")
+    assert {r["architecture"] for r in curves} == {"standard", "topk"}
+    # Training works: the final explained variance is far above the first step's.
+    std = [r for r in curves if r["architecture"] == "standard"]
+    assert float(std[-1]["explained_variance"]) > float(std[0]["explained_variance"]) + 0.3
+
+
+@pytest.fixture(scope="module")
+def trained_demo(world, tmp_path_factory):
+    """A small --demo training run (toy model, demo sentences), shared by the tests below."""
+    out = tmp_path_factory.mktemp("ch5_demo")
+    code = ch5.main([
+        "--demo", "--training-tokens", "40000", "--batch-size", "512", "--d-sae", "128",
+        "--checkpoints", "1", "--eval-batches", "2", "--quiet", "--out", str(out),
+    ])
+    assert code == 0
+    return out
+
+
+def test_demo_training_saves_a_loadable_evaluated_sae(trained_demo, world):
+    from mechinterp.loading import load_sae
+
+    loaded = load_sae("", "", trained_demo / "sae", "cpu")
+    assert loaded.hook_name == "blocks.8.hook_resid_pre" and loaded.d_sae == 128
+    assert loaded.log_sparsity is not None and loaded.log_sparsity.shape == (128,)
+    assert float(loaded.log_sparsity.max()) <= 0 and float(loaded.log_sparsity.max()) > -3  # log10 densities
+    assert loaded.model_kwargs == {"center_writing_weights": True}
+    torch.testing.assert_close(loaded.sae.W_dec.norm(dim=1), torch.ones(128), atol=1e-4, rtol=0)
+
+    record = json.loads((trained_demo / "MechInterpTrainSAE_run.json").read_text())
+    ev = record["evaluation"]
+    assert 0.5 < ev["l0"] < 64 and 0.5 < ev["explained_variance"] <= 1
+    for key in ("ce_loss_clean", "ce_loss_with_sae", "ce_loss_zero_ablated"):
+        assert np.isfinite(ev[key]) and ev[key] > 0
+    # The toy world's planted concept directions are learned: a decoder row points along each.
+    for concept in ("happy", "angry"):
+        assert record["planted_directions"][concept]["cos"] > 0.8
+    assert list(Path(record["checkpoints"]).glob("*/cfg.json")), "a checkpoint was saved"
+    curves = read_csv(trained_demo / "MI7.csv")
+    assert float(curves[-1]["explained_variance"]) > float(curves[0]["explained_variance"])
+
+
+def _reference_top(sae_dir: Path, model, text: str, k: int) -> tuple[list[int], np.ndarray]:
+    """Top features of ``text`` from SAELens directly: load_from_disk + the model's hook, BOS dropped."""
+    from sae_lens import SAE
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # SAELens' advice about model kwargs
+        sae = SAE.load_from_disk(sae_dir, device="cpu")
+    tokens = model.to_tokens(text)  # BOS prepended
+    _, cache = model.run_with_cache(tokens, names_filter=sae.cfg.metadata.hook_name)
+    acts = sae.encode(cache[sae.cfg.metadata.hook_name])[0, 1:].detach()
+    best = acts.max(dim=0).values
+    top = torch.argsort(-best, stable=True)[:k]
+    return top.tolist(), best[top].numpy()
+
+
+def test_trained_sae_is_used_by_chapter1_via_sae_path(trained_demo, world, loaded_toy, tmp_path):
+    text = "The teacher was thrilled."
+    assert ch1.main([
+        "--model", str(world.model_dir), "--sae-path", str(trained_demo / "sae"),
+        "--text", text, "--top-k", "5", "--quiet", "--out", str(tmp_path),
+    ]) == 0
+    rows = read_csv(tmp_path / "MI1.csv")
+    features, values = _reference_top(trained_demo / "sae", loaded_toy.model, text, 5)
+    assert [int(r["feature"]) for r in rows] == features
+    np.testing.assert_allclose([float(r["max_activation"]) for r in rows], values, atol=1e-4, rtol=0)
+    assert all(int(r["feature"]) < 128 for r in rows)  # our 128-latent SAE, not the toy's 512
+
+
+def test_demo_flag_with_sae_path_uses_the_trained_sae(trained_demo, loaded_toy, tmp_path):
+    text = "The teacher was thrilled."
+    assert ch1.main([
+        "--demo", "--sae-path", str(trained_demo / "sae"), "--text", text, "--top-k", "5", "--quiet",
+        "--out", str(tmp_path),
+    ]) == 0
+    rows = read_csv(tmp_path / "MI1.csv")
+    features, _ = _reference_top(trained_demo / "sae", loaded_toy.model, text, 5)
+    assert [int(r["feature"]) for r in rows] == features
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--synthetic", "--demo"],
+        ["--synthetic", "--text-file", "x.txt"],
+        ["--architecture", "both", "--demo"],
+        ["--demo", "--text-file", "a.txt", "--dataset", "b"],
+        ["--demo", "--sae-path", "somewhere"],
+        ["--synthetic", "--lr", "-1"],
+        ["--synthetic", "--firing-prob", "0.01", "0.1"],
+        ["--synthetic", "--batch-size", "2048", "--training-tokens", "1000"],
+    ],
+)
+def test_usage_errors_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        ch5.main(argv)
+    assert exc.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_user_errors_exit_2_without_traceback(world, tmp_path, capsys):
+    missing = tmp_path / "missing.txt"
+    assert ch5.main(["--demo", "--text-file", str(missing), "--out", str(tmp_path), "--quiet"]) == 2
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n", encoding="utf-8")
+    assert ch5.main(["--demo", "--text-file", str(empty), "--out", str(tmp_path), "--quiet"]) == 2
+    assert ch5.main(["--demo", "--hook", "blocks.99.hook_resid_pre", "--training-tokens", "4096",
+                     "--out", str(tmp_path), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "missing.txt" in err and "no text" in err and "blocks.99" in err
