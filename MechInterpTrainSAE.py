@@ -30,10 +30,9 @@ import sys
 import time
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from mechinterp import constants
-from mechinterp.cli import ArgumentParser, add_common_args, fraction, positive_float, make_logger, out_dir, positive_int
+from mechinterp.cli import ArgumentParser, add_common_args, fraction, make_logger, out_dir, positive_float, positive_int
+from mechinterp.cli import progress_bar as cli_progress_bar
 from mechinterp.errors import UserError, run_cli
 from mechinterp.io import write_csv, write_json
 from mechinterp.loading import go_offline_if_hub_unreachable, load_hooked_model, pick_device
@@ -263,7 +262,7 @@ def resolve_defaults(args: argparse.Namespace) -> None:
 
 def progress_bar(args: argparse.Namespace, total: int, desc: str):
     """A per-step bar on stderr; returns (bar, callback for mechinterp.training)."""
-    bar = tqdm(total=total, desc=desc, unit="step", disable=args.quiet, file=sys.stderr, mininterval=0.5)
+    bar = cli_progress_bar(total, desc, args.quiet, unit="step")
 
     def update(steps: int, metrics: dict[str, float]) -> None:
         bar.update(steps)

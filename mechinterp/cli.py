@@ -19,7 +19,7 @@ from pathlib import Path
 from mechinterp import constants
 from mechinterp.errors import EnvironmentProblem, UserError
 from mechinterp.io import begin_outputs
-from mechinterp.loading import Loaded, go_offline_if_hub_unreachable, load_model, load_sae, pick_device
+from mechinterp.loading import Loaded, folder_label, go_offline_if_hub_unreachable, load_model, load_sae, pick_device
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -180,11 +180,11 @@ def resolve_source(args: argparse.Namespace) -> Source:
 
         world = ensure_demo_world(constants.demo_dir(), log=make_logger(args))
         if args.sae_path is not None:  # e.g. an SAE trained on the demo model in Chapter 5
-            sae_path, sae_label = Path(args.sae_path), Path(args.sae_path).name
+            sae_path, sae_label = Path(args.sae_path), folder_label(Path(args.sae_path))
         else:
             sae_path, sae_label = world.sae_dir, "toy SAE (planted features)"
         return Source(str(world.model_dir), "", "", sae_path, True, DEMO_MODEL_NAME, sae_label)
-    label = Path(args.model).name if Path(args.model).is_dir() else args.model
+    label = folder_label(Path(args.model)) if Path(args.model).is_dir() else args.model
     return Source(args.model, args.sae_release, args.sae_id, args.sae_path, False, label)
 
 
@@ -209,6 +209,14 @@ def load(args: argparse.Namespace, source: Source | None = None, log=None) -> Lo
         torch.set_num_threads(1)
     log(f"loaded in {time.perf_counter() - start:.1f}s")
     return Loaded(model=model, sae=loaded_sae, model_label=source.model_label, device=device, is_demo=source.is_demo)
+
+
+def progress_bar(total: int, desc: str, quiet: bool, unit: str = "it"):
+    """A tqdm bar on stderr for a person watching a terminal; logs, pipes and CI stay clean."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, disable=quiet or not sys.stderr.isatty(), file=sys.stderr,
+                mininterval=0.5)
 
 
 def make_logger(args: argparse.Namespace):

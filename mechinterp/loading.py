@@ -82,6 +82,12 @@ def hook_layer(hook_name: str) -> int:
     return int(match.group(1))
 
 
+def folder_label(path: Path) -> str:
+    """A short, still recognisable name for a local folder: its last two components (``runs/sae``)."""
+    parts = path.resolve().parts
+    return "/".join(parts[-2:])
+
+
 def neuronpedia_url(neuronpedia_id: str | None, feature: int) -> str:
     """The feature's Neuronpedia page, or "" when the SAE is not on Neuronpedia."""
     return f"{NEURONPEDIA_BASE}/{neuronpedia_id}/{feature}" if neuronpedia_id else ""
@@ -213,7 +219,7 @@ def load_sae(release: str, sae_id: str, sae_path: Path | None, device: str) -> L
             from safetensors.torch import load_file
 
             log_sparsity = load_file(sparsity_file)["sparsity"]
-        label = Path(sae_path).name
+        label = folder_label(Path(sae_path))
     else:
         from sae_lens import SAE
 

@@ -13,11 +13,10 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
 
 from mechinterp import constants
 from mechinterp.cache import ActivationCache
-from mechinterp.cli import Source, load
+from mechinterp.cli import Source, load, progress_bar
 from mechinterp.loading import Loaded, pick_device
 from mechinterp.summaries import PromptAggregates, SparseRow
 
@@ -62,13 +61,6 @@ class Summaries:
     seconds: dict[str, float]  # wall-clock "load" (model + SAE), "encode", "cache" (entry reads/writes)
 
 
-def _progress_bar(total: int, quiet: bool) -> Any:
-    from tqdm import tqdm
-
-    # A bar only for a person watching a terminal; logs and CI stay clean.
-    return tqdm(total=total, desc="encoding prompts", unit="prompt", disable=quiet or not sys.stderr.isatty())
-
-
 def summarise_prompts(
     args: argparse.Namespace,
     source: Source,
@@ -99,7 +91,7 @@ def summarise_prompts(
             log(f"encoding {len(missing)} prompt(s) ({len(found)} from the cache) ...")
             tokenized = tokenize(loaded, [texts[i] for i in missing])
             batch_size = args.batch_size or default_batch_size(pick_device(args.device))
-            bar = _progress_bar(len(missing), args.quiet)
+            bar = progress_bar(len(missing), "encoding prompts", args.quiet, unit="prompt")
             start = time.perf_counter()
 
             def store(batch: list[int], rows: list[SparseRow]) -> None:
