@@ -89,7 +89,8 @@ def load_prompt_sets(
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise UserError(f"prompt folder {folder} does not exist; pass --prompts DIR with one .txt file per group")
+        what = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise UserError(f"prompt folder {folder} {what}; pass --prompts DIR with one .txt file per group")
     available = available_groups(folder)
     if not available:
         raise UserError(f"prompt folder {folder} has no .txt files; add e.g. happy.txt and baseline.txt")
