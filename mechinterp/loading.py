@@ -30,7 +30,7 @@ from mechinterp.errors import EnvironmentProblem, UserError
 
 HUB_PROBE_SECONDS = 3.0  # one connection attempt; a reachable Hub answers far faster
 HUB_HINT = (
-    "Connect to the internet for the first run (GPT-2 small and the SAE are about 650 MB), "
+    "Connect to the internet for the first run (GPT-2 small and the SAE are about 700 MB), "
     "or point HF_HOME at a Hugging Face cache that has the files, or pass --sae-path DIR for a "
     "local SAE. To see the whole pipeline without network, add --demo."
 )
