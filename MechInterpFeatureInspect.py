@@ -38,9 +38,8 @@ from mechinterp.inspect_feature import (
     filter_note,
     format_card_text,
     histogram_counts,
-    read_results_csv,
+    choose_features,
     render_html,
-    validate_features,
 )
 from mechinterp.io import save_figure, write_csv, write_json, write_text
 from mechinterp.prompts import available_groups, read_prompt_file
@@ -113,29 +112,6 @@ def gather_texts(args: argparse.Namespace) -> tuple[list[str], list[str], str]:
     return texts, sources, described
 
 
-def choose_features(args: argparse.Namespace, d_sae: int) -> tuple[list[int], dict[int, str], str]:
-    """The features to inspect, the Chapter 2 group each came from (if any), and how they were chosen."""
-    groups: dict[int, str] = {}
-    features = list(args.feature)
-    how = "given with --feature"
-    if args.from_results is not None:
-        for pick in read_results_csv(args.from_results, args.top_n):
-            if pick.feature not in features:
-                features.append(pick.feature)
-            groups.setdefault(pick.feature, f"{pick.group} (rank {pick.rank})")
-        how = f"top {args.top_n} per group of {args.from_results}" + (" plus --feature" if args.feature else "")
-    if not features and args.demo:
-        from mechinterp.toyworld import planted_features
-
-        planted = planted_features().concept
-        features = list(planted.values())
-        groups = {f: f"planted '{c}' feature" for c, f in planted.items()}
-        how = "the demo's planted concept features (no --feature given)"
-    if not features:
-        raise UserError("no feature to inspect: give --feature ID (repeatable) or --from-results feature_stats.csv")
-    return validate_features(features, d_sae), groups, how
-
-
 def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     log = make_logger(args)
     out = out_dir(args)
@@ -143,7 +119,12 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     texts, sources, described = gather_texts(args)
     with record.timed("load"):
         loaded = load(args, log=log)
-    features, origin, how = choose_features(args, loaded.sae.d_sae)
+    choice = choose_features(args.feature, args.from_results, args.top_n, args.demo, loaded.sae.d_sae)
+    features, how = choice.features, choice.how
+    origin = {
+        f: f"{g} (rank {choice.ranks[f]})" if f in choice.ranks else f"planted '{g}' feature"
+        for f, g in choice.groups.items()
+    }
     log(f"encoding {len(texts)} texts for {len(features)} feature(s) ...")
     with record.timed("encode"):
         tokenized = tokenize(loaded, texts)

@@ -44,10 +44,9 @@ from mechinterp.inspect_feature import (
     collect_feature_activations,
     filter_note,
     logit_effects,
-    read_results_csv,
+    choose_features,
     safe_text,
     typical_max_activation,
-    validate_features,
 )
 from mechinterp.intervene import (
     firing_rates,
@@ -150,28 +149,6 @@ def prompt_folder(args: argparse.Namespace) -> Path:
     return constants.DEFAULT_PROMPTS_DIR
 
 
-def choose_features(args: argparse.Namespace, d_sae: int) -> tuple[list[int], dict[int, str], str]:
-    """Features to test, the group each should be ablated on (when known), and how they were chosen."""
-    features = list(args.feature)
-    groups: dict[int, str] = {}
-    how = "given with --feature"
-    if args.from_results is not None:
-        for pick in read_results_csv(args.from_results, args.top_n):
-            if pick.feature not in features:
-                features.append(pick.feature)
-            groups.setdefault(pick.feature, pick.group)
-        how = f"top {args.top_n} per group of {args.from_results}"
-    if not features and args.demo:
-        from mechinterp.toyworld import planted_features
-
-        planted = planted_features().concept
-        features, groups = list(planted.values()), {f: c for c, f in planted.items()}
-        how = "the demo's planted concept features (no --feature given)"
-    if not features:
-        raise UserError("no feature to test: give --feature ID (repeatable) or --from-results feature_stats.csv")
-    return validate_features(features, d_sae), groups, how
-
-
 def side_by_side(left: str, right: str, width: int) -> list[str]:
     """Two texts wrapped into two columns of ``width`` characters."""
     a = textwrap.wrap(left, width) or [""]
@@ -197,7 +174,8 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
             raise UserError(f"{flag} {name!r} is not a group in {folder}; groups: {', '.join(groups)}")
     with record.timed("load"):
         loaded = load(args, log=log)
-    features, csv_groups, how = choose_features(args, loaded.sae.d_sae)
+    choice = choose_features(args.feature, args.from_results, args.top_n, args.demo, loaded.sae.d_sae)
+    features, csv_groups, how = choice.features, choice.groups, choice.how
     batch_size = args.batch_size or default_batch_size(loaded.device)
     tok = loaded.model.tokenizer
 

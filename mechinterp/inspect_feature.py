@@ -67,6 +67,40 @@ class ResultsPick:
     rank: int
 
 
+@dataclass
+class FeatureChoice:
+    """Which features a Chapter 3/4 run looks at, and where each came from."""
+
+    features: list[int]
+    groups: dict[int, str]  # feature -> its Chapter 2 group, or the demo concept it was planted for
+    ranks: dict[int, int]  # feature -> its rank in that group (features from --from-results only)
+    how: str  # one line for the output: how the features were chosen
+
+
+def choose_features(
+    given: Sequence[int], from_results: Path | None, top_n: int, demo: bool, d_sae: int
+) -> FeatureChoice:
+    """``--feature`` ids, plus the top ``top_n`` per group of a Chapter 2 CSV, else the demo's planted ones."""
+    features, groups, ranks = list(given), {}, {}
+    how = "given with --feature"
+    if from_results is not None:
+        for pick in read_results_csv(from_results, top_n):
+            if pick.feature not in features:
+                features.append(pick.feature)
+            groups.setdefault(pick.feature, pick.group)
+            ranks.setdefault(pick.feature, pick.rank)
+        how = f"top {top_n} per group of {from_results}" + (" plus --feature" if given else "")
+    if not features and demo:
+        from mechinterp.toyworld import planted_features
+
+        planted = planted_features().concept
+        features, groups = list(planted.values()), {f: c for c, f in planted.items()}
+        how = "the demo's planted concept features (no --feature given)"
+    if not features:
+        raise UserError("no feature given: pass --feature ID (repeatable) or --from-results feature_stats.csv")
+    return FeatureChoice(validate_features(features, d_sae), groups, ranks, how)
+
+
 def read_results_csv(path: Path, top_n: int) -> list[ResultsPick]:
     """The top ``top_n`` features of each group in a Chapter 2 ``feature_stats.csv``.
 
