@@ -16,7 +16,7 @@ checks that (a), (b) and (c) give the same per-prompt numbers, and measures the 
 of (c) for several numbers of prompts, each in a fresh subprocess.
 
 Run from the repository root:
-    python bench/bench_encoding.py            # the full run (about 20-25 minutes on 2 cores)
+    python bench/bench_encoding.py            # the full run (about 10 minutes on 2 quiet cores)
     python bench/bench_encoding.py --quick    # a ~1-minute smoke run at small sizes
 
 Prints a markdown table with PASS/FAIL beside each target and writes
@@ -26,6 +26,7 @@ Prints a markdown table with PASS/FAIL beside each target and writes
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -56,8 +57,6 @@ from mechinterp.encoding import (  # noqa: E402
 )
 from mechinterp.errors import UserError, run_cli  # noqa: E402
 from mechinterp.io import write_json, write_text  # noqa: E402
-import contextlib  # noqa: E402
-
 from mechinterp.loading import Loaded, LoadedSAE, quiet_third_party, use_fused_gelu  # noqa: E402
 from mechinterp.records import library_versions  # noqa: E402
 
