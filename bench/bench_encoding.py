@@ -744,34 +744,51 @@ def markdown(results: dict[str, Any]) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Benchmark the project's SAE encoding path against a naive loop and SAELens "
-        "(random weights of GPT-2 small's shape; offline).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "(random weights of GPT-2 small's shape; offline). Results go to bench/results/.",
     )
-    parser.add_argument("--quick", action="store_true", help="a ~1-minute smoke run at small sizes (results *_quick.*)")
-    parser.add_argument("--prompts", type=positive_int, default=None, help="prompts for the speed comparison (default: 300; 12 with --quick)")
+    parser.add_argument("--quick", action="store_true", help="a ~1-minute smoke run at small sizes (writes *_quick.*)")
     parser.add_argument(
-        "--memory-sizes", type=positive_int, nargs="*", default=None,
-        help="numbers of prompts for the peak-memory runs, smallest first (default: 100 1000 5000; 10 40 with --quick); none skips them",
+        "--prompts", type=positive_int, default=None, help="prompts for the speed comparison (default: 300; 12 with --quick)"
     )
-    parser.add_argument("--min-len", type=positive_int, default=16, help="shortest prompt in tokens, BOS included")
-    parser.add_argument("--max-len", type=positive_int, default=64, help="longest prompt in tokens, BOS included")
-    parser.add_argument("--batch-size", type=positive_int, default=default_batch_size("cpu"), help="batch size of the pipeline (c); the project's CPU default")
-    parser.add_argument("--d-sae", type=positive_int, default=24576, help="SAE width (gpt2-small-res-jb: 24576)")
-    parser.add_argument("--hook-layer", type=int, default=8, help="the SAE reads blocks.LAYER.hook_resid_pre")
-    parser.add_argument("--sae-l0", type=float, default=GPT2_SAE_L0, help="features firing per token, as calibrated into the random SAE's bias")
-    parser.add_argument("--threads", type=positive_int, default=torch.get_num_threads(), help="torch threads (default: torch's own choice on this machine)")
+    parser.add_argument(
+        "--memory-sizes", type=positive_int, nargs="*", default=None, metavar="N",
+        help="numbers of prompts for the peak-memory runs (default: 100 1000 5000; 10 40 with --quick); "
+        "give the flag with no numbers to skip them",
+    )
+    parser.add_argument("--min-len", type=positive_int, default=16, help="shortest prompt in tokens, BOS included (default: %(default)s)")
+    parser.add_argument("--max-len", type=positive_int, default=64, help="longest prompt in tokens, BOS included (default: %(default)s)")
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=default_batch_size("cpu"),
+        help="batch size of the pipeline (c) (default: the project's CPU default, %(default)s)",
+    )
+    parser.add_argument("--d-sae", type=positive_int, default=24576, help="SAE width (default: %(default)s, as gpt2-small-res-jb)")
+    parser.add_argument("--hook-layer", type=int, default=8, help="the SAE reads blocks.LAYER.hook_resid_pre (default: %(default)s)")
+    parser.add_argument(
+        "--sae-l0", type=float, default=GPT2_SAE_L0,
+        help="features firing per token, calibrated into the random SAE's bias (default: %(default)s, as gpt2-small-res-jb)",
+    )
+    parser.add_argument(
+        "--threads", type=positive_int, default=torch.get_num_threads(),
+        help="torch threads (default: torch's own choice on this machine, %(default)s)",
+    )
     parser.add_argument(
         "--pipeline-repeats", type=positive_int, default=3,
-        help="times (c) is run on the speed prompts; the median run is reported",
+        help="times (c) is run on the speed prompts; the median run is reported (default: %(default)s)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed for the weights and the prompts")
-    parser.add_argument("--matmul-seconds", type=float, default=1.0, help="seconds spent timing each reference matmul shape")
+    parser.add_argument("--seed", type=int, default=0, help="seed for the weights and the prompts (default: %(default)s)")
+    parser.add_argument(
+        "--matmul-seconds", type=float, default=1.0,
+        help="seconds spent timing each reference matmul shape (default: %(default)s; 0.2 with --quick)",
+    )
     parser.add_argument(
         "--wait-for-quiet", type=float, default=None, metavar="LOAD",
         help="before measuring, wait (up to --wait-minutes) until the 1-minute load average is below LOAD",
     )
-    parser.add_argument("--wait-minutes", type=float, default=20.0, help="longest wait for --wait-for-quiet")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR, metavar="DIR", help="folder for the JSON and markdown results")
+    parser.add_argument("--wait-minutes", type=float, default=20.0, help="longest wait for --wait-for-quiet (default: %(default)s)")
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS_DIR, metavar="DIR",
+        help="folder for the JSON and markdown results (default: bench/results beside this script)",
+    )
     parser.add_argument(
         "--memory-child", type=positive_int, default=None, metavar="N",
         help="internal: only run the pipeline on N prompts in this process and print its peak memory as JSON "

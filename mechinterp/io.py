@@ -46,6 +46,12 @@ def finish_outputs(commit: bool) -> None:
     _scope = None
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``, else delete it."""
@@ -54,6 +60,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    # mkstemp creates the file owner-only (0600); give it the permissions an ordinary open() would.
+    os.chmod(tmp, 0o666 & ~_umask())
     deferred = False
     try:
         yield tmp

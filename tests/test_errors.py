@@ -234,3 +234,14 @@ def test_interrupt_mid_encode_keeps_old_results_and_cache(world, tmp_path, monke
     record = json.loads((out / "MechInterpFeatureMeaning_run.json").read_text())
     assert record["cache_hits"] >= done and record["cache_misses"] == len(corpus) - record["cache_hits"]
     assert (out / "feature_stats.csv").read_text().startswith("group,feature,rank")
+
+
+def test_outputs_get_ordinary_file_permissions(tmp_path):
+    from mechinterp.io import write_text
+
+    old = os.umask(0o022)
+    try:
+        path = write_text(tmp_path / "result.txt", "x")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644  # not mkstemp's owner-only 0600
