@@ -25,10 +25,8 @@ import argparse
 import sys
 from pathlib import Path
 
-
-from mechinterp import constants
 from mechinterp.causal_plots import feature_figure, png_bytes
-from mechinterp.cli import ArgumentParser, add_common_args, load, make_logger, out_dir, positive_int
+from mechinterp.cli import ArgumentParser, add_common_args, prompt_folder, load, make_logger, out_dir, positive_int
 from mechinterp.encoding import default_batch_size, tokenize, warn_truncated
 from mechinterp.errors import UserError, run_cli
 from mechinterp.inspect_feature import (
@@ -81,13 +79,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def gather_texts(args: argparse.Namespace) -> tuple[list[str], list[str], str]:
     """All prompts (labelled by group) and corpus documents (labelled "corpus"), and where they came from."""
-    folder = args.prompts
-    if folder is None and args.demo:
-        from mechinterp.toyworld import ensure_demo_world
-
-        folder = ensure_demo_world(constants.demo_dir()).prompts_dir
-    explicit = folder is not None
-    folder = Path(folder) if explicit else constants.DEFAULT_PROMPTS_DIR
+    # Only a folder the user (or --demo) chose must exist: without one, --corpus alone is fine.
+    explicit = args.prompts is not None or args.demo
+    folder = prompt_folder(args)
     texts: list[str] = []
     sources: list[str] = []
     if explicit and not folder.is_dir():

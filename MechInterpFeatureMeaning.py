@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from mechinterp import constants, stats
-from mechinterp.cli import ArgumentParser, add_common_args, fraction, make_logger, out_dir, positive_int, resolve_source
+from mechinterp.cli import ArgumentParser, add_common_args, prompt_folder, fraction, make_logger, out_dir, positive_int, resolve_source
 from mechinterp.errors import UserError, run_cli
 from mechinterp.io import write_csv
 from mechinterp.loading import neuronpedia_url
@@ -106,14 +106,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     out = out_dir(args)
     record = RunRecord(__file__, argv, args)
     source = resolve_source(args)
-    if args.prompts is not None:
-        folder = args.prompts
-    elif source.is_demo:
-        from mechinterp.toyworld import ensure_demo_world
-
-        folder = ensure_demo_world(constants.demo_dir()).prompts_dir
-    else:
-        folder = constants.DEFAULT_PROMPTS_DIR
+    folder = prompt_folder(args)
     min_needed = MIN_PROMPTS * (2 if not args.no_holdout and args.holdout is not None else 1)
     sets = load_prompt_sets(folder, args.groups, args.baseline, min_needed, args.duplicates)
     sizes = {g: len(p) for g, p in sets.groups.items()}

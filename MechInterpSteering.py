@@ -35,9 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mechinterp import constants
 from mechinterp.causal_plots import causal_figure
-from mechinterp.cli import ArgumentParser, add_common_args, load, make_logger, out_dir, positive_int
+from mechinterp.cli import ArgumentParser, add_common_args, prompt_folder, load, make_logger, out_dir, positive_int
 from mechinterp.encoding import default_batch_size, tokenize, warn_truncated
 from mechinterp.errors import UserError, run_cli
 from mechinterp.inspect_feature import (
@@ -137,16 +136,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.max_act is not None and args.max_act <= 0:
         parser.error("--max-act must be above 0")
     return args
-
-
-def prompt_folder(args: argparse.Namespace) -> Path:
-    if args.prompts is not None:
-        return Path(args.prompts)
-    if args.demo:
-        from mechinterp.toyworld import ensure_demo_world
-
-        return ensure_demo_world(constants.demo_dir()).prompts_dir
-    return constants.DEFAULT_PROMPTS_DIR
 
 
 def side_by_side(left: str, right: str, width: int) -> list[str]:

@@ -124,6 +124,17 @@ def fraction(text: str) -> float:
     return value
 
 
+def prompt_folder(args: argparse.Namespace) -> Path:
+    """``--prompts``, else the demo world's prompts with ``--demo``, else prompts/ beside the scripts."""
+    if args.prompts is not None:
+        return Path(args.prompts)
+    if args.demo:
+        from mechinterp.toyworld import ensure_demo_world
+
+        return ensure_demo_world(constants.demo_dir()).prompts_dir
+    return constants.DEFAULT_PROMPTS_DIR
+
+
 def out_dir(args: argparse.Namespace) -> Path:
     """The folder this run writes to (``--out``, or ``--out/--tag``), created and checked writable.
 
