@@ -25,23 +25,22 @@ import argparse
 import sys
 from pathlib import Path
 
+from mechinterp import constants
+from mechinterp.card_render import ansi_allowed, format_card_text, render_html
+from mechinterp.cards import FeatureCard, build_card
 from mechinterp.causal_plots import feature_figure, png_bytes
-from mechinterp.cli import ArgumentParser, add_common_args, prompt_folder, load, make_logger, out_dir, positive_int
+from mechinterp.cli import (
+    ArgumentParser, add_common_args, make_logger, output_folder, positive_int, prompt_folder, source_options,
+)
 from mechinterp.encoding import default_batch_size, tokenize, warn_truncated
 from mechinterp.errors import UserError, run_cli
-from mechinterp.inspect_feature import (
-    ansi_allowed,
-    build_card,
-    collect_feature_activations,
-    filter_note,
-    format_card_text,
-    histogram_counts,
-    choose_features,
-    render_html,
+from mechinterp.feature_data import (
+    FeatureActivations, choose_features, collect_feature_activations, filter_note, histogram_counts,
 )
-from mechinterp.io import save_figure, write_csv, write_json, write_text
+from mechinterp.io import OutputFolder
 from mechinterp.prompts import available_groups, read_prompt_file
 from mechinterp.records import RunRecord
+from mechinterp.source import demo_threads, load, resolve_source
 from mechinterp.tables import print_table, print_wrapped
 
 CORPUS_SOURCE = "corpus"
@@ -50,7 +49,6 @@ CORPUS_SOURCE = "corpus"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = ArgumentParser(
         description="Chapter 3: feature cards - where a feature fires, what it writes, how often it fires.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     which = parser.add_argument_group("which features")
     which.add_argument("--feature", type=int, action="append", default=[], metavar="ID",
@@ -108,99 +106,105 @@ def gather_texts(args: argparse.Namespace) -> tuple[list[str], list[str], str]:
 
 def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     log = make_logger(args)
-    out = out_dir(args)
-    record = RunRecord(__file__, argv, args)
-    texts, sources, described = gather_texts(args)
-    with record.timed("load"):
-        loaded = load(args, log=log)
-    choice = choose_features(args.feature, args.from_results, args.top_n, args.demo, loaded.sae.d_sae)
-    features, how = choice.features, choice.how
-    origin = {
-        f: f"{g} (rank {choice.ranks[f]})" if f in choice.ranks else f"planted '{g}' feature"
-        for f, g in choice.groups.items()
-    }
-    log(f"encoding {len(texts)} texts for {len(features)} feature(s) ...")
-    with record.timed("encode"):
-        tokenized = tokenize(loaded, texts)
-        warn_truncated(texts, tokenized, int(loaded.model.cfg.n_ctx))
-        fa = collect_feature_activations(
-            loaded, texts, sources, features, args.batch_size or default_batch_size(loaded.device), tokenized
+    with output_folder(args) as out:
+        record = RunRecord(__file__, argv, vars(args))
+        texts, sources, described = gather_texts(args)
+        with record.timed("load"):
+            loaded = load(resolve_source(source_options(args), log), log=log)
+        with demo_threads(loaded.is_demo):
+            choice = choose_features(args.feature, args.from_results, args.top_n, args.demo, loaded.sae.d_sae)
+            features, how = choice.features, choice.how
+            origin = {
+                f: f"{g} (rank {choice.ranks[f]})" if f in choice.ranks else f"planted '{g}' feature"
+                for f, g in choice.groups.items()
+            }
+            log(f"encoding {len(texts)} texts for {len(features)} feature(s) ...")
+            with record.timed("encode"):
+                tokenized = tokenize(loaded, texts)
+                warn_truncated(texts, tokenized, int(loaded.model.cfg.n_ctx))
+                fa = collect_feature_activations(
+                    loaded, texts, sources, features, args.batch_size or default_batch_size(loaded.device), tokenized
+                )
+            color = ansi_allowed(sys.stdout, args.color)
+
+            print(f"\n{loaded.title}")
+            print_wrapped(f"Texts: {described}. Features: {how}.")
+            summary, written = [], []
+            for feature in features:
+                with record.timed("cards"):
+                    card = build_card(loaded, fa, feature, args.top_prompts, args.n_tokens)
+                    print()
+                    if feature in origin:
+                        print(f"(feature #{feature}: {origin[feature]})")
+                    print(format_card_text(card, loaded.title, color))
+                    written += write_card(out, card, fa, loaded.title, loaded.is_demo, origin.get(feature, how))
+                summary.append(summary_row(card))
+
+        summary_csv = out.write_csv(
+            constants.CARDS_CSV,
+            ["feature", "density_sparsity_file", "firing_rate_prompts", "typical_max_activation", "top_peak_token",
+             "top_promoted_token", "neuronpedia_url"],
+            summary,
         )
-    color = ansi_allowed(sys.stdout, args.color)
-
-    print(f"\n{loaded.title}")
-    print_wrapped(f"Texts: {described}. Features: {how}.")
-    summary, written = [], []
-    for feature in features:
-        with record.timed("cards"):
-            card = build_card(loaded, fa, feature, args.top_prompts, args.n_tokens)
-            print()
-            if feature in origin:
-                print(f"(feature #{feature}: {origin[feature]})")
-            print(format_card_text(card, loaded.title, color))
-
-            edges, counts = histogram_counts(fa, feature)
-            fired, total = card.fired_total
-            fig = feature_figure(
-                feature, edges, counts, total - fired, total,
-                [(x.token, x.value) for x in card.promoted], [(x.token, x.value) for x in card.suppressed],
-                loaded.title,
-            )
-            png = save_figure(fig, out / f"MI5_{feature}.png")
-            logits_csv = write_csv(
-                out / f"MI5_{feature}.csv",
-                ["direction", "rank", "token_id", "token", "logit_effect"],
-                [["promoted", r, x.token_id, x.token, x.value] for r, x in enumerate(card.promoted, 1)]
-                + [["suppressed", r, x.token_id, x.token, x.value] for r, x in enumerate(card.suppressed, 1)],
-            )
-            hist_csv = write_csv(
-                out / f"MI5_{feature}_hist.csv",
-                ["bin_low", "bin_high", *counts.keys()],
-                [[float(edges[b]), float(edges[b + 1]), *(int(c[b]) for c in counts.values())]
-                 for b in range(len(edges) - 1)],
-            )
-            data = card.to_dict() | {"title": loaded.title, "origin": origin.get(feature, how)}
-            card_json = write_json(out / f"feature_{feature}.json", data)
-            page = write_text(out / f"feature_{feature}.html", render_html(card, loaded.title, loaded.is_demo, png_bytes(fig)))
-            written += [png, logits_csv, hist_csv, card_json, page]
-        top = card.examples[0] if card.examples else None
-        summary.append([
-            feature,
-            f"{card.density:.3g}" if card.density is not None else "-",
-            f"{card.firing_rate:.3g}",
-            f"{card.typical_max:.3f}",
-            repr(top.tokens[top.peak]) if top else "-",
-            repr(card.promoted[0].token),
-            card.url or "-",
-        ])
-
-    summary_csv = write_csv(
-        out / "feature_cards.csv",
-        ["feature", "density_sparsity_file", "firing_rate_prompts", "typical_max_activation", "top_peak_token",
-         "top_promoted_token", "neuronpedia_url"],
-        summary,
-    )
-    print("\nSummary (firing rate and typical max over your texts; BOS and padding excluded):\n")
-    print_table(["feature", "density", "firing rate", "typ. max", "top peak token", "top promoted", "neuronpedia"],
-                summary)
-    record.wrote(*written, summary_csv)
-    record.update(
-        model=loaded.model_label,
-        sae=loaded.sae.label,
-        hook=loaded.sae.hook_name,
-        d_sae=loaded.sae.d_sae,
-        features=features,
-        feature_choice=how,
-        texts=described,
-        n_texts=len(texts),
-        n_tokens=int(sum(len(a) for a in fa.acts)),
-        filtered=filter_note(fa),
-    )
-    record_path = record.write(out)
-    print()
-    print_wrapped(f"Saved {len(written) + 2} files to {out}: feature_<id>.html (open in a browser), MI5_<id>.png, "
-          f"CSV/JSON numbers, {summary_csv.name}, {record_path.name}")
+        print("\nSummary (firing rate and typical max over your texts; BOS and padding excluded):\n")
+        print_table(["feature", "density", "firing rate", "typ. max", "top peak token", "top promoted", "neuronpedia"],
+                    summary)
+        record.wrote(*written, summary_csv)
+        record.update(
+            model=loaded.model_label, sae=loaded.sae.label, hook=loaded.sae.hook_name, d_sae=loaded.sae.d_sae,
+            features=features, feature_choice=how, texts=described, n_texts=len(texts),
+            n_tokens=int(sum(len(a) for a in fa.acts)), filtered=filter_note(fa),
+        )
+        record_path = record.write(out)
+        print()
+        print_wrapped(f"Saved {len(written) + 2} files to {out.path}: feature_<id>.html (open in a browser), "
+                      f"MI5_<id>.png, CSV/JSON numbers, {summary_csv.name}, {record_path.name}")
     return 0
+
+
+def write_card(out: OutputFolder, card: FeatureCard, fa: FeatureActivations, title: str, is_demo: bool,
+               origin: str) -> list[Path]:
+    """MI5_<id>.png with the numbers behind it, and the card as JSON and as a self-contained HTML page."""
+    feature = card.feature
+    edges, counts = histogram_counts(fa, feature)
+    fired, total = card.fired_total
+    fig = feature_figure(
+        feature, edges, counts, total - fired, total,
+        [(x.token, x.value) for x in card.promoted], [(x.token, x.value) for x in card.suppressed],
+        title,
+    )
+    png = out.save_figure(fig, constants.MI5_PNG.format(feature=feature))
+    logits_csv = out.write_csv(
+        constants.MI5_CSV.format(feature=feature),
+        ["direction", "rank", "token_id", "token", "logit_effect"],
+        [["promoted", r, x.token_id, x.token, x.value] for r, x in enumerate(card.promoted, 1)]
+        + [["suppressed", r, x.token_id, x.token, x.value] for r, x in enumerate(card.suppressed, 1)],
+    )
+    hist_csv = out.write_csv(
+        constants.MI5_HIST_CSV.format(feature=feature),
+        ["bin_low", "bin_high", *counts.keys()],
+        [[float(edges[b]), float(edges[b + 1]), *(int(c[b]) for c in counts.values())]
+         for b in range(len(edges) - 1)],
+    )
+    data = card.to_dict() | {"title": title, "origin": origin}
+    card_json = out.write_json(constants.CARD_JSON.format(feature=feature), data)
+    page = out.write_text(constants.CARD_HTML.format(feature=feature),
+                          render_html(card, title, is_demo, png_bytes(fig)))
+    return [png, logits_csv, hist_csv, card_json, page]
+
+
+def summary_row(card: FeatureCard) -> list:
+    """One row of the summary table and feature_cards.csv."""
+    top = card.examples[0] if card.examples else None
+    return [
+        card.feature,
+        f"{card.density:.3g}" if card.density is not None else "-",
+        f"{card.firing_rate:.3g}",
+        f"{card.typical_max:.3f}",
+        repr(top.tokens[top.peak]) if top else "-",
+        repr(card.promoted[0].token),
+        card.url or "-",
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,15 +24,19 @@ from pathlib import Path
 
 import numpy as np
 
-from mechinterp import constants, stats
-from mechinterp.cli import ArgumentParser, add_common_args, prompt_folder, fraction, make_logger, out_dir, positive_int, resolve_source
+from mechinterp import constants
+from mechinterp.cli import (
+    ArgumentParser, add_common_args, fraction, make_logger, output_folder, positive_int, prompt_folder, source_options,
+)
 from mechinterp.errors import UserError, run_cli
-from mechinterp.io import write_csv
+from mechinterp.io import OutputFolder
 from mechinterp.loading import neuronpedia_url
-from mechinterp.pipeline import summarise_prompts
+from mechinterp.meaning import MeaningOptions, MeaningResult, contrast_groups
+from mechinterp.pipeline import EncodeOptions, Summaries, summarise_prompts
 from mechinterp.plotting import group_heatmaps, group_mean_overview, volcano
-from mechinterp.prompts import load_prompt_sets
+from mechinterp.prompts import PromptSets, load_prompt_sets
 from mechinterp.records import RunRecord
+from mechinterp.source import resolve_source
 from mechinterp.tables import print_table, print_wrapped
 
 MIN_PROMPTS = 5  # per group (per split with --holdout): fewer cannot reach significance after FDR
@@ -103,84 +107,40 @@ STATS_HEADER = [
 
 def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     log = make_logger(args)
-    out = out_dir(args)
-    record = RunRecord(__file__, argv, args)
-    source = resolve_source(args)
-    folder = prompt_folder(args)
-    min_needed = MIN_PROMPTS * (2 if not args.no_holdout and args.holdout is not None else 1)
-    sets = load_prompt_sets(folder, args.groups, args.baseline, min_needed, args.duplicates)
-    sizes = {g: len(p) for g, p in sets.groups.items()}
-    holdout = choose_holdout(args, sizes)
-    if holdout and min(round(n * holdout) for n in sizes.values()) < MIN_PROMPTS:
-        smallest = min(sizes, key=sizes.get)
-        raise UserError(
-            f"with --holdout {holdout:g}, group {smallest!r} keeps only {round(sizes[smallest] * holdout)} prompts "
-            f"for re-testing; the statistics need at least {MIN_PROMPTS} per split (add prompts or use --no-holdout)"
-        )
-    texts, labels = sets.flat()
+    with output_folder(args) as out:
+        record = RunRecord(__file__, argv, vars(args))
+        source = resolve_source(source_options(args), log)
+        folder = prompt_folder(args)
+        min_needed = MIN_PROMPTS * (2 if not args.no_holdout and args.holdout is not None else 1)
+        sets = load_prompt_sets(folder, args.groups, args.baseline, min_needed, args.duplicates)
+        sizes = {g: len(p) for g, p in sets.groups.items()}
+        holdout = choose_holdout(args, sizes)
+        if holdout and min(round(n * holdout) for n in sizes.values()) < MIN_PROMPTS:
+            smallest = min(sizes, key=sizes.get)
+            raise UserError(
+                f"with --holdout {holdout:g}, group {smallest!r} keeps only {round(sizes[smallest] * holdout)} "
+                f"prompts for re-testing; the statistics need at least {MIN_PROMPTS} per split (add prompts or "
+                "use --no-holdout)"
+            )
+        texts, labels = sets.flat()
 
-    summaries = summarise_prompts(args, source, texts, labels, log, use_cache=not args.no_cache)
-    record.add_seconds(summaries.seconds)
-    agg, info = summaries.aggregates, summaries.info
+        encode = EncodeOptions(batch_size=args.batch_size, use_cache=not args.no_cache, quiet=args.quiet)
+        summaries = summarise_prompts(source, texts, labels, encode, log)
+        record.add_seconds(summaries.seconds)
+        options = MeaningOptions(agg=args.agg, alpha=args.alpha, holdout=holdout, seed=args.seed,
+                                 always_on=args.always_on)
+        with record.timed("statistics"):
+            result = contrast_groups(summaries.aggregates, labels, list(sets.groups), sets.baseline, options)
 
-    with record.timed("statistics"):
-        index = {g: np.flatnonzero(np.array(labels) == g) for g in sets.groups}
-        fired_frac = {g: agg.fire_fraction(idx) for g, idx in index.items()}
-        always = stats.always_on(fired_frac, args.always_on)
-        rng = np.random.default_rng(args.seed)
-        splits = {g: stats.split_indices(len(idx), holdout, rng) if holdout else (np.arange(len(idx)), None) for g, idx in index.items()}
-        results = {}
-        for group in sets.contrasts:
-            results[group] = analyse(agg, args, index, splits, group, sets.baseline, always)
-
-    rows = []
-    for group, (c, order, rep) in results.items():
-        rank_of = {int(pos): r for r, pos in enumerate(order, start=1)}
-        for pos in range(len(c.tested)):
-            f = int(c.tested[pos])
-            h = rep.get(f)
-            rows.append([
-                group, f, rank_of.get(pos, ""), {1: "up", -1: "down", 0: "none"}[int(c.direction[pos])],
-                _r(c.mean_group[pos]), _r(c.mean_baseline[pos]), _r(c.frac_group[pos]), _r(c.frac_baseline[pos]),
-                _r(c.auroc[pos]), _r(c.effect_size[pos]), _r(c.cohens_d[pos]), f"{c.p_value[pos]:.6g}",
-                f"{c.q_value[pos]:.6g}", _r(h[0]) if h else "", f"{h[1]:.6g}" if h else "",
-                ("yes" if h[2] else "no") if h else "not tested",
-                "yes" if f in set(always.tolist()) else "no", neuronpedia_url(info.neuronpedia_id, f),
-            ])
-    written = [write_csv(out / constants.FEATURE_STATS_CSV, STATS_HEADER, rows)]
-
-    means_all = {g: agg.column_means(args.agg, idx) for g, idx in index.items()}
-    written.append(write_csv(
-        out / constants.ALWAYS_ON_CSV,
-        ["feature", *[f"frac_active_{g}" for g in sets.groups], *[f"mean_{g}" for g in sets.groups], "neuronpedia_url"],
-        [[int(f), *[_r(fired_frac[g][f]) for g in sets.groups], *[_r(means_all[g][f]) for g in sets.groups],
-          neuronpedia_url(info.neuronpedia_id, int(f))] for f in always],
-    ))
-
-    print_summary(args, sets, results, always, info, holdout, summaries)
-    with record.timed("figures"):
-        written += make_figures(args, out, sets, results, always, agg, index, means_all, info)
-
-    record.wrote(*written)
-    record.update(
-        model=info.model_label, sae=info.sae_label, hook=info.hook_name, d_sae=info.d_sae,
-        prompts_folder=str(folder), prompt_file_sha256=sets.file_hashes, n_prompts=sizes,
-        tokens_in_prompts=agg.n_tokens, tokens_encoded=summaries.tokens_encoded,
-        cache_hits=summaries.cache_hits, cache_misses=summaries.cache_misses,
-        model_loaded=summaries.loaded is not None, seed=args.seed, holdout=holdout,
-        always_on_features=[int(f) for f in always],
-        filtered=[
-            "BOS position and padding excluded from every per-prompt summary",
-            f"features that never fired in either group were not tested: "
-            + ", ".join(f"{g}: {c.n_never_fired}" for g, (c, _, _) in results.items()),
-            f"{len(always)} always-on features (fire in >= {args.always_on:g} of prompts in every group) not ranked",
-            *sets.notes,
-        ],
-        discoveries={g: int((c.q_value < args.alpha).sum()) for g, (c, _, _) in results.items()},
-    )
-    path = record.write(out)
-    print(f"\nWrote {len(written) + 1} files to {out}/")
-    print_wrapped(", ".join(p.name for p in [*written, path]))
+        written = write_tables(out, sets, result, summaries.info.neuronpedia_id)
+        print_summary(args, sets, result, summaries)
+        with record.timed("figures"):
+            written += make_figures(args, out, sets, result, summaries)
+        record.wrote(*written)
+        record.update(**run_facts(args, folder, sets, result, summaries))
+        path = record.write(out)
+        print(f"\nWrote {len(written) + 1} files to {out.path}/")
+        print_wrapped(", ".join(p.name for p in [*written, path]))
     return 0
 
 
@@ -188,35 +148,62 @@ def _r(x: float) -> float:
     return round(float(x), 6)
 
 
-def analyse(agg, args, index, splits, group, baseline, always):
-    """Discovery statistics for ``group`` vs ``baseline``, its ranking, and the held-out re-test."""
-    g_idx, b_idx = index[group], index[baseline]
-    g_disc, g_hold = splits[group]
-    b_disc, b_hold = splits[baseline]
-    disc_rows_g, disc_rows_b = g_idx[g_disc], b_idx[b_disc]
-    features = np.flatnonzero(agg.fired_any(np.concatenate([disc_rows_g, disc_rows_b])))
-    x = agg.dense(args.agg, disc_rows_g, features)
-    y = agg.dense(args.agg, disc_rows_b, features)
-    c = stats.contrast(x, y, features)
-    c.n_never_fired = agg.d_sae - len(features)
-    order = stats.rank_order(c, exclude=always)
-    replication: dict[int, tuple[float, float, bool]] = {}
-    if g_hold is not None:
-        significant = order[c.q_value[order] < args.alpha]
-        feats = c.tested[significant]
-        if len(feats):
-            xh = agg.dense(args.agg, g_idx[g_hold], feats)
-            yh = agg.dense(args.agg, b_idx[b_hold], feats)
-            u, p = stats.mann_whitney(xh, yh)
-            q = stats.benjamini_hochberg(p)
-            auroc = u / (len(g_hold) * len(b_hold))
-            same_dir = np.sign(auroc - 0.5) == np.sign(c.effect_size[significant])
-            for f, a, qq, ok in zip(feats, auroc, q, same_dir & (q < args.alpha)):
-                replication[int(f)] = (float(a), float(qq), bool(ok))
-    return c, order, replication
+def write_tables(out: OutputFolder, sets: PromptSets, result: MeaningResult, neuronpedia_id: str | None) -> list[Path]:
+    """feature_stats.csv (every tested feature of every group) and always_on_features.csv."""
+    always = set(result.always_on.tolist())
+    rows = []
+    for group, finding in result.findings.items():
+        c = finding.contrast
+        rank_of = finding.rank_of_position()
+        for pos in range(len(c.tested)):
+            f = int(c.tested[pos])
+            h = finding.replication.get(f)
+            rows.append([
+                group, f, rank_of.get(pos, ""), {1: "up", -1: "down", 0: "none"}[int(c.direction[pos])],
+                _r(c.mean_group[pos]), _r(c.mean_baseline[pos]), _r(c.frac_group[pos]), _r(c.frac_baseline[pos]),
+                _r(c.auroc[pos]), _r(c.effect_size[pos]), _r(c.cohens_d[pos]), f"{c.p_value[pos]:.6g}",
+                f"{c.q_value[pos]:.6g}", _r(h.auroc) if h else "", f"{h.q_value:.6g}" if h else "",
+                ("yes" if h.replicated else "no") if h else "not tested",
+                "yes" if f in always else "no", neuronpedia_url(neuronpedia_id, f),
+            ])
+    groups = list(sets.groups)
+    return [
+        out.write_csv(constants.FEATURE_STATS_CSV, STATS_HEADER, rows),
+        out.write_csv(
+            constants.ALWAYS_ON_CSV,
+            ["feature", *[f"frac_active_{g}" for g in groups], *[f"mean_{g}" for g in groups], "neuronpedia_url"],
+            [[int(f), *[_r(result.fired_fraction[g][f]) for g in groups], *[_r(result.means[g][f]) for g in groups],
+              neuronpedia_url(neuronpedia_id, int(f))] for f in result.always_on],
+        ),
+    ]
 
 
-def print_summary(args, sets, results, always, info, holdout, summaries) -> None:
+def run_facts(args: argparse.Namespace, folder: Path, sets: PromptSets, result: MeaningResult,
+              summaries: Summaries) -> dict:
+    """What the run record says about inputs, counts and filtering."""
+    info, findings = summaries.info, result.findings
+    return dict(
+        model=info.model_label, sae=info.sae_label, hook=info.hook_name, d_sae=info.d_sae,
+        prompts_folder=str(folder), prompt_file_sha256=sets.file_hashes,
+        n_prompts={g: len(p) for g, p in sets.groups.items()},
+        tokens_in_prompts=summaries.aggregates.n_tokens, tokens_encoded=summaries.tokens_encoded,
+        cache_hits=summaries.cache_hits, cache_misses=summaries.cache_misses,
+        model_loaded=summaries.loaded is not None, seed=args.seed, holdout=result.holdout,
+        always_on_features=[int(f) for f in result.always_on],
+        filtered=[
+            "BOS position and padding excluded from every per-prompt summary",
+            "features that never fired in either group were not tested: "
+            + ", ".join(f"{g}: {fd.contrast.n_never_fired}" for g, fd in findings.items()),
+            f"{len(result.always_on)} always-on features (fire in >= {args.always_on:g} of prompts in every "
+            "group) not ranked",
+            *sets.notes,
+        ],
+        discoveries={g: fd.n_significant(args.alpha) for g, fd in findings.items()},
+    )
+
+
+def print_summary(args: argparse.Namespace, sets: PromptSets, result: MeaningResult, summaries: Summaries) -> None:
+    info, always, holdout = summaries.info, result.always_on, result.holdout
     print(f"\n{info.title}")
     n_tokens = summaries.aggregates.n_tokens
     print_wrapped(
@@ -228,22 +215,21 @@ def print_summary(args, sets, results, always, info, holdout, summaries) -> None
         shown = ", ".join(f"#{f}" for f in always[:12]) + (" ..." if len(always) > 12 else "")
         print_wrapped(f"{len(always)} always-on features (fire in >= {args.always_on:.0%} of prompts of every group), "
               f"listed in always_on_features.csv and not ranked: {shown}")
-    for group, (c, order, rep) in results.items():
-        n_sig = int((c.q_value < args.alpha).sum())
+    for group, finding in result.findings.items():
+        c = finding.contrast
         split = (f"discovery on {c.n_group} vs {c.n_baseline} prompts, re-tested on the held-out "
                  f"{holdout:.0%}" if holdout else f"{c.n_group} vs {c.n_baseline} prompts, no held-out split")
         print()
         print_wrapped(f"=== {group} vs {sets.baseline}: {split}")
-        print_wrapped(f"{n_sig} features with q < {args.alpha:g} (of {len(c.tested)} tested; "
+        print_wrapped(f"{finding.n_significant(args.alpha)} features with q < {args.alpha:g} (of {len(c.tested)} tested; "
               f"{c.n_never_fired} never fired in either group and were skipped)")
         rows = []
-        for r, pos in enumerate(order[: args.top_k], start=1):
-            f = int(c.tested[pos])
-            h = rep.get(f)
+        for ranked in finding.top(args.top_k):
+            pos, h = ranked.position, ranked.replication
             rows.append([
-                r, f, "up" if c.effect_size[pos] > 0 else "down", f"{c.q_value[pos]:.2g}", f"{c.auroc[pos]:.2f}",
-                f"{c.frac_group[pos]:.0%}", f"{c.frac_baseline[pos]:.0%}",
-                ("yes" if h[2] else "no") if h else "-",
+                ranked.rank, ranked.feature, "up" if c.effect_size[pos] > 0 else "down", f"{c.q_value[pos]:.2g}",
+                f"{c.auroc[pos]:.2f}", f"{c.frac_group[pos]:.0%}", f"{c.frac_baseline[pos]:.0%}",
+                ("yes" if h.replicated else "no") if h else "-",
             ])
         print_table(["rank", "feature", "dir", "q", "AUROC", f"in {group}", f"in {sets.baseline}", "replic."], rows)
     print()
@@ -255,37 +241,39 @@ def print_summary(args, sets, results, always, info, holdout, summaries) -> None
           f"because not significant in discovery or no held-out split).")
 
 
-def make_figures(args, out, sets, results, always, agg, index, means_all, info) -> list[Path]:
-    written = []
-    written.append(group_mean_overview(means_all, always.tolist(), info.title, out / "MI2.png", args.agg))
-    active = np.flatnonzero(np.any(np.stack(list(means_all.values())) > 0, axis=0))
-    written.append(write_csv(
-        out / "MI2.csv", ["feature", *[f"mean_{g}" for g in sets.groups], "always_on"],
-        [[int(f), *[_r(means_all[g][f]) for g in sets.groups], "yes" if f in set(always.tolist()) else "no"] for f in active],
+def make_figures(args: argparse.Namespace, out: OutputFolder, sets: PromptSets, result: MeaningResult,
+                 summaries: Summaries) -> list[Path]:
+    agg, info, always, index = summaries.aggregates, summaries.info, result.always_on, result.index
+    always_list = always.tolist()
+    written = [out.save_figure(group_mean_overview(result.means, always_list, info.title, args.agg), constants.MI2_PNG)]
+    active = np.flatnonzero(np.any(np.stack(list(result.means.values())) > 0, axis=0))
+    written.append(out.write_csv(
+        constants.MI2_CSV, ["feature", *[f"mean_{g}" for g in sets.groups], "always_on"],
+        [[int(f), *[_r(result.means[g][f]) for g in sets.groups], "yes" if f in set(always_list) else "no"]
+         for f in active],
     ))
     panels, heat_rows = [], []
-    texts_by_group = sets.groups
-    for group, (c, order, _) in results.items():
-        feats = [int(c.tested[pos]) for pos in order[: args.top_k]]
+    for group, finding in result.findings.items():
+        feats = [r.feature for r in finding.top(args.top_k)]
         rows_idx = np.concatenate([index[group], index[sets.baseline]])
         acts = agg.dense(args.agg, rows_idx, np.array(feats, dtype=int))
-        subtitle = f"{int((c.q_value < args.alpha).sum())} features at q < {args.alpha:g}"
+        subtitle = f"{finding.n_significant(args.alpha)} features at q < {args.alpha:g}"
         panels.append((group, subtitle, acts, len(index[group]), feats))
-        prompts = texts_by_group[group] + texts_by_group[sets.baseline]
+        prompts = sets.groups[group] + sets.groups[sets.baseline]
         groups_of = [group] * len(index[group]) + [sets.baseline] * len(index[sets.baseline])
         for r, (prompt, g) in enumerate(zip(prompts, groups_of)):
             for k, f in enumerate(feats):
                 heat_rows.append([group, g, prompt, f, _r(acts[r, k])])
     if panels and all(p[4] for p in panels):
-        written.append(group_heatmaps(panels, sets.baseline, info.title, out / "MI3.png", args.agg))
-        written.append(write_csv(out / "MI3.csv", ["panel", "prompt_group", "prompt", "feature", "activation"], heat_rows))
-    for group, (c, order, _) in results.items():
+        written.append(out.save_figure(group_heatmaps(panels, sets.baseline, info.title, args.agg), constants.MI3_PNG))
+        written.append(out.write_csv(constants.MI3_CSV, ["panel", "prompt_group", "prompt", "feature", "activation"],
+                                     heat_rows))
+    for group, finding in result.findings.items():
+        c = finding.contrast
         # Label the strongest findings only: labels on non-significant points would invite over-reading.
-        labelled = [int(c.tested[pos]) for pos in order[:LABELLED_IN_VOLCANO] if c.q_value[pos] < args.alpha]
-        written.append(volcano(
-            c.effect_size, c.q_value, c.tested, labelled, args.alpha, group, sets.baseline, info.title,
-            out / f"MI4_{group}.png",
-        ))
+        labelled = [r.feature for r in finding.top(LABELLED_IN_VOLCANO) if c.q_value[r.position] < args.alpha]
+        fig = volcano(c.effect_size, c.q_value, c.tested, labelled, args.alpha, group, sets.baseline, info.title)
+        written.append(out.save_figure(fig, constants.MI4_PNG.format(group=group)))
     return written
 
 

@@ -27,7 +27,7 @@ from mechinterp.summaries import SparseRow
 from mechinterp.io import atomic_path, write_json
 
 # Bump when anything about how summaries are computed changes; old entries are then never read.
-ENCODING_VERSION = "1"
+ENCODING_VERSION = "2"  # 2: SAE-context cut, peak positions and tokens stored
 
 
 def _digest(text: str) -> str:
@@ -56,6 +56,7 @@ class ActivationCache:
                 return SparseRow(
                     idx=data["idx"], max=data["max"], mean=data["mean"],
                     n_tokens=int(data["n_tokens"]), truncated=bool(data["truncated"]),
+                    peak=data["peak"], tokens=data["tokens"], token_strs=[str(t) for t in data["token_strs"]],
                 )
         except (OSError, ValueError, KeyError):
             return None  # unreadable entry (e.g. from a crashed disk): recompute it
@@ -78,6 +79,7 @@ class ActivationCache:
                 np.savez(
                     f, idx=row.idx, max=row.max, mean=row.mean,
                     n_tokens=np.int64(row.n_tokens), truncated=np.bool_(row.truncated),
+                    peak=row.peak, tokens=row.tokens, token_strs=np.array(row.token_strs, dtype=str),
                 )
 
     @property

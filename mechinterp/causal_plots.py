@@ -1,21 +1,19 @@
 """Figures for Chapters 3 and 4: a feature's card figure (MI5) and its causal tests (MI6).
 
-Built with ``matplotlib.figure.Figure`` (no pyplot, no GUI, no show()). :func:`feature_figure` returns
-the figure (the script saves it and also inlines it in the HTML card); :func:`causal_figure` writes its
-PNG and returns the path. The scripts save the numbers behind each figure beside it.
+Built with ``matplotlib.figure.Figure`` (no pyplot, no GUI, no show()). Both functions return the
+figure: the script saves it (Chapter 3 also inlines it in the HTML card) with the numbers behind it
+beside it.
 """
 
 from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from mechinterp.io import save_figure
 
 
 def _label(token: str) -> str:
@@ -102,8 +100,7 @@ def causal_figure(
     steer_group: str,
     typical_max: float,
     title: str,
-    path: Path,
-) -> Path:
+) -> Figure:
     """MI6: the ablation effect against firing-rate-matched controls (top), the steering curve (bottom).
 
     Args:
@@ -165,4 +162,4 @@ def causal_figure(
         f"Feature #{feature}: does it matter? Ablation (SAE error term kept) vs random controls, and steering\n{title}",
         fontsize=11,
     )
-    return save_figure(fig, path)
+    return fig

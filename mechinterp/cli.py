@@ -1,7 +1,9 @@
-"""Options every chapter script shares, and turning them into a loaded model + SAE.
+"""The command line, and only the command line: shared flags, value types, and flags -> typed options.
 
 Each script builds its own ``argparse`` parser and calls :func:`add_common_args`, so the flags are
-named, documented and validated once.
+named, documented and validated once. This is the only module that reads an ``argparse.Namespace``:
+everything below it takes typed options (:class:`mechinterp.source.SourceOptions`, ...), so a notebook
+can call the package without building a fake ``args``.
 """
 
 from __future__ import annotations
@@ -12,18 +14,30 @@ import os
 import re
 import sys
 import tempfile
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from mechinterp import constants
 from mechinterp.errors import EnvironmentProblem, UserError
-from mechinterp.io import begin_outputs
-from mechinterp.loading import Loaded, folder_label, go_offline_if_hub_unreachable, load_model, load_sae, pick_device
+from mechinterp.io import OutputFolder
+from mechinterp.source import SourceOptions, demo_prompts_dir
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Shows "(default: X)" after an option's help, unless the help already says its default or it has none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, [], argparse.SUPPRESS):
+            return text
+        return text + " (default: %(default)s)"
 
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, plus a "did you mean" for mistyped option names (Python 3.11's argparse has none)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):  # type: ignore[override]
         match = re.match(r"unrecognized arguments: (.*)", message)
@@ -124,25 +138,34 @@ def fraction(text: str) -> float:
     return value
 
 
+def source_options(args: argparse.Namespace) -> SourceOptions:
+    """The model/SAE flags of :func:`add_common_args` as typed options."""
+    return SourceOptions(
+        model=args.model, sae_release=args.sae_release, sae_id=args.sae_id, sae_path=args.sae_path,
+        device=args.device, demo=args.demo,
+    )
+
+
 def prompt_folder(args: argparse.Namespace) -> Path:
     """``--prompts``, else the demo world's prompts with ``--demo``, else prompts/ beside the scripts."""
     if args.prompts is not None:
         return Path(args.prompts)
     if args.demo:
-        from mechinterp.toyworld import ensure_demo_world
-
-        return ensure_demo_world(constants.demo_dir()).prompts_dir
+        return demo_prompts_dir()
     return constants.DEFAULT_PROMPTS_DIR
 
 
-def out_dir(args: argparse.Namespace) -> Path:
+def output_folder(args: argparse.Namespace) -> OutputFolder:
     """The folder this run writes to (``--out``, or ``--out/--tag``), created and checked writable.
 
-    Files written there are renamed into place only when the run succeeds (see mechinterp.io).
+    Files written through it are renamed into place only when the run succeeds (see mechinterp.io).
     """
     path = Path(args.out) / args.tag if args.tag else Path(args.out)
     if args.tag and (os.sep in args.tag or args.tag in ("", ".", "..")):
         raise UserError(f"--tag {args.tag!r} must be a plain name, without slashes")
+    for part in (path, *path.parents):
+        if part.exists() and not part.is_dir():
+            raise UserError(f"--out {args.out} cannot be used: {part} is a file, not a folder; pick a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -152,83 +175,7 @@ def out_dir(args: argparse.Namespace) -> Path:
             pass
     except OSError as err:
         raise EnvironmentProblem(f"the output folder {path} is not writable ({err.strerror}); pick another --out") from err
-    begin_outputs(path)
-    return path
-
-
-@dataclass
-class Source:
-    """Where the model and SAE come from, resolved from the flags (nothing is loaded yet)."""
-
-    model: str
-    sae_release: str
-    sae_id: str
-    sae_path: Path | None
-    is_demo: bool
-    model_label: str
-    sae_label: str | None = None
-
-    def cache_identity(self) -> dict[str, str]:
-        """What determines the features of a text, for the activation cache's key."""
-        if self.sae_path is not None:
-            weights = self.sae_path / "sae_weights.safetensors"
-            stat = weights.stat() if weights.exists() else None
-            sae = f"path:{self.sae_path.resolve()}:{stat.st_size if stat else 0}:{stat.st_mtime_ns if stat else 0}"
-        else:
-            sae = f"release:{self.sae_release}/{self.sae_id}"
-        model = self.model
-        if Path(model).is_dir():
-            config = Path(model) / "config.json"
-            model = f"dir:{Path(model).resolve()}:{config.stat().st_mtime_ns if config.exists() else 0}"
-        return {"model": model, "sae": sae}
-
-
-def resolve_source(args: argparse.Namespace) -> Source:
-    """Apply ``--demo`` (building the toy world if needed) and validate the SAE flags."""
-    if args.sae_path is not None and not Path(args.sae_path).is_dir():
-        raise UserError(f"--sae-path {args.sae_path} does not exist or is not a folder")
-    if args.demo:
-        from mechinterp.toyworld import DEMO_MODEL_NAME, ensure_demo_world
-
-        world = ensure_demo_world(constants.demo_dir(), log=make_logger(args))
-        if args.sae_path is not None:  # e.g. an SAE trained on the demo model in Chapter 5
-            sae_path, sae_label = Path(args.sae_path), folder_label(Path(args.sae_path))
-        else:
-            sae_path, sae_label = world.sae_dir, "toy SAE (planted features)"
-        return Source(str(world.model_dir), "", "", sae_path, True, DEMO_MODEL_NAME, sae_label)
-    label = folder_label(Path(args.model)) if Path(args.model).is_dir() else args.model
-    return Source(args.model, args.sae_release, args.sae_id, args.sae_path, False, label)
-
-
-def load(args: argparse.Namespace, source: Source | None = None, log=None) -> Loaded:
-    """Load the SAE, then the model it was trained on, per the common flags."""
-    source = source or resolve_source(args)
-    device = pick_device(args.device)
-    log = log or (lambda _msg: None)
-    start = time.perf_counter()
-    if source.sae_path is None or not Path(source.model).is_dir():
-        go_offline_if_hub_unreachable(log)
-    log(f"loading SAE {source.sae_path or f'{source.sae_release}/{source.sae_id}'} ...")
-    loaded_sae = load_sae(source.sae_release, source.sae_id, source.sae_path, device)
-    if source.sae_label:
-        loaded_sae.label = source.sae_label
-    log(f"loading model {source.model_label} on {device} ...")
-    model = load_model(source.model, loaded_sae, device)
-    if source.is_demo:
-        import torch
-
-        # The toy model is 64 wide: thread hand-offs cost more than they save (10x slower on a busy CPU).
-        torch.set_num_threads(1)
-    log(f"loaded in {time.perf_counter() - start:.1f}s")
-    return Loaded(model=model, sae=loaded_sae, model_label=source.model_label, device=device, is_demo=source.is_demo)
-
-
-def progress_bar(total: int, desc: str, quiet: bool, unit: str = "it"):
-    """A tqdm bar on stderr for a person watching a terminal; logs, pipes and CI stay clean."""
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit=unit, disable=quiet or not sys.stderr.isatty(), file=sys.stderr,
-                mininterval=0.5)
+    return OutputFolder(path)
 
 
 def make_logger(args: argparse.Namespace):

@@ -42,9 +42,38 @@ def demo_dir() -> Path:
     """Where --demo keeps its synthetic model and SAE; rebuilt deterministically when missing."""
     return cache_root() / "demo"
 
-# Output file names, one place so scripts, tests and the README agree.
-MI1_PNG = "MI1.png"
-MI1_CSV = "MI1.csv"
+# Output file names, one place so scripts, tests and the README agree. Names with a {field} are
+# templates: fill them with .format(feature=..., group=...).
+# Chapter 1
+MI1_PNG = "MI1.png"  # features x tokens heatmap
+MI1_CSV = "MI1.csv"  # the top features table
+MI1_TOKENS_CSV = "MI1_token_activations.csv"  # every heatmap cell
+# Chapter 2
 FEATURE_STATS_CSV = "feature_stats.csv"
 ALWAYS_ON_CSV = "always_on_features.csv"
-PROMPT_ACTIVATIONS_NPZ = "prompt_activations.npz"
+MI2_PNG, MI2_CSV = "MI2.png", "MI2.csv"  # mean activation per group, every feature
+MI3_PNG, MI3_CSV = "MI3.png", "MI3.csv"  # prompts x top features heatmaps
+MI4_PNG = "MI4_{group}.png"  # volcano plot per group
+# Chapter 3
+MI5_PNG = "MI5_{feature}.png"  # activation histogram + logit effects
+MI5_CSV = "MI5_{feature}.csv"  # logit effects behind MI5
+MI5_HIST_CSV = "MI5_{feature}_hist.csv"  # histogram counts behind MI5
+CARD_HTML = "feature_{feature}.html"
+CARD_JSON = "feature_{feature}.json"
+CARDS_CSV = "feature_cards.csv"
+# Chapter 4
+MI6_PNG = "MI6_{feature}.png"
+MI6_ABLATION_CSV = "MI6_{feature}_ablation.csv"
+MI6_STEERING_CSV = "MI6_{feature}_steering.csv"
+MI6_GENERATIONS_CSV = "MI6_{feature}_generations.csv"
+MI6_JSON = "MI6_{feature}.json"
+# Chapter 5
+MI7_PNG, MI7_CSV = "MI7.png", "MI7.csv"  # training curves
+MI8_PNG, MI8_CSV, MI8_JSON = "MI8.png", "MI8.csv", "MI8.json"  # learned vs true features
+SAE_SUBDIR = "sae"  # the trained SAE, loadable with --sae-path OUT/sae
+CHECKPOINT_SUBDIR = "checkpoints"
+EVALUATION_JSON = "evaluation.json"  # written inside SAE_SUBDIR
+SPARSITY_FILENAME = "sparsity.safetensors"  # what SAELens' pretrained loader reads (key "sparsity")
+RUNNER_CFG_FILENAME = "runner_cfg.json"  # SAELens' name for the training run's full configuration
+# Every script
+RUN_RECORD_JSON = "{script}_run.json"

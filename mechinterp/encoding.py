@@ -18,7 +18,7 @@ residual norm and lights up the same features for every prompt.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,7 +26,7 @@ import torch
 
 from mechinterp.errors import EnvironmentProblem, UserError
 from mechinterp.loading import Loaded
-from mechinterp.summaries import PromptAggregates, SparseRow  # re-exported: encoding produces them
+from mechinterp.summaries import PromptAggregates, SparseRow  # noqa: F401 - re-exported: encoding produces them
 
 DEFAULT_BATCH_SIZE_CPU = 16
 DEFAULT_BATCH_SIZE_GPU = 64
@@ -43,36 +43,60 @@ class Tokenized:
 
     ids: list[list[int]]
     n_skip: int  # leading positions that are not text (1 for BOS, else 0)
-    truncated: list[int] = field(default_factory=list)  # indices of texts cut to the context length
+    truncated: list[int] = field(default_factory=list)  # indices of texts cut to ``limit``
+    limit: int = 0  # the most tokens encoded per text (BOS included); 0 = no limit recorded
+    limit_reason: str = ""  # why, in words: whose context ``limit`` is
+    full_lengths: list[int] = field(default_factory=list)  # tokens per text before any cut (BOS included)
+
+
+def context_limit(loaded: Loaded) -> tuple[int, str]:
+    """How many tokens (BOS included) a text may have, and whose context that is.
+
+    An SAE is trained on sequences of a fixed length (``gpt2-small-res-jb``: 128 tokens). Beyond it,
+    its features are off-distribution (SAELens' maintainers advise against using an SAE past its
+    training context), even though the model itself accepts 1,024 tokens. So texts are cut at the
+    smaller of the two contexts.
+    """
+    n_ctx = int(loaded.model.cfg.n_ctx)
+    sae_ctx = loaded.sae.context_size
+    if sae_ctx and sae_ctx < n_ctx:
+        return sae_ctx, f"the {sae_ctx}-token context the SAE {loaded.sae.label} was trained on"
+    return n_ctx, f"the model's context of {n_ctx} tokens"
 
 
 def tokenize(loaded: Loaded, texts: Sequence[str]) -> Tokenized:
-    """Tokenize like the SAE's training data: BOS first (if the SAE used it), cut at the model's context."""
+    """Tokenize like the SAE's training data: BOS first (if the SAE used it), cut at its training context."""
     tok = loaded.model.tokenizer
     bos = [tok.bos_token_id] if loaded.sae.prepend_bos else []
-    n_ctx = int(loaded.model.cfg.n_ctx)
+    limit, reason = context_limit(loaded)
     out: list[list[int]] = []
     truncated: list[int] = []
+    lengths: list[int] = []
     for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise UserError(f"text {i + 1} is not text ({type(text).__name__}); pass a string")
         ids = bos + tok.encode(text, add_special_tokens=False)
-        if len(ids) > n_ctx:
-            ids = ids[:n_ctx]
+        lengths.append(len(ids))
+        if len(ids) > limit:
+            ids = ids[:limit]
             truncated.append(i)
         if len(ids) <= len(bos):
             raise UserError(f"text {i + 1} ({text!r}) has no tokens; remove it or add words")
         out.append(ids)
-    return Tokenized(out, len(bos), truncated)
+    return Tokenized(out, len(bos), truncated, limit, reason, lengths)
+
+
+def truncation_note(tokenized: Tokenized, i: int) -> str:
+    """One sentence on how text ``i`` was cut, naming its length and the limit."""
+    return (f"has {tokenized.full_lengths[i]} tokens (BOS included), more than {tokenized.limit_reason}; "
+            f"only its first {tokenized.limit} tokens were encoded")
 
 
 def warn_truncated(texts: Sequence[str], tokenized: Tokenized, n_ctx: int, labels: Sequence[str] | None = None) -> None:
-    """Say which texts were cut to the context length, so no one is surprised by a missing ending."""
+    """Say which texts were cut, to what and why, so no one is surprised by a missing ending."""
     for i in tokenized.truncated:
         where = labels[i] if labels else f"text {i + 1}"
-        print(
-            f"warning: {where} is longer than the model's context of {n_ctx} tokens and was truncated "
-            f"(starts {texts[i][:40]!r})",
-            file=sys.stderr,
-        )
+        print(f"warning: {where} {truncation_note(tokenized, i)} (starts {texts[i][:40]!r})", file=sys.stderr)
 
 
 @torch.inference_mode()
@@ -92,22 +116,6 @@ def hook_activations(loaded: Loaded, tokens: torch.Tensor) -> torch.Tensor:
 def encode_tokens(loaded: Loaded, tokens: torch.Tensor) -> torch.Tensor:
     """SAE feature activations ``[batch, pos, d_sae]`` for a batch of token ids ``[batch, pos]``."""
     return loaded.sae.sae.encode(hook_activations(loaded, tokens.to(loaded.device)))
-
-
-def iter_batches(
-    loaded: Loaded, tokenized: Tokenized, batch_size: int, order: Sequence[int] | None = None
-) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
-    """Yield ``(indices, acts [B, T, d_sae], valid [B, T])`` for batches of texts sorted by length.
-
-    ``valid`` is False at the BOS position and at padding, so callers cannot forget to exclude them.
-    """
-    if order is None:
-        order = length_order(tokenized)
-    for start in range(0, len(order), batch_size):
-        batch = list(order[start : start + batch_size])
-        tokens, valid = pad_batch(tokenized, batch)
-        acts = encode_tokens(loaded, tokens)
-        yield batch, acts, valid.to(acts.device)
 
 
 def length_order(tokenized: Tokenized) -> list[int]:
@@ -150,7 +158,7 @@ def summarise_positions(feats: torch.Tensor, counts: Sequence[int]) -> list[Spar
     """
     rows = []
     for segment in torch.split(feats, list(counts)):
-        peak = segment.amax(0)
+        peak, where = segment.max(0)  # ties: the first position with the maximum
         idx = torch.nonzero(peak > 0).squeeze(-1)
         rows.append(
             SparseRow(
@@ -158,6 +166,7 @@ def summarise_positions(feats: torch.Tensor, counts: Sequence[int]) -> list[Spar
                 max=peak[idx].float().cpu().numpy(),
                 mean=(segment[:, idx].sum(0) / segment.shape[0]).float().cpu().numpy(),
                 n_tokens=int(segment.shape[0]),
+                peak=where[idx].cpu().numpy().astype(np.int32),
             )
         )
     return rows
@@ -169,23 +178,19 @@ def _is_oom(err: BaseException) -> bool:
     ) or isinstance(err, MemoryError)
 
 
-def aggregate_prompts(
-    loaded: Loaded,
+def for_each_batch(
     tokenized: Tokenized,
     batch_size: int,
-    on_rows: Callable[[list[int], list[SparseRow]], None] | None = None,
+    process: Callable[[list[int], torch.Tensor, torch.Tensor], None],
     progress: Callable[[int], None] | None = None,
-) -> list[SparseRow]:
-    """Per-prompt sparse summaries for every tokenized prompt, in input order.
+) -> None:
+    """Call ``process(indices, tokens [B, T], valid [B, T])`` for every batch, longest texts first.
 
-    ``on_rows`` sees each finished batch (the activation cache stores it there, so an interrupted run
-    keeps what it finished). When a batch does not fit in memory, the batch size is halved once and the
-    run continues; a second failure is reported with advice.
+    When a batch does not fit in memory, the batch size is halved once and the run continues from the
+    batch that failed (finished batches are not redone); a second failure is reported with advice.
     """
     n = len(tokenized.ids)
     order = length_order(tokenized)
-    truncated = set(tokenized.truncated)
-    results: list[SparseRow | None] = [None] * n
     done = 0
     retried = False
     while done < n:
@@ -193,14 +198,7 @@ def aggregate_prompts(
             for start in range(done, n, batch_size):
                 batch = order[start : start + batch_size]
                 tokens, valid = pad_batch(tokenized, batch)
-                feats = encode_positions(loaded, tokens, valid)
-                rows = summarise_positions(feats, valid.sum(1).tolist())
-                del feats
-                for i, row in zip(batch, rows):
-                    row.truncated = i in truncated
-                    results[i] = row
-                if on_rows is not None:
-                    on_rows(batch, rows)
+                process(batch, tokens, valid)
                 done += len(batch)
                 if progress is not None:
                     progress(len(batch))
@@ -215,4 +213,34 @@ def aggregate_prompts(
             retried = True
             batch_size = max(1, batch_size // 2)
             print(f"warning: out of memory; retrying with --batch-size {batch_size}", file=sys.stderr)
+
+
+def aggregate_prompts(
+    loaded: Loaded,
+    tokenized: Tokenized,
+    batch_size: int,
+    on_rows: Callable[[list[int], list[SparseRow]], None] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[SparseRow]:
+    """Per-prompt sparse summaries for every tokenized prompt, in input order.
+
+    ``on_rows`` sees each finished batch (the activation cache stores it there, so an interrupted run
+    keeps what it finished). Out of memory: see :func:`for_each_batch`.
+    """
+    truncated = set(tokenized.truncated)
+    results: list[SparseRow | None] = [None] * len(tokenized.ids)
+
+    def process(batch: list[int], tokens: torch.Tensor, valid: torch.Tensor) -> None:
+        feats = encode_positions(loaded, tokens, valid)
+        rows = summarise_positions(feats, valid.sum(1).tolist())
+        del feats
+        for i, row in zip(batch, rows):
+            row.truncated = i in truncated
+            text_ids = tokenized.ids[i][tokenized.n_skip:]
+            row.tokens = np.asarray(text_ids, dtype=np.int32)
+            results[i] = row
+        if on_rows is not None:
+            on_rows(batch, rows)
+
+    for_each_batch(tokenized, batch_size, process, progress)
     return [row for row in results if row is not None]

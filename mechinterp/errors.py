@@ -30,15 +30,9 @@ class EnvironmentProblem(UserError):
 
 def run_cli(body: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Run a script's body, turning expected failures into one-line messages and exit codes."""
-    from mechinterp.io import finish_outputs
-
     debug = bool(getattr(args, "debug", False))
-    committed = False
     try:
-        code = body(args)
-        finish_outputs(commit=code == 0)
-        committed = True
-        return code
+        return body(args)
     except UserError as err:
         if debug:
             raise
@@ -62,6 +56,3 @@ def run_cli(body: Callable[[argparse.Namespace], int], args: argparse.Namespace)
             file=sys.stderr,
         )
         return EXIT_FAILURE
-    finally:
-        if not committed:
-            finish_outputs(commit=False)

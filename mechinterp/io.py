@@ -3,10 +3,10 @@
 Every output goes to a temporary name in the same folder and is renamed into place (an atomic
 operation on POSIX and Windows), so a reader sees either the previous complete file or the new one.
 
-Inside a script's output folder, renames are held back until the run has finished
-(:func:`begin_outputs` / :func:`finish_outputs`, driven by :func:`mechinterp.errors.run_cli`): a run
-that fails or is interrupted leaves the previous results untouched, instead of a mix of old and new
-files. Writes elsewhere (the activation cache) are renamed at once, so finished work is kept.
+A script writes its results through an :class:`OutputFolder`, which holds every rename back until the
+run has finished (``with OutputFolder(path) as out: ...``): a run that fails or is interrupted leaves
+the previous results untouched, instead of a mix of old and new files. The module-level writers
+(used for the activation cache) rename at once, so finished work is kept.
 """
 
 from __future__ import annotations
@@ -20,30 +20,6 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
-
-
-# The output folder of the running script, and the (temporary, final) paths waiting to be renamed.
-_scope: Path | None = None
-_pending: list[tuple[Path, Path]] = []
-
-
-def begin_outputs(folder: Path) -> None:
-    """From now on, hold back the final rename of files written under ``folder``."""
-    global _scope
-    _scope = Path(folder).resolve()
-    _pending.clear()
-
-
-def finish_outputs(commit: bool) -> None:
-    """Rename every held-back file into place (``commit``), or delete them all."""
-    global _scope
-    for tmp, final in _pending:
-        if commit:
-            os.replace(tmp, final)
-        else:
-            tmp.unlink(missing_ok=True)
-    _pending.clear()
-    _scope = None
 
 
 def _umask() -> int:
@@ -62,17 +38,11 @@ def atomic_path(path: Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     # mkstemp creates the file owner-only (0600); give it the permissions an ordinary open() would.
     os.chmod(tmp, 0o666 & ~_umask())
-    deferred = False
     try:
         yield tmp
-        if _scope is not None and path.resolve().is_relative_to(_scope):
-            _pending.append((tmp, path))
-            deferred = True
-        else:
-            os.replace(tmp, path)
+        os.replace(tmp, path)
     finally:
-        if not deferred:
-            tmp.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -110,11 +80,15 @@ def write_json(path: Path, obj: Any) -> Path:
 def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> Path:
     """Atomically write a CSV with a header row and return ``path``."""
     with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(header)
-            writer.writerows(rows)
+        _write_csv_file(tmp, header, rows)
     return Path(path)
+
+
+def _write_csv_file(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
 
 
 def save_figure(fig: Any, path: Path, dpi: int = 150) -> Path:
@@ -124,5 +98,86 @@ def save_figure(fig: Any, path: Path, dpi: int = 150) -> Path:
     involved, nothing can block on ``show()``, and no global figure list needs closing.
     """
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+        _save_png(fig, tmp, dpi)
     return Path(path)
+
+
+def _save_png(fig: Any, path: Path, dpi: int) -> None:
+    fig.savefig(path, format="png", dpi=dpi, bbox_inches="tight")
+
+
+class OutputFolder:
+    """A script's output folder, written as one unit: new files appear only when the run succeeds.
+
+    Every file is written to a temporary name beside its final one; :meth:`commit` renames them all into
+    place, :meth:`discard` deletes them. Used as a context manager it commits when the block finishes
+    and discards when it raises (an error, or Ctrl-C), so earlier results are never mixed with a
+    half-finished run's.
+
+    Args:
+        path: the folder (created if missing).
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._pending: list[tuple[Path, Path]] = []  # (temporary, final)
+
+    def __truediv__(self, name: str) -> Path:
+        """The final path of ``name`` inside the folder (nothing is written)."""
+        return self.path / name
+
+    def __enter__(self) -> OutputFolder:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+
+    @contextlib.contextmanager
+    def staged(self, name: str) -> Iterator[Path]:
+        """Yield a temporary path to write ``name`` to; it is renamed into place on :meth:`commit`."""
+        final = self.path / name
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
+        os.chmod(tmp, 0o666 & ~_umask())
+        try:
+            yield tmp
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        self._pending.append((tmp, final))
+
+    def write_text(self, name: str, text: str) -> Path:
+        with self.staged(name) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+        return self.path / name
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        return self.write_text(name, json.dumps(obj, indent=2, default=str) + "\n")
+
+    def write_csv(self, name: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> Path:
+        with self.staged(name) as tmp:
+            _write_csv_file(tmp, header, rows)
+        return self.path / name
+
+    def save_figure(self, fig: Any, name: str, dpi: int = 150) -> Path:
+        with self.staged(name) as tmp:
+            _save_png(fig, tmp, dpi)
+        return self.path / name
+
+    def commit(self) -> None:
+        """Rename every staged file into place."""
+        for tmp, final in self._pending:
+            os.replace(tmp, final)
+        self._pending.clear()
+
+    def discard(self) -> None:
+        """Delete every staged file; the folder keeps what it had before the run."""
+        for tmp, _ in self._pending:
+            tmp.unlink(missing_ok=True)
+        self._pending.clear()

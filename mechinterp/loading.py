@@ -13,7 +13,6 @@ import difflib
 import io
 import logging
 import re
-import socket
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -47,6 +46,8 @@ class LoadedSAE:
     log_sparsity: torch.Tensor | None  # log10 feature density, when the release ships it
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     prepend_bos: bool = True
+    context_size: int | None = None  # tokens per sequence in the SAE's training data (BOS included)
+    model_name: str | None = None  # the model the SAE was trained on, as its metadata names it
 
     @property
     def d_sae(self) -> int:
@@ -119,9 +120,13 @@ def quiet_third_party() -> Iterator[None]:
 
     previous = logging.root.manager.disable
     bars_were_on = hf_logging.is_progress_bar_enabled()
+    hub_bars_were_off = hub_progress_bars_disabled()
     logging.disable(logging.WARNING)
-    # transformers' per-tensor "Loading weights" bars say nothing useful; Hub download bars stay on.
+    # transformers' per-tensor "Loading weights" bars say nothing useful; the Hub's download bars (with
+    # sizes, on stderr) must stay on: the first run downloads about 700 MB. transformers'
+    # disable_progress_bar() turns huggingface_hub's bars off too, so they are turned back on.
     hf_logging.disable_progress_bar()
+    enable_hub_progress_bars()
     sink = io.StringIO()
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(sink):
@@ -130,7 +135,23 @@ def quiet_third_party() -> Iterator[None]:
     finally:
         logging.disable(previous)
         if bars_were_on:
-            hf_logging.enable_progress_bar()
+            hf_logging.enable_progress_bar()  # (this turns the Hub's bars on again as well)
+        if hub_bars_were_off:
+            from huggingface_hub.utils import disable_progress_bars
+
+            disable_progress_bars()
+
+
+def hub_progress_bars_disabled() -> bool:
+    from huggingface_hub.utils import are_progress_bars_disabled
+
+    return bool(are_progress_bars_disabled())
+
+
+def enable_hub_progress_bars() -> None:
+    from huggingface_hub.utils import enable_progress_bars
+
+    enable_progress_bars()
 
 
 def is_download_failure(err: BaseException) -> bool:
@@ -158,26 +179,39 @@ def download_error(what: str, err: BaseException) -> EnvironmentProblem:
     return EnvironmentProblem(f"could not fetch {what} from the Hugging Face Hub ({reason}). {HUB_HINT}")
 
 
+def hub_reachable() -> bool:
+    """One quick request to the Hub through huggingface_hub's own HTTP session.
+
+    That session honours the proxy settings (``HTTPS_PROXY``, ``HTTP_PROXY``, ``NO_PROXY``) and any
+    custom session the user configured, so behind a proxy the answer is the same as for the real
+    download. Any HTTP answer, even an error status, means the Hub can be reached.
+    """
+    from huggingface_hub import constants as hub
+    from huggingface_hub.utils import get_session
+
+    try:
+        get_session().head(hub.ENDPOINT, timeout=HUB_PROBE_SECONDS)
+    except Exception:  # DNS failure, refused, timed out, proxy refusal: all mean "not from here"
+        return False
+    return True
+
+
 def go_offline_if_hub_unreachable(log: Callable[[str], None]) -> None:
     """Switch huggingface_hub to offline mode when the Hub cannot be reached.
 
     Without this, every file request is retried with exponential back-off (about 30 s per file) before
-    the library falls back to its cache. One quick connection attempt decides instead: cached files are
-    then used at once, and missing files fail at once with a clear message. Setting the module constant
-    is the run-time equivalent of ``HF_HUB_OFFLINE=1``, which both huggingface_hub and transformers read
-    at call time.
+    the library falls back to its cache. One quick request decides instead: cached files are then used
+    at once, and missing files fail at once with a clear message. Setting the module constant is the
+    run-time equivalent of ``HF_HUB_OFFLINE=1``, which both huggingface_hub and transformers read at
+    call time.
     """
     from huggingface_hub import constants as hub
 
     if hub.HF_HUB_OFFLINE:
         return
-    url = urlparse(hub.ENDPOINT)
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        socket.create_connection((url.hostname, port), timeout=HUB_PROBE_SECONDS).close()
-    except OSError:
+    if not hub_reachable():
         hub.HF_HUB_OFFLINE = True
-        log(f"note: {url.hostname} is unreachable; using the local Hugging Face cache only")
+        log(f"note: {urlparse(hub.ENDPOINT).hostname} is unreachable; using the local Hugging Face cache only")
 
 
 def validate_release(release: str, sae_id: str) -> None:
@@ -244,6 +278,8 @@ def load_sae(release: str, sae_id: str, sae_path: Path | None, device: str) -> L
         log_sparsity=log_sparsity,
         model_kwargs=dict(meta.model_from_pretrained_kwargs or {}),
         prepend_bos=meta.prepend_bos is not False,
+        context_size=int(meta.context_size) if meta.context_size else None,
+        model_name=meta.model_name or None,
     )
 
 
@@ -326,16 +362,33 @@ def load_local_model(path: Path, device: str, kwargs: dict[str, Any]) -> Any:
     return model
 
 
+def hook_width(model: Any, hook_name: str) -> int | None:
+    """The width of the activation at ``hook_name`` as an SAE sees it (``hook_z`` flattened over heads).
+
+    None for hooks whose width this project does not know (the SAE's own check then applies).
+    """
+    cfg = model.cfg
+    last = hook_name.rsplit(".", 1)[-1]
+    if last == "hook_z":
+        return int(cfg.n_heads * cfg.d_head)  # SAELens flattens [n_heads, d_head] (reshape_activations="hook_z")
+    if last in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out"):
+        return int(cfg.d_model)
+    if hook_name.endswith(("mlp.hook_post", "mlp.hook_pre")):
+        return int(cfg.d_mlp)
+    return None
+
+
 def check_compatible(model: Any, loaded_sae: LoadedSAE) -> None:
-    """The SAE must read a hook that exists in the model, with the model's width."""
+    """The SAE must read a hook that exists in the model, with that hook's width."""
     if loaded_sae.hook_name not in model.hook_dict:
         raise UserError(
             f"the SAE {loaded_sae.label} reads {loaded_sae.hook_name}, which this model does not have "
             f"(it has {model.cfg.n_layers} layers); pick an SAE made for this model"
         )
     d_in = int(loaded_sae.sae.cfg.d_in)
-    if d_in != model.cfg.d_model:
+    width = hook_width(model, loaded_sae.hook_name)
+    if width is not None and d_in != width:
         raise UserError(
-            f"the SAE {loaded_sae.label} expects width {d_in} but the model's residual stream has width "
-            f"{model.cfg.d_model}; pick an SAE made for this model"
+            f"the SAE {loaded_sae.label} expects width {d_in} but this model's {loaded_sae.hook_name} has width "
+            f"{width}; pick an SAE made for this model"
         )

@@ -8,7 +8,6 @@ batch in flight.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -16,9 +15,25 @@ from dataclasses import asdict, dataclass
 
 from mechinterp import constants
 from mechinterp.cache import ActivationCache
-from mechinterp.cli import Source, load, progress_bar
-from mechinterp.loading import Loaded, pick_device
+from mechinterp.loading import Loaded
+from mechinterp.progress import progress_bar
+from mechinterp.source import Source, demo_threads, load
 from mechinterp.summaries import PromptAggregates, SparseRow
+
+
+@dataclass
+class EncodeOptions:
+    """How prompts are encoded.
+
+    Attributes:
+        batch_size: prompts per forward pass; None = 16 on CPU, 64 on GPU.
+        use_cache: read and write the activation cache (``$MECHINTERP_CACHE/activations``).
+        quiet: no progress bar.
+    """
+
+    batch_size: int | None = None
+    use_cache: bool = True
+    quiet: bool = False
 
 
 @dataclass
@@ -31,11 +46,14 @@ class ModelInfo:
     hook_name: str
     d_sae: int
     neuronpedia_id: str | None
-    n_ctx: int
+    n_ctx: int  # the most tokens encoded per prompt (BOS included): the SAE's training context if smaller
     is_demo: bool
+    context_note: str = ""  # whose context n_ctx is, in words
 
     @classmethod
     def from_loaded(cls, loaded: Loaded) -> ModelInfo:
+        from mechinterp.encoding import context_limit  # torch: only when the model is loaded anyway
+
         return cls(
             title=loaded.title,
             model_label=loaded.model_label,
@@ -43,7 +61,8 @@ class ModelInfo:
             hook_name=loaded.sae.hook_name,
             d_sae=loaded.sae.d_sae,
             neuronpedia_id=loaded.sae.neuronpedia_id,
-            n_ctx=int(loaded.model.cfg.n_ctx),
+            n_ctx=context_limit(loaded)[0],
+            context_note=context_limit(loaded)[1],
             is_demo=loaded.is_demo,
         )
 
@@ -62,16 +81,20 @@ class Summaries:
 
 
 def summarise_prompts(
-    args: argparse.Namespace,
     source: Source,
     texts: Sequence[str],
     labels: Sequence[str],
-    log: Callable[[str], None],
-    use_cache: bool = True,
+    options: EncodeOptions | None = None,
+    log: Callable[[str], None] = lambda _msg: None,
 ) -> Summaries:
-    """Per-prompt summaries for ``texts``; ``labels`` name each prompt in warnings (e.g. its group)."""
+    """Per-prompt summaries for ``texts``; ``labels`` name each prompt in warnings (e.g. its group).
+
+    Looks every prompt up in the activation cache first and loads the model and SAE only when a prompt
+    is missing (or the cache has no metadata yet).
+    """
+    options = options or EncodeOptions()
     start_all = time.perf_counter()
-    cache = ActivationCache(constants.activation_cache_dir(), source.cache_identity()) if use_cache else None
+    cache = ActivationCache(constants.activation_cache_dir(), source.cache_identity()) if options.use_cache else None
     found: dict[int, SparseRow] = cache.lookup(list(texts)) if cache else {}
     meta = cache.meta if cache else None
     missing = [i for i in range(len(texts)) if i not in found]
@@ -80,7 +103,7 @@ def summarise_prompts(
     seconds = {"load": 0.0, "encode": 0.0}
     if missing or meta is None:
         start = time.perf_counter()
-        loaded = load(args, source, log=log)
+        loaded = load(source, log=log)
         seconds["load"] = round(time.perf_counter() - start, 4)
         info = ModelInfo.from_loaded(loaded)
         if cache:
@@ -90,17 +113,22 @@ def summarise_prompts(
 
             log(f"encoding {len(missing)} prompt(s) ({len(found)} from the cache) ...")
             tokenized = tokenize(loaded, [texts[i] for i in missing])
-            batch_size = args.batch_size or default_batch_size(pick_device(args.device))
-            bar = progress_bar(len(missing), "encoding prompts", args.quiet, unit="prompt")
+            batch_size = options.batch_size or default_batch_size(loaded.device)
+            bar = progress_bar(len(missing), "encoding prompts", options.quiet, unit="prompt")
             start = time.perf_counter()
 
+            from mechinterp.tokens import decode_tokens
+
             def store(batch: list[int], rows: list[SparseRow]) -> None:
+                for row in rows:  # token labels, so Chapter 2 can name where a feature fires from the cache
+                    row.token_strs = decode_tokens(loaded.model.tokenizer, row.tokens)
                 if cache:
                     for j, row in zip(batch, rows):
                         cache.put(texts[missing[j]], row)
 
             try:
-                rows = aggregate_prompts(loaded, tokenized, batch_size, on_rows=store, progress=bar.update)
+                with demo_threads(loaded.is_demo):
+                    rows = aggregate_prompts(loaded, tokenized, batch_size, on_rows=store, progress=bar.update)
             finally:
                 bar.close()
                 seconds["encode"] = round(time.perf_counter() - start, 4)
@@ -115,8 +143,8 @@ def summarise_prompts(
     for i, row in enumerate(ordered):
         if row.truncated:
             print(
-                f"warning: a {labels[i]} prompt is longer than the model's context of {info.n_ctx} tokens and "
-                f"was truncated: {texts[i][:50]!r}...",
+                f"warning: a {labels[i]} prompt is longer than {info.context_note or f'{info.n_ctx} tokens'}; "
+                f"only its first {info.n_ctx} tokens (BOS included) were encoded: {texts[i][:50]!r}...",
                 file=sys.stderr,
             )
     return Summaries(

@@ -1,19 +1,18 @@
 """Figures for every chapter, built with ``matplotlib.figure.Figure`` (no pyplot, no GUI, no show()).
 
-Every function takes the numbers and a path, writes one PNG, and returns the path; the caller saves
-the numbers behind the figure beside it. Titles name the model, SAE and hook.
+Every function takes the numbers and returns the figure; the caller saves it (through its
+``OutputFolder``) with the numbers behind it beside it, and a notebook can show it. Titles name the
+model, SAE and hook.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from mechinterp.io import save_figure
 
 
 def display_token(token: str) -> str:
@@ -25,14 +24,18 @@ def _cmap_with_white_zero():
     return colormaps["magma_r"].with_extremes(under="white")
 
 
+# Columns per row of a token heatmap: at 0.42 inch a column and 150 dpi, 80 tokens make ~5,400 px, so a
+# long text wraps onto further rows instead of becoming a 50,000-pixel-wide image.
+MAX_TOKENS_PER_ROW = 80
+
+
 def token_heatmap(
     acts: np.ndarray,
     tokens: Sequence[str],
     features: Sequence[int],
     title: str,
-    path: Path,
-) -> Path:
-    """Features x tokens heatmap (Chapter 1).
+) -> Figure:
+    """Features x tokens heatmap (Chapter 1); texts longer than ``MAX_TOKENS_PER_ROW`` wrap onto more rows.
 
     Args:
         acts: ``[n_features, n_tokens]`` activations, one row per feature in ``features``.
@@ -40,23 +43,36 @@ def token_heatmap(
         features: feature ids labelling the rows, strongest first.
     """
     n_feat, n_tok = acts.shape
-    fig = Figure(figsize=(max(6.0, 0.42 * n_tok + 2.5), max(3.0, 0.32 * n_feat + 1.8)))
-    ax = fig.subplots()
+    chunks = [range(start, min(start + MAX_TOKENS_PER_ROW, n_tok)) for start in range(0, n_tok, MAX_TOKENS_PER_ROW)] or [range(0)]
+    width = min(n_tok, MAX_TOKENS_PER_ROW)
+    panel_height = max(3.0, 0.32 * n_feat + 1.8)
+    fig = Figure(figsize=(max(6.0, 0.42 * width + 2.5), panel_height * len(chunks)))
+    axes = fig.subplots(len(chunks), 1, squeeze=False)[:, 0]
     vmax = float(acts.max()) if acts.size and acts.max() > 0 else 1.0
-    # Exact zeros (the feature is off) are white, so sparsity is visible at a glance.
-    image = ax.imshow(acts, aspect="auto", cmap=_cmap_with_white_zero(), vmin=1e-6, vmax=vmax, interpolation="nearest")
-    ax.set_xticks(range(n_tok), [display_token(t) for t in tokens], rotation=60, ha="right", fontsize=9)
-    ax.set_yticks(range(n_feat), [f"#{f}" for f in features], fontsize=9)
-    ax.set_xlabel("token (BOS excluded; · marks a leading space)")
-    ax.set_ylabel("feature (strongest first)")
-    # Thin grid lines between cells make it easy to follow one token down the column.
-    ax.set_xticks(np.arange(-0.5, n_tok, 1), minor=True)
-    ax.set_yticks(np.arange(-0.5, n_feat, 1), minor=True)
-    ax.grid(which="minor", color="white", linewidth=0.5)
-    ax.tick_params(which="minor", length=0)
-    ax.set_title(title, fontsize=10)
-    fig.colorbar(image, ax=ax, label="SAE feature activation (white = 0, off)", fraction=0.04, pad=0.02)
-    return save_figure(fig, path)
+    for ax, cols in zip(axes, chunks):
+        # Exact zeros (the feature is off) are white, so sparsity is visible at a glance.
+        image = ax.imshow(acts[:, cols.start:cols.stop], aspect="auto", cmap=_cmap_with_white_zero(), vmin=1e-6,
+                          vmax=vmax, interpolation="nearest")
+        n_cols = len(cols)
+        if len(chunks) > 1:
+            # Wrapped rows keep the same cell width, so a short last row does not stretch.
+            ax.set_xlim(-0.5, MAX_TOKENS_PER_ROW - 0.5)
+        ax.set_xticks(range(n_cols), [display_token(tokens[i]) for i in cols], rotation=60, ha="right", fontsize=9)
+        ax.set_yticks(range(n_feat), [f"#{f}" for f in features], fontsize=9)
+        ax.set_xlabel("token (BOS excluded; · marks a leading space)" if len(chunks) == 1
+                      else f"tokens {cols.start + 1}-{cols.stop} of {n_tok} (BOS excluded; · marks a leading space)")
+        ax.set_ylabel("feature (strongest first)")
+        # Thin grid lines between cells make it easy to follow one token down the column.
+        ax.set_xticks(np.arange(-0.5, n_cols, 1), minor=True)
+        ax.set_yticks(np.arange(-0.5, n_feat, 1), minor=True)
+        ax.grid(which="minor", color="white", linewidth=0.5)
+        ax.tick_params(which="minor", length=0)
+    axes[0].set_title(title, fontsize=10)
+    if len(chunks) > 1:
+        fig.subplots_adjust(hspace=0.6)  # room for each row's rotated token labels
+    fig.colorbar(image, ax=list(axes) if len(chunks) > 1 else axes[0], label="SAE feature activation (white = 0, off)",
+                 fraction=0.04 / len(chunks), pad=0.02)
+    return fig
 
 
 GROUP_COLOURS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666")
@@ -66,9 +82,8 @@ def group_mean_overview(
     means: dict[str, np.ndarray],
     always_on: Sequence[int],
     title: str,
-    path: Path,
     agg: str,
-) -> Path:
+) -> Figure:
     """MI2: every feature's mean activation in each group (one panel per group), always-on marked.
 
     Args:
@@ -101,16 +116,15 @@ def group_mean_overview(
         f"▼ always-on features (fire in nearly every prompt of every group; not ranked)\n{title}",
         fontsize=10,
     )
-    return save_figure(fig, path)
+    return fig
 
 
 def group_heatmaps(
     panels: list[tuple[str, str, np.ndarray, int, list[int]]],
     baseline: str,
     title: str,
-    path: Path,
     agg: str,
-) -> Path:
+) -> Figure:
     """MI3: per contrast group, prompts x that group's top features, group prompts above baseline ones.
 
     Args:
@@ -136,7 +150,7 @@ def group_heatmaps(
     if image is not None:
         fig.colorbar(image, ax=list(axes), label=f"per-prompt {agg} activation (white = 0)", fraction=0.03, pad=0.02)
     fig.suptitle(f"Each row is one prompt; always-on features removed\n{title}", fontsize=10)
-    return save_figure(fig, path)
+    return fig
 
 
 def volcano(
@@ -148,8 +162,7 @@ def volcano(
     group: str,
     baseline: str,
     title: str,
-    path: Path,
-) -> Path:
+) -> Figure:
     """MI4: effect size (rank-biserial) against -log10 q for every tested feature, top ones labelled."""
     fig = Figure(figsize=(8, 6))
     ax = fig.subplots()
@@ -172,4 +185,4 @@ def volcano(
     ax.legend(loc="upper left", fontsize=8, frameon=False)
     ax.grid(alpha=0.3)
     ax.set_title(f"{group} vs {baseline}: {int(sig.sum())} of {len(q)} tested features at q < {alpha:g}\n{title}", fontsize=10)
-    return save_figure(fig, path)
+    return fig

@@ -6,7 +6,6 @@ project's git commit, input hashes, counts, timings and the list of files writte
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import platform
 import subprocess
@@ -15,10 +14,11 @@ import time
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
-from mechinterp.constants import PROJECT_ROOT
-from mechinterp.io import write_json
+from mechinterp.constants import PROJECT_ROOT, RUN_RECORD_JSON
+from mechinterp.io import OutputFolder
 
 LIBRARIES = ("sae-lens", "transformer-lens", "torch", "transformers", "numpy", "scipy", "matplotlib")
 
@@ -59,12 +59,13 @@ def file_sha256(path: Path) -> str:
 class RunRecord:
     """Collects what a run did; :meth:`write` saves it as JSON beside the outputs."""
 
-    def __init__(self, script: str, argv: list[str] | None, args: argparse.Namespace):
+    def __init__(self, script: str, argv: list[str] | None, options: Mapping[str, Any]):
+        """``options``: the run's resolved options, e.g. ``vars(args)`` of the script's flags."""
         self.script = Path(script).stem
         self.data: dict[str, Any] = {
             "script": Path(script).name,
             "argv": list(sys.argv[1:] if argv is None else argv),
-            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()},
             "versions": library_versions(),
             "git_commit": git_commit(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -93,8 +94,9 @@ class RunRecord:
     def update(self, **fields: Any) -> None:
         self.data.update(fields)
 
-    def write(self, out: Path) -> Path:
-        path = Path(out) / f"{self.script}_run.json"
-        self.data["files_written"].append(str(path))
+    def write(self, out: OutputFolder) -> Path:
+        """Save the record into the run's output folder (renamed into place when the run commits)."""
+        name = RUN_RECORD_JSON.format(script=self.script)
+        self.data["files_written"].append(str(out / name))
         self.data["seconds"]["total"] = round(sum(v for k, v in self.data["seconds"].items() if k != "total"), 4)
-        return write_json(path, self.data)
+        return out.write_json(name, self.data)

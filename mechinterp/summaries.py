@@ -7,20 +7,31 @@ never has to import PyTorch.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 
+def _empty_int() -> np.ndarray:
+    return np.zeros(0, dtype=np.int32)
+
+
 @dataclass
 class SparseRow:
-    """One prompt's summary over its text tokens: features that fired, their max and mean activation."""
+    """One prompt's summary over its text tokens: features that fired, their max and mean activation.
+
+    ``peak``, ``tokens`` and ``token_strs`` let Chapter 2 say *where* a feature fires (which token, at
+    which position) without re-encoding: the evidence behind a verdict comes from the cache too.
+    """
 
     idx: np.ndarray  # int32 feature ids with max > 0
     max: np.ndarray  # float32
     mean: np.ndarray  # float32
     n_tokens: int
     truncated: bool = False
+    peak: np.ndarray = field(default_factory=_empty_int)  # int32 per fired feature: text-token index of its max
+    tokens: np.ndarray = field(default_factory=_empty_int)  # int32 the text's token ids (BOS excluded)
+    token_strs: list[str] = field(default_factory=list)  # the same tokens as whole-character labels
 
 
 @dataclass
@@ -45,6 +56,19 @@ class PromptAggregates:
             cols = lookup[row.idx]
             keep = cols >= 0
             out[r, cols[keep]] = getattr(row, agg)[keep]
+        return out
+
+    def peaks(self, indices: Sequence[int], features: np.ndarray) -> np.ndarray:
+        """``[n_prompts, n_features]`` text-token index of each feature's max in each prompt, -1 where it
+        did not fire (index 0 is the first token after BOS)."""
+        lookup = np.full(self.d_sae, -1, dtype=np.int64)
+        lookup[features] = np.arange(len(features))
+        out = np.full((len(indices), len(features)), -1, dtype=np.int64)
+        for r, i in enumerate(indices):
+            row = self.rows[i]
+            cols = lookup[row.idx]
+            keep = cols >= 0
+            out[r, cols[keep]] = row.peak[keep]
         return out
 
     def fired_any(self, indices: Sequence[int] | None = None) -> np.ndarray:

@@ -21,15 +21,13 @@ The same world serves two purposes:
 
 * ``--demo`` on every script (:func:`ensure_demo_world`), titled as a synthetic demo everywhere;
 * the offline tests, which install it in a Hugging Face cache under the *real* names
-  (:func:`install_in_hf_cache`) so the exact default commands run end to end with ``HF_HUB_OFFLINE=1``.
+  (``tests/hf_cache.py``) so the exact default commands run end to end with ``HF_HUB_OFFLINE=1``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -347,63 +345,27 @@ def build_world(root: Path, seed: int = SEED) -> DemoWorld:
 
 def ensure_demo_world(root: Path, seed: int = SEED, log: Callable[[str], None] | None = None) -> DemoWorld:
     """Return the demo world at ``root``, building it first if it is missing or out of date."""
+    from filelock import FileLock  # installed with huggingface_hub
+
     root = Path(root)
+    existing = _existing_world(root, seed)
+    if existing is not None:
+        return existing
+    root.parent.mkdir(parents=True, exist_ok=True)
+    # Two runs started together on a fresh cache must not build and swap the folder under each other.
+    with FileLock(str(root.parent / f".{root.name}.lock")):
+        existing = _existing_world(root, seed)  # built by another run while this one waited
+        if existing is not None:
+            return existing
+        if log is not None:
+            log(f"building the synthetic demo world in {root} (once, about 10 s) ...")
+        return build_world(root, seed)
+
+
+def _existing_world(root: Path, seed: int) -> DemoWorld | None:
     info_path = root / "world.json"
     if info_path.exists():
         info = json.loads(info_path.read_text(encoding="utf-8"))
         if info.get("version") == WORLD_VERSION and info.get("seed") == seed:
             return DemoWorld(root, root / "model", root / "sae", root / "prompts", planted_features(seed))
-    if log is not None:
-        log(f"building the synthetic demo world in {root} (once, about 10 s) ...")
-    return build_world(root, seed)
-
-
-# --- the offline Hugging Face cache used by the tests -------------------------------------------------
-
-REAL_MODEL_REPO = "gpt2"  # what TransformerLens fetches for "gpt2-small"
-REAL_SAE_REPO = "jbloom/GPT2-Small-SAEs-Reformatted"  # repo_id of gpt2-small-res-jb in SAELens
-REAL_SAE_FOLDER = "blocks.8.hook_resid_pre"
-
-
-def _snapshot_dir(hf_home: Path, repo_id: str) -> Path:
-    """Create the hub cache layout (refs/main -> snapshots/<commit>) and return the snapshot folder."""
-    repo_dir = Path(hf_home) / "hub" / ("models--" + repo_id.replace("/", "--"))
-    commit = hashlib.sha1(repo_id.encode()).hexdigest()
-    (repo_dir / "refs").mkdir(parents=True, exist_ok=True)
-    (repo_dir / "refs" / "main").write_text(commit)
-    snapshot = repo_dir / "snapshots" / commit
-    snapshot.mkdir(parents=True, exist_ok=True)
-    return snapshot
-
-
-def install_in_hf_cache(world: DemoWorld, hf_home: Path) -> None:
-    """Put the toy world into a Hugging Face cache under the real GPT-2 and SAE names.
-
-    The SAE config is written in the pre-6.0 format that the real ``gpt2-small-res-jb`` repo uses,
-    so SAELens' own conversion path is exercised exactly as for the real download.
-    """
-    model_snapshot = _snapshot_dir(hf_home, REAL_MODEL_REPO)
-    for file in world.model_dir.iterdir():
-        shutil.copy2(file, model_snapshot / file.name)
-    sae_folder = _snapshot_dir(hf_home, REAL_SAE_REPO) / REAL_SAE_FOLDER
-    sae_folder.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(world.sae_dir / "sae_weights.safetensors", sae_folder / "sae_weights.safetensors")
-    shutil.copy2(world.sae_dir / "sparsity.safetensors", sae_folder / "sparsity.safetensors")
-    legacy_cfg = {
-        "model_name": "gpt2-small",
-        "hook_point": REAL_SAE_FOLDER,
-        "hook_point_layer": 8,
-        "hook_point_head_index": None,
-        "dataset_path": "Skylion007/openwebtext",
-        "is_dataset_tokenized": False,
-        "context_size": 128,
-        "d_in": D_MODEL,
-        "d_sae": D_SAE,
-        "expansion_factor": D_SAE // D_MODEL,
-        "dtype": "torch.float32",
-        "device": "cpu",
-        "b_dec_init_method": "geometric_median",
-        "l1_coefficient": 8e-05,
-        "lr": 0.0004,
-    }
-    (sae_folder / "cfg.json").write_text(json.dumps(legacy_cfg), encoding="utf-8")
+    return None

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mechinterp.constants import RUNNER_CFG_FILENAME, SPARSITY_FILENAME
 from mechinterp.errors import EnvironmentProblem, UserError
 from mechinterp.io import atomic_dir
 
@@ -45,8 +46,6 @@ ARCHITECTURES = ("standard", "topk")
 ARCHITECTURE_LABELS = {"standard": "standard (ReLU+L1)", "topk": "TopK"}
 # A true feature counts as "recovered" when some decoder row has at least this cosine similarity with it.
 DEFAULT_RECOVERY_THRESHOLD = 0.9
-SPARSITY_FILENAME = "sparsity.safetensors"  # what SAELens' pretrained loader reads (key "sparsity")
-RUNNER_CFG_FILENAME = "runner_cfg.json"  # SAELens' name for the training run's full configuration
 
 ProgressFn = Callable[[int, dict[str, float]], None]  # (steps just completed, latest metrics)
 

@@ -1,18 +1,16 @@
 """Figures for Chapter 5: training curves (MI7) and learned-vs-true feature matching (MI8).
 
-Built with ``matplotlib.figure.Figure`` (no pyplot, no GUI); each function writes one PNG and returns
-its path, and the caller saves the numbers behind it beside the figure.
+Built with ``matplotlib.figure.Figure`` (no pyplot, no GUI); each function returns the figure, and the
+caller saves it with the numbers behind it beside it.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatter, ScalarFormatter
 
-from mechinterp.io import save_figure
 from mechinterp.training import ARCHITECTURE_LABELS, MatchScores, TrainingCurve
 
 COLORS = {"standard": "tab:blue", "topk": "tab:orange"}
@@ -21,10 +19,9 @@ COLORS = {"standard": "tab:blue", "topk": "tab:orange"}
 def training_curves(
     curves: dict[str, TrainingCurve],
     title: str,
-    path: Path,
     samples_label: str = "tokens",
     true_l0: float | None = None,
-) -> Path:
+) -> Figure:
     """MI7: loss, L0 and explained variance against the training step, one line per SAE.
 
     Args:
@@ -65,7 +62,7 @@ def training_curves(
         ax_l0.legend(fontsize=8)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    return save_figure(fig, path)
+    return fig
 
 
 def feature_matching(
@@ -74,8 +71,7 @@ def feature_matching(
     firing_probabilities: np.ndarray,
     threshold: float,
     title: str,
-    path: Path,
-) -> Path:
+) -> Figure:
     """MI8: for every true feature, its best |cosine| with any learned decoder row.
 
     Left: sorted, one curve per SAE; a curve that stays above the threshold line across the whole x
@@ -122,4 +118,4 @@ def feature_matching(
     ax_freq.legend(loc="lower right", fontsize=8)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    return save_figure(fig, path)
+    return fig

@@ -42,7 +42,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 def world():
     """The toy world, built once per session, also installed in the offline HF cache and as the demo."""
     from mechinterp import constants
-    from mechinterp.toyworld import build_world, install_in_hf_cache
+    from mechinterp.toyworld import build_world
+    from tests.hf_cache import install_in_hf_cache
 
     built = build_world(constants.demo_dir())
     install_in_hf_cache(built, Path(os.environ["HF_HOME"]))

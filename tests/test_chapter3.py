@@ -12,17 +12,9 @@ import torch
 
 import MechInterpFeatureInspect as ch3
 from mechinterp.errors import UserError
-from mechinterp.inspect_feature import (
-    Example,
-    collect_feature_activations,
-    highlight_terminal,
-    logit_effects,
-    read_results_csv,
-    render_html,
-    build_card,
-    safe_text,
-    validate_features,
-)
+from mechinterp.card_render import highlight_terminal, render_html, safe_text
+from mechinterp.cards import Example, build_card, logit_effects
+from mechinterp.feature_data import collect_feature_activations, read_results_csv, validate_features
 from mechinterp.toyworld import CONCEPT_WORDS, PLANTED_OUTPUTS
 
 

@@ -101,3 +101,40 @@ def world_tokens(text: str) -> list[int]:
 
     tok = AutoTokenizer.from_pretrained(constants.demo_dir() / "model")
     return tok.encode(text, add_special_tokens=False)
+
+
+def test_two_runs_at_once_share_the_cache_safely(world, tmp_path):
+    """Two Chapter 2 runs started together on one empty activation cache: both succeed, same numbers."""
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+
+    env = {**__import__("os").environ, "MECHINTERP_CACHE": str(tmp_path / "cache")}
+    # The demo world is built once per test session; share it so both runs race on the activation cache.
+    shutil.copytree(world.root, tmp_path / "cache" / "demo")
+    runs = [
+        subprocess.Popen(
+            [sys.executable, str(ROOT / "MechInterpFeatureMeaning.py"), "--demo", "--out", str(tmp_path / f"out{i}"),
+             "--batch-size", "4", "--quiet"],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for i in range(2)
+    ]
+    for run in runs:
+        _, err = run.communicate(timeout=300)
+        assert run.returncode == 0, err
+    stats = [(tmp_path / f"out{i}" / "feature_stats.csv").read_text() for i in range(2)]
+    assert stats[0] == stats[1]
+    # Every entry is complete and readable, and a third run is served entirely from the cache.
+    entries = list((tmp_path / "cache" / "activations").rglob("*.npz"))
+    assert entries and not list((tmp_path / "cache").rglob("*.tmp"))
+    for entry in entries:
+        with np.load(entry, allow_pickle=False) as data:
+            assert data["max"].shape == data["idx"].shape
+    third = subprocess.run(
+        [sys.executable, str(ROOT / "MechInterpFeatureMeaning.py"), "--demo", "--out", str(tmp_path / "out3")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert third.returncode == 0 and "the model was not loaded" in third.stderr
+    assert (tmp_path / "out3" / "feature_stats.csv").read_text() == stats[0]

@@ -124,7 +124,8 @@ def test_long_prompt_is_truncated_with_a_warning_naming_it(world, prompts, tmp_p
     write(prompts, "baseline.txt", prompt_lines("calm", 8) + long_prompt + "\n")
     code, _, err = run_main(ch2, ch2_args(prompts, tmp_path, "--no-cache"), capsys)
     assert code == 0
-    assert "a baseline prompt is longer than the model's context of 128 tokens and was truncated" in err
+    assert ("a baseline prompt is longer than the model's context of 128 tokens; only its first 128 tokens "
+            "(BOS included) were encoded") in err
     assert "'The weather was calm and the sky" in err
 
 
@@ -139,7 +140,7 @@ def test_sae_path_problems(world, tmp_path, capsys):
 @pytest.mark.parametrize(
     "d_in, hook, message",
     [
-        (32, "blocks.8.hook_resid_pre", "expects width 32 but the model's residual stream has width 64"),
+        (32, "blocks.8.hook_resid_pre", "expects width 32 but this model's blocks.8.hook_resid_pre has width 64"),
         (64, "blocks.30.hook_resid_pre", "reads blocks.30.hook_resid_pre, which this model does not have"),
     ],
 )
@@ -153,10 +154,17 @@ def test_sae_that_does_not_fit_the_model(world, tmp_path, capsys, d_in, hook, me
     assert code == 2 and message in err and "Traceback" not in err
 
 
-def test_out_folder_that_cannot_be_created(tmp_path, capsys):
+@pytest.mark.parametrize("below", ["", "sub"])
+def test_out_pointing_at_a_file_is_a_usage_error(below, tmp_path, capsys):
     blocker = write(tmp_path, "a_file.txt", "not a folder")
-    code, _, err = run_main(ch1, ["--out", str(blocker / "sub")], capsys)
-    assert code == 1 and "cannot create the output folder" in err and "pick another --out" in err
+    code, _, err = run_main(ch1, ["--out", str(blocker / below if below else blocker)], capsys)
+    assert code == 2 and f"{blocker} is a file, not a folder; pick a folder" in err
+    assert len(err.strip().splitlines()) == 1 and blocker.read_text() == "not a folder"
+
+
+def test_text_that_is_not_utf8_is_a_usage_error(capsys):
+    code, _, err = run_main(ch1, ["--demo", "--text", b"caf\xe9".decode("utf-8", "surrogateescape")], capsys)
+    assert code == 2 and "--text is not valid UTF-8" in err and "Traceback" not in err
 
 
 def test_out_of_memory_retries_once_with_smaller_batch(world, prompts, tmp_path, capsys, monkeypatch):

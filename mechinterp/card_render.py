@@ -1,0 +1,269 @@
+"""Rendering a feature card: coloured terminal text and a self-contained HTML page.
+
+Everything that renders a card escapes the tokens: prompt text and model vocabulary are untrusted input.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import textwrap
+import unicodedata
+
+
+from mechinterp.cards import Example, FeatureCard, LogitEffect
+from mechinterp.feature_data import EXAMPLE_WINDOW
+
+# --- rendering: terminal -----------------------------------------------------------------------------
+# Background colours (ANSI 256-colour palette) from faint to strong, for activation / max activation.
+ANSI_LEVELS = (230, 223, 216, 209, 202)
+ANSI_RESET = "\x1b[0m"
+
+
+def safe_text(text: str) -> str:
+    """Text safe to print to a terminal: newlines and tabs made visible, control characters escaped.
+
+    Model vocabularies and user prompts can contain ESC and other control characters; printed raw,
+    they would be interpreted by the terminal.
+    """
+    out = []
+    for ch in text:
+        if ch == "\n":
+            out.append("↵")
+        elif ch == "\t":
+            out.append("→")
+        elif unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co"):
+            out.append(f"\\x{ord(ch):02x}" if ord(ch) < 256 else f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _window(ex: Example, window: int) -> tuple[int, int]:
+    start = max(0, ex.peak - window)
+    return start, min(len(ex.tokens), ex.peak + window + 1)
+
+
+def highlight_terminal(ex: Example, scale: float, color: bool, window: int = EXAMPLE_WINDOW) -> str:
+    """One example's tokens with their activations made visible.
+
+    With ``color``, firing tokens get a background from faint to strong and the peak is bold and
+    underlined; without, firing tokens are written ``[token:act]`` and the peak ``[[token:act]]``.
+    """
+    start, stop = _window(ex, window)
+    parts = ["…" if start > 0 else ""]
+    for i in range(start, stop):
+        token, act = safe_text(ex.tokens[i]), float(ex.acts[i])
+        if act <= 0:
+            parts.append(token)
+            continue
+        # Keep a token's leading space outside the mark, so words stay readable.
+        lead = token[: len(token) - len(token.lstrip(" "))]
+        body = token[len(lead) :] or token
+        if color:
+            level = ANSI_LEVELS[min(len(ANSI_LEVELS) - 1, int(len(ANSI_LEVELS) * act / (scale or 1.0)))]
+            style = f"\x1b[30;48;5;{level}" + (";1;4m" if i == ex.peak else "m")
+            parts.append(f"{lead}{style}{body}{ANSI_RESET}")
+        else:
+            mark = f"{body}:{act:.2f}"
+            parts.append(f"{lead}[[{mark}]]" if i == ex.peak else f"{lead}[{mark}]")
+    parts.append("…" if stop < len(ex.tokens) else "")
+    return "".join(parts)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.3g}%"
+
+
+def format_card_text(card: FeatureCard, title: str, color: bool) -> str:
+    """The card as terminal text (ANSI colour only when ``color``)."""
+    lines = [f"=== Feature #{card.feature} · {title}"]
+    lines.append(f"Neuronpedia: {card.url or '(this SAE is not on Neuronpedia)'}")
+    density = (
+        f"{_pct(card.density)} of training tokens (SAE sparsity file)" if card.density is not None
+        else "no sparsity file shipped with this SAE"
+    )
+    fired, total = card.fired_total
+    lines.append(f"Density: {density}")
+    lines.append(f"Firing rate on your texts: {_pct(card.firing_rate)} ({fired} of {total} tokens)")
+    per_source = ", ".join(f"{s} {_pct(a / b if b else 0)}" for s, (a, b) in card.fired_by_source.items())
+    lines.append(f"  by source: {per_source}")
+    lines.append(
+        f"Typical max activation: {card.typical_max:.3f} (median of each text's max over the "
+        f"{card.n_texts_fired} of {card.n_texts} texts where it fires)"
+    )
+    lines.append(f"Filtered: {card.filtered}")
+    # Prose lines fit 100 columns (continuations indented); the highlighted examples are left whole.
+    lines = [textwrap.fill(line, 100, subsequent_indent="    ", break_on_hyphens=False) for line in lines]
+    lines.append("")
+    if card.examples:
+        key = "colour = activation, bold underlined = peak" if color else "[token:activation], [[peak]]"
+        lines.append(f"Top {len(card.examples)} activating texts ({key}):")
+        scale = card.examples[0].max_act
+        for ex in card.examples:
+            lines.append(
+                f"  {ex.rank:>2}. [{ex.source}] max {ex.max_act:.3f} at {safe_text(repr(ex.tokens[ex.peak]))}"
+            )
+            lines.append(f"      {highlight_terminal(ex, scale, color)}")
+    else:
+        lines.append("It does not fire on any of your texts (BOS excluded): no examples to show.")
+    lines.append("")
+    lines.append(f"What it writes (W_dec[{card.feature}] @ W_U, direct logit effect per unit of activation):")
+    width = max(len(safe_text(repr(x.token))) for x in card.promoted + card.suppressed)
+    lines.append(f"  {'promoted':<{width + 9}}   suppressed")
+    for up, down in zip(card.promoted, card.suppressed):
+        left = f"{safe_text(repr(up.token)):<{width}} {up.value:+8.3f}"
+        lines.append(f"  {left}   {safe_text(repr(down.token)):<{width}} {down.value:+8.3f}")
+    return "\n".join(lines)
+
+
+# --- rendering: HTML ------------------------------------------------------------------------------------
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif;
+       margin: 2rem auto; max-width: 1100px; color: #1d1d1f; line-height: 1.45; padding: 0 1rem; }
+h1 { font-size: 1.6rem; margin-bottom: .2rem; }
+h2 { font-size: 1.15rem; margin-top: 2rem; border-bottom: 1px solid #ddd; padding-bottom: .2rem; }
+.sub { color: #555; font-size: .9rem; }
+.demo { background: #fff3cd; border: 1px solid #e0c36c; padding: .3rem .6rem; border-radius: 4px; display: inline-block; }
+table.stats td { padding: .15rem .9rem .15rem 0; vertical-align: top; }
+table.stats td:first-child { color: #555; white-space: nowrap; }
+.ex { margin: .45rem 0 .8rem 0; }
+.exhead { font-size: .85rem; color: #555; }
+.src { background: #eef; border-radius: 3px; padding: 0 .3rem; }
+.toks { font-family: ui-monospace, Menlo, Consolas, monospace; font-size: .92rem; white-space: pre-wrap;
+        word-break: break-word; background: #fafafa; border: 1px solid #eee; padding: .4rem .5rem; border-radius: 4px; }
+.t { border-radius: 2px; }
+.peak { outline: 2px solid #b00020; outline-offset: 0; font-weight: 600; }
+.legend span { display: inline-block; padding: 0 .4rem; margin-right: .2rem; font-family: ui-monospace, monospace; }
+.cols { display: flex; gap: 2rem; flex-wrap: wrap; }
+.cols > div { flex: 1; min-width: 300px; }
+table.logits { border-collapse: collapse; width: 100%; font-size: .9rem; }
+table.logits td { padding: .1rem .4rem; }
+table.logits td.tok { font-family: ui-monospace, Menlo, Consolas, monospace; white-space: pre; }
+table.logits td.val { text-align: right; font-variant-numeric: tabular-nums; width: 5rem; }
+.bar { height: .8rem; border-radius: 2px; }
+.up { background: #2e7d32; } .down { background: #c62828; }
+img { max-width: 100%; border: 1px solid #eee; }
+"""
+
+
+def _token_html(token: str) -> str:
+    # Escape first (the text is untrusted), then make newlines visible but keep them as line breaks.
+    return html.escape(token).replace("\n", "↵\n").replace("\t", "→")
+
+
+def _bg(act: float, scale: float) -> str:
+    alpha = 0.0 if act <= 0 else 0.15 + 0.85 * min(1.0, act / (scale or 1.0))
+    return f"background: rgba(255, 120, 0, {alpha:.2f});" if alpha else ""
+
+
+def example_html(ex: Example, scale: float, window: int = 60) -> str:
+    start, stop = _window(ex, window)
+    spans = ["…" if start > 0 else ""]
+    for i in range(start, stop):
+        act = float(ex.acts[i])
+        cls = "t peak" if i == ex.peak else "t"
+        tip = html.escape(f"{ex.tokens[i]!r}: {act:.3f}", quote=True)
+        spans.append(f'<span class="{cls}" style="{_bg(act, scale)}" title="{tip}">{_token_html(ex.tokens[i])}</span>')
+    spans.append("…" if stop < len(ex.tokens) else "")
+    head = (
+        f'<div class="exhead">#{ex.rank} · <span class="src">{html.escape(ex.source)}</span> · '
+        f"text {ex.text_index + 1} · max {ex.max_act:.3f} at <b>{html.escape(repr(ex.tokens[ex.peak]))}</b></div>"
+    )
+    return f'<div class="ex">{head}<div class="toks">{"".join(spans)}</div></div>'
+
+
+def _logit_table(rows: list[LogitEffect], css: str, scale: float) -> str:
+    # One scale for both columns, so a bar's length compares across promoted and suppressed.
+    scale = scale or 1.0
+    sign = 1.0 if css == "up" else -1.0  # a bar only for the direction the column is about
+    body = "".join(
+        f'<tr><td class="tok">{html.escape(repr(r.token))}</td><td class="val">{r.value:+.3f}</td>'
+        f'<td style="width:45%"><div class="bar {css}" style="width:{100 * max(0.0, sign * r.value) / scale:.0f}%">'
+        "</div></td></tr>"
+        for r in rows
+    )
+    return f'<table class="logits">{body}</table>'
+
+
+def render_html(card: FeatureCard, title: str, is_demo: bool, figure_png: bytes | None = None) -> str:
+    """A self-contained HTML page for the card: inline CSS, the figure inlined as a data URI, no scripts."""
+    esc = html.escape
+    fired, total = card.fired_total
+    density = (
+        f"{_pct(card.density)} of training tokens (from the SAE's sparsity file)"
+        if card.density is not None else "not available (this SAE ships no sparsity file)"
+    )
+    link = (
+        f'<a href="{esc(card.url, quote=True)}">{esc(card.url)}</a>' if card.url else "not on Neuronpedia"
+    )
+    per_source = "<br>".join(
+        f'<span class="src">{esc(s)}</span> {_pct(a / b if b else 0)} ({a} of {b} tokens)'
+        for s, (a, b) in card.fired_by_source.items()
+    )
+    stats = [
+        ("Neuronpedia", link),
+        ("Density", esc(density)),
+        ("Firing rate on your texts", f"{_pct(card.firing_rate)} ({fired} of {total} tokens)"),
+        ("By source", per_source),
+        (
+            "Typical max activation",
+            f"{card.typical_max:.3f} (median of each text's max over the {card.n_texts_fired} of "
+            f"{card.n_texts} texts where it fires)",
+        ),
+        ("Filtered", esc(card.filtered)),
+    ]
+    stats_html = "".join(f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in stats)
+    if card.examples:
+        scale = card.examples[0].max_act
+        legend = "".join(
+            f'<span style="{_bg(scale * q, scale)}">{q * scale:.2f}</span>' for q in (0.1, 0.25, 0.5, 0.75, 1.0)
+        )
+        examples = (
+            f'<p class="sub legend">Colour = activation of feature #{card.feature} on each token '
+            f"(hover for the value): {legend} · the peak token is outlined.</p>"
+            + "".join(example_html(ex, scale) for ex in card.examples)
+        )
+    else:
+        examples = "<p>It does not fire on any of your texts (BOS excluded).</p>"
+    figure = ""
+    if figure_png:
+        data = base64.b64encode(figure_png).decode("ascii")
+        figure = f'<h2>Activations and logit effects</h2><img alt="feature {card.feature} figure" src="data:image/png;base64,{data}">'
+    scale = max((abs(r.value) for r in card.promoted + card.suppressed), default=1.0)
+    demo = '<p class="demo">Synthetic demo: a toy model with planted features, not GPT-2.</p>' if is_demo else ""
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Feature #{card.feature}</title>
+<style>{_CSS}</style></head>
+<body>
+<h1>Feature #{card.feature}</h1>
+<div class="sub">{esc(title)}</div>
+{demo}
+<h2>How often it fires</h2>
+<table class="stats">{stats_html}</table>
+<h2>Where it fires: top {len(card.examples)} activating texts</h2>
+{examples}
+<h2>What it writes: W_dec[{card.feature}] @ W_U</h2>
+<p class="sub">The decoder direction pushed straight through the unembedding: how much one unit of this feature
+raises (left) or lowers (right) each next-token logit, ignoring the layers after the hook.</p>
+<div class="cols"><div><b>Most promoted</b>{_logit_table(card.promoted, "up", scale)}</div>
+<div><b>Most suppressed</b>{_logit_table(card.suppressed, "down", scale)}</div></div>
+{figure}
+</body></html>
+"""
+
+
+
+def ansi_allowed(stream, mode: str) -> bool:
+    """Colour only on a terminal (mode "auto"), unless forced; NO_COLOR (no-color.org) turns auto off."""
+    import os
+
+    if mode == "always":
+        return True
+    if mode == "never":
+        return False
+    return bool(getattr(stream, "isatty", lambda: False)()) and not os.environ.get("NO_COLOR")
+

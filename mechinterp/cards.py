@@ -1,0 +1,199 @@
+"""Feature cards (Chapter 3): where a feature fires, what it writes, and how often it fires.
+
+A card answers "what is this feature, really?" from three independent angles:
+
+* **Where it fires** - the prompts (and corpus documents) on which it reaches its highest activations,
+  token by token, with the peak token marked. This is the input side: what the encoder detects.
+* **What it writes** - the decoder direction pushed straight through the unembedding,
+  ``W_dec[f] @ W_U`` on the model as loaded. This is the output side: which next tokens the feature's
+  direction pushes up or down, ignoring the layers between the hook and the output (the "direct path";
+  a first guess that Chapter 4's interventions then test).
+* **How often** - the density the SAE's authors measured on its training data (when the release ships
+  a sparsity file) beside the firing rate on the user's own prompts.
+
+Rendering a card (terminal text, HTML) lives in :mod:`mechinterp.card_render`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mechinterp.feature_data import FeatureActivations, filter_note, typical_max_activation
+from mechinterp.loading import Loaded, neuronpedia_url
+
+# --- what a feature writes ----------------------------------------------------------------------------
+
+
+@dataclass
+class LogitEffect:
+    token_id: int
+    token: str
+    value: float
+
+
+def residual_direction(loaded: Loaded, feature: int) -> torch.Tensor:
+    """What one unit of ``feature`` adds to the residual stream, ``[d_model]``.
+
+    For an SAE on the residual stream or on an attention/MLP output that is its decoder row. For an SAE
+    on the attention heads' ``hook_z`` it is the row mapped through each head's ``W_O`` (the decoder row
+    is ``[n_heads * d_head]``, flattened as SAELens does); for ``mlp.hook_post`` through ``W_out``.
+    """
+    from mechinterp.loading import hook_layer
+
+    hook = loaded.sae.hook_name
+    row = loaded.sae.sae.W_dec[feature]
+    model = loaded.model
+    if hook.endswith(".hook_z"):
+        layer = hook_layer(hook)
+        per_head = row.reshape(model.cfg.n_heads, model.cfg.d_head).to(model.W_O.dtype)
+        return torch.einsum("hd,hdm->m", per_head, model.W_O[layer])
+    if hook.endswith("mlp.hook_post"):
+        return row.to(model.W_out.dtype) @ model.W_out[hook_layer(hook)]
+    return row
+
+
+def logit_effects(loaded: Loaded, feature: int, k: int = 15) -> tuple[list[LogitEffect], list[LogitEffect]]:
+    """The ``k`` most promoted and ``k`` most suppressed tokens of ``W_dec[feature] @ W_U``.
+
+    Uses the model's ``W_U`` as loaded (TransformerLens has folded the final LayerNorm's weights into
+    it and centred it), so the values are the direct logit contribution of one unit of the feature.
+    For SAEs on attention heads (``hook_z``) the decoder row is first mapped into the residual stream
+    (:func:`residual_direction`).
+
+    Returns:
+        ``(promoted, suppressed)``, each strongest first.
+    """
+    with torch.inference_mode():
+        direction = residual_direction(loaded, feature).to(loaded.model.W_U.dtype)  # [d_model]
+        effect = (direction @ loaded.model.W_U).float().cpu()  # [d_vocab]
+    k = min(k, effect.numel())
+    top = torch.topk(effect, k)
+    bottom = torch.topk(-effect, k)
+    tok = loaded.model.tokenizer
+
+    def rows(values: torch.Tensor, ids: torch.Tensor, sign: float) -> list[LogitEffect]:
+        return [LogitEffect(int(i), tok.decode([int(i)]), sign * float(v)) for v, i in zip(values, ids)]
+
+    return rows(top.values, top.indices, 1.0), rows(bottom.values, bottom.indices, -1.0)
+
+
+def density_from_sparsity(loaded: Loaded, feature: int) -> float | None:
+    """Fraction of training tokens the feature fires on, from the release's sparsity file (log10)."""
+    log_sparsity = loaded.sae.log_sparsity
+    if log_sparsity is None:
+        return None
+    return float(10 ** float(log_sparsity[feature]))
+
+
+# --- the card -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Example:
+    """One top-activating text, with its tokens and their activations of the card's feature."""
+
+    rank: int
+    text_index: int
+    source: str
+    tokens: list[str]
+    acts: np.ndarray  # float32 [n_tokens]
+    peak: int  # index into tokens (BOS already removed)
+
+    @property
+    def max_act(self) -> float:
+        return float(self.acts[self.peak])
+
+
+@dataclass
+class FeatureCard:
+    feature: int
+    url: str
+    density: float | None  # from the SAE's sparsity file, or None
+    fired_by_source: dict[str, tuple[int, int]]  # source -> (tokens fired, tokens)
+    typical_max: float
+    n_texts_fired: int
+    n_texts: int
+    examples: list[Example]
+    promoted: list[LogitEffect]
+    suppressed: list[LogitEffect]
+    filtered: str
+
+    @property
+    def fired_total(self) -> tuple[int, int]:
+        fired = sum(v[0] for v in self.fired_by_source.values())
+        total = sum(v[1] for v in self.fired_by_source.values())
+        return fired, total
+
+    @property
+    def firing_rate(self) -> float:
+        fired, total = self.fired_total
+        return fired / total if total else 0.0
+
+    def to_dict(self) -> dict:
+        """Everything on the card, as plain JSON-able numbers."""
+        return {
+            "feature": self.feature,
+            "neuronpedia_url": self.url,
+            "density_from_sparsity_file": self.density,
+            "firing_rate_on_prompts": self.firing_rate,
+            "fired_tokens_by_source": {s: {"fired": a, "tokens": b} for s, (a, b) in self.fired_by_source.items()},
+            "typical_max_activation": self.typical_max,
+            "texts_where_it_fires": self.n_texts_fired,
+            "texts": self.n_texts,
+            "filtered": self.filtered,
+            "top_examples": [
+                {
+                    "rank": e.rank,
+                    "text_index": e.text_index,
+                    "source": e.source,
+                    "max_activation": e.max_act,
+                    "peak_token": e.tokens[e.peak],
+                    "peak_index": e.peak,
+                    "tokens": e.tokens,
+                    "activations": [round(float(a), 5) for a in e.acts],
+                }
+                for e in self.examples
+            ],
+            "promoted": [vars(x) for x in self.promoted],
+            "suppressed": [vars(x) for x in self.suppressed],
+        }
+
+
+def build_card(loaded: Loaded, fa: FeatureActivations, feature: int, n_examples: int = 10, n_logits: int = 15) -> FeatureCard:
+    """Assemble the card of ``feature`` from activations already collected over the texts."""
+    j = fa.column(feature)
+    maxes = fa.prompt_max(feature)
+    # Stable sort on -max: ties keep input order, so the card is deterministic.
+    order = [int(i) for i in np.argsort(-maxes, kind="stable") if maxes[i] > 0][:n_examples]
+    tok = loaded.model.tokenizer
+    examples = []
+    for rank, i in enumerate(order, start=1):
+        acts = fa.acts[i][:, j]
+        examples.append(
+            Example(
+                rank=rank,
+                text_index=i,
+                source=fa.sources[i],
+                tokens=[tok.decode([t]) for t in fa.token_ids[i]],
+                acts=acts,
+                peak=int(acts.argmax()),
+            )
+        )
+    promoted, suppressed = logit_effects(loaded, feature, n_logits)
+    typical, n_fired = typical_max_activation(fa, feature)
+    return FeatureCard(
+        feature=feature,
+        url=neuronpedia_url(loaded.sae.neuronpedia_id, feature),
+        density=density_from_sparsity(loaded, feature),
+        fired_by_source={s: fa.firing(feature, s) for s in fa.source_names},
+        typical_max=typical,
+        n_texts_fired=n_fired,
+        n_texts=len(fa.texts),
+        examples=examples,
+        promoted=promoted,
+        suppressed=suppressed,
+        filtered=filter_note(fa),
+    )

@@ -1,0 +1,181 @@
+"""Which model and SAE a run uses, and loading them: typed options in, a loaded model + SAE out.
+
+The chapter scripts turn their command-line flags into :class:`SourceOptions` (see
+``mechinterp.cli.source_options``); a notebook builds one directly::
+
+    from mechinterp.source import SourceOptions, resolve_source, load
+    loaded = load(resolve_source(SourceOptions(demo=True)))
+
+Resolving is separate from loading so that a fully cached rerun can know *what* it would load (for the
+cache key and titles) without paying for loading it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from mechinterp import constants
+from mechinterp.errors import UserError
+from mechinterp.loading import (
+    Loaded, LoadedSAE, folder_label, go_offline_if_hub_unreachable, load_model, load_sae, pick_device,
+)
+
+Log = Callable[[str], None]
+
+
+def _silent(_msg: str) -> None:
+    pass
+
+
+@dataclass
+class SourceOptions:
+    """The model and SAE to use, as the common flags give them.
+
+    Attributes:
+        model: TransformerLens model name, or a local Hugging Face model folder; None = the model the SAE
+            was trained on (its metadata's ``model_name``).
+        sae_release: SAELens pretrained release (ignored when ``sae_path`` or ``demo`` is set).
+        sae_id: SAE id within the release.
+        sae_path: a folder written by SAELens' ``save_model``, used instead of the release.
+        device: "cpu", "cuda", "mps", or None for CUDA when available, else CPU.
+        demo: use the synthetic toy world (built locally on first use); ``sae_path`` may still name an
+            SAE trained on the toy model.
+    """
+
+    model: str | None = None
+    sae_release: str = constants.DEFAULT_SAE_RELEASE
+    sae_id: str = constants.DEFAULT_SAE_ID
+    sae_path: Path | None = None
+    device: str | None = None
+    demo: bool = False
+
+
+@dataclass
+class Source:
+    """Where the model and SAE come from, resolved from the options (nothing is loaded yet)."""
+
+    model: str | None  # None: the SAE's own model, known once the SAE is loaded
+    sae_release: str
+    sae_id: str
+    sae_path: Path | None
+    is_demo: bool
+    model_label: str
+    sae_label: str | None = None
+    device: str | None = None  # as requested; None = pick at load time
+
+    def cache_identity(self) -> dict[str, str]:
+        """What determines the features of a text, for the activation cache's key."""
+        if self.sae_path is not None:
+            weights = self.sae_path / "sae_weights.safetensors"
+            stat = weights.stat() if weights.exists() else None
+            sae = f"path:{self.sae_path.resolve()}:{stat.st_size if stat else 0}:{stat.st_mtime_ns if stat else 0}"
+        else:
+            sae = f"release:{self.sae_release}/{self.sae_id}"
+        model = self.model or "the SAE's own model"
+        if self.model and Path(model).is_dir():
+            config = Path(model) / "config.json"
+            model = f"dir:{Path(model).resolve()}:{config.stat().st_mtime_ns if config.exists() else 0}"
+        return {"model": model, "sae": sae}
+
+
+def demo_prompts_dir(log: Log = _silent) -> Path:
+    """The demo world's prompt folder (building the world on first use)."""
+    from mechinterp.toyworld import ensure_demo_world
+
+    return ensure_demo_world(constants.demo_dir(), log=log).prompts_dir
+
+
+def resolve_source(options: SourceOptions, log: Log = _silent) -> Source:
+    """Apply ``demo`` (building the toy world if needed) and validate the SAE options."""
+    if options.sae_path is not None and not Path(options.sae_path).is_dir():
+        raise UserError(f"--sae-path {options.sae_path} does not exist or is not a folder")
+    if options.demo:
+        from mechinterp.toyworld import DEMO_MODEL_NAME, ensure_demo_world
+
+        world = ensure_demo_world(constants.demo_dir(), log=log)
+        if options.sae_path is not None:  # e.g. an SAE trained on the demo model in Chapter 5
+            sae_path, sae_label = Path(options.sae_path), folder_label(Path(options.sae_path))
+        else:
+            sae_path, sae_label = world.sae_dir, "toy SAE (planted features)"
+        return Source(str(world.model_dir), "", "", sae_path, True, DEMO_MODEL_NAME, sae_label, options.device)
+    model = options.model
+    label = (folder_label(Path(model)) if Path(model).is_dir() else model) if model else ""
+    return Source(model, options.sae_release, options.sae_id, options.sae_path, False, label, device=options.device)
+
+
+def load(source: Source, log: Log = _silent) -> Loaded:
+    """Load the SAE, then the model it was trained on (with the SAE's model-loading kwargs)."""
+    device = pick_device(source.device)
+    start = time.perf_counter()
+    if source.sae_path is None or source.model is None or not Path(source.model).is_dir():
+        go_offline_if_hub_unreachable(log)
+    log(f"loading SAE {source.sae_path or f'{source.sae_release}/{source.sae_id}'} ...")
+    loaded_sae = load_sae(source.sae_release, source.sae_id, source.sae_path, device)
+    if source.sae_label:
+        loaded_sae.label = source.sae_label
+    model_name, model_label = model_for(source, loaded_sae)
+    log(f"loading model {model_label} on {device} ...")
+    model = load_model(model_name, loaded_sae, device)
+    log(f"loaded in {time.perf_counter() - start:.1f}s")
+    return Loaded(model=model, sae=loaded_sae, model_label=model_label, device=device, is_demo=source.is_demo)
+
+
+def model_for(source: Source, loaded_sae: LoadedSAE) -> tuple[str, str]:
+    """The model to load, and its label: the one asked for, else the one the SAE was trained on.
+
+    Raises:
+        UserError: when both are named and differ (an SAE reads a particular model's activations;
+            another model's are meaningless to it), or when neither is known.
+    """
+    trained_on = loaded_sae.model_name
+    if source.model is None:
+        if not trained_on:
+            raise UserError(f"the SAE {loaded_sae.label} does not say which model it was trained on; pass --model")
+        return trained_on, trained_on
+    if trained_on and not Path(source.model).is_dir() and not same_model(source.model, trained_on):
+        raise UserError(
+            f"the SAE {loaded_sae.label} was trained on {trained_on}, not on {source.model}; drop --model to use "
+            f"{trained_on}, or pick an SAE made for {source.model}"
+        )
+    return source.model, source.model_label
+
+
+def same_model(a: str, b: str) -> bool:
+    """Whether two TransformerLens names (or aliases, e.g. gpt2-small and gpt2) are the same model."""
+    from transformer_lens.loading_from_pretrained import get_official_model_name
+
+    def official(name: str) -> str:
+        try:
+            return get_official_model_name(name)
+        except ValueError:  # not a TransformerLens name: compare as written
+            return name
+
+    return official(a) == official(b)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` torch threads (None: leave as is), then restore the previous setting."""
+    if n is None:
+        yield
+        return
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def demo_threads(is_demo: bool) -> contextlib.AbstractContextManager[None]:
+    """One torch thread for the demo world, restored afterwards.
+
+    The toy model is 64 wide: thread hand-offs cost more than they save (10x slower on a busy CPU).
+    """
+    return torch_threads(1 if is_demo else None)
