@@ -13,9 +13,14 @@ Two sources of activations, one trainer:
   evals do: L0, explained variance, and next-token loss with the hook's activations replaced by the
   reconstruction, compared with the clean model and with the hook zero-ablated.
 
-Both paths record training curves (loss, L0, explained variance per step) by wrapping the trainer's
-``step`` method, the seam SAELens itself offers to coordinators, and compute the numbers with
-``SAETrainer.build_train_step_log_dict``, so the curves use SAELens' own metric definitions.
+Both paths record training curves (loss, L0, explained variance per step) after each of the trainer's
+steps and compute the numbers with ``SAETrainer.build_train_step_log_dict``, so the curves use SAELens'
+own metric definitions. What that needs from SAELens beyond its documented API is isolated in
+:mod:`mechinterp.saelens_adapter` (and checked by its test).
+
+Each mode's options are one typed object, with the mode's defaults filled in on creation:
+:class:`SyntheticOptions` (``--synthetic``) and :class:`ModelOptions` (a language model: the toy model
+with ``demo=True``, else a real one). The chapter script turns its flags into one of them.
 
 Nothing here prints: progress is reported through optional callbacks and the scripts print.
 """
@@ -23,11 +28,9 @@ Nothing here prints: progress is reported through optional callbacks and the scr
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import math
-import signal
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -38,14 +41,47 @@ from typing import Any
 import numpy as np
 import torch
 
+from mechinterp import constants
 from mechinterp.constants import RUNNER_CFG_FILENAME, SPARSITY_FILENAME
 from mechinterp.errors import EnvironmentProblem, UserError
 from mechinterp.io import atomic_dir
+from mechinterp.saelens_adapter import after_each_step, fit_saving_on_interrupt, step_metrics, watched_runner
+from mechinterp.source import torch_threads
 
 ARCHITECTURES = ("standard", "topk")
 ARCHITECTURE_LABELS = {"standard": "standard (ReLU+L1)", "topk": "TopK"}
 # A true feature counts as "recovered" when some decoder row has at least this cosine similarity with it.
 DEFAULT_RECOVERY_THRESHOLD = 0.9
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """The training knobs every mode has (MODE_DEFAULTS holds each mode's defaults).
+
+    Attributes:
+        training_tokens: activations to train on (tokens; samples of synthetic data).
+        batch_size: activations per optimisation step.
+        lr: Adam learning rate.
+        l1_coefficient: standard (ReLU + L1) SAE: strength of the L1 penalty.
+        k: TopK SAE: active latents per input.
+    """
+
+    training_tokens: int
+    batch_size: int
+    lr: float
+    l1_coefficient: float
+    k: int
+
+
+MODES = ("synthetic", "demo", "model")
+# The toy model is tiny, so it trains with smaller batches and a larger learning rate than GPT-2, whose
+# values are SAELens' defaults.
+MODE_DEFAULTS = {
+    "synthetic": Knobs(training_tokens=1_500_000, batch_size=1024, lr=3e-3, l1_coefficient=0.2, k=5),
+    "demo": Knobs(training_tokens=300_000, batch_size=1024, lr=3e-3, l1_coefficient=2.0, k=8),
+    "model": Knobs(training_tokens=2_000_000, batch_size=4096, lr=3e-4, l1_coefficient=5.0, k=32),
+}
+_SYNTHETIC = MODE_DEFAULTS["synthetic"]
 
 ProgressFn = Callable[[int, dict[str, float]], None]  # (steps just completed, latest metrics)
 
@@ -79,59 +115,33 @@ class TrainingCurve:
 
 
 def attach_curve(trainer: Any, curve: TrainingCurve, progress: ProgressFn | None = None) -> None:
-    """Record ``curve`` (and report progress) on every step of a SAELens ``SAETrainer``.
+    """Record ``curve`` (and report progress) after every step of a SAELens ``SAETrainer``.
 
-    ``SAETrainer.fit`` calls ``self.step(batch)`` once per optimisation step; wrapping that bound method
-    on the instance sees every step's ``TrainStepOutput`` without changing how the trainer trains.
+    Args:
+        trainer: a ``sae_lens.SAETrainer`` that has not started training.
+        curve: filled in place, every ``curve.every`` steps and at the last step.
+        progress: called after each step with 1 and the latest recorded metrics (empty between records).
     """
-    original_step = trainer.step
     total_steps = max(1, trainer.cfg.total_training_samples // trainer.cfg.train_batch_size_samples)
 
-    def step(batch: torch.Tensor):
-        output = original_step(batch)
-        index = trainer.n_training_steps  # fit() increments it after this call returns
+    def record(index: int, output: Any) -> None:
         finished = trainer.n_training_samples >= trainer.cfg.total_training_samples
         latest: dict[str, float] = {}
         if index % curve.every == 0 or finished or index + 1 >= total_steps:
-            log = trainer.build_train_step_log_dict(output, trainer.n_training_samples)
+            metrics = step_metrics(trainer, output)
             curve.step.append(index + 1)
             curve.samples.append(int(trainer.n_training_samples))
-            curve.loss.append(float(log["losses/overall_loss"]))
-            curve.mse.append(float(log["losses/mse_loss"]))
-            curve.l0.append(float(log["metrics/l0"]))
-            curve.explained_variance.append(float(log["metrics/explained_variance"]))
-            curve.dead.append(int(log["sparsity/dead_features"]))
-            curve.lr.append(float(log["details/current_learning_rate"]))
+            curve.loss.append(metrics["loss"])
+            curve.mse.append(metrics["mse"])
+            curve.l0.append(metrics["l0"])
+            curve.explained_variance.append(metrics["explained_variance"])
+            curve.dead.append(int(metrics["dead"]))
+            curve.lr.append(metrics["lr"])
             latest = {"loss": curve.loss[-1], "l0": curve.l0[-1], "ev": curve.explained_variance[-1]}
         if progress is not None:
             progress(1, latest)
-        return output
 
-    trainer.step = step
-
-
-@contextlib.contextmanager
-def saelens_bar_off() -> Iterator[None]:
-    """Hide SAELens' own bars (its training bar advances only every 100 steps); the scripts draw a per-step one.
-
-    ``SAETrainer.fit`` builds its bar from the module-level name ``tqdm``; it is swapped for a disabled
-    bar only inside this block and restored afterwards.
-    """
-    from tqdm.auto import tqdm
-
-    import sae_lens.training.activation_scaler as scaler_module
-    import sae_lens.training.sae_trainer as trainer_module
-
-    # The activation scaler's "Estimating norm scaling factor" bar is hidden too: a few seconds at most.
-    modules = [m for m in (trainer_module, scaler_module) if hasattr(m, "tqdm")]
-    previous = [m.tqdm for m in modules]
-    for module in modules:
-        module.tqdm = functools.partial(tqdm, disable=True)
-    try:
-        yield
-    finally:
-        for module, bar in zip(modules, previous):
-            module.tqdm = bar
+    after_each_step(trainer, record)
 
 
 @contextlib.contextmanager
@@ -149,18 +159,6 @@ def quiet_saelens() -> Iterator[None]:
             yield
     finally:
         logger.setLevel(previous)
-
-
-@contextlib.contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Run with ``n`` torch threads (None: unchanged), restoring the previous count afterwards."""
-    previous = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def build_training_sae(
@@ -204,35 +202,92 @@ def build_training_sae(
 
 @dataclass
 class SyntheticConfig:
-    """One synthetic experiment: the data, the SAEs' budget, and how they are scored."""
+    """One synthetic experiment: the data, the SAEs' budget, and how they are scored.
 
-    n_features: int = 256  # ground-truth features
-    hidden_dim: int = 64  # dimensions they live in (n_features > hidden_dim is superposition)
-    d_sae: int = 256  # latents per SAE (same for both architectures)
-    firing_prob_max: float = 0.08  # Zipfian firing probabilities from max (feature 0) ...
-    firing_prob_min: float = 0.01  # ... down to min (last feature): a few common, many rare features
+    The defaults are ``--synthetic``'s; validated on creation (raises :class:`UserError`).
+
+    Attributes:
+        n_features: ground-truth features.
+        hidden_dim: dimensions they live in (``n_features > hidden_dim`` is superposition).
+        d_sae: latents per SAE, the same for every architecture (None: ``n_features``).
+        firing_prob_max: Zipfian firing probabilities from max (feature 0) ...
+        firing_prob_min: ... down to min (last feature): a few common, many rare features.
+        magnitude_mean: mean firing magnitude of a true feature.
+        magnitude_std: its standard deviation.
+        training_samples: synthetic activations each SAE trains on.
+        batch_size: activations per optimisation step.
+        lr: Adam learning rate (decayed to 0 over the last fifth of training).
+        l1_coefficient: standard SAE: L1 penalty strength.
+        l1_warm_up_steps: standard SAE: steps over which the penalty ramps up from 0.
+        k: TopK SAE: active latents per input.
+        eval_samples: held-out samples for L0, explained variance and F1.
+        recovery_threshold: a true feature is recovered when a decoder row has |cos| above this.
+        seed: seeds the data, the SAEs' initialisation and the evaluation samples.
+        curve_points: about how many steps the training curve records.
+    """
+
+    n_features: int = 256
+    hidden_dim: int = 64
+    d_sae: int | None = None
+    firing_prob_max: float = 0.08
+    firing_prob_min: float = 0.01
     magnitude_mean: float = 1.0
     magnitude_std: float = 0.1
-    training_samples: int = 1_500_000
-    batch_size: int = 1024
-    lr: float = 3e-3
-    l1_coefficient: float = 0.2
+    training_samples: int = _SYNTHETIC.training_tokens
+    batch_size: int = _SYNTHETIC.batch_size
+    lr: float = _SYNTHETIC.lr
+    l1_coefficient: float = _SYNTHETIC.l1_coefficient
     l1_warm_up_steps: int = 100
-    k: int = 5
+    k: int = _SYNTHETIC.k
     eval_samples: int = 50_000
     recovery_threshold: float = DEFAULT_RECOVERY_THRESHOLD
     seed: int = 0
     curve_points: int = 150
 
+    def __post_init__(self) -> None:
+        if self.d_sae is None:
+            self.d_sae = self.n_features
+        self.validate()
+
     def validate(self) -> None:
+        """Raise :class:`UserError` on options that cannot make a valid experiment."""
+        if min(self.n_features, self.d_sae, self.batch_size, self.eval_samples, self.k) < 1:
+            raise UserError("--n-features, --d-sae, --batch-size, --eval-samples and --k must be at least 1")
         if self.hidden_dim < 2:
             raise UserError("--hidden-dim must be at least 2")
+        if self.firing_prob_min > self.firing_prob_max:
+            raise UserError("--firing-prob takes MAX then MIN, and MIN must not exceed MAX")
         if not 0 < self.firing_prob_min <= self.firing_prob_max <= 1:
             raise UserError("firing probabilities must satisfy 0 < min <= max <= 1")
         if self.training_samples < self.batch_size:
             raise UserError(
-                f"--training-tokens {self.training_samples} is smaller than one batch (--batch-size {self.batch_size})"
+                f"--batch-size {self.batch_size} is larger than --training-tokens {self.training_samples}"
             )
+
+
+@dataclass
+class SyntheticOptions:
+    """Chapter 5's ``--synthetic`` mode: which SAE architectures to train, and the experiment.
+
+    Attributes:
+        config: the data, the SAEs' budget and the scoring.
+        architectures: the SAEs trained with the same budget and compared ("standard", "topk").
+    """
+
+    config: SyntheticConfig = field(default_factory=SyntheticConfig)
+    architectures: tuple[str, ...] = ARCHITECTURES
+
+    def __post_init__(self) -> None:
+        self.architectures = tuple(self.architectures)
+        _check_architectures(self.architectures, self.config.k, self.config.d_sae)
+
+
+def _check_architectures(architectures: Sequence[str], k: int, d_sae: int | None) -> None:
+    unknown = [a for a in architectures if a not in ARCHITECTURES]
+    if unknown or not architectures:
+        raise UserError(f"unknown architecture {', '.join(unknown) or '(none)'}; choose from {', '.join(ARCHITECTURES)}")
+    if "topk" in architectures and d_sae is not None and k > d_sae:
+        raise UserError(f"--k {k} cannot exceed the dictionary size --d-sae {d_sae}")
 
 
 @dataclass
@@ -362,10 +417,9 @@ def train_synthetic_sae(
     progress: ProgressFn | None = None,
 ) -> SyntheticResult:
     """Train one SAE on the synthetic stream with SAELens' trainer, then score it against the truth."""
-    from sae_lens import TrainingSAE
-    from sae_lens.config import LoggingConfig, SAETrainerConfig
+    from sae_lens import LoggingConfig, SAETrainer, TrainingSAE
+    from sae_lens.config import SAETrainerConfig
     from sae_lens.synthetic import SyntheticActivationIterator, eval_sae_on_synthetic_data
-    from sae_lens.training.sae_trainer import SAETrainer
 
     sae_cfg = build_training_sae(
         architecture, cfg.hidden_dim, cfg.d_sae, cfg.l1_coefficient, cfg.k, cfg.l1_warm_up_steps
@@ -401,8 +455,7 @@ def train_synthetic_sae(
     curve = TrainingCurve(every=max(1, total_steps // cfg.curve_points))
     attach_curve(trainer, curve, progress)
     start = time.perf_counter()
-    with saelens_bar_off():
-        trainer.fit()
+    fit_saving_on_interrupt(trainer, checkpoint_on_interrupt=False)
     seconds = time.perf_counter() - start
 
     torch.manual_seed(cfg.seed + 2)  # the same held-out samples for every architecture
@@ -426,27 +479,169 @@ def train_synthetic_sae(
 
 
 def run_synthetic_comparison(
-    cfg: SyntheticConfig,
-    architectures: Sequence[str] = ARCHITECTURES,
+    options: SyntheticOptions,
     progress: Callable[[str], ProgressFn | None] | None = None,
     threads: int | None = 1,
 ) -> tuple[SyntheticWorld, list[SyntheticResult], MatchScores]:
     """Train and score each architecture with the same budget, plus a random-direction baseline.
 
-    ``threads`` defaults to 1: these matrices are tiny, so extra threads mostly wait on each other (on
-    a busy 2-core machine one thread was several times faster), and one thread is also bit-reproducible.
+    Args:
+        options: the experiment and the architectures to train, in that order.
+        progress: called with an architecture's name just before it trains; returns its step callback.
+        threads: torch threads while training. 1 by default: these matrices are tiny, so extra threads
+            mostly wait on each other (on a busy 2-core machine one thread was several times faster),
+            and one thread is also bit-reproducible.
+
+    Returns:
+        The ground truth, one scored result per architecture, and the random-direction baseline.
     """
+    cfg = options.config
     cfg.validate()
     with torch_threads(threads), quiet_saelens():
         world = make_synthetic_world(cfg)
         results = [
-            train_synthetic_sae(arch, world, cfg, progress(arch) if progress else None) for arch in architectures
+            train_synthetic_sae(arch, world, cfg, progress(arch) if progress else None)
+            for arch in options.architectures
         ]
     baseline = random_direction_baseline(cfg.d_sae, world.features, cfg.recovery_threshold, cfg.seed + 3)
     return world, results, baseline
 
 
 # --- a language model's activations -------------------------------------------------------------
+
+# The dataset gpt2-small-res-jb was trained on (streamed from the Hugging Face Hub).
+DEFAULT_DATASET = "Skylion007/openwebtext"
+# The residual stream must be loaded the way the pretrained SAEs expect it (see mechinterp.loading).
+MODEL_KWARGS = {"center_writing_weights": True}
+D_SAE_PER_WIDTH = 8  # default dictionary size = 8 x the model's width
+DEMO_EVAL_SEED = 2024  # demo evaluation sentences come from a different seed than the training ones
+DEMO_EVAL_SENTENCES = 400
+
+
+@dataclass
+class ModelOptions:
+    """Chapter 5's model mode: an SAE trained on a language model's activations at one hook.
+
+    Knobs left None take the defaults of the mode (``MODE_DEFAULTS["demo"]`` with ``demo``, else
+    ``MODE_DEFAULTS["model"]``), filled in on creation; the options are then validated (raises
+    :class:`UserError`).
+
+    Attributes:
+        demo: train on the toy world's model (built locally) instead of ``model``.
+        model: TransformerLens model name, or a local Hugging Face model folder.
+        device: "cpu", "cuda", "mps", or None for CUDA when available.
+        hook: TransformerLens hook whose activations the SAE learns.
+        architecture: "standard" (ReLU + L1) or "topk".
+        d_sae: latents in the SAE (None: ``D_SAE_PER_WIDTH`` x the model's width, known once loaded).
+        l1_coefficient: standard SAE: L1 penalty strength.
+        k: TopK SAE: active latents per token.
+        lr: Adam learning rate.
+        training_tokens: tokens to train on.
+        batch_size: tokens per optimisation step.
+        context_size: tokens per training sequence.
+        seed: seeds the SAE's initialisation, the shuffling and the demo sentences.
+        text_file: train on this UTF-8 file, one document per line (10% held out for the evaluation).
+        dataset: train on this Hugging Face dataset, streamed (None with no ``text_file``: the demo's
+            sentences with ``demo``, else ``DEFAULT_DATASET``).
+        checkpoints: intermediate checkpoints to save (0 = none).
+        resume_from: a checkpoint folder of an interrupted run to continue.
+        eval_batches: batches of 8 sequences for the evaluation after training.
+        wandb: also log to Weights & Biases.
+        wandb_project: its project name.
+    """
+
+    demo: bool = False
+    model: str = constants.DEFAULT_MODEL
+    device: str | None = None
+    hook: str = constants.DEFAULT_SAE_ID
+    architecture: str = "standard"
+    d_sae: int | None = None
+    l1_coefficient: float | None = None
+    k: int | None = None
+    lr: float | None = None
+    training_tokens: int | None = None
+    batch_size: int | None = None
+    context_size: int = 128
+    seed: int = 0
+    text_file: Path | None = None
+    dataset: str | None = None
+    checkpoints: int = 2
+    resume_from: Path | None = None
+    eval_batches: int = 10
+    wandb: bool = False
+    wandb_project: str = "mechinterp_chapter5"
+
+    def __post_init__(self) -> None:
+        defaults = MODE_DEFAULTS["demo" if self.demo else "model"]
+        for name, value in asdict(defaults).items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        if self.architecture == "both":
+            raise UserError("--architecture both is for --synthetic; pick standard or topk to train on a model")
+        _check_architectures([self.architecture], self.k, self.d_sae)
+        if self.text_file is not None and self.dataset is not None:
+            raise UserError("give either --text-file or --dataset, not both")
+        if self.checkpoints < 0:
+            raise UserError("--checkpoints must be 0 or more")
+        if self.batch_size > self.training_tokens:
+            raise UserError(f"--batch-size {self.batch_size} is larger than --training-tokens {self.training_tokens}")
+
+    @property
+    def knobs(self) -> Knobs:
+        """The knobs as resolved (the mode's defaults where none was given)."""
+        return Knobs(self.training_tokens, self.batch_size, self.lr, self.l1_coefficient, self.k)
+
+
+@dataclass
+class TrainingData:
+    """The text an SAE is trained and evaluated on in model mode.
+
+    Attributes:
+        label: names the training data in titles and in the SAE's metadata (``dataset_path``).
+        eval_note: what the evaluation ran on, in words.
+        train_texts: local documents to train on, or None to stream ``dataset_name``.
+        eval_texts: local documents to evaluate on, or None to stream ``dataset_name``.
+        dataset_name: a Hugging Face dataset streamed from the Hub (None for local text).
+    """
+
+    label: str
+    eval_note: str
+    train_texts: list[str] | None = None
+    eval_texts: list[str] | None = None
+    dataset_name: str | None = None
+
+
+def split_text(texts: list[str]) -> tuple[list[str], list[str], str]:
+    """Hold out the last 10% of documents for the evaluation when there are enough of them.
+
+    Returns:
+        (training documents, evaluation documents, what the evaluation runs on in words).
+    """
+    if len(texts) >= 20:
+        n_eval = max(2, len(texts) // 10)
+        return texts[:-n_eval], texts[-n_eval:], f"the last {n_eval} lines (held out from training)"
+    return texts, texts, "the training text itself (fewer than 20 lines, so none held out)"
+
+
+def training_data(options: ModelOptions) -> TrainingData:
+    """The options' text: ``text_file``, else the demo's sentences with ``demo``, else a streamed dataset."""
+    if options.text_file is not None:
+        train, held_out, note = split_text(read_text_file(options.text_file))
+        return TrainingData(f"{options.text_file} ({len(train)} training lines)", note, train, held_out)
+    if options.demo and options.dataset is None:
+        from mechinterp.toyworld import demo_corpus
+
+        # Enough sentences that the run sees each about once (a demo sentence is about 12 tokens).
+        train = demo_corpus(max(200, options.training_tokens // 10), seed=options.seed)
+        eval_seed = DEMO_EVAL_SEED + options.seed
+        return TrainingData(
+            f"toyworld.demo_corpus({len(train)}, seed={options.seed})",
+            f"{DEMO_EVAL_SENTENCES} fresh demo sentences (seed {eval_seed}, not the training ones)",
+            train,
+            demo_corpus(DEMO_EVAL_SENTENCES, seed=eval_seed),
+        )
+    name = options.dataset or DEFAULT_DATASET
+    return TrainingData(name, f"the first documents of {name} (streamed; also seen in training)", dataset_name=name)
 
 
 def read_text_file(path: Path) -> list[str]:
@@ -503,6 +698,46 @@ class ModelTrainingSpec:
         return self.training_tokens // self.batch_size_tokens
 
 
+def model_training_spec(
+    options: ModelOptions, model: Any, model_label: str, device: str, data: TrainingData, checkpoint_root: Path
+) -> ModelTrainingSpec:
+    """The full specification once the model is loaded (its width sets the default dictionary size).
+
+    Args:
+        model: the loaded HookedTransformer.
+        model_label: names the model in titles and in the SAE's metadata.
+        device: where to train.
+        data: the training text (its label goes into the SAE's metadata).
+        checkpoint_root: where checkpoints go, when ``options`` asks for any or resumes from one.
+    """
+    d_sae = options.d_sae or D_SAE_PER_WIDTH * int(model.cfg.d_model)
+    if options.architecture == "topk" and options.k > d_sae:
+        raise UserError(f"--k {options.k} cannot exceed the dictionary size ({d_sae} latents); lower --k")
+    if options.context_size > model.cfg.n_ctx:
+        raise UserError(f"--context-size {options.context_size} exceeds the model's context of {model.cfg.n_ctx} tokens")
+    return ModelTrainingSpec(
+        model_label=model_label,
+        hook_name=options.hook,
+        architecture=options.architecture,
+        d_sae=d_sae,
+        l1_coefficient=options.l1_coefficient,
+        k=options.k,
+        lr=options.lr,
+        training_tokens=options.training_tokens,
+        batch_size_tokens=options.batch_size,
+        context_size=options.context_size,
+        seed=options.seed,
+        device=device,
+        dataset_path=data.label,
+        model_kwargs=MODEL_KWARGS,
+        n_checkpoints=options.checkpoints,
+        checkpoint_dir=checkpoint_root if options.checkpoints or options.resume_from else None,
+        resume_from=options.resume_from,
+        wandb=options.wandb,
+        wandb_project=options.wandb_project,
+    )
+
+
 def runner_config(spec: ModelTrainingSpec, d_in: int) -> Any:
     """SAELens' ``LanguageModelSAERunnerConfig`` for the spec."""
     from sae_lens import LanguageModelSAERunnerConfig, LoggingConfig
@@ -557,33 +792,6 @@ def runner_config(spec: ModelTrainingSpec, d_in: int) -> Any:
     )
 
 
-def _make_runner_class():
-    """A ``LanguageModelSAETrainingRunner`` that records training curves and keeps its trainer."""
-    from sae_lens import LanguageModelSAETrainingRunner
-    from sae_lens.training._interruption import InterruptedException
-
-    class RecordingRunner(LanguageModelSAETrainingRunner):
-        curve: TrainingCurve
-        progress: ProgressFn | None = None
-        trainer: Any = None
-
-        def run_trainer_with_interruption_handling(self, trainer):
-            self.trainer = trainer
-            attach_curve(trainer, self.curve, self.progress)
-            handlers = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
-            try:
-                # SAELens saves a checkpoint on Ctrl-C (when checkpoints are on) and re-raises.
-                return super().run_trainer_with_interruption_handling(trainer)
-            except InterruptedException as err:
-                raise KeyboardInterrupt from err
-            finally:
-                # SAELens installs its own SIGINT/SIGTERM handlers; give the process its own back.
-                signal.signal(signal.SIGINT, handlers[0])
-                signal.signal(signal.SIGTERM, handlers[1])
-
-    return RecordingRunner
-
-
 @dataclass
 class ModelTrainingResult:
     sae: Any  # the trained sae_lens TrainingSAE (normalisation folded back into the weights)
@@ -616,11 +824,14 @@ def train_on_model(
         raise UserError(f"--context-size {spec.context_size} exceeds the model's context of {model.cfg.n_ctx} tokens")
     d_in = int(model.cfg.d_model)
     cfg = runner_config(spec, d_in)
-    runner_cls = _make_runner_class()
+    curve = TrainingCurve(every=max(1, spec.total_steps // spec.curve_points))
     torch.manual_seed(spec.seed)  # SAE initialisation and the shuffling buffer draw from torch's RNG
     with quiet_saelens():
         try:
-            runner = runner_cls(cfg, override_dataset=dataset, override_model=model)
+            runner = watched_runner(
+                cfg, lambda trainer: attach_curve(trainer, curve, progress),
+                override_dataset=dataset, override_model=model,
+            )
         except Exception as err:
             if dataset is None:
                 raise EnvironmentProblem(
@@ -629,16 +840,13 @@ def train_on_model(
                     "internet, or train on local text with --text-file FILE"
                 ) from err
             raise
-        runner.curve = TrainingCurve(every=max(1, spec.total_steps // spec.curve_points))
-        runner.progress = progress
         start = time.perf_counter()
-        with saelens_bar_off():
-            sae = runner.run()
+        sae = runner.run()
         seconds = time.perf_counter() - start
     return ModelTrainingResult(
         sae=sae,
         log_sparsity=runner.trainer.log_feature_sparsity,
-        curve=runner.curve,
+        curve=curve,
         runner_cfg=cfg.to_dict(),
         checkpoint_dir=cfg.checkpoint_path,
         train_seconds=seconds,
@@ -730,9 +938,9 @@ def evaluate_on_model(
         dataset: texts to evaluate on (a "text"-column dataset or a Hugging Face dataset name),
             ideally not the training text.
     """
-    from sae_lens.evals import EvalConfig, run_evals
+    from sae_lens import ActivationsStore, run_evals
+    from sae_lens.evals import EvalConfig
     from sae_lens.training.activation_scaler import ActivationScaler
-    from sae_lens.training.activations_store import ActivationsStore
 
     with quiet_saelens(), torch.no_grad():
         store = ActivationsStore.from_sae(

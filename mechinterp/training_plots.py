@@ -6,7 +6,6 @@ caller saves it with the numbers behind it beside it.
 
 from __future__ import annotations
 
-
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatter, ScalarFormatter

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import warnings
+from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,6 +16,16 @@ import torch
 
 import MechInterpInitialInvestigation as ch1
 import MechInterpTrainSAE as ch5
+from mechinterp.errors import UserError
+from mechinterp.training import (
+    ARCHITECTURES,
+    MODE_DEFAULTS,
+    ModelOptions,
+    SyntheticConfig,
+    SyntheticOptions,
+    model_training_spec,
+    training_data,
+)
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -171,3 +184,103 @@ def test_user_errors_exit_2_without_traceback(world, tmp_path, capsys):
                      "--out", str(tmp_path), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and "missing.txt" in err and "no text" in err and "blocks.99" in err
+
+
+# --- the options of each mode ---------------------------------------------------------------------
+
+# The knob defaults per mode as README.md's table and --help give them (synthetic / --demo / a real model).
+DOCUMENTED = {
+    "synthetic": {"training_tokens": 1_500_000, "batch_size": 1024, "lr": 3e-3, "l1_coefficient": 0.2, "k": 5},
+    "demo": {"training_tokens": 300_000, "batch_size": 1024, "lr": 3e-3, "l1_coefficient": 2.0, "k": 8},
+    "model": {"training_tokens": 2_000_000, "batch_size": 4096, "lr": 3e-4, "l1_coefficient": 5.0, "k": 32},
+}
+
+
+def options_of(argv: list[str]):
+    return ch5.mode_options(ch5.parse_args(argv))
+
+
+def test_each_mode_gets_its_own_knob_defaults():
+    assert {mode: asdict(d) for mode, d in MODE_DEFAULTS.items()} == DOCUMENTED
+    synthetic = options_of(["--synthetic"])
+    assert isinstance(synthetic, SyntheticOptions) and synthetic.architectures == ARCHITECTURES
+    cfg = synthetic.config
+    assert (cfg.training_samples, cfg.batch_size, cfg.lr, cfg.l1_coefficient, cfg.k) == tuple(DOCUMENTED["synthetic"].values())
+    assert cfg.d_sae == cfg.n_features == 256
+    demo = options_of(["--demo"])
+    assert isinstance(demo, ModelOptions) and asdict(demo.knobs) == DOCUMENTED["demo"]
+    assert demo.architecture == "standard" and demo.d_sae is None  # None: 8 x the model's width, once loaded
+    assert asdict(options_of([]).knobs) == DOCUMENTED["model"]
+
+
+def test_given_knobs_win_over_the_mode_defaults():
+    demo = options_of(["--demo", "--lr", "0.01", "--k", "3", "--architecture", "topk", "--d-sae", "40"])
+    assert (demo.lr, demo.k, demo.architecture, demo.d_sae) == (0.01, 3, "topk", 40)
+    assert demo.l1_coefficient == DOCUMENTED["demo"]["l1_coefficient"] and demo.training_tokens == 300_000
+    synthetic = options_of(["--synthetic", "--n-features", "32", "--training-tokens", "5000", "--architecture", "topk"])
+    assert synthetic.architectures == ("topk",)
+    assert (synthetic.config.d_sae, synthetic.config.training_samples) == (32, 5000)
+    assert SyntheticConfig(n_features=32, d_sae=100).d_sae == 100
+
+
+def test_run_record_shows_the_knobs_as_used():
+    args = ch5.parse_args(["--demo", "--k", "3"])
+    flags = ch5.recorded_flags(args, ch5.mode_options(args))
+    assert {k: flags[k] for k in DOCUMENTED["demo"]} == {**DOCUMENTED["demo"], "k": 3}
+    assert flags["architecture"] == "standard" and flags["d_sae"] is None and flags["demo"] is True
+    args = ch5.parse_args(["--synthetic", "--n-features", "128"])
+    flags = ch5.recorded_flags(args, ch5.mode_options(args))
+    assert flags["architecture"] == "both" and flags["d_sae"] == 128 and flags["lr"] == 3e-3
+    assert args.lr is None and args.architecture is None  # the Namespace itself is left as parsed
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: ModelOptions(architecture="both"), "for --synthetic"),
+        (lambda: ModelOptions(architecture="jumprelu"), "unknown architecture"),
+        (lambda: ModelOptions(text_file=Path("a.txt"), dataset="b"), "either --text-file or --dataset"),
+        (lambda: ModelOptions(checkpoints=-1), "0 or more"),
+        # The demo's default batch (1024) is larger than the 500 tokens asked for.
+        (lambda: ModelOptions(demo=True, training_tokens=500), "--batch-size 1024 is larger"),
+        (lambda: ModelOptions(architecture="topk", k=50, d_sae=40), "cannot exceed the dictionary size"),
+        (lambda: SyntheticConfig(hidden_dim=1), "--hidden-dim"),
+        (lambda: SyntheticConfig(firing_prob_max=0.01, firing_prob_min=0.1), "MIN must not exceed MAX"),
+        (lambda: SyntheticConfig(training_samples=100), "--batch-size 1024 is larger"),
+        (lambda: SyntheticOptions(SyntheticConfig(n_features=4, hidden_dim=2), ("topk",)), "--k 5 cannot exceed"),
+        (lambda: SyntheticOptions(architectures=()), "unknown architecture"),
+    ],
+)
+def test_invalid_options_raise_user_errors(make, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        make()
+
+
+def test_model_training_spec_takes_the_width_from_the_model(tmp_path):
+    model = SimpleNamespace(cfg=SimpleNamespace(d_model=48, n_ctx=64))
+    data = SimpleNamespace(label="some text")
+    spec = model_training_spec(ModelOptions(demo=True, context_size=64), model, "toy", "cpu", data, tmp_path)
+    assert spec.d_sae == 8 * 48 and spec.checkpoint_dir == tmp_path and spec.dataset_path == "some text"
+    assert spec.total_steps == 300_000 // 1024
+    no_checkpoints = ModelOptions(demo=True, checkpoints=0, context_size=64, d_sae=100)
+    spec = model_training_spec(no_checkpoints, model, "toy", "cpu", data, tmp_path)
+    assert spec.d_sae == 100 and spec.checkpoint_dir is None
+    with pytest.raises(UserError, match="lower --k"):
+        model_training_spec(ModelOptions(architecture="topk", k=400), model, "m", "cpu", data, tmp_path)
+    with pytest.raises(UserError, match="context of 64"):
+        model_training_spec(ModelOptions(context_size=65), model, "m", "cpu", data, tmp_path)
+
+
+def test_training_data_holds_out_the_last_tenth_of_a_text_file(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n".join(f"document {i}" for i in range(30)) + "\n", encoding="utf-8")
+    data = training_data(ModelOptions(text_file=path))
+    assert data.train_texts == [f"document {i}" for i in range(27)]
+    assert data.eval_texts == [f"document {i}" for i in range(27, 30)] and data.dataset_name is None
+    from mechinterp.toyworld import demo_corpus
+
+    demo = training_data(ModelOptions(demo=True, training_tokens=4000, batch_size=512, seed=3))
+    assert demo.train_texts == demo_corpus(400, seed=3)  # max(200, tokens / 10) sentences
+    assert demo.eval_texts == demo_corpus(400, seed=2024 + 3) != demo.train_texts  # fresh sentences
+    streamed = training_data(ModelOptions())
+    assert streamed.dataset_name == "Skylion007/openwebtext" and streamed.train_texts is None

@@ -1,0 +1,177 @@
+"""Where Chapter 5 relies on SAELens' trainer beyond what its API promises, in one place.
+
+SAELens' trainers are built to be run, not watched: ``SAETrainer.fit()`` and
+``LanguageModelSAETrainingRunner.run()`` offer no per-step callback, no switch for their progress bars,
+and no way to hand back the trainer they built. The project needs all three: a training curve per step
+(Chapter 5's MI7), one per-step progress bar of its own, and the trainer's feature sparsity after a run.
+
+Each function below names the SAELens behaviour it depends on. ``tests/test_saelens_adapter.py`` checks
+every one of them against the installed SAELens, so an upgrade that changes them fails that test with
+a message saying what changed, instead of training silently without curves or with two bars.
+
+What is no longer needed: earlier versions replaced SAELens' module-level ``tqdm`` and imported
+``sae_lens.training._interruption``; hiding the bars now redirects ``sys.stderr`` (a standard-library
+switch), and the runner's SIGINT/SIGTERM handling is done here with public trainer methods.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+# SAETrainer.build_train_step_log_dict's keys for the numbers a training curve records, by our name.
+STEP_LOG_KEYS = {
+    "loss": "losses/overall_loss",
+    "mse": "losses/mse_loss",
+    "l0": "metrics/l0",
+    "explained_variance": "metrics/explained_variance",
+    "dead": "sparsity/dead_features",
+    "lr": "details/current_learning_rate",
+}
+
+StepCallback = Callable[[int, Any], None]  # (index of the step just taken, counted from 0; its TrainStepOutput)
+
+
+def after_each_step(trainer: Any, callback: StepCallback) -> None:
+    """Call ``callback(step_index, output)`` after every optimisation step of ``trainer.fit()``.
+
+    Relies on: ``SAETrainer.fit()`` calling ``self.step(batch)`` exactly once per optimisation step, and
+    incrementing ``trainer.n_training_steps`` only after ``step`` returns (SAELens 6 documents ``step`` as
+    the "public seam used by fit() and external coordinators"). The bound method is wrapped on this
+    instance only; how the trainer trains is unchanged.
+
+    Args:
+        trainer: a ``sae_lens.SAETrainer`` (not yet fitted).
+        callback: receives the 0-based index of the step just taken and its ``TrainStepOutput``
+            (``sae_in``/``sae_out``/``feature_acts`` of the batch, before the optimiser's update).
+    """
+    original_step = trainer.step
+
+    def step(batch: Any) -> Any:
+        output = original_step(batch)
+        callback(trainer.n_training_steps, output)
+        return output
+
+    trainer.step = step
+
+
+def step_metrics(trainer: Any, output: Any) -> dict[str, float]:
+    """The curve's numbers for one step, computed by SAELens' own ``build_train_step_log_dict``.
+
+    Relies on: ``SAETrainer.build_train_step_log_dict(output, n_training_samples)`` returning the keys in
+    :data:`STEP_LOG_KEYS` (the names SAELens logs to Weights & Biases).
+
+    Returns:
+        ``{"loss", "mse", "l0", "explained_variance", "dead", "lr"}`` as floats: total and MSE loss, mean
+        active latents per input, explained variance of the batch, latents silent for the trainer's
+        dead-feature window, and the current learning rate.
+    """
+    log = trainer.build_train_step_log_dict(output, trainer.n_training_samples)
+    return {name: float(log[key]) for name, key in STEP_LOG_KEYS.items()}
+
+
+@contextlib.contextmanager
+def saelens_bars_hidden() -> Iterator[None]:
+    """Hide SAELens' own progress bars inside the block (its training bar moves only every 100 steps).
+
+    Relies on: SAELens drawing its bars with tqdm's default output, ``sys.stderr`` as it is when the bar
+    is created. SAELens has no switch for them, so ``sys.stderr`` points at the null device inside the
+    block. A bar the script created earlier keeps writing to the real stderr (tqdm binds its stream on
+    creation). Nothing else is lost: SAELens' warnings are silenced during training anyway
+    (``mechinterp.training.quiet_saelens``) and errors leave the block as exceptions, printed after it.
+    """
+    with open(os.devnull, "w", encoding="utf-8") as sink, contextlib.redirect_stderr(sink):
+        yield
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Inside the block, SIGTERM (e.g. a job scheduler stopping the run) raises KeyboardInterrupt like Ctrl-C.
+
+    Only in the main thread (the only one Python lets set signal handlers); the previous handler is
+    restored afterwards. Relies on nothing in SAELens.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def fit_saving_on_interrupt(trainer: Any, checkpoint_on_interrupt: bool) -> Any:
+    """``trainer.fit()`` with SAELens' bars hidden; on Ctrl-C or SIGTERM, save a checkpoint and re-raise.
+
+    The checkpoint is the trainer's own (``SAETrainer.save_checkpoint``: weights, sparsity, optimiser
+    and scheduler state, plus whatever its ``save_checkpoint_fn`` adds; the language-model runner adds
+    the activation store's position), named by the samples seen, so ``--resume-from`` can continue it.
+
+    Relies on: ``SAETrainer.save_checkpoint(checkpoint_name=...)`` writing under the trainer's
+    ``cfg.checkpoint_path`` and ``SAETrainer.n_training_samples`` counting the samples seen.
+
+    Args:
+        trainer: a ``sae_lens.SAETrainer``.
+        checkpoint_on_interrupt: save the checkpoint when interrupted (needs ``cfg.checkpoint_path``).
+
+    Returns:
+        The trained SAE that ``fit()`` returns.
+    """
+    with sigterm_as_interrupt():
+        try:
+            with saelens_bars_hidden():
+                return trainer.fit()
+        except KeyboardInterrupt:
+            if checkpoint_on_interrupt and trainer.n_training_samples > 0:  # before the first step: nothing to keep
+                trainer.save_checkpoint(checkpoint_name=str(trainer.n_training_samples))
+            raise
+
+
+@functools.cache
+def _watched_runner_class() -> type:
+    from sae_lens import LanguageModelSAETrainingRunner
+
+    class WatchedRunner(LanguageModelSAETrainingRunner):
+        """SAELens' language-model runner that shows its trainer to ``on_trainer`` before training."""
+
+        def __init__(self, cfg: Any, on_trainer: Callable[[Any], None], **overrides: Any):
+            super().__init__(cfg, **overrides)
+            self.on_trainer = on_trainer
+            self.trainer: Any = None
+
+        def run_trainer_with_interruption_handling(self, trainer: Any) -> Any:
+            # Replaces SAELens' version (which installs its own SIGINT/SIGTERM handlers and, on an
+            # interrupt, writes the activation store's state without the SAE's weights).
+            self.trainer = trainer
+            self.on_trainer(trainer)
+            return fit_saving_on_interrupt(trainer, checkpoint_on_interrupt=self.cfg.checkpoint_path is not None)
+
+    return WatchedRunner
+
+
+def watched_runner(cfg: Any, on_trainer: Callable[[Any], None], **overrides: Any) -> Any:
+    """A ``LanguageModelSAETrainingRunner`` for ``cfg`` that hands its trainer to ``on_trainer``.
+
+    After ``runner.run()``, ``runner.trainer`` is the trainer it used (for its feature sparsity).
+
+    Relies on: ``LanguageModelSAETrainingRunner.run()`` building its ``SAETrainer`` (and restoring a
+    ``resume_from_checkpoint`` into it) and then calling
+    ``self.run_trainer_with_interruption_handling(trainer)``, whose return value is the trained SAE.
+
+    Args:
+        cfg: a ``sae_lens.LanguageModelSAERunnerConfig``.
+        on_trainer: called with the trainer just before training starts (e.g. :func:`after_each_step`).
+        overrides: the runner's own keyword arguments (``override_model``, ``override_dataset``, ...).
+    """
+    return _watched_runner_class()(cfg, on_trainer, **overrides)
+
