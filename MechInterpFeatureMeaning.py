@@ -32,12 +32,13 @@ from mechinterp.errors import UserError, run_cli
 from mechinterp.io import OutputFolder
 from mechinterp.loading import neuronpedia_url
 from mechinterp.meaning import MeaningOptions, MeaningResult, contrast_groups
-from mechinterp.pipeline import EncodeOptions, Summaries, summarise_prompts
+from mechinterp.pipeline import EncodeOptions, ModelInfo, Summaries, summarise_prompts
+from mechinterp.provenance import PROVENANCE_COLUMNS
 from mechinterp.plotting import group_heatmaps, group_mean_overview, volcano
 from mechinterp.prompts import PromptSets, load_prompt_sets
 from mechinterp.records import RunRecord
 from mechinterp.source import resolve_source
-from mechinterp.tables import print_table, print_wrapped
+from mechinterp.tables import plural, print_table, print_wrapped
 
 MIN_PROMPTS = 5  # per group (per split with --holdout): fewer cannot reach significance after FDR
 AUTO_HOLDOUT_MIN = 20  # the held-out split is on by default when every group has this many prompts
@@ -101,7 +102,8 @@ def choose_holdout(args: argparse.Namespace, sizes: dict[str, int]) -> float:
 STATS_HEADER = [
     "group", "feature", "rank", "direction", "mean_group", "mean_baseline", "frac_active_group",
     "frac_active_baseline", "auroc", "effect_size", "cohens_d", "p_value", "q_value",
-    "holdout_auroc", "holdout_q_value", "replicated", "always_on", "neuronpedia_url",
+    "holdout_auroc", "holdout_q_value", "replicated", "always_on", "neuronpedia_url", "alpha",
+    *PROVENANCE_COLUMNS,
 ]
 
 
@@ -132,7 +134,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         with record.timed("statistics"):
             result = contrast_groups(summaries.aggregates, labels, list(sets.groups), sets.baseline, options)
 
-        written = write_tables(out, sets, result, summaries.info.neuronpedia_id)
+        written = write_tables(out, sets, result, summaries.info, args.alpha)
         print_summary(args, sets, result, summaries)
         with record.timed("figures"):
             written += make_figures(args, out, sets, result, summaries)
@@ -148,9 +150,14 @@ def _r(x: float) -> float:
     return round(float(x), 6)
 
 
-def write_tables(out: OutputFolder, sets: PromptSets, result: MeaningResult, neuronpedia_id: str | None) -> list[Path]:
-    """feature_stats.csv (every tested feature of every group) and always_on_features.csv."""
+def write_tables(out: OutputFolder, sets: PromptSets, result: MeaningResult, info: ModelInfo, alpha: float) -> list[Path]:
+    """feature_stats.csv (every tested feature of every group) and always_on_features.csv.
+
+    Every row carries the model, SAE and hook (so Chapters 3, 4 and 6 can refuse a file made with another
+    SAE) and the false discovery rate the significance was judged at.
+    """
     always = set(result.always_on.tolist())
+    neuronpedia_id, stamp = info.neuronpedia_id, info.provenance.row()
     rows = []
     for group, finding in result.findings.items():
         c = finding.contrast
@@ -164,16 +171,17 @@ def write_tables(out: OutputFolder, sets: PromptSets, result: MeaningResult, neu
                 _r(c.auroc[pos]), _r(c.effect_size[pos]), _r(c.cohens_d[pos]), f"{c.p_value[pos]:.6g}",
                 f"{c.q_value[pos]:.6g}", _r(h.auroc) if h else "", f"{h.q_value:.6g}" if h else "",
                 ("yes" if h.replicated else "no") if h else "not tested",
-                "yes" if f in always else "no", neuronpedia_url(neuronpedia_id, f),
+                "yes" if f in always else "no", neuronpedia_url(neuronpedia_id, f), alpha, *stamp,
             ])
     groups = list(sets.groups)
     return [
         out.write_csv(constants.FEATURE_STATS_CSV, STATS_HEADER, rows),
         out.write_csv(
             constants.ALWAYS_ON_CSV,
-            ["feature", *[f"frac_active_{g}" for g in groups], *[f"mean_{g}" for g in groups], "neuronpedia_url"],
+            ["feature", *[f"frac_active_{g}" for g in groups], *[f"mean_{g}" for g in groups], "neuronpedia_url",
+             *PROVENANCE_COLUMNS],
             [[int(f), *[_r(result.fired_fraction[g][f]) for g in groups], *[_r(result.means[g][f]) for g in groups],
-              neuronpedia_url(neuronpedia_id, int(f))] for f in result.always_on],
+              neuronpedia_url(neuronpedia_id, int(f)), *stamp] for f in result.always_on],
         ),
     ]
 
@@ -221,7 +229,7 @@ def print_summary(args: argparse.Namespace, sets: PromptSets, result: MeaningRes
                  f"{holdout:.0%}" if holdout else f"{c.n_group} vs {c.n_baseline} prompts, no held-out split")
         print()
         print_wrapped(f"=== {group} vs {sets.baseline}: {split}")
-        print_wrapped(f"{finding.n_significant(args.alpha)} features with q < {args.alpha:g} (of {len(c.tested)} tested; "
+        print_wrapped(f"{plural(finding.n_significant(args.alpha), 'feature')} with q < {args.alpha:g} (of {len(c.tested)} tested; "
               f"{c.n_never_fired} never fired in either group and were skipped)")
         rows = []
         for ranked in finding.top(args.top_k):
@@ -232,6 +240,7 @@ def print_summary(args: argparse.Namespace, sets: PromptSets, result: MeaningRes
                 ("yes" if h.replicated else "no") if h else "-",
             ])
         print_table(["rank", "feature", "dir", "q", "AUROC", f"in {group}", f"in {sets.baseline}", "replic."], rows)
+        print_always_on_differences(finding, always, args.alpha, group, sets.baseline)
     print()
     if info.neuronpedia_id:
         print_wrapped(f"Each feature's page: {constants.NEURONPEDIA_BASE}/{info.neuronpedia_id}/<feature> "
@@ -239,6 +248,22 @@ def print_summary(args: argparse.Namespace, sets: PromptSets, result: MeaningRes
     print_wrapped(f"Rank = smallest q first, ties broken by larger |effect size|, then larger mean difference. "
           f"'replic.' = same direction and q < {args.alpha:g} on held-out prompts ('-': not re-tested, "
           f"because not significant in discovery or no held-out split).")
+
+
+def print_always_on_differences(finding, always, alpha: float, group: str, baseline: str) -> None:
+    """The always-on features whose strength differs between the groups: not ranked, but not hidden."""
+    positions = finding.always_on_differences(always, alpha)
+    if not positions:
+        return
+    c = finding.contrast
+    print()
+    print_wrapped(f"Always-on features that also differ ({len(positions)}; not ranked, because they fire in nearly every "
+                  f"prompt, but their strength differs; mean = mean of the per-prompt summary):")
+    print_table(
+        ["feature", "dir", "q", "AUROC", f"mean {group}", f"mean {baseline}"],
+        [[int(c.tested[p]), "up" if c.effect_size[p] > 0 else "down", f"{c.q_value[p]:.2g}", f"{c.auroc[p]:.2f}",
+          f"{c.mean_group[p]:.3g}", f"{c.mean_baseline[p]:.3g}"] for p in positions],
+    )
 
 
 def make_figures(args: argparse.Namespace, out: OutputFolder, sets: PromptSets, result: MeaningResult,
@@ -257,7 +282,7 @@ def make_figures(args: argparse.Namespace, out: OutputFolder, sets: PromptSets, 
         feats = [r.feature for r in finding.top(args.top_k)]
         rows_idx = np.concatenate([index[group], index[sets.baseline]])
         acts = agg.dense(args.agg, rows_idx, np.array(feats, dtype=int))
-        subtitle = f"{finding.n_significant(args.alpha)} features at q < {args.alpha:g}"
+        subtitle = f"{plural(finding.n_significant(args.alpha), 'feature')} at q < {args.alpha:g}"
         panels.append((group, subtitle, acts, len(index[group]), feats))
         prompts = sets.groups[group] + sets.groups[sets.baseline]
         groups_of = [group] * len(index[group]) + [sets.baseline] * len(index[sets.baseline])

@@ -59,8 +59,9 @@ def add_common_args(parser: argparse.ArgumentParser, out_help: str = "folder for
     group = parser.add_argument_group("model and SAE")
     group.add_argument(
         "--model",
-        default=constants.DEFAULT_MODEL,
-        help="TransformerLens model name, or a local Hugging Face model folder (default: %(default)s)",
+        default=None,
+        help="TransformerLens model name, or a local Hugging Face model folder (default: the model the SAE "
+        f"was trained on, as its metadata says: {constants.DEFAULT_MODEL} for the default SAE)",
     )
     group.add_argument(
         "--sae-release",

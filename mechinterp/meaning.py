@@ -84,6 +84,17 @@ class GroupFinding:
             for r, pos in enumerate(self.order[:k], start=1)
         ]
 
+    def always_on_differences(self, always_on: np.ndarray, alpha: float) -> list[int]:
+        """Positions into ``contrast`` of always-on features with q < alpha, smallest q first.
+
+        They are left out of the ranking (they fire in nearly every prompt, so "fires here, not there" does
+        not apply), but their strength can still differ a lot between groups, and that must not be hidden.
+        """
+        c = self.contrast
+        mask = np.isin(c.tested, always_on) & (c.q_value < alpha)
+        positions = np.flatnonzero(mask)
+        return [int(p) for p in positions[np.argsort(c.q_value[positions], kind="stable")]]
+
     def rank_of_position(self) -> dict[int, int]:
         """Rank (1 = best) of each position into ``contrast`` that is ranked."""
         return {int(pos): r for r, pos in enumerate(self.order, start=1)}
