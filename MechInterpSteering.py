@@ -35,47 +35,28 @@ from pathlib import Path
 
 import numpy as np
 
+from mechinterp import constants
+from mechinterp.card_render import safe_text
 from mechinterp.causal_plots import causal_figure
-from mechinterp.cli import ArgumentParser, add_common_args, prompt_folder, load, make_logger, out_dir, positive_int
+from mechinterp.cli import (
+    ArgumentParser, add_common_args, make_logger, output_folder, positive_int, prompt_folder, source_options,
+)
 from mechinterp.encoding import default_batch_size, tokenize, warn_truncated
 from mechinterp.errors import UserError, run_cli
-from mechinterp.inspect_feature import (
-    collect_feature_activations,
-    filter_note,
-    logit_effects,
-    choose_features,
-    safe_text,
-    typical_max_activation,
-)
+from mechinterp.feature_data import FeatureChoice, choose_features, collect_feature_activations
 from mechinterp.intervene import (
-    firing_rates,
-    generate_side_by_side,
-    make_batches,
-    resolve_target_tokens,
-    run_ablation,
-    steering_curve,
-    steering_direction,
+    ABLATION_MEASURES, DEFAULT_SWEEP, MIN_CONTROLS, FeatureTest, FeatureTestOptions, GroupBatches,
+    intervention_note, test_feature,
 )
-from mechinterp.io import write_csv, write_json
+from mechinterp.io import OutputFolder
 from mechinterp.prompts import load_prompt_sets
 from mechinterp.records import RunRecord
+from mechinterp.source import demo_threads, load, resolve_source
 from mechinterp.tables import WIDTH, print_table, print_wrapped
 
-MIN_CONTROLS = 20  # fewer random draws make "outside the control distribution" meaningless
-DEFAULT_SWEEP = (-2.0, 0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
-
-
-def MEASURES(target_label: str) -> list[tuple[str, str]]:  # noqa: N802 - a table of names, read like a constant
-    """The ablation measures (an Effect field each) and how tables name them."""
-    return [
-        ("delta_logp_targets", "Δ log P(tgt)"),
-        ("delta_logodds_targets", "Δ log-odds(tgt)"),
-        ("kl", "KL(clean‖abl)"),
-    ]
-
-
-def effect_values(effect) -> list[float]:
-    return [effect.delta_logp_targets, effect.delta_logodds_targets, effect.kl]
+# How the tables name each ablation measure (an Effect field each, in ABLATION_MEASURES order).
+MEASURE_NAMES = {"delta_logp_targets": "Δ log P(tgt)", "delta_logodds_targets": "Δ log-odds(tgt)",
+                 "kl": "KL(clean‖abl)"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -138,6 +119,78 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def test_options(args: argparse.Namespace) -> FeatureTestOptions:
+    """The flags of the test itself as typed options."""
+    return FeatureTestOptions(
+        targets=tuple(args.target), n_targets=args.n_targets, n_controls=args.n_controls, coeff=args.coeff,
+        sweep=tuple(args.sweep), max_act=args.max_act, baseline=args.baseline, steer_group=args.steer_group,
+        steer_prompts=tuple(args.steer_prompt), n_generate=args.n_generate, max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature, seed=args.seed,
+    )
+
+
+def ablation_group(args: argparse.Namespace, choice: FeatureChoice, feature: int, folder: Path,
+                   groups: dict[str, list[str]]) -> tuple[str | None, str]:
+    """The group to ablate ``feature`` on (None: where it fires most often) and why that one."""
+    group = args.group or choice.groups.get(feature)
+    if group is not None and group not in groups:
+        raise UserError(f"feature {feature}'s group {group!r} (from --from-results) is not in {folder}")
+    return group, "from --group" if args.group else "its group in the results table"
+
+
+def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+    log = make_logger(args)
+    with output_folder(args) as out:
+        record = RunRecord(__file__, argv, vars(args))
+        folder = prompt_folder(args)
+        sets = load_prompt_sets(folder, baseline=args.baseline)
+        groups = {g: p[: args.max_prompts] for g, p in sets.groups.items()}
+        for name, flag in ((args.group, "--group"), (args.steer_group, "--steer-group")):
+            if name is not None and name not in groups:
+                raise UserError(f"{flag} {name!r} is not a group in {folder}; groups: {', '.join(groups)}")
+        options = test_options(args)
+        with record.timed("load"):
+            loaded = load(resolve_source(source_options(args), log), log=log)
+        with demo_threads(loaded.is_demo):
+            choice = choose_features(args.feature, args.from_results, args.top_n, args.demo, loaded.sae.d_sae)
+            batch_size = args.batch_size or default_batch_size(loaded.device)
+            texts = [t for p in groups.values() for t in p]
+            with record.timed("encode"):
+                tokenized = tokenize(loaded, texts)
+                warn_truncated(texts, tokenized, int(loaded.model.cfg.n_ctx))
+                labels = [g for g, p in groups.items() for _ in p]
+                fa = collect_feature_activations(loaded, texts, labels, choice.features, batch_size, tokenized)
+            prompts = GroupBatches(loaded, groups, batch_size)
+
+            print(f"\n{loaded.title}")
+            print_wrapped(f"Prompts: {len(texts)} in groups {', '.join(groups)} from {folder} "
+                          f"(at most {args.max_prompts} per group). Features: {choice.how}.")
+            print_wrapped(f"Filtered: {intervention_note(fa)}.")
+            written, summaries = [], []
+            for feature in choice.features:
+                group, group_how = ablation_group(args, choice, feature, folder, groups)
+                test = test_feature(loaded, prompts, fa, feature, options, group, group_how, log)
+                record.add_seconds(test.seconds)
+                print_test(test)
+                written += write_test(out, test)
+                summaries.append(summary_row(test))
+
+        print("\nSummary (ablation: mean change per text token, empirical p against the controls):\n")
+        print_table(["feature", "ablated on", "Δ log-odds(tgt)", "p", "KL", "p",
+                     f"steer ×{args.coeff:g}: Δ log P"], summaries)
+        record.wrote(*written)
+        record.update(
+            model=loaded.model_label, sae=loaded.sae.label, hook=loaded.sae.hook_name, d_sae=loaded.sae.d_sae,
+            features=choice.features, feature_choice=choice.how, prompts_folder=str(folder),
+            filtered=intervention_note(fa),
+        )
+        record_path = record.write(out)
+        print()
+        print_wrapped(f"Saved {len(written) + 1} files to {out.path}: MI6_<id>.png and the numbers behind it, "
+                      f"{record_path.name}")
+    return 0
+
+
 def side_by_side(left: str, right: str, width: int) -> list[str]:
     """Two texts wrapped into two columns of ``width`` characters."""
     a = textwrap.wrap(left, width) or [""]
@@ -151,226 +204,123 @@ def fmt_tokens(tokens: list[str]) -> str:
     return ", ".join(safe_text(repr(t)) for t in tokens)
 
 
-def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
-    log = make_logger(args)
-    out = out_dir(args)
-    record = RunRecord(__file__, argv, args)
-    folder = prompt_folder(args)
-    sets = load_prompt_sets(folder, baseline=args.baseline)
-    groups = {g: p[: args.max_prompts] for g, p in sets.groups.items()}
-    for name, flag in ((args.group, "--group"), (args.steer_group, "--steer-group")):
-        if name is not None and name not in groups:
-            raise UserError(f"{flag} {name!r} is not a group in {folder}; groups: {', '.join(groups)}")
-    with record.timed("load"):
-        loaded = load(args, log=log)
-    choice = choose_features(args.feature, args.from_results, args.top_n, args.demo, loaded.sae.d_sae)
-    features, csv_groups, how = choice.features, choice.groups, choice.how
-    batch_size = args.batch_size or default_batch_size(loaded.device)
-    tok = loaded.model.tokenizer
+def target_label(test: FeatureTest) -> str:
+    """How figures name the target set: "targets", or the one target token."""
+    return "targets" if len(test.target_ids) > 1 else safe_text(repr(test.target_tokens[0]))
 
-    texts, labels = [], []
-    for g, prompts in groups.items():
-        texts += prompts
-        labels += [g] * len(prompts)
-    with record.timed("encode"):
-        tokenized = tokenize(loaded, texts)
-        warn_truncated(texts, tokenized, int(loaded.model.cfg.n_ctx))
-        fa = collect_feature_activations(loaded, texts, labels, features, batch_size, tokenized)
-    n_skip = tokenized.n_skip
 
-    def group_tokenized(group: str):
-        return tokenize(loaded, groups[group])
+def print_test(test: FeatureTest) -> None:
+    """The feature's targets and typical max, then its ablation, steering curve and generations."""
+    print(f"\n=== Feature #{test.feature}")
+    print_wrapped(f"Targets (tgt): {fmt_tokens(test.target_tokens)} ({test.target_how})")
+    print_wrapped(f"Typical max activation: {test.typical_max:.4g} ({test.typical_max_how})")
+    print_wrapped("Firing rate by group: "
+                  + ", ".join(f"{g} {100 * r:.3g}%" for g, r in test.firing_rate_by_group.items()))
+    print_ablation(test)
+    print_steering(test)
+    print_generations(test)
 
-    steer_group = args.steer_group or args.baseline
-    steer_batches = make_batches(loaded, group_tokenized(steer_group), batch_size)
-    rate_cache: dict[str, tuple[list, np.ndarray]] = {}
 
-    print(f"\n{loaded.title}")
-    print_wrapped(f"Prompts: {sum(len(p) for p in groups.values())} in groups {', '.join(groups)} from {folder} "
-          f"(at most {args.max_prompts} per group). Features: {how}.")
-    print_wrapped(f"Filtered: {filter_note(fa)}; interventions leave the BOS position untouched.")
-
-    written, summaries = [], []
-    for feature in features:
-        fired_by_group = {g: fa.firing(feature, g) for g in groups}
-        rate_by_group = {g: (a / b if b else 0.0) for g, (a, b) in fired_by_group.items()}
-        group = args.group or csv_groups.get(feature)
-        if group is not None and group not in groups:
-            raise UserError(f"feature {feature}'s group {group!r} (from --from-results) is not in {folder}")
-        if group is None:
-            contrasts = [g for g in groups if g != args.baseline] or list(groups)
-            group = max(contrasts, key=lambda g: rate_by_group[g])
-            group_how = "the group where it fires most often"
-        else:
-            group_how = "from --group" if args.group else "its group in the results table"
-
-        if args.target:
-            targets = resolve_target_tokens(loaded, args.target)
-            target_how = "given with --target"
-        else:
-            promoted, _ = logit_effects(loaded, feature, args.n_targets)
-            targets = [x.token_id for x in promoted]
-            target_how = f"its top {len(targets)} promoted tokens (W_dec[f] @ W_U)"
-        target_tokens = [tok.decode([t]) for t in targets]
-        target_label = "targets" if len(targets) > 1 else safe_text(repr(target_tokens[0]))
-
-        if args.max_act is not None:
-            typical, max_how = args.max_act, "given with --max-act"
-        else:
-            typical, n_fired = typical_max_activation(fa, feature)
-            if n_fired == 0:
-                raise UserError(
-                    f"feature {feature} never fires on these prompts, so it has no typical max activation to "
-                    "scale the steering by; add prompts where it fires or pass --max-act VALUE"
-                )
-            max_how = f"median of the per-prompt max over the {n_fired} of {len(texts)} prompts where it fires"
-
-        print(f"\n=== Feature #{feature}")
-        print_wrapped(f"Targets (tgt): {fmt_tokens(target_tokens)} ({target_how})")
-        print_wrapped(f"Typical max activation: {typical:.4g} ({max_how})")
-        print_wrapped("Firing rate by group: " + ", ".join(f"{g} {100 * r:.3g}%" for g, r in rate_by_group.items()))
-
-        # --- ablation ---
-        ablation = None
-        ablation_rows = []
-        with record.timed("ablation"):
-            if rate_by_group[group] == 0:
-                print()
-                print_wrapped(f"Ablation on '{group}' ({group_how}): skipped - the feature never fires on these prompts, "
-                      "so removing it changes nothing (the error term keeps everything else exactly as it was).")
-            else:
-                if group not in rate_cache:
-                    batches = make_batches(loaded, group_tokenized(group), batch_size)
-                    rate_cache[group] = (batches, firing_rates(loaded, batches))
-                batches, rates = rate_cache[group]
-                log(f"ablating feature {feature} and {args.n_controls} controls on '{group}' ...")
-                ablation = run_ablation(loaded, batches, n_skip, feature, targets, args.n_controls, args.seed, rates)
-                c = ablation.controls
-                print()
-                print_wrapped(f"Ablation on '{group}' ({group_how}), {len(groups[group])} prompts, "
-                      f"{ablation.effect.n_positions} text positions; error term kept.")
-                print_wrapped(f"Controls: {len(c.features)} random features drawn from the {c.pool_size} whose firing rate on "
-                      f"these prompts is {100 * c.rate_low:.3g}%-{100 * c.rate_high:.3g}% "
-                      f"(feature: {100 * ablation.rate:.3g}%).")
-                rows = []
-                for which, name in MEASURES(target_label):
-                    value = getattr(ablation.effect, which)
-                    ctrl = np.array([getattr(e, which) for e in ablation.control_effects])
-                    rows.append([
-                        name, f"{value:+.4g}", f"{np.median(ctrl):+.3g}", f"{ctrl.min():+.3g}", f"{ctrl.max():+.3g}",
-                        f"{len(ctrl) - ablation.n_controls_at_least(which)} of {len(ctrl)}",
-                        f"{ablation.empirical_p(which):.3g}",
-                    ])
-                print_table(["mean per token", "feature", "ctrl median", "ctrl min", "ctrl max", "|feature| beats",
-                             "empirical p"], rows)
-                print_wrapped(f"(tgt = {fmt_tokens(target_tokens)}. Clean means on these prompts: log P(tgt) "
-                      f"{ablation.clean.logp_targets:.4g}, "
-                      f"log-odds {ablation.clean.logodds_targets:.4g}; empirical p = (1 + controls at least as "
-                      "large) / (1 + controls); log P saturates when the targets already hold most of the "
-                      "probability, log-odds do not)")
-                ablation_rows = [["feature", feature, ablation.rate, *effect_values(ablation.effect)]]
-                ablation_rows += [["control", cf, r, *effect_values(e)]
-                                  for cf, r, e in zip(c.features, ablation.control_rates, ablation.control_effects)]
-
-        # --- steering ---
-        with record.timed("steering"):
-            coeffs = sorted(set(args.sweep) | {0.0, args.coeff})
-            log(f"steering curve over {len(coeffs)} coefficients on '{steer_group}' ...")
-            curve = steering_curve(loaded, steer_batches, n_skip, feature, coeffs, typical, targets)
-            logp, logodds, kl = curve["logp_targets"], curve["logodds_targets"], curve["kl"]
-            norm = float(loaded.sae.sae.W_dec[feature].detach().norm())
-            print()
-            print_wrapped(f"Steering '{steer_group}' prompts: add coeff × {typical:.4g} × W_dec[{feature}] at every text "
-                  "position (teacher-forced, means over text positions):")
-            print_table(["coeff", "added norm", "log P(tgt)", "Δ vs clean", "log-odds(tgt)", "KL(clean‖steered)"],
-                        [[f"{c:g}", f"{abs(c) * typical * norm:.3g}", f"{lp:.4g}",
-                          f"{lp - logp[coeffs.index(0.0)]:+.4g}", f"{lo:.4g}", f"{k:.4g}"]
-                         for c, lp, lo, k in zip(coeffs, logp, logodds, kl)])
-
-            prompts = args.steer_prompt or groups[steer_group][: args.n_generate]
-            prompt_tok = tokenize(loaded, prompts)
-            log(f"generating {args.max_new_tokens} tokens for {len(prompts)} prompts, clean and steered ...")
-            gens = generate_side_by_side(
-                loaded, prompt_tok.ids, prompts, n_skip, steering_direction(loaded, feature, args.coeff, typical),
-                args.max_new_tokens, args.seed, args.temperature,
-            )
-            width = max(30, (min(shutil.get_terminal_size((WIDTH, 24)).columns, WIDTH) - 5) // 2)
-            print()
-            print_wrapped(f"Continuations ({args.max_new_tokens} new tokens), clean vs steered at coeff {args.coeff:g} "
-                  f"(+{args.coeff * typical:.3g} × W_dec[{feature}]):")
-            for g in gens:
-                if g.mode == "greedy":
-                    print(f"\n  prompt: {safe_text(g.prompt)}")
-                    print("  " + "\n  ".join(side_by_side("clean", f"steered ×{args.coeff:g}", width)))
-                print(f"  -- {g.mode}")
-                print("  " + "\n  ".join(side_by_side(safe_text(g.clean), safe_text(g.steered), width)))
-
-        # --- files ---
-        stem = f"MI6_{feature}"
-        keys = [key for key, _ in MEASURES(target_label)]
-        png = causal_figure(
-            feature, group, target_label,
-            {k: getattr(ablation.effect, k) for k in keys} if ablation else None,
-            {k: np.array([getattr(e, k) for e in ablation.control_effects]) for k in keys} if ablation else None,
-            coeffs, curve, steer_group, typical, loaded.title, out / f"{stem}.png",
-        )
-        abl_csv = write_csv(out / f"{stem}_ablation.csv",
-                            ["role", "feature", "firing_rate", "delta_mean_logp_targets",
-                             "delta_mean_logodds_targets", "mean_kl"], ablation_rows)
-        steer_csv = write_csv(out / f"{stem}_steering.csv",
-                              ["coeff", "added_activation", "mean_logp_targets", "mean_logodds_targets", "mean_kl"],
-                              [[c, c * typical, lp, lo, k] for c, lp, lo, k in zip(coeffs, logp, logodds, kl)])
-        gen_csv = write_csv(out / f"{stem}_generations.csv", ["prompt", "mode", "coeff", "clean", "steered"],
-                            [[g.prompt, g.mode, args.coeff, g.clean, g.steered] for g in gens])
-        summary = {
-            "feature": feature,
-            "title": loaded.title,
-            "targets": target_tokens,
-            "target_ids": targets,
-            "typical_max_activation": typical,
-            "typical_max_how": max_how,
-            "firing_rate_by_group": rate_by_group,
-            "ablation_group": group,
-            "steer_group": steer_group,
-            "filtered": filter_note(fa) + "; interventions leave the BOS position untouched",
-            "ablation": None if ablation is None else {
-                "n_positions": ablation.effect.n_positions,
-                "clean_mean_logp_targets": ablation.clean.logp_targets,
-                "clean_mean_logodds_targets": ablation.clean.logodds_targets,
-                "feature": {"firing_rate": ablation.rate, **{k: getattr(ablation.effect, k) for k in keys}},
-                "control_effects": [{k: getattr(e, k) for k in keys} for e in ablation.control_effects],
-                "controls": {"features": ablation.controls.features, "pool_size": ablation.controls.pool_size,
-                             "pool_rate_range": [ablation.controls.rate_low, ablation.controls.rate_high]},
-                "controls_at_least_as_large": {k: ablation.n_controls_at_least(k) for k in keys},
-                "empirical_p": {k: ablation.empirical_p(k) for k in keys},
-            },
-            "steering": {"coeffs": coeffs, "mean_logp_targets": logp, "mean_logodds_targets": logodds,
-                         "mean_kl": kl, "generation_coeff": args.coeff},
-        }
-        summary_json = write_json(out / f"{stem}.json", summary)
-        written += [png, abl_csv, steer_csv, gen_csv, summary_json]
-        summaries.append([
-            feature, group,
-            f"{ablation.effect.delta_logodds_targets:+.3g}" if ablation else "-",
-            f"{ablation.empirical_p('delta_logodds_targets'):.3g}" if ablation else "-",
-            f"{ablation.effect.kl:.3g}" if ablation else "-",
-            f"{ablation.empirical_p('kl'):.3g}" if ablation else "-",
-            f"{logp[coeffs.index(args.coeff)] - logp[coeffs.index(0.0)]:+.3g}",
-        ])
-
-    print("\nSummary (ablation: mean change per text token, empirical p against the controls):\n")
-    print_table(["feature", "ablated on", "Δ log-odds(tgt)", "p", "KL", "p", f"steer ×{args.coeff:g}: Δ log P"],
-                summaries)
-    record.wrote(*written)
-    record.update(
-        model=loaded.model_label, sae=loaded.sae.label, hook=loaded.sae.hook_name, d_sae=loaded.sae.d_sae,
-        features=features, feature_choice=how, prompts_folder=str(folder),
-        filtered=filter_note(fa) + "; interventions leave the BOS position untouched",
-    )
-    record_path = record.write(out)
+def print_ablation(test: FeatureTest) -> None:
+    ablation, group = test.ablation, test.ablation_group
     print()
-    print_wrapped(f"Saved {len(written) + 1} files to {out}: MI6_<id>.png and the numbers behind it, {record_path.name}")
-    return 0
+    if ablation is None:
+        print_wrapped(f"Ablation on '{group}' ({test.ablation_group_how}): skipped - the feature never fires on "
+                      "these prompts, so removing it changes nothing (the error term keeps everything else "
+                      "exactly as it was).")
+        return
+    c = ablation.controls
+    print_wrapped(f"Ablation on '{group}' ({test.ablation_group_how}), {test.n_ablation_prompts} prompts, "
+                  f"{ablation.effect.n_positions} text positions; error term kept.")
+    print_wrapped(f"Controls: {len(c.features)} random features drawn from the {c.pool_size} whose firing rate on "
+                  f"these prompts is {100 * c.rate_low:.3g}%-{100 * c.rate_high:.3g}% "
+                  f"(feature: {100 * ablation.rate:.3g}%).")
+    rows = []
+    for which in ABLATION_MEASURES:
+        value = getattr(ablation.effect, which)
+        ctrl = np.array([getattr(e, which) for e in ablation.control_effects])
+        rows.append([
+            MEASURE_NAMES[which], f"{value:+.4g}", f"{np.median(ctrl):+.3g}", f"{ctrl.min():+.3g}",
+            f"{ctrl.max():+.3g}", f"{len(ctrl) - ablation.n_controls_at_least(which)} of {len(ctrl)}",
+            f"{ablation.empirical_p(which):.3g}",
+        ])
+    print_table(["mean per token", "feature", "ctrl median", "ctrl min", "ctrl max", "|feature| beats",
+                 "empirical p"], rows)
+    print_wrapped(f"(tgt = {fmt_tokens(test.target_tokens)}. Clean means on these prompts: log P(tgt) "
+                  f"{ablation.clean.logp_targets:.4g}, "
+                  f"log-odds {ablation.clean.logodds_targets:.4g}; empirical p = (1 + controls at least as "
+                  "large) / (1 + controls); log P saturates when the targets already hold most of the "
+                  "probability, log-odds do not)")
+
+
+def print_steering(test: FeatureTest) -> None:
+    s, typical = test.steering, test.typical_max
+    clean = s.logp_targets[s.coeffs.index(0.0)]
+    print()
+    print_wrapped(f"Steering '{test.steer_group}' prompts: add coeff × {typical:.4g} × W_dec[{test.feature}] at "
+                  "every text position (teacher-forced, means over text positions):")
+    print_table(["coeff", "added norm", "log P(tgt)", "Δ vs clean", "log-odds(tgt)", "KL(clean‖steered)"],
+                [[f"{c:g}", f"{abs(c) * typical * test.decoder_norm:.3g}", f"{lp:.4g}", f"{lp - clean:+.4g}",
+                  f"{lo:.4g}", f"{k:.4g}"]
+                 for c, lp, lo, k in zip(s.coeffs, s.logp_targets, s.logodds_targets, s.kl)])
+
+
+def print_generations(test: FeatureTest) -> None:
+    coeff, typical = test.generation_coeff, test.typical_max
+    width = max(30, (min(shutil.get_terminal_size((WIDTH, 24)).columns, WIDTH) - 5) // 2)
+    print()
+    print_wrapped(f"Continuations ({test.max_new_tokens} new tokens), clean vs steered at coeff {coeff:g} "
+                  f"(+{coeff * typical:.3g} × W_dec[{test.feature}]):")
+    for g in test.generations:
+        if g.mode == "greedy":
+            print(f"\n  prompt: {safe_text(g.prompt)}")
+            print("  " + "\n  ".join(side_by_side("clean", f"steered ×{coeff:g}", width)))
+        print(f"  -- {g.mode}")
+        print("  " + "\n  ".join(side_by_side(safe_text(g.clean), safe_text(g.steered), width)))
+
+
+def write_test(out: OutputFolder, test: FeatureTest) -> list[Path]:
+    """MI6_<id>.png with the numbers behind it: ablation, steering and generations CSVs, and the JSON."""
+    f, a, s = test.feature, test.ablation, test.steering
+    keys = ABLATION_MEASURES
+    fig = causal_figure(
+        f, test.ablation_group, target_label(test),
+        {k: getattr(a.effect, k) for k in keys} if a else None,
+        {k: np.array([getattr(e, k) for e in a.control_effects]) for k in keys} if a else None,
+        s.coeffs, s.columns(), test.steer_group, test.typical_max, test.title,
+    )
+    ablation_rows = []
+    if a is not None:
+        ablation_rows = [["feature", f, a.rate, *(getattr(a.effect, k) for k in keys)]]
+        ablation_rows += [["control", cf, r, *(getattr(e, k) for k in keys)]
+                          for cf, r, e in zip(a.controls.features, a.control_rates, a.control_effects)]
+    return [
+        out.save_figure(fig, constants.MI6_PNG.format(feature=f)),
+        out.write_csv(constants.MI6_ABLATION_CSV.format(feature=f),
+                      ["role", "feature", "firing_rate", "delta_mean_logp_targets", "delta_mean_logodds_targets",
+                       "mean_kl"], ablation_rows),
+        out.write_csv(constants.MI6_STEERING_CSV.format(feature=f),
+                      ["coeff", "added_activation", "mean_logp_targets", "mean_logodds_targets", "mean_kl"],
+                      [[c, c * test.typical_max, lp, lo, k]
+                       for c, lp, lo, k in zip(s.coeffs, s.logp_targets, s.logodds_targets, s.kl)]),
+        out.write_csv(constants.MI6_GENERATIONS_CSV.format(feature=f),
+                      ["prompt", "mode", "coeff", "clean", "steered"],
+                      [[g.prompt, g.mode, test.generation_coeff, g.clean, g.steered] for g in test.generations]),
+        out.write_json(constants.MI6_JSON.format(feature=f), test.to_dict()),
+    ]
+
+
+def summary_row(test: FeatureTest) -> list:
+    """One row of the closing summary table."""
+    a = test.ablation
+    return [
+        test.feature, test.ablation_group,
+        f"{a.effect.delta_logodds_targets:+.3g}" if a else "-",
+        f"{a.empirical_p('delta_logodds_targets'):.3g}" if a else "-",
+        f"{a.effect.kl:.3g}" if a else "-",
+        f"{a.empirical_p('kl'):.3g}" if a else "-",
+        f"{test.steering.delta_logp(test.generation_coeff):+.3g}",
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

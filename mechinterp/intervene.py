@@ -19,21 +19,38 @@ coefficient of 2 means "twice as strongly as it naturally fires", comparable acr
 
 The BOS position and padding are excluded everywhere: interventions leave BOS untouched, and all
 metrics average over the text positions of the prompts only.
+
+:func:`test_feature` runs all of it for one feature the way Chapter 4 does and returns one typed
+:class:`FeatureTest` that the script prints and writes, and that a notebook can read directly::
+
+    prompts = GroupBatches(loaded, {"happy": [...], "baseline": [...]}, batch_size=16)
+    fa = collect_feature_activations(loaded, texts, labels, [feature], 16)
+    result = test_feature(loaded, prompts, fa, feature, FeatureTestOptions(coeff=4.0))
+    result.ablation.empirical_p("kl"), result.steering.delta_logp(4.0)
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from mechinterp.encoding import Tokenized, hook_activations, length_order, pad_batch
+from mechinterp.cards import logit_effects
+from mechinterp.encoding import Tokenized, hook_activations, length_order, pad_batch, tokenize
 from mechinterp.errors import UserError
+from mechinterp.feature_data import FeatureActivations, filter_note, typical_max_activation
 from mechinterp.loading import Loaded
 
 HookFn = Callable[[torch.Tensor, object], torch.Tensor]
+Log = Callable[[str], None]
+
+MIN_CONTROLS = 20  # fewer random draws make "outside the control distribution" meaningless
+DEFAULT_SWEEP = (-2.0, 0.0, 0.5, 1.0, 2.0, 4.0, 8.0)  # steering coefficients, in typical max activations
+# The Effect fields an ablation reports, in the order tables, figures and files list them.
+ABLATION_MEASURES = ("delta_logp_targets", "delta_logodds_targets", "kl")
 
 
 # --- target tokens ------------------------------------------------------------------------------------
@@ -281,6 +298,21 @@ class AblationResult:
         sd = float(ctrl.std(ddof=1)) if len(ctrl) > 1 else 0.0
         return (value - float(ctrl.mean())) / sd if sd > 0 else float("nan")
 
+    def to_dict(self) -> dict:
+        """The numbers as ``MI6_<id>.json`` stores them under "ablation" (every measure of ABLATION_MEASURES)."""
+        keys = ABLATION_MEASURES
+        return {
+            "n_positions": self.effect.n_positions,
+            "clean_mean_logp_targets": self.clean.logp_targets,
+            "clean_mean_logodds_targets": self.clean.logodds_targets,
+            "feature": {"firing_rate": self.rate, **{k: getattr(self.effect, k) for k in keys}},
+            "control_effects": [{k: getattr(e, k) for k in keys} for e in self.control_effects],
+            "controls": {"features": self.controls.features, "pool_size": self.controls.pool_size,
+                         "pool_rate_range": [self.controls.rate_low, self.controls.rate_high]},
+            "controls_at_least_as_large": {k: self.n_controls_at_least(k) for k in keys},
+            "empirical_p": {k: self.empirical_p(k) for k in keys},
+        }
+
 
 def run_ablation(
     loaded: Loaded,
@@ -389,3 +421,279 @@ def generate_side_by_side(
             mode = f"sampled (seed {seed}, T={temperature:g})" if sample else "greedy"
             out.append(Generation(text, mode, run(ids, sample, False), run(ids, sample, True)))
     return out
+
+
+# --- one feature's causal test, as Chapter 4 runs it ------------------------------------------------------
+
+
+class GroupBatches:
+    """Each prompt group, batched for interventions on first use, and the firing rates of every feature on it.
+
+    Several features are tested on the same groups; batching a group and measuring its firing rates
+    (one encoder pass over its prompts) happens once per group, not once per feature.
+
+    Args:
+        groups: prompts per group name, in the order tables list the groups.
+        batch_size: prompts per forward pass.
+    """
+
+    def __init__(self, loaded: Loaded, groups: Mapping[str, Sequence[str]], batch_size: int):
+        self.loaded = loaded
+        self.groups = {g: list(p) for g, p in groups.items()}
+        self.batch_size = batch_size
+        self._batches: dict[str, list[Batch]] = {}
+        self._rates: dict[str, np.ndarray] = {}
+
+    def check(self, group: str, what: str) -> None:
+        """Raises UserError naming the groups when ``group`` (described as ``what``) is not one of them."""
+        if group not in self.groups:
+            raise UserError(f"{what} {group!r} is not one of the prompt groups: {', '.join(self.groups)}")
+
+    def batches(self, group: str) -> list[Batch]:
+        if group not in self._batches:
+            self._batches[group] = make_batches(self.loaded, tokenize(self.loaded, self.groups[group]), self.batch_size)
+        return self._batches[group]
+
+    def firing_rates(self, group: str) -> np.ndarray:
+        """``[d_sae]`` fraction of the group's text tokens where each feature fires (see :func:`firing_rates`)."""
+        if group not in self._rates:
+            self._rates[group] = firing_rates(self.loaded, self.batches(group))
+        return self._rates[group]
+
+
+@dataclass
+class FeatureTestOptions:
+    """How Chapter 4 tests a feature (the script's flags of the same names).
+
+    Attributes:
+        targets: target tokens whose log-probability is tracked, each a single token (a leading space is
+            tried too); empty = the feature's ``n_targets`` top promoted tokens (``W_dec[f] @ W_U``).
+        n_targets: without ``targets``: how many top promoted tokens to track.
+        n_controls: random firing-rate-matched features ablated as controls (at least MIN_CONTROLS).
+        coeff: steering strength of the generations, in units of the feature's typical max activation.
+        sweep: coefficients of the steering curve (same units); 0 and ``coeff`` are always added.
+        max_act: the typical max activation to scale steering by; None = measure it on the prompts.
+        baseline: the neutral group: never picked as the ablation group unless it is the only one.
+        steer_group: the group whose prompts are steered; None = ``baseline``.
+        steer_prompts: prompts to continue clean and steered; empty = the first ``n_generate`` prompts of
+            the steering group.
+        n_generate: how many of the steering group's prompts to continue (without ``steer_prompts``).
+        max_new_tokens: tokens generated per continuation.
+        temperature: sampling temperature of the sampled generations (the greedy ones are temperature 0).
+        seed: seed of the control draw and of the sampled generations.
+    """
+
+    targets: tuple[str, ...] = ()
+    n_targets: int = 3
+    n_controls: int = MIN_CONTROLS
+    coeff: float = 2.0
+    sweep: tuple[float, ...] = DEFAULT_SWEEP
+    max_act: float | None = None
+    baseline: str = "baseline"
+    steer_group: str | None = None
+    steer_prompts: tuple[str, ...] = ()
+    n_generate: int = 3
+    max_new_tokens: int = 12
+    temperature: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.n_controls < MIN_CONTROLS:
+            raise UserError(f"n_controls must be at least {MIN_CONTROLS}: with fewer draws the control "
+                            "distribution says little")
+        if self.temperature <= 0:
+            raise UserError("temperature must be above 0 (the greedy runs already show temperature 0)")
+        if self.max_act is not None and self.max_act <= 0:
+            raise UserError("max_act must be above 0")
+        if self.n_targets < 1 or self.n_generate < 1 or self.max_new_tokens < 1:
+            raise UserError("n_targets, n_generate and max_new_tokens must be at least 1")
+
+    @property
+    def coeffs(self) -> list[float]:
+        """The steering curve's coefficients: the sweep plus 0 (the clean run) and ``coeff``, sorted."""
+        return sorted(set(self.sweep) | {0.0, self.coeff})
+
+
+@dataclass
+class SteeringCurve:
+    """Teacher-forced steering on the steering group's prompts, one value per coefficient.
+
+    Every value is a mean over the prompts' text positions (BOS and padding excluded).
+    """
+
+    coeffs: list[float]  # in units of the feature's typical max activation; includes 0 (the clean run)
+    logp_targets: list[float]  # mean log P(targets)
+    logodds_targets: list[float]  # mean log-odds of the targets
+    kl: list[float]  # mean KL(clean || steered), nats
+
+    def columns(self) -> dict[str, list[float]]:
+        """``{"logp_targets", "logodds_targets", "kl"}``, as :func:`steering_curve` returns them."""
+        return {"logp_targets": self.logp_targets, "logodds_targets": self.logodds_targets, "kl": self.kl}
+
+    def delta_logp(self, coeff: float) -> float:
+        """Mean log P(targets) at ``coeff`` minus the clean run's (``coeff`` must be on the curve)."""
+        return self.logp_targets[self.coeffs.index(coeff)] - self.logp_targets[self.coeffs.index(0.0)]
+
+
+@dataclass
+class FeatureTest:
+    """Does one feature matter? Its ablation against matched controls, its steering curve and generations.
+
+    Attributes:
+        feature: the feature's id.
+        title: the model, SAE and hook, as figure titles name them.
+        target_ids, target_tokens: the tracked target tokens; ``target_how`` says how they were chosen.
+        typical_max: the feature's typical max activation (the unit of every steering coefficient);
+            ``typical_max_how`` says where it came from.
+        firing_rate_by_group: fraction of each group's text tokens where the feature fires.
+        ablation_group: the group whose prompts it is ablated on (``ablation_group_how``: why that one),
+            ``n_ablation_prompts`` of them.
+        ablation: None when the feature never fires on those prompts (removing it would change nothing).
+        steer_group: the group whose prompts are steered.
+        steering: the steering curve; ``decoder_norm`` = ``|W_dec[f]|``, so coefficient c adds a vector
+            of norm ``|c| * typical_max * decoder_norm``.
+        generation_coeff: the coefficient of the steered generations, ``max_new_tokens`` tokens each.
+        generations: clean and steered continuations, greedy and sampled, for each prompt.
+        filtered: what every number leaves out, in words.
+        seconds: wall-clock seconds of the "ablation" and "steering" stages (not part of :meth:`to_dict`).
+    """
+
+    feature: int
+    title: str
+    target_ids: list[int]
+    target_tokens: list[str]
+    target_how: str
+    typical_max: float
+    typical_max_how: str
+    firing_rate_by_group: dict[str, float]
+    ablation_group: str
+    ablation_group_how: str
+    n_ablation_prompts: int
+    ablation: AblationResult | None
+    steer_group: str
+    steering: SteeringCurve
+    decoder_norm: float
+    generation_coeff: float
+    max_new_tokens: int
+    generations: list[Generation]
+    filtered: str
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """Everything the test measured, as ``MI6_<id>.json`` stores it (JSON-ready: no tensors, no numpy)."""
+        return {
+            "feature": self.feature,
+            "title": self.title,
+            "targets": self.target_tokens,
+            "target_ids": self.target_ids,
+            "typical_max_activation": self.typical_max,
+            "typical_max_how": self.typical_max_how,
+            "firing_rate_by_group": self.firing_rate_by_group,
+            "ablation_group": self.ablation_group,
+            "steer_group": self.steer_group,
+            "filtered": self.filtered,
+            "ablation": None if self.ablation is None else self.ablation.to_dict(),
+            "steering": {"coeffs": self.steering.coeffs, "mean_logp_targets": self.steering.logp_targets,
+                         "mean_logodds_targets": self.steering.logodds_targets, "mean_kl": self.steering.kl,
+                         "generation_coeff": self.generation_coeff},
+        }
+
+
+def intervention_note(fa: FeatureActivations) -> str:
+    """What the statistics leave out (:func:`filter_note`), plus how interventions treat BOS."""
+    return filter_note(fa) + "; interventions leave the BOS position untouched"
+
+
+def _silent(_msg: str) -> None:
+    pass
+
+
+def _choose_targets(loaded: Loaded, feature: int, options: FeatureTestOptions) -> tuple[list[int], str]:
+    if options.targets:
+        return resolve_target_tokens(loaded, options.targets), "given with --target"
+    promoted, _ = logit_effects(loaded, feature, options.n_targets)
+    return [x.token_id for x in promoted], f"its top {len(promoted)} promoted tokens (W_dec[f] @ W_U)"
+
+
+def _typical_max(fa: FeatureActivations, feature: int, options: FeatureTestOptions) -> tuple[float, str]:
+    if options.max_act is not None:
+        return options.max_act, "given with --max-act"
+    typical, n_fired = typical_max_activation(fa, feature)
+    if n_fired == 0:
+        raise UserError(
+            f"feature {feature} never fires on these prompts, so it has no typical max activation to "
+            "scale the steering by; add prompts where it fires or pass --max-act VALUE"
+        )
+    return typical, f"median of the per-prompt max over the {n_fired} of {len(fa.texts)} prompts where it fires"
+
+
+def test_feature(
+    loaded: Loaded,
+    prompts: GroupBatches,
+    fa: FeatureActivations,
+    feature: int,
+    options: FeatureTestOptions | None = None,
+    group: str | None = None,
+    group_how: str = "given",
+    log: Log = _silent,
+) -> FeatureTest:
+    """Test whether ``feature`` matters: ablate it against matched controls, then steer with it.
+
+    Args:
+        prompts: the prompt groups; the ablation runs on one group, the steering on ``options.steer_group``.
+        fa: activations of (at least) ``feature`` over the prompts of every group, labelled by group; gives
+            the firing rates by group and the typical max activation.
+        group: the group to ablate on; None = the group (other than the baseline) where it fires most often.
+        group_how: why ``group`` was picked, in words for the output.
+        log: progress messages.
+
+    Raises:
+        UserError: when a group is unknown, a target is not one token, or the feature never fires on the
+            prompts and ``options.max_act`` is not given.
+    """
+    options = options or FeatureTestOptions()
+    steer_group = options.steer_group or options.baseline
+    prompts.check(steer_group, "the steering group")
+    rate_by_group = {g: (a / b if b else 0.0) for g in prompts.groups for a, b in [fa.firing(feature, g)]}
+    if group is None:
+        contrasts = [g for g in prompts.groups if g != options.baseline] or list(prompts.groups)
+        group = max(contrasts, key=lambda g: rate_by_group[g])
+        group_how = "the group where it fires most often"
+    prompts.check(group, "the ablation group")
+    targets, target_how = _choose_targets(loaded, feature, options)
+    typical, max_how = _typical_max(fa, feature, options)
+    n_skip = fa.n_skip
+    seconds: dict[str, float] = {}
+
+    start = time.perf_counter()
+    ablation = None
+    if rate_by_group[group] > 0:  # else removing it changes nothing: the error term keeps the rest exactly
+        batches, rates = prompts.batches(group), prompts.firing_rates(group)
+        log(f"ablating feature {feature} and {options.n_controls} controls on '{group}' ...")
+        ablation = run_ablation(loaded, batches, n_skip, feature, targets, options.n_controls, options.seed, rates)
+    seconds["ablation"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    coeffs = options.coeffs
+    log(f"steering curve over {len(coeffs)} coefficients on '{steer_group}' ...")
+    curve = steering_curve(loaded, prompts.batches(steer_group), n_skip, feature, coeffs, typical, targets)
+    texts = list(options.steer_prompts) or prompts.groups[steer_group][: options.n_generate]
+    log(f"generating {options.max_new_tokens} tokens for {len(texts)} prompts, clean and steered ...")
+    direction = steering_direction(loaded, feature, options.coeff, typical)
+    generations = generate_side_by_side(loaded, tokenize(loaded, texts).ids, texts, n_skip, direction,
+                                        options.max_new_tokens, options.seed, options.temperature)
+    seconds["steering"] = time.perf_counter() - start
+
+    tok = loaded.model.tokenizer
+    return FeatureTest(
+        feature=feature, title=loaded.title, target_ids=targets, target_tokens=[tok.decode([t]) for t in targets],
+        target_how=target_how, typical_max=typical, typical_max_how=max_how, firing_rate_by_group=rate_by_group,
+        ablation_group=group, ablation_group_how=group_how, n_ablation_prompts=len(prompts.groups[group]),
+        ablation=ablation, steer_group=steer_group, steering=SteeringCurve(coeffs, **curve),
+        decoder_norm=float(loaded.sae.sae.W_dec[feature].detach().norm()), generation_coeff=options.coeff,
+        max_new_tokens=options.max_new_tokens, generations=generations, filtered=intervention_note(fa),
+        seconds=seconds,
+    )
+
+
+test_feature.__test__ = False  # a function of the package, not a test: pytest must not collect it where imported

@@ -1,4 +1,9 @@
-"""Chapter 4: ablation checked against SAELens' reference path, controls, and steering on the toy world."""
+"""Chapter 4: ablation checked against SAELens' reference path, controls, and steering on the toy world.
+
+``test_feature`` (the package's per-feature Chapter 4 test) is checked against brute-force references:
+one prompt at a time, unpadded, through a full TransformerLens run, with KL and log-odds computed from
+their definitions in float64.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +16,13 @@ import pytest
 import torch
 
 import MechInterpSteering as ch4
+from mechinterp import intervene
 from mechinterp.encoding import hook_activations, tokenize
 from mechinterp.errors import UserError
+from mechinterp.feature_data import collect_feature_activations
 from mechinterp.intervene import (
+    FeatureTestOptions,
+    GroupBatches,
     ablation_hook,
     intervention_effects,
     logits_from_hook,
@@ -21,9 +30,16 @@ from mechinterp.intervene import (
     matched_controls,
     steering_hook,
 )
+from mechinterp.prompts import read_prompt_file
 from mechinterp.toyworld import PLANTED_OUTPUTS
 
 HOOK = "blocks.8.hook_resid_pre"
+# The keys of MI6_<id>.json, the published format that FeatureTest.to_dict() must keep.
+MI6_KEYS = ["feature", "title", "targets", "target_ids", "typical_max_activation", "typical_max_how",
+            "firing_rate_by_group", "ablation_group", "steer_group", "filtered", "ablation", "steering"]
+ABLATION_KEYS = ["n_positions", "clean_mean_logp_targets", "clean_mean_logodds_targets", "feature",
+                 "control_effects", "controls", "controls_at_least_as_large", "empirical_p"]
+STEERING_KEYS = ["coeffs", "mean_logp_targets", "mean_logodds_targets", "mean_kl", "generation_coeff"]
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +153,8 @@ def test_planted_feature_beats_controls_default_model_flags(world, tmp_path, cap
     assert ch4.main(argv) == 0
     printed = capsys.readouterr().out
     summary = json.loads((out / f"MI6_{happy}.json").read_text())
+    assert list(summary) == MI6_KEYS and list(summary["ablation"]) == ABLATION_KEYS
+    assert list(summary["steering"]) == STEERING_KEYS
     assert summary["ablation_group"] == "happy"  # where it fires most often
     assert summary["targets"] == sorted(summary["targets"], key=[" " + w for w in PLANTED_OUTPUTS["happy"]].index)
     assert set(summary["targets"]) == {" " + w for w in PLANTED_OUTPUTS["happy"]}
@@ -186,3 +204,172 @@ def test_usage_errors(world, tmp_path, capsys):
     assert exc.value.code == 2 and "at least 20" in capsys.readouterr().err
     assert ch4.main(["--demo", "--feature", "512", "--out", str(tmp_path)]) == 2
     assert "ids run from 0 to 511" in capsys.readouterr().err
+
+
+# --- test_feature: the per-feature work as a typed result --------------------------------------------------
+
+N_PROMPTS = 12  # per group: enough for 20 firing-rate-matched controls, small enough to stay fast
+
+
+@pytest.fixture(scope="module")
+def happy_test(loaded_toy, world):
+    """test_feature on the planted happy feature, ablated where it fires most, steered on the baseline."""
+    groups = {g: read_prompt_file(world.prompts_dir / f"{g}.txt")[:N_PROMPTS] for g in ("baseline", "happy", "angry")}
+    texts = [t for p in groups.values() for t in p]
+    labels = [g for g, p in groups.items() for _ in p]
+    happy = world.planted.concept["happy"]
+    fa = collect_feature_activations(loaded_toy, texts, labels, [happy], 8)
+    options = FeatureTestOptions(sweep=(-1.0, 1.0), coeff=2.0, n_generate=1, max_new_tokens=4, seed=1)
+    torch.manual_seed(0)
+    return groups, intervene.test_feature(loaded_toy, GroupBatches(loaded_toy, groups, 8), fa, happy, options)
+
+
+def _one_prompt(loaded, text):
+    """One prompt, unpadded: ``[1, T]`` tokens with BOS first."""
+    return torch.tensor([tokenize(loaded, [text]).ids[0]])
+
+
+def _reference_scores(logits, targets):
+    """Per text position (BOS excluded): log P(targets), their log-odds, from probabilities in float64."""
+    probs = logits[0, 1:].double().softmax(-1)
+    p = probs[:, targets].sum(-1)
+    return torch.log(p), torch.log(p) - torch.log1p(-p)
+
+
+def test_feature_test_targets_rates_and_typical_max(loaded_toy, world, happy_test):
+    groups, result = happy_test
+    happy = world.planted.concept["happy"]
+    # The targets are the tokens the planted feature was wired to write, strongest first.
+    assert set(result.target_tokens) == {" " + w for w in PLANTED_OUTPUTS["happy"]}
+    assert [loaded_toy.model.tokenizer.decode([t]) for t in result.target_ids] == result.target_tokens
+    assert result.ablation_group == "happy" and result.ablation_group_how == "the group where it fires most often"
+    assert result.n_ablation_prompts == N_PROMPTS and result.steer_group == "baseline"
+    # Brute force, one prompt at a time: firing rate over text tokens, median of per-prompt maxima.
+    fired, total, maxima = {}, {}, []
+    with torch.inference_mode():
+        for g, prompts in groups.items():
+            for text in prompts:
+                acts = loaded_toy.sae.sae.encode(hook_activations(loaded_toy, _one_prompt(loaded_toy, text)))
+                column = acts[0, 1:, happy]
+                fired[g] = fired.get(g, 0) + int((column > 0).sum())
+                total[g] = total.get(g, 0) + column.numel()
+                if column.max() > 0:
+                    maxima.append(float(column.max()))
+    assert result.firing_rate_by_group == pytest.approx({g: fired[g] / total[g] for g in groups}, abs=1e-12)
+    assert result.firing_rate_by_group["happy"] > 0.05 and result.firing_rate_by_group["baseline"] == 0.0
+    assert result.typical_max == pytest.approx(float(np.median(maxima)), rel=1e-5)
+    assert result.typical_max == pytest.approx(3.0, abs=0.05)  # the planted strength
+    assert f"over the {len(maxima)} of {3 * N_PROMPTS} prompts" in result.typical_max_how
+    assert result.decoder_norm == pytest.approx(float(loaded_toy.sae.sae.W_dec[happy].detach().norm()))
+
+
+def test_feature_test_ablation_matches_brute_force_and_beats_controls(loaded_toy, world, happy_test):
+    groups, result = happy_test
+    happy = world.planted.concept["happy"]
+    a = result.ablation
+    assert a is not None and a.feature == happy
+    for which in intervene.ABLATION_MEASURES:
+        value = getattr(a.effect, which)
+        ctrl = np.array([getattr(e, which) for e in a.control_effects])
+        assert np.isfinite(value) and np.isfinite(ctrl).all()
+        assert abs(value) > np.abs(ctrl).max()  # outside the whole control distribution
+        assert a.n_controls_at_least(which) == 0 and a.empirical_p(which) == pytest.approx(1 / 21)
+    assert a.effect.delta_logodds_targets < -1 and a.effect.kl > 0.1
+    assert len(a.controls.features) == 20 and happy not in a.controls.features
+    assert all(a.controls.rate_low <= r <= a.controls.rate_high for r in a.control_rates)
+    # Reference: each prompt alone, unpadded, through a full TransformerLens run with the ablation hook.
+    targets = result.target_ids
+    sums, n = np.zeros(5), 0
+    with torch.inference_mode():
+        for text in groups["happy"]:
+            tokens = _one_prompt(loaded_toy, text)
+            clean = loaded_toy.model(tokens)
+            ablated = loaded_toy.model.run_with_hooks(tokens, fwd_hooks=[(HOOK, ablation_hook(loaded_toy, happy, 1))])
+            clean_lp, clean_lo = _reference_scores(clean, targets)
+            lp, lo = _reference_scores(ablated, targets)
+            kl = torch.nn.functional.kl_div(ablated[0, 1:].double().log_softmax(-1),
+                                            clean[0, 1:].double().log_softmax(-1), log_target=True,
+                                            reduction="none").sum(-1)
+            sums += [float((lp - clean_lp).sum()), float((lo - clean_lo).sum()), float(kl.sum()),
+                     float(clean_lp.sum()), float(clean_lo.sum())]
+            n += tokens.shape[1] - 1
+    assert a.effect.n_positions == n
+    expected = sums / n
+    got = [a.effect.delta_logp_targets, a.effect.delta_logodds_targets, a.effect.kl,
+           a.clean.logp_targets, a.clean.logodds_targets]
+    np.testing.assert_allclose(got, expected, rtol=2e-4, atol=2e-5)
+
+
+def test_feature_test_steering_and_generations(loaded_toy, world, happy_test):
+    groups, result = happy_test
+    happy = world.planted.concept["happy"]
+    s = result.steering
+    assert s.coeffs == [-1.0, 0.0, 1.0, 2.0]  # the sweep plus the clean run and the generation coefficient
+    assert s.kl[1] == 0.0 and all(k > 0 for i, k in enumerate(s.kl) if i != 1)
+    assert all(a < b for a, b in zip(s.logodds_targets, s.logodds_targets[1:]))
+    assert s.delta_logp(2.0) == pytest.approx(s.logp_targets[3] - s.logp_targets[1]) and s.delta_logp(2.0) > 5
+    # Reference: every baseline prompt alone, c * typical max * W_dec[f] added after BOS, log P from its definition.
+    for i, coeff in ((0, -1.0), (2, 1.0)):
+        direction = coeff * result.typical_max * loaded_toy.sae.sae.W_dec[happy].detach()
+
+        def add(resid, hook, direction=direction):
+            resid = resid.clone()
+            resid[:, 1:] += direction
+            return resid
+
+        total, n = 0.0, 0
+        with torch.inference_mode():
+            for text in groups["baseline"]:
+                tokens = _one_prompt(loaded_toy, text)
+                lp, _ = _reference_scores(loaded_toy.model.run_with_hooks(tokens, fwd_hooks=[(HOOK, add)]),
+                                          result.target_ids)
+                total, n = total + float(lp.sum()), n + tokens.shape[1] - 1
+        # At +1 the targets hold nearly all the mass (log P ~ -1e-10): float32 cannot resolve a relative error.
+        assert s.logp_targets[i] == pytest.approx(total / n, rel=1e-4, abs=1e-6)
+    assert s.logp_targets[0] < s.logp_targets[1] - 1 and s.logp_targets[2] > -1e-4
+    # Generations: the first baseline prompt, greedy and sampled; steering writes only the planted outputs.
+    gens = result.generations
+    assert [g.prompt for g in gens] == [groups["baseline"][0]] * 2
+    assert [g.mode for g in gens] == ["greedy", "sampled (seed 1, T=1)"]
+    planted = set(PLANTED_OUTPUTS["happy"])
+    assert all(set(g.steered.split()) <= planted and not set(g.clean.split()) & planted for g in gens)
+    assert result.generation_coeff == 2.0 and result.max_new_tokens == 4
+    assert set(result.seconds) == {"ablation", "steering"}
+
+
+def test_feature_test_to_dict_round_trips_to_json(happy_test):
+    _, result = happy_test
+    data = result.to_dict()
+    assert list(data) == MI6_KEYS and list(data["ablation"]) == ABLATION_KEYS
+    assert list(data["steering"]) == STEERING_KEYS
+    assert json.loads(json.dumps(data)) == data  # plain JSON types only: nothing lost or stringified
+    assert data["ablation"]["feature"]["kl"] == result.ablation.effect.kl
+    assert data["steering"]["mean_logp_targets"] == result.steering.logp_targets
+    assert data["filtered"].endswith("; interventions leave the BOS position untouched")
+
+
+def test_feature_test_skips_ablation_where_it_never_fires(loaded_toy, world, happy_test):
+    groups, _ = happy_test
+    happy = world.planted.concept["happy"]
+    small = {g: p[:4] for g, p in groups.items()}
+    texts = [t for p in small.values() for t in p]
+    fa = collect_feature_activations(loaded_toy, texts, [g for g, p in small.items() for _ in p], [happy], 8)
+    options = FeatureTestOptions(sweep=(1.0,), coeff=1.0, max_act=2.5, n_generate=1, max_new_tokens=2)
+    result = intervene.test_feature(loaded_toy, GroupBatches(loaded_toy, small, 8), fa, happy, options,
+                                    group="baseline", group_how="from --group")
+    assert result.ablation is None and result.to_dict()["ablation"] is None
+    assert result.ablation_group_how == "from --group"
+    assert result.typical_max == 2.5 and result.typical_max_how == "given with --max-act"
+    assert result.steering.coeffs == [0.0, 1.0] and result.steering.kl[1] > 0
+    with pytest.raises(UserError, match="is not one of the prompt groups"):
+        intervene.test_feature(loaded_toy, GroupBatches(loaded_toy, small, 8), fa, happy, options, group="sad")
+
+
+def test_feature_test_options_are_validated():
+    with pytest.raises(UserError, match="at least 20"):
+        FeatureTestOptions(n_controls=5)
+    with pytest.raises(UserError, match="temperature"):
+        FeatureTestOptions(temperature=0.0)
+    with pytest.raises(UserError, match="max_act"):
+        FeatureTestOptions(max_act=-1.0)
+    assert FeatureTestOptions(sweep=(3.0, -1.0, 3.0), coeff=0.5).coeffs == [-1.0, 0.0, 0.5, 3.0]
