@@ -123,6 +123,14 @@ def _number(text: str, expected: str) -> float:
         raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
 
 
+def finite_float(text: str) -> float:
+    """argparse type: any finite number (nan and inf are refused: they would turn every result into nan)."""
+    value = _number(text, "a number")
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
 def positive_float(text: str) -> float:
     """argparse type: a finite number > 0."""
     value = _number(text, "a number")
