@@ -31,12 +31,23 @@ from mechinterp.card_render import ansi_allowed, format_card_text, render_html, 
 from mechinterp.cards import FeatureCard, build_card
 from mechinterp.causal_plots import feature_figure, png_bytes
 from mechinterp.cli import (
-    ArgumentParser, add_common_args, make_logger, output_folder, positive_int, prompt_folder, source_options,
+    ArgumentParser,
+    add_common_args,
+    make_logger,
+    output_folder,
+    positive_int,
+    prompt_folder,
+    run_cli,
+    source_options,
 )
 from mechinterp.encoding import default_batch_size, tokenize, warn_truncated
-from mechinterp.errors import UserError, run_cli
+from mechinterp.errors import UserError
 from mechinterp.feature_data import (
-    FeatureActivations, choose_features, collect_feature_activations, filter_note, histogram_counts,
+    FeatureActivations,
+    choose_features,
+    collect_feature_activations,
+    filter_note,
+    histogram_counts,
 )
 from mechinterp.io import OutputFolder
 from mechinterp.prompts import available_groups, read_prompt_file

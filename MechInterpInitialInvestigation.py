@@ -17,8 +17,15 @@ import argparse
 import sys
 
 from mechinterp import constants
-from mechinterp.cli import ArgumentParser, add_common_args, make_logger, output_folder, positive_int, source_options
-from mechinterp.errors import run_cli
+from mechinterp.cli import (
+    ArgumentParser,
+    add_common_args,
+    make_logger,
+    output_folder,
+    positive_int,
+    run_cli,
+    source_options,
+)
 from mechinterp.investigate import DENSE_THRESHOLD, top_features
 from mechinterp.plotting import token_heatmap
 from mechinterp.records import RunRecord

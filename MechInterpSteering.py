@@ -39,15 +39,28 @@ from mechinterp import constants
 from mechinterp.card_render import safe_text
 from mechinterp.causal_plots import causal_figure
 from mechinterp.cli import (
-    ArgumentParser, add_common_args, finite_float, make_logger, output_folder, positive_int, prompt_folder,
+    ArgumentParser,
+    add_common_args,
+    finite_float,
+    make_logger,
+    output_folder,
+    positive_int,
+    prompt_folder,
+    run_cli,
     source_options,
 )
 from mechinterp.encoding import default_batch_size, tokenize, warn_truncated
-from mechinterp.errors import UserError, run_cli
+from mechinterp.errors import UserError
 from mechinterp.feature_data import FeatureChoice, choose_features, collect_feature_activations
 from mechinterp.intervene import (
-    ABLATION_MEASURES, DEFAULT_SWEEP, MIN_CONTROLS, FeatureTest, FeatureTestOptions, GroupBatches,
-    intervention_note, test_feature,
+    ABLATION_MEASURES,
+    DEFAULT_SWEEP,
+    MIN_CONTROLS,
+    FeatureTest,
+    FeatureTestOptions,
+    GroupBatches,
+    intervention_note,
+    test_feature,
 )
 from mechinterp.io import OutputFolder
 from mechinterp.prompts import load_prompt_sets
