@@ -90,6 +90,9 @@ INCONCLUSIVE = "inconclusive"  # too few prompts in strata that hold both sets t
 Encoder = Callable[[list[str], np.ndarray], np.ndarray]
 
 _TRAILING_PUNCT = re.compile(r"[^\w\s]+$")
+# A token that holds only part of a character is labelled "text[j/n]" (mechinterp.tokens.decode_tokens):
+# its label is not text that could be typed into a prompt.
+_PIECE_LABEL = re.compile(r"\[\d/\d\]$")
 
 
 @dataclass(frozen=True)
@@ -1122,7 +1125,7 @@ def _run_injections(
         if s.injection == "candidates" and (_is_concept(rep, s) or rep.token_control.outcome == SURVIVES):
             continue
         token = rep.evidence.top_token
-        if not token.strip():
+        if not token.strip() or _PIECE_LABEL.search(token):
             continue
         side_hi, side_lo = sides[hi], sides[lo]
         on_top = fk.fired_hi & (side_hi.peak_tok[:, k] == top)

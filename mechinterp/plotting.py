@@ -125,15 +125,17 @@ def group_heatmaps(
     baseline: str,
     title: str,
     agg: str,
+    verdicts: Sequence[Sequence[str]] | None = None,
 ) -> Figure:
     """MI3: per contrast group, prompts x that group's top features, group prompts above baseline ones.
 
     Each column is scaled to its own maximum: one strong feature would otherwise saturate a shared scale
-    and leave every other column a faint yellow. The column labels give each maximum, and the CSV beside
-    the figure has the unscaled numbers.
+    and leave every other column a faint yellow. The column labels give each maximum (and, when given,
+    the feature's verdict, concept in bold), and the CSV beside the figure has the unscaled numbers.
 
     Args:
         panels: ``(group, subtitle, acts [n_group + n_baseline, n_top], n_group, feature_ids)`` per group.
+        verdicts: per panel, one verdict per feature ("" for none: not significant or not replicated).
     """
     n = len(panels)
     rows = max(p[2].shape[0] for p in panels)
@@ -141,21 +143,26 @@ def group_heatmaps(
     # Room between panels for the next panel's row labels.
     axes = fig.subplots(1, n, squeeze=False, gridspec_kw={"wspace": 0.45})[0]
     image = None
-    for ax, (group, subtitle, acts, n_group, feats) in zip(axes, panels):
+    for i, (ax, (group, subtitle, acts, n_group, feats)) in enumerate(zip(axes, panels)):
         col_max = acts.max(axis=0) if acts.size else np.zeros(0)
         scaled = acts / np.where(col_max > 0, col_max, 1.0)
         image = ax.imshow(scaled, aspect="auto", cmap=_cmap_with_white_zero(), vmin=1e-6, vmax=1.0,
                           interpolation="nearest")
         ax.axhline(n_group - 0.5, color="black", linewidth=1.5)
-        ax.set_xticks(range(len(feats)), [f"#{f} ({m:.2g})" for f, m in zip(feats, col_max)], rotation=70,
-                      fontsize=7.5)
+        labels = list(verdicts[i]) if verdicts is not None else [""] * len(feats)
+        ax.set_xticks(range(len(feats)), [f"#{f} ({m:.2g})" + (f" {v}" if v else "")
+                                          for f, m, v in zip(feats, col_max, labels)], rotation=70, fontsize=7.5)
+        for tick, v in zip(ax.get_xticklabels(), labels):
+            if v == "concept":
+                tick.set_fontweight("bold")
         ax.set_yticks(
             [n_group / 2, n_group + (acts.shape[0] - n_group) / 2],
             [f"{group}\n({n_group})", f"{baseline}\n({acts.shape[0] - n_group})"],
             fontsize=9,
         )
         ax.set_title(f"{group}: top {len(feats)} features\n{subtitle}", fontsize=10)
-        ax.set_xlabel("feature (its max), rank 1 at left")
+        ax.set_xlabel("feature (its max) and verdict, rank 1 at left" if verdicts is not None
+                      else "feature (its max), rank 1 at left")
     if image is not None:
         fig.colorbar(image, ax=list(axes), label=f"per-prompt {agg} activation ÷ the column's max (white = 0)",
                      fraction=0.03, pad=0.02)
