@@ -22,26 +22,39 @@ Run:
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 from mechinterp import constants
-from mechinterp.card_render import ansi_allowed, format_card_text, render_html
+from mechinterp.card_render import ansi_allowed, format_card_text, render_html, render_index
 from mechinterp.cards import FeatureCard, build_card
 from mechinterp.causal_plots import feature_figure, png_bytes
 from mechinterp.cli import (
-    ArgumentParser, add_common_args, make_logger, output_folder, positive_int, prompt_folder, source_options,
+    ArgumentParser,
+    add_common_args,
+    make_logger,
+    output_folder,
+    positive_int,
+    prompt_folder,
+    run_cli,
+    source_options,
 )
 from mechinterp.encoding import default_batch_size, tokenize, warn_truncated
-from mechinterp.errors import UserError, run_cli
+from mechinterp.errors import UserError
 from mechinterp.feature_data import (
-    FeatureActivations, choose_features, collect_feature_activations, filter_note, histogram_counts,
+    FeatureActivations,
+    choose_features,
+    collect_feature_activations,
+    filter_note,
+    histogram_counts,
 )
 from mechinterp.io import OutputFolder
 from mechinterp.prompts import available_groups, read_prompt_file
+from mechinterp.provenance import Provenance
 from mechinterp.records import RunRecord
 from mechinterp.source import demo_threads, load, resolve_source
-from mechinterp.tables import print_table, print_wrapped
+from mechinterp.tables import plural, print_table, print_wrapped
 
 CORPUS_SOURCE = "corpus"
 
@@ -57,6 +70,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="inspect the top features of each group in a Chapter 2 feature_stats.csv")
     which.add_argument("--top-n", type=positive_int, default=3,
                        help="with --from-results: how many features per group (rank 1 = strongest)")
+    which.add_argument("--include-nonsignificant", action="store_true",
+                       help="with --from-results: also take features that are not significant, not replicated or "
+                            "not judged 'concept' (by default they are skipped, and the output says which)")
     texts = parser.add_argument_group("texts to look for activations in")
     texts.add_argument("--prompts", type=Path, default=None, metavar="DIR",
                        help="folder of prompt files, one prompt per line (default: prompts/, or the demo's "
@@ -91,7 +107,7 @@ def gather_texts(args: argparse.Namespace) -> tuple[list[str], list[str], str]:
         prompts = read_prompt_file(folder / f"{group}.txt")
         texts += prompts
         sources += [group] * len(prompts)
-    described = f"{len(texts)} prompts in {len(groups)} group(s) from {folder}" if groups else ""
+    described = f"{plural(len(texts), 'prompt')} in {plural(len(groups), 'group')} from {folder}" if groups else ""
     if args.corpus is not None:
         docs = read_prompt_file(args.corpus)  # same rules: one document per line, '#' lines ignored
         texts += docs
@@ -112,13 +128,10 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         with record.timed("load"):
             loaded = load(resolve_source(source_options(args), log), log=log)
         with demo_threads(loaded.is_demo):
-            choice = choose_features(args.feature, args.from_results, args.top_n, args.demo, loaded.sae.d_sae)
+            choice = choose_features(args.feature, args.from_results, args.top_n, args.demo, loaded.sae.d_sae,
+                                     args.include_nonsignificant, loaded.provenance)
             features, how = choice.features, choice.how
-            origin = {
-                f: f"{g} (rank {choice.ranks[f]})" if f in choice.ranks else f"planted '{g}' feature"
-                for f, g in choice.groups.items()
-            }
-            log(f"encoding {len(texts)} texts for {len(features)} feature(s) ...")
+            log(f"encoding {plural(len(texts), 'text')} for {plural(len(features), 'feature')} ...")
             with record.timed("encode"):
                 tokenized = tokenize(loaded, texts)
                 warn_truncated(texts, tokenized, int(loaded.model.cfg.n_ctx))
@@ -129,16 +142,18 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
 
             print(f"\n{loaded.title}")
             print_wrapped(f"Texts: {described}. Features: {how}.")
-            summary, written = [], []
+            if choice.note:
+                print_wrapped(f"Note: {choice.note}.")
+            summary, written, cards = [], [], []
             for feature in features:
                 with record.timed("cards"):
-                    card = build_card(loaded, fa, feature, args.top_prompts, args.n_tokens)
+                    card = build_card(loaded, fa, feature, args.top_prompts, args.n_tokens,
+                                      choice.origin(feature) or how)
                     print()
-                    if feature in origin:
-                        print(f"(feature #{feature}: {origin[feature]})")
                     print(format_card_text(card, loaded.title, color))
-                    written += write_card(out, card, fa, loaded.title, loaded.is_demo, origin.get(feature, how))
+                    written += write_card(out, card, fa, loaded.title, loaded.is_demo, loaded.provenance)
                 summary.append(summary_row(card))
+                cards.append(card)
 
         summary_csv = out.write_csv(
             constants.CARDS_CSV,
@@ -149,21 +164,25 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         print("\nSummary (firing rate and typical max over your texts; BOS and padding excluded):\n")
         print_table(["feature", "density", "firing rate", "typ. max", "top peak token", "top promoted", "neuronpedia"],
                     summary)
-        record.wrote(*written, summary_csv)
+        index = write_index(out, cards, loaded.title)
+        record.wrote(*written, summary_csv, index)
         record.update(
             model=loaded.model_label, sae=loaded.sae.label, hook=loaded.sae.hook_name, d_sae=loaded.sae.d_sae,
             features=features, feature_choice=how, texts=described, n_texts=len(texts),
-            n_tokens=int(sum(len(a) for a in fa.acts)), filtered=filter_note(fa),
+            n_tokens=int(sum(len(a) for a in fa.acts)), filtered=filter_note(fa), skipped_by_gate=choice.note,
+            provenance=loaded.provenance.to_dict(),
         )
         record_path = record.write(out)
+        pages = [p.name for p in written if p.suffix == ".html"]
         print()
-        print_wrapped(f"Saved {len(written) + 2} files to {out.path}: feature_<id>.html (open in a browser), "
-                      f"MI5_<id>.png, CSV/JSON numbers, {summary_csv.name}, {record_path.name}")
+        print_wrapped(f"Saved {len(written) + 3} files to {out.path}: {index.name} (open in a browser; it links "
+                      f"{', '.join(pages)}), MI5_<id>.png with the numbers behind it, card JSON, {summary_csv.name}, "
+                      f"{record_path.name}")
     return 0
 
 
 def write_card(out: OutputFolder, card: FeatureCard, fa: FeatureActivations, title: str, is_demo: bool,
-               origin: str) -> list[Path]:
+               provenance: Provenance) -> list[Path]:
     """MI5_<id>.png with the numbers behind it, and the card as JSON and as a self-contained HTML page."""
     feature = card.feature
     edges, counts = histogram_counts(fa, feature)
@@ -186,11 +205,31 @@ def write_card(out: OutputFolder, card: FeatureCard, fa: FeatureActivations, tit
         [[float(edges[b]), float(edges[b + 1]), *(int(c[b]) for c in counts.values())]
          for b in range(len(edges) - 1)],
     )
-    data = card.to_dict() | {"title": title, "origin": origin}
+    data = card.to_dict() | {"title": title, "provenance": provenance.to_dict()}
     card_json = out.write_json(constants.CARD_JSON.format(feature=feature), data)
     page = out.write_text(constants.CARD_HTML.format(feature=feature),
                           render_html(card, title, is_demo, png_bytes(fig)))
     return [png, logits_csv, hist_csv, card_json, page]
+
+
+def write_index(out: OutputFolder, cards: list[FeatureCard], title: str) -> Path:
+    """index.html linking every card in the folder: this run's, and earlier runs' that are still there."""
+    entries: dict[int, dict] = {}
+    for path in sorted(out.path.glob("feature_*.json")):  # earlier runs (this run's are not renamed in yet)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            entries[int(data["feature"])] = data
+        except (OSError, ValueError, KeyError):
+            continue  # not a card of ours
+    for card in cards:
+        entries[card.feature] = card.to_dict() | {"title": title}
+    rows = [
+        {"feature": f, "file": constants.CARD_HTML.format(feature=f), "origin": d.get("origin", ""),
+         "firing_rate": d.get("firing_rate_on_prompts"), "typical_max": d.get("typical_max_activation"),
+         "title": d.get("title", "")}
+        for f, d in entries.items()
+    ]
+    return out.write_text(constants.CARDS_INDEX_HTML, render_index(rows, title))
 
 
 def summary_row(card: FeatureCard) -> list:

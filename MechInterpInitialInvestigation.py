@@ -17,13 +17,20 @@ import argparse
 import sys
 
 from mechinterp import constants
-from mechinterp.cli import ArgumentParser, add_common_args, make_logger, output_folder, positive_int, source_options
-from mechinterp.errors import run_cli
-from mechinterp.investigate import top_features
+from mechinterp.cli import (
+    ArgumentParser,
+    add_common_args,
+    make_logger,
+    output_folder,
+    positive_int,
+    run_cli,
+    source_options,
+)
+from mechinterp.investigate import DENSE_THRESHOLD, top_features
 from mechinterp.plotting import token_heatmap
 from mechinterp.records import RunRecord
 from mechinterp.source import load, resolve_source
-from mechinterp.tables import print_table, print_wrapped
+from mechinterp.tables import plural, print_table, print_wrapped
 
 DEFAULT_TEXT = "I was thrilled when the package finally arrived, but furious that the box was crushed."
 
@@ -54,6 +61,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         with record.timed("encode"):
             result = top_features(loaded, args.text, args.top_k)
         rows, k = [r.row() for r in result.rows], len(result.rows)
+        n_dense = sum(r.dense for r in result.rows)
 
         print(f"\n{loaded.title}")
         print_wrapped(f"Text ({len(result.tokens)} tokens, BOS excluded from every number): {args.text!r}")
@@ -62,18 +70,26 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         print_wrapped(f"{result.n_fired} of {result.d_sae} features fire on at least one token; top {k} by max activation:")
         print()
         print_table(
-            ["rank", "feature", "max act", "peak token", "pos", "neuronpedia"],
-            [[r[0], r[1], f"{r[2]:.3f}", repr(r[3]), r[4], r[5] or "-"] for r in rows],
+            ["rank", "feature", "max act", "peak token", "pos", "density", "neuronpedia"],
+            [[r.rank, f"{r.feature}{' ▲' if r.dense else ''}", f"{r.max_activation:.3f}", repr(r.peak_token),
+              r.peak_position, density_text(r.density), r.neuronpedia_url or "-"]
+             for r in result.rows],
         )
+        if result.has_density:
+            print_wrapped(f"density = share of the SAE's training tokens on which the feature fires (its sparsity "
+                          f"file). ▲ = dense (over {100 * DENSE_THRESHOLD:.0f}%): it fires on almost any text, so "
+                          f"its rank and peak token say little about this one ({n_dense} of {k} here).")
+        else:
+            print_wrapped("density: this SAE ships no sparsity file, so dense features cannot be marked.")
         if k < args.top_k:
-            print(f"\n(only {k} features fire on this text, fewer than --top-k {args.top_k})")
+            print(f"\n(only {plural(k, 'feature')} {'fires' if k == 1 else 'fire'} on this text, fewer than --top-k {args.top_k})")
 
         fig = token_heatmap(result.heat, result.tokens, result.features,
                             f"Top {k} SAE features by max activation\n{loaded.title}")
         png = out.save_figure(fig, constants.MI1_PNG)
         csv_path = out.write_csv(
             constants.MI1_CSV,
-            ["rank", "feature", "max_activation", "peak_token", "peak_position", "neuronpedia_url"],
+            ["rank", "feature", "max_activation", "peak_token", "peak_position", "neuronpedia_url", "density", "dense"],
             rows,
         )
         tokens_csv = out.write_csv(
@@ -98,6 +114,13 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         record_path = record.write(out)
         print(f"\nSaved {png}\n      {csv_path}\n      {tokens_csv}\n      {record_path}")
     return 0
+
+
+def density_text(density: float | None) -> str:
+    """A density as a percentage; sparsity files floor never-seen features at about 1e-10, shown as "<0.0001%"."""
+    if density is None:
+        return "-"
+    return "<0.0001%" if density < 1e-6 else f"{100 * density:.3g}%"
 
 
 def main(argv: list[str] | None = None) -> int:

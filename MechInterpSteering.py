@@ -39,14 +39,28 @@ from mechinterp import constants
 from mechinterp.card_render import safe_text
 from mechinterp.causal_plots import causal_figure
 from mechinterp.cli import (
-    ArgumentParser, add_common_args, make_logger, output_folder, positive_int, prompt_folder, source_options,
+    ArgumentParser,
+    add_common_args,
+    finite_float,
+    make_logger,
+    output_folder,
+    positive_int,
+    prompt_folder,
+    run_cli,
+    source_options,
 )
 from mechinterp.encoding import default_batch_size, tokenize, warn_truncated
-from mechinterp.errors import UserError, run_cli
+from mechinterp.errors import UserError
 from mechinterp.feature_data import FeatureChoice, choose_features, collect_feature_activations
 from mechinterp.intervene import (
-    ABLATION_MEASURES, DEFAULT_SWEEP, MIN_CONTROLS, FeatureTest, FeatureTestOptions, GroupBatches,
-    intervention_note, test_feature,
+    ABLATION_MEASURES,
+    DEFAULT_SWEEP,
+    MIN_CONTROLS,
+    FeatureTest,
+    FeatureTestOptions,
+    GroupBatches,
+    intervention_note,
+    test_feature,
 )
 from mechinterp.io import OutputFolder
 from mechinterp.prompts import load_prompt_sets
@@ -62,7 +76,6 @@ MEASURE_NAMES = {"delta_logp_targets": "Δ log P(tgt)", "delta_logodds_targets":
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = ArgumentParser(
         description="Chapter 4: ablate a feature against firing-rate-matched controls, then steer with it.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     which = parser.add_argument_group("which features")
     which.add_argument("--feature", type=int, action="append", default=[], metavar="ID",
@@ -72,6 +85,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                             "(each ablated on its own group's prompts)")
     which.add_argument("--top-n", type=positive_int, default=1,
                        help="with --from-results: how many features per group (rank 1 = strongest)")
+    which.add_argument("--include-nonsignificant", action="store_true",
+                       help="with --from-results: also test features that are not significant, not replicated or "
+                            "not judged 'concept' (by default they are skipped, and the output says which)")
     prompts = parser.add_argument_group("prompts")
     prompts.add_argument("--prompts", type=Path, default=None, metavar="DIR",
                          help="folder of prompt files, one prompt per line (default: prompts/, or the demo's "
@@ -93,11 +109,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ablate.add_argument("--n-controls", type=positive_int, default=MIN_CONTROLS,
                         help=f"random firing-rate-matched features to ablate as controls (at least {MIN_CONTROLS})")
     steer = parser.add_argument_group("steering")
-    steer.add_argument("--coeff", type=float, default=2.0,
+    steer.add_argument("--coeff", type=finite_float, default=2.0,
                        help="steering strength for the generations, in units of the feature's typical max activation")
-    steer.add_argument("--sweep", type=float, nargs="+", default=list(DEFAULT_SWEEP), metavar="C",
+    steer.add_argument("--sweep", type=finite_float, nargs="+", default=list(DEFAULT_SWEEP), metavar="C",
                        help="coefficients for the steering curve (same units as --coeff)")
-    steer.add_argument("--max-act", type=float, default=None,
+    steer.add_argument("--max-act", type=finite_float, default=None,
                        help="use this as the typical max activation instead of measuring it on the prompts")
     steer.add_argument("--steer-group", default=None, help="group whose prompts are steered (default: --baseline)")
     steer.add_argument("--steer-prompt", action="append", default=[], metavar="TEXT",
@@ -105,7 +121,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                             "(default: the first --n-generate prompts of the steering group)")
     steer.add_argument("--n-generate", type=positive_int, default=3, help="how many prompts to continue")
     steer.add_argument("--max-new-tokens", type=positive_int, default=12, help="tokens generated per continuation")
-    steer.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the sampled runs")
+    steer.add_argument("--temperature", type=finite_float, default=1.0, help="sampling temperature of the sampled runs")
     parser.add_argument("--seed", type=int, default=0, help="seed for the control draw and the sampled generations")
     add_common_args(parser)
     args = parser.parse_args(argv)
@@ -119,7 +135,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def test_options(args: argparse.Namespace) -> FeatureTestOptions:
+def feature_test_options(args: argparse.Namespace) -> FeatureTestOptions:
     """The flags of the test itself as typed options."""
     return FeatureTestOptions(
         targets=tuple(args.target), n_targets=args.n_targets, n_controls=args.n_controls, coeff=args.coeff,
@@ -148,11 +164,12 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         for name, flag in ((args.group, "--group"), (args.steer_group, "--steer-group")):
             if name is not None and name not in groups:
                 raise UserError(f"{flag} {name!r} is not a group in {folder}; groups: {', '.join(groups)}")
-        options = test_options(args)
+        options = feature_test_options(args)
         with record.timed("load"):
             loaded = load(resolve_source(source_options(args), log), log=log)
         with demo_threads(loaded.is_demo):
-            choice = choose_features(args.feature, args.from_results, args.top_n, args.demo, loaded.sae.d_sae)
+            choice = choose_features(args.feature, args.from_results, args.top_n, args.demo, loaded.sae.d_sae,
+                                     args.include_nonsignificant, loaded.provenance)
             batch_size = args.batch_size or default_batch_size(loaded.device)
             texts = [t for p in groups.values() for t in p]
             with record.timed("encode"):
@@ -166,12 +183,14 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
             print_wrapped(f"Prompts: {len(texts)} in groups {', '.join(groups)} from {folder} "
                           f"(at most {args.max_prompts} per group). Features: {choice.how}.")
             print_wrapped(f"Filtered: {intervention_note(fa)}.")
+            if choice.note:
+                print_wrapped(f"Note: {choice.note}.")
             written, summaries = [], []
             for feature in choice.features:
                 group, group_how = ablation_group(args, choice, feature, folder, groups)
                 test = test_feature(loaded, prompts, fa, feature, options, group, group_how, log)
                 record.add_seconds(test.seconds)
-                print_test(test)
+                print_test(test, choice.origin(feature))
                 written += write_test(out, test)
                 summaries.append(summary_row(test))
 
@@ -209,9 +228,9 @@ def target_label(test: FeatureTest) -> str:
     return "targets" if len(test.target_ids) > 1 else safe_text(repr(test.target_tokens[0]))
 
 
-def print_test(test: FeatureTest) -> None:
+def print_test(test: FeatureTest, origin: str | None) -> None:
     """The feature's targets and typical max, then its ablation, steering curve and generations."""
-    print(f"\n=== Feature #{test.feature}")
+    print(f"\n=== Feature #{test.feature}" + (f" ({origin})" if origin else ""))
     print_wrapped(f"Targets (tgt): {fmt_tokens(test.target_tokens)} ({test.target_how})")
     print_wrapped(f"Typical max activation: {test.typical_max:.4g} ({test.typical_max_how})")
     print_wrapped("Firing rate by group: "
@@ -246,11 +265,41 @@ def print_ablation(test: FeatureTest) -> None:
         ])
     print_table(["mean per token", "feature", "ctrl median", "ctrl min", "ctrl max", "|feature| beats",
                  "empirical p"], rows)
+    print_located(test)
     print_wrapped(f"(tgt = {fmt_tokens(test.target_tokens)}. Clean means on these prompts: log P(tgt) "
                   f"{ablation.clean.logp_targets:.4g}, "
                   f"log-odds {ablation.clean.logodds_targets:.4g}; empirical p = (1 + controls at least as "
                   "large) / (1 + controls); log P saturates when the targets already hold most of the "
                   "probability, log-odds do not)")
+
+
+# Clean P(targets) above this where the feature fires: the model predicts the targets without it.
+ALREADY_PREDICTED = 0.5
+# KL(clean || steered) above this many nats: the steered model no longer resembles the clean one.
+OVERWRITTEN_KL = 1.0
+
+
+def print_located(test: FeatureTest) -> None:
+    """The ablation where the feature fires, and one position later: averages over all tokens dilute it."""
+    a = test.ablation
+    if a is None or a.located is None:
+        return
+    at, nxt = a.located.firing, a.located.next
+    ctrl = [c.firing for c in a.control_located if c.firing.n_positions]
+    rows = [["where it fires", at.n_positions] + [f"{getattr(at, k):+.4g}" for k in ABLATION_MEASURES],
+            ["one token later", nxt.n_positions] + [f"{getattr(nxt, k):+.4g}" for k in ABLATION_MEASURES]]
+    if ctrl:
+        rows.append(["controls where they fire (median)", int(np.median([c.n_positions for c in ctrl]))]
+                    + [f"{np.median([getattr(c, k) for c in ctrl]):+.3g}" for k in ABLATION_MEASURES])
+    print()
+    print_wrapped(f"Where it matters: the same ablation, averaged only over the {at.n_positions} positions where the "
+                  f"feature fires (of {a.effect.n_positions}), and over the positions right after them:")
+    print_table(["positions", "n"] + [MEASURE_NAMES[k] for k in ABLATION_MEASURES], rows)
+    clean_p = float(np.exp(a.located.clean_firing.logp_targets))
+    if at.n_positions and clean_p > ALREADY_PREDICTED:
+        print_wrapped(f"Note: where the feature fires, the clean model already gives the targets P = {clean_p:.0%}; "
+                      "removing one feature cannot lower a prediction that other features carry too, so a small "
+                      "effect here does not mean the feature does nothing.")
 
 
 def print_steering(test: FeatureTest) -> None:
@@ -261,8 +310,13 @@ def print_steering(test: FeatureTest) -> None:
                   "every text position (teacher-forced, means over text positions):")
     print_table(["coeff", "added norm", "log P(tgt)", "Δ vs clean", "log-odds(tgt)", "KL(clean‖steered)"],
                 [[f"{c:g}", f"{abs(c) * typical * test.decoder_norm:.3g}", f"{lp:.4g}", f"{lp - clean:+.4g}",
-                  f"{lo:.4g}", f"{k:.4g}"]
+                  f"{lo:.4g}", f"{k:.4g}" + (" !" if k > OVERWRITTEN_KL else "")]
                  for c, lp, lo, k in zip(s.coeffs, s.logp_targets, s.logodds_targets, s.kl)])
+    overwritten = [c for c, k in zip(s.coeffs, s.kl) if k > OVERWRITTEN_KL]
+    if overwritten:
+        print_wrapped(f"! KL above {OVERWRITTEN_KL:g} nat from coeff {min(overwritten, key=abs):g} on: there the steering "
+                      "overwrites the model's distribution rather than nudging it; target gains in that range show "
+                      "what the direction can force, not what the feature does at its natural strength.")
 
 
 def print_generations(test: FeatureTest) -> None:

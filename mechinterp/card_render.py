@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import html
+import itertools
 import textwrap
 import unicodedata
 
@@ -78,6 +79,8 @@ def _pct(x: float) -> str:
 def format_card_text(card: FeatureCard, title: str, color: bool) -> str:
     """The card as terminal text (ANSI colour only when ``color``)."""
     lines = [f"=== Feature #{card.feature} · {title}"]
+    if card.origin:
+        lines.append(f"From: {card.origin}")
     lines.append(f"Neuronpedia: {card.url or '(this SAE is not on Neuronpedia)'}")
     density = (
         f"{_pct(card.density)} of training tokens (SAE sparsity file)" if card.density is not None
@@ -105,15 +108,23 @@ def format_card_text(card: FeatureCard, title: str, color: bool) -> str:
                 f"  {ex.rank:>2}. [{ex.source}] max {ex.max_act:.3f} at {safe_text(repr(ex.tokens[ex.peak]))}"
             )
             lines.append(f"      {highlight_terminal(ex, scale, color)}")
+        if card.more_examples:
+            lines.append("Beyond the top texts (lower activation levels, and other groups where it fires):")
+            for ex in card.more_examples:
+                lines.append(f"  {ex.rank:>2}. [{ex.source}] {ex.label}: max {ex.max_act:.3f} at "
+                             f"{safe_text(repr(ex.tokens[ex.peak]))}")
+                lines.append(f"      {highlight_terminal(ex, scale, color)}")
     else:
         lines.append("It does not fire on any of your texts (BOS excluded): no examples to show.")
     lines.append("")
     lines.append(f"What it writes (W_dec[{card.feature}] @ W_U, direct logit effect per unit of activation):")
     width = max(len(safe_text(repr(x.token))) for x in card.promoted + card.suppressed)
     lines.append(f"  {'promoted':<{width + 9}}   suppressed")
-    for up, down in zip(card.promoted, card.suppressed):
-        left = f"{safe_text(repr(up.token)):<{width}} {up.value:+8.3f}"
-        lines.append(f"  {left}   {safe_text(repr(down.token)):<{width}} {down.value:+8.3f}")
+    # Either column can be shorter: only tokens pushed in the column's direction are listed.
+    for up, down in itertools.zip_longest(card.promoted, card.suppressed):
+        left = f"{safe_text(repr(up.token)):<{width}} {up.value:+8.3f}" if up else " " * (width + 9)
+        right = f"{safe_text(repr(down.token)):<{width}} {down.value:+8.3f}" if down else ""
+        lines.append(f"  {left}   {right}".rstrip())
     return "\n".join(lines)
 
 
@@ -158,7 +169,7 @@ def _bg(act: float, scale: float) -> str:
     return f"background: rgba(255, 120, 0, {alpha:.2f});" if alpha else ""
 
 
-def example_html(ex: Example, scale: float, window: int = 60) -> str:
+def example_html(ex: Example, scale: float, window: int = 60, why: str = "") -> str:
     start, stop = _window(ex, window)
     spans = ["…" if start > 0 else ""]
     for i in range(start, stop):
@@ -169,7 +180,8 @@ def example_html(ex: Example, scale: float, window: int = 60) -> str:
     spans.append("…" if stop < len(ex.tokens) else "")
     head = (
         f'<div class="exhead">#{ex.rank} · <span class="src">{html.escape(ex.source)}</span> · '
-        f"text {ex.text_index + 1} · max {ex.max_act:.3f} at <b>{html.escape(repr(ex.tokens[ex.peak]))}</b></div>"
+        f"text {ex.text_index + 1} · max {ex.max_act:.3f} at <b>{html.escape(repr(ex.tokens[ex.peak]))}</b>"
+        + (f" · {html.escape(why)}" if why else "") + "</div>"
     )
     return f'<div class="ex">{head}<div class="toks">{"".join(spans)}</div></div>'
 
@@ -203,6 +215,7 @@ def render_html(card: FeatureCard, title: str, is_demo: bool, figure_png: bytes 
         for s, (a, b) in card.fired_by_source.items()
     )
     stats = [
+        *([("From", esc(card.origin))] if card.origin else []),
         ("Neuronpedia", link),
         ("Density", esc(density)),
         ("Firing rate on your texts", f"{_pct(card.firing_rate)} ({fired} of {total} tokens)"),
@@ -225,6 +238,10 @@ def render_html(card: FeatureCard, title: str, is_demo: bool, figure_png: bytes 
             f"(hover for the value): {legend} · the peak token is outlined.</p>"
             + "".join(example_html(ex, scale) for ex in card.examples)
         )
+        if card.more_examples:
+            examples += ("<h2>Beyond the top texts</h2><p class=\"sub\">Lower activation levels (quantiles of each "
+                         "text's max where it fires) and the top text of every other group where it fires.</p>"
+                         + "".join(example_html(ex, scale, why=ex.label) for ex in card.more_examples))
     else:
         examples = "<p>It does not fire on any of your texts (BOS excluded).</p>"
     figure = ""
@@ -267,3 +284,33 @@ def ansi_allowed(stream, mode: str) -> bool:
         return False
     return bool(getattr(stream, "isatty", lambda: False)()) and not os.environ.get("NO_COLOR")
 
+
+
+def render_index(entries: list[dict], title: str) -> str:
+    """``index.html``: one row per card in the folder, linking it, with where the feature came from.
+
+    Args:
+        entries: dicts with ``feature``, ``file`` (the card's file name), ``origin``, ``firing_rate`` and
+            ``typical_max``, e.g. read back from each card's JSON.
+    """
+    esc = html.escape
+    rows = "".join(
+        f'<tr><td><a href="{esc(e["file"], quote=True)}">#{int(e["feature"])}</a></td><td>{esc(e.get("origin") or "-")}</td>'
+        f'<td class="val">{_pct(float(e.get("firing_rate") or 0.0))}</td><td class="val">{float(e.get("typical_max") or 0.0):.3f}</td>'
+        f'<td>{esc(e.get("title") or "")}</td></tr>'
+        for e in entries
+    )
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Feature cards</title>
+<style>{_CSS} table.index td, table.index th {{ padding: .3rem .8rem; text-align: left; }}</style></head>
+<body>
+<h1>Feature cards</h1>
+<p class="sub">{esc(title)}</p>
+<p class="sub">Every card in this folder. "From" says where the feature came from: its Chapter 2 group and rank,
+q-value, replication and verdict, or how it was chosen.</p>
+<table class="index"><tr><th>feature</th><th>from</th><th>firing rate</th><th>typical max</th><th>model · SAE · hook</th></tr>
+{rows}</table>
+</body></html>
+"""

@@ -16,13 +16,14 @@ Rendering a card (terminal text, HTML) lives in :mod:`mechinterp.card_render`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from mechinterp.feature_data import FeatureActivations, filter_note, typical_max_activation
 from mechinterp.loading import Loaded, neuronpedia_url
+from mechinterp.tokens import decode_token, decode_tokens
 
 # --- what a feature writes ----------------------------------------------------------------------------
 
@@ -64,7 +65,8 @@ def logit_effects(loaded: Loaded, feature: int, k: int = 15) -> tuple[list[Logit
     (:func:`residual_direction`).
 
     Returns:
-        ``(promoted, suppressed)``, each strongest first.
+        ``(promoted, suppressed)``, each strongest first; promoted values are > 0 and suppressed < 0, so
+        either list can be shorter than ``k``.
     """
     with torch.inference_mode():
         direction = residual_direction(loaded, feature).to(loaded.model.W_U.dtype)  # [d_model]
@@ -75,7 +77,9 @@ def logit_effects(loaded: Loaded, feature: int, k: int = 15) -> tuple[list[Logit
     tok = loaded.model.tokenizer
 
     def rows(values: torch.Tensor, ids: torch.Tensor, sign: float) -> list[LogitEffect]:
-        return [LogitEffect(int(i), tok.decode([int(i)]), sign * float(v)) for v, i in zip(values, ids)]
+        # Only tokens actually pushed in the column's direction: a feature that promotes 3 tokens has 3
+        # promoted tokens, not 3 and a dozen slightly suppressed ones listed as "promoted".
+        return [LogitEffect(int(i), decode_token(tok, int(i)), sign * float(v)) for v, i in zip(values, ids) if v > 0]
 
     return rows(top.values, top.indices, 1.0), rows(bottom.values, bottom.indices, -1.0)
 
@@ -101,6 +105,7 @@ class Example:
     tokens: list[str]
     acts: np.ndarray  # float32 [n_tokens]
     peak: int  # index into tokens (BOS already removed)
+    label: str = ""  # why this example is on the card: "" for the top ones, else e.g. "median level"
 
     @property
     def max_act(self) -> float:
@@ -120,6 +125,8 @@ class FeatureCard:
     promoted: list[LogitEffect]
     suppressed: list[LogitEffect]
     filtered: str
+    more_examples: list[Example] = field(default_factory=list)  # lower activation levels, other groups
+    origin: str = ""  # where the feature came from, e.g. "happy rank 1, q = 4e-08, replicated, verdict concept"
 
     @property
     def fired_total(self) -> tuple[int, int]:
@@ -144,44 +151,71 @@ class FeatureCard:
             "texts_where_it_fires": self.n_texts_fired,
             "texts": self.n_texts,
             "filtered": self.filtered,
-            "top_examples": [
-                {
-                    "rank": e.rank,
-                    "text_index": e.text_index,
-                    "source": e.source,
-                    "max_activation": e.max_act,
-                    "peak_token": e.tokens[e.peak],
-                    "peak_index": e.peak,
-                    "tokens": e.tokens,
-                    "activations": [round(float(a), 5) for a in e.acts],
-                }
-                for e in self.examples
-            ],
+            "origin": self.origin,
+            "top_examples": [_example_dict(e) for e in self.examples],
+            "more_examples": [_example_dict(e) | {"why": e.label} for e in self.more_examples],
             "promoted": [vars(x) for x in self.promoted],
             "suppressed": [vars(x) for x in self.suppressed],
         }
 
 
-def build_card(loaded: Loaded, fa: FeatureActivations, feature: int, n_examples: int = 10, n_logits: int = 15) -> FeatureCard:
-    """Assemble the card of ``feature`` from activations already collected over the texts."""
+def _example_dict(e: Example) -> dict:
+    return {
+        "rank": e.rank,
+        "text_index": e.text_index,
+        "source": e.source,
+        "max_activation": e.max_act,
+        "peak_token": e.tokens[e.peak],
+        "peak_index": e.peak,
+        "tokens": e.tokens,
+        "activations": [round(float(a), 5) for a in e.acts],
+    }
+
+
+# Activation levels shown below the top examples, as quantiles of the per-text maxima where it fires: the
+# top examples alone can all be one word at one strength, which hides what the feature does more weakly.
+LEVELS = ((0.75, "upper quartile"), (0.5, "median"), (0.25, "lower quartile"))
+
+
+def build_card(
+    loaded: Loaded, fa: FeatureActivations, feature: int, n_examples: int = 10, n_logits: int = 15, origin: str = "",
+) -> FeatureCard:
+    """Assemble the card of ``feature`` from activations already collected over the texts.
+
+    Besides the ``n_examples`` top texts, the card shows one text at each of :data:`LEVELS` of the
+    per-text maxima where the feature fires, and the top text of every source (prompt group or corpus)
+    where it fires that the top examples do not already include.
+    """
     j = fa.column(feature)
     maxes = fa.prompt_max(feature)
     # Stable sort on -max: ties keep input order, so the card is deterministic.
-    order = [int(i) for i in np.argsort(-maxes, kind="stable") if maxes[i] > 0][:n_examples]
+    ranked = [int(i) for i in np.argsort(-maxes, kind="stable") if maxes[i] > 0]
+    order = ranked[:n_examples]
     tok = loaded.model.tokenizer
-    examples = []
-    for rank, i in enumerate(order, start=1):
+
+    def example(rank: int, i: int, label: str = "") -> Example:
         acts = fa.acts[i][:, j]
-        examples.append(
-            Example(
-                rank=rank,
-                text_index=i,
-                source=fa.sources[i],
-                tokens=[tok.decode([t]) for t in fa.token_ids[i]],
-                acts=acts,
-                peak=int(acts.argmax()),
-            )
-        )
+        return Example(rank=rank, text_index=i, source=fa.sources[i], tokens=decode_tokens(tok, fa.token_ids[i]),
+                       acts=acts, peak=int(acts.argmax()), label=label)
+
+    examples = [example(rank, i) for rank, i in enumerate(order, start=1)]
+    shown = set(order)
+    more = []
+    for q, name in LEVELS:
+        if len(ranked) <= n_examples:
+            break  # every text where it fires is already on the card
+        target = float(np.quantile(maxes[ranked], q))
+        i = min((i for i in ranked if i not in shown), key=lambda i: (abs(maxes[i] - target), i), default=None)
+        if i is not None:
+            shown.add(i)
+            more.append(example(ranked.index(i) + 1, i, f"{name} of the per-text maxima where it fires ({target:.3g})"))
+    for source in fa.source_names:
+        if any(fa.sources[i] == source for i in shown):
+            continue
+        best = next((i for i in ranked if fa.sources[i] == source), None)
+        if best is not None:
+            shown.add(best)
+            more.append(example(ranked.index(best) + 1, best, f"the top text of '{source}'"))
     promoted, suppressed = logit_effects(loaded, feature, n_logits)
     typical, n_fired = typical_max_activation(fa, feature)
     return FeatureCard(
@@ -196,4 +230,6 @@ def build_card(loaded: Loaded, fa: FeatureActivations, feature: int, n_examples:
         promoted=promoted,
         suppressed=suppressed,
         filtered=filter_note(fa),
+        more_examples=more,
+        origin=origin,
     )

@@ -62,6 +62,8 @@ def feature_figure(
     if fired == 0:
         ax_hist.text(0.5, 0.5, "never fires on these texts", ha="center", va="center", transform=ax_hist.transAxes)
     else:
+        # Headroom above the tallest bar, so the legend never covers a bar.
+        ax_hist.set_ylim(0, float(bottom.max()) * 1.45)
         ax_hist.legend(title="texts from", fontsize=9, title_fontsize=9, loc="upper right")
     ax_hist.set_xlabel("activation (tokens where it fires; BOS and padding excluded)")
     ax_hist.set_ylabel("number of tokens")
@@ -81,7 +83,7 @@ def feature_figure(
     ax_logit.set_yticks(y, labels, fontsize=8.5, family="monospace")
     ax_logit.axvline(0, color="black", linewidth=0.8)
     ax_logit.set_xlabel(f"direct logit effect of one unit of feature #{feature} (W_dec[f] @ W_U)")
-    ax_logit.set_title(f"What it writes: top {len(promoted)} promoted (green), {len(suppressed)} suppressed (red)",
+    ax_logit.set_title(f"What it writes: {len(promoted)} most promoted (green), {len(suppressed)} most suppressed (red)",
                        fontsize=10)
     ax_logit.grid(axis="x", alpha=0.3)
     ax_logit.margins(y=0.01)

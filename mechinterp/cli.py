@@ -14,10 +14,11 @@ import os
 import re
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from mechinterp import constants
-from mechinterp.errors import EnvironmentProblem, UserError
+from mechinterp.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EnvironmentProblem, UserError
 from mechinterp.io import OutputFolder
 from mechinterp.source import SourceOptions, demo_prompts_dir
 
@@ -59,8 +60,9 @@ def add_common_args(parser: argparse.ArgumentParser, out_help: str = "folder for
     group = parser.add_argument_group("model and SAE")
     group.add_argument(
         "--model",
-        default=constants.DEFAULT_MODEL,
-        help="TransformerLens model name, or a local Hugging Face model folder (default: %(default)s)",
+        default=None,
+        help="TransformerLens model name, or a local Hugging Face model folder (default: the model the SAE "
+        f"was trained on, as its metadata says: {constants.DEFAULT_MODEL} for the default SAE)",
     )
     group.add_argument(
         "--sae-release",
@@ -120,6 +122,14 @@ def _number(text: str, expected: str) -> float:
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+
+
+def finite_float(text: str) -> float:
+    """argparse type: any finite number (nan and inf are refused: they would turn every result into nan)."""
+    value = _number(text, "a number")
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
 
 
 def positive_float(text: str) -> float:
@@ -183,3 +193,37 @@ def make_logger(args: argparse.Namespace):
     if getattr(args, "quiet", False):
         return lambda _msg: None
     return lambda msg: print(msg, file=sys.stderr)
+
+
+def run_cli(body: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a script's body, turning expected failures into one-line messages and exit codes.
+
+    A :class:`UserError` becomes ``error: <message>`` and its exit status (2, or 1 for problems with the
+    machine); Ctrl-C exits 130; anything else is a bug, reported in one line unless ``--debug``.
+    """
+    debug = bool(getattr(args, "debug", False))
+    try:
+        return body(args)
+    except UserError as err:
+        if debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(
+            "interrupted: stopped cleanly. Earlier results in the output folder are untouched, and the "
+            "prompts already encoded are cached, so a rerun continues where this one stopped.",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    except Exception as err:  # a bug, not a user mistake: say so, and how to see the details
+        if debug:
+            raise
+        print(
+            f"error: unexpected {type(err).__name__}: {err}\n"
+            "This is probably a bug. Rerun with --debug to see the traceback, and please report it.",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE

@@ -61,6 +61,7 @@ MI5_HIST_CSV = "MI5_{feature}_hist.csv"  # histogram counts behind MI5
 CARD_HTML = "feature_{feature}.html"
 CARD_JSON = "feature_{feature}.json"
 CARDS_CSV = "feature_cards.csv"
+CARDS_INDEX_HTML = "index.html"  # links every card in the folder
 # Chapter 4
 MI6_PNG = "MI6_{feature}.png"
 MI6_ABLATION_CSV = "MI6_{feature}_ablation.csv"

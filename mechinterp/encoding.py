@@ -87,9 +87,12 @@ def tokenize(loaded: Loaded, texts: Sequence[str]) -> Tokenized:
 
 
 def truncation_note(tokenized: Tokenized, i: int) -> str:
-    """One sentence on how text ``i`` was cut, naming its length and the limit."""
-    return (f"has {tokenized.full_lengths[i]} tokens (BOS included), more than {tokenized.limit_reason}; "
-            f"only its first {tokenized.limit} tokens were encoded")
+    """One sentence on how text ``i`` was cut, naming its length and the limit (in text tokens and with BOS)."""
+    skip = tokenized.n_skip
+    full, limit = tokenized.full_lengths[i], tokenized.limit
+    with_bos = (lambda n: f" ({n} with BOS)") if skip else (lambda n: "")
+    return (f"has {full - skip} tokens{with_bos(full)}, more than {tokenized.limit_reason}; only its first "
+            f"{limit - skip} tokens{with_bos(limit)} were encoded")
 
 
 def warn_truncated(texts: Sequence[str], tokenized: Tokenized, n_ctx: int, labels: Sequence[str] | None = None) -> None:

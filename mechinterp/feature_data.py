@@ -23,6 +23,7 @@ import torch
 from mechinterp.encoding import Tokenized, encode_positions, for_each_batch, tokenize
 from mechinterp.errors import UserError
 from mechinterp.loading import Loaded
+from mechinterp.provenance import PROVENANCE_COLUMNS, Provenance
 
 # Columns a Chapter 2 feature_stats.csv must have for --from-results (it has more; these are the ones used).
 RESULTS_COLUMNS = ("group", "feature", "rank")
@@ -48,11 +49,42 @@ def validate_features(features: Sequence[int], d_sae: int) -> list[int]:
 
 @dataclass
 class ResultsPick:
-    """One feature chosen from a Chapter 2 results table."""
+    """One feature chosen from a Chapter 2 results table, with the evidence it was chosen on."""
 
     feature: int
     group: str
     rank: int
+    q_value: float | None = None
+    replicated: str = ""  # "yes", "no" or "not tested"
+    verdict: str = ""  # Chapter 2's verdict ("concept", "lexical", ...), "" when it has none
+
+    def describe(self) -> str:
+        """E.g. "happy rank 1, q = 3.7e-08, replicated, verdict concept"."""
+        parts = [f"{self.group} rank {self.rank}"]
+        if self.q_value is not None:
+            parts.append(f"q = {self.q_value:.2g}")
+        if self.replicated:
+            parts.append({"yes": "replicated", "no": "NOT replicated"}.get(self.replicated, "replication not tested"))
+        if self.verdict:
+            parts.append(f"verdict {self.verdict}")
+        return ", ".join(parts)
+
+
+@dataclass
+class ResultsSelection:
+    """What a significance-gated read of a Chapter 2 table picked, and what it passed over."""
+
+    picks: list[ResultsPick]
+    skipped: list[ResultsPick]  # ranked within top_n but not significant / not replicated / not "concept"
+    gate: str  # the rule, in words
+
+    def note(self) -> str:
+        if not self.skipped:
+            return f"all picks pass the gate ({self.gate})"
+        names = ", ".join(f"#{p.feature} ({p.describe()})" for p in self.skipped[:6])
+        more = f" and {len(self.skipped) - 6} more" if len(self.skipped) > 6 else ""
+        return (f"skipped {len(self.skipped)} feature{'s' if len(self.skipped) != 1 else ''} that fail the gate "
+                f"({self.gate}): {names}{more}; --include-nonsignificant takes them anyway")
 
 
 @dataclass
@@ -63,21 +95,40 @@ class FeatureChoice:
     groups: dict[int, str]  # feature -> its Chapter 2 group, or the demo concept it was planted for
     ranks: dict[int, int]  # feature -> its rank in that group (features from --from-results only)
     how: str  # one line for the output: how the features were chosen
+    picks: dict[int, ResultsPick] = field(default_factory=dict)  # feature -> its Chapter 2 row
+    note: str = ""  # what the significance gate skipped, for the output
+
+    def origin(self, feature: int) -> str | None:
+        """Where ``feature`` came from, with its q and verdict when it came from a results table."""
+        if feature in self.picks:
+            return self.picks[feature].describe()
+        if feature in self.groups:
+            return f"planted '{self.groups[feature]}' feature"
+        return None
 
 
 def choose_features(
-    given: Sequence[int], from_results: Path | None, top_n: int, demo: bool, d_sae: int
+    given: Sequence[int], from_results: Path | None, top_n: int, demo: bool, d_sae: int,
+    include_nonsignificant: bool = False, provenance: Provenance | None = None,
 ) -> FeatureChoice:
-    """``--feature`` ids, plus the top ``top_n`` per group of a Chapter 2 CSV, else the demo's planted ones."""
-    features, groups, ranks = list(given), {}, {}
+    """``--feature`` ids, plus the top ``top_n`` per group of a Chapter 2 CSV, else the demo's planted ones.
+
+    From a results table only features that pass the significance gate are taken (see
+    :func:`read_results_csv`), and the table must have been made with this model, SAE and hook.
+    """
+    features, groups, ranks, picks, note = list(given), {}, {}, {}, ""
     how = "given with --feature"
     if from_results is not None:
-        for pick in read_results_csv(from_results, top_n):
+        selection = read_results_csv(from_results, top_n, include_nonsignificant, provenance)
+        for pick in selection.picks:
             if pick.feature not in features:
                 features.append(pick.feature)
             groups.setdefault(pick.feature, pick.group)
             ranks.setdefault(pick.feature, pick.rank)
-        how = f"top {top_n} per group of {from_results}" + (" plus --feature" if given else "")
+            picks.setdefault(pick.feature, pick)
+        gate = "every ranked feature, significant or not" if include_nonsignificant else selection.gate
+        how = f"top {top_n} per group of {from_results} ({gate})" + (" plus --feature" if given else "")
+        note = selection.note() if not include_nonsignificant else ""
     if not features and demo:
         from mechinterp.toyworld import planted_features
 
@@ -86,15 +137,30 @@ def choose_features(
         how = "the demo's planted concept features (no --feature given)"
     if not features:
         raise UserError("no feature given: pass --feature ID (repeatable) or --from-results feature_stats.csv")
-    return FeatureChoice(validate_features(features, d_sae), groups, ranks, how)
+    return FeatureChoice(validate_features(features, d_sae), groups, ranks, how, picks, note)
 
 
-def read_results_csv(path: Path, top_n: int) -> list[ResultsPick]:
-    """The top ``top_n`` features of each group in a Chapter 2 ``feature_stats.csv``.
+def _float(text: str | None) -> float | None:
+    try:
+        return float(text) if text not in (None, "") else None
+    except ValueError:
+        return None
 
-    ``rank`` 1 is the strongest feature within its group. A feature that tops several groups is
-    listed once, under the first group in which it appears (groups in file order). Rows without a
-    rank (Chapter 2's always-on features) are skipped.
+
+def read_results_csv(
+    path: Path, top_n: int, include_nonsignificant: bool = False, provenance: Provenance | None = None,
+) -> ResultsSelection:
+    """The top ``top_n`` features of each group in a Chapter 2 ``feature_stats.csv`` that pass the gate.
+
+    The gate: q below the table's alpha, replicated on held-out prompts (when the run had a held-out
+    split), and, when Chapter 2 gave verdicts, the verdict ``concept``. A rank-1 feature of a null group
+    (q = 1) is therefore never picked unless ``include_nonsignificant``. ``rank`` 1 is the strongest
+    feature within its group; a feature that tops several groups is listed once, under the first group
+    in which it appears (groups in file order). Unranked rows (always-on features) are skipped.
+
+    Raises:
+        UserError: the file is missing or malformed, was made with another SAE (``provenance``), or no
+            feature passes the gate.
     """
     path = Path(path)
     if not path.is_file():
@@ -112,8 +178,27 @@ def read_results_csv(path: Path, top_n: int) -> list[ResultsPick]:
             f"--from-results {path} lacks the column(s) {', '.join(missing)}; expected Chapter 2's "
             f"feature_stats.csv (columns group, feature, rank, ...)"
         )
+    if provenance is not None and rows:
+        stamps = {tuple(row.get(c, "") for c in PROVENANCE_COLUMNS) for row in rows}
+        for stamp in stamps:
+            provenance.check(dict(zip(PROVENANCE_COLUMNS, stamp)), f"--from-results {path}")
+    alpha = _float(rows[0].get("alpha")) if rows else None
+    alpha = alpha if alpha is not None else 0.05
+    had_holdout = any(row.get("replicated") in ("yes", "no") for row in rows)
+    has_verdicts = "verdict" in columns
+    gate = f"q < {alpha:g}" + (", replicated" if had_holdout else "") + (", verdict concept" if has_verdicts else "")
+
+    def passes(pick: ResultsPick) -> bool:
+        if pick.q_value is None or not pick.q_value < alpha:
+            return False
+        if had_holdout and pick.replicated != "yes":
+            return False
+        return not has_verdicts or pick.verdict == "concept"
+
     picks: list[ResultsPick] = []
+    skipped: list[ResultsPick] = []
     seen: set[int] = set()
+    taken: dict[str, int] = {}
     for line, row in enumerate(rows, start=2):
         if not (row.get("rank") or "").strip():
             continue  # not ranked (Chapter 2 leaves always-on features unranked)
@@ -121,14 +206,25 @@ def read_results_csv(path: Path, top_n: int) -> list[ResultsPick]:
             feature, rank = int(row["feature"]), int(row["rank"])
         except (TypeError, ValueError):
             raise UserError(f"{path} line {line}: feature and rank must be whole numbers") from None
-        if rank <= top_n and feature not in seen:
+        pick = ResultsPick(feature, row["group"], rank, _float(row.get("q_value")),
+                           (row.get("replicated") or "").strip(), (row.get("verdict") or "").strip())
+        if rank > top_n or feature in seen:
+            continue
+        if include_nonsignificant or passes(pick):
             seen.add(feature)
-            picks.append(ResultsPick(feature, row["group"], rank))
+            picks.append(pick)
+            taken[pick.group] = taken.get(pick.group, 0) + 1
+        else:
+            skipped.append(pick)
     if not picks:
-        raise UserError(f"--from-results {path} has no rows with rank <= {top_n}")
+        raise UserError(
+            f"--from-results {path}: none of the top {top_n} features of any group passes the gate ({gate}); "
+            "there is nothing significant to look at. Add --include-nonsignificant to look anyway, or "
+            "--top-n to look further down the ranking"
+        )
     group_order = list(dict.fromkeys(r["group"] for r in rows))
     picks.sort(key=lambda p: (group_order.index(p.group), p.rank))
-    return picks
+    return ResultsSelection(picks, skipped, gate)
 
 
 # --- activations of a few features over many texts ---------------------------------------------------

@@ -43,6 +43,7 @@ from mechinterp.encoding import Tokenized, hook_activations, length_order, pad_b
 from mechinterp.errors import UserError
 from mechinterp.feature_data import FeatureActivations, filter_note, typical_max_activation
 from mechinterp.loading import Loaded
+from mechinterp.tokens import decode_token
 
 HookFn = Callable[[torch.Tensor, object], torch.Tensor]
 Log = Callable[[str], None]
@@ -57,7 +58,12 @@ ABLATION_MEASURES = ("delta_logp_targets", "delta_logodds_targets", "kl")
 
 
 def resolve_target_tokens(loaded: Loaded, words: Sequence[str]) -> list[int]:
-    """Token ids for user-given target tokens; each must be one token (a leading space is tried too).
+    """Token ids for user-given target tokens; each must be one token.
+
+    The leading-space form is tried first: mid-sentence, GPT-2 predicts ``' happy'`` (3772), not the
+    word-start form ``'happy'`` (34191), so ``--target happy`` means ``' happy'``. A target that starts
+    with a space, or that has no single-token leading-space form, is taken as written. The output names
+    the token used.
 
     Raises:
         UserError: when a word is several tokens, naming the split.
@@ -65,7 +71,8 @@ def resolve_target_tokens(loaded: Loaded, words: Sequence[str]) -> list[int]:
     tok = loaded.model.tokenizer
     ids = []
     for word in words:
-        for candidate in (word, " " + word.lstrip(" ")):
+        candidates = (word,) if word.startswith(" ") else (" " + word, word)
+        for candidate in candidates:
             encoded = tok.encode(candidate, add_special_tokens=False)
             if len(encoded) == 1:
                 ids.append(int(encoded[0]))
@@ -101,23 +108,27 @@ def make_batches(loaded: Loaded, tokenized: Tokenized, batch_size: int) -> list[
 
 
 @torch.inference_mode()
-def logits_from_hook(loaded: Loaded, resid: torch.Tensor, hook_fn: HookFn | None = None) -> torch.Tensor:
-    """Logits ``[B, T, d_vocab]`` from the residual at the SAE's hook, optionally edited by ``hook_fn``.
+def block_input(loaded: Loaded, tokens: torch.Tensor) -> torch.Tensor:
+    """The residual stream entering the block that holds the SAE's hook, ``[B, T, d_model]``."""
+    with torch.inference_mode():
+        return loaded.model(tokens.to(loaded.device), stop_at_layer=loaded.sae.hook_layer)
 
-    The layers before the hook do not change under an intervention at the hook, so they run once per
-    batch (in :func:`hook_activations`) and each intervention reruns only the blocks from the hook on.
-    The hook is still applied through TransformerLens' own hook point (``blocks.L.hook_resid_pre``).
+
+def logits_from_hook(loaded: Loaded, resid: torch.Tensor, hook_fn: HookFn | None = None) -> torch.Tensor:
+    """Logits ``[B, T, d_vocab]`` from the input of the SAE's block, optionally edited by ``hook_fn``.
+
+    The layers before that block do not change under an intervention at the hook, so they run once per
+    batch (:func:`block_input`) and each intervention reruns only the blocks from there on. ``hook_fn``
+    is applied through TransformerLens' own hook point, the SAE's hook (``blocks.L.hook_resid_pre``,
+    ``blocks.L.attn.hook_z``, ``blocks.L.hook_mlp_out`` ...), so it sees that hook's activation.
     """
     hooks = [(loaded.sae.hook_name, hook_fn)] if hook_fn is not None else []
     return loaded.model.run_with_hooks(resid, start_at_layer=loaded.sae.hook_layer, fwd_hooks=hooks)
 
 
-def _check_resid_pre(loaded: Loaded) -> None:
-    if not loaded.sae.hook_name.endswith("hook_resid_pre"):
-        raise UserError(
-            f"interventions here need an SAE on a block's hook_resid_pre; {loaded.sae.label} reads "
-            f"{loaded.sae.hook_name}"
-        )
+def _check_hook(loaded: Loaded) -> None:
+    if loaded.sae.hook_name not in loaded.model.hook_dict:
+        raise UserError(f"{loaded.sae.label} reads {loaded.sae.hook_name}, which this model does not have")
 
 
 # --- ablation ------------------------------------------------------------------------------------------
@@ -188,40 +199,88 @@ class CleanScores:
     logodds_targets: float
 
 
+@dataclass
+class LocatedEffects:
+    """An intervention's effect where the ablated feature fires, and one position later.
+
+    Averaged over every text position, the effect of removing a feature that fires on 48 of 774 tokens
+    is diluted sixteen-fold: it can look like nothing although it is large where the feature is active.
+
+    Attributes:
+        firing: the mean effect over the positions where the feature fires (``n_positions`` of them).
+        next: the mean effect over the positions right after those (the next prediction, one token on).
+        clean_firing: the clean run's mean target scores at the firing positions.
+    """
+
+    firing: Effect
+    next: Effect
+    clean_firing: CleanScores
+
+
 @torch.inference_mode()
 def intervention_effects(
     loaded: Loaded,
     batches: Sequence[Batch],
     hooks: dict[str, HookFn],
     targets: Sequence[int],
-) -> tuple[dict[str, Effect], CleanScores]:
+    located: dict[str, int] | None = None,
+) -> tuple[dict[str, Effect], CleanScores, dict[str, LocatedEffects]]:
     """The effect of each intervention in ``hooks`` on the prompts, against the clean run.
 
+    Args:
+        located: for some of ``hooks``, the feature each one removes: their effects are also measured at
+            the positions where that feature fires, and at the next positions.
+
     Returns:
-        ``({name: Effect}, clean scores)``, every mean over the valid (non-BOS, non-pad) positions of
-        all prompts.
+        ``({name: Effect}, clean scores, {name: LocatedEffects})``; the first two are means over the valid
+        (non-BOS, non-pad) positions of all prompts.
     """
-    _check_resid_pre(loaded)
+    _check_hook(loaded)
+    located = located or {}
     sums = {name: np.zeros(3) for name in hooks}
+    where_sums = {name: {w: np.zeros(4) for w in ("firing", "next")} for name in located}
+    clean_where = {name: np.zeros(2) for name in located}
     clean_sums = np.zeros(2)
     n = 0
     for batch in batches:
-        resid = hook_activations(loaded, batch.tokens)  # [B, T, d_model]
+        resid = block_input(loaded, batch.tokens)  # [B, T, d_model]
         clean = logits_from_hook(loaded, resid).float().log_softmax(-1)  # [B, T, d_vocab]
         valid = batch.valid
         clean_lp, clean_lo = target_scores(clean, targets)
         clean_sums += [float(clean_lp[valid].sum()), float(clean_lo[valid].sum())]
         n += int(valid.sum())
+        masks = {}
+        if located:
+            acts = loaded.sae.sae.encode(hook_activations(loaded, batch.tokens))  # [B, T, d_sae]
+            for name, f in located.items():
+                fires = (acts[..., f] > 0) & valid
+                after = torch.zeros_like(fires)
+                after[:, 1:] = fires[:, :-1]
+                masks[name] = {"firing": fires, "next": after & valid}
+                clean_where[name] += [float(clean_lp[fires].sum()), float(clean_lo[fires].sum())]
         for name, fn in hooks.items():
             edited = logits_from_hook(loaded, resid, fn).float().log_softmax(-1)
             lp, lo = target_scores(edited, targets)
             kl = (clean.exp() * (clean - edited)).sum(-1)  # [B, T]
-            sums[name] += [float((lp - clean_lp)[valid].sum()), float((lo - clean_lo)[valid].sum()),
-                           float(kl[valid].sum())]
+            d_lp, d_lo = lp - clean_lp, lo - clean_lo
+            sums[name] += [float(d_lp[valid].sum()), float(d_lo[valid].sum()), float(kl[valid].sum())]
+            for where, mask in masks.get(name, {}).items():
+                where_sums[name][where] += [float(d_lp[mask].sum()), float(d_lo[mask].sum()), float(kl[mask].sum()),
+                                            float(mask.sum())]
     if n == 0:
         raise UserError("the prompts have no text tokens to measure on")
     effects = {k: Effect(v[0] / n, v[1] / n, v[2] / n, n) for k, v in sums.items()}
-    return effects, CleanScores(clean_sums[0] / n, clean_sums[1] / n)
+
+    def mean(v: np.ndarray) -> Effect:
+        m = max(v[3], 1.0)
+        return Effect(v[0] / m, v[1] / m, v[2] / m, int(v[3]))
+
+    at = {
+        name: LocatedEffects(mean(w["firing"]), mean(w["next"]),
+                             CleanScores(*(clean_where[name] / max(w["firing"][3], 1.0))))
+        for name, w in where_sums.items()
+    }
+    return effects, CleanScores(clean_sums[0] / n, clean_sums[1] / n), at
 
 
 @torch.inference_mode()
@@ -280,6 +339,8 @@ class AblationResult:
     control_rates: list[float]
     control_effects: list[Effect]
     clean: CleanScores
+    located: LocatedEffects | None = None  # the feature's effect where it fires, and one position later
+    control_located: list[LocatedEffects] = field(default_factory=list)  # each control at its own firing positions
 
     def _values(self, which: str) -> tuple[float, np.ndarray]:
         return getattr(self.effect, which), np.array([getattr(e, which) for e in self.control_effects])
@@ -311,6 +372,16 @@ class AblationResult:
                          "pool_rate_range": [self.controls.rate_low, self.controls.rate_high]},
             "controls_at_least_as_large": {k: self.n_controls_at_least(k) for k in keys},
             "empirical_p": {k: self.empirical_p(k) for k in keys},
+            **({} if self.located is None else {"at_firing_positions": {
+                "n_positions": self.located.firing.n_positions,
+                "clean_mean_logp_targets": self.located.clean_firing.logp_targets,
+                "feature": {k: getattr(self.located.firing, k) for k in keys},
+                "controls_median": {k: float(np.median([getattr(c.firing, k) for c in self.control_located]))
+                                    for k in keys} if self.control_located else None,
+            }, "at_next_positions": {
+                "n_positions": self.located.next.n_positions,
+                "feature": {k: getattr(self.located.next, k) for k in keys},
+            }}),
         }
 
 
@@ -329,7 +400,8 @@ def run_ablation(
     controls = matched_controls(rates, feature, n_controls, seed)
     hooks = {"feature": ablation_hook(loaded, feature, n_skip)}
     hooks |= {f"control {c}": ablation_hook(loaded, c, n_skip) for c in controls.features}
-    effects, clean = intervention_effects(loaded, batches, hooks, targets)
+    located = {"feature": feature} | {f"control {c}": c for c in controls.features}
+    effects, clean, at = intervention_effects(loaded, batches, hooks, targets, located)
     return AblationResult(
         feature=feature,
         rate=float(rates[feature]),
@@ -338,6 +410,8 @@ def run_ablation(
         control_rates=[float(rates[c]) for c in controls.features],
         control_effects=[effects[f"control {c}"] for c in controls.features],
         clean=clean,
+        located=at["feature"],
+        control_located=[at[f"control {c}"] for c in controls.features],
     )
 
 
@@ -345,8 +419,15 @@ def run_ablation(
 
 
 def steering_direction(loaded: Loaded, feature: int, coeff: float, typical_max: float) -> torch.Tensor:
-    """``coeff * typical_max * W_dec[feature]``, shape ``[d_model]``."""
-    return (coeff * typical_max) * loaded.sae.sae.W_dec[feature].detach().clone()
+    """``coeff * typical_max * W_dec[feature]`` in the shape of the SAE's hook activation.
+
+    ``[d_model]`` for the residual stream; ``[n_heads, d_head]`` for ``hook_z``, whose SAE rows are all
+    heads' outputs side by side (SAELens flattens them the same way).
+    """
+    row = (coeff * typical_max) * loaded.sae.sae.W_dec[feature].detach().clone()
+    if loaded.sae.hook_name.endswith("hook_z"):
+        return row.reshape(loaded.model.cfg.n_heads, loaded.model.cfg.d_head)
+    return row
 
 
 def steering_curve(
@@ -362,7 +443,7 @@ def steering_curve(
     hooks = {
         f"{c!r}": steering_hook(steering_direction(loaded, feature, c, typical_max), n_skip) for c in coeffs
     }
-    effects, clean = intervention_effects(loaded, batches, hooks, targets)
+    effects, clean, _ = intervention_effects(loaded, batches, hooks, targets)
     picked = [effects[f"{c!r}"] for c in coeffs]
     return {
         "logp_targets": [clean.logp_targets + e.delta_logp_targets for e in picked],
@@ -396,7 +477,7 @@ def generate_side_by_side(
     each sampled run the global torch generator is reset to ``seed``, so the clean and the steered run
     draw the same random numbers and differ only by the steering.
     """
-    _check_resid_pre(loaded)
+    _check_hook(loaded)
     model = loaded.model
     tok = model.tokenizer
     hook = steering_hook(direction, n_skip)
@@ -686,7 +767,7 @@ def test_feature(
 
     tok = loaded.model.tokenizer
     return FeatureTest(
-        feature=feature, title=loaded.title, target_ids=targets, target_tokens=[tok.decode([t]) for t in targets],
+        feature=feature, title=loaded.title, target_ids=targets, target_tokens=[decode_token(tok, t) for t in targets],
         target_how=target_how, typical_max=typical, typical_max_how=max_how, firing_rate_by_group=rate_by_group,
         ablation_group=group, ablation_group_how=group_how, n_ablation_prompts=len(prompts.groups[group]),
         ablation=ablation, steer_group=steer_group, steering=SteeringCurve(coeffs, **curve),

@@ -19,6 +19,11 @@ from mechinterp.source import demo_threads
 from mechinterp.tokens import decode_tokens
 
 
+# A feature active on more than this share of the SAE's training tokens is "dense": it fires on nearly
+# any text, so its appearance at the top of a table, and its peak token, say little about this text.
+DENSE_THRESHOLD = 0.1
+
+
 @dataclass
 class TopFeature:
     """One row of Chapter 1's table."""
@@ -29,10 +34,15 @@ class TopFeature:
     peak_token: str
     peak_position: int  # in the model's token sequence (BOS, when used, is position 0)
     neuronpedia_url: str  # "" when the SAE is not on Neuronpedia
+    density: float | None = None  # share of training tokens it fires on (the SAE's sparsity file), if shipped
+
+    @property
+    def dense(self) -> bool:
+        return self.density is not None and self.density > DENSE_THRESHOLD
 
     def row(self) -> list:
         return [self.rank, self.feature, self.max_activation, self.peak_token, self.peak_position,
-                self.neuronpedia_url]
+                self.neuronpedia_url, "" if self.density is None else self.density, "yes" if self.dense else "no"]
 
 
 @dataclass
@@ -61,6 +71,10 @@ class TextFeatures:
     def features(self) -> list[int]:
         return [r.feature for r in self.rows]
 
+    @property
+    def has_density(self) -> bool:
+        return any(r.density is not None for r in self.rows)
+
 
 def top_features(loaded: Loaded, text: str, top_k: int) -> TextFeatures:
     """Encode ``text`` and rank features by their max activation over its tokens (BOS excluded)."""
@@ -79,10 +93,12 @@ def top_features(loaded: Loaded, text: str, top_k: int) -> TextFeatures:
     k = min(top_k, n_fired)
     # Stable sort on -max gives a deterministic order for ties (lower feature id first).
     top = np.argsort(-max_acts, kind="stable")[:k]
+    log_sparsity = loaded.sae.log_sparsity
     rows = []
     for rank, feature in enumerate(top, start=1):
         peak = int(text_acts[:, feature].argmax())
+        density = float(10 ** float(log_sparsity[feature])) if log_sparsity is not None else None
         rows.append(TopFeature(rank, int(feature), float(max_acts[feature]), str_tokens[peak], peak + skip,
-                               neuronpedia_url(loaded.sae.neuronpedia_id, int(feature))))
+                               neuronpedia_url(loaded.sae.neuronpedia_id, int(feature)), density))
     truncation = f"the text {truncation_note(tokenized, 0)}" if tokenized.truncated else ""
     return TextFeatures(str_tokens, skip, rows, text_acts[:, top].T, n_fired, loaded.sae.d_sae, truncation)

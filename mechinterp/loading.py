@@ -26,6 +26,7 @@ from mechinterp.constants import NEURONPEDIA_BASE
 if TYPE_CHECKING:  # torch is imported where it is used, so that cached reruns never pay for it
     import torch
 from mechinterp.errors import EnvironmentProblem, UserError
+from mechinterp.provenance import Provenance, sae_identity
 
 HUB_PROBE_SECONDS = 3.0  # one connection attempt; a reachable Hub answers far faster
 HUB_HINT = (
@@ -48,6 +49,7 @@ class LoadedSAE:
     prepend_bos: bool = True
     context_size: int | None = None  # tokens per sequence in the SAE's training data (BOS included)
     model_name: str | None = None  # the model the SAE was trained on, as its metadata names it
+    identity: str = ""  # release/id, or sha256 of a local folder's weights (see mechinterp.provenance)
 
     @property
     def d_sae(self) -> int:
@@ -67,6 +69,11 @@ class Loaded:
     model_label: str
     device: str
     is_demo: bool = False
+
+    @property
+    def provenance(self) -> Provenance:
+        """The model, SAE and hook behind every feature id of this run."""
+        return Provenance(self.model_label, self.sae.identity, self.sae.hook_name)
 
     @property
     def title(self) -> str:
@@ -280,6 +287,7 @@ def load_sae(release: str, sae_id: str, sae_path: Path | None, device: str) -> L
         prepend_bos=meta.prepend_bos is not False,
         context_size=int(meta.context_size) if meta.context_size else None,
         model_name=meta.model_name or None,
+        identity=sae_identity(release, sae_id, sae_path),
     )
 
 

@@ -17,6 +17,7 @@ from mechinterp import constants
 from mechinterp.cache import ActivationCache
 from mechinterp.loading import Loaded
 from mechinterp.progress import progress_bar
+from mechinterp.provenance import Provenance
 from mechinterp.source import Source, demo_threads, load
 from mechinterp.summaries import PromptAggregates, SparseRow
 
@@ -49,6 +50,11 @@ class ModelInfo:
     n_ctx: int  # the most tokens encoded per prompt (BOS included): the SAE's training context if smaller
     is_demo: bool
     context_note: str = ""  # whose context n_ctx is, in words
+    sae_identity: str = ""  # see mechinterp.provenance
+
+    @property
+    def provenance(self) -> Provenance:
+        return Provenance(self.model_label, self.sae_identity, self.hook_name)
 
     @classmethod
     def from_loaded(cls, loaded: Loaded) -> ModelInfo:
@@ -63,6 +69,7 @@ class ModelInfo:
             neuronpedia_id=loaded.sae.neuronpedia_id,
             n_ctx=context_limit(loaded)[0],
             context_note=context_limit(loaded)[1],
+            sae_identity=loaded.sae.identity,
             is_demo=loaded.is_demo,
         )
 

@@ -112,7 +112,8 @@ def group_mean_overview(
     axes[-1].set_xlim(-0.5, d_sae - 0.5)
     fig.supylabel(f"mean of per-prompt {agg} activation", x=0.0)
     fig.suptitle(
-        f"Mean activation of every SAE feature, per prompt group (BOS and padding excluded)\n"
+        f"Every SAE feature's mean over prompts of its per-prompt {agg} activation, per group "
+        f"(BOS and padding excluded)\n"
         f"▼ always-on features (fire in nearly every prompt of every group; not ranked)\n{title}",
         fontsize=10,
     )
@@ -124,32 +125,49 @@ def group_heatmaps(
     baseline: str,
     title: str,
     agg: str,
+    verdicts: Sequence[Sequence[str]] | None = None,
 ) -> Figure:
     """MI3: per contrast group, prompts x that group's top features, group prompts above baseline ones.
 
+    Each column is scaled to its own maximum: one strong feature would otherwise saturate a shared scale
+    and leave every other column a faint yellow. The column labels give each maximum (and, when given,
+    the feature's verdict, concept in bold), and the CSV beside the figure has the unscaled numbers.
+
     Args:
         panels: ``(group, subtitle, acts [n_group + n_baseline, n_top], n_group, feature_ids)`` per group.
+        verdicts: per panel, one verdict per feature ("" for none: not significant or not replicated).
     """
     n = len(panels)
     rows = max(p[2].shape[0] for p in panels)
-    fig = Figure(figsize=(max(4.5, 3.2 * n + 1.5), max(4.5, 0.075 * rows + 2.5)))
-    axes = fig.subplots(1, n, squeeze=False)[0]
-    vmax = max((float(p[2].max()) for p in panels), default=1.0) or 1.0
+    fig = Figure(figsize=(max(5.0, 4.2 * n + 1.5), max(4.5, 0.075 * rows + 3.0)))
+    # Room between panels for the next panel's row labels.
+    axes = fig.subplots(1, n, squeeze=False, gridspec_kw={"wspace": 0.45})[0]
     image = None
-    for ax, (group, subtitle, acts, n_group, feats) in zip(axes, panels):
-        image = ax.imshow(acts, aspect="auto", cmap=_cmap_with_white_zero(), vmin=1e-6, vmax=vmax, interpolation="nearest")
+    for i, (ax, (group, subtitle, acts, n_group, feats)) in enumerate(zip(axes, panels)):
+        col_max = acts.max(axis=0) if acts.size else np.zeros(0)
+        scaled = acts / np.where(col_max > 0, col_max, 1.0)
+        image = ax.imshow(scaled, aspect="auto", cmap=_cmap_with_white_zero(), vmin=1e-6, vmax=1.0,
+                          interpolation="nearest")
         ax.axhline(n_group - 0.5, color="black", linewidth=1.5)
-        ax.set_xticks(range(len(feats)), [f"#{f}" for f in feats], rotation=70, fontsize=8)
+        labels = list(verdicts[i]) if verdicts is not None else [""] * len(feats)
+        ax.set_xticks(range(len(feats)), [f"#{f} ({m:.2g})" + (f" {v}" if v else "")
+                                          for f, m, v in zip(feats, col_max, labels)], rotation=70, fontsize=7.5)
+        for tick, v in zip(ax.get_xticklabels(), labels):
+            if v == "concept":
+                tick.set_fontweight("bold")
         ax.set_yticks(
             [n_group / 2, n_group + (acts.shape[0] - n_group) / 2],
             [f"{group}\n({n_group})", f"{baseline}\n({acts.shape[0] - n_group})"],
             fontsize=9,
         )
         ax.set_title(f"{group}: top {len(feats)} features\n{subtitle}", fontsize=10)
-        ax.set_xlabel("feature (rank 1 at left)")
+        ax.set_xlabel("feature (its max) and verdict, rank 1 at left" if verdicts is not None
+                      else "feature (its max), rank 1 at left")
     if image is not None:
-        fig.colorbar(image, ax=list(axes), label=f"per-prompt {agg} activation (white = 0)", fraction=0.03, pad=0.02)
-    fig.suptitle(f"Each row is one prompt; always-on features removed\n{title}", fontsize=10)
+        fig.colorbar(image, ax=list(axes), label=f"per-prompt {agg} activation ÷ the column's max (white = 0)",
+                     fraction=0.03, pad=0.02)
+    fig.suptitle(f"Each row is one prompt; always-on features removed; each column scaled to its own max\n{title}",
+                 fontsize=10)
     return fig
 
 
@@ -172,14 +190,20 @@ def volcano(
     ax.scatter(effect[~sig], y[~sig], s=9, color="#bbbbbb", label=f"q ≥ {alpha:g}", linewidths=0)
     ax.scatter(effect[sig & (effect > 0)], y[sig & (effect > 0)], s=14, color="#d95f02", label=f"higher in {group}")
     ax.scatter(effect[sig & (effect < 0)], y[sig & (effect < 0)], s=14, color="#1b9e77", label=f"higher in {baseline}")
-    ax.axhline(-np.log10(alpha), color="black", linestyle="--", linewidth=0.8)
-    ax.text(-0.98, -np.log10(alpha), f" q = {alpha:g}", va="bottom", fontsize=8)
+    line = -np.log10(alpha)
+    ax.axhline(line, color="black", linestyle="--", linewidth=0.8)
+    # The threshold's label sits at the right end of its line, away from the legend (upper left).
+    ax.text(1.03, line, f"q = {alpha:g} ", va="bottom", ha="right", fontsize=8)
     position = {int(f): i for i, f in enumerate(features)}
     for f in labelled:
         i = position[int(f)]
         ax.annotate(f"#{f}", (effect[i], y[i]), xytext=(4, 3), textcoords="offset points", fontsize=8)
     ax.set_xlim(-1.05, 1.05)
-    ax.set_ylim(bottom=0)
+    # Keep the threshold line well inside the plot even when nothing comes near it (a null group).
+    ax.set_ylim(bottom=-0.05 * max(float(y.max(initial=0.0)), line), top=max(float(y.max(initial=0.0)), line) * 1.25)
+    if not sig.any():
+        ax.text(0.5, 0.5, f"no feature reaches q < {alpha:g}:\nno evidence that any feature differs",
+                transform=ax.transAxes, ha="center", va="center", fontsize=9, color="#555555")
     ax.set_xlabel(f"effect size: rank-biserial r = 2·AUROC − 1  (+1: always higher in {group})")
     ax.set_ylabel("−log10 q  (Benjamini-Hochberg)")
     ax.legend(loc="upper left", fontsize=8, frameon=False)

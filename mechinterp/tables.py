@@ -46,6 +46,11 @@ def _is_number(text: str) -> bool:
 WIDTH = 100  # terminal columns that every printed line fits in
 
 
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``"1 feature"``, ``"2 features"``: the count and the word, agreeing."""
+    return f"{n} {word if n == 1 else (many or word + 's')}"
+
+
 def print_wrapped(text: str) -> None:
     """Print prose wrapped to :data:`WIDTH` columns (continuation lines indented)."""
     print(textwrap.fill(text, WIDTH, subsequent_indent="  ", break_on_hyphens=False))

@@ -10,7 +10,18 @@ its answers are known because we put them there:
   huge norm and lights up the same features for every prompt; this is why the project excludes it),
 * ~500 **token-detector** background features fire sparsely, as real features mostly do,
 * each concept direction is wired to the unembedding so that it promotes a few planted output tokens
-  (e.g. happy -> "hooray"); ablating the feature must change those logits.
+  (e.g. happy -> "hooray"); ablating the feature must change those logits,
+* **confound** features, the kind that make a careless contrast of prompt sets lie (Chapter 2 must
+  not call any of them a concept): two **position** features that fire on whatever token sits at one
+  absolute position, a **length** feature whose activation rises with the token's position (so a
+  prompt's max grows with its length), an exclamation-mark (**punctuation**) feature and a
+  **stray-word** feature on " really".
+
+The demo's prompt sets are written line by line from shared sentence frames (line i of every group
+uses the same subject, verb and object), and carry the confounds of hand-written prompt sets: happy
+prompts are longer (" really" before the feeling word in 60% of them, a trailing ", as always" in
+half), angry prompts end in "!" 70% of the time, and ``control`` is a null group drawn exactly like
+the baseline. ``--paired`` can pair them line by line.
 
 The residual stream at the hook is, by construction, the token embedding plus a small positional term
 plus small contributions of the (randomly initialised, down-scaled) transformer blocks. All planted
@@ -29,7 +40,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +58,7 @@ N_CTX = 128
 D_SAE = 512
 BOS_TOKEN = "<|endoftext|>"
 # Bump when the world's construction changes, so cached demo builds are rebuilt.
-WORLD_VERSION = "2"
+WORLD_VERSION = "3"
 
 CONCEPT_WORDS: dict[str, tuple[str, ...]] = {
     "happy": ("delighted", "cheerful", "glad", "thrilled", "grateful", "joyful", "elated", "overjoyed"),
@@ -70,6 +81,25 @@ OBJECTS = (
     "the office", "the bridge", "a red car", "the library", "the market",
 )
 TAILS = ("this morning", "after lunch", "on Monday", "before dinner", "at noon", "last week", "", "")
+# The incidental extras of the demo's prompt sets (see GROUP_STYLE): a stray intensifier, a trailing
+# clause that makes prompts longer, and an exclamation mark in place of the full stop.
+STRAY_WORD = "really"
+CLAUSE = ", as always"
+# Per group: share of prompts with STRAY_WORD before the slot word, with CLAUSE after it, ending in "!".
+# Happy prompts are longer and carry stray words; angry ones shout (same length: "!" replaces ".");
+# control is drawn exactly like the baseline (a null group).
+GROUP_STYLE: dict[str, tuple[float, float, float]] = {
+    "happy": (0.6, 0.65, 0.0),
+    "angry": (0.05, 0.0, 0.7),
+    "baseline": (0.05, 0.0, 0.0),
+    "control": (0.05, 0.0, 0.0),
+}
+# Text positions (0 = first token after BOS) of the planted position features: 11 is reached by a
+# quarter of the baseline's prompts and most of the longer happy ones, 13 by almost no baseline prompt.
+POSITION_FEATURES = (11, 13)
+# The length feature fires from this text position on, its activation rising by LENGTH_SLOPE per
+# token up to LENGTH_CAP (below the concept features' 3.0).
+LENGTH_START, LENGTH_SLOPE, LENGTH_CAP = 10, 0.3, 2.4
 # Plain English so that the byte-level tokenizer also learns ordinary words for user text.
 GENERIC_TEXT = (
     "The quick brown fox jumps over the lazy dog.",
@@ -85,14 +115,38 @@ GENERIC_TEXT = (
 
 @dataclass(frozen=True)
 class PlantedFeatures:
-    """Feature indices of the planted features (deterministic from the seed)."""
+    """Feature indices of the planted features (deterministic from the seed).
+
+    Attributes:
+        concept: concept -> its feature (fires on the concept's words only).
+        always_on: features that fire on every token.
+        bos: the feature that fires on BOS only.
+        position: text position (0 = first token after BOS) -> a feature firing on any token there.
+        length: a feature whose activation rises with position, so a prompt's max grows with its length.
+        punctuation: token -> a feature firing on it ("!").
+        stray: token -> a feature firing on it (" really").
+    """
 
     concept: dict[str, int]
     always_on: tuple[int, ...]
     bos: int
+    position: dict[int, int] = field(default_factory=dict)
+    length: int = -1
+    punctuation: dict[str, int] = field(default_factory=dict)
+    stray: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def confounds(self) -> dict[str, int]:
+        """Every planted confound feature by a readable name, e.g. ``"position 13"``, ``"'!'"``."""
+        out = {f"position {p}": f for p, f in self.position.items()}
+        out["length"] = self.length
+        out.update({repr(t): f for t, f in {**self.punctuation, **self.stray}.items()})
+        return out
 
     def to_dict(self) -> dict[str, object]:
-        return {"concept": self.concept, "always_on": list(self.always_on), "bos": self.bos}
+        return {"concept": self.concept, "always_on": list(self.always_on), "bos": self.bos,
+                "position": self.position, "length": self.length, "punctuation": self.punctuation,
+                "stray": self.stray}
 
 
 @dataclass(frozen=True)
@@ -113,6 +167,10 @@ def planted_features(seed: int = SEED) -> PlantedFeatures:
         concept={"happy": int(perm[0]), "angry": int(perm[1])},
         always_on=tuple(int(i) for i in perm[2:5]),
         bos=int(perm[5]),
+        position={p: int(perm[6 + i]) for i, p in enumerate(POSITION_FEATURES)},
+        length=int(perm[8]),
+        punctuation={"!": int(perm[9])},
+        stray={" " + STRAY_WORD: int(perm[10])},
     )
 
 
@@ -126,21 +184,28 @@ def make_sentence(rng: random.Random, slot_word: str) -> str:
 def demo_prompt_sets(n_per_group: int = 48, seed: int = SEED) -> dict[str, list[str]]:
     """Prompt groups for the demo: two planted concepts, the baseline, and a null 'control' group.
 
-    ``control`` is drawn from exactly the same distribution as ``baseline``; a correct analysis finds
-    (almost) nothing there, which is how the demo shows false-discovery control working.
+    Line i of every group shares one sentence frame (subject, verb, object, time), so the sets are
+    paired line by line; only the slot word and the group's incidental extras (:data:`GROUP_STYLE`)
+    differ. ``control`` is drawn exactly like ``baseline`` (another neutral word on each line); a
+    correct analysis finds (almost) nothing there, which is how the demo shows false-discovery control
+    working. No sentence appears twice, within or across groups.
     """
     rng = random.Random(seed)
-    groups: dict[str, list[str]] = {}
-    for group in ("happy", "angry", "baseline", "control"):
-        words = CONCEPT_WORDS.get(group, NEUTRAL_WORDS)
-        seen: set[str] = set()
-        prompts: list[str] = []
-        while len(prompts) < n_per_group:
-            sentence = make_sentence(rng, rng.choice(words))
-            if sentence not in seen:
-                seen.add(sentence)
-                prompts.append(sentence)
-        groups[group] = prompts
+    frames: list[str] = []
+    while len(frames) < n_per_group:
+        middle = f"{rng.choice(OBJECTS)} {rng.choice(TAILS)}".strip()
+        frame = f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {middle}"
+        if frame not in frames:
+            frames.append(frame)
+    groups: dict[str, list[str]] = {group: [] for group in GROUP_STYLE}
+    for frame in frames:
+        neutral, other = rng.sample(NEUTRAL_WORDS, 2)  # baseline and control never share a line
+        words = {"happy": rng.choice(CONCEPT_WORDS["happy"]), "angry": rng.choice(CONCEPT_WORDS["angry"]),
+                 "baseline": neutral, "control": other}
+        for group, (stray, clause, bang) in GROUP_STYLE.items():
+            word = (f"{STRAY_WORD} " if rng.random() < stray else "") + words[group]
+            end = (CLAUSE if rng.random() < clause else "") + ("!" if rng.random() < bang else ".")
+            groups[group].append(f"{frame} and was {word}{end}")
     return groups
 
 
@@ -161,6 +226,7 @@ def _train_tokenizer(seed: int):
         [w for ws in CONCEPT_WORDS.values() for w in ws]
         + [w for ws in PLANTED_OUTPUTS.values() for w in ws]
         + list(NEUTRAL_WORDS)
+        + [STRAY_WORD, "always"]
     )
     corpus = [make_sentence(rng, rng.choice(words)) for _ in range(3000)]
     corpus += [" ".join(words)] * 50 + list(GENERIC_TEXT) * 20
@@ -199,7 +265,10 @@ def _build_weights(vocab: dict[str, int], bos_id: int, seed: int) -> tuple[dict,
     basis = _orthonormal_basis(rng, d)
     u_bos, u_always = basis[:, 0], basis[:, 1]
     u_concept = {"happy": basis[:, 2], "angry": basis[:, 3]}
-    noise_basis = basis[:, 4:]  # everything token-specific lives here, away from planted directions
+    # The confounds' directions: one per token-bound feature, per position feature, and for length.
+    u_bang, u_stray, u_length = basis[:, 4], basis[:, 5], basis[:, 6]
+    u_position = {p: basis[:, 7 + i] for i, p in enumerate(POSITION_FEATURES)}
+    noise_basis = basis[:, 7 + len(POSITION_FEATURES):]  # everything token-specific, away from planted directions
 
     def noise(n: int, norm: float) -> np.ndarray:
         g = rng.standard_normal((n, noise_basis.shape[1]))
@@ -210,8 +279,18 @@ def _build_weights(vocab: dict[str, int], bos_id: int, seed: int) -> tuple[dict,
     for concept, words in CONCEPT_WORDS.items():
         for word in words:
             w_e[vocab["Ġ" + word]] += 3.0 * u_concept[concept]
+    w_e[vocab["!"]] += 2.5 * u_bang
+    w_e[vocab["Ġ" + STRAY_WORD]] += 2.5 * u_stray
     w_e[bos_id] = 12.0 * u_bos
     w_pos = noise(N_CTX, 0.2)
+    # Position q of the sequence is text position q - 1 (BOS sits at 0 and gets no confound).
+    text_pos = np.arange(N_CTX) - 1
+    for p, u in u_position.items():
+        w_pos[p + 1] += 2.2 * u
+    # 1.0 above the length feature's threshold at LENGTH_START - 0.5, rising by LENGTH_SLOPE a token:
+    # silent (-0.15) one token before LENGTH_START, 0.15 at it, then up to LENGTH_CAP.
+    ramp = np.clip(1.0 + LENGTH_SLOPE * (text_pos - LENGTH_START + 0.5), 0.0, 1.0 + LENGTH_CAP)
+    w_pos[1:] += ramp[1:, None] * u_length
     w_u = noise(n_vocab, 1.0)
     for concept, words in PLANTED_OUTPUTS.items():
         for word in words:
@@ -228,7 +307,14 @@ def _build_weights(vocab: dict[str, int], bos_id: int, seed: int) -> tuple[dict,
         # Activation 1.5 * 3.0 - 1.5 = 3.0 on a concept word, exactly the planted magnitude, so the
         # decoder reconstructs the whole concept direction and ablating the feature removes all of it.
         w_enc[:, f], b_enc[f] = 1.5 * u_concept[concept], -1.5
-    special = {planted.bos, *planted.always_on, *planted.concept.values()}
+    # The confounds: 2.5 - 0.5 = 2.0 on "!", 2.5 - 1.0 = 1.5 on " really", 2.2 - 1.0 = 1.2 at a position,
+    # and the length ramp; all below the concept features' 3.0, so they never top Chapter 1's table.
+    w_enc[:, planted.punctuation["!"]], b_enc[planted.punctuation["!"]] = u_bang, -0.5
+    w_enc[:, planted.stray[" " + STRAY_WORD]], b_enc[planted.stray[" " + STRAY_WORD]] = u_stray, -1.0
+    for p, f in planted.position.items():
+        w_enc[:, f], b_enc[f] = u_position[p], -1.0
+    w_enc[:, planted.length], b_enc[planted.length] = u_length, -1.0
+    special = {planted.bos, *planted.always_on, *planted.concept.values(), *planted.confounds.values()}
     candidates = [i for i in range(n_vocab) if i != bos_id]
     for f in range(D_SAE):
         if f in special:

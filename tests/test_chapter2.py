@@ -1,10 +1,19 @@
-"""Chapter 2 on the toy world (known answers) and against the offline cache under the real names."""
+"""Chapter 2 on the toy world (known answers) and against the offline cache under the real names.
+
+The toy world's prompt sets carry planted confounds (longer happy prompts with stray words, angry
+prompts ending in '!', a null control group) and planted confound features (two position features, a
+length feature, a '!' and a ' really' feature): the verdicts must call the concepts concept and none
+of the confounds.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +23,10 @@ from scipy import stats as sps
 import MechInterpFeatureMeaning as ch2
 from mechinterp import stats
 from mechinterp.encoding import PromptAggregates, aggregate_prompts, tokenize
-from mechinterp.toyworld import demo_prompt_sets
+from mechinterp import confounds
+from mechinterp.meaning import MeaningOptions, contrast_groups
+from mechinterp.summaries import SparseRow
+from mechinterp.toyworld import GROUP_STYLE, LENGTH_START, demo_prompt_sets
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -25,7 +37,10 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 @pytest.fixture(scope="module")
 def demo_run(world, tmp_path_factory):
     out = tmp_path_factory.mktemp("ch2demo")
-    assert ch2.main(["--demo", "--out", str(out), "--quiet"]) == 0
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert ch2.main(["--demo", "--out", str(out), "--quiet"]) == 0
+    (out / "stdout.txt").write_text(printed.getvalue(), encoding="utf-8")
     return out
 
 
@@ -132,3 +147,230 @@ def test_mean_aggregation_also_recovers_planted_features(world, tmp_path):
     assert 0.05 < float(happy_top["mean_group"]) < 0.5
     record = json.loads((out / "MechInterpFeatureMeaning_run.json").read_text())
     assert record["holdout"] == 0.0 and happy_top["replicated"] == "not tested"
+
+
+# --------------------------------------------------------------------------------------------------
+# Confounds: design checks, evidence and verdicts (issue 14)
+
+
+def significant_replicated(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    return [r for r in rows if r["rank"] and float(r["q_value"]) < 0.05 and r["replicated"] == "yes"]
+
+
+def test_verdicts_on_the_demo_world(world, demo_run):
+    """Every planted concept is rank 1 with verdict concept, at most one other concept per group, no
+    planted confound feature is a concept (each significant one gets its own verdict), the null group
+    gets none, and exactly the significant, replicated features have a verdict."""
+    rows = read_rows(demo_run / "feature_stats.csv")
+    planted = world.planted
+    expected = {planted.length: "length", **{f: "positional" for f in planted.position.values()},
+                **{f: "lexical" for f in [*planted.punctuation.values(), *planted.stray.values()]}}
+    judged_confounds = {}
+    for group in ("happy", "angry", "control"):
+        mine = [r for r in rows if r["group"] == group]
+        judged = significant_replicated(mine)
+        assert {int(r["feature"]) for r in mine if r["verdict"]} == {int(r["feature"]) for r in judged}
+        assert all(r["verdict"] in confounds.VERDICTS and r["evidence"] for r in judged)
+        assert all(not r["evidence"] for r in mine if not r["verdict"])
+        concepts = [int(r["feature"]) for r in judged if r["verdict"] == "concept"]
+        if group == "control":
+            assert judged == [] and concepts == []
+            continue
+        top = next(r for r in mine if r["rank"] == "1")
+        assert int(top["feature"]) == planted.concept[group] and top["verdict"] == "concept", top["evidence"]
+        assert len(concepts) <= 2
+        for r in judged:
+            if int(r["feature"]) in expected:
+                judged_confounds[int(r["feature"])] = r["verdict"]
+    assert judged_confounds == {f: expected[f] for f in judged_confounds}
+    # The demo's confounds are strong enough that every planted confound feature is found and judged.
+    assert set(judged_confounds) == set(expected)
+
+
+def test_design_checks_warn_about_the_planted_confounds_only(demo_run):
+    rows = read_rows(demo_run / ch2.DESIGN_CSV)
+    length = {r["group"]: r for r in rows if r["check"] == "token length" and r["measure"] == "mean"}
+    assert length["happy"]["flagged"] == "yes" and float(length["happy"]["p_value"]) < 1e-4
+    assert length["angry"]["flagged"] == "no" and length["control"]["flagged"] == "no"
+    # The counts are the prompt files' own: ' really' in 22 happy and 3 baseline prompts, and so on.
+    groups = demo_prompt_sets()
+    really = next(r for r in rows if r["group"] == "happy" and r["item"] == "' really'")
+    assert int(really["group_value"]) == sum(" really " in t for t in groups["happy"])
+    assert int(really["baseline_value"]) == sum(" really " in t for t in groups["baseline"])
+    bang = next(r for r in rows if r["group"] == "angry" and r["check"] == "sentence ending" and r["item"] == "'!'")
+    assert int(bang["group_value"]) == sum(t.endswith("!") for t in groups["angry"]) and bang["flagged"] == "yes"
+    ref = sps.fisher_exact([[int(bang["group_value"]), 48 - int(bang["group_value"])], [0, 48]])
+    assert float(bang["p_value"]) == pytest.approx(ref.pvalue, rel=1e-3)
+    assert not [r for r in rows if r["group"] == "control" and r["flagged"] == "yes"]
+    printed = (demo_run / "stdout.txt").read_text(encoding="utf-8")
+    assert "happy vs baseline: your prompt sets differ in" in printed and "token length: happy prompts are longer" in printed
+    assert "control vs baseline: no difference in token length" in printed
+
+
+def test_evidence_matches_the_prompts(world, demo_run):
+    """The '!' feature's evidence, counted again from the prompt files."""
+    bang = world.planted.punctuation["!"]
+    rows = read_rows(demo_run / ch2.EVIDENCE_CSV)
+    row = next(r for r in rows if r["group"] == "angry" and int(r["feature"]) == bang)
+    n_bang = sum(t.endswith("!") for t in demo_prompt_sets()["angry"])
+    assert row["verdict"] == "lexical" and row["top_token"] == "!" and row["peak_position"]
+    assert int(row["fired_group"]) == n_bang and int(row["fired_baseline"]) == 0
+    assert row["peak_tokens"] == f"'!' {n_bang}/0 in {n_bang}/0"
+    assert f"peaks on '!' in {n_bang} of {n_bang} firing angry prompts" in row["evidence"]
+    assert float(row["injection_reproduced"]) > 0.9 and row["token_control"] in ("vanishes", "weakened")
+    stats_row = next(r for r in read_rows(demo_run / "feature_stats.csv")
+                     if r["group"] == "angry" and int(r["feature"]) == bang)
+    assert stats_row["evidence"] == row["evidence"]
+    # Every significant ranked feature has evidence, judged or not.
+    for group in ("happy", "angry"):
+        sig = {int(r["feature"]) for r in read_rows(demo_run / "feature_stats.csv")
+               if r["group"] == group and r["rank"] and float(r["q_value"]) < 0.05}
+        assert {int(r["feature"]) for r in rows if r["group"] == group} == sig
+
+
+def test_verdicts_are_shown_and_recorded(world, demo_run):
+    printed = (demo_run / "stdout.txt").read_text(encoding="utf-8")
+    assert "verdict" in printed.splitlines()[printed.splitlines().index(next(
+        line for line in printed.splitlines() if line.startswith("rank  feature")))]
+    assert f"#{world.planted.concept['happy']} concept: peaks on 8 different words" in printed
+    mi3 = read_rows(demo_run / "MI3.csv")
+    assert {r["verdict"] for r in mi3 if int(r["feature"]) == world.planted.concept["angry"]} == {"concept"}
+    record = json.loads((demo_run / "MechInterpFeatureMeaning_run.json").read_text())
+    assert record["verdicts"]["happy"]["concept"] == 1 and sum(record["verdicts"]["control"].values()) == 0
+    assert record["design_warnings"]["control"] == [] and record["design_warnings"]["happy"]
+    assert record["test"] == "Mann-Whitney U" and any("van Elteren" in c for c in record["controls"])
+    assert any("replicated" in note for note in record["filtered"])
+
+
+def test_planted_confound_features_fire_where_planted(world, loaded_toy):
+    texts = ["The driver opened the window and was quiet.", "My sister visited the garden at noon and was really glad!",
+             "Our team painted a red car last week and was really glad, as always."]
+    rows = aggregate_prompts(loaded_toy, tokenize(loaded_toy, texts), batch_size=3)
+    agg = PromptAggregates(rows, loaded_toy.sae.d_sae)
+    planted = world.planted
+    n_tokens = [r.n_tokens for r in rows]
+    assert n_tokens[0] <= LENGTH_START < n_tokens[1] < n_tokens[2]
+    features = np.array([*planted.position.values(), planted.length])
+    peaks, values = agg.peaks(range(3), features), agg.dense("max", range(3), features)
+    for k, position in enumerate(planted.position):
+        for i in range(3):
+            assert (peaks[i, k] == position) == (n_tokens[i] > position)  # any token there, nothing elsewhere
+    # The length feature is silent before LENGTH_START and peaks on the last token, higher in longer prompts.
+    assert list(peaks[:, -1]) == [-1, n_tokens[1] - 1, n_tokens[2] - 1] and values[2, -1] > values[1, -1] > 0
+    tok = loaded_toy.model.tokenizer
+    for token, feature in {**planted.punctuation, **planted.stray}.items():
+        fires = agg.dense("max", range(3), np.array([feature]))[:, 0] > 0
+        assert list(fires) == [token in tok.decode(tok.encode(t)) for t in texts]
+
+
+def test_design_check_warns_on_longer_prompts_and_stays_quiet_on_matched_ones(world):
+    """Five other draws of the demo's prompt sets, tokenized with the demo's tokenizer."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(world.model_dir)
+
+    def tokenized(texts):
+        ids = [tok.encode(t) for t in texts]
+        return confounds.TokenizedPrompts(texts, ids, [[tok.decode([i]) for i in row] for row in ids])
+
+    assert GROUP_STYLE["happy"][1] > 0 and GROUP_STYLE["angry"][:2] == GROUP_STYLE["baseline"][:2]
+    for seed in range(5):
+        groups = demo_prompt_sets(n_per_group=40, seed=200 + seed)
+        base = tokenized(groups["baseline"])
+        assert confounds.check_design(tokenized(groups["happy"]), base).length.differs
+        for quiet in ("angry", "control"):
+            assert not confounds.check_design(tokenized(groups[quiet]), base).length.differs
+        assert confounds.check_design(tokenized(groups["control"]), base).warnings == []
+
+
+def test_paired_demo_matches_scipy_wilcoxon_and_lists_each_pair(world, loaded_toy, tmp_path):
+    out = tmp_path / "out"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert ch2.main(["--demo", "--paired", "--no-holdout", "--groups", "happy", "--out", str(out), "--quiet"]) == 0
+    rows = {int(r["feature"]): r for r in read_rows(out / "feature_stats.csv")}
+    assert {r["test"] for r in rows.values()} == {"Wilcoxon signed-rank (paired)"}
+    happy = world.planted.concept["happy"]
+    assert rows[happy]["rank"] == "1" and rows[happy]["verdict"] == "concept"
+    # p-values: scipy's Wilcoxon signed-rank test on the 48 line pairs, recomputed from the model.
+    groups = demo_prompt_sets()
+    agg = PromptAggregates(aggregate_prompts(loaded_toy, tokenize(loaded_toy, groups["happy"] + groups["baseline"]),
+                                             batch_size=48), loaded_toy.sae.d_sae)
+    x, y = agg.dense("max", range(48)), agg.dense("max", range(48, 96))
+    differ = [f for f in rows if np.any(x[:, f] != y[:, f])]
+    for f in [happy, *np.random.default_rng(1).choice(differ, size=15, replace=False)]:
+        ref = sps.wilcoxon(x[:, f].astype(float), y[:, f].astype(float), zero_method="wilcox", correction=True,
+                           method="asymptotic")
+        assert float(rows[int(f)]["p_value"]) == pytest.approx(ref.pvalue, rel=1e-4), f
+    # Each pair's differing tokens: the happy line's tokens not in its baseline line, and the reverse.
+    tok = loaded_toy.model.tokenizer
+    pairs = read_rows(out / ch2.DESIGN_PAIRS_CSV)
+    assert [int(p["line"]) for p in pairs] == list(range(1, 49))
+
+    def extra(a: list[str], b: list[str]) -> str:
+        """The tokens of ``a`` beyond those of ``b`` (as multisets), in ``a``'s order."""
+        left, out = Counter(a) - Counter(b), []
+        for t in a:
+            if left[t] > 0:
+                out.append(repr(t))
+                left[t] -= 1
+        return " ".join(out)
+
+    for p, g, b in zip(pairs, groups["happy"], groups["baseline"]):
+        gt, bt = [tok.decode([i]) for i in tok.encode(g)], [tok.decode([i]) for i in tok.encode(b)]
+        assert (p["only_in_group"], p["only_in_baseline"]) == (extra(gt, bt), extra(bt, gt)), p
+    assert "pair 1: only in happy:" in printed.getvalue()
+    record = json.loads((out / "MechInterpFeatureMeaning_run.json").read_text())
+    assert record["paired"] and "paired lines" in " ".join(record["design_warnings"]["happy"])
+
+
+def _rows_from(values: np.ndarray) -> list[SparseRow]:
+    """Sparse per-prompt rows of a dense ``[n_prompts, d_sae]`` max (peak at token 0, one token per prompt)."""
+    out = []
+    for v in values:
+        idx = np.flatnonzero(v > 0).astype(np.int32)
+        out.append(SparseRow(idx, v[idx].astype(np.float32), v[idx].astype(np.float32), 1,
+                             peak=np.zeros(len(idx), np.int32)))
+    return out
+
+
+def test_paired_contrast_keeps_pairs_together_and_uses_wilcoxon():
+    rng = np.random.default_rng(3)
+    n, d = 30, 40
+    base = np.where(rng.random((n, d)) < 0.6, rng.gamma(2.0, 0.5, (n, d)), 0.0).round(2)
+    shift = np.where(np.arange(d) < 10, 0.6, 0.05)  # ten features rise in the group, line by line
+    group = np.where(base > 0, base + shift + rng.normal(0.0, 0.2, (n, d)), 0.0).clip(0).round(2)
+    agg = PromptAggregates(_rows_from(np.r_[base, group]), d)
+    # The summaries are float32, as the encoder stores them; the reference sees the same numbers.
+    base, group = base.astype(np.float32).astype(float), group.astype(np.float32).astype(float)
+    labels = ["baseline"] * n + ["g"] * n
+    result = contrast_groups(agg, labels, ["baseline", "g"], "baseline", MeaningOptions(paired=True))
+    c = result.findings["g"].contrast
+    for pos, f in enumerate(c.tested):
+        if np.any(group[:, f] != base[:, f]):
+            ref = sps.wilcoxon(group[:, f], base[:, f], zero_method="wilcox", correction=True, method="asymptotic")
+            assert c.p_value[pos] == pytest.approx(ref.pvalue, rel=1e-9)
+    # With a held-out split, line i of the group is held out exactly when line i of the baseline is.
+    split = contrast_groups(agg, labels, ["baseline", "g"], "baseline", MeaningOptions(paired=True, holdout=0.5))
+    assert split.findings["g"].contrast.n_group == split.findings["g"].contrast.n_baseline == 15
+    held = stats.split_indices(n, 0.5, np.random.default_rng(0))[1]
+    retested = split.findings["g"].replication
+    assert len(retested) >= 3
+    p_ref = [sps.wilcoxon(group[held, f], base[held, f], zero_method="wilcox", correction=True,
+                          method="asymptotic").pvalue for f in retested]
+    for (f, rep), q in zip(retested.items(), sps.false_discovery_control(p_ref)):
+        assert rep.q_value == pytest.approx(q, rel=1e-9)
+        unpaired = sps.mannwhitneyu(group[held, f], base[held, f], method="asymptotic")
+        assert rep.auroc == pytest.approx(unpaired.statistic / 15**2)
+    with pytest.raises(ValueError, match="as many prompts as the baseline"):
+        contrast_groups(agg, labels[:-1] + ["baseline"], ["baseline", "g"], "baseline", MeaningOptions(paired=True))
+
+
+def test_paired_refuses_files_of_different_lengths(tmp_path, capsys):
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    (prompts / "baseline.txt").write_text("\n".join(f"The door {i} was closed." for i in range(12)), encoding="utf-8")
+    (prompts / "happy.txt").write_text("\n".join(f"The door {i} was glad." for i in range(11)), encoding="utf-8")
+    assert ch2.main(["--demo", "--paired", "--prompts", str(prompts), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "--paired needs as many prompts in each group as in the baseline (12), but happy has 11" in err

@@ -24,10 +24,15 @@ def test_logit_effects_equal_direct_computation(loaded_toy, world):
         promoted, suppressed = logit_effects(loaded_toy, feature, 15)
         direct = (sae.W_dec[feature] @ model.W_U).detach()  # [d_vocab]
         top, bottom = torch.topk(direct, 15), torch.topk(-direct, 15)
-        assert [x.token_id for x in promoted] == top.indices.tolist()
-        assert [x.token_id for x in suppressed] == bottom.indices.tolist()
-        np.testing.assert_allclose([x.value for x in promoted], top.values.numpy(), rtol=0, atol=1e-5)
-        np.testing.assert_allclose([x.value for x in suppressed], -bottom.values.numpy(), rtol=0, atol=1e-5)
+        # Only tokens pushed in the column's direction are listed: promoted > 0, suppressed < 0.
+        up, down = top.values > 0, bottom.values > 0
+        assert [x.token_id for x in promoted] == top.indices[up].tolist()
+        assert [x.token_id for x in suppressed] == bottom.indices[down].tolist()
+        np.testing.assert_allclose([x.value for x in promoted], top.values[up].numpy(), rtol=0, atol=1e-5)
+        np.testing.assert_allclose([x.value for x in suppressed], -bottom.values[down].numpy(), rtol=0, atol=1e-5)
+        assert all(x.value > 0 for x in promoted) and all(x.value < 0 for x in suppressed)
+    # A planted concept writes three tokens and nothing else up: exactly three are "promoted".
+    assert len(logit_effects(loaded_toy, world.planted.concept["angry"], 15)[0]) == 3
     # The planted wiring: each concept's decoder direction promotes exactly its planted outputs first.
     for concept, feature in world.planted.concept.items():
         promoted, _ = logit_effects(loaded_toy, feature, 3)
@@ -76,7 +81,12 @@ def test_card_from_default_model_flags(world, tmp_path, capsys):
     assert "\x1b[" not in printed and "[[glad:3.00]]" in printed
 
     rows = list(csv.DictReader(open(out / f"MI5_{happy}.csv", encoding="utf-8")))
-    assert len(rows) == 30 and rows[0]["direction"] == "promoted" and rows[0]["token"] in {" hooray", " sunshine", " laughter"}
+    promoted = [r for r in rows if r["direction"] == "promoted"]
+    # A planted concept promotes exactly its three outputs (no negative value padded into "promoted").
+    assert {r["token"] for r in promoted} == {" hooray", " sunshine", " laughter"}
+    assert all(float(r["logit_effect"]) > 0 for r in promoted)
+    assert all(float(r["logit_effect"]) < 0 for r in rows if r["direction"] == "suppressed")
+    assert len(rows) == 3 + 15
     hist = list(csv.DictReader(open(out / f"MI5_{happy}_hist.csv", encoding="utf-8")))
     assert sum(int(r["happy"]) for r in hist) == 48 and sum(int(r["baseline"]) for r in hist) == 0
     from PIL import Image
@@ -85,6 +95,19 @@ def test_card_from_default_model_flags(world, tmp_path, capsys):
         assert img.size[0] > 1200 and np.asarray(img.convert("L"), dtype=float).std() > 20
     record = json.loads((out / "MechInterpFeatureInspect_run.json").read_text())
     assert "BOS" in record["filtered"] and record["features"] == [happy, angry, bos]
+    # Beyond the top 8: one text at each lower activation level, and the top text of each other source
+    # where it fires (the corpus document), each saying why it is there.
+    card = json.loads((out / f"feature_{happy}.json").read_text())
+    whys = [ex["why"] for ex in card["more_examples"]]
+    assert [w.split(" of ")[0] for w in whys[:3]] == ["upper quartile", "median", "lower quartile"]
+    shown = card["top_examples"] + card["more_examples"]
+    fires_in = {s for s, v in card["fired_tokens_by_source"].items() if v["fired"]}
+    assert fires_in == {"happy", "corpus"} and {ex["source"] for ex in shown} == fires_in
+    assert len({ex["text_index"] for ex in shown}) == len(shown)  # no text shown twice
+    # index.html links every card written.
+    index = (out / "index.html").read_text()
+    for feature in (happy, angry, bos):
+        assert f'href="feature_{feature}.html"' in index
 
 
 def test_statistics_exclude_bos_and_padding(loaded_toy, world):
@@ -111,12 +134,59 @@ def test_from_results_picks_top_n_per_group(tmp_path):
         writer = csv.writer(f)
         writer.writerow(header)
         writer.writerows([r + [1.0, 0.1, 0.5, 0.0, 0.9, 1.2, 1e-4, 1e-3, True, ""] for r in rows])
-    picks = read_results_csv(path, top_n=2)
+    picks = read_results_csv(path, top_n=2).picks
     assert [(p.group, p.feature, p.rank) for p in picks] == [("happy", 501, 1), ("happy", 17, 2), ("angry", 409, 1)]
     bad = tmp_path / "bad.csv"
     bad.write_text("feature,score\n1,2\n", encoding="utf-8")
     with pytest.raises(UserError, match="lacks the column"):
         read_results_csv(bad, 3)
+
+
+def _results(path, rows, **extra):
+    """A minimal feature_stats.csv: rows of (group, feature, rank, q_value, replicated)."""
+    header = ["group", "feature", "rank", "q_value", "replicated", *extra]
+    constant = [v for v in extra.values() if v is not None]  # None: the rows carry that column themselves
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows([list(r) + constant for r in rows])
+    return path
+
+
+def test_from_results_gate_skips_what_is_not_significant_or_not_replicated(tmp_path):
+    path = _results(tmp_path / "stats.csv", [
+        ("happy", 501, 1, 1e-8, "yes"), ("happy", 17, 2, 0.01, "no"), ("happy", 33, 3, 0.02, "yes"),
+        ("control", 90, 1, 1.0, "not tested"), ("control", 91, 2, 0.6, "not tested"),
+    ], alpha="0.05")
+    selection = read_results_csv(path, top_n=3)
+    assert [p.feature for p in selection.picks] == [501, 33]  # 17 did not replicate; control has nothing
+    assert [p.feature for p in selection.skipped] == [17, 90, 91]
+    assert "skipped 3 features" in selection.note() and "--include-nonsignificant" in selection.note()
+    assert selection.picks[0].describe() == "happy rank 1, q = 1e-08, replicated"
+    # The null group's rank-1 feature is taken only on request.
+    assert [p.feature for p in read_results_csv(path, 1, include_nonsignificant=True).picks] == [501, 90]
+    with pytest.raises(UserError, match="none of the top 1 features of any group passes"):
+        read_results_csv(_results(tmp_path / "null.csv", [("control", 90, 1, 1.0, "no")]), 1)
+
+
+def test_from_results_gate_requires_concept_verdicts_when_the_table_has_them(tmp_path):
+    # The verdict column comes from Chapter 2's confound checks.
+    path = _results(tmp_path / "stats.csv", [("happy", 7, 1, 1e-9, "yes", "positional"),
+                                             ("happy", 501, 2, 1e-8, "yes", "concept")], verdict=None)
+    selection = read_results_csv(path, top_n=2)
+    assert [p.feature for p in selection.picks] == [501] and selection.skipped[0].verdict == "positional"
+
+
+def test_results_from_another_sae_are_refused(tmp_path):
+    from mechinterp.provenance import Provenance
+
+    path = _results(tmp_path / "stats.csv", [("angry", 413, 1, 1e-8, "yes")],
+                    model="toy-gpt2", sae="sha256:0123456789abcdef", hook="blocks.8.hook_resid_pre")
+    loaded_here = Provenance("gpt2-small", "gpt2-small-res-jb/blocks.8.hook_resid_pre", "blocks.8.hook_resid_pre")
+    with pytest.raises(UserError, match="was made with SAE sha256:0123456789abcdef .*loaded: gpt2-small-res-jb"):
+        read_results_csv(path, 1, provenance=loaded_here)
+    same = Provenance("toy-gpt2", "sha256:0123456789abcdef", "blocks.8.hook_resid_pre")
+    assert [p.feature for p in read_results_csv(path, 1, provenance=same).picks] == [413]
 
 
 def test_feature_ids_are_validated(world, capsys):

@@ -38,7 +38,8 @@ HOOK = "blocks.8.hook_resid_pre"
 MI6_KEYS = ["feature", "title", "targets", "target_ids", "typical_max_activation", "typical_max_how",
             "firing_rate_by_group", "ablation_group", "steer_group", "filtered", "ablation", "steering"]
 ABLATION_KEYS = ["n_positions", "clean_mean_logp_targets", "clean_mean_logodds_targets", "feature",
-                 "control_effects", "controls", "controls_at_least_as_large", "empirical_p"]
+                 "control_effects", "controls", "controls_at_least_as_large", "empirical_p", "at_firing_positions",
+                 "at_next_positions"]
 STEERING_KEYS = ["coeffs", "mean_logp_targets", "mean_logodds_targets", "mean_kl", "generation_coeff"]
 
 
@@ -104,7 +105,7 @@ def test_ablating_a_silent_feature_changes_nothing(loaded_toy, reference, world)
     # Without the error term, merely splicing in the SAE changes the output: the reason to keep it.
     no_error = _reference_logits(reference, batch.tokens, happy, use_error_term=False)
     assert (no_error - clean)[batch.valid].abs().max() > 0.1
-    effects, _ = intervention_effects(loaded_toy, [batch], {"happy": ablation_hook(loaded_toy, happy, 1)}, [5, 6])
+    effects, _, _ = intervention_effects(loaded_toy, [batch], {"happy": ablation_hook(loaded_toy, happy, 1)}, [5, 6])
     assert effects["happy"].kl == 0.0 and effects["happy"].delta_logodds_targets == 0.0
 
 
@@ -156,7 +157,6 @@ def test_planted_feature_beats_controls_default_model_flags(world, tmp_path, cap
     assert list(summary) == MI6_KEYS and list(summary["ablation"]) == ABLATION_KEYS
     assert list(summary["steering"]) == STEERING_KEYS
     assert summary["ablation_group"] == "happy"  # where it fires most often
-    assert summary["targets"] == sorted(summary["targets"], key=[" " + w for w in PLANTED_OUTPUTS["happy"]].index)
     assert set(summary["targets"]) == {" " + w for w in PLANTED_OUTPUTS["happy"]}
     assert summary["typical_max_activation"] == pytest.approx(3.0, abs=0.01)
 
@@ -172,6 +172,18 @@ def test_planted_feature_beats_controls_default_model_flags(world, tmp_path, cap
     assert feature["kl"] > max(c["kl"] for c in controls)
     assert ablation["controls_at_least_as_large"]["delta_logodds_targets"] == 0
     assert ablation["empirical_p"]["kl"] == pytest.approx(1 / 25)
+    # Where it fires (one concept word per happy prompt) the effect is undiluted: far larger per position than
+    # the mean over every text position, by about the ratio of positions.
+    at = ablation["at_firing_positions"]
+    n_prompts = len(read_prompt_file(world.prompts_dir / "happy.txt"))
+    assert at["n_positions"] == n_prompts  # the toy's happy prompts carry one concept word each
+    ratio = ablation["n_positions"] / at["n_positions"]
+    assert at["feature"]["delta_logodds_targets"] == pytest.approx(feature["delta_logodds_targets"] * ratio, rel=0.05)
+    assert abs(at["feature"]["delta_logodds_targets"]) > 20 * abs(at["controls_median"]["delta_logodds_targets"])
+    # One token later the targets are no longer what the model predicts, so the effect there is small.
+    assert abs(ablation["at_next_positions"]["feature"]["delta_logodds_targets"]) < 0.05 * abs(
+        at["feature"]["delta_logodds_targets"])
+    assert "Where it matters" in printed and "where it fires" in printed
     # The controls are matched in firing rate on the same prompts.
     rows = list(csv.DictReader(open(out / f"MI6_{happy}_ablation.csv", encoding="utf-8")))
     rate = float(rows[0]["firing_rate"])

@@ -138,17 +138,19 @@ def test_sae_path_problems(world, tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "d_in, hook, message",
+    "d_in, hook, model, message",
     [
-        (32, "blocks.8.hook_resid_pre", "expects width 32 but this model's blocks.8.hook_resid_pre has width 64"),
-        (64, "blocks.30.hook_resid_pre", "reads blocks.30.hook_resid_pre, which this model does not have"),
+        (32, "blocks.8.hook_resid_pre", "gpt2-small", "expects width 32 but this model's blocks.8.hook_resid_pre has width 64"),
+        (64, "blocks.30.hook_resid_pre", "gpt2-small", "reads blocks.30.hook_resid_pre, which this model does not have"),
+        (64, "blocks.8.hook_resid_pre", None, "does not say which model it was trained on; pass --model"),
     ],
 )
-def test_sae_that_does_not_fit_the_model(world, tmp_path, capsys, d_in, hook, message):
+def test_sae_that_does_not_fit_the_model(world, tmp_path, capsys, d_in, hook, model, message):
     from sae_lens import StandardSAE, StandardSAEConfig
     from sae_lens.saes.sae import SAEMetadata
 
-    sae = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=16, metadata=SAEMetadata(hook_name=hook, prepend_bos=True)))
+    metadata = SAEMetadata(hook_name=hook, prepend_bos=True, model_name=model)
+    sae = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=16, metadata=metadata))
     sae.save_model(tmp_path / "sae")
     code, _, err = run_main(ch1, ["--sae-path", str(tmp_path / "sae"), "--out", str(tmp_path / "o")], capsys)
     assert code == 2 and message in err and "Traceback" not in err

@@ -1,0 +1,664 @@
+"""The confound checks: each statistic against scipy or brute force, and the verdicts on simulated
+prompt sets where every confound type is planted by a simple rule.
+
+The simulated worlds tokenize with a regex (words with their leading space, punctuation alone) and
+compute each feature's per-token activation by rule, so the "model" that the injection test calls
+is the same rule applied to the edited text.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import re
+import zlib
+from collections import Counter
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from mechinterp import confounds as cf
+
+# ---------------------------------------------------------------------------------------------------
+# A simulated world
+
+CONCEPT = ("delighted", "cheerful", "glad", "thrilled", "grateful", "joyful", "elated", "overjoyed")
+NEUTRAL = ("ready", "quiet", "busy", "early", "late", "seated", "awake", "tired")
+SUBJECTS = (
+    "The teacher", "My neighbour", "The driver", "Our team", "The old man", "My sister", "The manager",
+    "A student", "The doctor", "His friend",
+)
+VERBS = (
+    "walked to", "looked at", "opened", "cleaned", "painted", "visited", "passed", "closed", "checked",
+    "found",
+)
+OBJECTS = (
+    "the station", "the window", "a small box", "the garden", "the kitchen", "the office", "the bridge",
+    "a red car", "the library", "the market",
+)
+TAILS = ("this morning", "after lunch", "on Monday", "before dinner", "at noon", "last week", "", "")
+# Half one-token, half two-token verbs: ' the' then sits at text position 3 or 4 in baseline prompts.
+BALANCED_VERBS = (
+    "opened", "cleaned", "painted", "visited", "passed", "walked to", "looked at", "waited at", "ran to",
+    "sat in",
+)
+NOUNS = ("teacher", "neighbour", "driver", "manager", "student", "doctor", "nurse", "pilot")
+TOKEN_RE = re.compile(r"\s?\w+|[^\w\s]")
+POSITION = 12  # the position feature's absolute text position
+
+
+class Vocab:
+    def __init__(self) -> None:
+        self.ids: dict[str, int] = {}
+
+    def __call__(self, text: str) -> tuple[np.ndarray, list[str]]:
+        strs = TOKEN_RE.findall(text)
+        return np.array([self.ids.setdefault(t, len(self.ids)) for t in strs]), strs
+
+
+def _noise(text: str, salt: int, n: int) -> np.ndarray:
+    """Deterministic per-text noise, so the fake encoder is a pure function of the text."""
+    return np.random.default_rng(zlib.crc32(text.encode()) * 31 + salt).random(n)
+
+
+# Each rule maps (text, token strings) to per-token activations [n_tokens].
+def concept_rule(text, toks):
+    return np.where([t.strip() in CONCEPT for t in toks], 3.0 + _noise(text, 1, len(toks)), 0.0)
+
+
+def exclaim_rule(text, toks):
+    return np.where([t == "!" for t in toks], 2.0 + _noise(text, 2, len(toks)), 0.0)
+
+
+def really_rule(text, toks):
+    return np.where([t == " really" for t in toks], 1.5 + _noise(text, 3, len(toks)), 0.0)
+
+
+def position_rule(text, toks):
+    out = np.zeros(len(toks))
+    if len(toks) > POSITION:
+        out[POSITION] = 1.0 + 0.5 * _noise(text, 4, 1)[0]
+    return out
+
+
+def length_rule(text, toks):
+    out = np.zeros(len(toks))
+    out[-1] = 0.25 * len(toks) + 0.2 * _noise(text, 5, 1)[0]
+    return out
+
+
+def context_rule(text, toks):
+    """Fires on ' and', which every prompt has: always when the prompt holds a concept word, else in
+    about one prompt in five."""
+    on = any(t.strip() in CONCEPT for t in toks) or zlib.crc32(text.encode()) % 5 == 0
+    return np.where([t == " and" for t in toks], (1.5 + _noise(text, 6, len(toks))) * on, 0.0)
+
+
+def the_at_3_rule(text, toks):
+    """A ' the' detector that only fires at text position 3."""
+    out = np.zeros(len(toks))
+    if len(toks) > 3 and toks[3] == " the":
+        out[3] = 2.0 + _noise(text, 7, 1)[0]
+    return out
+
+
+RULES = {
+    "concept": concept_rule,
+    "exclaim": exclaim_rule,
+    "really": really_rule,
+    "position": position_rule,
+    "length": length_rule,
+    "context": context_rule,
+    "the3": the_at_3_rule,
+}
+FEATURE_ID = {name: 100 + i for i, name in enumerate(RULES)}
+NAME_OF = {v: k for k, v in FEATURE_ID.items()}
+
+
+def encode_with(vocab: Vocab, names: list[str]):
+    def encode(texts: list[str], features: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(texts), len(features)))
+        for i, text in enumerate(texts):
+            _, toks = vocab(text)
+            for j, f in enumerate(features):
+                out[i, j] = RULES[NAME_OF[int(f)]](text, toks).max()
+        return out
+
+    return encode
+
+
+def make_side(
+    vocab: Vocab, texts: list[str], names: list[str]
+) -> tuple[cf.TokenizedPrompts, cf.FeatureActivity]:
+    ids, strs = zip(*(vocab(t) for t in texts))
+    value = np.zeros((len(texts), len(names)))
+    peak = np.full((len(texts), len(names)), -1)
+    for i, (text, toks) in enumerate(zip(texts, strs)):
+        for j, name in enumerate(names):
+            acts = RULES[name](text, toks)
+            if acts.max() > 0:
+                value[i, j], peak[i, j] = acts.max(), int(acts.argmax())
+    return cf.TokenizedPrompts(list(texts), list(ids), list(strs)), cf.FeatureActivity(
+        [FEATURE_ID[n] for n in names], value, peak
+    )
+
+
+def messy_world(seed: int, n: int = 40, clause: float = 0.5) -> tuple[list[str], list[str]]:
+    """Group prompts carry a concept word, and also, incidentally: ' really' (60%), a trailing clause
+    ', as always' (``clause``, 50%) and '!' (75%); baseline prompts end in '!' 10% of the time, ' really' 5%."""
+    rng = random.Random(seed)
+
+    def sentence(word: str, really: float, clause: float, bang: float) -> str:
+        tail = rng.choice(TAILS)
+        middle = f"{rng.choice(OBJECTS)} {tail}".strip()
+        adj = ("really " if rng.random() < really else "") + word
+        end = (", as always" if rng.random() < clause else "") + ("!" if rng.random() < bang else ".")
+        return f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {middle} and was {adj}{end}"
+
+    def unique(make) -> list[str]:
+        out: list[str] = []
+        while len(out) < n:
+            s = make()
+            if s not in out:
+                out.append(s)
+        return out
+
+    group = unique(lambda: sentence(rng.choice(CONCEPT), 0.6, clause, 0.75))
+    baseline = unique(lambda: sentence(rng.choice(NEUTRAL), 0.05, 0.0, 0.1))
+    return group, baseline
+
+
+def matched_world(seed: int, n: int = 40) -> tuple[list[str], list[str], list[str]]:
+    """Group, baseline and a null group drawn like the baseline, all from one template."""
+    rng = random.Random(seed)
+
+    def sentence(word: str) -> str:
+        middle = f"{rng.choice(OBJECTS)} {rng.choice(TAILS)}".strip()
+        return f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {middle} and was {word}."
+
+    return (
+        [sentence(rng.choice(CONCEPT)) for _ in range(n)],
+        [sentence(rng.choice(NEUTRAL)) for _ in range(n)],
+        [sentence(rng.choice(NEUTRAL)) for _ in range(n)],
+    )
+
+
+def inserted_world(seed: int, n: int = 40) -> tuple[list[str], list[str]]:
+    """Paired: group line i is baseline line i with a concept word inserted after 'The', which shifts
+    every later token by one."""
+    rng = random.Random(seed)
+    base, group = [], []
+    for _ in range(n):
+        noun, verb, obj, tail = (
+            rng.choice(NOUNS),
+            rng.choice(BALANCED_VERBS),
+            rng.choice(OBJECTS[:2] + OBJECTS[3:9]),
+            rng.choice(TAILS),
+        )
+        rest = f"{verb} {obj} {tail}".strip()
+        base.append(f"The {noun} {rest}.")
+        group.append(f"The {rng.choice(CONCEPT)} {noun} {rest}.")
+    return group, base
+
+
+def judge(group_texts, base_texts, names, encode=True, settings=None):
+    vocab = Vocab()
+    g_tok, g_act = make_side(vocab, group_texts, names)
+    b_tok, b_act = make_side(vocab, base_texts, names)
+    reports = cf.explain_features(
+        g_tok,
+        b_tok,
+        g_act,
+        b_act,
+        "joyful",
+        "neutral",
+        encode=encode_with(vocab, names) if encode else None,
+        settings=settings,
+    )
+    return {NAME_OF[r.evidence.feature]: r for r in reports}
+
+
+def zero_inflated(rng, n, f, fire=0.4, shift=0.0):
+    """Per-prompt activations shaped like SAE features: many exact zeros, rounded so that ties abound."""
+    fired = rng.random((n, f)) < fire
+    return np.where(fired, rng.gamma(2.0, 0.5, (n, f)) + shift, 0.0).round(1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The statistics against references
+
+
+@pytest.mark.parametrize("n1, n2", [(5, 5), (24, 31), (60, 7)])
+def test_van_elteren_with_one_stratum_is_scipy_mann_whitney(n1, n2):
+    rng = np.random.default_rng(n1 + 7 * n2)
+    x, y = zero_inflated(rng, n1, 60, shift=0.3), zero_inflated(rng, n2, 60)
+    x[:, 0], y[:, 0] = 1.0, 1.0  # all tied: no information, p = 1
+    res = cf.van_elteren(np.r_[x, y], np.r_[np.ones(n1, bool), np.zeros(n2, bool)], np.zeros(n1 + n2))
+    assert res.p_value[0] == 1.0 and res.auroc[0] == pytest.approx(0.5, abs=1e-12)
+    for f in range(1, 60):
+        ref = sps.mannwhitneyu(x[:, f], y[:, f], method="asymptotic", use_continuity=False)
+        assert res.p_value[f] == pytest.approx(ref.pvalue, rel=1e-9, abs=1e-15)
+        assert res.auroc[f] == pytest.approx(ref.statistic / (n1 * n2), rel=1e-12)
+        assert np.sign(res.z[f]) == np.sign(ref.statistic - n1 * n2 / 2)
+    assert (res.n_informative_group == n1).all() and (res.n_informative_baseline == n2).all()
+
+
+def _brute_van_elteren_moments(values, in_group, strata):
+    """Exact permutation mean and variance of the van Elteren statistic (labels shuffled within each
+    stratum, every arrangement enumerated), its observed value and the weighted AUROC, by brute force."""
+    per_stratum = []
+    for s in np.unique(strata):
+        idx = np.flatnonzero(strata == s)
+        m = int(in_group[idx].sum())
+        if m == 0 or m == len(idx):
+            continue
+        per_stratum.append((idx, m, 1.0 / (len(idx) + 1)))
+
+    # Pairwise comparisons, no ranks involved: U = sum over (group, baseline) pairs of [a > b] + [a = b] / 2.
+    beats = (values[:, None] > values[None, :]) + 0.5 * (values[:, None] == values[None, :])
+
+    def stat(assignments):
+        total, num, den = 0.0, 0.0, 0.0
+        for (idx, m, w), members in zip(per_stratum, assignments):
+            others = [i for i in idx if i not in members]
+            u = beats[np.ix_(list(members), others)].sum()
+            total += w * (u - m * (len(idx) - m) / 2)
+            num, den = num + w * u, den + w * m * (len(idx) - m)
+        return total, num / den
+
+    observed = stat([tuple(i for i in idx if in_group[i]) for idx, _, _ in per_stratum])
+    space = [list(itertools.combinations(idx, m)) for idx, m, _ in per_stratum]
+    draws = np.array([stat(a)[0] for a in itertools.product(*space)])
+    return observed, draws.mean(), draws.var()
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_van_elteren_matches_the_exact_permutation_moments_of_several_strata(seed):
+    rng = np.random.default_rng(seed)
+    sizes = [(2, 2), (2, 3), (3, 1), (2, 0), (1, 3)]  # (group, baseline) per stratum; one holds no baseline
+    strata = np.concatenate([np.full(a + b, k) for k, (a, b) in enumerate(sizes)])
+    in_group = np.concatenate([np.r_[np.ones(a, bool), np.zeros(b, bool)] for a, b in sizes])
+    values = zero_inflated(rng, len(strata), 4, fire=0.6, shift=0.2)
+    values[:3, 3] = 0.5  # a tie across the two sets within a stratum
+    res = cf.van_elteren(values, in_group, strata * 10 + 3)  # any labels will do
+    for f in range(4):
+        (t_obs, auroc), mean, var = _brute_van_elteren_moments(values[:, f], in_group, strata)
+        assert mean == pytest.approx(0.0, abs=1e-12)
+        assert res.z[f] == pytest.approx(t_obs / np.sqrt(var), rel=1e-9)
+        assert res.p_value[f] == pytest.approx(2 * sps.norm.sf(abs(t_obs) / np.sqrt(var)), rel=1e-9)
+        assert res.auroc[f] == pytest.approx(auroc, rel=1e-12)
+    assert (res.n_informative_group == 2 + 2 + 3 + 1).all() and (
+        res.n_informative_baseline == 2 + 3 + 1 + 3
+    ).all()
+    assert (res.n_strata == 4).all()
+
+
+def test_van_elteren_with_strata_per_feature_equals_one_call_per_feature():
+    rng = np.random.default_rng(5)
+    n = 50
+    values = zero_inflated(rng, n, 6, shift=0.2)
+    in_group = rng.random(n) < 0.5
+    strata = rng.integers(0, 4, (n, 6))
+    res = cf.van_elteren(values, in_group, strata)
+    for f in range(6):
+        one = cf.van_elteren(values[:, f], in_group, strata[:, f])
+        assert res.z[f] == pytest.approx(one.z[0], rel=1e-12, abs=1e-12)
+        assert res.auroc[f] == pytest.approx(one.auroc[0], rel=1e-12)
+
+
+def test_within_group_rank_correlation_is_spearman_for_one_group_and_partial_for_two():
+    rng = np.random.default_rng(3)
+    n = 45
+    length = rng.integers(8, 20, n)
+    values = zero_inflated(rng, n, 5, fire=0.7)
+    values[:, 1] = 0.3 * length + rng.random(n)  # a length feature
+    r, p = cf.within_group_rank_correlation(values, length, np.zeros(n))
+    for f in range(5):
+        ref = sps.spearmanr(values[:, f], length)
+        assert r[f] == pytest.approx(ref.statistic, rel=1e-10)
+        assert p[f] == pytest.approx(ref.pvalue, rel=1e-8)
+    # Two groups: the correlation of within-group normalised ranks with the group means removed,
+    # i.e. the residuals of a regression on group indicators (numpy least squares as reference).
+    group = np.arange(n) < 20
+    shifted = values + 5.0 * group[:, None]  # a pure group difference must not create a correlation
+    r2, p2 = cf.within_group_rank_correlation(shifted, length + 4 * group, group)
+    design = np.c_[group, ~group].astype(float)
+    for f in range(5):
+        rv, rl = np.zeros(n), np.zeros(n)
+        for g in (group, ~group):
+            rv[g] = sps.rankdata(values[g, f]) / (g.sum() + 1)
+            rl[g] = sps.rankdata(length[g]) / (g.sum() + 1)
+        res_v = rv - design @ np.linalg.lstsq(design, rv, rcond=None)[0]
+        res_l = rl - design @ np.linalg.lstsq(design, rl, rcond=None)[0]
+        ref_r = sps.pearsonr(res_v, res_l).statistic
+        assert r2[f] == pytest.approx(ref_r, rel=1e-9)
+        t = ref_r * np.sqrt((n - 3) / (1 - ref_r**2))
+        assert p2[f] == pytest.approx(2 * sps.t.sf(abs(t), n - 3), rel=1e-8)
+    assert p2[1] < 1e-6 and r2[1] > 0.5
+
+
+def test_fisher_greater_matches_scipy():
+    for k_a, n_a, k_b, n_b in [
+        (6, 48, 0, 48),
+        (36, 48, 6, 48),
+        (0, 30, 3, 30),
+        (12, 40, 11, 35),
+        (30, 30, 30, 30),
+    ]:
+        ref = sps.fisher_exact([[k_a, n_a - k_a], [k_b, n_b - k_b]], alternative="greater").pvalue
+        assert cf.fisher_greater(np.array([k_a]), n_a, np.array([k_b]), n_b)[0] == pytest.approx(
+            ref, rel=1e-10
+        )
+
+
+@pytest.mark.parametrize("n", [8, 30, 60])
+def test_wilcoxon_signed_rank_matches_scipy(n):
+    rng = np.random.default_rng(n)
+    x = zero_inflated(rng, n, 80, fire=0.5, shift=0.2)
+    y = zero_inflated(rng, n, 80, fire=0.5)
+    y[:, :10] = x[:, :10]  # many zero differences
+    y[:, 10:12] = x[:, 10:12] - 0.1  # every difference tied
+    x[:, 12], y[:, 12] = 0.0, 0.0  # all pairs silent: nothing to test
+    res = cf.wilcoxon_signed_rank(x, y)
+    assert res.p_value[12] == 1.0 and res.n_nonzero[12] == 0
+    for f in range(80):
+        if f == 12 or (x[:, f] == y[:, f]).all():
+            assert res.p_value[f] == 1.0
+            continue
+        with np.errstate(all="ignore"):
+            ref = sps.wilcoxon(x[:, f], y[:, f], zero_method="wilcox", correction=True, method="asymptotic")
+        assert res.p_value[f] == pytest.approx(ref.pvalue, rel=1e-9, abs=1e-15)
+        assert min(res.r_plus[f], res.r_minus[f]) == pytest.approx(ref.statistic)
+        assert -abs(res.z[f]) == pytest.approx(ref.zstatistic, rel=1e-9)
+        assert res.n_nonzero[f] == (x[:, f] != y[:, f]).sum()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Design checks
+
+
+def tokenized(vocab: Vocab, texts: list[str]) -> cf.TokenizedPrompts:
+    ids, strs = zip(*(vocab(t) for t in texts))
+    return cf.TokenizedPrompts(list(texts), list(ids), list(strs))
+
+
+def test_design_check_flags_length_stray_tokens_and_endings_of_a_messy_design():
+    group, base = messy_world(0)
+    vocab = Vocab()
+    g, b = tokenized(vocab, group), tokenized(vocab, base)
+    rep = cf.check_design(g, b, "joyful", "neutral")
+    ref = sps.mannwhitneyu(g.lengths, b.lengths, method="asymptotic")
+    assert rep.length.p_value == pytest.approx(ref.pvalue, rel=1e-9)
+    assert rep.length.auroc == pytest.approx(ref.statistic / (len(g) * len(b)))
+    assert rep.length.differs and rep.length.mean_group > rep.length.mean_baseline
+    # Token counts against brute force: prompts containing the token, and occurrences.
+    by_token = {t.token: t for t in rep.tokens}
+    for token in (" really", " always", ",", "!"):
+        t = by_token[token]
+        assert t.prompts_group == sum(token in s for s in g.strs)
+        assert t.prompts_baseline == sum(token in s for s in b.strs)
+        assert t.count_group == sum(s.count(token) for s in g.strs)
+        assert t.more_in == "group" and t.q_value < 0.05
+    assert by_token[" really"].p_value == pytest.approx(
+        sps.fisher_exact(
+            [
+                [by_token[" really"].prompts_group, 40 - by_token[" really"].prompts_group],
+                [by_token[" really"].prompts_baseline, 40 - by_token[" really"].prompts_baseline],
+            ],
+            alternative="greater",
+        ).pvalue
+    )
+    assert all(
+        t.token.strip() not in CONCEPT for t in rep.tokens if t.q_value < 0.05
+    )  # single concept words are rare
+    endings = {e.ending: e for e in rep.endings}
+    assert endings["!"].group == sum(t.endswith("!") for t in group)
+    assert endings["!"].p_value < 1e-6 and endings["."].baseline == sum(t.endswith(".") for t in base)
+    text = "\n".join(rep.summary_lines())
+    assert (
+        "your prompt sets differ in" in text
+        and "token length" in text
+        and "'!' ends" in text
+        and "' really'" in text
+    )
+    assert len(rep.token_rows()[0]) == len(cf.DesignReport.TOKEN_HEADER)
+    assert len(rep.ending_rows()[0]) == len(cf.DesignReport.ENDING_HEADER)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_design_check_stays_quiet_on_a_length_matched_design(seed):
+    group, base, _ = matched_world(seed)
+    vocab = Vocab()
+    rep = cf.check_design(tokenized(vocab, group), tokenized(vocab, base), "joyful", "neutral")
+    assert not rep.length.differs
+    assert not any(w.startswith(("token length", "sentence endings")) for w in rep.warnings)
+
+
+def test_paired_design_lists_the_inserted_word_of_every_pair():
+    group, base = inserted_world(0)
+    vocab = Vocab()
+    g, b = tokenized(vocab, group), tokenized(vocab, base)
+    rep = cf.check_design(g, b, "joyful", "neutral", paired=True)
+    assert (
+        rep.length.test == "Wilcoxon signed-rank" and rep.length.differs
+    )  # every group line is 1 token longer
+    for d, text in zip(rep.pairs, group):
+        assert d.only_baseline == [] and len(d.only_group) == 1 and d.only_group[0].strip() in CONCEPT
+        assert d.only_group[0].strip() in text
+    assert len(rep.pair_rows()) == len(group)
+    assert not any("same token" in w for w in rep.warnings)  # eight different words, none systematic
+    # A word added to every line is flagged.
+    added = [t[:-1] + " today." for t in base]
+    rep = cf.check_design(tokenized(vocab, added), b, "joyful", "neutral", paired=True)
+    assert any("' today' in 40 of 40 pairs" in w for w in rep.warnings)
+    with pytest.raises(ValueError):
+        cf.check_design(g, tokenized(vocab, base[:-1]), paired=True)
+
+
+def test_inject_token_keeps_length_where_it_can():
+    assert cf.inject_token("The man was ready.", "!", 1.0, at_end=True) == "The man was ready!"
+    assert cf.inject_token("The man was ready", "!", 1.0, at_end=True) == "The man was ready!"
+    assert cf.inject_token("The man was ready.", " glad", 0.75, at_end=False) == "The man was glad."
+    assert cf.inject_token("The man, he was ready.", " glad", 0.25, at_end=False) == "The glad, he was ready."
+    assert (
+        cf.inject_token("The man was ready.", " glad", 0.0, at_end=False) == "The glad was ready."
+    )  # never word 0
+    assert cf.inject_token("The man was ready.", ",", 0.5, at_end=False) == "The man, was ready."
+
+
+def test_inputs_are_validated_and_built_from_sparse_rows():
+    rows = [
+        SimpleNamespace(
+            idx=np.array([3, 7]), max=np.array([2.0, 0.5]), mean=np.array([1.0, 0.1]), peak=np.array([1, 0])
+        ),
+        SimpleNamespace(idx=np.array([7]), max=np.array([0.9]), mean=np.array([0.3]), peak=np.array([2])),
+    ]
+    act = cf.FeatureActivity.from_rows(rows, np.array([7, 3, 11]), agg="mean")
+    np.testing.assert_array_equal(act.value, [[0.1, 1.0, 0.0], [0.3, 0.0, 0.0]])
+    np.testing.assert_array_equal(act.peak, [[0, 1, -1], [2, -1, -1]])
+    with pytest.raises(ValueError, match="peak must be -1"):
+        cf.FeatureActivity([1], np.array([[1.0]]), np.array([[-1]]))
+    tp = cf.TokenizedPrompts(["a b"], [[5, 6]], [["a", " b"]])
+    with pytest.raises(ValueError, match="beyond"):
+        cf.explain_features(
+            tp, tp, cf.FeatureActivity([1], [[1.0]], [[2]]), cf.FeatureActivity([1], [[1.0]], [[0]])
+        )
+    with pytest.raises(ValueError, match="no text tokens"):
+        cf.TokenizedPrompts(["x"], [[]], [[]])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Verdicts on simulated worlds
+
+MESSY = ["concept", "exclaim", "really", "position", "length", "context"]
+EXPECTED = {
+    "concept": "concept",
+    "exclaim": "lexical",
+    "really": "lexical",
+    "position": "positional",
+    "length": "length",
+    "context": "context",
+}
+
+
+@pytest.mark.parametrize("seed, n", [(0, 40), (1, 30), (2, 60)])
+def test_every_planted_confound_gets_its_verdict(seed, n):
+    group, base = messy_world(seed, n)
+    reports = judge(group, base, MESSY)
+    got = {k: r.verdict.verdict for k, r in reports.items()}
+    assert got == EXPECTED, {k: r.verdict.evidence for k, r in reports.items()}
+    for r in reports.values():
+        assert r.verdict.evidence and "\n" not in r.verdict.evidence
+        assert len(r.row()) == len(cf.FeatureReport.HEADER)
+    ex = reports["exclaim"]
+    assert ex.evidence.top_token == "!" and ex.injection.token == "!" and ex.injection.reproduced > 0.9
+    assert "'!'" in ex.verdict.evidence and "joyful" in ex.verdict.evidence
+    assert reports["position"].evidence.peak_position == POSITION
+    assert reports["length"].evidence.length_explains and reports["length"].evidence.length_r > 0.8
+    assert (
+        reports["context"].evidence.top_token == " and"
+        and reports["context"].evidence.separating_tokens == []
+    )
+    concept = reports["concept"]
+    assert sorted(t.strip() for t in concept.evidence.separating_tokens) == sorted(CONCEPT)
+    assert concept.generalisation.passes and not set(concept.generalisation.without_tokens) >= {
+        " " + w for w in CONCEPT
+    }
+
+
+def test_verdicts_without_a_model_rest_on_the_token_control():
+    group, base = messy_world(3, 40)
+    reports = judge(group, base, MESSY, encode=False)
+    assert {k: r.verdict.verdict for k, r in reports.items()} == EXPECTED
+    assert all(r.injection is None for r in reports.values())
+    assert "prompts with and without '!'" in reports["exclaim"].verdict.evidence
+
+
+def test_evidence_counts_match_brute_force():
+    group, base = messy_world(4, 40)
+    vocab = Vocab()
+    g_tok, g_act = make_side(vocab, group, MESSY)
+    b_tok, b_act = make_side(vocab, base, MESSY)
+    reports = cf.explain_features(g_tok, b_tok, g_act, b_act, "joyful", "neutral")
+    for k, rep in enumerate(reports):
+        peak_g = Counter(g_tok.strs[i][g_act.peak[i, k]] for i in range(len(group)) if g_act.peak[i, k] >= 0)
+        peak_b = Counter(b_tok.strs[i][b_act.peak[i, k]] for i in range(len(base)) if b_act.peak[i, k] >= 0)
+        e = rep.evidence
+        assert e.fired_group == sum(peak_g.values()) and e.fired_baseline == sum(peak_b.values())
+        assert e.n_peak_types == len(peak_g)
+        for t in e.peak_tokens:
+            assert (t.peaks_group, t.peaks_baseline) == (peak_g[t.token], peak_b[t.token])
+            assert t.prompts_group == sum(t.token in s for s in g_tok.strs)
+        assert e.peak_tokens[0].peaks_group == max(peak_g.values())
+        fired = g_act.peak[:, k][g_act.peak[:, k] >= 0]
+        assert e.position_share_group == pytest.approx(np.mean(fired == e.peak_position))
+        ref = sps.mannwhitneyu(g_act.value[:, k], b_act.value[:, k], method="asymptotic")
+        assert e.auroc == pytest.approx(ref.statistic / (len(group) * len(base)))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_shifted_position_feature_is_positional_and_the_inserted_concept_is_concept(seed):
+    """Each group line is its baseline line with a concept word inserted near the start: a ' the'
+    detector that only fires at position 3 now fires in baseline prompts only (direction "down")."""
+    group, base = inserted_world(seed, 40)
+    reports = judge(group, base, ["concept", "the3"])
+    the3 = reports["the3"]
+    assert the3.evidence.direction == "down" and the3.evidence.top_token == " the"
+    assert the3.verdict.verdict == "positional", the3.verdict.evidence
+    assert the3.position_control.outcome == cf.VANISHES and the3.token_control.outcome == cf.SURVIVES
+    assert "position 3" in the3.verdict.evidence and "neutral prompts" in the3.verdict.evidence
+    # The concept word always sits at position 1, yet position explains nothing: baseline prompts never
+    # have a concept word there.
+    concept = reports["concept"]
+    assert concept.evidence.position_share_group == 1.0
+    assert concept.verdict.verdict == "concept", concept.verdict.evidence
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_null_group_gets_no_concept(seed):
+    """A group drawn exactly like the baseline: whatever differs by chance is never a concept."""
+    _, base, null = matched_world(seed, 40)
+    reports = judge(null, base, MESSY)
+    assert not any(r.verdict.verdict == "concept" for r in reports.values())
+    assert reports["concept"].verdict.verdict == ""  # never fires in either set: nothing to explain
+
+
+def test_a_concept_in_a_length_matched_design_is_concept_and_injection_runs_only_where_needed():
+    group, base, _ = matched_world(5, 40)
+    vocab = Vocab()
+    g_tok, g_act = make_side(vocab, group, MESSY)
+    b_tok, b_act = make_side(vocab, base, MESSY)
+    seen: list[tuple[list[str], list[int]]] = []
+    inner = encode_with(vocab, MESSY)
+
+    def encode(texts, features):
+        seen.append((list(texts), [int(f) for f in features]))
+        return inner(texts, features)
+
+    reports = cf.explain_features(g_tok, b_tok, g_act, b_act, "joyful", "neutral", encode=encode)
+    assert reports[0].verdict.verdict == "concept" and reports[0].injection is None
+    assert len(seen) <= 1  # one batched call, texts shared between features encoded once
+    for texts, _ in seen:
+        assert len(texts) == len(set(texts))
+
+
+def test_a_concept_survives_when_every_group_prompt_is_longer():
+    """Every group prompt carries the extra clause: lengths barely overlap, yet the concept stays a
+    concept and nothing else becomes one."""
+    group, base = messy_world(6, 40, clause=1.0)
+    vocab = Vocab()
+    assert cf.check_design(tokenized(vocab, group), tokenized(vocab, base)).length.differs
+    reports = judge(group, base, MESSY)
+    got = {k: r.verdict.verdict for k, r in reports.items()}
+    assert got["concept"] == "concept" and list(got.values()).count("concept") == 1, got
+    assert got["length"] == "length" and got["exclaim"] == "lexical"
+
+
+def test_injection_puts_the_token_in_place_of_a_word():
+    group, base = messy_world(7, 40)
+    vocab = Vocab()
+    g_tok, g_act = make_side(vocab, group, MESSY)
+    b_tok, b_act = make_side(vocab, base, MESSY)
+    calls = []
+    inner = encode_with(vocab, MESSY)
+
+    def encode(texts, features):
+        calls.append((list(texts), list(features)))
+        return inner(texts, features)
+
+    reports = cf.explain_features(
+        g_tok,
+        b_tok,
+        g_act,
+        b_act,
+        "joyful",
+        "neutral",
+        encode=encode,
+        settings=cf.ConfoundSettings(injection="all"),
+    )
+    assert len(calls) == 1
+    texts, feats = calls[0]
+    assert len(texts) == len(set(texts)) and sorted(feats) == sorted(
+        FEATURE_ID[n] for n in MESSY if n != "context"
+    )
+    assert not set(texts) & set(base)  # every text sent is an edited baseline prompt
+    rep = {NAME_OF[r.evidence.feature]: r for r in reports}
+    assert rep["really"].injection.n_injected == sum(" really" not in t for t in base)
+    assert rep["exclaim"].injection.n_injected == sum(not t.endswith("!") for t in base)
+    # The position feature's top token replaces a word, so no prompt gets longer and reaches position 12.
+    assert rep["position"].injection is not None and rep["position"].injection.reproduced < 0.5
+    # Every prompt already has ' and': nothing to put in, and nothing reproduced.
+    assert rep["context"].injection.n_injected == 0 and rep["context"].injection.reproduced == 0
+
+
+def test_verdict_table_and_settings():
+    group, base = messy_world(0, 30)
+    reports = judge(group, base, ["concept", "exclaim"])
+    table = cf.verdict_table(list(reports.values()))
+    assert {v.verdict for v in table.values()} == {"concept", "lexical"}
+    with pytest.raises(ValueError):
+        cf.ConfoundSettings(alpha=0.0)
+    with pytest.raises(ValueError):
+        cf.ConfoundSettings(injection="sometimes")
