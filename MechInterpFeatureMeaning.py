@@ -161,12 +161,10 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         record.add_seconds(summaries.seconds)
         options = MeaningOptions(agg=args.agg, alpha=args.alpha, holdout=holdout, seed=args.seed,
                                  always_on=args.always_on, paired=args.paired)
-        injected: list[Summaries] = []
-        with record.timed("statistics"):
+        injected: list[dict] = []
+        with record.timed("statistics"):  # includes encoding the token-injection test's edited prompts
             result = contrast_groups(summaries.aggregates, labels, list(sets.groups), sets.baseline, options,
                                      texts=texts, encode=injection_encoder(source, args, log, injected))
-        for extra in injected:
-            record.add_seconds(extra.seconds)
 
         written = write_tables(out, sets, result, summaries.info, args.alpha)
         written += write_confound_tables(out, result, options.confounds)
@@ -207,15 +205,17 @@ def load_sets(args: argparse.Namespace, folder: Path) -> tuple[PromptSets, float
     return sets, holdout
 
 
-def injection_encoder(source, args: argparse.Namespace, log, runs: list[Summaries]) -> PromptEncoder:
+def injection_encoder(source, args: argparse.Namespace, log, runs: list[dict]) -> PromptEncoder:
     """The token-injection test's model access: edited prompts go through the same cached pipeline, so a
-    rerun loads the model only for edited prompts it has never seen. Each call's summaries go to ``runs``."""
+    rerun loads the model only for edited prompts it has never seen. Each call's cache use goes to ``runs``
+    (the summaries themselves are not kept: they hold the model when it was loaded)."""
     options = EncodeOptions(batch_size=args.batch_size, use_cache=not args.no_cache, quiet=args.quiet)
 
     def encode(texts: list[str]):
         done = summarise_prompts(source, texts, ["edited"] * len(texts), options,
                                  lambda msg: log(f"token injection: {msg}"))
-        runs.append(done)
+        runs.append(dict(hits=done.cache_hits, misses=done.cache_misses, model_loaded=done.loaded is not None,
+                         seconds=done.seconds))
         return done.aggregates
 
     return encode
@@ -267,14 +267,14 @@ def write_confound_tables(out: OutputFolder, result: MeaningResult, settings: Co
     designs = [f.design for f in result.findings.values() if f.design is not None]
     written = [out.write_csv(DESIGN_CSV, DESIGN_HEADER, [r for d in designs for r in design_rows(d, settings)])]
     if any(d.pairs is not None for d in designs):
-        written.append(out.write_csv(DESIGN_PAIRS_CSV, DesignReport.PAIR_HEADER, [r for d in designs for r in d.pair_rows()]))
-    written.append(out.write_csv(
-        EVIDENCE_CSV, EVIDENCE_HEADER, [r for g, f in result.findings.items() for r in evidence_rows(f, result.baseline)]
-    ))
+        pairs = [r for d in designs for r in d.pair_rows()]
+        written.append(out.write_csv(DESIGN_PAIRS_CSV, DesignReport.PAIR_HEADER, pairs))
+    evidence = [r for f in result.findings.values() for r in evidence_rows(f, result.baseline)]
+    written.append(out.write_csv(EVIDENCE_CSV, EVIDENCE_HEADER, evidence))
     return written
 
 
-def confound_facts(result: MeaningResult, options: MeaningOptions, injected: list[Summaries]) -> dict:
+def confound_facts(result: MeaningResult, options: MeaningOptions, injected: list[dict]) -> dict:
     """What the run record says about the design checks, the controls and the verdicts."""
     findings = result.findings.values()
     return dict(
@@ -291,9 +291,13 @@ def confound_facts(result: MeaningResult, options: MeaningOptions, injected: lis
             "generalisation: the feature must still separate the prompts without its top distinctive words",
             f"token injection: the top peak token put in place of a word of the other set's prompts, "
             f"{result.injection_texts} edited prompts encoded ("
-            f"{sum(s.cache_hits for s in injected)} from the cache, {sum(s.cache_misses for s in injected)} new)",
+            f"{sum(r['hits'] for r in injected)} from the cache, {sum(r['misses'] for r in injected)} new)",
         ],
-        injection_model_loaded=any(s.loaded is not None for s in injected),
+        injection=dict(texts=result.injection_texts, cache_hits=sum(r["hits"] for r in injected),
+                       cache_misses=sum(r["misses"] for r in injected),
+                       model_loaded=any(r["model_loaded"] for r in injected),
+                       seconds={k: round(sum(r["seconds"].get(k, 0.0) for r in injected), 4)
+                                for k in ("load", "encode", "cache")}),
         confound_settings=asdict(options.confounds),
     )
 
@@ -338,7 +342,7 @@ def print_summary(args: argparse.Namespace, sets: PromptSets, result: MeaningRes
         print_wrapped(f"{len(always)} always-on features (fire in >= {args.always_on:.0%} of prompts of every group), "
               f"listed in always_on_features.csv and not ranked: {shown}")
     print_design(result)
-    for group, finding in result.findings.items():
+    for group in result.findings:
         print_group(args, sets, result, group)
     print()
     if info.neuronpedia_id:
@@ -347,7 +351,8 @@ def print_summary(args: argparse.Namespace, sets: PromptSets, result: MeaningRes
     print_wrapped(f"Rank = smallest q first, ties broken by larger |effect size|, then larger mean difference. "
           f"'replic.' = same direction and q < {args.alpha:g} on held-out prompts ('-': not re-tested, "
           f"because not significant in discovery or no held-out split).")
-    print_wrapped("Verdicts (for significant features that replicated): concept = several words of the group "
+    print_wrapped("Verdicts (for significant features that replicated, or with no held-out split for every "
+                  "significant feature): concept = several words of the group "
                   "carry it and it survives the length, token and position controls; lexical = one token carries "
                   "it; positional = one absolute position; length = prompt length; context = none of these, but "
                   f"not a concept either. The evidence for each is in {EVIDENCE_CSV}.")
@@ -404,7 +409,10 @@ def print_group(args: argparse.Namespace, sets: PromptSets, result: MeaningResul
                 rows)
     counts = {k: n for k, n in finding.verdict_counts().items() if n}
     if counts:
-        print_wrapped(f"Verdicts of the {plural(sum(counts.values()), 'significant, replicated feature')}: "
+        n = sum(counts.values())
+        judged = (plural(n, "significant, replicated feature") if holdout
+                  else plural(n, "significant feature") + " (no held-out split, so none re-tested)")
+        print_wrapped(f"Verdicts of the {judged}: "
                       + ", ".join(f"{n} {k}" for k, n in counts.items())
                       + ("" if counts.get("concept") else " (none passed as a concept)")
                       + "; why, one example of each:")

@@ -1215,9 +1215,11 @@ def decide(rep: FeatureReport, names: tuple[str, str], settings: ConfoundSetting
     if share_hi >= s.position_share and position_explains:
         c = max(position_explains, key=lambda c: c.p_value)
         n_at = round(share_hi * fired_hi)
+        fired_lo = e.fired_baseline if hi_idx == 0 else e.fired_group
+        gone = "the sets do not differ" if c.outcome == VANISHES else "less than half of the difference is left"
         return Verdict(f, POSITIONAL, (
             f"peaks at text position {e.peak_position} in {n_at} of {fired_hi} firing {hi_name} prompts "
-            f"({share_lo:.0%} of firing {lo_name} prompts); among {c.strata} the sets do not differ "
+            f"(and in {round(share_lo * fired_lo)} of {fired_lo} firing {lo_name} prompts); among {c.strata} {gone} "
             f"(AUROC {_oriented(c.auroc, hi_idx):.2f}, p = {c.p_value:.2g})"
         ))
 

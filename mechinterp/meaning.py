@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mechinterp import confounds, stats
-from mechinterp.confounds import ConfoundSettings, DesignReport, FeatureActivity, FeatureReport, TokenizedPrompts, Verdict
+from mechinterp.confounds import (
+    ConfoundSettings, DesignReport, FeatureActivity, FeatureReport, TokenizedPrompts, Verdict,
+)
 from mechinterp.summaries import PromptAggregates
 
 # Model access for the token-injection test: prompt texts in, their per-prompt summaries out (Chapter
@@ -157,7 +159,7 @@ class MeaningResult:
         index: per group, the rows of its prompts in the aggregates.
         holdout: the share held out (0 = none).
         test: the test behind p and q (:data:`MANN_WHITNEY`, or :data:`WILCOXON` for paired prompts).
-        injection_texts: edited prompts encoded for the token-injection test (all groups).
+        injection_texts: edited prompts encoded for the token-injection test (all groups, each once).
     """
 
     baseline: str
@@ -226,10 +228,18 @@ def contrast_groups(
     if texts is not None:
         if len(texts) != len(labels):
             raise ValueError(f"{len(texts)} texts for {len(labels)} labels")
-        counter = _CountingEncoder(encode, options.agg) if encode is not None else None
+        lookup = None
+        if encode is not None:
+            # Which edited prompts the injection tests need does not depend on their outcome, so a first
+            # pass collects them for every group, one encode call serves them all (the model is loaded at
+            # most once), and the second pass reads the results.
+            recorder = _Recorder()
+            for finding in findings.values():
+                _judge(finding, agg, texts, index, baseline, options, recorder)
+            lookup = _Lookup(recorder.texts, encode(recorder.texts) if recorder.texts else None, options.agg)
+            result.injection_texts = len(recorder.texts)
         for finding in findings.values():
-            _judge(finding, agg, texts, index, baseline, options, counter)
-        result.injection_texts = counter.n_texts if counter else 0
+            _judge(finding, agg, texts, index, baseline, options, lookup)
     return result
 
 
@@ -272,17 +282,35 @@ def _analyse(agg, options, index, splits, group, baseline, always) -> GroupFindi
     return GroupFinding(group, c, order, replication)
 
 
-class _CountingEncoder:
-    """The injection test's encoder: the same per-prompt statistic as the contrast, and a count of texts."""
+class _Recorder:
+    """A stand-in encoder that only notes which edited prompts the injection tests ask for."""
 
-    def __init__(self, encode: PromptEncoder, agg: str):
-        self.encode = encode
-        self.agg = agg
-        self.n_texts = 0
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+        self._seen: set[str] = set()
 
     def __call__(self, texts: list[str], features: np.ndarray) -> np.ndarray:
-        self.n_texts += len(texts)
-        return self.encode(list(texts)).dense(self.agg, None, np.asarray(features, dtype=np.int64))
+        for t in texts:
+            if t not in self._seen:
+                self._seen.add(t)
+                self.texts.append(t)
+        return np.zeros((len(texts), len(features)))
+
+
+class _Lookup:
+    """The injection tests' encoder: the same per-prompt statistic as the contrast, read from summaries
+    of the edited prompts encoded in advance."""
+
+    def __init__(self, texts: list[str], encoded: PromptAggregates | None, agg: str):
+        self.row = {t: i for i, t in enumerate(texts)}
+        self.encoded = encoded
+        self.agg = agg
+
+    def __call__(self, texts: list[str], features: np.ndarray) -> np.ndarray:
+        features = np.asarray(features, dtype=np.int64)
+        if not texts:
+            return np.zeros((0, len(features)))
+        return self.encoded.dense(self.agg, [self.row[t] for t in texts], features)
 
 
 def tokenized_prompts(agg: PromptAggregates, texts: Sequence[str], rows: np.ndarray) -> TokenizedPrompts:
@@ -295,7 +323,7 @@ def tokenized_prompts(agg: PromptAggregates, texts: Sequence[str], rows: np.ndar
 
 
 def _judge(finding: GroupFinding, agg: PromptAggregates, texts: Sequence[str], index: dict[str, np.ndarray],
-           baseline: str, options: MeaningOptions, encode: _CountingEncoder | None) -> None:
+           baseline: str, options: MeaningOptions, encode: confounds.Encoder | None) -> None:
     """The design check of one contrast, and evidence and verdicts for its significant features.
 
     The controls re-test features already selected, so they use every prompt of both sets (discovery
@@ -303,6 +331,7 @@ def _judge(finding: GroupFinding, agg: PromptAggregates, texts: Sequence[str], i
     model-running injection test; the others get their evidence, marked as not judged.
     """
     group, s = finding.group, options.confounds
+    finding.reports, finding.verdicts = {}, {}
     g_rows, b_rows = index[group], index[baseline]
     g_tok, b_tok = tokenized_prompts(agg, texts, g_rows), tokenized_prompts(agg, texts, b_rows)
     finding.design = confounds.check_design(g_tok, b_tok, group, baseline, paired=options.paired, settings=s)

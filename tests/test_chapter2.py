@@ -21,9 +21,8 @@ import pytest
 from scipy import stats as sps
 
 import MechInterpFeatureMeaning as ch2
-from mechinterp import stats
+from mechinterp import confounds, stats
 from mechinterp.encoding import PromptAggregates, aggregate_prompts, tokenize
-from mechinterp import confounds
 from mechinterp.meaning import MeaningOptions, contrast_groups
 from mechinterp.summaries import SparseRow
 from mechinterp.toyworld import GROUP_STYLE, LENGTH_START, demo_prompt_sets

@@ -662,3 +662,20 @@ def test_verdict_table_and_settings():
         cf.ConfoundSettings(alpha=0.0)
     with pytest.raises(ValueError):
         cf.ConfoundSettings(injection="sometimes")
+
+
+def test_a_token_that_is_part_of_a_character_is_not_injected():
+    """GPT-2 splits some characters over byte tokens, labelled like '☕[1/2]' (mechinterp.tokens); such a
+    label is not text, so the injection test skips it and the verdict rests on the token control."""
+    group, base = messy_world(8, 40)
+    vocab = Vocab()
+    g_tok, g_act = make_side(vocab, group, ["exclaim"])
+    b_tok, b_act = make_side(vocab, base, ["exclaim"])
+    encode = encode_with(vocab, ["exclaim"])
+    plain = cf.explain_features(g_tok, b_tok, g_act, b_act, "joyful", "neutral", encode=encode)[0]
+    assert plain.injection is not None and plain.injection.token == "!"
+    for side in (g_tok, b_tok):
+        side.strs = [["☕[1/2]" if t == "!" else t for t in row] for row in side.strs]
+    pieces = cf.explain_features(g_tok, b_tok, g_act, b_act, "joyful", "neutral", encode=encode)[0]
+    assert pieces.evidence.top_token == "☕[1/2]" and pieces.injection is None
+    assert pieces.verdict.verdict == "lexical" and "prompts with and without '☕[1/2]'" in pieces.verdict.evidence
