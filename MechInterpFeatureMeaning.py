@@ -74,9 +74,6 @@ AUTO_HOLDOUT_MIN = 20  # the held-out split is on by default when every group ha
 LABELLED_IN_VOLCANO = 8
 PAIRS_SHOWN = 3  # pairs printed per group with --paired (all of them are in DESIGN_PAIRS_CSV)
 # Output files of the confound checks (beside constants.FEATURE_STATS_CSV).
-DESIGN_CSV = "design_checks.csv"  # how each group's prompts differ from the baseline's: length, tokens, endings
-DESIGN_PAIRS_CSV = "design_pairs.csv"  # --paired: the tokens that differ within each line pair
-EVIDENCE_CSV = "feature_evidence.csv"  # where each significant feature's difference comes from, and its verdict
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -164,7 +161,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         injected: list[dict] = []
         with record.timed("statistics"):  # includes encoding the token-injection test's edited prompts
             result = contrast_groups(summaries.aggregates, labels, list(sets.groups), sets.baseline, options,
-                                     texts=texts, encode=injection_encoder(source, args, log, injected))
+                                     texts=texts, encode=injection_encoder(source, args, log, injected, summaries))
 
         written = write_tables(out, sets, result, summaries.info, args.alpha)
         written += write_confound_tables(out, result, options.confounds)
@@ -205,7 +202,7 @@ def load_sets(args: argparse.Namespace, folder: Path) -> tuple[PromptSets, float
     return sets, holdout
 
 
-def injection_encoder(source, args: argparse.Namespace, log, runs: list[dict]) -> PromptEncoder:
+def injection_encoder(source, args: argparse.Namespace, log, runs: list[dict], first: Summaries) -> PromptEncoder:
     """The token-injection test's model access: edited prompts go through the same cached pipeline, so a
     rerun loads the model only for edited prompts it has never seen. Each call's cache use goes to ``runs``
     (the summaries themselves are not kept: they hold the model when it was loaded)."""
@@ -213,7 +210,7 @@ def injection_encoder(source, args: argparse.Namespace, log, runs: list[dict]) -
 
     def encode(texts: list[str]):
         done = summarise_prompts(source, texts, ["edited"] * len(texts), options,
-                                 lambda msg: log(f"token injection: {msg}"))
+                                 lambda msg: log(f"token injection: {msg}"), loaded=first.loaded)
         runs.append(dict(hits=done.cache_hits, misses=done.cache_misses, model_loaded=done.loaded is not None,
                          seconds=done.seconds))
         return done.aggregates
@@ -265,12 +262,12 @@ def write_tables(out: OutputFolder, sets: PromptSets, result: MeaningResult, inf
 def write_confound_tables(out: OutputFolder, result: MeaningResult, settings: ConfoundSettings) -> list[Path]:
     """design_checks.csv (+ design_pairs.csv when paired) and feature_evidence.csv."""
     designs = [f.design for f in result.findings.values() if f.design is not None]
-    written = [out.write_csv(DESIGN_CSV, DESIGN_HEADER, [r for d in designs for r in design_rows(d, settings)])]
+    written = [out.write_csv(constants.DESIGN_CSV, DESIGN_HEADER, [r for d in designs for r in design_rows(d, settings)])]
     if any(d.pairs is not None for d in designs):
         pairs = [r for d in designs for r in d.pair_rows()]
-        written.append(out.write_csv(DESIGN_PAIRS_CSV, DesignReport.PAIR_HEADER, pairs))
+        written.append(out.write_csv(constants.DESIGN_PAIRS_CSV, DesignReport.PAIR_HEADER, pairs))
     evidence = [r for f in result.findings.values() for r in evidence_rows(f, result.baseline)]
-    written.append(out.write_csv(EVIDENCE_CSV, EVIDENCE_HEADER, evidence))
+    written.append(out.write_csv(constants.EVIDENCE_CSV, EVIDENCE_HEADER, evidence))
     return written
 
 
@@ -355,7 +352,7 @@ def print_summary(args: argparse.Namespace, sets: PromptSets, result: MeaningRes
                   "significant feature): concept = several words of the group "
                   "carry it and it survives the length, token and position controls; lexical = one token carries "
                   "it; positional = one absolute position; length = prompt length; context = none of these, but "
-                  f"not a concept either. The evidence for each is in {EVIDENCE_CSV}.")
+                  f"not a concept either. The evidence for each is in {constants.EVIDENCE_CSV}.")
 
 
 _QUOTED = re.compile(r"'[^'\n]*'|\"[^\"\n]*\"")
@@ -372,7 +369,7 @@ def print_design(result: MeaningResult) -> None:
     print()
     print_wrapped("Design checks: how each group's prompts differ from the baseline's, before any feature is "
                   "looked at (a group's own concept words are expected among the tokens; anything else is "
-                  f"a confound a feature can pick up; details in {DESIGN_CSV}):")
+                  f"a confound a feature can pick up; details in {constants.DESIGN_CSV}):")
     for finding in result.findings.values():
         design = finding.design
         for line in design.summary_lines():
@@ -382,7 +379,7 @@ def print_design(result: MeaningResult) -> None:
                                  f"{' '.join(map(repr, pair.only_group)) or '-'}; only in {design.baseline}: "
                                  f"{' '.join(map(repr, pair.only_baseline)) or '-'}", "      ")
         if design.pairs and len(design.pairs) > PAIRS_SHOWN:
-            print(f"    ... every pair is in {DESIGN_PAIRS_CSV}")
+            print(f"    ... every pair is in {constants.DESIGN_PAIRS_CSV}")
 
 
 def print_group(args: argparse.Namespace, sets: PromptSets, result: MeaningResult, group: str) -> None:

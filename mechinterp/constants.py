@@ -54,6 +54,9 @@ ALWAYS_ON_CSV = "always_on_features.csv"
 MI2_PNG, MI2_CSV = "MI2.png", "MI2.csv"  # mean activation per group, every feature
 MI3_PNG, MI3_CSV = "MI3.png", "MI3.csv"  # prompts x top features heatmaps
 MI4_PNG = "MI4_{group}.png"  # volcano plot per group
+DESIGN_CSV = "design_checks.csv"  # how each group's prompts differ from the baseline's: length, tokens, endings
+DESIGN_PAIRS_CSV = "design_pairs.csv"  # --paired: the tokens that differ within each line pair
+EVIDENCE_CSV = "feature_evidence.csv"  # where each significant feature's difference comes from, and its verdict
 # Chapter 3
 MI5_PNG = "MI5_{feature}.png"  # activation histogram + logit effects
 MI5_CSV = "MI5_{feature}.csv"  # logit effects behind MI5

@@ -93,8 +93,12 @@ def summarise_prompts(
     labels: Sequence[str],
     options: EncodeOptions | None = None,
     log: Callable[[str], None] = lambda _msg: None,
+    loaded: Loaded | None = None,
 ) -> Summaries:
     """Per-prompt summaries for ``texts``; ``labels`` name each prompt in warnings (e.g. its group).
+
+    ``loaded``: the model and SAE of ``source`` if a previous call already loaded them (they are then
+    reused instead of loaded again).
 
     Looks every prompt up in the activation cache first and loads the model and SAE only when a prompt
     is missing (or the cache has no metadata yet).
@@ -105,12 +109,13 @@ def summarise_prompts(
     found: dict[int, SparseRow] = cache.lookup(list(texts)) if cache else {}
     meta = cache.meta if cache else None
     missing = [i for i in range(len(texts)) if i not in found]
+    already = loaded
     loaded = None
     tokens_encoded = 0
     seconds = {"load": 0.0, "encode": 0.0}
     if missing or meta is None:
         start = time.perf_counter()
-        loaded = load(source, log=log)
+        loaded = already or load(source, log=log)
         seconds["load"] = round(time.perf_counter() - start, 4)
         info = ModelInfo.from_loaded(loaded)
         if cache:
