@@ -41,7 +41,6 @@ from mechinterp.cli import (
     source_options,
 )
 from mechinterp.encoding import default_batch_size, tokenize, warn_truncated
-from mechinterp.errors import UserError
 from mechinterp.feature_data import (
     FeatureActivations,
     choose_features,
@@ -50,7 +49,7 @@ from mechinterp.feature_data import (
     histogram_counts,
 )
 from mechinterp.io import OutputFolder
-from mechinterp.prompts import available_groups, read_prompt_file
+from mechinterp.prompts import collect_texts
 from mechinterp.provenance import Provenance
 from mechinterp.records import RunRecord
 from mechinterp.source import demo_threads, load, resolve_source
@@ -94,30 +93,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def gather_texts(args: argparse.Namespace) -> tuple[list[str], list[str], str]:
     """All prompts (labelled by group) and corpus documents (labelled "corpus"), and where they came from."""
     # Only a folder the user (or --demo) chose must exist: without one, --corpus alone is fine.
-    explicit = args.prompts is not None or args.demo
-    folder = prompt_folder(args)
-    texts: list[str] = []
-    sources: list[str] = []
-    if explicit and not folder.is_dir():
-        raise UserError(f"prompt folder {folder} does not exist; pass --prompts DIR with one .txt file per group")
-    groups = available_groups(folder) if folder.is_dir() else []
-    if explicit and not groups:
-        raise UserError(f"prompt folder {folder} has no .txt files; add one file per group, one prompt per line")
-    for group in groups:
-        prompts = read_prompt_file(folder / f"{group}.txt")
-        texts += prompts
-        sources += [group] * len(prompts)
-    described = f"{plural(len(texts), 'prompt')} in {plural(len(groups), 'group')} from {folder}" if groups else ""
-    if args.corpus is not None:
-        docs = read_prompt_file(args.corpus)  # same rules: one document per line, '#' lines ignored
-        texts += docs
-        sources += [CORPUS_SOURCE] * len(docs)
-        described += ("; " if described else "") + f"{len(docs)} documents from {args.corpus}"
-    if not texts:
-        raise UserError(
-            f"no texts to search: {folder} has no prompt files; pass --prompts DIR, --corpus FILE, or --demo"
-        )
-    return texts, sources, described
+    return collect_texts(prompt_folder(args), args.prompts is not None or args.demo, args.corpus)
 
 
 def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:

@@ -79,5 +79,14 @@ CHECKPOINT_SUBDIR = "checkpoints"
 EVALUATION_JSON = "evaluation.json"  # written inside SAE_SUBDIR
 SPARSITY_FILENAME = "sparsity.safetensors"  # what SAELens' pretrained loader reads (key "sparsity")
 RUNNER_CFG_FILENAME = "runner_cfg.json"  # SAELens' name for the training run's full configuration
+# Chapter 6
+MI9_PNG = "MI9_{feature}.png"  # top components, heads as a layer x head heatmap, predicted vs measured drops
+MI9_CSV = "MI9_{feature}.csv"  # one row per component: mean contribution, share, spread
+MI9_SOURCES_CSV = "MI9_{feature}_sources.csv"  # top heads' contributions split by source token
+MI9_OFFSETS_CSV = "MI9_{feature}_offsets.csv"  # top heads' contributions split by distance to the source
+MI9_WEIGHTS_CSV = "MI9_{feature}_weights.csv"  # neurons, heads and tokens from the weights alone
+MI9_ABLATION_CSV = "MI9_{feature}_ablation.csv"  # predicted vs measured mean-ablation drops
+MI9_JSON = "MI9_{feature}.json"  # everything above, plus the checks
+FEATURE_TO_WEIGHTS_CSV = "feature_to_weights.csv"  # one summary row per feature
 # Every script
 RUN_RECORD_JSON = "{script}_run.json"

@@ -129,3 +129,37 @@ def load_prompt_sets(
             )
         sets.groups[group] = kept
     return sets
+
+
+def collect_texts(folder: Path, folder_required: bool, corpus: Path | None) -> tuple[list[str], list[str], str]:
+    """Every prompt in ``folder`` (labelled by its group) and every document of ``corpus`` (labelled
+    "corpus"), and a sentence saying where they came from.
+
+    Args:
+        folder: a folder of ``<group>.txt`` prompt files.
+        folder_required: the user chose ``folder`` (so it must exist and hold prompt files); otherwise a
+            missing default folder is fine when ``corpus`` gives texts.
+        corpus: a text file, one document per line (same rules as prompt files), or None.
+    """
+    texts: list[str] = []
+    sources: list[str] = []
+    if folder_required and not folder.is_dir():
+        raise UserError(f"prompt folder {folder} does not exist; pass --prompts DIR with one .txt file per group")
+    groups = available_groups(folder) if folder.is_dir() else []
+    if folder_required and not groups:
+        raise UserError(f"prompt folder {folder} has no .txt files; add one file per group, one prompt per line")
+    for group in groups:
+        prompts = read_prompt_file(folder / f"{group}.txt")
+        texts += prompts
+        sources += [group] * len(prompts)
+    described = f"{len(texts)} prompt{'s' if len(texts) != 1 else ''} in {len(groups)} group{'s' if len(groups) != 1 else ''} from {folder}" if groups else ""
+    if corpus is not None:
+        docs = read_prompt_file(corpus)  # same rules: one document per line, '#' lines ignored
+        texts += docs
+        sources += ["corpus"] * len(docs)
+        described += ("; " if described else "") + f"{len(docs)} documents from {corpus}"
+    if not texts:
+        raise UserError(
+            f"no texts to search: {folder} has no prompt files; pass --prompts DIR, --corpus FILE, or --demo"
+        )
+    return texts, sources, described

@@ -119,6 +119,35 @@ def _run_all(g2w: gw.Gpt2World, root: Path, runs: dict[str, tuple[Path, list[str
     return results
 
 
+# Prompt sets with the confounds real hand-written sets have, in GPT-2's own tokenization: the happy
+# prompts are the baseline's sentences with a happy word, plus a stray clause (longer, extra words,
+# later tokens shifted) and more '!' endings. `control` is written exactly like the baseline.
+_SUBJECTS = ("The teacher", "My neighbour", "The driver", "Our team", "The old man", "My sister", "The manager",
+             "A student", "The doctor", "His friend")
+_PLACES = ("the station", "the window", "the garden", "the kitchen", "the office", "the bridge", "the library",
+           "the market")
+_NEUTRAL = ("ready", "quiet", "busy", "early", "late", "seated", "awake", "tired", "calm", "home")
+
+
+def confounded_prompts(folder: Path, n: int = 40) -> Path:
+    """happy / baseline / control prompt files with the confounds of issue 14, one prompt per line."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(7)
+    happy_words = gw.HAPPY_WORDS[:8]
+    groups: dict[str, list[str]] = {"happy": [], "baseline": [], "control": []}
+    for i in range(n):
+        subject, place = _SUBJECTS[i % len(_SUBJECTS)], _PLACES[rng.integers(len(_PLACES))]
+        frame = f"{subject} walked to {place} and was"
+        clause = " after a long and busy day at work" if rng.random() < 0.7 else ""
+        end = "!" if rng.random() < 0.6 else "."
+        groups["happy"].append(f"{frame} {happy_words[i % len(happy_words)]}{clause}{end}")
+        groups["baseline"].append(f"{frame} {_NEUTRAL[i % len(_NEUTRAL)]}.")
+        groups["control"].append(f"{frame} {_NEUTRAL[(i + 3) % len(_NEUTRAL)]} again.")
+    for name, lines in groups.items():
+        (folder / f"{name}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return folder
+
+
 @pytest.fixture(scope="module")
 def runs(g2w, tmp_path_factory) -> dict:
     """The quick commands, each run once per session (results shared by the tests below)."""
@@ -129,7 +158,9 @@ def runs(g2w, tmp_path_factory) -> dict:
     # Three variants, so that every top example of the '!' feature is a text with split characters.
     lines = [UNICODE_TEXT, UNICODE_TEXT.replace("Zoë", "Zoé"), UNICODE_TEXT.replace("☕", "☕☕")]
     (unicode_prompts / "unicode.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    confounded = confounded_prompts(root / "confounded_prompts")
     commands = {
+        "ch2_confounded": (CH2, ["--prompts", str(confounded)]),
         "ch1_default": (CH1, []),
         "ch1_long": (CH1, ["--text", LONG_TEXT]),
         "ch1_unicode": (CH1, ["--text", UNICODE_TEXT]),
@@ -374,6 +405,29 @@ def assert_top_features_match(result: dict, acts: torch.Tensor, top_k: int = TOP
 def test_chapter1_top_features_equal_saelens_reference(runs, real, name, text, sae_key):
     ok(runs[name])
     assert_top_features_match(runs[name], reference_acts(real, text, real[sae_key]))
+
+
+def test_chapter2_tells_the_concept_from_the_confounds(runs, g2w):
+    """Issue 14 on GPT-2's real tokenization: the happy feature is rank 1 and `concept`; the '!' and
+    position features, which also differ, are never `concept`; the null group has none; the design check
+    warns about the length difference for happy only."""
+    result = runs["ch2_confounded"]
+    ok(result)
+    stats = read_csv(result["out"] / "feature_stats.csv")
+    happy = [r for r in stats if r["group"] == "happy"]
+    top = next(r for r in happy if r["rank"] == "1")
+    assert int(top["feature"]) == g2w.planted.happy and top["verdict"] == "concept", top
+    concepts = [int(r["feature"]) for r in happy if r["verdict"] == "concept"]
+    assert len(concepts) <= 2 and g2w.planted.happy in concepts
+    by_feature = {int(r["feature"]): r for r in happy}
+    bang = by_feature[g2w.planted.bang]
+    assert float(bang["q_value"]) < 0.05 and bang["verdict"] not in ("", "concept"), bang  # it does differ
+    position = by_feature.get(g2w.planted.position)
+    assert position is None or position["verdict"] != "concept"
+    assert not [r for r in stats if r["group"] == "control" and r["verdict"] == "concept"]
+    design = read_csv(result["out"] / "design_checks.csv")
+    flagged_length = {r["group"] for r in design if r["check"] == "token length" and r["flagged"] == "yes"}
+    assert flagged_length == {"happy"}, design
 
 
 def test_chapter1_default_finds_the_planted_words(runs, g2w):

@@ -1,0 +1,384 @@
+"""Chapter 6 - Feature to weights: where in the model does an SAE feature come from?
+
+For each feature, answers four questions and prints the answers:
+
+1. Direct attribution, on data: the feature's mean pre-activation over the text tokens where it fires,
+   split into TransformerLens' components of the residual stream at the SAE's hook (``embed``,
+   ``pos_embed``, every head ``L{layer}H{head}``, every ``{layer}_mlp_out``, ``bias``) plus ``sae_bias``.
+   The rows add up to the SAE's own pre-activation; the script checks it and prints the residual.
+2. From which tokens: the top heads' contributions split by source position.
+3. Weights alone: MLP neurons, heads (OV circuits) and vocabulary tokens whose weights write most onto
+   the feature's encoder direction (the direct path only).
+4. Causal check: each top component mean-ablated; measured drop vs the drop the attribution predicts.
+
+The BOS position and padding are excluded from every number.
+
+Writes to --out (default Images/): ``MI9_<id>.png`` (top components, heads as a layer x head heatmap,
+predicted vs measured drops) with ``MI9_<id>.csv`` (one row per component), ``MI9_<id>_sources.csv``,
+``MI9_<id>_offsets.csv``, ``MI9_<id>_weights.csv``, ``MI9_<id>_ablation.csv``, ``MI9_<id>.json``,
+``feature_to_weights.csv`` (one summary row per feature) and the run record.
+
+Run:
+    python MechInterpFeatureToWeights.py --demo                      # toy world, no network needed
+    python MechInterpFeatureToWeights.py --feature 1234 --feature 7
+    python MechInterpFeatureToWeights.py --from-results Images/feature_stats.csv --top-n 1
+    python MechInterpFeatureToWeights.py --feature 1234 --corpus my_documents.txt   # one document per line
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from mechinterp.attribution import (
+    AttributionOptions,
+    FeatureAttribution,
+    attribute_feature,
+    format_attribution_text,
+    output_name,
+)
+from mechinterp import constants
+from mechinterp.cli import (
+    ArgumentParser,
+    add_common_args,
+    make_logger,
+    non_negative_int,
+    output_folder,
+    positive_int,
+    prompt_folder,
+    run_cli,
+    source_options,
+)
+from mechinterp.encoding import default_batch_size, tokenize, warn_truncated
+from mechinterp.feature_data import choose_features
+from mechinterp.io import OutputFolder
+from mechinterp.prompts import collect_texts
+from mechinterp.records import RunRecord
+from mechinterp.source import demo_threads, load, resolve_source
+from mechinterp.tables import print_table, print_wrapped
+
+# Chapter 3's text gathering (prompt folder + --corpus), reused as is; it takes the script's Namespace.
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = ArgumentParser(
+        description="Chapter 6: feature to weights - which heads, MLPs and tokens build a feature.",
+    )
+    which = parser.add_argument_group("which features")
+    which.add_argument(
+        "--feature",
+        type=int,
+        action="append",
+        default=[],
+        metavar="ID",
+        help="a feature to trace; repeat for several (with --demo and no ids: the planted features)",
+    )
+    which.add_argument(
+        "--from-results",
+        type=Path,
+        default=None,
+        metavar="CSV",
+        help="trace the top features of each group in a Chapter 2 feature_stats.csv",
+    )
+    which.add_argument(
+        "--top-n",
+        type=positive_int,
+        default=1,
+        help="with --from-results: how many features per group (rank 1 = strongest)",
+    )
+    which.add_argument(
+        "--include-nonsignificant",
+        action="store_true",
+        help="with --from-results: also take features that are not significant, not replicated or not judged "
+        "'concept' (by default they are skipped, and the output says which)",
+    )
+    texts = parser.add_argument_group("texts to attribute on")
+    texts.add_argument(
+        "--prompts",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="folder of prompt files, one prompt per line (default: prompts/, or the demo's "
+        "prompts with --demo)",
+    )
+    texts.add_argument(
+        "--corpus",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="a text file with one document per line, used as well",
+    )
+    texts.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=None,
+        help="texts per forward pass (default: 16 on CPU, 64 on GPU)",
+    )
+    show = parser.add_argument_group("how much to show")
+    show.add_argument(
+        "--top-components",
+        type=positive_int,
+        default=12,
+        help="components listed in the terminal and drawn as bars",
+    )
+    show.add_argument(
+        "--top-heads", type=positive_int, default=3, help="heads whose contribution is split by source token"
+    )
+    show.add_argument("--n-sources", type=positive_int, default=5, help="source tokens listed per head")
+    show.add_argument(
+        "--n-weights",
+        type=positive_int,
+        default=10,
+        help="neurons, heads and tokens listed by the weights-only view",
+    )
+    show.add_argument(
+        "--n-ablate",
+        type=non_negative_int,
+        default=8,
+        help="top components to mean-ablate for the causal check (0: skip it)",
+    )
+    add_common_args(parser)
+    return parser.parse_args(argv)
+
+
+def options_from(args: argparse.Namespace, device: str) -> AttributionOptions:
+    return AttributionOptions(
+        top_heads=args.top_heads,
+        n_sources=args.n_sources,
+        n_weights=args.n_weights,
+        n_ablate=args.n_ablate,
+        batch_size=args.batch_size or default_batch_size(device),
+    )
+
+
+def write_outputs(result: FeatureAttribution, out: OutputFolder, title: str, n_heads: int, n_top: int) -> list[Path]:
+    """Every file of one feature; returns the paths written."""
+    from mechinterp.attribution_plots import attribution_figure
+
+    f = result.feature
+    written = []
+    d = result.direct
+    if d is not None:
+        ranked = d.top(len(d.rows))
+        written.append(
+            out.write_csv(
+                output_name(constants.MI9_CSV, f),
+                [
+                    "rank",
+                    "component",
+                    "kind",
+                    "layer",
+                    "head",
+                    "mean_contribution",
+                    "share",
+                    "std_contribution",
+                    "frac_positive",
+                    "predicted_ablation_drop",
+                ],
+                [
+                    [
+                        i,
+                        r.component,
+                        r.kind,
+                        "" if r.layer is None else r.layer,
+                        "" if r.head is None else r.head,
+                        r.mean_contribution,
+                        r.share,
+                        r.std_contribution,
+                        r.frac_positive,
+                        r.predicted_ablation_drop,
+                    ]
+                    for i, r in enumerate(ranked, 1)
+                ],
+            )
+        )
+        fig = attribution_figure(result, n_heads, title, n_top)
+        written.append(out.save_figure(fig, output_name(constants.MI9_PNG, f)))
+    written.append(
+        out.write_csv(
+            output_name(constants.MI9_SOURCES_CSV, f),
+            [
+                "head",
+                "rank",
+                "source_token",
+                "token_id",
+                "mean_contribution",
+                "share_of_head",
+                "pairs",
+                "typical_offset",
+            ],
+            [
+                [
+                    h.component,
+                    i,
+                    s.token,
+                    "" if s.token_id is None else s.token_id,
+                    s.mean_contribution,
+                    s.share,
+                    s.n_pairs,
+                    s.typical_offset,
+                ]
+                for h in result.head_sources
+                for i, s in enumerate(h.sources, 1)
+            ],
+        )
+    )
+    written.append(
+        out.write_csv(
+            output_name(constants.MI9_OFFSETS_CSV, f),
+            ["head", "tokens_back", "mean_contribution"],
+            [[h.component, o, v] for h in result.head_sources for o, v in sorted(h.by_offset)],
+        )
+    )
+    written.append(
+        out.write_csv(
+            output_name(constants.MI9_WEIGHTS_CSV, f),
+            ["list", "rank", "kind", "component", "layer", "index", "score", "detail"],
+            [
+                [name, i, r.kind, r.component, "" if r.layer is None else r.layer, r.index, r.score, r.detail]
+                for name in ("neurons_up", "neurons_down", "heads", "tokens_up", "tokens_down")
+                for i, r in enumerate(getattr(result.weights, name), 1)
+            ],
+        )
+    )
+    if result.causal is not None:
+        written.append(
+            out.write_csv(
+                output_name(constants.MI9_ABLATION_CSV, f),
+                [
+                    "component",
+                    "predicted_drop",
+                    "measured_drop_pre",
+                    "measured_drop_act",
+                    "clean_activation",
+                    "removed_fraction",
+                ],
+                [
+                    [
+                        r.component,
+                        r.predicted_drop,
+                        r.measured_drop_pre,
+                        r.measured_drop_act,
+                        r.clean_activation,
+                        r.removed_fraction,
+                    ]
+                    for r in result.causal.rows
+                ],
+            )
+        )
+    written.append(out.write_json(output_name(constants.MI9_JSON, f), result.to_dict() | {"title": title}))
+    return written
+
+
+def summary_row(result: FeatureAttribution) -> list:
+    d, c = result.direct, result.causal
+    top = d.top(1, exclude=("sae_bias",))[0] if d is not None else None
+    return [
+        result.feature,
+        d.n_tokens if d else 0,
+        f"{d.mean_pre_activation:.4f}" if d else "-",
+        f"{d.sum_of_rows:.4f}" if d else "-",
+        f"{d.residual:.1e}" if d else "-",
+        f"{top.component} ({top.share:.0%})" if top else "-",
+        result.head_sources[0].sentence if result.head_sources else "-",
+        repr(result.weights.tokens_up[0].component) if result.weights.tokens_up else "-",
+        f"{c.n_agree}/{len(c.rows)}" + (f", r={c.correlation:.2f}" if c.correlation is not None else "")
+        if c
+        else "-",
+    ]
+
+
+def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+    log = make_logger(args)
+    with output_folder(args) as out, demo_threads(args.demo):
+        return attribute_and_write(args, argv, out, log)
+
+
+def attribute_and_write(args: argparse.Namespace, argv: list[str] | None, out: OutputFolder, log) -> int:
+    """Load, attribute each feature, print its answers and write its files (inside the run's output folder)."""
+    record = RunRecord(__file__, argv, vars(args))
+    texts, _sources, described = collect_texts(prompt_folder(args), args.prompts is not None or args.demo,
+                                               args.corpus)
+    with record.timed("load"):
+        loaded = load(resolve_source(source_options(args), log), log=log)
+    choice = choose_features(args.feature, args.from_results, args.top_n, args.demo, loaded.sae.d_sae,
+                             args.include_nonsignificant, loaded.provenance)
+    options = options_from(args, loaded.device)
+    with record.timed("tokenize"):
+        tokenized = tokenize(loaded, texts)
+        warn_truncated(texts, tokenized, int(loaded.model.cfg.n_ctx))
+
+    print(f"\n{loaded.title}")
+    print_wrapped(f"Texts: {described}. Features: {choice.how}.")
+    if choice.note:
+        print_wrapped(f"Note: {choice.note}.")
+    written, summary, results = [], [], {}
+    for feature in choice.features:
+        log(f"feature {feature}: attributing over {len(texts)} texts ...")
+        with record.timed("attribution"):
+            result = attribute_feature(loaded, tokenized, feature, options)
+        results[feature] = result
+        print()
+        if choice.origin(feature):
+            print(f"(feature #{feature}: {choice.origin(feature)})")
+        print(format_attribution_text(result, loaded.title, args.top_components))
+        with record.timed("outputs"):
+            written += write_outputs(
+                result, out, loaded.title, int(loaded.model.cfg.n_heads), args.top_components
+            )
+        summary.append(summary_row(result))
+
+    header = [
+        "feature",
+        "firing tokens",
+        "mean pre-act",
+        "sum of rows",
+        "residual",
+        "top component",
+        "top head's source",
+        "top token (direct path)",
+        "ablation agrees",
+    ]
+    summary_csv = out.write_csv(constants.FEATURE_TO_WEIGHTS_CSV, header, summary)
+    print("\nSummary (BOS and padding excluded; the weights-only column is the direct path only):\n")
+    print_table(header[:6] + header[7:], [row[:6] + row[7:] for row in summary])
+    record.wrote(*written, summary_csv)
+    record.update(
+        model=loaded.model_label,
+        sae=loaded.sae.label,
+        hook=loaded.sae.hook_name,
+        features=choice.features,
+        feature_choice=choice.how,
+        texts=described,
+        n_texts=len(texts),
+        options=vars(options),
+        checks={
+            f: {
+                "mean_pre_activation": r.direct.mean_pre_activation,
+                "sum_of_rows": r.direct.sum_of_rows,
+                "residual": r.direct.residual,
+                "max_token_residual": r.direct.max_token_residual,
+            }
+            for f, r in results.items()
+            if r.direct is not None
+        },
+        filtered=next(iter(results.values())).filtered if results else "",
+        provenance=loaded.provenance.to_dict(),
+    )
+    record_path = record.write(out)
+    print()
+    print_wrapped(
+        f"Saved {len(written) + 2} files to {out.path}: MI9_<id>.png, MI9_<id>.csv and the other MI9_<id> "
+        f"tables, {summary_csv.name}, {record_path.name}"
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    return run_cli(lambda a: run(a, argv), args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
