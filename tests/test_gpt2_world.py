@@ -142,7 +142,7 @@ def confounded_prompts(folder: Path, n: int = 40) -> Path:
         end = "!" if rng.random() < 0.6 else "."
         groups["happy"].append(f"{frame} {happy_words[i % len(happy_words)]}{clause}{end}")
         groups["baseline"].append(f"{frame} {_NEUTRAL[i % len(_NEUTRAL)]}.")
-        groups["control"].append(f"{frame} {_NEUTRAL[(i + 3) % len(_NEUTRAL)]} again.")
+        groups["control"].append(f"{frame} {_NEUTRAL[(i + 3) % len(_NEUTRAL)]}.")
     for name, lines in groups.items():
         (folder / f"{name}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return folder
