@@ -31,14 +31,15 @@ import argparse
 import sys
 from pathlib import Path
 
+from mechinterp import constants
 from mechinterp.attribution import (
     AttributionOptions,
     FeatureAttribution,
     attribute_feature,
+    attribution_tables,
     format_attribution_text,
     output_name,
 )
-from mechinterp import constants
 from mechinterp.cli import (
     ArgumentParser,
     add_common_args,
@@ -153,120 +154,16 @@ def options_from(args: argparse.Namespace, device: str) -> AttributionOptions:
 
 
 def write_outputs(result: FeatureAttribution, out: OutputFolder, title: str, n_heads: int, n_top: int) -> list[Path]:
-    """Every file of one feature; returns the paths written."""
+    """Every file of one feature (figure, tables, JSON); returns the paths written."""
     from mechinterp.attribution_plots import attribution_figure
 
     f = result.feature
     written = []
-    d = result.direct
-    if d is not None:
-        ranked = d.top(len(d.rows))
-        written.append(
-            out.write_csv(
-                output_name(constants.MI9_CSV, f),
-                [
-                    "rank",
-                    "component",
-                    "kind",
-                    "layer",
-                    "head",
-                    "mean_contribution",
-                    "share",
-                    "std_contribution",
-                    "frac_positive",
-                    "predicted_ablation_drop",
-                ],
-                [
-                    [
-                        i,
-                        r.component,
-                        r.kind,
-                        "" if r.layer is None else r.layer,
-                        "" if r.head is None else r.head,
-                        r.mean_contribution,
-                        r.share,
-                        r.std_contribution,
-                        r.frac_positive,
-                        r.predicted_ablation_drop,
-                    ]
-                    for i, r in enumerate(ranked, 1)
-                ],
-            )
-        )
-        fig = attribution_figure(result, n_heads, title, n_top)
-        written.append(out.save_figure(fig, output_name(constants.MI9_PNG, f)))
-    written.append(
-        out.write_csv(
-            output_name(constants.MI9_SOURCES_CSV, f),
-            [
-                "head",
-                "rank",
-                "source_token",
-                "token_id",
-                "mean_contribution",
-                "share_of_head",
-                "pairs",
-                "typical_offset",
-            ],
-            [
-                [
-                    h.component,
-                    i,
-                    s.token,
-                    "" if s.token_id is None else s.token_id,
-                    s.mean_contribution,
-                    s.share,
-                    s.n_pairs,
-                    s.typical_offset,
-                ]
-                for h in result.head_sources
-                for i, s in enumerate(h.sources, 1)
-            ],
-        )
-    )
-    written.append(
-        out.write_csv(
-            output_name(constants.MI9_OFFSETS_CSV, f),
-            ["head", "tokens_back", "mean_contribution"],
-            [[h.component, o, v] for h in result.head_sources for o, v in sorted(h.by_offset)],
-        )
-    )
-    written.append(
-        out.write_csv(
-            output_name(constants.MI9_WEIGHTS_CSV, f),
-            ["list", "rank", "kind", "component", "layer", "index", "score", "detail"],
-            [
-                [name, i, r.kind, r.component, "" if r.layer is None else r.layer, r.index, r.score, r.detail]
-                for name in ("neurons_up", "neurons_down", "heads", "tokens_up", "tokens_down")
-                for i, r in enumerate(getattr(result.weights, name), 1)
-            ],
-        )
-    )
-    if result.causal is not None:
-        written.append(
-            out.write_csv(
-                output_name(constants.MI9_ABLATION_CSV, f),
-                [
-                    "component",
-                    "predicted_drop",
-                    "measured_drop_pre",
-                    "measured_drop_act",
-                    "clean_activation",
-                    "removed_fraction",
-                ],
-                [
-                    [
-                        r.component,
-                        r.predicted_drop,
-                        r.measured_drop_pre,
-                        r.measured_drop_act,
-                        r.clean_activation,
-                        r.removed_fraction,
-                    ]
-                    for r in result.causal.rows
-                ],
-            )
-        )
+    for template, header, rows in attribution_tables(result):
+        written.append(out.write_csv(output_name(template, f), header, rows))
+        if template == constants.MI9_CSV:
+            fig = attribution_figure(result, n_heads, title, n_top)
+            written.append(out.save_figure(fig, output_name(constants.MI9_PNG, f)))
     written.append(out.write_json(output_name(constants.MI9_JSON, f), result.to_dict() | {"title": title}))
     return written
 

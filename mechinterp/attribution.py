@@ -1203,3 +1203,48 @@ def format_attribution_text(result: FeatureAttribution, title: str, n_rows: int 
             "   ",
         )
     return "\n".join(lines)
+
+
+def attribution_tables(result: FeatureAttribution) -> list[tuple[str, list[str], list[list]]]:
+    """The CSV tables of one feature's attribution, as ``(file name template, header, rows)``.
+
+    In order: the component rows (``MI9_<id>.csv``, only when the feature fires), the top heads' source
+    tokens and distances, the weights-only lists, and the causal check (when it ran).
+    """
+    from mechinterp import constants
+
+    tables = []
+    d = result.direct
+    if d is not None:
+        tables.append((constants.MI9_CSV, [
+            "rank", "component", "kind", "layer", "head", "mean_contribution", "share", "std_contribution",
+            "frac_positive", "predicted_ablation_drop",
+        ], [
+            [i, r.component, r.kind, "" if r.layer is None else r.layer, "" if r.head is None else r.head,
+             r.mean_contribution, r.share, r.std_contribution, r.frac_positive, r.predicted_ablation_drop]
+            for i, r in enumerate(d.top(len(d.rows)), 1)
+        ]))
+    tables.append((constants.MI9_SOURCES_CSV, [
+        "head", "rank", "source_token", "token_id", "mean_contribution", "share_of_head", "pairs", "typical_offset",
+    ], [
+        [h.component, i, s.token, "" if s.token_id is None else s.token_id, s.mean_contribution, s.share, s.n_pairs,
+         s.typical_offset]
+        for h in result.head_sources for i, s in enumerate(h.sources, 1)
+    ]))
+    tables.append((constants.MI9_OFFSETS_CSV, ["head", "tokens_back", "mean_contribution"],
+                   [[h.component, o, v] for h in result.head_sources for o, v in sorted(h.by_offset)]))
+    tables.append((constants.MI9_WEIGHTS_CSV, ["list", "rank", "kind", "component", "layer", "index", "score", "detail"], [
+        [name, i, r.kind, r.component, "" if r.layer is None else r.layer, r.index, r.score, r.detail]
+        for name in ("neurons_up", "neurons_down", "heads", "tokens_up", "tokens_down")
+        for i, r in enumerate(getattr(result.weights, name), 1)
+    ]))
+    if result.causal is not None:
+        tables.append((constants.MI9_ABLATION_CSV, [
+            "component", "predicted_drop", "measured_drop_pre", "measured_drop_act", "clean_activation",
+            "removed_fraction",
+        ], [
+            [r.component, r.predicted_drop, r.measured_drop_pre, r.measured_drop_act, r.clean_activation,
+             r.removed_fraction]
+            for r in result.causal.rows
+        ]))
+    return tables

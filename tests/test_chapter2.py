@@ -21,7 +21,7 @@ import pytest
 from scipy import stats as sps
 
 import MechInterpFeatureMeaning as ch2
-from mechinterp import confounds, stats
+from mechinterp import confounds, constants, stats
 from mechinterp.encoding import PromptAggregates, aggregate_prompts, tokenize
 from mechinterp.meaning import MeaningOptions, contrast_groups
 from mechinterp.summaries import SparseRow
@@ -187,7 +187,7 @@ def test_verdicts_on_the_demo_world(world, demo_run):
 
 
 def test_design_checks_warn_about_the_planted_confounds_only(demo_run):
-    rows = read_rows(demo_run / ch2.DESIGN_CSV)
+    rows = read_rows(demo_run / constants.DESIGN_CSV)
     length = {r["group"]: r for r in rows if r["check"] == "token length" and r["measure"] == "mean"}
     assert length["happy"]["flagged"] == "yes" and float(length["happy"]["p_value"]) < 1e-4
     assert length["angry"]["flagged"] == "no" and length["control"]["flagged"] == "no"
@@ -209,7 +209,7 @@ def test_design_checks_warn_about_the_planted_confounds_only(demo_run):
 def test_evidence_matches_the_prompts(world, demo_run):
     """The '!' feature's evidence, counted again from the prompt files."""
     bang = world.planted.punctuation["!"]
-    rows = read_rows(demo_run / ch2.EVIDENCE_CSV)
+    rows = read_rows(demo_run / constants.EVIDENCE_CSV)
     row = next(r for r in rows if r["group"] == "angry" and int(r["feature"]) == bang)
     n_bang = sum(t.endswith("!") for t in demo_prompt_sets()["angry"])
     assert row["verdict"] == "lexical" and row["top_token"] == "!" and row["peak_position"]
@@ -303,7 +303,7 @@ def test_paired_demo_matches_scipy_wilcoxon_and_lists_each_pair(world, loaded_to
         assert float(rows[int(f)]["p_value"]) == pytest.approx(ref.pvalue, rel=1e-4), f
     # Each pair's differing tokens: the happy line's tokens not in its baseline line, and the reverse.
     tok = loaded_toy.model.tokenizer
-    pairs = read_rows(out / ch2.DESIGN_PAIRS_CSV)
+    pairs = read_rows(out / constants.DESIGN_PAIRS_CSV)
     assert [int(p["line"]) for p in pairs] == list(range(1, 49))
 
     def extra(a: list[str], b: list[str]) -> str:
