@@ -142,7 +142,8 @@ def causal_figure(
         ax.set_xlim(-0.6, 0.6)
         ax.set_xticks([])  # again: boxplot adds a tick at its position
         ax.set_ylabel(ylabel)
-        ax.legend(fontsize=8.5, loc="best")
+        # Below the panel: inside it, a legend would sit on some of the control points.
+        ax.legend(fontsize=8.5, loc="upper center", bbox_to_anchor=(0.5, -0.02), frameon=False)
         ax.grid(axis="y", alpha=0.3)
 
     ax_t, ax_kl = bottom

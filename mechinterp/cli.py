@@ -229,9 +229,12 @@ def run_cli(body: Callable[[argparse.Namespace], int], args: argparse.Namespace)
     except KeyboardInterrupt:
         if debug:
             raise
+        # Only a script with the activation cache (it has --no-cache) keeps the prompts it encoded.
+        cached = hasattr(args, "no_cache") and not args.no_cache
         print(
-            "interrupted: stopped cleanly. Earlier results in the output folder are untouched, and the "
-            "prompts already encoded are cached, so a rerun continues where this one stopped.",
+            "interrupted: stopped cleanly. Earlier results in the output folder are untouched"
+            + (", and the prompts already encoded are cached, so a rerun continues where this one stopped."
+               if cached else "."),
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import LogFormatter, ScalarFormatter
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from mechinterp.training import ARCHITECTURE_LABELS, MatchScores, TrainingCurve
 
@@ -39,11 +39,13 @@ def training_curves(
         ax_ev.plot(curve.step, curve.explained_variance, color=color, lw=1.5, label=label)
     ax_loss.set_yscale("log")
     ax_l0.set_yscale("log")
+    plain = FuncFormatter(lambda value, _pos: f"{value:g}")
     for axis in (ax_loss, ax_l0):
-        # Plain numbers, with some in-between ticks labelled when the range spans less than a decade.
-        axis.yaxis.set_major_formatter(ScalarFormatter())
-        axis.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(1.5, 0.6)))
-        axis.tick_params(axis="y", which="minor", labelsize=7)
+        # One format for every label (plain numbers, major and minor alike), with the in-between ticks
+        # labelled when the range spans few decades (else one label per decade is enough).
+        axis.yaxis.set_major_formatter(plain)
+        axis.yaxis.set_minor_formatter(plain if _spans_few_decades(axis) else NullFormatter())
+        axis.tick_params(axis="y", which="minor", labelsize=8)
     if true_l0 is not None:
         ax_l0.axhline(true_l0, color="black", lw=0.8, ls="--", label=f"true features per sample ({true_l0:.2f})")
     ax_loss.set_title("training loss (log scale)", fontsize=10)
@@ -62,6 +64,11 @@ def training_curves(
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return fig
+
+
+def _spans_few_decades(axis) -> bool:
+    low, high = axis.axes.get_ylim()
+    return low > 0 and high / low < 30
 
 
 def feature_matching(

@@ -116,7 +116,7 @@ def test_two_runs_at_once_share_the_cache_safely(world, tmp_path):
     runs = [
         subprocess.Popen(
             [sys.executable, str(ROOT / "MechInterpFeatureMeaning.py"), "--demo", "--out", str(tmp_path / f"out{i}"),
-             "--batch-size", "4", "--quiet"],
+             "--groups", "happy", "--batch-size", "4", "--quiet"],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         for i in range(2)
@@ -133,7 +133,8 @@ def test_two_runs_at_once_share_the_cache_safely(world, tmp_path):
         with np.load(entry, allow_pickle=False) as data:
             assert data["max"].shape == data["idx"].shape
     third = subprocess.run(
-        [sys.executable, str(ROOT / "MechInterpFeatureMeaning.py"), "--demo", "--out", str(tmp_path / "out3")],
+        [sys.executable, str(ROOT / "MechInterpFeatureMeaning.py"), "--demo", "--out", str(tmp_path / "out3"),
+         "--groups", "happy"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert third.returncode == 0 and "the model was not loaded" in third.stderr
