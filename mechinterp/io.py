@@ -28,16 +28,21 @@ def _umask() -> int:
     return mask
 
 
+def _temporary_beside(path: Path) -> Path:
+    """A new empty file in ``path``'s folder (created if needed), with ordinary permissions."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    # mkstemp creates the file owner-only (0600); give it the permissions an ordinary open() would.
+    os.chmod(tmp_name, 0o666 & ~_umask())
+    return Path(tmp_name)
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``, else delete it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    # mkstemp creates the file owner-only (0600); give it the permissions an ordinary open() would.
-    os.chmod(tmp, 0o666 & ~_umask())
+    tmp = _temporary_beside(path)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -140,11 +145,7 @@ class OutputFolder:
     def staged(self, name: str) -> Iterator[Path]:
         """Yield a temporary path to write ``name`` to; it is renamed into place on :meth:`commit`."""
         final = self.path / name
-        final.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-        os.close(fd)
-        tmp = Path(tmp_name)
-        os.chmod(tmp, 0o666 & ~_umask())
+        tmp = _temporary_beside(final)
         try:
             yield tmp
         except BaseException:
