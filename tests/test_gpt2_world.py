@@ -534,3 +534,23 @@ def test_chapter4_default_command_runs(slow_runs, g2w):
 @pytest.mark.parametrize("name", ["ch2_hook_z", "ch2_jumprelu", "ch3_jumprelu", "ch4_jumprelu"])
 def test_other_sae_kinds_run_in_chapters_2_to_4(slow_runs, name):
     ok(slow_runs[name])
+
+
+@pytest.mark.parametrize("centered", [True, False])
+def test_the_loader_passes_the_saes_model_kwargs(g2w, real, centered):
+    """The project's loader must load the model the way the SAE's metadata says. The library default is
+    center_writing_weights=True, so an SAE asking for False shows whether the kwargs reach the model:
+    drop them and the uncentered case fails."""
+    import dataclasses
+
+    from mechinterp.loading import load_model, load_sae
+
+    with gw.hub_cache(g2w.hf_home), torch.inference_mode():
+        loaded_sae = load_sae(gw.SAE_RELEASE, gw.SAE_ID, None, "cpu")
+        assert loaded_sae.model_kwargs == {"center_writing_weights": True}  # what the real release asks for
+        loaded_sae = dataclasses.replace(loaded_sae, model_kwargs={"center_writing_weights": centered})
+        model = load_model(gw.MODEL_NAME, loaded_sae, "cpu")
+        _, cache = model.run_with_cache(DEFAULT_TEXT, names_filter=gw.SAE_ID)
+    resid = cache[gw.SAE_ID][0, 1:]  # text positions
+    # Centering removes the all-ones component the world planted in every embedding.
+    assert (resid.mean(-1).abs().max() < 1e-4) if centered else (resid.mean(-1).abs().min() > 0.1)
