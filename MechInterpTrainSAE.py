@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shlex
 import sys
 import time
 from dataclasses import asdict
@@ -43,7 +44,7 @@ from mechinterp.cli import (
     positive_int,
     run_cli,
 )
-from mechinterp.errors import UserError
+from mechinterp.errors import Interrupted, UserError
 from mechinterp.io import OutputFolder
 from mechinterp.loading import (
     go_offline_if_hub_unreachable,
@@ -54,6 +55,7 @@ from mechinterp.loading import (
 )
 from mechinterp.progress import progress_bar
 from mechinterp.records import RunRecord, file_sha256
+from mechinterp.saelens_adapter import TrainingInterrupted
 from mechinterp.source import demo_threads
 from mechinterp.tables import print_table
 from mechinterp.training import (
@@ -172,7 +174,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--context-size", type=positive_int, default=128, help="tokens per training sequence (default: %(default)s)")
     data.add_argument(
         "--checkpoints", type=int, default=2, metavar="N",
-        help="intermediate checkpoints saved under OUT/checkpoints/ (0 = none; default: %(default)s)",
+        help="intermediate checkpoints saved under OUT/checkpoints/ (0 = none; Ctrl-C saves one to resume from "
+        "either way; default: %(default)s)",
     )
     data.add_argument(
         "--resume-from", type=Path, default=None, metavar="DIR",
@@ -408,6 +411,9 @@ def run_model(options: ModelOptions, quiet: bool, out: OutputFolder, record: Run
     spec = model_training_spec(options, model, model_label, device, data, out / constants.CHECKPOINT_SUBDIR)
     if data.train_texts is not None:
         report_passes(model, data.train_texts, spec.training_tokens, record, log)
+    if options.resume_from is not None:
+        log(f"resuming from the checkpoint {options.resume_from}; the training curve (MI7) covers the steps from there")
+        record.update(resumed_from=str(options.resume_from))
     trained = train(model, spec, data, quiet, record, log)
 
     sae_dir = out / constants.SAE_SUBDIR
@@ -453,9 +459,35 @@ def train(model: Any, spec: ModelTrainingSpec, data: TrainingData, quiet: bool, 
     with record.timed("train"):
         try:
             dataset = text_dataset(data.train_texts) if data.train_texts is not None else None
-            return train_on_model(model, spec, dataset, update)
+            return train_on_model(model, spec, dataset, update, log)
+        except TrainingInterrupted as stop:
+            bar.close()
+            raise Interrupted(interrupt_note(stop, spec, record.data["argv"])) from stop
         finally:
             bar.close()
+
+
+def interrupt_note(stop: TrainingInterrupted, spec: ModelTrainingSpec, argv: list[str]) -> str:
+    """What an interrupted training run kept, and the exact command (``argv``: this run's flags) that continues it."""
+    done = f"after {stop.steps:,} of {spec.total_steps:,} steps ({stop.samples:,} tokens)"
+    if stop.checkpoint is None:
+        return f"{done}, before the first step finished: nothing to resume; rerun the same command to start again."
+    command = shlex.join(["python", Path(__file__).name, *resume_argv(argv, stop.checkpoint)])
+    return (f"{done}. Saved a complete checkpoint in {stop.checkpoint}/ (no SAE in the output folder yet). "
+            f"Continue with:\n  {command}")
+
+
+def resume_argv(argv: list[str], checkpoint: Path) -> list[str]:
+    """``argv`` with its ``--resume-from`` (if any) replaced by ``checkpoint``."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--resume-from":
+            skip = True
+        elif not arg.startswith("--resume-from="):
+            kept.append(arg)
+    return [*kept, "--resume-from", str(checkpoint)]
 
 
 def evaluate(model: Any, sae_dir: Path, data: TrainingData, options: ModelOptions, device: str,
@@ -516,7 +548,7 @@ def model_facts(spec: ModelTrainingSpec, trained: ModelTrainingResult, data: Tra
         "data": data.label,
         "evaluated_on": data.eval_note,
         "sae_path": str(sae_dir),
-        "checkpoints": trained.checkpoint_dir,
+        "checkpoints": trained.checkpoint_dir if trained.checkpoint_dir and Path(trained.checkpoint_dir).is_dir() else None,
         "evaluation": evaluation.to_dict(),
         "planted_directions": planted,
         "final_training_metrics": {
@@ -530,7 +562,7 @@ def model_facts(spec: ModelTrainingSpec, trained: ModelTrainingResult, data: Tra
 def print_saved(options: ModelOptions, sae_dir: Path, trained: ModelTrainingResult, written: list[Path]) -> None:
     model_flag = f" --model {options.model}" if options.model != constants.DEFAULT_MODEL else ""
     print(f"\nSaved the SAE in {sae_dir}/ (cfg.json, sae_weights.safetensors, sparsity.safetensors)")
-    if trained.checkpoint_dir:
+    if trained.checkpoint_dir and Path(trained.checkpoint_dir).is_dir():  # none saved with --checkpoints 0
         print(f"      checkpoints in {trained.checkpoint_dir}/")
     print("      " + "\n      ".join(str(path) for path in written))
     print(f"\nUse it in the other chapters, e.g.:\n  python MechInterpInitialInvestigation.py"

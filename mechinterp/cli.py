@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mechinterp import constants
-from mechinterp.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EnvironmentProblem, UserError
+from mechinterp.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EnvironmentProblem, Interrupted, UserError
 from mechinterp.io import OutputFolder
 from mechinterp.source import SourceOptions, demo_prompts_dir
 
@@ -224,6 +224,11 @@ def run_cli(body: Callable[[argparse.Namespace], int], args: argparse.Namespace)
             raise
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
+    except Interrupted as stop:
+        if debug:
+            raise
+        print(f"interrupted: {stop.note}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         if debug:
             raise

@@ -22,3 +22,14 @@ class EnvironmentProblem(UserError):
     """The machine lacks something (network, cache, memory, a writable folder). Exit status 1."""
 
     exit_code = EXIT_FAILURE
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) with something to tell the user: what was saved and how to continue.
+
+    ``mechinterp.cli.run_cli`` prints ``interrupted: <note>`` and exits 130, as for any Ctrl-C.
+    """
+
+    def __init__(self, note: str):
+        super().__init__(note)
+        self.note = note

@@ -19,9 +19,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import shutil
 import signal
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 # SAETrainer.build_train_step_log_dict's keys for the numbers a training curve records, by our name.
@@ -89,52 +91,162 @@ def saelens_bars_hidden() -> Iterator[None]:
         yield
 
 
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Inside the block, SIGTERM (e.g. a job scheduler stopping the run) raises KeyboardInterrupt like Ctrl-C.
+class _StepBoundaryInterrupts:
+    """Ctrl-C and SIGTERM stop training at once, except inside an optimisation step, which they let finish.
 
-    Only in the main thread (the only one Python lets set signal handlers); the previous handler is
-    restored afterwards. Relies on nothing in SAELens.
+    A signal that arrives between steps (while the activation buffer fills, say, which can take
+    minutes) raises KeyboardInterrupt straight away. One that arrives during ``trainer.step`` is held
+    until the step has returned, so the weights, optimiser, sample count and step count that a
+    checkpoint saves all describe the same finished step.
+
+    Relies on: ``SAETrainer.fit()`` calling ``self.step(batch)`` once per optimisation step and only
+    then incrementing ``n_training_steps`` (see :func:`after_each_step`).
+    """
+
+    def __init__(self, trainer: Any):
+        self.trainer = trainer
+        self.in_step = False
+        self.pending = False
+        self.steps_before = int(trainer.n_training_steps)  # > 0 when resumed from a checkpoint
+        self.completed = 0
+        original_step = trainer.step
+
+        def step(batch: Any) -> Any:
+            self.in_step = True
+            try:
+                output = original_step(batch)
+            finally:
+                self.in_step = False
+            self.completed += 1
+            if self.pending:
+                raise KeyboardInterrupt
+            return output
+
+        trainer.step = step
+
+    def handle(self, _signum: int, _frame: Any) -> None:
+        if self.in_step:
+            self.pending = True
+        else:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        """The handler for SIGINT and SIGTERM inside the block (main thread only; restored afterwards)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def settle_step_count(self) -> None:
+        """Count a step that finished but whose ``n_training_steps`` increment the interrupt cut off."""
+        self.trainer.n_training_steps = max(int(self.trainer.n_training_steps), self.steps_before + self.completed)
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped ``trainer.fit()``.
+
+    Attributes:
+        checkpoint: the complete checkpoint folder saved for ``--resume-from``, or None (nothing to keep
+            before the first step, or no checkpoint folder configured).
+        samples: training samples (tokens) seen when it stopped.
+        steps: optimisation steps taken.
+    """
+
+    def __init__(self, checkpoint: Path | None, samples: int, steps: int):
+        super().__init__(f"training interrupted after {steps} steps")
+        self.checkpoint, self.samples, self.steps = checkpoint, samples, steps
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Inside the block, Ctrl-C and SIGTERM are ignored (a second Ctrl-C must not cut a checkpoint in half).
+
+    Only in the main thread; the previous handlers are restored afterwards.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def interrupt(_signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
-def fit_saving_on_interrupt(trainer: Any, checkpoint_on_interrupt: bool) -> Any:
-    """``trainer.fit()`` with SAELens' bars hidden; on Ctrl-C or SIGTERM, save a checkpoint and re-raise.
+def save_checkpoint_atomically(trainer: Any, name: str) -> Path:
+    """``trainer.save_checkpoint`` into a hidden folder, then renamed to ``name``: the folder ``name`` is
+    either absent or complete, whatever stops the process while it is written.
+
+    A periodic checkpoint of the same step (possibly cut short by the interrupt) is replaced.
+
+    Relies on: ``SAETrainer.save_checkpoint(checkpoint_name=...)`` writing everything (weights, sparsity,
+    trainer state, and through ``save_checkpoint_fn`` the runner's activation-store state and config)
+    into ``cfg.checkpoint_path / checkpoint_name`` and nowhere else.
+
+    Returns:
+        The checkpoint folder, ``cfg.checkpoint_path / name``.
+    """
+    base = Path(trainer.cfg.checkpoint_path)
+    partial, target, replaced = base / f".partial-{name}", base / name, base / f".replaced-{name}"
+    for leftover in (partial, replaced):
+        if leftover.exists():
+            shutil.rmtree(leftover)
+    trainer.save_checkpoint(checkpoint_name=partial.name)
+    if target.exists():
+        target.rename(replaced)
+    partial.rename(target)  # atomic on one file system: the folder appears complete or not at all
+    if replaced.exists():
+        shutil.rmtree(replaced)
+    return target
+
+
+def fit_saving_on_interrupt(trainer: Any, checkpoint_on_interrupt: bool, log: Callable[[str], None] | None = None) -> Any:
+    """``trainer.fit()`` with SAELens' bars hidden; on Ctrl-C or SIGTERM, save a checkpoint and stop.
+
+    The signal stops training at the next step boundary (at once between steps; see
+    :class:`_StepBoundaryInterrupts`).
 
     The checkpoint is the trainer's own (``SAETrainer.save_checkpoint``: weights, sparsity, optimiser
     and scheduler state, plus whatever its ``save_checkpoint_fn`` adds; the language-model runner adds
-    the activation store's position), named by the samples seen, so ``--resume-from`` can continue it.
+    the activation store's position), named by the samples seen, written atomically
+    (:func:`save_checkpoint_atomically`) with further signals held off, so ``--resume-from`` can
+    continue it.
 
-    Relies on: ``SAETrainer.save_checkpoint(checkpoint_name=...)`` writing under the trainer's
-    ``cfg.checkpoint_path`` and ``SAETrainer.n_training_samples`` counting the samples seen.
+    Relies on: ``SAETrainer.n_training_samples`` / ``n_training_steps`` counting the samples and steps
+    taken, and on :func:`save_checkpoint_atomically`'s assumptions.
 
     Args:
         trainer: a ``sae_lens.SAETrainer``.
         checkpoint_on_interrupt: save the checkpoint when interrupted (needs ``cfg.checkpoint_path``).
+        log: told when the checkpoint is being written (it can take seconds for a large SAE).
 
     Returns:
         The trained SAE that ``fit()`` returns.
+
+    Raises:
+        TrainingInterrupted: on Ctrl-C or SIGTERM, after the checkpoint (if any) is complete.
     """
-    with sigterm_as_interrupt():
-        try:
-            with saelens_bars_hidden():
-                return trainer.fit()
-        except KeyboardInterrupt:
-            if checkpoint_on_interrupt and trainer.n_training_samples > 0:  # before the first step: nothing to keep
-                trainer.save_checkpoint(checkpoint_name=str(trainer.n_training_samples))
-            raise
+    interrupts = _StepBoundaryInterrupts(trainer)
+    try:
+        with interrupts.installed(), saelens_bars_hidden():
+            return trainer.fit()
+    except KeyboardInterrupt as err:
+        interrupts.settle_step_count()
+        saved = None
+        if checkpoint_on_interrupt and trainer.n_training_samples > 0:  # before the first step: nothing to keep
+            with signals_held():
+                if log is not None:
+                    log(f"interrupted after step {trainer.n_training_steps}: saving a checkpoint "
+                        "(further Ctrl-C is ignored until it is written) ...")
+                saved = save_checkpoint_atomically(trainer, str(trainer.n_training_samples))
+        raise TrainingInterrupted(saved, trainer.n_training_samples, trainer.n_training_steps) from err
 
 
 @functools.cache
@@ -144,9 +256,11 @@ def _watched_runner_class() -> type:
     class WatchedRunner(LanguageModelSAETrainingRunner):
         """SAELens' language-model runner that shows its trainer to ``on_trainer`` before training."""
 
-        def __init__(self, cfg: Any, on_trainer: Callable[[Any], None], **overrides: Any):
+        def __init__(self, cfg: Any, on_trainer: Callable[[Any], None], log: Callable[[str], None] | None = None,
+                     **overrides: Any):
             super().__init__(cfg, **overrides)
             self.on_trainer = on_trainer
+            self.log = log
             self.trainer: Any = None
 
         def run_trainer_with_interruption_handling(self, trainer: Any) -> Any:
@@ -154,12 +268,13 @@ def _watched_runner_class() -> type:
             # interrupt, writes the activation store's state without the SAE's weights).
             self.trainer = trainer
             self.on_trainer(trainer)
-            return fit_saving_on_interrupt(trainer, checkpoint_on_interrupt=self.cfg.checkpoint_path is not None)
+            return fit_saving_on_interrupt(trainer, self.cfg.checkpoint_path is not None, self.log)
 
     return WatchedRunner
 
 
-def watched_runner(cfg: Any, on_trainer: Callable[[Any], None], **overrides: Any) -> Any:
+def watched_runner(cfg: Any, on_trainer: Callable[[Any], None], log: Callable[[str], None] | None = None,
+                   **overrides: Any) -> Any:
     """A ``LanguageModelSAETrainingRunner`` for ``cfg`` that hands its trainer to ``on_trainer``.
 
     After ``runner.run()``, ``runner.trainer`` is the trainer it used (for its feature sparsity).
@@ -171,7 +286,8 @@ def watched_runner(cfg: Any, on_trainer: Callable[[Any], None], **overrides: Any
     Args:
         cfg: a ``sae_lens.LanguageModelSAERunnerConfig``.
         on_trainer: called with the trainer just before training starts (e.g. :func:`after_each_step`).
+        log: told when an interrupt's checkpoint is being written.
         overrides: the runner's own keyword arguments (``override_model``, ``override_dataset``, ...).
     """
-    return _watched_runner_class()(cfg, on_trainer, **overrides)
+    return _watched_runner_class()(cfg, on_trainer, log, **overrides)
 

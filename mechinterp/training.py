@@ -120,7 +120,8 @@ def attach_curve(trainer: Any, curve: TrainingCurve, progress: ProgressFn | None
     Args:
         trainer: a ``sae_lens.SAETrainer`` that has not started training.
         curve: filled in place, every ``curve.every`` steps and at the last step.
-        progress: called after each step with 1 and the latest recorded metrics (empty between records).
+        progress: called after each step with 1 and the latest recorded metrics (empty between records),
+            and at once with the steps already taken when the trainer resumes from a checkpoint.
     """
     total_steps = max(1, trainer.cfg.total_training_samples // trainer.cfg.train_batch_size_samples)
 
@@ -142,6 +143,8 @@ def attach_curve(trainer: Any, curve: TrainingCurve, progress: ProgressFn | None
             progress(1, latest)
 
     after_each_step(trainer, record)
+    if progress is not None and trainer.n_training_steps > 0:  # resumed: the bar starts where the checkpoint was
+        progress(int(trainer.n_training_steps), {})
 
 
 @contextlib.contextmanager
@@ -708,7 +711,7 @@ def model_training_spec(
         model_label: names the model in titles and in the SAE's metadata.
         device: where to train.
         data: the training text (its label goes into the SAE's metadata).
-        checkpoint_root: where checkpoints go, when ``options`` asks for any or resumes from one.
+        checkpoint_root: where checkpoints go (the periodic ones, and the one an interrupt saves).
     """
     d_sae = options.d_sae or D_SAE_PER_WIDTH * int(model.cfg.d_model)
     if options.architecture == "topk" and options.k > d_sae:
@@ -731,7 +734,8 @@ def model_training_spec(
         dataset_path=data.label,
         model_kwargs=MODEL_KWARGS,
         n_checkpoints=options.checkpoints,
-        checkpoint_dir=checkpoint_root if options.checkpoints or options.resume_from else None,
+        # Always a folder, even with no periodic checkpoints: Ctrl-C saves one there to resume from.
+        checkpoint_dir=checkpoint_root,
         resume_from=options.resume_from,
         wandb=options.wandb,
         wandb_project=options.wandb_project,
@@ -807,6 +811,7 @@ def train_on_model(
     spec: ModelTrainingSpec,
     dataset: Any | None,
     progress: ProgressFn | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> ModelTrainingResult:
     """Train an SAE on ``model``'s activations at ``spec.hook_name`` with SAELens' LM runner.
 
@@ -814,6 +819,10 @@ def train_on_model(
         model: a loaded HookedTransformer (passed to the runner as ``override_model``).
         dataset: an in-memory dataset with a "text" column (``override_dataset``), or None to stream
             ``spec.dataset_path`` from the Hugging Face Hub.
+        log: told when an interrupt's checkpoint is being written.
+
+    Raises:
+        TrainingInterrupted: on Ctrl-C or SIGTERM, once the checkpoint to resume from is complete.
     """
     if spec.hook_name not in model.hook_dict:
         raise UserError(
@@ -824,12 +833,14 @@ def train_on_model(
         raise UserError(f"--context-size {spec.context_size} exceeds the model's context of {model.cfg.n_ctx} tokens")
     d_in = int(model.cfg.d_model)
     cfg = runner_config(spec, d_in)
+    if spec.resume_from is not None:
+        check_resumable(spec.resume_from, cfg)
     curve = TrainingCurve(every=max(1, spec.total_steps // spec.curve_points))
     torch.manual_seed(spec.seed)  # SAE initialisation and the shuffling buffer draw from torch's RNG
     with quiet_saelens():
         try:
             runner = watched_runner(
-                cfg, lambda trainer: attach_curve(trainer, curve, progress),
+                cfg, lambda trainer: attach_curve(trainer, curve, progress), log,
                 override_dataset=dataset, override_model=model,
             )
         except Exception as err:
@@ -851,6 +862,58 @@ def train_on_model(
         checkpoint_dir=cfg.checkpoint_path,
         train_seconds=seconds,
     )
+
+
+# What must be the same for --resume-from to continue a run rather than start a different one, as
+# (label for the user, path into SAELens' runner config dict).
+RESUME_MUST_MATCH = (
+    ("--model", ("model_name",)),
+    ("--hook", ("hook_name",)),
+    ("--architecture", ("sae", "architecture")),
+    ("--d-sae", ("sae", "d_sae")),
+    ("--training-tokens", ("training_tokens",)),
+    ("--batch-size", ("train_batch_size_tokens",)),
+    ("--context-size", ("context_size",)),
+    ("--dataset / --text-file", ("dataset_path",)),
+    ("--seed", ("seed",)),
+)
+CHECKPOINT_FILES = ("cfg.json", "sae_weights.safetensors", "trainer_state.pt", RUNNER_CFG_FILENAME)
+
+
+def check_resumable(folder: Path, cfg: Any) -> None:
+    """Refuse a ``--resume-from`` folder that is not a complete checkpoint of a run with these options.
+
+    Args:
+        folder: the folder given to ``--resume-from``.
+        cfg: the ``LanguageModelSAERunnerConfig`` of the run about to start.
+
+    Raises:
+        UserError: naming the checkpoint folders inside ``folder`` (a run's checkpoint root was given),
+            the missing files, or each option that differs from the interrupted run's.
+    """
+    folder = Path(folder)
+    missing = [name for name in CHECKPOINT_FILES if not (folder / name).is_file()]
+    if missing:
+        # Given a run's checkpoint root (OUT/checkpoints or OUT/checkpoints/<run>)? Point at its latest one.
+        inside = [p for p in (*folder.glob("*/"), *folder.glob("*/*/")) if (p / "trainer_state.pt").is_file()]
+        latest = max(inside, key=lambda p: (int(p.name) if p.name.isdigit() else -1, p.stat().st_mtime), default=None)
+        hint = f"; it holds checkpoints, the latest: --resume-from {latest}" if latest else ""
+        raise UserError(f"--resume-from {folder} is not a complete checkpoint (no {', '.join(missing)}){hint}")
+    saved = json.loads((folder / RUNNER_CFG_FILENAME).read_text())
+    now = cfg.to_dict()
+    differ = []
+    for label, path in RESUME_MUST_MATCH:
+        old, new = saved, now
+        for key in path:
+            old = old.get(key) if isinstance(old, dict) else None
+            new = new.get(key) if isinstance(new, dict) else None
+        if old != new:
+            differ.append(f"{label} was {old!r}, now {new!r}")
+    if differ:
+        raise UserError(
+            f"--resume-from {folder} was made with other options ({'; '.join(differ)}); rerun with the "
+            "interrupted run's options (its command is in the interrupt message and its run record)"
+        )
 
 
 def inference_sae(training_sae: Any) -> Any:

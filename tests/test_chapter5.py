@@ -264,7 +264,8 @@ def test_model_training_spec_takes_the_width_from_the_model(tmp_path):
     assert spec.total_steps == 300_000 // 1024
     no_checkpoints = ModelOptions(demo=True, checkpoints=0, context_size=64, d_sae=100)
     spec = model_training_spec(no_checkpoints, model, "toy", "cpu", data, tmp_path)
-    assert spec.d_sae == 100 and spec.checkpoint_dir is None
+    # No periodic checkpoints, but still a folder: Ctrl-C saves one there to resume from.
+    assert spec.d_sae == 100 and spec.n_checkpoints == 0 and spec.checkpoint_dir == tmp_path
     with pytest.raises(UserError, match="lower --k"):
         model_training_spec(ModelOptions(architecture="topk", k=400), model, "m", "cpu", data, tmp_path)
     with pytest.raises(UserError, match="context of 64"):

@@ -108,9 +108,11 @@ def test_interrupt_saves_a_resumable_checkpoint(tmp_path):
             raise KeyboardInterrupt
 
     adapter.after_each_step(trainer, stop)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(adapter.TrainingInterrupted) as stopped:
         adapter.fit_saving_on_interrupt(trainer, checkpoint_on_interrupt=True)
     saved = tmp_path / str(3 * BATCH)
+    assert stopped.value.checkpoint == saved and stopped.value.samples == 3 * BATCH
+    assert [p.name for p in tmp_path.iterdir()] == [saved.name]  # no partial folder left
     assert {"cfg.json", "sae_weights.safetensors", "trainer_state.pt"} <= {p.name for p in saved.iterdir()}
     resumed = tiny_trainer()
     resumed.load_trainer_state(saved)
@@ -119,12 +121,56 @@ def test_interrupt_saves_a_resumable_checkpoint(tmp_path):
     torch.testing.assert_close(resumed.sae.W_dec, trainer.sae.W_dec)
 
 
-def test_sigterm_raises_keyboard_interrupt_only_inside_the_block():
-    before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(KeyboardInterrupt), adapter.sigterm_as_interrupt():
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(5)  # the handler interrupts the sleep at once
-    assert signal.getsignal(signal.SIGTERM) is before
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_a_step_stops_after_it_with_consistent_counts(tmp_path, sig):
+    """A real signal inside step 3 lets the step finish: the checkpoint's weights, sample count and step
+    count all describe 3 finished steps. A second signal while the checkpoint is written is ignored."""
+    trainer = tiny_trainer(checkpoint_path=tmp_path)
+    original_step, original_save = trainer.step, trainer.save_checkpoint
+    weights_after = []
+
+    def step(batch):
+        if trainer.n_training_steps == 2:
+            os.kill(os.getpid(), sig)  # arrives mid-step: held until the step returns
+        output = original_step(batch)
+        weights_after.append(trainer.sae.W_dec.detach().clone())
+        return output
+
+    def save(**kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # impatient second Ctrl-C: must not cut the checkpoint short
+        original_save(**kwargs)
+
+    trainer.step, trainer.save_checkpoint = step, save
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with pytest.raises(adapter.TrainingInterrupted) as stopped:
+        adapter.fit_saving_on_interrupt(trainer, checkpoint_on_interrupt=True)
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    assert (stopped.value.steps, stopped.value.samples) == (3, 3 * BATCH)
+    assert len(weights_after) == 3
+    state = torch.load(tmp_path / str(3 * BATCH) / "trainer_state.pt", weights_only=False)
+    assert (state["n_training_steps"], state["n_training_samples"]) == (3, 3 * BATCH)
+    resumed = tiny_trainer()
+    resumed.sae.load_weights_from_checkpoint(tmp_path / str(3 * BATCH))
+    torch.testing.assert_close(resumed.sae.W_dec, weights_after[-1])
+
+
+def test_a_signal_between_steps_stops_at_once():
+    trainer = tiny_trainer()
+    original = trainer.data_provider
+
+    def batches():
+        for i, batch in enumerate(original):
+            if i == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)  # e.g. a long buffer refill: the handler interrupts it at once
+            yield batch
+
+    trainer.data_provider = batches()
+    start = time.perf_counter()
+    with pytest.raises(adapter.TrainingInterrupted) as stopped:
+        adapter.fit_saving_on_interrupt(trainer, checkpoint_on_interrupt=False)
+    assert time.perf_counter() - start < 4
+    assert stopped.value.checkpoint is None
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # SAELens' advice on tokenising and epochs
