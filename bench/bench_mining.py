@@ -2,8 +2,11 @@
 
 Measures tokens/s and peak resident memory of one streaming mining pass with every feature tracked
 (``all_features=True``: top-k windows, firing counts and histograms for all 24,576 features), at
-several corpus sizes, each in a fresh process so the peaks are independent. The target (issue 16):
-peak memory flat, at most 1.2x from the smallest to the largest corpus.
+several corpus sizes. By default one fresh process mines the largest size and records, as it passes
+each smaller size, the tokens/s so far and the peak memory so far (a process's peak can only grow, so
+"flat" means the peak after 2M tokens is the peak after 100k); ``--separate`` runs each size in its own
+fresh process instead (independent peaks, but the sizes' tokens are mined again: 3.1M instead of 2M).
+The target (issue 16): peak memory flat, at most 1.2x from the smallest to the largest corpus.
 
 Everything runs offline. The model and SAE are ``bench_encoding.py``'s random GPT-2-small-shaped
 model and 24,576-feature SAE (imported, not copied), with the SAE's training context set to 128 tokens
@@ -14,7 +17,8 @@ from a seed: one document per line, Zipf-distributed GPT-2 words, document lengt
 
 Run from the repository root:
     python bench/bench_mining.py --quick     # 20k and 50k tokens, a few minutes: checks that it works
-    python bench/bench_mining.py             # 100k, 1M and 2M tokens (see bench/README_mining.md)
+    python bench/bench_mining.py             # 100k, 1M and 2M tokens, one pass (see bench/README.md)
+    python bench/bench_mining.py --separate  # each size in its own process
     python bench/bench_mining.py --write-corpus corpus_1m.txt --sizes 1000000   # only write a corpus
 
 Prints a markdown table and writes ``bench/results/bench_mining[_quick].json`` and ``.md``.
@@ -57,8 +61,8 @@ from bench_encoding import (  # noqa: E402
     wait_for_quiet,
 )
 
-from mechinterp.cli import positive_int  # noqa: E402
-from mechinterp.errors import UserError, run_cli  # noqa: E402
+from mechinterp.cli import positive_int, run_cli  # noqa: E402
+from mechinterp.errors import UserError  # noqa: E402
 from mechinterp.io import write_json, write_text  # noqa: E402
 from mechinterp.mining import (  # noqa: E402
     DEFAULT_BATCH_SIZE,
@@ -150,9 +154,17 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         checkpoint_dir=checkpoints, checkpoint_every=args.checkpoint_every or DEFAULT_CHECKPOINT_EVERY,
     )
     marks = {"next": 0.1}
+    milestones = sorted(n for n in (args.milestones or []) if n < args.child)
+    passed: list[dict[str, Any]] = []
     start = time.perf_counter()
 
     def progress(done: int, total: int | None) -> None:
+        while milestones and done >= milestones[0]:  # the peak so far, as this pass crosses each smaller size
+            seconds = time.perf_counter() - start
+            passed.append({"tokens": done, "requested_tokens": milestones.pop(0), "seconds": round(seconds, 2),
+                           "tokens_per_second": round(done / max(seconds, 1e-9), 1), "peak_rss_mb": round(rss_mb(), 1),
+                           "peak_vm_hwm_mb": None if vm_hwm_mb() is None else round(vm_hwm_mb() or 0.0, 1),
+                           "peak_rss_after_load_mb": round(after_load, 1)})
         # One line per tenth, on stderr (the parent passes it through), so a long run shows it is alive.
         if total and done >= marks["next"] * total:
             rate = done / max(time.perf_counter() - start, 1e-9)
@@ -184,22 +196,28 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         "checkpoint_mb": round(checkpoint_mb, 2),
         "mean_features_fired_per_token": round(float(result.fired_counts.sum() / max(result.n_tokens, 1)), 1),
         "features_that_fired": int((result.fired_counts > 0).sum()),
+        "milestones": passed,
     }
 
 
 def measure(
     args: argparse.Namespace, corpus: Path, sizes: Sequence[int], log: Callable[[str], None]
 ) -> list[dict[str, Any]]:
-    """Run :func:`child` for each size in its own subprocess (stderr passed through, for progress)."""
+    """Run :func:`child` in a subprocess (stderr passed through, for progress): once for the largest size,
+    recording the smaller ones on the way, or with ``--separate`` once per size."""
     results = []
-    for n in sizes:
-        log(f"mining {n:,} tokens with every feature tracked, in a fresh process ...")
+    passes = [(n, []) for n in sizes] if args.separate else [(sizes[-1], list(sizes[:-1]))]
+    for n, milestones in passes:
+        log(f"mining {n:,} tokens with every feature tracked, in a fresh process"
+            + (f", noting the peak memory at {', '.join(f'{m:,}' for m in milestones)} tokens" if milestones else "")
+            + " ...")
         cmd = [
             sys.executable, str(Path(__file__).resolve()), "--child", str(n), "--corpus", str(corpus),
             "--seed", str(args.seed), "--k", str(args.k), "--batch-size", str(args.batch_size),
             "--window", str(args.window), "--checkpoint-every", str(args.checkpoint_every),
             "--sae-l0", str(args.sae_l0), "--threads", str(args.threads), "--d-sae", str(args.d_sae),
             "--hook-layer", str(args.hook_layer),
+            *(["--milestones", *map(str, milestones)] if milestones else []),
         ]
         floor = rss_mb()
         snap = cpu_snapshot()
@@ -208,8 +226,10 @@ def measure(
         if done.returncode != 0:
             raise RuntimeError(f"the mining run on {n:,} tokens failed (exit {done.returncode}); its messages are above")
         row = json.loads(done.stdout.strip().splitlines()[-1])
-        row |= {"requested_tokens": n, "parent_peak_rss_at_start_mb": round(floor, 1),
-                "other_processes_cpu_share": others_cpu_share(snap, cpu_snapshot())}
+        shared = {"parent_peak_rss_at_start_mb": round(floor, 1),
+                  "other_processes_cpu_share": others_cpu_share(snap, cpu_snapshot())}
+        results.extend({**passed, **shared, "one_pass": True} for passed in row.pop("milestones"))
+        row |= {"requested_tokens": n, **shared, "one_pass": bool(milestones)}
         results.append(row)
         log(f"  {row['tokens_per_second']:,.0f} tokens/s, peak RSS {row['peak_rss_mb']:,.0f} MB")
     return results
@@ -235,14 +255,20 @@ def markdown(results: dict[str, Any]) -> str:
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     base = rows[0]["peak_rss_mb"] if rows else 1.0
+    def cell(r: dict[str, Any], key: str, fmt: str) -> str:
+        return "-" if r.get(key) is None else format(r[key], fmt)
+
     for r in rows:
         busy = r.get("other_processes_cpu_share")
         lines.append(
-            f"| {r['tokens']:,} | {r['windows']:,} | {r['seconds']:,.1f} | {r['tokens_per_second']:,.0f} | "
+            f"| {r['tokens']:,} | {cell(r, 'windows', ',')} | {r['seconds']:,.1f} | {r['tokens_per_second']:,.0f} | "
             f"{r['peak_rss_mb']:,.0f} | {r['peak_rss_after_load_mb']:,.0f} | {r['peak_rss_mb'] / base:.2f}x | "
-            f"{r['windows_kept']:,} | {r['state_mb']:.1f} | {r['checkpoint_mb']:.1f} | "
+            f"{cell(r, 'windows_kept', ',')} | {cell(r, 'state_mb', '.1f')} | {cell(r, 'checkpoint_mb', '.1f')} | "
             f"{'?' if busy is None else f'{busy:.0%}'} |"
         )
+    if any(r.get("one_pass") for r in rows):
+        lines.append("\nOne pass: the smaller sizes are the same run as it passed them (seconds, tokens/s and "
+                     "peak memory so far; '-': only known at the end); 'other processes' is over the whole pass.")
     target = results.get("target")
     if target:
         lines.append(f"\nPeak memory growth: {target['value']:.3f}x ({target['largest']:,} vs {target['smallest']:,} "
@@ -287,6 +313,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="folder for the JSON and markdown results (default: bench/results)")
     parser.add_argument("--child", type=positive_int, default=None, metavar="N", help="internal: mine N tokens here")
     parser.add_argument("--corpus", type=Path, default=None, help="internal: the corpus file for --child")
+    parser.add_argument("--milestones", type=positive_int, nargs="*", default=None,
+                        help="internal: sizes at which --child notes its peak memory so far")
+    parser.add_argument("--separate", action="store_true",
+                        help="mine each size in its own fresh process (independent peaks; more tokens mined in all)")
     parser.add_argument("--quiet", action="store_true", help="print only the results table")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     args = parser.parse_args(argv)

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 BENCH_FILE = Path(__file__).resolve().parent.parent / "bench" / "bench_encoding.py"
 
@@ -43,3 +44,22 @@ def test_naive_saelens_and_pipeline_agree_per_prompt():
         np.testing.assert_allclose(other.max, pipeline.max, atol=1e-4, rtol=0)
         np.testing.assert_allclose(other.mean, pipeline.mean, atol=1e-4, rtol=0)
         assert other.n_positions == pipeline.n_positions == sum(map(len, prompts))
+
+
+@pytest.mark.slow  # ~15 s: it builds GPT-2 small's full-size random model
+def test_mining_benchmark_runs_and_reports_the_peak_at_each_size(tmp_path):
+    """bench_mining.py end to end at toy sizes (a narrow SAE, an early hook): one pass, a row per size."""
+    import json
+    import subprocess
+
+    cmd = [sys.executable, str(BENCH_FILE.parent / "bench_mining.py"), "--sizes", "1500", "3000", "--d-sae", "256",
+           "--hook-layer", "0", "--checkpoint-every", "0", "--out", str(tmp_path), "--quiet"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    results = json.loads((tmp_path / "bench_mining.json").read_text())
+    runs = results["runs"]
+    assert [r["requested_tokens"] for r in runs] == [1500, 3000]
+    assert 1500 <= runs[0]["tokens"] < runs[1]["tokens"] == 3000  # the second row is the whole pass
+    assert runs[0]["peak_rss_mb"] <= runs[1]["peak_rss_mb"]  # a peak so far can only grow
+    assert results["target"]["value"] == pytest.approx(runs[1]["peak_rss_mb"] / runs[0]["peak_rss_mb"], abs=1e-4)
+    assert "| 3,000 |" in done.stdout
