@@ -412,7 +412,7 @@ def run_model(options: ModelOptions, quiet: bool, out: OutputFolder, record: Run
     if data.train_texts is not None:
         report_passes(model, data.train_texts, spec.training_tokens, record, log)
     if options.resume_from is not None:
-        log(f"resuming from the checkpoint {options.resume_from}; the training curve (MI7) covers the steps from there")
+        log(f"resuming from the checkpoint {options.resume_from}")
         record.update(resumed_from=str(options.resume_from))
     trained = train(model, spec, data, quiet, record, log)
 

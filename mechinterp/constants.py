@@ -79,6 +79,7 @@ CHECKPOINT_SUBDIR = "checkpoints"
 EVALUATION_JSON = "evaluation.json"  # written inside SAE_SUBDIR
 SPARSITY_FILENAME = "sparsity.safetensors"  # what SAELens' pretrained loader reads (key "sparsity")
 RUNNER_CFG_FILENAME = "runner_cfg.json"  # SAELens' name for the training run's full configuration
+CURVE_IN_CHECKPOINT = "training_curve.json"  # MI7's points so far, in the checkpoint an interrupt saves
 # Chapter 6
 MI9_PNG = "MI9_{feature}.png"  # top components, heads as a layer x head heatmap, predicted vs measured drops
 MI9_CSV = "MI9_{feature}.csv"  # one row per component: mean contribution, share, spread

@@ -180,11 +180,12 @@ def signals_held() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def save_checkpoint_atomically(trainer: Any, name: str) -> Path:
+def save_checkpoint_atomically(trainer: Any, name: str, add: Callable[[Path], None] | None = None) -> Path:
     """``trainer.save_checkpoint`` into a hidden folder, then renamed to ``name``: the folder ``name`` is
     either absent or complete, whatever stops the process while it is written.
 
-    A periodic checkpoint of the same step (possibly cut short by the interrupt) is replaced.
+    A periodic checkpoint of the same step (possibly cut short by the interrupt) is replaced. ``add``
+    may write more files into the folder before it gets its name.
 
     Relies on: ``SAETrainer.save_checkpoint(checkpoint_name=...)`` writing everything (weights, sparsity,
     trainer state, and through ``save_checkpoint_fn`` the runner's activation-store state and config)
@@ -199,6 +200,8 @@ def save_checkpoint_atomically(trainer: Any, name: str) -> Path:
         if leftover.exists():
             shutil.rmtree(leftover)
     trainer.save_checkpoint(checkpoint_name=partial.name)
+    if add is not None:
+        add(partial)
     if target.exists():
         target.rename(replaced)
     partial.rename(target)  # atomic on one file system: the folder appears complete or not at all
@@ -207,7 +210,12 @@ def save_checkpoint_atomically(trainer: Any, name: str) -> Path:
     return target
 
 
-def fit_saving_on_interrupt(trainer: Any, checkpoint_on_interrupt: bool, log: Callable[[str], None] | None = None) -> Any:
+def fit_saving_on_interrupt(
+    trainer: Any,
+    checkpoint_on_interrupt: bool,
+    log: Callable[[str], None] | None = None,
+    add_to_checkpoint: Callable[[Path], None] | None = None,
+) -> Any:
     """``trainer.fit()`` with SAELens' bars hidden; on Ctrl-C or SIGTERM, save a checkpoint and stop.
 
     The signal stops training at the next step boundary (at once between steps; see
@@ -226,6 +234,7 @@ def fit_saving_on_interrupt(trainer: Any, checkpoint_on_interrupt: bool, log: Ca
         trainer: a ``sae_lens.SAETrainer``.
         checkpoint_on_interrupt: save the checkpoint when interrupted (needs ``cfg.checkpoint_path``).
         log: told when the checkpoint is being written (it can take seconds for a large SAE).
+        add_to_checkpoint: writes the caller's own files into the checkpoint folder (e.g. the curve so far).
 
     Returns:
         The trained SAE that ``fit()`` returns.
@@ -245,7 +254,7 @@ def fit_saving_on_interrupt(trainer: Any, checkpoint_on_interrupt: bool, log: Ca
                 if log is not None:
                     log(f"interrupted after step {trainer.n_training_steps}: saving a checkpoint "
                         "(further Ctrl-C is ignored until it is written) ...")
-                saved = save_checkpoint_atomically(trainer, str(trainer.n_training_samples))
+                saved = save_checkpoint_atomically(trainer, str(trainer.n_training_samples), add_to_checkpoint)
         raise TrainingInterrupted(saved, trainer.n_training_samples, trainer.n_training_steps) from err
 
 
@@ -257,10 +266,11 @@ def _watched_runner_class() -> type:
         """SAELens' language-model runner that shows its trainer to ``on_trainer`` before training."""
 
         def __init__(self, cfg: Any, on_trainer: Callable[[Any], None], log: Callable[[str], None] | None = None,
-                     **overrides: Any):
+                     add_to_checkpoint: Callable[[Path], None] | None = None, **overrides: Any):
             super().__init__(cfg, **overrides)
             self.on_trainer = on_trainer
             self.log = log
+            self.add_to_checkpoint = add_to_checkpoint
             self.trainer: Any = None
 
         def run_trainer_with_interruption_handling(self, trainer: Any) -> Any:
@@ -268,13 +278,13 @@ def _watched_runner_class() -> type:
             # interrupt, writes the activation store's state without the SAE's weights).
             self.trainer = trainer
             self.on_trainer(trainer)
-            return fit_saving_on_interrupt(trainer, self.cfg.checkpoint_path is not None, self.log)
+            return fit_saving_on_interrupt(trainer, self.cfg.checkpoint_path is not None, self.log, self.add_to_checkpoint)
 
     return WatchedRunner
 
 
 def watched_runner(cfg: Any, on_trainer: Callable[[Any], None], log: Callable[[str], None] | None = None,
-                   **overrides: Any) -> Any:
+                   add_to_checkpoint: Callable[[Path], None] | None = None, **overrides: Any) -> Any:
     """A ``LanguageModelSAETrainingRunner`` for ``cfg`` that hands its trainer to ``on_trainer``.
 
     After ``runner.run()``, ``runner.trainer`` is the trainer it used (for its feature sparsity).
@@ -287,7 +297,8 @@ def watched_runner(cfg: Any, on_trainer: Callable[[Any], None], log: Callable[[s
         cfg: a ``sae_lens.LanguageModelSAERunnerConfig``.
         on_trainer: called with the trainer just before training starts (e.g. :func:`after_each_step`).
         log: told when an interrupt's checkpoint is being written.
+        add_to_checkpoint: writes the caller's own files into that checkpoint before it gets its name.
         overrides: the runner's own keyword arguments (``override_model``, ``override_dataset``, ...).
     """
-    return _watched_runner_class()(cfg, on_trainer, log, **overrides)
+    return _watched_runner_class()(cfg, on_trainer, log, add_to_checkpoint, **overrides)
 

@@ -113,6 +113,15 @@ class TrainingCurve:
             )
         ]
 
+    def save(self, path: Path) -> None:
+        """Write the points so far as JSON (into a checkpoint, so a resumed run's MI7 shows the whole run)."""
+        Path(path).write_text(json.dumps(asdict(self)), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: Path) -> TrainingCurve:
+        """The curve :meth:`save` wrote."""
+        return cls(**json.loads(Path(path).read_text(encoding="utf-8")))
+
 
 def attach_curve(trainer: Any, curve: TrainingCurve, progress: ProgressFn | None = None) -> None:
     """Record ``curve`` (and report progress) after every step of a SAELens ``SAETrainer``.
@@ -836,11 +845,19 @@ def train_on_model(
     if spec.resume_from is not None:
         check_resumable(spec.resume_from, cfg)
     curve = TrainingCurve(every=max(1, spec.total_steps // spec.curve_points))
+    if spec.resume_from is not None:
+        saved_curve = Path(spec.resume_from) / constants.CURVE_IN_CHECKPOINT
+        if saved_curve.is_file():  # an interrupt's checkpoint: MI7 continues the curve
+            curve = TrainingCurve.load(saved_curve)
+        elif log is not None:
+            log("note: this checkpoint has no training curve (SAELens' periodic checkpoints do not keep one), "
+                "so MI7 starts where it resumes")
     torch.manual_seed(spec.seed)  # SAE initialisation and the shuffling buffer draw from torch's RNG
     with quiet_saelens():
         try:
             runner = watched_runner(
                 cfg, lambda trainer: attach_curve(trainer, curve, progress), log,
+                lambda folder: curve.save(folder / constants.CURVE_IN_CHECKPOINT),
                 override_dataset=dataset, override_model=model,
             )
         except Exception as err:

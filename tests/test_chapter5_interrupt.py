@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import MechInterpTrainSAE as ch5
-from mechinterp.constants import RUNNER_CFG_FILENAME
+from mechinterp.constants import CURVE_IN_CHECKPOINT, RUNNER_CFG_FILENAME
 from mechinterp.training import CHECKPOINT_FILES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,7 +51,7 @@ def resume_command(err: str) -> list[str]:
     return shlex.split(lines[0])[2:]
 
 
-@pytest.mark.filterwarnings("ignore:.*model_from_pretrained_kwargs:UserWarning")
+@pytest.mark.filterwarnings("ignore::UserWarning")  # SAELens: "non-empty model_from_pretrained_kwargs"
 def test_sigint_saves_a_complete_checkpoint_and_the_printed_command_resumes(world, tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
     argv = [*ARGV, "--out", str(out)]
@@ -68,7 +68,8 @@ def test_sigint_saves_a_complete_checkpoint_and_the_printed_command_resumes(worl
     checkpoint = Path(resume[-1])
     assert checkpoint.parent.parent == out / "checkpoints" and checkpoint.name == str(5 * BATCH)
     assert [p.name for p in checkpoint.parent.iterdir()] == [checkpoint.name]
-    assert set(CHECKPOINT_FILES) | {"activations_store_state.safetensors"} <= {p.name for p in checkpoint.iterdir()}
+    assert set(CHECKPOINT_FILES) | {"activations_store_state.safetensors", CURVE_IN_CHECKPOINT} <= {
+        p.name for p in checkpoint.iterdir()}
     state = torch.load(checkpoint / "trainer_state.pt", weights_only=False)
     assert (state["n_training_steps"], state["n_training_samples"]) == (5, 5 * BATCH)
     assert json.loads((checkpoint / RUNNER_CFG_FILENAME).read_text())["training_tokens"] == TOKENS
@@ -86,8 +87,9 @@ def test_sigint_saves_a_complete_checkpoint_and_the_printed_command_resumes(worl
     curve = (out / "MI7.csv").read_text().splitlines()[1:]
     steps = [int(line.split(",")[0]) for line in curve]
     samples = [int(line.split(",")[1]) for line in curve]
-    assert steps[0] == 6, "the resumed run must start after the checkpoint's 5 steps, not from 0"
-    assert samples[-1] >= TOKENS and samples[0] == 6 * BATCH
+    # MI7 shows the whole run: the 5 steps before the interrupt (kept in the checkpoint), then the rest.
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) >= 78
+    assert samples[:7] == [i * BATCH for i in range(1, 8)] and samples[-1] >= TOKENS
     assert (out / "sae" / "sae_weights.safetensors").is_file()
 
 
