@@ -45,7 +45,8 @@ def training_curves(
         # labelled when the range spans few decades (else one label per decade is enough).
         axis.yaxis.set_major_formatter(plain)
         axis.yaxis.set_minor_formatter(plain if _spans_few_decades(axis) else NullFormatter())
-        axis.tick_params(axis="y", which="minor", labelsize=8)
+    for axis in (ax_loss, ax_l0, ax_ev):
+        axis.tick_params(which="both", labelsize=8)  # one label size everywhere: decades, in-betweens, linear axes
     if true_l0 is not None:
         ax_l0.axhline(true_l0, color="black", lw=0.8, ls="--", label=f"true features per sample ({true_l0:.2f})")
     ax_loss.set_title("training loss (log scale)", fontsize=10)
