@@ -57,8 +57,8 @@ from bench_encoding import (  # noqa: E402
     wait_for_quiet,
 )
 
-from mechinterp.cli import positive_int  # noqa: E402
-from mechinterp.errors import UserError, run_cli  # noqa: E402
+from mechinterp.cli import positive_int, run_cli  # noqa: E402
+from mechinterp.errors import UserError  # noqa: E402
 from mechinterp.io import write_json, write_text  # noqa: E402
 from mechinterp.mining import (  # noqa: E402
     DEFAULT_BATCH_SIZE,
@@ -168,7 +168,8 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         if checkpoints is not None:
             shutil.rmtree(checkpoints, ignore_errors=True)
-    arrays = (result.top_values, result.top_windows, result.top_positions, result.hist_counts)
+    arrays = (result.top_values, result.top_windows, result.top_positions, result.hist_counts,
+              result.window_hist_counts, result.sample_windows, result.sample_positions, result.sample_values)
     state_bytes = sum(a.nbytes for a in arrays)
     return {
         "tokens": result.n_tokens,
