@@ -180,7 +180,8 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         if checkpoints is not None:
             shutil.rmtree(checkpoints, ignore_errors=True)
-    arrays = (result.top_values, result.top_windows, result.top_positions, result.hist_counts)
+    arrays = (result.top_values, result.top_windows, result.top_positions, result.hist_counts,
+              result.window_hist_counts, result.sample_windows, result.sample_positions, result.sample_values)
     state_bytes = sum(a.nbytes for a in arrays)
     return {
         "tokens": result.n_tokens,

@@ -1,6 +1,8 @@
-"""Rendering a feature card: coloured terminal text and a self-contained HTML page.
+"""Rendering a feature card: coloured terminal text, a self-contained HTML page, and the figure of a
+feature's activations over a mined corpus.
 
-Everything that renders a card escapes the tokens: prompt text and model vocabulary are untrusted input.
+Everything that renders a card escapes the tokens: prompt text, corpus text and model vocabulary are
+untrusted input.
 """
 
 from __future__ import annotations
@@ -11,8 +13,11 @@ import itertools
 import textwrap
 import unicodedata
 
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
-from mechinterp.cards import Example, FeatureCard, LogitEffect
+from mechinterp.cards import CorpusEvidence, Example, FeatureCard, LogitEffect
 from mechinterp.feature_data import EXAMPLE_WINDOW
 
 # --- rendering: terminal -----------------------------------------------------------------------------
@@ -43,6 +48,31 @@ def safe_text(text: str) -> str:
 def _window(ex: Example, window: int) -> tuple[int, int]:
     start = max(0, ex.peak - window)
     return start, min(len(ex.tokens), ex.peak + window + 1)
+
+
+def format_corpus_text(c: CorpusEvidence, color: bool) -> list[str]:
+    """The corpus part of a card, as terminal lines."""
+    scope = f", {c.scope}" if c.scope else ""
+    lines = [textwrap.fill(
+        f"In the corpus ({c.corpus}{scope}; windows of {c.window} tokens): fires on {_corpus_density(c)}; "
+        f"max {c.max_activation:.3f}, typical max ~{c.typical_max:.3g} (median of the per-window maxima where it "
+        "fires)", 100, subsequent_indent="    ", break_on_hyphens=False)]
+    if not c.examples:
+        lines.append("It never fires in the corpus (BOS excluded): no corpus examples.")
+        return lines
+    key = "colour = activation, bold underlined = peak" if color else "[token:activation], [[peak]]"
+    lines.append(f"Top {len(c.examples)} corpus windows ({key}):")
+    scale = c.examples[0].max_act
+    for ex in c.examples:
+        lines.append(f"  {_rank(ex)} [{ex.where}] max {ex.max_act:.3f} at {safe_text(repr(ex.tokens[ex.peak]))}")
+        lines.append(f"      {highlight_terminal(ex, scale, color)}")
+    if c.level_examples:
+        lines.append("Lower activation levels (windows drawn at random where it fires, nearest to each level):")
+        for ex in c.level_examples:
+            lines.append(f"  {_rank(ex)} [{ex.where}] {ex.label}: max {ex.max_act:.3f} at "
+                         f"{safe_text(repr(ex.tokens[ex.peak]))}")
+            lines.append(f"      {highlight_terminal(ex, scale, color)}")
+    return lines
 
 
 def highlight_terminal(ex: Example, scale: float, color: bool, window: int = EXAMPLE_WINDOW) -> str:
@@ -76,6 +106,16 @@ def _pct(x: float) -> str:
     return f"{100 * x:.3g}%"
 
 
+def _rank(ex: Example) -> str:
+    """``" 3."`` for a ranked example; a dot for one drawn at random (its rank is not known)."""
+    return f"{ex.rank:>2}." if ex.rank > 0 else " ·"
+
+
+def _corpus_density(c: CorpusEvidence) -> str:
+    return (f"{_pct(c.density)} of {c.n_tokens:,} corpus tokens ({c.fired:,} tokens; in {c.windows_fired:,} of "
+            f"{c.n_windows:,} windows)")
+
+
 def format_card_text(card: FeatureCard, title: str, color: bool) -> str:
     """The card as terminal text (ANSI colour only when ``color``)."""
     lines = [f"=== Feature #{card.feature} · {title}"]
@@ -88,6 +128,8 @@ def format_card_text(card: FeatureCard, title: str, color: bool) -> str:
     )
     fired, total = card.fired_total
     lines.append(f"Density: {density}")
+    if card.corpus is not None:
+        lines.append(f"Density in the corpus: {_corpus_density(card.corpus)}")
     lines.append(f"Firing rate on your texts: {_pct(card.firing_rate)} ({fired} of {total} tokens)")
     per_source = ", ".join(f"{s} {_pct(a / b if b else 0)}" for s, (a, b) in card.fired_by_source.items())
     lines.append(f"  by source: {per_source}")
@@ -114,8 +156,12 @@ def format_card_text(card: FeatureCard, title: str, color: bool) -> str:
                 lines.append(f"  {ex.rank:>2}. [{ex.source}] {ex.label}: max {ex.max_act:.3f} at "
                              f"{safe_text(repr(ex.tokens[ex.peak]))}")
                 lines.append(f"      {highlight_terminal(ex, scale, color)}")
-    else:
+    elif card.n_texts:
         lines.append("It does not fire on any of your texts (BOS excluded): no examples to show.")
+    else:
+        lines.append("No prompts were searched.")
+    if card.corpus is not None:
+        lines += ["", *format_corpus_text(card.corpus, color)]
     lines.append("")
     lines.append(f"What it writes (W_dec[{card.feature}] @ W_U, direct logit effect per unit of activation):")
     width = max(len(safe_text(repr(x.token))) for x in card.promoted + card.suppressed)
@@ -178,9 +224,11 @@ def example_html(ex: Example, scale: float, window: int = 60, why: str = "") -> 
         tip = html.escape(f"{ex.tokens[i]!r}: {act:.3f}", quote=True)
         spans.append(f'<span class="{cls}" style="{_bg(act, scale)}" title="{tip}">{_token_html(ex.tokens[i])}</span>')
     spans.append("…" if stop < len(ex.tokens) else "")
+    rank = f"#{ex.rank} · " if ex.rank > 0 else ""
+    where = html.escape(ex.where) if ex.where else f"text {ex.text_index + 1}"
     head = (
-        f'<div class="exhead">#{ex.rank} · <span class="src">{html.escape(ex.source)}</span> · '
-        f"text {ex.text_index + 1} · max {ex.max_act:.3f} at <b>{html.escape(repr(ex.tokens[ex.peak]))}</b>"
+        f'<div class="exhead">{rank}<span class="src">{html.escape(ex.source)}</span> · '
+        f"{where} · max {ex.max_act:.3f} at <b>{html.escape(repr(ex.tokens[ex.peak]))}</b>"
         + (f" · {html.escape(why)}" if why else "") + "</div>"
     )
     return f'<div class="ex">{head}<div class="toks">{"".join(spans)}</div></div>'
@@ -199,8 +247,41 @@ def _logit_table(rows: list[LogitEffect], css: str, scale: float) -> str:
     return f'<table class="logits">{body}</table>'
 
 
-def render_html(card: FeatureCard, title: str, is_demo: bool, figure_png: bytes | None = None) -> str:
-    """A self-contained HTML page for the card: inline CSS, the figure inlined as a data URI, no scripts."""
+def _corpus_html(c: CorpusEvidence, feature: int, figure_png: bytes | None) -> str:
+    esc = html.escape
+    parts = [
+        f"<h2>In the corpus: {esc(c.corpus)}</h2>",
+        (f'<p class="sub">{esc((c.scope or f"{c.n_tokens:,} tokens").capitalize())}, in {c.n_windows:,} windows '
+         f"of {c.window} tokens from {c.n_documents:,} documents, read in one streaming pass; BOS and padding "
+         "excluded.</p>"),
+        '<table class="stats">',
+        f"<tr><td>Density in the corpus</td><td>{esc(_corpus_density(c))}</td></tr>",
+        f"<tr><td>Max activation</td><td>{c.max_activation:.3f}</td></tr>",
+        f"<tr><td>Typical max</td><td>~{c.typical_max:.3g} (median of the per-window maxima where it fires)</td></tr>",
+        "</table>",
+    ]
+    if c.examples:
+        scale = c.examples[0].max_act
+        parts.append(f"<h3>Top {len(c.examples)} corpus windows</h3>")
+        parts += [example_html(ex, scale) for ex in c.examples]
+        if c.level_examples:
+            parts.append('<h3>Lower activation levels</h3><p class="sub">Windows drawn at random among those where '
+                         "it fires, each the nearest to a quartile or the median of the per-window maxima.</p>")
+            parts += [example_html(ex, scale, why=ex.label) for ex in c.level_examples]
+    else:
+        parts.append("<p>It never fires in the corpus (BOS excluded).</p>")
+    if figure_png:
+        data = base64.b64encode(figure_png).decode("ascii")
+        parts.append(f'<img alt="feature {feature} corpus histogram" src="data:image/png;base64,{data}">')
+    return "\n".join(parts)
+
+
+def render_html(card: FeatureCard, title: str, is_demo: bool, figure_png: bytes | None = None,
+                corpus_png: bytes | None = None) -> str:
+    """A self-contained HTML page for the card: inline CSS, the figures inlined as data URIs, no scripts.
+
+    ``corpus_png``: the corpus histogram (:func:`corpus_figure`), shown in the corpus section.
+    """
     esc = html.escape
     fired, total = card.fired_total
     density = (
@@ -218,12 +299,13 @@ def render_html(card: FeatureCard, title: str, is_demo: bool, figure_png: bytes 
         *([("From", esc(card.origin))] if card.origin else []),
         ("Neuronpedia", link),
         ("Density", esc(density)),
+        *([("Density in the corpus", esc(_corpus_density(card.corpus)))] if card.corpus is not None else []),
         ("Firing rate on your texts", f"{_pct(card.firing_rate)} ({fired} of {total} tokens)"),
         ("By source", per_source),
         (
             "Typical max activation",
-            f"{card.typical_max:.3f} (median of each text's max over the {card.n_texts_fired} of "
-            f"{card.n_texts} texts where it fires)",
+            (f"{card.typical_max:.3f} (median of each text's max over the {card.n_texts_fired} of "
+             f"{card.n_texts} texts where it fires)"),
         ),
         ("Filtered", esc(card.filtered)),
     ]
@@ -242,8 +324,11 @@ def render_html(card: FeatureCard, title: str, is_demo: bool, figure_png: bytes 
             examples += ("<h2>Beyond the top texts</h2><p class=\"sub\">Lower activation levels (quantiles of each "
                          "text's max where it fires) and the top text of every other group where it fires.</p>"
                          + "".join(example_html(ex, scale, why=ex.label) for ex in card.more_examples))
-    else:
+    elif card.n_texts:
         examples = "<p>It does not fire on any of your texts (BOS excluded).</p>"
+    else:
+        examples = "<p>No prompts were searched.</p>"
+    corpus = "\n" + _corpus_html(card.corpus, card.feature, corpus_png) if card.corpus is not None else ""
     figure = ""
     if figure_png:
         data = base64.b64encode(figure_png).decode("ascii")
@@ -262,7 +347,7 @@ def render_html(card: FeatureCard, title: str, is_demo: bool, figure_png: bytes 
 <h2>How often it fires</h2>
 <table class="stats">{stats_html}</table>
 <h2>Where it fires: top {len(card.examples)} activating texts</h2>
-{examples}
+{examples}{corpus}
 <h2>What it writes: W_dec[{card.feature}] @ W_U</h2>
 <p class="sub">The decoder direction pushed straight through the unembedding: how much one unit of this feature
 raises (left) or lowers (right) each next-token logit, ignoring the layers after the hook.</p>
@@ -291,15 +376,27 @@ def render_index(entries: list[dict], title: str) -> str:
 
     Args:
         entries: dicts with ``feature``, ``file`` (the card's file name), ``origin``, ``firing_rate`` and
-            ``typical_max``, e.g. read back from each card's JSON.
+            ``typical_max``, e.g. read back from each card's JSON; and ``corpus_density`` (with
+            ``corpus``, its name) for cards with a mined corpus. The corpus column is shown only when
+            some card has one.
     """
     esc = html.escape
+    with_corpus = any(e.get("corpus_density") is not None for e in entries)
+
+    def corpus_cell(e: dict) -> str:
+        if not with_corpus:
+            return ""
+        if e.get("corpus_density") is None:
+            return '<td class="val">-</td>'
+        return f'<td class="val" title="{esc(str(e.get("corpus") or ""), quote=True)}">{_pct(float(e["corpus_density"]))}</td>'
+
     rows = "".join(
         f'<tr><td><a href="{esc(e["file"], quote=True)}">#{int(e["feature"])}</a></td><td>{esc(e.get("origin") or "-")}</td>'
         f'<td class="val">{_pct(float(e.get("firing_rate") or 0.0))}</td><td class="val">{float(e.get("typical_max") or 0.0):.3f}</td>'
-        f'<td>{esc(e.get("title") or "")}</td></tr>'
+        f'{corpus_cell(e)}<td>{esc(e.get("title") or "")}</td></tr>'
         for e in entries
     )
+    corpus_head = "<th>corpus density</th>" if with_corpus else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -310,7 +407,75 @@ def render_index(entries: list[dict], title: str) -> str:
 <p class="sub">{esc(title)}</p>
 <p class="sub">Every card in this folder. "From" says where the feature came from: its Chapter 2 group and rank,
 q-value, replication and verdict, or how it was chosen.</p>
-<table class="index"><tr><th>feature</th><th>from</th><th>firing rate</th><th>typical max</th><th>model · SAE · hook</th></tr>
+<table class="index"><tr><th>feature</th><th>from</th><th>firing rate</th><th>typical max</th>{corpus_head}<th>model · SAE · hook</th></tr>
 {rows}</table>
 </body></html>
 """
+
+
+# --- the corpus histogram ------------------------------------------------------------------------------
+
+
+def _minor_label(x: float, _pos: int) -> str:
+    """Minor log-axis ticks: only 2 and 5 of each decade are labelled."""
+    if x <= 0:
+        return ""
+    leading = x / 10 ** np.floor(np.log10(x))
+    return f"{x:g}" if min(abs(leading - 2), abs(leading - 5)) < 1e-6 else ""
+
+
+def corpus_figure(feature: int, c: CorpusEvidence, title: str) -> Figure:
+    """MI5 corpus: the histogram of the feature's activations over every mined corpus token.
+
+    The bins are the pass's fixed log-spaced ones (a streaming pass cannot know a feature's range in
+    advance), drawn on a log axis so each has the same width; the y axis counts tokens. The first bin,
+    (0, lowest edge), has no log width: it is drawn hatched, as wide as one bin, left of the edge.
+    Vertical lines mark the quartiles and the median of the per-window maxima where it fires (the
+    levels of the card's lower examples) and the lowest of the top windows shown.
+    """
+    fig = Figure(figsize=(10, 6), layout="constrained")
+    ax = fig.subplots()
+    edges, counts = np.asarray(c.hist_edges, dtype=float), np.asarray(c.hist_counts)
+    if c.fired == 0:
+        ax.text(0.5, 0.5, "never fires in the corpus", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xticks([])
+    else:
+        lows, highs = edges[:-1].copy(), edges[1:].copy()
+        first = int(lows[0] <= 0)  # 1 when the first bin starts at 0
+        if first:
+            step = highs[1] / highs[0] if len(highs) > 1 and highs[0] > 0 else 10 ** 0.1
+            lows[0] = highs[0] / step
+        ax.bar(lows[first:], counts[first:], width=(highs - lows)[first:], align="edge", color="#1f77b4",
+               edgecolor="white", linewidth=0.4, label=f"corpus tokens where it fires ({c.fired:,} in all)")
+        if first:
+            ax.bar(lows[0], counts[0], width=highs[0] - lows[0], align="edge", color="#9ecae1", hatch="//",
+                   edgecolor="white", linewidth=0.4, label=f"all activations below {highs[0]:.3g} ({int(counts[0]):,})")
+        ax.set_xscale("log")
+        # At least one decade, so that a feature firing in one or two bins still shows a readable axis,
+        # with plain numbers (0.5, 1, 2) rather than 2.5x10^0.
+        lo, hi = float(lows.min()), float(highs.max())
+        if hi / lo < 10:
+            middle = float(np.sqrt(lo * hi))
+            lo, hi = middle / 10 ** 0.5, middle * 10 ** 0.5
+        ax.set_xlim(lo / 1.1, hi * 1.1)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+        ax.xaxis.set_minor_formatter(FuncFormatter(_minor_label))
+        for (name, value), style in zip(c.levels, ("--", "-.", (0, (5, 1, 1, 1)))):
+            ax.axvline(value, color="#444", linestyle=style, linewidth=1,
+                       label=f"{name} of the per-window maxima (~{value:.3g})")
+        if c.examples:
+            low = c.examples[-1].max_act
+            ax.axvline(low, color="#b00020", linestyle=":", linewidth=1.5,
+                       label=f"lowest of the top {len(c.examples)} windows ({low:.3g})")
+        ax.set_ylim(0, float(counts.max()) * 1.1)
+        ax.legend(fontsize=8.5, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
+    ax.set_xlabel("activation (log scale; corpus tokens where it fires, BOS and padding excluded)")
+    ax.set_ylabel("number of tokens")
+    ax.set_title(
+        f"In the corpus: fires on {c.fired:,} of {c.n_tokens:,} tokens ({100 * c.density:.3g}%), "
+        f"in {c.windows_fired:,} of {c.n_windows:,} windows; {c.n_tokens - c.fired:,} zeros not drawn",
+        fontsize=10,
+    )
+    ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"Feature #{feature} over {c.corpus}\n{title}", fontsize=11)
+    return fig

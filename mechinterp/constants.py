@@ -42,6 +42,11 @@ def demo_dir() -> Path:
     """Where --demo keeps its synthetic model and SAE; rebuilt deterministically when missing."""
     return cache_root() / "demo"
 
+
+def mining_cache_dir() -> Path:
+    """Corpus-mining checkpoints (see mechinterp.mining): continued or reused by a rerun; safe to delete."""
+    return cache_root() / "mining"
+
 # Output file names, one place so scripts, tests and the README agree. Names with a {field} are
 # templates: fill them with .format(feature=..., group=...).
 # Chapter 1
@@ -65,6 +70,11 @@ CARD_HTML = "feature_{feature}.html"
 CARD_JSON = "feature_{feature}.json"
 CARDS_CSV = "feature_cards.csv"
 CARDS_INDEX_HTML = "index.html"  # links every card in the folder
+# Chapter 3 with a mined corpus (--corpus FILE / --dataset NAME)
+MI5_CORPUS_PNG = "MI5_{feature}_corpus.png"  # histogram of the feature's activations over the corpus
+MI5_CORPUS_CSV = "MI5_{feature}_corpus_hist.csv"  # the numbers behind it: tokens and windows per bin
+CORPUS_FEATURES_CSV = "corpus_features.csv"  # --all-features: every feature's density and top example
+CORPUS_HIST_CSV = "corpus_histograms.csv"  # --all-features: every feature's tokens per activation bin
 # Chapter 4
 MI6_PNG = "MI6_{feature}.png"
 MI6_ABLATION_CSV = "MI6_{feature}_ablation.csv"

@@ -17,12 +17,19 @@ an interrupted run must not start over. So:
   window never mixes two documents, so an example's context is one document's text.
   ``<|endoftext|>`` written inside a document is tokenized as text, not as the special token.
 * **Bounded state.** Per feature: the running top-k windows (value, window, peak position), merged with
-  each batch's per-window maxima by one vectorised sort; and activation histogram counts over fixed
-  log-spaced bin edges (the firing count is their sum). Only windows that some top-k entry points to
-  are kept, so memory is bounded by ``n_features * k`` windows whatever the corpus size.
+  each batch's per-window maxima by one vectorised sort; activation histogram counts over fixed
+  log-spaced bin edges (the firing count is their sum); the same histogram of the per-window maxima;
+  and a few windows drawn at random among those where it fires (a deterministic pseudo-random
+  priority per window, so the draw does not depend on batching or resuming), from which a card picks
+  examples at lower activation levels. Only windows that some top-k or random entry points to are
+  kept, so memory is bounded by ``n_features * (k + samples)`` windows whatever the corpus size (and
+  by the number of windows read, for a small corpus).
+* **float32 statistics.** Activations are cast to float32 before anything is counted, compared or
+  kept, so a model or SAE computing in bfloat16 gives the same kind of numbers (at its precision).
 * **Resumable.** The state and the position in the corpus are saved atomically every N windows to a
-  checkpoint file keyed by model, SAE, corpus and options. Running the same command again continues
-  from it, and a finished pass is read back at once.
+  checkpoint file keyed by model, SAE (a hash of their weights, and their dtypes), corpus and options.
+  Running the same command again continues from it, and a finished pass is read back at once, as is
+  a finished pass over more features (e.g. every feature) of the same corpus with the same options.
 
 The BOS position, padding and any BOS-token position are excluded from every statistic (counts,
 histograms, top examples): GPT-2's BOS residual has a huge norm and lights up the same features in
@@ -42,14 +49,18 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from mechinterp.encoding import is_out_of_memory, hook_activations
+from mechinterp.encoding import hook_activations, is_out_of_memory
 from mechinterp.errors import EnvironmentProblem, UserError
 from mechinterp.io import atomic_path
 from mechinterp.loading import Loaded
 
 # Bump when anything that changes the mined numbers changes; older checkpoints are then never read.
-MINING_VERSION = "1"
+MINING_VERSION = "2"
 DEFAULT_K = 10
+# Windows drawn at random per feature among those where it fires: a card picks its examples at the
+# quartiles and the median of the per-window maxima from them (the draw's nearest to each level is,
+# with 16 draws, typically within ~3 percentiles of it).
+DEFAULT_SAMPLES = 16
 # Windows per forward pass at the full window length (16 x 128 tokens x 24,576 features is a ~200 MB
 # activation tensor, the largest object of the pass).
 DEFAULT_BATCH_SIZE = 16
@@ -86,6 +97,8 @@ class MiningOptions:
         features: feature ids whose top examples, density and histogram are kept (duplicates dropped).
         all_features: keep them for every feature of the SAE instead (``features`` is then ignored).
         k: top examples kept per feature (each from a different window).
+        samples: windows drawn at random (uniformly among the windows where the feature fires) and kept
+            per feature, for examples below the top; 0 = none.
         max_tokens: stop after this many corpus tokens (BOS not counted); None = the whole corpus.
         window: tokens per window, BOS included; None = the SAE's training context
             (``sae.cfg.metadata.context_size``), or the model's ``n_ctx`` if the SAE does not record it.
@@ -101,6 +114,7 @@ class MiningOptions:
     features: tuple[int, ...] = ()
     all_features: bool = False
     k: int = DEFAULT_K
+    samples: int = DEFAULT_SAMPLES
     max_tokens: int | None = None
     window: int | None = None
     batch_size: int = DEFAULT_BATCH_SIZE
@@ -118,6 +132,8 @@ class MiningOptions:
         for name in ("k", "batch_size", "hist_bins", "checkpoint_every"):
             if int(getattr(self, name)) < 1:
                 raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if int(self.samples) < 0:
+            raise UserError(f"samples must be 0 or more, got {self.samples}")
         if self.max_tokens is not None and self.max_tokens < 1:
             raise UserError(f"max_tokens must be at least 1, got {self.max_tokens}")
         if self.window is not None and self.window < 2:
@@ -304,22 +320,42 @@ class HFDatasetCorpus:
 
         return not (Path(self.name).exists() or self.name in _PACKAGED_DATASETS_MODULES)
 
-    def open(self, log: Log = _silent) -> Any:
-        """The streaming dataset; fails at once, in one line, when it cannot be reached."""
+    def ensure_reachable(self) -> None:
+        """Fail at once, in one line, when the dataset is on the Hub and the Hub cannot be reached.
+
+        Meant to run before anything expensive (loading the model). One quick probe decides: without it
+        an unreachable Hub costs ~25 s of retries before the same failure. Nothing is downloaded here.
+
+        Raises:
+            UserError: exit status 2, whether ``HF_HUB_OFFLINE`` is set or the probe fails: the option
+                cannot work in this run, and the message names the one that can (``--corpus FILE``).
+                After a failed probe huggingface_hub stays offline for the rest of the process.
+        """
+        if not self.needs_hub():
+            return
         import datasets
         from huggingface_hub import constants as hub
 
         from mechinterp.loading import go_offline_if_hub_unreachable
 
-        if self.needs_hub():
-            # Without this probe an unreachable Hub costs ~25 s of retries before the same failure.
-            go_offline_if_hub_unreachable(log)
-            if hub.HF_HUB_OFFLINE or datasets.config.HF_HUB_OFFLINE:
-                raise EnvironmentProblem(
-                    f"the dataset {self.name} is streamed from the Hugging Face Hub, but this run is offline "
-                    "(HF_HUB_OFFLINE is set or the Hub is unreachable); connect to the internet, or mine a "
-                    "local text file with --corpus FILE"
-                )
+        if hub.HF_HUB_OFFLINE or datasets.config.HF_HUB_OFFLINE:
+            why = "this run is offline (HF_HUB_OFFLINE is set)"
+        else:
+            unreachable: list[str] = []
+            go_offline_if_hub_unreachable(unreachable.append)  # the error below says it: no second line
+            if not unreachable:
+                return
+            why = f"the Hub ({hub.ENDPOINT}) cannot be reached from here"
+        raise UserError(
+            f"the dataset {self.name} is streamed from the Hugging Face Hub, but {why}; connect to the "
+            "internet, or mine a local text file with --corpus FILE"
+        )
+
+    def open(self) -> Any:
+        """The streaming dataset; fails at once, in one line, when it cannot be reached."""
+        import datasets
+
+        self.ensure_reachable()
         try:
             return datasets.load_dataset(
                 self.name, self.config, split=self.split, streaming=True, data_files=self.data_files
@@ -456,15 +492,21 @@ class MiningResult:
             earlier window first); 0 where fewer than ``k`` windows fired.
         top_windows: int64 ``[F, k]`` window ids into ``windows`` (-1 where empty).
         top_positions: int64 ``[F, k]`` the peak's index in the window's tokens.
-        windows: the windows that some top entry points to, by id.
+        windows: the windows that some top or sample entry points to, by id.
         hist_edges: float32 ``[bins + 1]`` fixed edges: 0, log-spaced ``hist_low .. hist_high``, inf.
         hist_counts: int64 ``[F, bins]`` tokens whose activation falls in ``[edges[b], edges[b+1])``
             (only activations > 0 are counted).
+        window_hist_counts: int64 ``[F, bins]`` the same for each window's maximum: windows where the
+            feature fires, by their peak activation (their sum: the windows where it fires).
+        sample_windows: int64 ``[F, samples]`` windows drawn at random among those where the feature
+            fires, in draw order (-1 where it fires in fewer windows); ``sample_positions`` and
+            ``sample_values``: each one's peak position and peak activation.
         n_tokens: corpus tokens encoded and counted (the density's denominator).
         n_windows, n_documents: windows encoded; documents read.
         window: tokens per window, BOS included; ``n_bos``: 1 when BOS was put in front, else 0.
         complete: the whole corpus (or ``max_tokens``) was read.
         resumed_at: tokens already done when this run started (from a checkpoint), else 0.
+        reused: this run read a finished pass from its checkpoint instead of encoding anything.
     """
 
     features: np.ndarray
@@ -474,6 +516,10 @@ class MiningResult:
     windows: dict[int, MinedWindow]
     hist_edges: np.ndarray
     hist_counts: np.ndarray
+    window_hist_counts: np.ndarray
+    sample_windows: np.ndarray
+    sample_positions: np.ndarray
+    sample_values: np.ndarray
     n_tokens: int
     n_windows: int
     n_documents: int
@@ -483,6 +529,7 @@ class MiningResult:
     complete: bool
     checkpoint: Path | None = None
     resumed_at: int = 0
+    reused: bool = False
     _rows: dict[int, int] = field(default_factory=dict, repr=False)
 
     @property
@@ -530,8 +577,62 @@ class MiningResult:
                                     int(self.top_positions[r, j]), self.windows[window_id]))
         return out
 
-    def histogram(self, feature: int) -> tuple[np.ndarray, np.ndarray]:
+    def windows_fired(self, feature: int) -> int:
+        """In how many windows the feature fires (at one token or more)."""
+        return int(self.window_hist_counts[self.row(feature)].sum())
+
+    def samples(self, feature: int) -> list[MinedExample]:
+        """The windows drawn at random among those where the feature fires, in draw order (``rank``)."""
+        r = self.row(feature)
+        out = []
+        for j in range(self.sample_windows.shape[1]):
+            window_id = int(self.sample_windows[r, j])
+            if window_id < 0:
+                break
+            out.append(MinedExample(int(feature), j + 1, float(self.sample_values[r, j]),
+                                    int(self.sample_positions[r, j]), self.windows[window_id]))
+        return out
+
+    def window_max_quantile(self, feature: int, q: float) -> float:
+        """The ``q`` quantile of the per-window maxima where the feature fires (0.0 if it never fires).
+
+        Exact (``np.quantile``'s linear rule) when the feature fires in no more windows than the draw
+        holds: every such window is then drawn, with its maximum. Otherwise the histogram of the maxima
+        gives the quantile's bin exactly, and its place inside the bin is read off the drawn windows
+        that fall in that bin (a random sample of them), or, with fewer than two there, spread evenly
+        over the bin on a log scale.
+        """
+        r = self.row(feature)
+        counts = self.window_hist_counts[r]
+        total = int(counts.sum())
+        if total == 0:
+            return 0.0
+        drawn = self.sample_values[r][self.sample_windows[r] >= 0].astype(np.float64)
+        if len(drawn) == total:
+            return float(np.quantile(drawn, q))
+        cumulative = np.cumsum(counts)
+        b = min(int(np.searchsorted(cumulative, q * total, side="left")), len(counts) - 1)
+        below = int(cumulative[b - 1]) if b > 0 else 0
+        share = min(max((q * total - below) / max(int(counts[b]), 1), 0.0), 1.0)
+        lo, hi = float(self.hist_edges[b]), float(self.hist_edges[b + 1])
+        inside = drawn[(drawn >= lo) & (drawn < hi)]
+        if len(inside) >= 2:
+            return float(np.quantile(inside, share))
+        top = self.max_activation(feature)
+        if top < hi:  # the last bin where it fires ends at its maximum (the top bin is open)
+            hi = np.nextafter(top, np.inf)
+        if hi <= lo:
+            return lo
+        value = lo + share * (hi - lo) if lo == 0.0 else float(lo * (hi / lo) ** share)
+        return float(min(value, np.nextafter(hi, -np.inf)))  # inside [lo, hi): the bin's upper edge is not
+
+    def histogram(self, feature: int, per_window: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """The feature's histogram trimmed to its non-empty range, with finite edges.
+
+        Args:
+            per_window: count windows by their peak (``window_hist_counts``) instead of tokens, on the
+                same trimmed bins as the token histogram (a window's peak is one of its tokens, so its
+                bins are among the tokens' non-empty ones).
 
         Returns:
             ``(edges [n + 1], counts [n])``: bins from the first to the last non-empty one; an open last
@@ -539,14 +640,15 @@ class MiningResult:
             never fires gives one empty bin ``[0, hist_low)``.
         """
         counts = self.hist_counts[self.row(feature)]
+        shown = self.window_hist_counts[self.row(feature)] if per_window else counts
         filled = np.flatnonzero(counts)
         if filled.size == 0:
-            return self.hist_edges[:2].copy(), np.zeros(1, dtype=np.int64)
+            return self.hist_edges[:2].astype(np.float64), np.zeros(1, dtype=np.int64)
         lo, hi = int(filled[0]), int(filled[-1])
         edges = self.hist_edges[lo : hi + 2].astype(np.float64)
         if not np.isfinite(edges[-1]):
             edges[-1] = np.nextafter(self.max_activation(feature), np.inf)
-        return edges, counts[lo : hi + 1].copy()
+        return edges, shown[lo : hi + 1].copy()
 
     def histogram_with(self, feature: int, others: dict[str, np.ndarray], label: str = "corpus",
                        ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -578,19 +680,38 @@ class MiningResult:
             edges[-1] = np.nextafter(top, np.inf)
         return edges, {s: c[lo : hi + 1].copy() for s, c in counts.items()}
 
-    def summary_table(self) -> tuple[list[str], list[list[Any]]]:
-        """One row per mined feature (header, rows), e.g. for a CSV: counts, density, maximum, top peak."""
-        header = ["feature", "fired_tokens", "tokens", "density", "max_activation", "examples",
-                  "top_doc", "top_doc_token"]
-        fired, rows = self.fired_counts, []
+    def summary_table(self, tokenizer: Any = None, context: int = 12) -> tuple[list[str], list[list[Any]]]:
+        """One row per mined feature (header, rows), e.g. for a CSV: counts, density, maximum, top peak.
+
+        Args:
+            tokenizer: with one, each row also gets its top example's peak token and the text around it
+                (``context`` tokens before the peak, the peak in ``[[ ]]``, 3 tokens after).
+        """
+        header = ["feature", "fired_tokens", "tokens", "density", "windows_fired", "windows", "max_activation",
+                  "examples", "top_doc", "top_line", "top_doc_token"]
+        if tokenizer is not None:
+            header += ["top_token", "top_context"]
+        fired, windows_fired, rows = self.fired_counts, self.window_hist_counts.sum(axis=1), []
         for i, f in enumerate(self.features):
             top = int(self.top_windows[i, 0])
             window = self.windows.get(top)
-            rows.append([
+            at = int(self.top_positions[i, 0])
+            row = [
                 int(f), int(fired[i]), self.n_tokens, float(fired[i] / max(self.n_tokens, 1)),
-                float(max(self.top_values[i, 0], 0.0)), int((self.top_windows[i] >= 0).sum()),
-                window.doc if window else "", window.start + int(self.top_positions[i, 0]) if window else "",
-            ])
+                int(windows_fired[i]), self.n_windows, float(max(self.top_values[i, 0], 0.0)),
+                int((self.top_windows[i] >= 0).sum()),
+                window.doc if window else "", (window.line or "") if window else "",
+                window.start + at if window else "",
+            ]
+            if tokenizer is not None:
+                if window is None:
+                    row += ["", ""]
+                else:
+                    ids = window.tokens.tolist()
+                    before = tokenizer.decode(ids[max(0, at - context) : at])
+                    peak = tokenizer.decode(ids[at : at + 1])
+                    row += [peak, f"{before}[[{peak}]]{tokenizer.decode(ids[at + 1 : at + 4])}"]
+            rows.append(row)
         return header, rows
 
 
@@ -613,28 +734,59 @@ def merge_topk(
     Returns:
         The new ``[F, k]`` values, windows and positions; empty slots are ``(-inf, -1, 0)``.
     """
-    all_v = torch.cat([values, new_values], dim=1)
-    all_w = torch.cat([windows, new_windows], dim=1)
-    all_p = torch.cat([positions, new_positions], dim=1)
-    empty = ~(all_v > 0)
-    all_v = all_v.masked_fill(empty, -math.inf)
-    all_w = all_w.masked_fill(empty, -1)
+    v, w, p = _merge([values, windows, positions], [new_values, new_windows, new_positions], k)
+    return v, w, p
+
+
+def _merge(current: Sequence[torch.Tensor], new: Sequence[torch.Tensor], k: int) -> list[torch.Tensor]:
+    """:func:`merge_topk` for ``[values, windows, *payloads]``: the payloads follow their entries."""
+    cat = [torch.cat([a, b], dim=1) for a, b in zip(current, new)]
+    empty = ~(cat[0] > 0)
+    cat = [cat[0].masked_fill(empty, -math.inf), cat[1].masked_fill(empty, -1)] + [c.masked_fill(empty, 0) for c in cat[2:]]
     # Lexicographic (value desc, window asc): sort by window, then a stable sort by value keeps that
     # order among equal values.
-    by_window = torch.argsort(all_w, dim=1, stable=True)
-    by_value = torch.argsort(all_v.gather(1, by_window), dim=1, descending=True, stable=True)[:, :k]
+    by_window = torch.argsort(cat[1], dim=1, stable=True)
+    by_value = torch.argsort(cat[0].gather(1, by_window), dim=1, descending=True, stable=True)[:, :k]
     order = by_window.gather(1, by_value)
-    return all_v.gather(1, order), all_w.gather(1, order), all_p.gather(1, order)
+    return [c.gather(1, order) for c in cat]
+
+
+def window_priority(window_ids: np.ndarray | Sequence[int]) -> np.ndarray:
+    """Each window's place in the random draw: a pseudo-random float32 in (0, 1], from its id alone.
+
+    SplitMix64's mixing function of the window id, top 24 bits (exact in float32). The draw keeps, per
+    feature, the windows of highest priority among those where it fires: a uniform random sample that
+    is the same whatever the batch size, the other features or an interruption, and that a brute-force
+    reference can reproduce.
+
+    Returns:
+        float32 ``[n]``.
+    """
+    z = np.asarray(window_ids, dtype=np.uint64).reshape(-1) + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    return ((z >> np.uint64(40)).astype(np.float32) + np.float32(1.0)) / np.float32(2**24)
 
 
 class _State:
     """The running statistics of a pass (on the compute device) and its place in the corpus."""
 
-    def __init__(self, n_features: int, k: int, n_bins: int, device: str):
+    # The tensors saved in a checkpoint, besides the kept windows.
+    ARRAYS = ("values", "windows", "positions", "hist", "window_hist", "sample_keys", "sample_windows",
+              "sample_positions", "sample_values")
+
+    def __init__(self, n_features: int, k: int, n_bins: int, n_samples: int, device: str):
         self.values = torch.full((n_features, k), -math.inf, dtype=torch.float32, device=device)
         self.windows = torch.full((n_features, k), -1, dtype=torch.long, device=device)
         self.positions = torch.zeros((n_features, k), dtype=torch.long, device=device)
         self.hist = torch.zeros((n_features, n_bins), dtype=torch.long, device=device)
+        self.window_hist = torch.zeros((n_features, n_bins), dtype=torch.long, device=device)
+        # The random draw: the highest priorities (window_priority) among the windows where it fires.
+        self.sample_keys = torch.full((n_features, n_samples), -math.inf, dtype=torch.float32, device=device)
+        self.sample_windows = torch.full((n_features, n_samples), -1, dtype=torch.long, device=device)
+        self.sample_positions = torch.zeros((n_features, n_samples), dtype=torch.long, device=device)
+        self.sample_values = torch.zeros((n_features, n_samples), dtype=torch.float32, device=device)
         self.pool: dict[int, MinedWindow] = {}
         self.n_tokens = 0  # counted positions (the density's denominator)
         self.n_read = 0  # corpus tokens consumed (what max_tokens limits)
@@ -651,9 +803,9 @@ class _State:
                 "position": self.position.to_dict(), "complete": self.complete}
 
     def prune_pool(self) -> None:
-        """Keep exactly the windows some top-k entry points to."""
+        """Keep exactly the windows some top-k or sample entry points to."""
         if self.pool:
-            kept = set(torch.unique(self.windows).tolist())
+            kept = set(torch.unique(self.windows).tolist()) | set(torch.unique(self.sample_windows).tolist())
             self.pool = {i: w for i, w in self.pool.items() if i in kept}
 
 
@@ -661,8 +813,9 @@ class _State:
 def _batch_activations(
     loaded: Loaded, windows: Sequence[MinedWindow], n_bos: int, bos_id: int | None, cols: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Feature activations ``[B, T, F]`` of a batch of windows (zero wherever not counted), and
-    ``valid [B, T]``: True at the windows' text tokens, False at BOS, padding and any BOS-token position."""
+    """Feature activations ``[B, T, F]`` of a batch of windows as float32 (zero wherever not counted),
+    and ``valid [B, T]``: True at the windows' text tokens, False at BOS, padding and any BOS-token
+    position."""
     lengths = [n_bos + len(w.tokens) for w in windows]
     longest = max(lengths)
     tokens = torch.zeros((len(windows), longest), dtype=torch.long)
@@ -677,6 +830,8 @@ def _batch_activations(
     acts = loaded.sae.sae.encode(hook_activations(loaded, tokens.to(loaded.device)))
     if cols is not None:
         acts = acts.index_select(2, cols)
+    # Every statistic is taken in float32: with a bfloat16 model or SAE, top-k values, histogram bins
+    # and counts are then those of the activations as computed, not of a second rounding.
     if acts.dtype != torch.float32:
         acts = acts.float()
     # Zero what is not counted. Whole slices where possible: a masked_fill over [B, T, F] costs as much
@@ -699,23 +854,26 @@ class _BatchUpdate:
     """One batch's contribution, computed in full before any of it touches the running state."""
 
     hist_index: torch.Tensor  # int64 [M] flat (feature * bins + bin) of every activation > 0
-    values: torch.Tensor  # the merged top-k, [F, k] each
-    windows: torch.Tensor
-    positions: torch.Tensor
+    window_hist_index: torch.Tensor  # int64 [W] flat (feature * bins + bin) of every window peak > 0
+    top_rows: torch.Tensor  # int64 [R] the rows whose top-k changes
+    top: list[torch.Tensor]  # their merged values, windows, positions, [R, k] each
+    sample_rows: torch.Tensor  # int64 [R'] the rows whose draw changes
+    samples: list[torch.Tensor]  # their merged keys, windows, positions, values, [R', samples] each
     n_tokens: int
-    entered: list[MinedWindow]  # the batch's windows that entered some top-k
+    entered: list[MinedWindow]  # the batch's windows that entered some top-k or draw
 
 
 @torch.inference_mode()
 def _batch_update(state: _State, acts: torch.Tensor, valid: torch.Tensor, windows: Sequence[MinedWindow],
                   n_bos: int, inner_edges: torch.Tensor, k: int) -> _BatchUpdate:
-    """What one batch's activations ``[B, T, F]`` add to the histograms and the top-k.
+    """What one batch's activations ``[B, T, F]`` add to the histograms, the top-k and the draw.
 
     The dense tensor is read once, to list the activations > 0 (~60 per token of 24,576 features);
     everything else works on that list: the histogram bins, each window's peak per feature, and the
     peak's first position. Windows arrive in corpus order, so a batch's windows come after every
     window already in the top-k and enter a feature's top-k only above its current k-th value (ties go
-    to the earlier window); only the features where some window enters are merged.
+    to the earlier window); only the features where some window enters are merged. The random draw
+    works the same way, with each window's fixed priority in place of its peak.
     """
     n_windows, length, n_features = acts.shape
     n_bins = state.hist.shape[1]
@@ -734,33 +892,62 @@ def _batch_update(state: _State, acts: torch.Tensor, valid: torch.Tensor, window
     cell = feature * n_windows + window  # into [F, B]
     peak = torch.zeros(n_features * n_windows, dtype=vals.dtype, device=vals.device)
     peak = peak.scatter_reduce_(0, cell, vals, reduce="amax").view(n_features, n_windows)
-    enter = (peak > 0) & (peak > state.values[:, -1:])  # the k-th value is -inf until k are found
-    rows = enter.any(dim=1).nonzero().squeeze(1)
-    values, top_windows, positions = state.values, state.windows, state.positions
-    entered: list[int] = []
-    if rows.numel():
+    fires = peak > 0
+    fired_cells = fires.view(-1).nonzero().squeeze(1)  # flat (feature * B + window) where it fires
+    window_hist_index = (fired_cells // n_windows) * n_bins + torch.bucketize(
+        peak.view(-1)[fired_cells], inner_edges, right=True)
+    enter = fires & (peak > state.values[:, -1:])  # the k-th value is -inf until k are found
+    ids = torch.tensor([w.window_id for w in windows], dtype=torch.long, device=acts.device)
+    n_samples = state.sample_keys.shape[1]
+    if n_samples:
+        priority = torch.from_numpy(window_priority(ids.cpu().numpy())).to(acts.device)  # [B]
+        drawn = fires & (priority > state.sample_keys[:, -1:])
+    else:
+        priority, drawn = None, torch.zeros_like(fires)
+    no_rows = torch.zeros(0, dtype=torch.long, device=acts.device)
+    top_rows, top, sample_rows, samples = no_rows, [], no_rows, []
+    entering = enter | drawn
+    if bool(entering.any()):
         # The first position where an entering window reaches its peak.
-        at_peak = enter.view(-1)[cell] & (vals == peak.view(-1)[cell])
+        at_peak = entering.view(-1)[cell] & (vals == peak.view(-1)[cell])
         first = torch.full((n_features * n_windows,), length, dtype=torch.long, device=vals.device)
         first = first.scatter_reduce_(0, cell[at_peak], pos[at_peak], reduce="amin").view(n_features, n_windows)
-        sub = enter[rows]  # [R, B]
-        ids = torch.tensor([w.window_id for w in windows], dtype=torch.long, device=acts.device)
-        v, w, p = merge_topk(
-            values[rows], top_windows[rows], positions[rows],
-            peak[rows].masked_fill(~sub, -math.inf), ids.expand(len(rows), -1).masked_fill(~sub, -1),
-            first[rows] - n_bos, k,
-        )
-        values, top_windows, positions = values.clone(), top_windows.clone(), positions.clone()
-        values[rows], top_windows[rows], positions[rows] = v, w, p
-        entered = sub.any(dim=0).nonzero().squeeze(1).tolist()
-    return _BatchUpdate(hist_index, values, top_windows, positions, int(valid.sum()), [windows[i] for i in entered])
+        first = first - n_bos
+        top_rows = enter.any(dim=1).nonzero().squeeze(1)
+        if top_rows.numel():
+            sub = enter[top_rows]  # [R, B]
+            top = list(merge_topk(
+                state.values[top_rows], state.windows[top_rows], state.positions[top_rows],
+                peak[top_rows].masked_fill(~sub, -math.inf), ids.expand(len(top_rows), -1).masked_fill(~sub, -1),
+                first[top_rows], k,
+            ))
+        sample_rows = drawn.any(dim=1).nonzero().squeeze(1)
+        if sample_rows.numel():
+            sub = drawn[sample_rows]
+            samples = _merge(
+                [t[sample_rows] for t in _sample_tensors(state)],
+                [priority.expand(len(sample_rows), -1).masked_fill(~sub, -math.inf),
+                 ids.expand(len(sample_rows), -1).masked_fill(~sub, -1), first[sample_rows], peak[sample_rows]],
+                n_samples,
+            )
+    entered = entering.any(dim=0).nonzero().squeeze(1).tolist()
+    return _BatchUpdate(hist_index, window_hist_index, top_rows, top, sample_rows, samples,
+                        int(valid.sum()), [windows[i] for i in entered])
+
+
+def _sample_tensors(state: _State) -> list[torch.Tensor]:
+    return [state.sample_keys, state.sample_windows, state.sample_positions, state.sample_values]
 
 
 def _commit(state: _State, update: _BatchUpdate, batch: Sequence[tuple[MinedWindow, CorpusPosition, int]]) -> None:
     """Fold a computed batch into the state: the only place the running statistics change."""
     windows = [w for w, _, _ in batch]
     state.hist.view(-1).index_add_(0, update.hist_index, torch.ones_like(update.hist_index))
-    state.values, state.windows, state.positions = update.values, update.windows, update.positions
+    state.window_hist.view(-1).index_add_(0, update.window_hist_index, torch.ones_like(update.window_hist_index))
+    for tensor, rows in zip((state.values, state.windows, state.positions), update.top):
+        tensor[update.top_rows] = rows
+    for tensor, rows in zip(_sample_tensors(state), update.samples):
+        tensor[update.sample_rows] = rows
     state.pool.update((w.window_id, w) for w in update.entered)
     state.batches += 1
     if state.batches % PRUNE_EVERY == 0:
@@ -812,11 +999,14 @@ def checkpoint_key(loaded: Loaded, corpus: Corpus, options: MiningOptions, windo
         "version": MINING_VERSION,
         "identity": identity or {},
         "weights": _weights_fingerprint(loaded),
+        # The compute dtypes: a bfloat16 run gives other (rounded) activations than a float32 one.
+        "dtype": [str(getattr(loaded.model.cfg, "dtype", "")), str(loaded.sae.sae.W_enc.dtype)],
         "hook": loaded.sae.hook_name,
         "corpus": corpus.identity(),
         "features": "all" if options.all_features else list(options.features),
         "d_sae": loaded.sae.d_sae,
         "k": options.k,
+        "samples": options.samples,
         "window": window,
         "prepend_bos": bool(loaded.sae.prepend_bos),
         "max_tokens": options.max_tokens,
@@ -834,8 +1024,52 @@ def _weights_fingerprint(loaded: Loaded) -> str:
     return digest.hexdigest()[:16]
 
 
+def _canonical(key: dict[str, Any]) -> dict[str, Any]:
+    """The key as JSON reads it back (tuples become lists), for comparisons with a saved key."""
+    return json.loads(json.dumps(key, sort_keys=True))
+
+
 def checkpoint_path(folder: Path, key: dict[str, Any]) -> Path:
     return Path(folder) / f"mining-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]}.npz"
+
+
+def finished_checkpoint_covering(folder: Path, key: dict[str, Any]) -> tuple[Path, dict[str, Any]] | None:
+    """A finished pass in ``folder`` that is the same pass as ``key`` except that it mined more features
+    (every feature, or a superset of ``key``'s), so its results answer ``key`` without encoding anything.
+
+    Returns:
+        ``(path, its key)``, or None.
+    """
+    wanted = _canonical(key)
+    same = {name: value for name, value in wanted.items() if name != "features"}
+    for path in sorted(Path(folder).glob("mining-*.npz")):
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                theirs = json.loads(str(data["key"]))
+                complete = json.loads(str(data["meta"]))["complete"]
+        except (OSError, ValueError, KeyError, json.JSONDecodeError):
+            continue
+        if not complete or {name: value for name, value in theirs.items() if name != "features"} != same:
+            continue
+        if theirs["features"] == "all" or (
+            wanted["features"] != "all" and set(wanted["features"]) <= set(theirs["features"])
+        ):
+            return path, theirs
+    return None
+
+
+def finished_pass_exists(folder: Path, corpus: Corpus) -> bool:
+    """Whether ``folder`` holds a finished pass over ``corpus`` (any model or options): cheap, read before
+    loading the model, e.g. to let an offline run reuse a streamed dataset's pass instead of failing."""
+    wanted = _canonical({"corpus": corpus.identity()})["corpus"]
+    for path in Path(folder).glob("mining-*.npz"):
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                if json.loads(str(data["key"]))["corpus"] == wanted and json.loads(str(data["meta"]))["complete"]:
+                    return True
+        except (OSError, ValueError, KeyError, json.JSONDecodeError):
+            continue
+    return False
 
 
 def _save(path: Path, state: _State, key: dict[str, Any]) -> None:
@@ -845,10 +1079,7 @@ def _save(path: Path, state: _State, key: dict[str, Any]) -> None:
     arrays = {
         "key": np.array(json.dumps(key, sort_keys=True)),
         "meta": np.array(json.dumps(state.meta())),
-        "values": state.values.cpu().numpy(),
-        "windows": state.windows.cpu().numpy(),
-        "positions": state.positions.cpu().numpy(),
-        "hist": state.hist.cpu().numpy(),
+        **{name: getattr(state, name).cpu().numpy() for name in _State.ARRAYS},
         "pool": np.array([[w.window_id, w.doc, w.line, w.start, len(w.tokens)] for w in pool],
                          dtype=np.int64).reshape(-1, 5),
         "pool_tokens": np.concatenate(tokens).astype(np.int32) if tokens else np.zeros(0, dtype=np.int32),
@@ -861,18 +1092,21 @@ def _load(path: Path, key: dict[str, Any], state: _State, log: Log) -> bool:
     """Fill ``state`` from a checkpoint made with the same ``key``; False (with a note) if unusable."""
     try:
         with np.load(path, allow_pickle=False) as data:
-            if json.loads(str(data["key"])) != json.loads(json.dumps(key, sort_keys=True)):
+            if json.loads(str(data["key"])) != _canonical(key):
                 return False
             meta = json.loads(str(data["meta"]))
-            for name in ("values", "windows", "positions", "hist"):
+            arrays = {}
+            for name in _State.ARRAYS:
                 saved = torch.from_numpy(data[name])
                 if tuple(saved.shape) != tuple(getattr(state, name).shape):
                     raise ValueError(f"{name} has shape {tuple(saved.shape)}")
-                setattr(state, name, saved.to(getattr(state, name).device))
+                arrays[name] = saved
             pool, flat = data["pool"], data["pool_tokens"]
     except (OSError, ValueError, KeyError, json.JSONDecodeError) as err:
         log(f"warning: ignoring the unreadable mining checkpoint {path} ({err}); starting over")
         return False
+    for name, saved in arrays.items():  # only once all of it was read: a failed read leaves the state as it was
+        setattr(state, name, saved.to(getattr(state, name).device))
     ends = np.cumsum(pool[:, 4]) if len(pool) else np.zeros(0, dtype=np.int64)
     state.pool = {
         int(i): MinedWindow(int(i), int(doc), int(line), int(start), flat[end - n : end].copy())
@@ -892,7 +1126,12 @@ def mine(
     progress: Progress | None = None,
     log: Log | None = None,
 ) -> MiningResult:
-    """One streaming pass over ``corpus``: top-k windows, firing counts and histograms per feature.
+    """One streaming pass over ``corpus``: top-k windows, firing counts, histograms and a random draw of
+    windows per feature.
+
+    With ``options.checkpoint_dir`` and ``options.resume``, a finished pass with the same key is read
+    back at once ("already mined"), and so is a finished pass that differs only in mining more
+    features (e.g. every feature: the result then holds all of them); an interrupted one is continued.
 
     Args:
         loaded: the model and SAE.
@@ -904,8 +1143,8 @@ def mine(
         log: one-line messages for a person (resuming, checkpoints, out-of-memory retries).
 
     Returns:
-        The :class:`MiningResult`. Memory stays bounded: the state is ``F x (2k + bins)`` numbers plus at
-        most ``F x k`` windows of tokens, whatever the corpus size.
+        The :class:`MiningResult`. Memory stays bounded: the state is ``F x (2k + 2 bins + 2 samples)``
+        numbers plus at most ``F x (k + samples)`` windows of tokens, whatever the corpus size.
     """
     log = log or _silent
     window, _why = resolve_window(loaded, options.window)
@@ -930,17 +1169,33 @@ def mine(
         cols = torch.tensor(features, dtype=torch.long, device=loaded.device)
     edges = options.hist_edges()
     inner_edges = torch.from_numpy(edges[1:-1].copy()).to(loaded.device)
-    state = _State(len(features), options.k, len(edges) - 1, loaded.device)
 
+    def new_state(n_features: int) -> _State:
+        return _State(n_features, options.k, len(edges) - 1, options.samples, loaded.device)
+
+    state = new_state(len(features))
     key = checkpoint_key(loaded, corpus, options, window, identity)
     path = checkpoint_path(options.checkpoint_dir, key) if options.checkpoint_dir is not None else None
-    resumed_at = 0
-    if path is not None and options.resume and path.is_file() and _load(path, key, state, log):
-        if state.complete:
-            log(f"already mined: read {state.n_tokens:,} tokens' results from {path}")
+    resumed_at, reused = 0, False
+    if path is not None and options.resume:
+        found = path.is_file() and _load(path, key, state, log)
+        if not (found and state.complete):
+            covering = finished_checkpoint_covering(options.checkpoint_dir, key)
+            if covering is not None:
+                other_path, other_key = covering
+                every = other_key["features"] == "all"
+                other = new_state(d_sae if every else len(other_key["features"]))
+                if _load(other_path, other_key, other, log):
+                    state, path, found = other, other_path, True
+                    features = np.arange(d_sae, dtype=np.int64) if every else np.array(other_key["features"], np.int64)
+                    log(f"already mined (in a pass over {'every feature' if every else 'more features'}): "
+                        f"read {state.n_tokens:,} tokens' results from {path}")
         else:
+            log(f"already mined: read {state.n_tokens:,} tokens' results from {path}")
+        if found and not state.complete:
             resumed_at = state.n_read
             log(f"resuming from {path}: {state.n_read:,} tokens ({state.n_windows:,} windows) already mined")
+        reused = found and state.complete
 
     if not state.complete:
         _run(loaded, corpus, options, state, window - n_bos, n_bos, bos_id, cols, inner_edges, path, key, progress, log)
@@ -954,6 +1209,10 @@ def mine(
         windows=dict(sorted(state.pool.items())),
         hist_edges=edges,
         hist_counts=state.hist.cpu().numpy(),
+        window_hist_counts=state.window_hist.cpu().numpy(),
+        sample_windows=state.sample_windows.cpu().numpy(),
+        sample_positions=state.sample_positions.cpu().numpy(),
+        sample_values=state.sample_values.cpu().numpy(),
         n_tokens=state.n_tokens,
         n_windows=state.n_windows,
         n_documents=state.n_documents,
@@ -963,6 +1222,7 @@ def mine(
         complete=state.complete,
         checkpoint=path,
         resumed_at=resumed_at,
+        reused=reused,
     )
 
 

@@ -70,9 +70,9 @@ def test_card_from_default_model_flags(world, tmp_path, capsys):
     bos_card = json.loads((out / f"feature_{bos}.json").read_text())
     assert bos_card["firing_rate_on_prompts"] == 0 and bos_card["top_examples"] == []
 
-    # The corpus document was searched too (its one concept word fires), and the page stays self-contained.
+    # The corpus document was mined too (its one concept word fires), and the page stays self-contained.
     card = json.loads((out / f"feature_{happy}.json").read_text())
-    assert card["fired_tokens_by_source"]["corpus"]["fired"] == 1
+    assert card["corpus"]["fired_tokens"] == 1 and card["corpus"]["top_examples"][0]["peak_token"] == " glad"
     page = (out / f"feature_{happy}.html").read_text()
     assert "<script" not in page.lower() and 'src="http' not in page and "@import" not in page
     assert 'src="data:image/png;base64,' in page  # the figure is inlined
@@ -96,13 +96,13 @@ def test_card_from_default_model_flags(world, tmp_path, capsys):
     record = json.loads((out / "MechInterpFeatureInspect_run.json").read_text())
     assert "BOS" in record["filtered"] and record["features"] == [happy, angry, bos]
     # Beyond the top 8: one text at each lower activation level, and the top text of each other source
-    # where it fires (the corpus document), each saying why it is there.
+    # where it fires, each saying why it is there (the mined corpus has its own section).
     card = json.loads((out / f"feature_{happy}.json").read_text())
     whys = [ex["why"] for ex in card["more_examples"]]
     assert [w.split(" of ")[0] for w in whys[:3]] == ["upper quartile", "median", "lower quartile"]
     shown = card["top_examples"] + card["more_examples"]
     fires_in = {s for s, v in card["fired_tokens_by_source"].items() if v["fired"]}
-    assert fires_in == {"happy", "corpus"} and {ex["source"] for ex in shown} == fires_in
+    assert fires_in == {"happy"} and {ex["source"] for ex in shown} == fires_in
     assert len({ex["text_index"] for ex in shown}) == len(shown)  # no text shown twice
     # index.html links every card written.
     index = (out / "index.html").read_text()

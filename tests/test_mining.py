@@ -8,9 +8,11 @@ size, window size, token limit or interruptions.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,6 +34,9 @@ from mechinterp.prompts import read_prompt_file
 from mechinterp.toyworld import demo_corpus
 
 K = 5
+# Every per-feature array of a MiningResult.
+ARRAYS = ("top_values", "top_windows", "top_positions", "hist_counts", "window_hist_counts", "sample_windows",
+          "sample_positions", "sample_values")
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +74,7 @@ def reference(loaded, path, text_len, max_tokens=None, bos=True):
         for _, _, chunk in windows:
             first = [tok.bos_token_id] if bos else []
             _, cache = loaded.model.run_with_cache(torch.tensor([[*first, *chunk]]), names_filter=hook)
-            acts.append(loaded.sae.sae.encode(cache[hook])[0, len(first):].numpy())
+            acts.append(loaded.sae.sae.encode(cache[hook])[0, len(first):].float().numpy())
     return windows, acts
 
 
@@ -132,10 +137,79 @@ def test_mining_equals_brute_force(loaded_toy, world, corpus_file, window, max_t
         np.testing.assert_array_equal(result.hist_counts[result.row(f)], expected)
     assert result.hist_counts[:, 0].sum() > 0 and result.hist_counts[:, 1:-1].sum() > 0  # both sides of low are used
 
+    # Per-window maxima: their histogram on the same bins, and the random draw of windows where each
+    # feature fires (the highest fixed priorities, ties to the earlier window), with each one's peak.
+    peaks = np.stack([a.max(axis=0) for a in acts])  # [n_windows, d_sae]
+    priority = mining.window_priority(np.arange(len(windows)))
+    assert len(set(priority.tolist())) > 0.99 * len(windows) and priority.min() > 0 and priority.max() <= 1
+    for f in range(loaded_toy.sae.d_sae):
+        fired_in = np.flatnonzero(peaks[:, f] > 0)
+        expected = np.bincount(np.searchsorted(inner, peaks[fired_in, f], side="right"), minlength=len(inner) + 1)
+        np.testing.assert_array_equal(result.window_hist_counts[result.row(f)], expected)
+        assert result.windows_fired(f) == len(fired_in)
+        drawn = sorted(fired_in.tolist(), key=lambda w: (-priority[w], w))[:mining.DEFAULT_SAMPLES]
+        got = result.samples(f)
+        assert [e.window.window_id for e in got] == drawn, f
+        for e in got:
+            assert abs(e.value - float(peaks[e.window.window_id, f])) <= 1e-5
+            assert abs(float(acts[e.window.window_id][e.position, f]) - e.value) <= 1e-5
+        # The card's activation levels: exact when every window where it fires is drawn, else in the
+        # right bin of the maxima's histogram.
+        for q in (0.25, 0.5, 0.75):
+            level = result.window_max_quantile(f, q)
+            maxima = np.sort(peaks[fired_in, f])
+            if len(maxima) == 0:
+                assert level == 0.0
+            elif len(maxima) <= mining.DEFAULT_SAMPLES:
+                assert level == pytest.approx(float(np.quantile(maxima, q)), abs=1e-5), (f, q)
+            else:
+                order_statistic = maxima[int(np.ceil(q * len(maxima))) - 1]
+                assert np.searchsorted(inner, level, side="right") == np.searchsorted(inner, order_statistic,
+                                                                                     side="right"), (f, q)
+    many = [f for f in range(loaded_toy.sae.d_sae) if result.windows_fired(f) > mining.DEFAULT_SAMPLES]
+    assert len(many) > 3  # draws that are a sample, not every window
+
     # BOS: never a window token, never counted (the planted BOS feature fires only at BOS).
     bos = loaded_toy.model.tokenizer.bos_token_id
     assert all(bos not in w.tokens for w in result.windows.values())
     assert result.fired(world.planted.bos) == 0 and result.examples(world.planted.bos) == []
+    assert result.windows_fired(world.planted.bos) == 0 and result.samples(world.planted.bos) == []
+
+
+def test_bfloat16_model_and_sae_give_float32_statistics_of_their_own_activations(loaded_toy, world, corpus_file):
+    """With the model and SAE computing in bfloat16, every statistic is taken in float32 on the
+    activations as computed: equal to a bfloat16 brute force read in float32, values bfloat16-exact."""
+    model = copy.deepcopy(loaded_toy.model).to(torch.bfloat16)
+    sae = copy.deepcopy(loaded_toy.sae.sae).to(torch.bfloat16)
+    half = dataclasses.replace(loaded_toy, model=model, sae=dataclasses.replace(loaded_toy.sae, sae=sae))
+    _, acts = reference(half, corpus_file, 31, max_tokens=300)
+    dense = np.concatenate(acts)
+    options = MiningOptions(all_features=True, k=K, window=32, batch_size=4, max_tokens=300)
+    result = mine(half, TextFileCorpus(corpus_file), options)
+    assert result.top_values.dtype == np.float32 and result.sample_values.dtype == np.float32
+    assert result.n_tokens == len(dense) == 300
+    np.testing.assert_array_equal(result.fired_counts, (dense > 0).sum(0))
+    inner = options.hist_edges()[1:-1]
+    for f in (world.planted.concept["happy"], world.planted.always_on[0], 7, 300):
+        values = dense[:, f][dense[:, f] > 0]
+        expected = np.bincount(np.searchsorted(inner, values, side="right"), minlength=len(inner) + 1)
+        np.testing.assert_array_equal(result.hist_counts[result.row(f)], expected)
+        ref = reference_topk(acts, f, K)
+        np.testing.assert_array_equal(result.top_values[result.row(f), : len(ref)], [r[0] for r in ref])
+    top = torch.from_numpy(result.top_values)
+    assert torch.equal(top.to(torch.bfloat16).float(), top)  # bfloat16 numbers, not rounded again
+    # The card's per-token activations of a window: float32 arrays of the same numbers.
+    again = window_activations(half, [result.windows[w] for w in result.top_windows[:, 0] if w >= 0][:3], [7, 300])
+    for w, a in zip([w for w in result.top_windows[:, 0] if w >= 0][:3], again):
+        assert a.dtype == np.float32
+        np.testing.assert_array_equal(a, acts[w][:, [7, 300]])
+    # Not the float32 numbers: bfloat16 changed the activations, and its checkpoints are another pass's.
+    full = mine(loaded_toy, TextFileCorpus(corpus_file), options)
+    assert not np.array_equal(full.top_values, result.top_values)
+    corpus = TextFileCorpus(corpus_file)
+    keys = [mining.checkpoint_key(x, corpus, options, 32) for x in (half, loaded_toy)]
+    assert keys[0]["dtype"] != keys[1]["dtype"] and mining.checkpoint_path(Path("."), keys[0]) != mining.checkpoint_path(
+        Path("."), keys[1])
 
 
 def test_requested_features_equal_their_rows_of_all_features(loaded_toy, world, corpus_file):
@@ -143,10 +217,8 @@ def test_requested_features_equal_their_rows_of_all_features(loaded_toy, world, 
     some = mine(loaded_toy, TextFileCorpus(corpus_file), MiningOptions(features=features, k=K, window=32))
     every = mine(loaded_toy, TextFileCorpus(corpus_file), MiningOptions(all_features=True, k=K, window=32))
     rows = [every.row(f) for f in features]
-    np.testing.assert_array_equal(some.top_values, every.top_values[rows])
-    np.testing.assert_array_equal(some.top_windows, every.top_windows[rows])
-    np.testing.assert_array_equal(some.top_positions, every.top_positions[rows])
-    np.testing.assert_array_equal(some.hist_counts, every.hist_counts[rows])
+    for name in ARRAYS:
+        np.testing.assert_array_equal(getattr(some, name), getattr(every, name)[rows], err_msg=name)
     assert some.fired(world.planted.concept["happy"]) > 0
     with pytest.raises(UserError, match="was not mined"):
         some.row(8)
@@ -223,7 +295,7 @@ def test_resuming_gives_the_uninterrupted_result(loaded_toy, corpus_file, tmp_pa
         assert any(m.startswith("resuming from") for m in messages), messages
         resumed_at[folder] = resumed.resumed_at
         assert 0 < resumed.resumed_at <= seen[-1] < whole.n_tokens
-        for name in ("top_values", "top_windows", "top_positions", "hist_counts"):
+        for name in ARRAYS:
             np.testing.assert_array_equal(getattr(resumed, name), getattr(whole, name), err_msg=name)
         for name in ("n_tokens", "n_windows", "n_documents"):
             assert getattr(resumed, name) == getattr(whole, name), name
@@ -288,11 +360,13 @@ def test_text_file_rules_match_chapter3_reader_and_seek(tmp_path):
 
 def test_hub_dataset_offline_fails_at_once_in_one_line():
     start = time.perf_counter()
-    with pytest.raises(EnvironmentProblem) as err:
+    with pytest.raises(UserError) as err:
         next(HFDatasetCorpus("Skylion007/openwebtext").documents())
     assert time.perf_counter() - start < 10
     message = str(err.value)
     assert "\n" not in message and "offline" in message and "--corpus FILE" in message
+    # A usage error (exit status 2): the option cannot work in this run, and the message names one that can.
+    assert err.value.exit_code == 2 and not isinstance(err.value, EnvironmentProblem)
 
 
 def test_streamed_dataset_equals_the_file(loaded_toy, corpus_file, tmp_path):
