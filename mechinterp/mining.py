@@ -327,9 +327,10 @@ class HFDatasetCorpus:
         an unreachable Hub costs ~25 s of retries before the same failure. Nothing is downloaded here.
 
         Raises:
-            UserError: exit status 2, whether ``HF_HUB_OFFLINE`` is set or the probe fails: the option
-                cannot work in this run, and the message names the one that can (``--corpus FILE``).
-                After a failed probe huggingface_hub stays offline for the rest of the process.
+            EnvironmentProblem: exit status 1 (the machine lacks the network, as for a model download),
+                whether ``HF_HUB_OFFLINE`` is set or the probe fails; the message names the option that
+                works without it (``--corpus FILE``). After a failed probe huggingface_hub stays offline
+                for the rest of the process.
         """
         if not self.needs_hub():
             return
@@ -346,7 +347,7 @@ class HFDatasetCorpus:
             if not unreachable:
                 return
             why = f"the Hub ({hub.ENDPOINT}) cannot be reached from here"
-        raise UserError(
+        raise EnvironmentProblem(
             f"the dataset {self.name} is streamed from the Hugging Face Hub, but {why}; connect to the "
             "internet, or mine a local text file with --corpus FILE"
         )

@@ -228,7 +228,7 @@ def test_interrupted_pass_continues(run, corpus, world, tmp_path, monkeypatch):
 
 
 def test_offline_dataset_fails_at_once_in_one_line(run, monkeypatch, capsys):
-    """The Hub is unreachable here: --dataset must say so in one line, exit 2, and load nothing."""
+    """The Hub is unreachable here: --dataset must say so in one line, exit 1 (no network), and load nothing."""
     import datasets
     from huggingface_hub import constants as hub
     from huggingface_hub.utils import close_session
@@ -237,7 +237,7 @@ def test_offline_dataset_fails_at_once_in_one_line(run, monkeypatch, capsys):
     argv = ["--feature", "3", "--dataset", "Skylion007/openwebtext", "--max-tokens", "1M", "--out", "unused"]
     start = time.perf_counter()
     code, _, err = run(*argv)  # the test session runs with HF_HUB_OFFLINE=1
-    assert code == 2 and err.count("\n") == 1 and err.startswith("error: ")
+    assert code == 1 and err.count("\n") == 1 and err.startswith("error: ")
     assert "HF_HUB_OFFLINE is set" in err and "--corpus FILE" in err
     # Without HF_HUB_OFFLINE, the Hub cannot be reached either (the discard port: nothing listens).
     for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
@@ -250,13 +250,13 @@ def test_offline_dataset_fails_at_once_in_one_line(run, monkeypatch, capsys):
         code, _, err = run(*argv)
     finally:
         close_session()
-    assert code == 2 and err.count("\n") == 1 and "cannot be reached from here" in err and "--corpus FILE" in err
+    assert code == 1 and err.count("\n") == 1 and "cannot be reached from here" in err and "--corpus FILE" in err
     assert time.perf_counter() - start < 10
 
 
 def test_a_streamed_dataset_needs_the_network_only_to_mine_it(run, corpus, world, tmp_path, monkeypatch):
     """Online (the Hub played by the local file), the dataset is mined; offline, the finished pass is
-    read back; offline with --fresh, mining it again fails in one line, exit 2."""
+    read back; offline with --fresh, mining it again fails in one line, exit 1."""
     path = corpus[0]
     argv = ["--feature", str(world.planted.concept["angry"]), "--dataset", "Skylion007/openwebtext",
             "--max-tokens", "600", "--out", str(tmp_path / "out")]
@@ -271,7 +271,7 @@ def test_a_streamed_dataset_needs_the_network_only_to_mine_it(run, corpus, world
     code, _, err = run(*argv)  # the session is offline (HF_HUB_OFFLINE=1)
     assert code == 0 and "already mined: read 600 tokens" in err
     code, _, err = run(*argv, "--fresh")
-    assert code == 2 and err.strip().splitlines()[-1].startswith("error: the dataset Skylion007/openwebtext")
+    assert code == 1 and err.strip().splitlines()[-1].startswith("error: the dataset Skylion007/openwebtext")
     assert "HF_HUB_OFFLINE is set" in err and "Traceback" not in err
 
 
