@@ -116,7 +116,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "tokens that differ within each pair; every file must have as many prompts as the baseline",
     )
     speed = parser.add_argument_group("speed")
-    speed.add_argument("--batch-size", type=positive_int, default=None, help="prompts per forward pass (default: 16 on CPU, 64 on GPU)")
+    speed.add_argument("--batch-size", type=positive_int, default=None, help="prompts per forward pass (default: 16 on CPU; on a GPU as many as fit in half its free memory, at most 512)")
     speed.add_argument(
         "--no-cache", action="store_true",
         help="do not read or write the activation cache (.cache/activations, or $MECHINTERP_CACHE/activations)",

@@ -47,6 +47,7 @@ from mechinterp.cli import (
 from mechinterp.errors import Interrupted, UserError
 from mechinterp.io import OutputFolder
 from mechinterp.loading import (
+    DEFAULT_DTYPE,
     go_offline_if_hub_unreachable,
     load_hooked_model,
     load_sae,
@@ -573,6 +574,12 @@ def print_saved(options: ModelOptions, sae_dir: Path, trained: ModelTrainingResu
 
 
 def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+    if args.dtype != DEFAULT_DTYPE:  # refused before anything is loaded or written
+        raise UserError(
+            f"--dtype {args.dtype}: this chapter collects activations and trains in float32 only (an SAE "
+            "trained on rounded activations learns the rounding); drop --dtype here and use it in the "
+            "chapters that load the trained SAE"
+        )
     log = make_logger(args)
     start = time.perf_counter()
     options = mode_options(args)

@@ -41,7 +41,7 @@ import re
 import textwrap
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -59,6 +59,13 @@ KINDS = ("head", "mlp", "embed", "pos_embed", "bias", "sae_bias")
 # Input normalisations that multiply each token by its own scale (frozen per token, as TL's apply_ln).
 PER_TOKEN_SCALE = ("constant_norm_rescale", "layer_norm")
 LAYER_NORM_EPS = 1e-5  # SAELens' run_time_activation_ln_in default
+# The sum checks' relative tolerance (of the sum of |rows|) when the model or SAE computes in reduced
+# precision (``--dtype``): four units of the dtype's rounding (bfloat16 keeps 8 significant bits, float16
+# 11). The rows stay exact float64 projections of the components the model computed, but the model adds
+# them up in its own dtype, rounding the residual stream after every sublayer, and the SAE rounds its
+# pre-activation: on the demo world the worst firing token misses by 0.1% of the sum of |rows| in
+# bfloat16, against 2e-7 in float32.
+REDUCED_PRECISION_RTOL = {torch.bfloat16: 2.0**-6, torch.float16: 2.0**-9}
 BOS_SOURCE = "<BOS>"  # how a source position that is the BOS token is named
 
 
@@ -1019,6 +1026,25 @@ def _agreement(rows: list[AblationRow], tolerance: float, ablated_on: str) -> Ca
 # --- all four -----------------------------------------------------------------------------------------
 
 
+def _precision(options: AttributionOptions, model: Any, sae: Any) -> tuple[AttributionOptions, str | None]:
+    """The options with the sum checks' tolerance widened to the model's and SAE's compute dtype, and a
+    note saying so (None in float32, where the checks stay at ``options.rtol``)."""
+    dtypes = {model.cfg.dtype, sae.W_enc.dtype}
+    reduced = [d for d in dtypes if d in REDUCED_PRECISION_RTOL]
+    if not reduced:
+        return options, None
+    worst = max(reduced, key=REDUCED_PRECISION_RTOL.__getitem__)
+    rtol = max(options.rtol, REDUCED_PRECISION_RTOL[worst])
+    name = str(worst).removeprefix("torch.")
+    note = (
+        f"the model and SAE compute in {name}: each row is an exact (float64) projection of what a component "
+        f"computed, but the model adds the components up in {name}, so the rows match the SAE's own "
+        f"pre-activation only to {name} precision (checked to {rtol:.1%} of the sum of |rows|, instead of "
+        f"{options.rtol:.0e} in float32, where the split is exact to rounding)"
+    )
+    return replace(options, rtol=rtol), note
+
+
 def attribute_feature(
     loaded: Loaded, tokenized: Tokenized, feature: int, options: AttributionOptions | None = None
 ) -> FeatureAttribution:
@@ -1037,6 +1063,7 @@ def attribute_feature(
     """
     options = options or AttributionOptions()
     model, sae = loaded.model, loaded.sae.sae
+    options, precision_note = _precision(options, model, sae)
     if not 0 <= feature < int(sae.cfg.d_sae):
         raise UserError(
             f"feature {feature} does not exist: this SAE has features 0 to {int(sae.cfg.d_sae) - 1}"
@@ -1051,7 +1078,7 @@ def attribute_feature(
         if tokenized.n_skip
         else "padding is excluded from every number (this SAE uses no BOS)"
     )
-    notes = []
+    notes = [precision_note] if precision_note else []
     if readout.normalisation != "none":
         notes.append(
             f"the SAE normalises its input per token ({readout.normalisation}); each token's scale is "

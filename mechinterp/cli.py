@@ -20,6 +20,7 @@ from pathlib import Path
 from mechinterp import constants
 from mechinterp.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EnvironmentProblem, Interrupted, UserError
 from mechinterp.io import OutputFolder
+from mechinterp.loading import DEFAULT_DTYPE, DTYPES
 from mechinterp.source import SourceOptions, demo_prompts_dir
 
 
@@ -90,6 +91,15 @@ def add_common_args(parser: argparse.ArgumentParser, out_help: str = "folder for
         "--device",
         default=None,
         help="cpu, cuda or mps (default: cuda when available, else cpu; mps only on request)",
+    )
+    group.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default=DEFAULT_DTYPE,
+        help="what the model and the SAE compute in: float32 agrees with SAELens to float rounding; "
+        "bfloat16 is faster on CPUs and GPUs with bf16 instructions (much slower on CPUs without) and "
+        "moves activations by up to a few percent; float16 only on a CUDA GPU. Statistics and outputs "
+        "are float32 either way; see docs/performance.md (default: %(default)s)",
     )
     group.add_argument(
         "--demo",
@@ -167,7 +177,7 @@ def source_options(args: argparse.Namespace) -> SourceOptions:
     """The model/SAE flags of :func:`add_common_args` as typed options."""
     return SourceOptions(
         model=args.model, sae_release=args.sae_release, sae_id=args.sae_id, sae_path=args.sae_path,
-        device=args.device, demo=args.demo,
+        device=args.device, demo=args.demo, dtype=getattr(args, "dtype", DEFAULT_DTYPE),
     )
 
 

@@ -13,6 +13,9 @@ Three decisions make this both correct and quick:
 
 The BOS position and padding are excluded from every statistic: GPT-2's BOS token carries a huge
 residual norm and lights up the same features for every prompt.
+
+The model and SAE may compute in bfloat16 or float16 (``--dtype``); every summary is reduced in
+float32 all the same (a bfloat16 sum over a prompt's tokens would lose digits).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,12 +33,43 @@ from mechinterp.loading import Loaded
 from mechinterp.summaries import PromptAggregates, SparseRow  # noqa: F401 - re-exported: encoding produces them
 
 DEFAULT_BATCH_SIZE_CPU = 16
-DEFAULT_BATCH_SIZE_GPU = 64
+DEFAULT_BATCH_SIZE_GPU = 64  # when the free GPU memory is not known (no loaded model to size it by)
+MAX_BATCH_SIZE_GPU = 512  # beyond this a GPU is already saturated by GPT-2-small-sized batches
+GPU_MEMORY_SHARE = 0.5  # of the free memory, for one batch; the rest absorbs allocator slack and peaks
 
 
-def default_batch_size(device: str) -> int:
-    """Large enough to keep the cores busy, small enough that one batch's features fit in memory."""
-    return DEFAULT_BATCH_SIZE_GPU if device.startswith("cuda") else DEFAULT_BATCH_SIZE_CPU
+def default_batch_size(device: str, loaded: Loaded | None = None) -> int:
+    """Large enough to keep the cores busy, small enough that one batch fits in memory.
+
+    On a CPU: 16 (more prompts per batch no longer speed up the matmuls). On a CUDA GPU, with the
+    loaded model and SAE given: as many prompts as fit into half of the GPU's free memory, at the
+    longest prompt the run encodes (see :func:`batch_bytes_per_prompt`), between 1 and 512; without
+    them: 64.
+    """
+    if not device.startswith("cuda"):
+        return DEFAULT_BATCH_SIZE_CPU
+    if loaded is None:
+        return DEFAULT_BATCH_SIZE_GPU
+    free, _total = torch.cuda.mem_get_info(torch.device(device))
+    fits = int(free * GPU_MEMORY_SHARE // batch_bytes_per_prompt(loaded))
+    return max(1, min(MAX_BATCH_SIZE_GPU, fits))
+
+
+def batch_bytes_per_prompt(loaded: Loaded, n_tokens: int | None = None) -> int:
+    """A generous estimate of the memory one prompt of ``n_tokens`` (default: the context limit) takes
+    in a batch while it is encoded.
+
+    The largest live tensors are the SAE's pre-activations and features (``d_sae`` wide, two at once,
+    in the SAE's dtype) and, in a block, the MLP's hidden layer, the residual stream copies and the
+    attention scores and pattern (TransformerLens' path, taken when a chapter caches patterns).
+    """
+    cfg = loaded.model.cfg
+    t = n_tokens or context_limit(loaded)[0]
+    model_bytes = torch.finfo(cfg.dtype).bits // 8
+    sae_bytes = torch.finfo(loaded.sae.sae.dtype).bits // 8
+    sae = 3 * t * loaded.sae.d_sae * sae_bytes  # pre-activations, features, and the summary's mask/copies
+    block = t * (4 * cfg.d_mlp + 8 * cfg.d_model) * model_bytes + 3 * cfg.n_heads * t * t * 4
+    return int(sae + block)
 
 
 @dataclass
@@ -116,9 +151,36 @@ def hook_activations(loaded: Loaded, tokens: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
+def sae_encode(sae: Any, x: torch.Tensor) -> torch.Tensor:
+    """``sae.encode(x)``: SAE features ``[..., d_sae]`` of activations ``x [..., d_in]``, in the SAE's dtype.
+
+    For SAELens' ``StandardSAE`` (ReLU) the same sum is computed in one pass: the encoder bias is added
+    inside the matrix product (``addmm``) and the ReLU is applied in place, where SAELens makes a
+    product, then a biased copy, then a rectified copy of the ``[n, d_sae]`` result. That is a fifth of
+    the encoder's time on a CPU, and the same numbers to float rounding (the input still goes through
+    SAELens' own ``process_sae_in``: dtype, ``hook_sae_input``, normalisation, ``b_dec``). Any other
+    SAE, and any hook on ``hook_sae_acts_pre``/``hook_sae_acts_post``, takes SAELens' ``encode``.
+    """
+    from sae_lens import StandardSAE
+
+    from mechinterp.fast_attention import has_hooks
+
+    if (
+        type(sae) is not StandardSAE
+        or type(sae.activation_fn) is not torch.nn.ReLU
+        or has_hooks(sae.hook_sae_acts_pre, sae.hook_sae_acts_post)
+    ):
+        return sae.encode(x)
+    sae_in = sae.process_sae_in(x)  # [..., d_in]
+    pre = torch.addmm(sae.b_enc, sae_in.reshape(-1, sae_in.shape[-1]), sae.W_enc)  # [n, d_sae]
+    return pre.relu_().view(*sae_in.shape[:-1], pre.shape[-1])
+
+
+@torch.inference_mode()
 def encode_tokens(loaded: Loaded, tokens: torch.Tensor) -> torch.Tensor:
-    """SAE feature activations ``[batch, pos, d_sae]`` for a batch of token ids ``[batch, pos]``."""
-    return loaded.sae.sae.encode(hook_activations(loaded, tokens.to(loaded.device)))
+    """SAE feature activations ``[batch, pos, d_sae]`` (float32, whatever the SAE computes in) for a
+    batch of token ids ``[batch, pos]``."""
+    return sae_encode(loaded.sae.sae, hook_activations(loaded, tokens.to(loaded.device))).float()
 
 
 def length_order(tokenized: Tokenized) -> list[int]:
@@ -148,28 +210,35 @@ def encode_positions(loaded: Loaded, tokens: torch.Tensor, valid: torch.Tensor) 
     """SAE features ``[n_valid, d_sae]`` of the valid positions of ``tokens [B, T]``, row by row.
 
     Only text positions reach the SAE: BOS and padding are dropped before the (large) encoder matmul,
-    which saves its cost on them and the memory of their 24,576-wide rows.
+    which saves its cost on them and the memory of their 24,576-wide rows. The result is in the SAE's
+    dtype (bfloat16 halves its memory); reduce it with :func:`summarise_positions`, which works in float32.
     """
     resid = hook_activations(loaded, tokens.to(loaded.device))
-    return loaded.sae.sae.encode(resid[valid.to(resid.device)])
+    return sae_encode(loaded.sae.sae, resid[valid.to(resid.device)])
 
 
 def summarise_positions(feats: torch.Tensor, counts: Sequence[int]) -> list[SparseRow]:
     """Reduce per-position features ``[n_valid, d_sae]`` to one sparse row per prompt.
 
     ``counts[i]`` consecutive rows belong to prompt ``i`` (the row-major order of a valid mask).
+    ``feats`` may be bfloat16 or float16: the maximum is exact in any dtype, and the mean is summed in
+    float32 (over the features that fired only, so the cast costs little).
     """
     rows = []
     for segment in torch.split(feats, list(counts)):
-        peak, where = segment.max(0)  # ties: the first position with the maximum
+        # amax, then argmax over the few hundred columns that fired: max(0) with indices over all
+        # d_sae columns is ~6x slower.
+        peak = segment.amax(0)
         idx = torch.nonzero(peak > 0).squeeze(-1)
+        # index_select, not segment[:, idx]: the same gather, ~50x faster for a few hundred columns
+        fired = segment.index_select(1, idx)  # [n_tokens, n_fired]
         rows.append(
             SparseRow(
                 idx=idx.cpu().numpy().astype(np.int32),
                 max=peak[idx].float().cpu().numpy(),
-                mean=(segment[:, idx].sum(0) / segment.shape[0]).float().cpu().numpy(),
+                mean=(fired.float().sum(0) / segment.shape[0]).cpu().numpy(),
                 n_tokens=int(segment.shape[0]),
-                peak=where[idx].cpu().numpy().astype(np.int32),
+                peak=fired.argmax(0).cpu().numpy().astype(np.int32),  # ties: the first position with the maximum
             )
         )
     return rows

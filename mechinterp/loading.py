@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-
 from mechinterp.constants import NEURONPEDIA_BASE
 
 if TYPE_CHECKING:  # torch is imported where it is used, so that cached reruns never pay for it
@@ -28,6 +27,12 @@ if TYPE_CHECKING:  # torch is imported where it is used, so that cached reruns n
 from mechinterp.errors import EnvironmentProblem, UserError
 from mechinterp.provenance import Provenance, sae_identity
 
+# What the model forward and the SAE encode may compute in. float32 is exact (it agrees with SAELens and
+# TransformerLens to float rounding); bfloat16 matmuls are several times faster where the CPU or GPU has
+# bf16 instructions, and emulated (far slower) where it has none (docs/performance.md: speed, and how
+# close the results are); float16 only on CUDA GPUs.
+DTYPES = ("float32", "bfloat16", "float16")
+DEFAULT_DTYPE = "float32"
 HUB_PROBE_SECONDS = 3.0  # one connection attempt; a reachable Hub answers far faster
 HUB_HINT = (
     "Connect to the internet for the first run (GPT-2 small and the SAE are about 700 MB), "
@@ -69,6 +74,7 @@ class Loaded:
     model_label: str
     device: str
     is_demo: bool = False
+    dtype: str = DEFAULT_DTYPE  # what the model and SAE compute in (one of DTYPES); summaries are float32 always
 
     @property
     def provenance(self) -> Provenance:
@@ -79,7 +85,8 @@ class Loaded:
     def title(self) -> str:
         """Names the model, SAE and hook, for figure titles."""
         prefix = "SYNTHETIC DEMO · " if self.is_demo else ""
-        return f"{prefix}{self.model_label} · SAE {self.sae.label} · hook {self.sae.hook_name}"
+        suffix = f" · {self.dtype}" if self.dtype != DEFAULT_DTYPE else ""
+        return f"{prefix}{self.model_label} · SAE {self.sae.label} · hook {self.sae.hook_name}{suffix}"
 
 
 def hook_layer(hook_name: str) -> int:
@@ -118,6 +125,64 @@ def pick_device(requested: str | None) -> str:
             stacklevel=2,
         )
     return requested
+
+
+def check_dtype(dtype: str, device: str) -> None:
+    """Refuse a compute dtype that is unknown or unsafe on this device.
+
+    float16 is offered on CUDA GPUs only: CPUs have no fast float16 matmuls (it is slower than
+    float32 there, and some ops are missing), and TransformerLens warns against it on MPS. bfloat16
+    has float32's range, so GPT-2's large BOS residual (norm ~3,000) cannot overflow it.
+
+    Raises:
+        UserError: for an unknown dtype, or float16 off CUDA.
+    """
+    if dtype not in DTYPES:
+        raise UserError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    if dtype == "float16" and not device.startswith("cuda"):
+        raise UserError(
+            f"--dtype float16 is only offered on a CUDA GPU, and this run uses {device}: float16 is slower "
+            "than float32 on a CPU and unreliable on MPS. Use --dtype bfloat16 (same speed-up where the "
+            "CPU has bf16 instructions, float32's range) or the default float32."
+        )
+
+
+def torch_dtype(dtype: str) -> torch.dtype:
+    """The torch dtype for one of :data:`DTYPES`."""
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+def cpu_bf16_instructions() -> list[str] | None:
+    """The CPU's native bfloat16 instruction sets, as its flags name them ([] = none), or None when unknown.
+
+    x86: ``avx512_bf16`` (bf16 dot products) and ``amx_bf16`` (AMX tiles); Arm: ``bf16``. Without
+    them PyTorch still computes in bfloat16, by converting to float32 and back, which is slower than
+    float32 itself. Reads ``/proc/cpuinfo`` on Linux and ``sysctl`` on macOS.
+    """
+    import platform
+    import subprocess
+
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = None
+    if text is not None:
+        flags: set[str] = set()
+        for line in text.splitlines():
+            if line.lower().startswith(("flags", "features")):
+                flags.update(line.split(":", 1)[1].split())
+        return sorted(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+    if platform.system() == "Darwin":
+        try:
+            out = subprocess.run(
+                ["sysctl", "-n", "hw.optional.arm.FEAT_BF16"], capture_output=True, text=True, timeout=5
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return ["FEAT_BF16"] if out == "1" else [] if out == "0" else None
+    return None
 
 
 @contextlib.contextmanager
@@ -250,8 +315,11 @@ def load_sae_from_disk(path: Path, device: str) -> Any:
         return SAE.load_from_disk(path, device=device)
 
 
-def load_sae(release: str, sae_id: str, sae_path: Path | None, device: str) -> LoadedSAE:
-    """Load the SAE from a local folder (``sae_path``) or from SAELens' pretrained directory."""
+def load_sae(release: str, sae_id: str, sae_path: Path | None, device: str, dtype: str = DEFAULT_DTYPE) -> LoadedSAE:
+    """Load the SAE from a local folder (``sae_path``) or from SAELens' pretrained directory.
+
+    ``dtype`` (one of :data:`DTYPES`) is what it encodes in; its weights are loaded as stored and cast.
+    """
     log_sparsity = None
     if sae_path is not None:
         sae = load_sae_from_disk(sae_path, device)
@@ -273,6 +341,8 @@ def load_sae(release: str, sae_id: str, sae_path: Path | None, device: str) -> L
                 raise download_error(f"the SAE {release}/{sae_id}", err) from err
             raise
         label = f"{release}/{sae_id}"
+    if dtype != DEFAULT_DTYPE:
+        sae = sae.to(dtype=torch_dtype(dtype))
     meta = sae.cfg.metadata
     hook_name = meta.hook_name
     if not hook_name:
@@ -291,20 +361,26 @@ def load_sae(release: str, sae_id: str, sae_path: Path | None, device: str) -> L
     )
 
 
-def load_model(model_name: str, loaded_sae: LoadedSAE, device: str) -> Any:
+def load_model(model_name: str, loaded_sae: LoadedSAE, device: str, dtype: str = DEFAULT_DTYPE) -> Any:
     """Load the model with the kwargs the SAE asks for, and check the SAE fits it."""
-    model = load_hooked_model(model_name, device, loaded_sae.model_kwargs)
+    model = load_hooked_model(model_name, device, loaded_sae.model_kwargs, dtype)
     check_compatible(model, loaded_sae)
     return model
 
 
-def load_hooked_model(model_name: str, device: str, kwargs: dict[str, Any]) -> Any:
+def load_hooked_model(model_name: str, device: str, kwargs: dict[str, Any], dtype: str = DEFAULT_DTYPE) -> Any:
     """A HookedTransformer by TransformerLens name or from a local Hugging Face folder, in eval mode.
 
     ``kwargs`` go to ``HookedTransformer.from_pretrained`` (e.g. ``center_writing_weights=True``).
+    The weights are loaded and processed (LayerNorm folding, centring) in float32 and only then cast
+    to ``dtype``, so reduced precision costs only the forward pass, not the weight processing. The
+    model then runs GELU and attention on PyTorch's fused kernels (:func:`use_fused_gelu`,
+    :func:`mechinterp.fast_attention.use_fast_attention`), which agree with TransformerLens to float
+    rounding and keep every hook.
     """
     from transformer_lens import HookedTransformer
 
+    check_dtype(dtype, device)
     try:
         with quiet_third_party():
             if (Path(model_name) / "config.json").is_file():
@@ -323,7 +399,12 @@ def load_hooked_model(model_name: str, device: str, kwargs: dict[str, Any]) -> A
             raise download_error(f"the model {model_name}", err) from err
         raise
     model.eval()
+    if dtype != DEFAULT_DTYPE:
+        model.to(torch_dtype(dtype), print_details=False)
     use_fused_gelu(model)
+    from mechinterp.fast_attention import use_fast_attention
+
+    use_fast_attention(model)  # models other than GPT-2-like ones keep TransformerLens' own attention
     return model
 
 

@@ -27,7 +27,8 @@ class EncodeOptions:
     """How prompts are encoded.
 
     Attributes:
-        batch_size: prompts per forward pass; None = 16 on CPU, 64 on GPU.
+        batch_size: prompts per forward pass; None = 16 on CPU, on a GPU as many as fit (see
+            :func:`mechinterp.encoding.default_batch_size`).
         use_cache: read and write the activation cache (``$MECHINTERP_CACHE/activations``).
         quiet: no progress bar.
     """
@@ -125,7 +126,7 @@ def summarise_prompts(
 
             log(f"encoding {len(missing)} prompt(s) ({len(found)} from the cache) ...")
             tokenized = tokenize(loaded, [texts[i] for i in missing])
-            batch_size = options.batch_size or default_batch_size(loaded.device)
+            batch_size = options.batch_size or default_batch_size(loaded.device, loaded)
             bar = progress_bar(len(missing), "encoding prompts", options.quiet, unit="prompt")
             start = time.perf_counter()
 

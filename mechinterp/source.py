@@ -21,7 +21,8 @@ from pathlib import Path
 from mechinterp import constants
 from mechinterp.errors import UserError
 from mechinterp.loading import (
-    Loaded, LoadedSAE, folder_label, go_offline_if_hub_unreachable, load_model, load_sae, pick_device,
+    DEFAULT_DTYPE, DTYPES, Loaded, LoadedSAE, check_dtype, cpu_bf16_instructions,
+    folder_label, go_offline_if_hub_unreachable, load_model, load_sae, pick_device,
 )
 
 Log = Callable[[str], None]
@@ -44,6 +45,9 @@ class SourceOptions:
         device: "cpu", "cuda", "mps", or None for CUDA when available, else CPU.
         demo: use the synthetic toy world (built locally on first use); ``sae_path`` may still name an
             SAE trained on the toy model.
+        dtype: what the model forward (up to the SAE's hook) and the SAE encode compute in: "float32"
+            (exact: agrees with SAELens), "bfloat16" (faster on CPUs and GPUs with bf16 matmuls; see
+            docs/performance.md for how close), or "float16" (CUDA only). Summaries are float32 always.
     """
 
     model: str | None = None
@@ -52,6 +56,11 @@ class SourceOptions:
     sae_path: Path | None = None
     device: str | None = None
     demo: bool = False
+    dtype: str = DEFAULT_DTYPE
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise UserError(f"dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
 
 
 @dataclass
@@ -66,9 +75,11 @@ class Source:
     model_label: str
     sae_label: str | None = None
     device: str | None = None  # as requested; None = pick at load time
+    dtype: str = DEFAULT_DTYPE  # one of mechinterp.loading.DTYPES
 
     def cache_identity(self) -> dict[str, str]:
-        """What determines the features of a text, for the activation cache's key."""
+        """What determines the features of a text, for the activation cache's key (the dtype too:
+        bfloat16 summaries differ from float32 ones by about a percent)."""
         if self.sae_path is not None:
             weights = self.sae_path / "sae_weights.safetensors"
             stat = weights.stat() if weights.exists() else None
@@ -79,7 +90,7 @@ class Source:
         if self.model and Path(model).is_dir():
             config = Path(model) / "config.json"
             model = f"dir:{Path(model).resolve()}:{config.stat().st_mtime_ns if config.exists() else 0}"
-        return {"model": model, "sae": sae}
+        return {"model": model, "sae": sae, "dtype": self.dtype}
 
 
 def demo_prompts_dir(log: Log = _silent) -> Path:
@@ -90,7 +101,9 @@ def demo_prompts_dir(log: Log = _silent) -> Path:
 
 
 def resolve_source(options: SourceOptions, log: Log = _silent) -> Source:
-    """Apply ``demo`` (building the toy world if needed) and validate the SAE options."""
+    """Apply ``demo`` (building the toy world if needed) and validate the SAE options and the dtype."""
+    if options.dtype == "float16":  # refused before any cache lookup; needs torch to know the device
+        check_dtype(options.dtype, pick_device(options.device))
     if options.sae_path is not None and not Path(options.sae_path).is_dir():
         raise UserError(f"--sae-path {options.sae_path} does not exist or is not a folder")
     if options.demo:
@@ -101,27 +114,39 @@ def resolve_source(options: SourceOptions, log: Log = _silent) -> Source:
             sae_path, sae_label = Path(options.sae_path), folder_label(Path(options.sae_path))
         else:
             sae_path, sae_label = world.sae_dir, "toy SAE (planted features)"
-        return Source(str(world.model_dir), "", "", sae_path, True, DEMO_MODEL_NAME, sae_label, options.device)
+        return Source(
+            str(world.model_dir), "", "", sae_path, True, DEMO_MODEL_NAME, sae_label, options.device, options.dtype
+        )
     model = options.model
     label = (folder_label(Path(model)) if Path(model).is_dir() else model) if model else ""
-    return Source(model, options.sae_release, options.sae_id, options.sae_path, False, label, device=options.device)
+    return Source(
+        model, options.sae_release, options.sae_id, options.sae_path, False, label, device=options.device,
+        dtype=options.dtype,
+    )
 
 
 def load(source: Source, log: Log = _silent) -> Loaded:
     """Load the SAE, then the model it was trained on (with the SAE's model-loading kwargs)."""
     device = pick_device(source.device)
+    check_dtype(source.dtype, device)
+    if source.dtype == "bfloat16" and device == "cpu" and cpu_bf16_instructions() == []:
+        log("note: this CPU has no bfloat16 instructions (avx512_bf16, amx_bf16): PyTorch emulates them, so "
+            "--dtype bfloat16 runs many times slower than float32 here; it pays off on CPUs and GPUs that have them")
     start = time.perf_counter()
     if source.sae_path is None or source.model is None or not Path(source.model).is_dir():
         go_offline_if_hub_unreachable(log)
     log(f"loading SAE {source.sae_path or f'{source.sae_release}/{source.sae_id}'} ...")
-    loaded_sae = load_sae(source.sae_release, source.sae_id, source.sae_path, device)
+    loaded_sae = load_sae(source.sae_release, source.sae_id, source.sae_path, device, source.dtype)
     if source.sae_label:
         loaded_sae.label = source.sae_label
     model_name, model_label = model_for(source, loaded_sae)
-    log(f"loading model {model_label} on {device} ...")
-    model = load_model(model_name, loaded_sae, device)
+    in_dtype = f" in {source.dtype}" if source.dtype != DEFAULT_DTYPE else ""
+    log(f"loading model {model_label} on {device}{in_dtype} ...")
+    model = load_model(model_name, loaded_sae, device, source.dtype)
     log(f"loaded in {time.perf_counter() - start:.1f}s")
-    return Loaded(model=model, sae=loaded_sae, model_label=model_label, device=device, is_demo=source.is_demo)
+    return Loaded(
+        model=model, sae=loaded_sae, model_label=model_label, device=device, is_demo=source.is_demo, dtype=source.dtype
+    )
 
 
 def model_for(source: Source, loaded_sae: LoadedSAE) -> tuple[str, str]:
