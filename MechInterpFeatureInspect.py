@@ -384,7 +384,7 @@ def encode_prompts(loaded: Loaded, texts: list[str], sources: list[str], feature
         tokenized = tokenize(loaded, texts)
         warn_truncated(texts, tokenized, int(loaded.model.cfg.n_ctx))
         return collect_feature_activations(
-            loaded, texts, sources, features, args.batch_size or default_batch_size(loaded.device), tokenized
+            loaded, texts, sources, features, args.batch_size or default_batch_size(loaded.device, loaded), tokenized
         )
 
 

@@ -159,7 +159,9 @@ def sae_encode(sae: Any, x: torch.Tensor) -> torch.Tensor:
     product, then a biased copy, then a rectified copy of the ``[n, d_sae]`` result. That is a fifth of
     the encoder's time on a CPU, and the same numbers to float rounding (the input still goes through
     SAELens' own ``process_sae_in``: dtype, ``hook_sae_input``, normalisation, ``b_dec``). Any other
-    SAE, and any hook on ``hook_sae_acts_pre``/``hook_sae_acts_post``, takes SAELens' ``encode``.
+    SAE, any hook on ``hook_sae_acts_pre``/``hook_sae_acts_post``, and any dtype but float32 takes
+    SAELens' ``encode`` (in bfloat16 the fused bias rounds once where SAELens rounds twice, which flips
+    activations near zero; reduced precision keeps SAELens' numbers exactly).
     """
     from sae_lens import StandardSAE
 
@@ -168,6 +170,7 @@ def sae_encode(sae: Any, x: torch.Tensor) -> torch.Tensor:
     if (
         type(sae) is not StandardSAE
         or type(sae.activation_fn) is not torch.nn.ReLU
+        or sae.W_enc.dtype != torch.float32
         or has_hooks(sae.hook_sae_acts_pre, sae.hook_sae_acts_post)
     ):
         return sae.encode(x)

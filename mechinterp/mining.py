@@ -49,7 +49,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from mechinterp.encoding import hook_activations, is_out_of_memory
+from mechinterp.encoding import hook_activations, is_out_of_memory, sae_encode
 from mechinterp.errors import EnvironmentProblem, UserError
 from mechinterp.io import atomic_path
 from mechinterp.loading import Loaded
@@ -828,7 +828,7 @@ def _batch_activations(
         valid[r, n_bos : lengths[r]] = True
     if bos_id is not None:
         valid &= tokens != bos_id
-    acts = loaded.sae.sae.encode(hook_activations(loaded, tokens.to(loaded.device)))
+    acts = sae_encode(loaded.sae.sae, hook_activations(loaded, tokens.to(loaded.device)))
     if cols is not None:
         acts = acts.index_select(2, cols)
     # Every statistic is taken in float32: with a bfloat16 model or SAE, top-k values, histogram bins
