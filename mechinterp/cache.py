@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from mechinterp.summaries import SparseRow
 from mechinterp.io import atomic_path, write_json
+from mechinterp.summaries import SparseRow
 
 # Bump when anything about how summaries are computed changes; old entries are then never read.
 ENCODING_VERSION = "2"  # 2: SAE-context cut, peak positions and tokens stored

@@ -12,6 +12,7 @@ import html
 import itertools
 import textwrap
 import unicodedata
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -63,15 +64,19 @@ def format_corpus_text(c: CorpusEvidence, color: bool) -> list[str]:
     key = "colour = activation, bold underlined = peak" if color else "[token:activation], [[peak]]"
     lines.append(f"Top {len(c.examples)} corpus windows ({key}):")
     scale = c.examples[0].max_act
-    for ex in c.examples:
-        lines.append(f"  {_rank(ex)} [{ex.where}] max {ex.max_act:.3f} at {safe_text(repr(ex.tokens[ex.peak]))}")
-        lines.append(f"      {highlight_terminal(ex, scale, color)}")
+    lines += _example_lines(c.examples, scale, color, lambda ex: f"{_rank(ex)} [{ex.where}]")
     if c.level_examples:
         lines.append("Lower activation levels (windows drawn at random where it fires, nearest to each level):")
-        for ex in c.level_examples:
-            lines.append(f"  {_rank(ex)} [{ex.where}] {ex.label}: max {ex.max_act:.3f} at "
-                         f"{safe_text(repr(ex.tokens[ex.peak]))}")
-            lines.append(f"      {highlight_terminal(ex, scale, color)}")
+        lines += _example_lines(c.level_examples, scale, color, lambda ex: f"{_rank(ex)} [{ex.where}] {ex.label}:")
+    return lines
+
+
+def _example_lines(examples: Sequence[Example], scale: float, color: bool, head: Callable[[Example], str]) -> list[str]:
+    """Two terminal lines per example: ``head``, its peak, then its highlighted tokens."""
+    lines = []
+    for ex in examples:
+        lines.append(f"  {head(ex)} max {ex.max_act:.3f} at {safe_text(repr(ex.tokens[ex.peak]))}")
+        lines.append(f"      {highlight_terminal(ex, scale, color)}")
     return lines
 
 
@@ -145,17 +150,11 @@ def format_card_text(card: FeatureCard, title: str, color: bool) -> str:
         key = "colour = activation, bold underlined = peak" if color else "[token:activation], [[peak]]"
         lines.append(f"Top {len(card.examples)} activating texts ({key}):")
         scale = card.examples[0].max_act
-        for ex in card.examples:
-            lines.append(
-                f"  {ex.rank:>2}. [{ex.source}] max {ex.max_act:.3f} at {safe_text(repr(ex.tokens[ex.peak]))}"
-            )
-            lines.append(f"      {highlight_terminal(ex, scale, color)}")
+        lines += _example_lines(card.examples, scale, color, lambda ex: f"{ex.rank:>2}. [{ex.source}]")
         if card.more_examples:
             lines.append("Beyond the top texts (lower activation levels, and other groups where it fires):")
-            for ex in card.more_examples:
-                lines.append(f"  {ex.rank:>2}. [{ex.source}] {ex.label}: max {ex.max_act:.3f} at "
-                             f"{safe_text(repr(ex.tokens[ex.peak]))}")
-                lines.append(f"      {highlight_terminal(ex, scale, color)}")
+            lines += _example_lines(card.more_examples, scale, color,
+                                    lambda ex: f"{ex.rank:>2}. [{ex.source}] {ex.label}:")
     elif card.n_texts:
         lines.append("It does not fire on any of your texts (BOS excluded): no examples to show.")
     else:

@@ -15,7 +15,6 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 
-
 def _label(token: str) -> str:
     """A token as an axis label: quotes show leading spaces; newlines and control characters escaped."""
     text = repr(token)

@@ -18,7 +18,6 @@ from mechinterp.loading import Loaded, neuronpedia_url
 from mechinterp.source import demo_threads
 from mechinterp.tokens import decode_tokens
 
-
 # A feature active on more than this share of the SAE's training tokens is "dense": it fires on nearly
 # any text, so its appearance at the top of a table, and its peak token, say little about this text.
 DENSE_THRESHOLD = 0.1

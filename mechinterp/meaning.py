@@ -22,7 +22,12 @@ import numpy as np
 
 from mechinterp import confounds, stats
 from mechinterp.confounds import (
-    ConfoundSettings, DesignReport, FeatureActivity, FeatureReport, TokenizedPrompts, Verdict,
+    ConfoundSettings,
+    DesignReport,
+    FeatureActivity,
+    FeatureReport,
+    TokenizedPrompts,
+    Verdict,
 )
 from mechinterp.summaries import PromptAggregates
 

@@ -14,7 +14,6 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 
-
 def display_token(token: str) -> str:
     """Make whitespace and control characters visible in axis labels."""
     return token.replace("\n", "\\n").replace("\t", "\\t").replace(" ", "·") or "∅"

@@ -11,10 +11,10 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from collections.abc import Mapping
 from typing import Any
 
 from mechinterp.constants import PROJECT_ROOT, RUN_RECORD_JSON

@@ -130,18 +130,9 @@ class _StepBoundaryInterrupts:
         else:
             raise KeyboardInterrupt
 
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[None]:
+    def installed(self) -> contextlib.AbstractContextManager[None]:
         """The handler for SIGINT and SIGTERM inside the block (main thread only; restored afterwards)."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        previous = {sig: signal.signal(sig, self.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+        return _on_interrupt_signals(self.handle)
 
     def settle_step_count(self) -> None:
         """Count a step that finished but whose ``n_training_steps`` increment the interrupt cut off."""
@@ -164,20 +155,25 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 @contextlib.contextmanager
-def signals_held() -> Iterator[None]:
-    """Inside the block, Ctrl-C and SIGTERM are ignored (a second Ctrl-C must not cut a checkpoint in half).
+def _on_interrupt_signals(handler: Any) -> Iterator[None]:
+    """``handler`` for SIGINT and SIGTERM inside the block; the previous handlers are restored afterwards.
 
-    Only in the main thread; the previous handlers are restored afterwards.
+    Only in the main thread (the only one Python lets set signal handlers); elsewhere a no-op.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def signals_held() -> contextlib.AbstractContextManager[None]:
+    """Inside the block, Ctrl-C and SIGTERM are ignored (a second Ctrl-C must not cut a checkpoint in half)."""
+    return _on_interrupt_signals(signal.SIG_IGN)
 
 
 def save_checkpoint_atomically(trainer: Any, name: str, add: Callable[[Path], None] | None = None) -> Path:

@@ -21,8 +21,17 @@ from pathlib import Path
 from mechinterp import constants
 from mechinterp.errors import UserError
 from mechinterp.loading import (
-    DEFAULT_DTYPE, DTYPES, Loaded, LoadedSAE, check_dtype, cpu_bf16_instructions,
-    folder_label, go_offline_if_hub_unreachable, load_model, load_sae, pick_device,
+    DEFAULT_DTYPE,
+    DTYPES,
+    Loaded,
+    LoadedSAE,
+    check_dtype,
+    cpu_bf16_instructions,
+    folder_label,
+    go_offline_if_hub_unreachable,
+    load_model,
+    load_sae,
+    pick_device,
 )
 
 Log = Callable[[str], None]

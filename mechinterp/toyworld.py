@@ -391,9 +391,9 @@ def _firing_log10_density(model_dir: Path, sae_dir: Path, seed: int):
 def build_world(root: Path, seed: int = SEED) -> DemoWorld:
     """Build the toy world into ``root`` (replaced atomically) and return its paths."""
     import torch
-    from safetensors.torch import save_file
     from sae_lens import StandardSAE, StandardSAEConfig
     from sae_lens.saes.sae import SAEMetadata
+    from safetensors.torch import save_file
 
     from mechinterp.loading import quiet_third_party
 

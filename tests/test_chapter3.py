@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import MechInterpFeatureInspect as ch3
-from mechinterp.errors import UserError
 from mechinterp.card_render import highlight_terminal, render_html, safe_text
 from mechinterp.cards import Example, build_card, logit_effects
+from mechinterp.errors import UserError
 from mechinterp.feature_data import collect_feature_activations, read_results_csv, validate_features
 from mechinterp.toyworld import CONCEPT_WORDS, PLANTED_OUTPUTS
 

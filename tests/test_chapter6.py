@@ -11,7 +11,6 @@ import pytest
 import torch
 
 import MechInterpFeatureToWeights as ch6
-from mechinterp.io import OutputFolder
 from mechinterp.attribution import (
     AttributionOptions,
     attribute_feature,
@@ -23,6 +22,7 @@ from mechinterp.attribution import (
 )
 from mechinterp.encoding import Tokenized, pad_batch
 from mechinterp.errors import UserError
+from mechinterp.io import OutputFolder
 from mechinterp.toyworld import CONCEPT_WORDS
 from tests.attribution_worlds import (
     COPIED_WORD,

@@ -18,7 +18,7 @@ from mechinterp.meaning import MeaningOptions, contrast_groups
 from mechinterp.pipeline import EncodeOptions, summarise_prompts
 from mechinterp.prompts import load_prompt_sets
 from mechinterp.source import SourceOptions, demo_threads, load, resolve_source
-from mechinterp.toyworld import DEMO_HOOK, DEMO_MODEL_NAME, D_SAE
+from mechinterp.toyworld import D_SAE, DEMO_HOOK, DEMO_MODEL_NAME
 from tests.helpers import ROOT
 
 
