@@ -78,6 +78,7 @@ from mechinterp.mining import (
     progress_updater,
     resolve_window,
 )
+from mechinterp.progress import progress_bar
 from mechinterp.prompts import collect_texts
 from mechinterp.provenance import Provenance
 from mechinterp.records import RunRecord
@@ -217,14 +218,11 @@ class MiningProgress:
     a pipe) one line per tenth; nothing with --quiet."""
 
     def __init__(self, quiet: bool, log):
-        from tqdm.auto import tqdm
-
         self.log, self.quiet = log, quiet
-        self.bar = None
-        if not quiet and sys.stderr.isatty():
-            self.bar = tqdm(total=None, desc="mining", unit="tok", unit_scale=True, file=sys.stderr,
-                            mininterval=0.5)
-            self.update = progress_updater(self.bar)
+        self.bar = progress_bar(None, "mining", quiet, unit="tok", unit_scale=True)
+        self.update = progress_updater(self.bar)
+        if self.bar.disable:  # not a terminal (or --quiet): the lines below instead
+            self.bar = None
         self.start = time.perf_counter()
         self.first: int | None = None
         self.next_tenth = 1

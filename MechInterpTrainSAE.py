@@ -462,7 +462,6 @@ def train(model: Any, spec: ModelTrainingSpec, data: TrainingData, quiet: bool, 
             dataset = text_dataset(data.train_texts) if data.train_texts is not None else None
             return train_on_model(model, spec, dataset, update, log)
         except TrainingInterrupted as stop:
-            bar.close()
             raise Interrupted(interrupt_note(stop, spec, record.data["argv"])) from stop
         finally:
             bar.close()
@@ -549,7 +548,7 @@ def model_facts(spec: ModelTrainingSpec, trained: ModelTrainingResult, data: Tra
         "data": data.label,
         "evaluated_on": data.eval_note,
         "sae_path": str(sae_dir),
-        "checkpoints": trained.checkpoint_dir if trained.checkpoint_dir and Path(trained.checkpoint_dir).is_dir() else None,
+        "checkpoints": trained.checkpoint_dir,
         "evaluation": evaluation.to_dict(),
         "planted_directions": planted,
         "final_training_metrics": {
@@ -563,7 +562,7 @@ def model_facts(spec: ModelTrainingSpec, trained: ModelTrainingResult, data: Tra
 def print_saved(options: ModelOptions, sae_dir: Path, trained: ModelTrainingResult, written: list[Path]) -> None:
     model_flag = f" --model {options.model}" if options.model != constants.DEFAULT_MODEL else ""
     print(f"\nSaved the SAE in {sae_dir}/ (cfg.json, sae_weights.safetensors, sparsity.safetensors)")
-    if trained.checkpoint_dir and Path(trained.checkpoint_dir).is_dir():  # none saved with --checkpoints 0
+    if trained.checkpoint_dir:
         print(f"      checkpoints in {trained.checkpoint_dir}/")
     print("      " + "\n      ".join(str(path) for path in written))
     print(f"\nUse it in the other chapters, e.g.:\n  python MechInterpInitialInvestigation.py"

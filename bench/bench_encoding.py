@@ -1363,14 +1363,17 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     results["targets"] = evaluate_targets(results)
 
-    table = markdown(results)
-    stem = "bench_encoding_quick" if args.quick else "bench_encoding"
-    out = Path(args.out)
+    write_report(Path(args.out), "bench_encoding_quick" if args.quick else "bench_encoding", results,
+                 markdown(results), log)
+    return 0
+
+
+def write_report(out: Path, stem: str, results: dict[str, Any], table: str, log: Callable[[str], None]) -> None:
+    """Write ``results`` to ``out/stem.json`` and ``table`` to ``out/stem.md``, and print the table."""
     write_json(out / f"{stem}.json", results)
     write_text(out / f"{stem}.md", table)
     print(table)
     log(f"wrote {out / f'{stem}.json'} and {out / f'{stem}.md'}")
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

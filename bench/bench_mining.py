@@ -59,11 +59,11 @@ from bench_encoding import (  # noqa: E402
     rss_mb,
     vm_hwm_mb,
     wait_for_quiet,
+    write_report,
 )
 
 from mechinterp.cli import positive_int, run_cli  # noqa: E402
 from mechinterp.errors import UserError  # noqa: E402
-from mechinterp.io import write_json, write_text  # noqa: E402
 from mechinterp.mining import (  # noqa: E402
     DEFAULT_BATCH_SIZE,
     DEFAULT_CHECKPOINT_EVERY,
@@ -370,13 +370,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         growth = runs[-1]["peak_rss_mb"] / runs[0]["peak_rss_mb"]
         results["target"] = {"value": round(growth, 4), "pass": growth <= TARGET_MEMORY_GROWTH,
                              "smallest": runs[0]["tokens"], "largest": runs[-1]["tokens"]}
-    table = markdown(results)
-    stem = "bench_mining_quick" if args.quick else "bench_mining"
-    out = Path(args.out)
-    write_json(out / f"{stem}.json", results)
-    write_text(out / f"{stem}.md", table)
-    print(table)
-    log(f"wrote {out / f'{stem}.json'} and {out / f'{stem}.md'}")
+    write_report(Path(args.out), "bench_mining_quick" if args.quick else "bench_mining", results, markdown(results), log)
     return 0
 
 

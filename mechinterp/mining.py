@@ -568,14 +568,18 @@ class MiningResult:
 
     def examples(self, feature: int) -> list[MinedExample]:
         """The feature's top windows, highest peak first."""
+        return self._entries(feature, self.top_windows, self.top_values, self.top_positions)
+
+    def _entries(self, feature: int, windows: np.ndarray, values: np.ndarray, positions: np.ndarray) -> list[MinedExample]:
+        """One feature's row of a ``[features, slots]`` table of windows, as examples, up to the first empty slot."""
         r = self.row(feature)
         out = []
-        for j in range(self.k):
-            window_id = int(self.top_windows[r, j])
+        for j in range(windows.shape[1]):
+            window_id = int(windows[r, j])
             if window_id < 0:
                 break
-            out.append(MinedExample(int(feature), j + 1, float(self.top_values[r, j]),
-                                    int(self.top_positions[r, j]), self.windows[window_id]))
+            out.append(MinedExample(int(feature), j + 1, float(values[r, j]), int(positions[r, j]),
+                                    self.windows[window_id]))
         return out
 
     def windows_fired(self, feature: int) -> int:
@@ -584,15 +588,7 @@ class MiningResult:
 
     def samples(self, feature: int) -> list[MinedExample]:
         """The windows drawn at random among those where the feature fires, in draw order (``rank``)."""
-        r = self.row(feature)
-        out = []
-        for j in range(self.sample_windows.shape[1]):
-            window_id = int(self.sample_windows[r, j])
-            if window_id < 0:
-                break
-            out.append(MinedExample(int(feature), j + 1, float(self.sample_values[r, j]),
-                                    int(self.sample_positions[r, j]), self.windows[window_id]))
-        return out
+        return self._entries(feature, self.sample_windows, self.sample_values, self.sample_positions)
 
     def window_max_quantile(self, feature: int, q: float) -> float:
         """The ``q`` quantile of the per-window maxima where the feature fires (0.0 if it never fires).

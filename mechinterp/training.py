@@ -811,7 +811,7 @@ class ModelTrainingResult:
     log_sparsity: torch.Tensor  # [d_sae] log10 firing density over the last sparsity window
     curve: TrainingCurve
     runner_cfg: dict[str, Any]
-    checkpoint_dir: str | None
+    checkpoint_dir: str | None  # the run's checkpoint folder, None if it saved none
     train_seconds: float
 
 
@@ -842,10 +842,9 @@ def train_on_model(
         raise UserError(f"--context-size {spec.context_size} exceeds the model's context of {model.cfg.n_ctx} tokens")
     d_in = int(model.cfg.d_model)
     cfg = runner_config(spec, d_in)
-    if spec.resume_from is not None:
-        check_resumable(spec.resume_from, cfg)
     curve = TrainingCurve(every=max(1, spec.total_steps // spec.curve_points))
     if spec.resume_from is not None:
+        check_resumable(spec.resume_from, cfg)
         saved_curve = Path(spec.resume_from) / constants.CURVE_IN_CHECKPOINT
         if saved_curve.is_file():  # an interrupt's checkpoint: MI7 continues the curve
             curve = TrainingCurve.load(saved_curve)
@@ -876,7 +875,8 @@ def train_on_model(
         log_sparsity=runner.trainer.log_feature_sparsity,
         curve=curve,
         runner_cfg=cfg.to_dict(),
-        checkpoint_dir=cfg.checkpoint_path,
+        # None when nothing was saved (no periodic checkpoints asked for): there is no folder to point at.
+        checkpoint_dir=cfg.checkpoint_path if cfg.checkpoint_path and Path(cfg.checkpoint_path).is_dir() else None,
         train_seconds=seconds,
     )
 
