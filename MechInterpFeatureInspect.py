@@ -7,7 +7,7 @@ SAE's sparsity file beside its firing rate on your prompts, and its Neuronpedia 
 and padding are excluded from every number.
 
 With a corpus (``--corpus FILE``, one document per line, or ``--dataset NAME``, a Hugging Face dataset
-streamed from the Hub), the corpus is mined in one streaming pass (``mechinterp.mining``: windows of
+streamed from the Hub), the corpus is mined in one streaming pass (``mechinterp.cards.mining``: windows of
 the SAE's training context, memory flat in the corpus size, resumable): each card then also shows the
 feature's density over the corpus, its top corpus windows, windows at lower activation levels and the
 histogram of its activations there. ``--max-tokens`` (default 100,000) bounds the pass; its state is
@@ -40,32 +40,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mechinterp import constants
-from mechinterp.card_render import ansi_allowed, corpus_figure, format_card_text, render_html, render_index
-from mechinterp.cards import FeatureCard, build_card, corpus_evidence
-from mechinterp.causal_plots import feature_figure, png_bytes
-from mechinterp.cli import (
-    ArgumentParser,
-    add_common_args,
-    make_logger,
-    output_folder,
-    positive_int,
-    prompt_folder,
-    run_cli,
-    source_options,
-)
-from mechinterp.encoding import default_batch_size, tokenize, warn_truncated
-from mechinterp.errors import UserError
-from mechinterp.feature_data import (
-    FeatureActivations,
-    choose_features,
-    collect_feature_activations,
-    filter_note,
-    histogram_counts,
-)
-from mechinterp.io import OutputFolder
-from mechinterp.loading import Loaded
-from mechinterp.mining import (
+from mechinterp.cards.card import FeatureCard, build_card, corpus_evidence
+from mechinterp.cards.figures import feature_figure
+from mechinterp.cards.mining import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_K,
     Corpus,
@@ -78,12 +55,36 @@ from mechinterp.mining import (
     progress_updater,
     resolve_window,
 )
-from mechinterp.progress import progress_bar
-from mechinterp.prompts import collect_texts
-from mechinterp.provenance import Provenance
-from mechinterp.records import RunRecord
-from mechinterp.source import demo_threads, load, resolve_source
-from mechinterp.tables import plural, print_table, print_wrapped
+from mechinterp.cards.render import ansi_allowed, corpus_figure, format_card_text, render_html, render_index
+from mechinterp.cli import (
+    ArgumentParser,
+    add_common_args,
+    make_logger,
+    output_folder,
+    positive_int,
+    prompt_folder,
+    run_cli,
+    source_options,
+)
+from mechinterp.core import constants
+from mechinterp.core.encoding import default_batch_size, tokenize, warn_truncated
+from mechinterp.core.errors import UserError
+from mechinterp.core.features import (
+    FeatureActivations,
+    choose_features,
+    collect_feature_activations,
+    filter_note,
+    histogram_counts,
+)
+from mechinterp.core.figures import png_bytes
+from mechinterp.core.io import OutputFolder
+from mechinterp.core.loading import Loaded
+from mechinterp.core.progress import progress_bar
+from mechinterp.core.prompts import collect_texts
+from mechinterp.core.provenance import Provenance
+from mechinterp.core.records import RunRecord
+from mechinterp.core.source import demo_threads, load, resolve_source
+from mechinterp.core.tables import plural, print_table, print_wrapped
 
 CORPUS_SOURCE = "corpus"
 # Corpus tokens mined unless --max-tokens says otherwise: GPT-2 small encodes ~1,000 tokens/s on a

@@ -35,7 +35,6 @@ from pathlib import Path
 
 import numpy as np
 
-from mechinterp import constants
 from mechinterp.cli import (
     ArgumentParser,
     add_common_args,
@@ -47,11 +46,18 @@ from mechinterp.cli import (
     run_cli,
     source_options,
 )
-from mechinterp.confounds import ConfoundSettings, DesignReport
-from mechinterp.errors import UserError
-from mechinterp.io import OutputFolder
-from mechinterp.loading import neuronpedia_url
-from mechinterp.meaning import (
+from mechinterp.core import constants
+from mechinterp.core.errors import UserError
+from mechinterp.core.io import OutputFolder
+from mechinterp.core.loading import neuronpedia_url
+from mechinterp.core.pipeline import EncodeOptions, ModelInfo, Summaries, summarise_prompts
+from mechinterp.core.prompts import PromptSets, load_prompt_sets
+from mechinterp.core.provenance import PROVENANCE_COLUMNS
+from mechinterp.core.records import RunRecord
+from mechinterp.core.source import resolve_source
+from mechinterp.core.tables import WIDTH, plural, print_table, print_wrapped
+from mechinterp.meaning.confounds import ConfoundSettings, DesignReport
+from mechinterp.meaning.contrast import (
     DESIGN_HEADER,
     EVIDENCE_HEADER,
     MeaningOptions,
@@ -61,13 +67,7 @@ from mechinterp.meaning import (
     design_rows,
     evidence_rows,
 )
-from mechinterp.pipeline import EncodeOptions, ModelInfo, Summaries, summarise_prompts
-from mechinterp.plotting import group_heatmaps, group_mean_overview, volcano
-from mechinterp.prompts import PromptSets, load_prompt_sets
-from mechinterp.provenance import PROVENANCE_COLUMNS
-from mechinterp.records import RunRecord
-from mechinterp.source import resolve_source
-from mechinterp.tables import WIDTH, plural, print_table, print_wrapped
+from mechinterp.meaning.report import group_heatmaps, group_mean_overview, volcano
 
 MIN_PROMPTS = 5  # per group (per split with --holdout): fewer cannot reach significance after FDR
 AUTO_HOLDOUT_MIN = 20  # the held-out split is on by default when every group has this many prompts

@@ -31,8 +31,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mechinterp import constants
-from mechinterp.attribution import (
+from mechinterp.attribution.attribute import (
     AttributionOptions,
     FeatureAttribution,
     attribute_feature,
@@ -51,13 +50,14 @@ from mechinterp.cli import (
     run_cli,
     source_options,
 )
-from mechinterp.encoding import default_batch_size, tokenize, warn_truncated
-from mechinterp.feature_data import choose_features
-from mechinterp.io import OutputFolder
-from mechinterp.prompts import collect_texts
-from mechinterp.records import RunRecord
-from mechinterp.source import demo_threads, load, resolve_source
-from mechinterp.tables import print_table, print_wrapped
+from mechinterp.core import constants
+from mechinterp.core.encoding import default_batch_size, tokenize, warn_truncated
+from mechinterp.core.features import choose_features
+from mechinterp.core.io import OutputFolder
+from mechinterp.core.prompts import collect_texts
+from mechinterp.core.records import RunRecord
+from mechinterp.core.source import demo_threads, load, resolve_source
+from mechinterp.core.tables import print_table, print_wrapped
 
 # Chapter 3's text gathering (prompt folder + --corpus), reused as is; it takes the script's Namespace.
 
@@ -155,7 +155,7 @@ def options_from(args: argparse.Namespace, device: str) -> AttributionOptions:
 
 def write_outputs(result: FeatureAttribution, out: OutputFolder, title: str, n_heads: int, n_top: int) -> list[Path]:
     """Every file of one feature (figure, tables, JSON); returns the paths written."""
-    from mechinterp.attribution_plots import attribution_figure
+    from mechinterp.attribution.report import attribution_figure
 
     f = result.feature
     written = []

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mechinterp import constants
 from mechinterp.cli import (
     ArgumentParser,
     add_common_args,
@@ -26,11 +25,12 @@ from mechinterp.cli import (
     run_cli,
     source_options,
 )
-from mechinterp.investigate import DENSE_THRESHOLD, top_features
-from mechinterp.plotting import token_heatmap
-from mechinterp.records import RunRecord
-from mechinterp.source import load, resolve_source
-from mechinterp.tables import plural, print_table, print_wrapped
+from mechinterp.core import constants
+from mechinterp.core.records import RunRecord
+from mechinterp.core.source import load, resolve_source
+from mechinterp.core.tables import plural, print_table, print_wrapped
+from mechinterp.investigate.report import token_heatmap
+from mechinterp.investigate.text_features import DENSE_THRESHOLD, top_features
 
 DEFAULT_TEXT = "I was thrilled when the package finally arrived, but furious that the box was crushed."
 

@@ -35,9 +35,17 @@ from pathlib import Path
 
 import numpy as np
 
-from mechinterp import constants
-from mechinterp.card_render import safe_text
-from mechinterp.causal_plots import causal_figure
+from mechinterp.causal.intervene import (
+    ABLATION_MEASURES,
+    DEFAULT_SWEEP,
+    MIN_CONTROLS,
+    FeatureTest,
+    FeatureTestOptions,
+    GroupBatches,
+    intervention_note,
+    test_feature,
+)
+from mechinterp.causal.report import causal_figure
 from mechinterp.cli import (
     ArgumentParser,
     add_common_args,
@@ -49,24 +57,15 @@ from mechinterp.cli import (
     run_cli,
     source_options,
 )
-from mechinterp.encoding import default_batch_size, tokenize, warn_truncated
-from mechinterp.errors import UserError
-from mechinterp.feature_data import FeatureChoice, choose_features, collect_feature_activations
-from mechinterp.intervene import (
-    ABLATION_MEASURES,
-    DEFAULT_SWEEP,
-    MIN_CONTROLS,
-    FeatureTest,
-    FeatureTestOptions,
-    GroupBatches,
-    intervention_note,
-    test_feature,
-)
-from mechinterp.io import OutputFolder
-from mechinterp.prompts import load_prompt_sets
-from mechinterp.records import RunRecord
-from mechinterp.source import demo_threads, load, resolve_source
-from mechinterp.tables import WIDTH, print_table, print_wrapped
+from mechinterp.core import constants
+from mechinterp.core.encoding import default_batch_size, tokenize, warn_truncated
+from mechinterp.core.errors import UserError
+from mechinterp.core.features import FeatureChoice, choose_features, collect_feature_activations
+from mechinterp.core.io import OutputFolder
+from mechinterp.core.prompts import load_prompt_sets
+from mechinterp.core.records import RunRecord
+from mechinterp.core.source import demo_threads, load, resolve_source
+from mechinterp.core.tables import WIDTH, print_table, print_wrapped, safe_text
 
 # How the tables name each ablation measure (an Effect field each, in ABLATION_MEASURES order).
 MEASURE_NAMES = {"delta_logp_targets": "Δ log P(tgt)", "delta_logodds_targets": "Δ log-odds(tgt)",

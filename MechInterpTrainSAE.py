@@ -33,7 +33,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from mechinterp import constants
 from mechinterp.cli import (
     ArgumentParser,
     add_common_args,
@@ -44,9 +43,10 @@ from mechinterp.cli import (
     positive_int,
     run_cli,
 )
-from mechinterp.errors import Interrupted, UserError
-from mechinterp.io import OutputFolder
-from mechinterp.loading import (
+from mechinterp.core import constants
+from mechinterp.core.errors import Interrupted, UserError
+from mechinterp.core.io import OutputFolder
+from mechinterp.core.loading import (
     DEFAULT_DTYPE,
     go_offline_if_hub_unreachable,
     load_hooked_model,
@@ -54,12 +54,13 @@ from mechinterp.loading import (
     load_sae_from_disk,
     pick_device,
 )
-from mechinterp.progress import progress_bar
-from mechinterp.records import RunRecord, file_sha256
-from mechinterp.saelens_adapter import TrainingInterrupted
-from mechinterp.source import demo_threads
-from mechinterp.tables import print_table
-from mechinterp.training import (
+from mechinterp.core.progress import progress_bar
+from mechinterp.core.records import RunRecord, file_sha256
+from mechinterp.core.source import demo_threads
+from mechinterp.core.tables import print_table
+from mechinterp.training.report import feature_matching, training_curves
+from mechinterp.training.saelens_adapter import TrainingInterrupted
+from mechinterp.training.train import (
     ARCHITECTURE_LABELS,
     ARCHITECTURES,
     DEFAULT_DATASET,
@@ -88,7 +89,6 @@ from mechinterp.training import (
     train_on_model,
     training_data,
 )
-from mechinterp.training_plots import feature_matching, training_curves
 
 Options = SyntheticOptions | ModelOptions
 
@@ -262,7 +262,7 @@ def recorded_flags(args: argparse.Namespace, options: Options) -> dict[str, Any]
 
 
 def step_bar(quiet: bool, total: int, desc: str):
-    """A per-step bar on stderr; returns (bar, callback for mechinterp.training)."""
+    """A per-step bar on stderr; returns (bar, callback for mechinterp.training.train)."""
     bar = progress_bar(total, desc, quiet, unit="step")
 
     def update(steps: int, metrics: dict[str, float]) -> None:
@@ -394,7 +394,7 @@ def run_model(options: ModelOptions, quiet: bool, out: OutputFolder, record: Run
     device = pick_device(options.device)
     world = None
     if options.demo:
-        from mechinterp.toyworld import DEMO_MODEL_NAME, ensure_demo_world
+        from mechinterp.core.toyworld import DEMO_MODEL_NAME, ensure_demo_world
 
         world = ensure_demo_world(constants.demo_dir(), log=log)
         model_name, model_label = str(world.model_dir), DEMO_MODEL_NAME

@@ -9,9 +9,9 @@ token ids (BOS first). One run measures, side by side on the same prompts:
   (a) the naive loop: one prompt at a time, ``run_with_cache`` of the whole model, ``sae.encode``,
       every token's dense 24,576-wide feature vector kept, per-prompt max/mean computed at the end;
   (b) SAELens' ``HookedSAETransformer.run_with_cache_with_saes``, one prompt at a time;
-  (c) this project's ``mechinterp.encoding.aggregate_prompts`` at its default batch size, in float32
+  (c) this project's ``mechinterp.core.encoding.aggregate_prompts`` at its default batch size, in float32
       and in a reduced precision (``--dtype``, default bfloat16), the model set up as the project's
-      loader sets it up (fused GELU, fused attention: ``mechinterp.fast_attention``);
+      loader sets it up (fused GELU, fused attention: ``mechinterp.core.fast_attention``);
   (d) the GFLOP/s that (c) achieves against plain ``torch`` matmuls of the same shapes and dtype;
 
 checks that (a), (b) and (c) give the same per-prompt numbers, measures how far (c) in bfloat16 is
@@ -52,17 +52,14 @@ ROOT = BENCH_DIR.parent
 if str(ROOT) not in sys.path:  # `python bench/bench_encoding.py` puts bench/, not the repo, on the path
     sys.path.insert(0, str(ROOT))
 
-from mechinterp.cli import positive_int  # noqa: E402
-from mechinterp.encoding import (  # noqa: E402
-    PromptAggregates,
-    Tokenized,
-    aggregate_prompts,
-    default_batch_size,
+from mechinterp.cli import (
+    positive_int,  # noqa: E402
+    run_cli,  # noqa: E402
 )
-from mechinterp.cli import run_cli  # noqa: E402
-from mechinterp.errors import UserError  # noqa: E402
-from mechinterp.io import write_json, write_text  # noqa: E402
-from mechinterp.loading import (  # noqa: E402
+from mechinterp.core.encoding import PromptAggregates, Tokenized, aggregate_prompts, default_batch_size
+from mechinterp.core.errors import UserError  # noqa: E402
+from mechinterp.core.io import write_json, write_text  # noqa: E402
+from mechinterp.core.loading import (
     DEFAULT_DTYPE,
     DTYPES,
     Loaded,
@@ -73,7 +70,7 @@ from mechinterp.loading import (  # noqa: E402
     torch_dtype,
     use_fused_gelu,
 )
-from mechinterp.records import library_versions  # noqa: E402
+from mechinterp.core.records import library_versions  # noqa: E402
 
 RESULTS_DIR = BENCH_DIR / "results"
 GPT2_BOS = 50256  # GPT-2's <|endoftext|>, which is also its BOS and its padding token
@@ -233,10 +230,10 @@ def build_world(shape: ModelShape, d_sae: int, hook_layer: int, seed: int, l0: f
 
 def world_in_dtype(world: World, dtype: str) -> World:
     """A copy of the world whose model and SAE compute in ``dtype``, set up as the project's loader does
-    (weights cast after they exist in float32, fused GELU, fused attention; ``mechinterp.loading``)."""
+    (weights cast after they exist in float32, fused GELU, fused attention; ``mechinterp.core.loading``)."""
     import copy
 
-    from mechinterp.fast_attention import use_fast_attention
+    from mechinterp.core.fast_attention import use_fast_attention
 
     model = copy.deepcopy(world.model)
     model.to(torch_dtype(dtype), print_details=False)
@@ -353,11 +350,11 @@ def run_saelens(world: World, sae_model: Any, prompts: Sequence[list[int]]) -> M
 @contextlib.contextmanager
 def as_project_loads_it(world: World):
     """The model as the project's loader leaves it: gelu_new on PyTorch's fused kernel
-    (``mechinterp.loading.use_fused_gelu``) and attention, ``ln1`` and the LayerNorms on fused kernels
-    (``mechinterp.fast_attention``). (a) and (b) keep TransformerLens' own, as a user loading the
+    (``mechinterp.core.loading.use_fused_gelu``) and attention, ``ln1`` and the LayerNorms on fused kernels
+    (``mechinterp.core.fast_attention``). (a) and (b) keep TransformerLens' own, as a user loading the
     model directly would; the numbers agree to ~1e-6 (checked in every run). A world already set up
     (:func:`world_in_dtype`) is left as it is."""
-    from mechinterp.fast_attention import FastAttention, use_fast_attention, use_original_attention
+    from mechinterp.core.fast_attention import FastAttention, use_fast_attention, use_original_attention
 
     if isinstance(world.model.blocks[0].attn, FastAttention):
         yield
@@ -440,10 +437,10 @@ def demo_agreement(dtype: str, log: Callable[[str], None]) -> dict[str, Any]:
     Runs the library path of ``MechInterpFeatureMeaning.py --demo`` (its default held-out split of 50%
     and seed), on the CPU, without the activation cache.
     """
-    from mechinterp.meaning import MeaningOptions, contrast_groups
-    from mechinterp.pipeline import EncodeOptions, summarise_prompts
-    from mechinterp.source import SourceOptions, resolve_source
-    from mechinterp.toyworld import demo_prompt_sets
+    from mechinterp.core.pipeline import EncodeOptions, summarise_prompts
+    from mechinterp.core.source import SourceOptions, resolve_source
+    from mechinterp.core.toyworld import demo_prompt_sets
+    from mechinterp.meaning.contrast import MeaningOptions, contrast_groups
 
     sets = demo_prompt_sets()
     groups = ["baseline"] + sorted(g for g in sets if g != "baseline")
@@ -627,8 +624,8 @@ def profile_parts() -> list[tuple[str, list[Any]]]:
     from transformer_lens.components.mlps.mlp import MLP
     from transformer_lens.utilities import activation_functions
 
-    from mechinterp import encoding
-    from mechinterp import fast_attention as fa
+    from mechinterp.core import encoding
+    from mechinterp.core import fast_attention as fa
 
     parts = [
         ("whole pipeline (aggregate_prompts)", [encoding.aggregate_prompts]),

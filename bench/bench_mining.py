@@ -1,4 +1,4 @@
-"""Benchmark: corpus-scale feature mining (``mechinterp.mining``) on a GPT-2-small-sized model.
+"""Benchmark: corpus-scale feature mining (``mechinterp.cards.mining``) on a GPT-2-small-sized model.
 
 Measures tokens/s and peak resident memory of one streaming mining pass with every feature tracked
 (``all_features=True``: top-k windows, firing counts and histograms for all 24,576 features), at
@@ -62,15 +62,15 @@ from bench_encoding import (  # noqa: E402
     write_report,
 )
 
-from mechinterp.cli import positive_int, run_cli  # noqa: E402
-from mechinterp.errors import UserError  # noqa: E402
-from mechinterp.mining import (  # noqa: E402
+from mechinterp.cards.mining import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_CHECKPOINT_EVERY,
     MiningOptions,
     TextFileCorpus,
     mine,
 )
+from mechinterp.cli import positive_int, run_cli  # noqa: E402
+from mechinterp.core.errors import UserError  # noqa: E402
 
 RESULTS_DIR = BENCH_DIR / "results"
 TARGET_MEMORY_GROWTH = 1.2  # issue 16: peak memory at most 1.2x from the smallest to the largest corpus

@@ -1,27 +1,42 @@
 """The command line, and only the command line: shared flags, value types, and flags -> typed options.
 
-Each script builds its own ``argparse`` parser and calls :func:`add_common_args`, so the flags are
-named, documented and validated once. This is the only module that reads an ``argparse.Namespace``:
-everything below it takes typed options (:class:`mechinterp.source.SourceOptions`, ...), so a notebook
+Each option is defined once, as a dataclass field (:func:`mechinterp.core.options.option`):
+:func:`add_options` makes the flags from the fields and :func:`options_from` turns the parsed flags back
+into the dataclass. Each script builds its own ``argparse`` parser from its chapter's options and the
+shared groups (:func:`add_common_args`: model/SAE and output). This is the only module that reads an ``argparse.Namespace``:
+everything below it takes typed options (:class:`mechinterp.core.source.SourceOptions`, ...), so a notebook
 can call the package without building a fake ``args``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import os
 import re
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
-from mechinterp import constants
-from mechinterp.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EnvironmentProblem, Interrupted, UserError
-from mechinterp.io import OutputFolder
-from mechinterp.loading import DEFAULT_DTYPE, DTYPES
-from mechinterp.source import SourceOptions, demo_prompts_dir
+from mechinterp.core import constants
+from mechinterp.core.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EnvironmentProblem, Interrupted, UserError
+from mechinterp.core.io import OutputFolder
+from mechinterp.core.options import (  # noqa: F401  (value types: the scripts take them from here)
+    UNSET,
+    finite_float,
+    flag_of,
+    fraction,
+    non_negative_int,
+    option,
+    positive_float,
+    positive_int,
+)
+from mechinterp.core.source import SourceOptions, demo_prompts_dir
+
+T = TypeVar("T")
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -56,129 +71,75 @@ class ArgumentParser(argparse.ArgumentParser):
         super().error(message)
 
 
+def add_options(parser: argparse.ArgumentParser, cls: type, title: str | None = None, *,
+                defaults: dict[str, Any] | None = None, helps: dict[str, str] | None = None,
+                only: Sequence[str] | None = None) -> argparse._ArgumentGroup:
+    """Add one flag per :func:`~mechinterp.core.options.option` field of the dataclass ``cls``.
+
+    The field is the single definition: its name gives the flag (``top_k`` -> ``--top-k``) and the
+    ``args`` attribute, its default and help become the flag's. ``defaults``/``helps`` change a field's
+    default and help for one script (Chapter 5's ``--model``); ``only`` keeps just these fields.
+    Returns the group, so a script can add a flag of its own beside them.
+    """
+    group = parser.add_argument_group(title)
+    for field in dataclasses.fields(cls):
+        flag = flag_of(field)
+        if flag is None or (only is not None and field.name not in only):
+            continue
+        if flag.cli_default is not UNSET:
+            default = flag.cli_default
+        elif field.default_factory is not dataclasses.MISSING:
+            default = field.default_factory()
+        else:
+            default = None if field.default is dataclasses.MISSING else field.default
+        default = (defaults or {}).get(field.name, default)
+        kwargs: dict[str, Any] = {"dest": field.name, "default": default,
+                                  "help": (helps or {}).get(field.name, flag.help)}
+        action = flag.action or ("store_true" if default is False and flag.type is None else None)
+        if action:
+            kwargs["action"] = action
+        for key in ("type", "choices", "metavar", "nargs"):
+            if getattr(flag, key) is not None:
+                kwargs[key] = getattr(flag, key)
+        group.add_argument(flag.flag or "--" + field.name.replace("_", "-"), **kwargs)
+    return group
+
+
+def options_from(args: argparse.Namespace, cls: type[T], **values: Any) -> T:
+    """The dataclass ``cls`` filled from the parsed flags of its fields (``values`` for fields without a flag)."""
+    for field in dataclasses.fields(cls):
+        if flag_of(field) is not None and hasattr(args, field.name) and field.name not in values:
+            values[field.name] = getattr(args, field.name)
+    return cls(**values)
+
+
+@dataclasses.dataclass
+class OutputOptions:
+    """Where a run writes, and how much it says (the "output" flags of every chapter)."""
+
+    out: Path = option(constants.DEFAULT_OUT_DIR, "folder for figures and tables (default: Images/ beside the script)",
+                       type=Path, metavar="DIR")
+    tag: str | None = option(None, "write this run's outputs under OUT/TAG/ so earlier results are kept")
+    quiet: bool = option(False, "print only the results, no progress")
+    debug: bool = option(False, "show full tracebacks on errors")
+
+
 def add_common_args(parser: argparse.ArgumentParser, out_help: str = "folder for figures and tables",
                     model_default: str | None = None) -> None:
-    """Add the model/SAE/output/etiquette flags shared by every chapter.
+    """Add the model/SAE and output flags every chapter shares (:class:`SourceOptions`, :class:`OutputOptions`).
 
     ``model_default``: the ``--model`` default for a script with no SAE to take the model from (Chapter 5
     trains one); elsewhere the model defaults to the one the SAE was trained on.
     """
-    group = parser.add_argument_group("model and SAE")
-    group.add_argument(
-        "--model",
-        default=model_default,
-        help="TransformerLens model name, or a local Hugging Face model folder (default: "
-        + (f"{model_default})" if model_default else "the model the SAE was trained on, as its metadata "
-           f"says: {constants.DEFAULT_MODEL} for the default SAE)"),
-    )
-    group.add_argument(
-        "--sae-release",
-        default=constants.DEFAULT_SAE_RELEASE,
-        help="SAELens pretrained release (default: %(default)s)",
-    )
-    group.add_argument(
-        "--sae-id", default=constants.DEFAULT_SAE_ID, help="SAE id within the release (default: %(default)s)"
-    )
-    group.add_argument(
-        "--sae-path",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="an SAE saved with SAELens' save_model (cfg.json + sae_weights.safetensors); "
-        "used instead of --sae-release/--sae-id",
-    )
-    group.add_argument(
-        "--device",
-        default=None,
-        help="cpu, cuda or mps (default: cuda when available, else cpu; mps only on request)",
-    )
-    group.add_argument(
-        "--dtype",
-        choices=DTYPES,
-        default=DEFAULT_DTYPE,
-        help="what the model and the SAE compute in: float32 agrees with SAELens to float rounding; "
-        "bfloat16 is faster on CPUs and GPUs with bf16 instructions (much slower on CPUs without) and "
-        "moves activations by up to a few percent; float16 only on a CUDA GPU. Statistics and outputs "
-        "are float32 either way; see docs/performance.md (default: %(default)s)",
-    )
-    group.add_argument(
-        "--demo",
-        action="store_true",
-        help="run on the synthetic toy world (a tiny GPT-2-shaped model and SAE with planted "
-        "features), built locally in seconds; needs no network",
-    )
-    out = parser.add_argument_group("output")
-    out.add_argument(
-        "--out",
-        type=Path,
-        default=constants.DEFAULT_OUT_DIR,
-        metavar="DIR",
-        help=f"{out_help} (default: Images/ beside the script)",
-    )
-    out.add_argument(
-        "--tag", default=None, help="write this run's outputs under OUT/TAG/ so earlier results are kept"
-    )
-    out.add_argument("--quiet", action="store_true", help="print only the results, no progress")
-    out.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-
-
-def _whole(text: str, low: int, rule: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < low:
-        raise argparse.ArgumentTypeError(f"must be {rule}, got {value}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    return _whole(text, 1, "at least 1")
-
-
-def non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    return _whole(text, 0, "0 or more")
-
-
-def _number(text: str, expected: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-
-
-def finite_float(text: str) -> float:
-    """argparse type: any finite number (nan and inf are refused: they would turn every result into nan)."""
-    value = _number(text, "a number")
-    if value != value or value in (float("inf"), float("-inf")):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """argparse type: a finite number > 0."""
-    value = _number(text, "a number")
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def fraction(text: str) -> float:
-    """argparse type for a number strictly between 0 and 1."""
-    value = _number(text, "a number between 0 and 1")
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be strictly between 0 and 1, got {value}")
-    return value
+    model_help = f"TransformerLens model name, or a local Hugging Face model folder (default: {model_default})"
+    add_options(parser, SourceOptions, "model and SAE", defaults={"model": model_default},
+                helps={"model": model_help} if model_default else None)
+    add_options(parser, OutputOptions, "output", helps={"out": f"{out_help} (default: Images/ beside the script)"})
 
 
 def source_options(args: argparse.Namespace) -> SourceOptions:
     """The model/SAE flags of :func:`add_common_args` as typed options."""
-    return SourceOptions(
-        model=args.model, sae_release=args.sae_release, sae_id=args.sae_id, sae_path=args.sae_path,
-        device=args.device, demo=args.demo, dtype=getattr(args, "dtype", DEFAULT_DTYPE),
-    )
+    return options_from(args, SourceOptions)
 
 
 def prompt_folder(args: argparse.Namespace) -> Path:
@@ -193,7 +154,7 @@ def prompt_folder(args: argparse.Namespace) -> Path:
 def output_folder(args: argparse.Namespace) -> OutputFolder:
     """The folder this run writes to (``--out``, or ``--out/--tag``), created and checked writable.
 
-    Files written through it are renamed into place only when the run succeeds (see mechinterp.io).
+    Files written through it are renamed into place only when the run succeeds (see mechinterp.core.io).
     """
     path = Path(args.out) / args.tag if args.tag else Path(args.out)
     if args.tag and (os.sep in args.tag or args.tag in ("", ".", "..")):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mechinterp.loading import Loaded, LoadedSAE
+from mechinterp.core.loading import Loaded, LoadedSAE
 
 BOS = "<bos>"
 WORDS = (
@@ -269,8 +269,8 @@ def random_gpt2_world(
 
 
 def tokenized_ids(loaded: Loaded, texts: list[str]):
-    """Token ids of ``texts`` with BOS first, as the project tokenizes (mechinterp.encoding.tokenize)."""
-    from mechinterp.encoding import tokenize
+    """Token ids of ``texts`` with BOS first, as the project tokenizes (mechinterp.core.encoding.tokenize)."""
+    from mechinterp.core.encoding import tokenize
 
     return tokenize(loaded, texts)
 

@@ -41,8 +41,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def world():
     """The toy world, built once per session, also installed in the offline HF cache and as the demo."""
-    from mechinterp import constants
-    from mechinterp.toyworld import build_world
+    from mechinterp.core import constants
+    from mechinterp.core.toyworld import build_world
     from tests.hf_cache import install_in_hf_cache
 
     built = build_world(constants.demo_dir())
@@ -63,7 +63,7 @@ def _seed_everything():
 @pytest.fixture(scope="session")
 def loaded_toy(world):
     """The toy model + SAE loaded through the project's loader (local folders), shared read-only."""
-    from mechinterp.loading import Loaded, load_model, load_sae
+    from mechinterp.core.loading import Loaded, load_model, load_sae
 
     sae = load_sae("", "", world.sae_dir, "cpu")
     model = load_model(str(world.model_dir), sae, "cpu")

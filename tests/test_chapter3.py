@@ -11,11 +11,13 @@ import pytest
 import torch
 
 import MechInterpFeatureInspect as ch3
-from mechinterp.card_render import highlight_terminal, render_html, safe_text
-from mechinterp.cards import Example, build_card, logit_effects
-from mechinterp.errors import UserError
-from mechinterp.feature_data import collect_feature_activations, read_results_csv, validate_features
-from mechinterp.toyworld import CONCEPT_WORDS, PLANTED_OUTPUTS
+from mechinterp.cards.card import Example, build_card
+from mechinterp.cards.render import highlight_terminal, render_html
+from mechinterp.core.errors import UserError
+from mechinterp.core.features import collect_feature_activations, read_results_csv, validate_features
+from mechinterp.core.logits import logit_effects
+from mechinterp.core.tables import safe_text
+from mechinterp.core.toyworld import CONCEPT_WORDS, PLANTED_OUTPUTS
 
 
 def test_logit_effects_equal_direct_computation(loaded_toy, world):
@@ -178,7 +180,7 @@ def test_from_results_gate_requires_concept_verdicts_when_the_table_has_them(tmp
 
 
 def test_results_from_another_sae_are_refused(tmp_path):
-    from mechinterp.provenance import Provenance
+    from mechinterp.core.provenance import Provenance
 
     path = _results(tmp_path / "stats.csv", [("angry", 413, 1, 1e-8, "yes")],
                     model="toy-gpt2", sae="sha256:0123456789abcdef", hook="blocks.8.hook_resid_pre")

@@ -24,9 +24,10 @@ import pytest
 from matplotlib.figure import Figure
 
 import MechInterpFeatureInspect as ch3
-from mechinterp import constants, mining
-from mechinterp.card_render import corpus_figure
-from mechinterp.toyworld import CONCEPT_WORDS, NEUTRAL_WORDS, make_sentence
+from mechinterp.cards import mining
+from mechinterp.cards.render import corpus_figure
+from mechinterp.core import constants
+from mechinterp.core.toyworld import CONCEPT_WORDS, NEUTRAL_WORDS, make_sentence
 from tests.test_mining import reference
 
 WINDOW_TEXT = 127  # the toy SAE's training context (128) minus BOS

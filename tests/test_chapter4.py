@@ -16,11 +16,8 @@ import pytest
 import torch
 
 import MechInterpSteering as ch4
-from mechinterp import intervene
-from mechinterp.encoding import hook_activations, tokenize
-from mechinterp.errors import UserError
-from mechinterp.feature_data import collect_feature_activations
-from mechinterp.intervene import (
+from mechinterp.causal import intervene
+from mechinterp.causal.intervene import (
     FeatureTestOptions,
     GroupBatches,
     ablation_hook,
@@ -30,8 +27,11 @@ from mechinterp.intervene import (
     matched_controls,
     steering_hook,
 )
-from mechinterp.prompts import read_prompt_file
-from mechinterp.toyworld import PLANTED_OUTPUTS
+from mechinterp.core.encoding import hook_activations, tokenize
+from mechinterp.core.errors import UserError
+from mechinterp.core.features import collect_feature_activations
+from mechinterp.core.prompts import read_prompt_file
+from mechinterp.core.toyworld import PLANTED_OUTPUTS
 
 HOOK = "blocks.8.hook_resid_pre"
 # The keys of MI6_<id>.json, the published format that FeatureTest.to_dict() must keep.

@@ -16,8 +16,8 @@ import torch
 
 import MechInterpInitialInvestigation as ch1
 import MechInterpTrainSAE as ch5
-from mechinterp.errors import UserError
-from mechinterp.training import (
+from mechinterp.core.errors import UserError
+from mechinterp.training.train import (
     ARCHITECTURES,
     MODE_DEFAULTS,
     ModelOptions,
@@ -93,7 +93,7 @@ def trained_demo(world, tmp_path_factory):
 
 
 def test_demo_training_saves_a_loadable_evaluated_sae(trained_demo, world):
-    from mechinterp.loading import load_sae
+    from mechinterp.core.loading import load_sae
 
     loaded = load_sae("", "", trained_demo / "sae", "cpu")
     assert loaded.hook_name == "blocks.8.hook_resid_pre" and loaded.d_sae == 128
@@ -278,7 +278,7 @@ def test_training_data_holds_out_the_last_tenth_of_a_text_file(tmp_path):
     data = training_data(ModelOptions(text_file=path))
     assert data.train_texts == [f"document {i}" for i in range(27)]
     assert data.eval_texts == [f"document {i}" for i in range(27, 30)] and data.dataset_name is None
-    from mechinterp.toyworld import demo_corpus
+    from mechinterp.core.toyworld import demo_corpus
 
     demo = training_data(ModelOptions(demo=True, training_tokens=4000, batch_size=512, seed=3))
     assert demo.train_texts == demo_corpus(400, seed=3)  # max(200, tokens / 10) sentences

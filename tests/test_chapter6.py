@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import MechInterpFeatureToWeights as ch6
-from mechinterp.attribution import (
+from mechinterp.attribution.attribute import (
     AttributionOptions,
     attribute_feature,
     component_labels,
@@ -20,10 +20,10 @@ from mechinterp.attribution import (
     project_components,
     run_components,
 )
-from mechinterp.encoding import Tokenized, pad_batch
-from mechinterp.errors import UserError
-from mechinterp.io import OutputFolder
-from mechinterp.toyworld import CONCEPT_WORDS
+from mechinterp.core.encoding import Tokenized, pad_batch
+from mechinterp.core.errors import UserError
+from mechinterp.core.io import OutputFolder
+from mechinterp.core.toyworld import CONCEPT_WORDS
 from tests.attribution_worlds import (
     COPIED_WORD,
     COPY_TEXTS,

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from mechinterp import confounds as cf
+from mechinterp.meaning import confounds as cf
 
 # ---------------------------------------------------------------------------------------------------
 # A simulated world
@@ -665,7 +665,7 @@ def test_verdict_table_and_settings():
 
 
 def test_a_token_that_is_part_of_a_character_is_not_injected():
-    """GPT-2 splits some characters over byte tokens, labelled like '☕[1/2]' (mechinterp.tokens); such a
+    """GPT-2 splits some characters over byte tokens, labelled like '☕[1/2]' (mechinterp.core.tokens); such a
     label is not text, so the injection test skips it and the verdict rests on the token control."""
     group, base = messy_world(8, 40)
     vocab = Vocab()

@@ -19,15 +19,11 @@ import numpy as np
 import pytest
 import torch
 
-from mechinterp import constants
-from mechinterp.attribution import (
-    REDUCED_PRECISION_RTOL,
-    AttributionOptions,
-    attribute_feature,
-)
-from mechinterp.cache import ActivationCache
+from mechinterp.attribution.attribute import REDUCED_PRECISION_RTOL, AttributionOptions, attribute_feature
 from mechinterp.cli import add_common_args, source_options
-from mechinterp.encoding import (
+from mechinterp.core import constants
+from mechinterp.core.cache import ActivationCache
+from mechinterp.core.encoding import (
     PromptAggregates,
     aggregate_prompts,
     batch_bytes_per_prompt,
@@ -35,11 +31,11 @@ from mechinterp.encoding import (
     summarise_positions,
     tokenize,
 )
-from mechinterp.errors import UserError
-from mechinterp.loading import Loaded, check_dtype, load_model, load_sae
-from mechinterp.meaning import MeaningOptions, contrast_groups
-from mechinterp.prompts import load_prompt_sets
-from mechinterp.source import SourceOptions, resolve_source
+from mechinterp.core.errors import UserError
+from mechinterp.core.loading import Loaded, check_dtype, load_model, load_sae
+from mechinterp.core.prompts import load_prompt_sets
+from mechinterp.core.source import SourceOptions, resolve_source
+from mechinterp.meaning.contrast import MeaningOptions, contrast_groups
 
 BF16_REL_TOL = 0.05  # documented in docs/performance.md
 FLOOR = 0.1  # relative errors are judged on maxima >= 10% of the largest activation

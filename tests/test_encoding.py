@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import MechInterpFeatureMeaning as ch2
-from mechinterp import pipeline
-from mechinterp.encoding import PromptAggregates, aggregate_prompts, summarise_positions, tokenize
-from mechinterp.toyworld import demo_corpus
+from mechinterp.core import pipeline
+from mechinterp.core.encoding import PromptAggregates, aggregate_prompts, summarise_positions, tokenize
+from mechinterp.core.toyworld import demo_corpus
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_summarise_positions_splits_prompts_by_count():
 
 def test_cache_skips_model_and_recomputes_only_edited_prompt(world, tmp_path, monkeypatch):
     monkeypatch.setenv("MECHINTERP_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr("mechinterp.constants.demo_dir", lambda: world.root)
+    monkeypatch.setattr("mechinterp.core.constants.demo_dir", lambda: world.root)
     prompts = tmp_path / "prompts"
     shutil.copytree(world.prompts_dir, prompts)
     argv = ["--demo", "--prompts", str(prompts), "--quiet", "--no-holdout"]
@@ -83,7 +83,7 @@ def test_cache_skips_model_and_recomputes_only_edited_prompt(world, tmp_path, mo
     # Edit one line of one file: exactly one prompt is recomputed.
     monkeypatch.undo()
     monkeypatch.setenv("MECHINTERP_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr("mechinterp.constants.demo_dir", lambda: world.root)
+    monkeypatch.setattr("mechinterp.core.constants.demo_dir", lambda: world.root)
     happy = prompts / "happy.txt"
     lines = happy.read_text(encoding="utf-8").splitlines()
     lines[1] = lines[1].replace("and was", "and felt")
@@ -97,7 +97,7 @@ def test_cache_skips_model_and_recomputes_only_edited_prompt(world, tmp_path, mo
 def world_tokens(text: str) -> list[int]:
     from transformers import AutoTokenizer
 
-    from mechinterp import constants
+    from mechinterp.core import constants
 
     tok = AutoTokenizer.from_pretrained(constants.demo_dir() / "model")
     return tok.encode(text, add_special_tokens=False)

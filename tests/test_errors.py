@@ -170,7 +170,7 @@ def test_text_that_is_not_utf8_is_a_usage_error(capsys):
 
 
 def test_out_of_memory_retries_once_with_smaller_batch(world, prompts, tmp_path, capsys, monkeypatch):
-    from mechinterp import encoding
+    from mechinterp.core import encoding
 
     real = encoding.encode_positions
     calls = []
@@ -201,7 +201,7 @@ def test_unexpected_errors_are_one_line_unless_debug(prompts, tmp_path, capsys, 
 
 
 def test_interrupt_mid_encode_keeps_old_results_and_cache(world, tmp_path, monkeypatch):
-    from mechinterp.toyworld import demo_corpus
+    from mechinterp.core.toyworld import demo_corpus
 
     cache = tmp_path / "cache"
     cache.mkdir()
@@ -248,7 +248,7 @@ def test_interrupt_mid_encode_keeps_old_results_and_cache(world, tmp_path, monke
 
 
 def test_outputs_get_ordinary_file_permissions(tmp_path):
-    from mechinterp.io import write_text
+    from mechinterp.core.io import write_text
 
     old = os.umask(0o022)
     try:

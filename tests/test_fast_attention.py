@@ -13,8 +13,8 @@ import warnings
 import pytest
 import torch
 
-from mechinterp import fast_attention
-from mechinterp.fast_attention import FastAttention, use_fast_attention, use_original_attention
+from mechinterp.core import fast_attention
+from mechinterp.core.fast_attention import FastAttention, use_fast_attention, use_original_attention
 
 D_VOCAB, BOS = 97, 96
 TOL = dict(atol=1e-5, rtol=0)
@@ -274,7 +274,7 @@ def test_fused_sae_encode_equals_saelens(dtype, normalize):
     """The encoding path's one-pass StandardSAE encode (bias inside addmm, ReLU in place) is SAELens' encode."""
     from sae_lens import StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
 
-    from mechinterp.encoding import sae_encode
+    from mechinterp.core.encoding import sae_encode
 
     g = torch.Generator().manual_seed(2)
     sae = StandardSAE(StandardSAEConfig(d_in=48, d_sae=300, normalize_activations=normalize))

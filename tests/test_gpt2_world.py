@@ -543,7 +543,7 @@ def test_the_loader_passes_the_saes_model_kwargs(g2w, real, centered):
     drop them and the uncentered case fails."""
     import dataclasses
 
-    from mechinterp.loading import load_model, load_sae
+    from mechinterp.core.loading import load_model, load_sae
 
     with gw.hub_cache(g2w.hf_home), torch.inference_mode():
         loaded_sae = load_sae(gw.SAE_RELEASE, gw.SAE_ID, None, "cpu")

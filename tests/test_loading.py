@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from mechinterp import loading
+from mechinterp.core import loading
 
 
 class _RecordingProxy(http.server.BaseHTTPRequestHandler):

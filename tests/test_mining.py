@@ -1,4 +1,4 @@
-"""Corpus mining (mechinterp.mining) against a brute-force reference on the toy world.
+"""Corpus mining (mechinterp.cards.mining) against a brute-force reference on the toy world.
 
 The reference reads the corpus with Chapter 3's own reader, encodes every window alone with a full
 ``run_with_cache`` forward pass, keeps every dense activation, and sorts. The streaming pass must give
@@ -18,9 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from mechinterp import mining
-from mechinterp.errors import EnvironmentProblem, UserError
-from mechinterp.mining import (
+from mechinterp.cards import mining
+from mechinterp.cards.mining import (
     CorpusPosition,
     HFDatasetCorpus,
     MiningOptions,
@@ -30,8 +29,9 @@ from mechinterp.mining import (
     mine,
     window_activations,
 )
-from mechinterp.prompts import read_prompt_file
-from mechinterp.toyworld import demo_corpus
+from mechinterp.core.errors import EnvironmentProblem, UserError
+from mechinterp.core.prompts import read_prompt_file
+from mechinterp.core.toyworld import demo_corpus
 
 K = 5
 # Every per-feature array of a MiningResult.

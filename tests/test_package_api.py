@@ -6,19 +6,20 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from mechinterp import stats
-from mechinterp.encoding import aggregate_prompts, tokenize
-from mechinterp.io import OutputFolder
-from mechinterp.meaning import MeaningOptions, contrast_groups
-from mechinterp.pipeline import EncodeOptions, summarise_prompts
-from mechinterp.prompts import load_prompt_sets
-from mechinterp.source import SourceOptions, demo_threads, load, resolve_source
-from mechinterp.toyworld import D_SAE, DEMO_HOOK, DEMO_MODEL_NAME
+from mechinterp.core.encoding import aggregate_prompts, tokenize
+from mechinterp.core.io import OutputFolder
+from mechinterp.core.pipeline import EncodeOptions, summarise_prompts
+from mechinterp.core.prompts import load_prompt_sets
+from mechinterp.core.source import SourceOptions, demo_threads, load, resolve_source
+from mechinterp.core.toyworld import D_SAE, DEMO_HOOK, DEMO_MODEL_NAME
+from mechinterp.meaning import stats
+from mechinterp.meaning.contrast import MeaningOptions, contrast_groups
 from tests.helpers import ROOT
 
 
@@ -35,7 +36,7 @@ def test_load_with_typed_options(world):
 
 
 def test_missing_sae_path_is_a_user_error(tmp_path):
-    from mechinterp.errors import UserError
+    from mechinterp.core.errors import UserError
 
     with pytest.raises(UserError, match="does not exist"):
         resolve_source(SourceOptions(sae_path=tmp_path / "nope"))
@@ -134,7 +135,16 @@ def test_model_defaults_to_the_one_the_sae_was_trained_on(world):
 
 
 def test_a_model_the_sae_was_not_trained_on_is_refused_before_loading_it(world):
-    from mechinterp.errors import UserError
+    from mechinterp.core.errors import UserError
 
     with pytest.raises(UserError, match="was trained on gpt2-small, not on gpt2-medium; drop --model"):
         load(resolve_source(SourceOptions(model="gpt2-medium")))
+
+
+def test_the_package_imports_from_any_folder(tmp_path):
+    """`pip install -e .` (requirements-dev.txt does it) makes `import mechinterp` work outside the clone."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, "-c", "import mechinterp.core.source as s; print(s.__file__)"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert Path(result.stdout.strip()) == ROOT / "mechinterp" / "core" / "source.py"

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from mechinterp.encoding import PromptAggregates, Tokenized, aggregate_prompts
-from mechinterp.loading import Loaded, LoadedSAE
+from mechinterp.core.encoding import PromptAggregates, Tokenized, aggregate_prompts
+from mechinterp.core.loading import Loaded, LoadedSAE
 
 pytestmark = pytest.mark.slow
 

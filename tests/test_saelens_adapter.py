@@ -1,4 +1,4 @@
-"""The SAELens behaviour that mechinterp.saelens_adapter relies on, checked against the installed SAELens.
+"""The SAELens behaviour that mechinterp.training.saelens_adapter relies on, checked against the installed SAELens.
 
 If one of these fails after a SAELens upgrade, Chapter 5's training would otherwise break or, worse,
 train without its curves: fix ``mechinterp/saelens_adapter.py`` (each function says what it relies on).
@@ -14,7 +14,7 @@ import time
 import pytest
 import torch
 
-from mechinterp import saelens_adapter as adapter
+from mechinterp.training import saelens_adapter as adapter
 
 D_IN, D_SAE, BATCH, STEPS = 8, 16, 32, 6
 
@@ -177,8 +177,8 @@ def test_a_signal_between_steps_stops_at_once():
 def test_watched_runner_hands_over_the_trainer_it_trains(loaded_toy):
     from sae_lens import SAETrainer
 
-    from mechinterp.toyworld import demo_corpus
-    from mechinterp.training import ModelTrainingSpec, runner_config, text_dataset
+    from mechinterp.core.toyworld import demo_corpus
+    from mechinterp.training.train import ModelTrainingSpec, runner_config, text_dataset
 
     spec = ModelTrainingSpec(
         model_label="toy", hook_name="blocks.8.hook_resid_pre", architecture="standard", d_sae=32,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from mechinterp import stats
+from mechinterp.meaning import stats
 
 
 def zero_inflated(rng, n, f, fire=0.3, shift=0.0):

@@ -1,0 +1,1 @@
+"""Chapter 3: feature cards (``card``), corpus mining (``mining``), terminal and HTML rendering (``render``), figures."""

@@ -1,0 +1,306 @@
+"""Feature cards (Chapter 3): where a feature fires, what it writes, and how often it fires.
+
+A card answers "what is this feature, really?" from three independent angles:
+
+* **Where it fires** - the prompts (and corpus documents) on which it reaches its highest activations,
+  token by token, with the peak token marked. This is the input side: what the encoder detects.
+* **What it writes** - the decoder direction pushed straight through the unembedding,
+  ``W_dec[f] @ W_U`` on the model as loaded. This is the output side: which next tokens the feature's
+  direction pushes up or down, ignoring the layers between the hook and the output (the "direct path";
+  a first guess that Chapter 4's interventions then test).
+* **How often** - the density the SAE's authors measured on its training data (when the release ships
+  a sparsity file) beside the firing rate on the user's own prompts.
+
+With a mined corpus (:mod:`mechinterp.cards.mining`: ``--corpus FILE`` or ``--dataset NAME``), a card also
+has a :class:`CorpusEvidence`: the feature's density over the corpus, its top windows there, windows
+at lower activation levels, and the histogram of its activations over every corpus token.
+
+Rendering a card (terminal text, HTML) lives in :mod:`mechinterp.cards.render`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mechinterp.cards.mining import MinedExample, MiningResult, window_activations
+from mechinterp.core.features import FeatureActivations, filter_note, typical_max_activation
+from mechinterp.core.loading import Loaded, neuronpedia_url
+from mechinterp.core.logits import LogitEffect, logit_effects
+from mechinterp.core.tokens import decode_tokens
+
+# --- how often it fires --------------------------------------------------------------------------
+
+
+def density_from_sparsity(loaded: Loaded, feature: int) -> float | None:
+    """Fraction of training tokens the feature fires on, from the release's sparsity file (log10)."""
+    log_sparsity = loaded.sae.log_sparsity
+    if log_sparsity is None:
+        return None
+    return float(10 ** float(log_sparsity[feature]))
+
+
+# --- the card -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Example:
+    """One top-activating text, with its tokens and their activations of the card's feature."""
+
+    rank: int
+    text_index: int
+    source: str
+    tokens: list[str]
+    acts: np.ndarray  # float32 [n_tokens]
+    peak: int  # index into tokens (BOS already removed)
+    label: str = ""  # why this example is on the card: "" for the top ones, else e.g. "median level"
+    where: str = ""  # where a corpus window is, e.g. "document 12 (line 14), tokens 127-253"; "" for a prompt
+
+    @property
+    def max_act(self) -> float:
+        return float(self.acts[self.peak])
+
+
+@dataclass
+class FeatureCard:
+    feature: int
+    url: str
+    density: float | None  # from the SAE's sparsity file, or None
+    fired_by_source: dict[str, tuple[int, int]]  # source -> (tokens fired, tokens)
+    typical_max: float
+    n_texts_fired: int
+    n_texts: int
+    examples: list[Example]
+    promoted: list[LogitEffect]
+    suppressed: list[LogitEffect]
+    filtered: str
+    more_examples: list[Example] = field(default_factory=list)  # lower activation levels, other groups
+    origin: str = ""  # where the feature came from, e.g. "happy rank 1, q = 4e-08, replicated, verdict concept"
+    corpus: CorpusEvidence | None = None  # what a mined corpus says (--corpus / --dataset), else None
+
+    @property
+    def fired_total(self) -> tuple[int, int]:
+        fired = sum(v[0] for v in self.fired_by_source.values())
+        total = sum(v[1] for v in self.fired_by_source.values())
+        return fired, total
+
+    @property
+    def firing_rate(self) -> float:
+        fired, total = self.fired_total
+        return fired / total if total else 0.0
+
+    def to_dict(self) -> dict:
+        """Everything on the card, as plain JSON-able numbers."""
+        return {
+            "feature": self.feature,
+            "neuronpedia_url": self.url,
+            "density_from_sparsity_file": self.density,
+            "firing_rate_on_prompts": self.firing_rate,
+            "fired_tokens_by_source": {s: {"fired": a, "tokens": b} for s, (a, b) in self.fired_by_source.items()},
+            "typical_max_activation": self.typical_max,
+            "texts_where_it_fires": self.n_texts_fired,
+            "texts": self.n_texts,
+            "filtered": self.filtered,
+            "origin": self.origin,
+            "top_examples": [_example_dict(e) for e in self.examples],
+            "more_examples": [_example_dict(e) | {"why": e.label} for e in self.more_examples],
+            "promoted": [vars(x) for x in self.promoted],
+            "suppressed": [vars(x) for x in self.suppressed],
+        } | ({"corpus": self.corpus.to_dict()} if self.corpus is not None else {})
+
+
+def _example_dict(e: Example) -> dict:
+    return {
+        "rank": e.rank,
+        "text_index": e.text_index,
+        "source": e.source,
+        "max_activation": e.max_act,
+        "peak_token": e.tokens[e.peak],
+        "peak_index": e.peak,
+        "tokens": e.tokens,
+        "activations": [round(float(a), 5) for a in e.acts],
+    } | ({"where": e.where} if e.where else {})
+
+
+# Activation levels shown below the top examples, as quantiles of the per-text maxima where it fires: the
+# top examples alone can all be one word at one strength, which hides what the feature does more weakly.
+LEVELS = ((0.75, "upper quartile"), (0.5, "median"), (0.25, "lower quartile"))
+
+
+def build_card(
+    loaded: Loaded, fa: FeatureActivations, feature: int, n_examples: int = 10, n_logits: int = 15, origin: str = "",
+) -> FeatureCard:
+    """Assemble the card of ``feature`` from activations already collected over the texts.
+
+    Besides the ``n_examples`` top texts, the card shows one text at each of :data:`LEVELS` of the
+    per-text maxima where the feature fires, and the top text of every source (prompt group or corpus)
+    where it fires that the top examples do not already include.
+    """
+    j = fa.column(feature)
+    maxes = fa.prompt_max(feature)
+    # Stable sort on -max: ties keep input order, so the card is deterministic.
+    ranked = [int(i) for i in np.argsort(-maxes, kind="stable") if maxes[i] > 0]
+    order = ranked[:n_examples]
+    tok = loaded.model.tokenizer
+
+    def example(rank: int, i: int, label: str = "") -> Example:
+        acts = fa.acts[i][:, j]
+        return Example(rank=rank, text_index=i, source=fa.sources[i], tokens=decode_tokens(tok, fa.token_ids[i]),
+                       acts=acts, peak=int(acts.argmax()), label=label)
+
+    examples = [example(rank, i) for rank, i in enumerate(order, start=1)]
+    shown = set(order)
+    more = []
+    for q, name in LEVELS:
+        if len(ranked) <= n_examples:
+            break  # every text where it fires is already on the card
+        target = float(np.quantile(maxes[ranked], q))
+        i = min((i for i in ranked if i not in shown), key=lambda i: (abs(maxes[i] - target), i), default=None)
+        if i is not None:
+            shown.add(i)
+            more.append(example(ranked.index(i) + 1, i, f"{name} of the per-text maxima where it fires ({target:.3g})"))
+    for source in fa.source_names:
+        if any(fa.sources[i] == source for i in shown):
+            continue
+        best = next((i for i in ranked if fa.sources[i] == source), None)
+        if best is not None:
+            shown.add(best)
+            more.append(example(ranked.index(best) + 1, best, f"the top text of '{source}'"))
+    promoted, suppressed = logit_effects(loaded, feature, n_logits)
+    typical, n_fired = typical_max_activation(fa, feature)
+    return FeatureCard(
+        feature=feature,
+        url=neuronpedia_url(loaded.sae.neuronpedia_id, feature),
+        density=density_from_sparsity(loaded, feature),
+        fired_by_source={s: fa.firing(feature, s) for s in fa.source_names},
+        typical_max=typical,
+        n_texts_fired=n_fired,
+        n_texts=len(fa.texts),
+        examples=examples,
+        promoted=promoted,
+        suppressed=suppressed,
+        filtered=filter_note(fa),
+        more_examples=more,
+        origin=origin,
+    )
+
+
+# --- what a mined corpus says -------------------------------------------------------------------------
+
+
+@dataclass
+class CorpusEvidence:
+    """One feature over a mined corpus: how often it fires there, its top windows, windows at lower
+    activation levels, and the histogram of its activations. BOS and padding are in none of it.
+
+    Attributes:
+        corpus: the corpus in words (a file, or a streamed dataset).
+        scope: how much of it was mined, in words (e.g. "its first 100,000 tokens (--max-tokens)").
+        n_tokens, n_windows, n_documents: what the pass read (tokens: the density's denominator).
+        window: tokens per window, BOS included.
+        fired: corpus tokens where the feature fires; ``windows_fired``: windows where it fires.
+        max_activation: its largest activation in the corpus.
+        typical_max: the median of the per-window maxima where it fires, the corpus's counterpart of the
+            card's typical max (see ``MiningResult.window_max_quantile``: exact when it fires in at most
+            16 windows, else exact to one histogram bin).
+        examples: the top windows, highest peak first.
+        levels: ``(name, value)`` of each of :data:`LEVELS` of the per-window maxima where it fires
+            (computed like ``typical_max``); empty when it never fires.
+        level_examples: windows drawn at random where it fires, picked nearest to each level; each
+            ``label`` says which level and its value.
+        hist_edges: ``[n + 1]`` the fixed log-spaced bins of the pass, trimmed to where it fires.
+        hist_counts: ``[n]`` corpus tokens per bin; ``window_hist_counts``: windows per bin of their peak.
+    """
+
+    corpus: str
+    scope: str
+    n_tokens: int
+    n_windows: int
+    n_documents: int
+    window: int
+    fired: int
+    windows_fired: int
+    max_activation: float
+    typical_max: float
+    examples: list[Example]
+    levels: list[tuple[str, float]]
+    level_examples: list[Example]
+    hist_edges: np.ndarray
+    hist_counts: np.ndarray
+    window_hist_counts: np.ndarray
+
+    @property
+    def density(self) -> float:
+        return self.fired / self.n_tokens if self.n_tokens else 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "corpus": self.corpus,
+            "scope": self.scope,
+            "tokens": self.n_tokens,
+            "windows": self.n_windows,
+            "documents": self.n_documents,
+            "window_tokens": self.window,
+            "fired_tokens": self.fired,
+            "density": self.density,
+            "windows_fired": self.windows_fired,
+            "max_activation": self.max_activation,
+            "typical_max_activation_approx": self.typical_max,
+            "top_examples": [_example_dict(e) for e in self.examples],
+            "levels_of_window_maxima": {name: value for name, value in self.levels},
+            "level_examples": [_example_dict(e) | {"why": e.label} for e in self.level_examples],
+            "histogram": {"bin_low": [float(x) for x in self.hist_edges[:-1]],
+                          "bin_high": [float(x) for x in self.hist_edges[1:]],
+                          "tokens": [int(c) for c in self.hist_counts],
+                          "windows_by_peak": [int(c) for c in self.window_hist_counts]},
+        }
+
+
+def corpus_evidence(
+    loaded: Loaded, result: MiningResult, feature: int, n_examples: int = 10, scope: str = "", batch_size: int = 16,
+) -> CorpusEvidence:
+    """The corpus part of ``feature``'s card, from a mining pass.
+
+    The pass keeps each window's peak only; the windows shown here are encoded again (a handful), so
+    that every token can be coloured by its activation. Below the ``n_examples`` top windows, one window
+    at each of :data:`LEVELS` of the per-window maxima where the feature fires: of the windows the pass
+    drew at random among those, the one nearest to the level (none when every window where it fires
+    is already a top one).
+    """
+    top = result.examples(feature)[:n_examples]
+    fired_windows = result.windows_fired(feature)
+    levels = [(name, result.window_max_quantile(feature, q)) for q, name in LEVELS] if fired_windows else []
+    picks: list[tuple[MinedExample, str]] = []
+    if fired_windows > len(top):  # else every window where it fires is a top one already
+        shown = {e.window.window_id for e in top}
+        candidates = [s for s in result.samples(feature) if s.window.window_id not in shown]
+        for name, target in levels:
+            best = min(candidates, key=lambda s: (abs(s.value - target), s.window.window_id), default=None)
+            if best is None:
+                break
+            candidates.remove(best)
+            picks.append((best, f"{name} of the per-window maxima where it fires (~{target:.3g}); drawn at random"))
+    mined = top + [s for s, _ in picks]
+    acts = window_activations(loaded, [m.window for m in mined], [feature], batch_size)
+    tok = loaded.model.tokenizer
+
+    def example(m: MinedExample, a: np.ndarray, rank: int, label: str = "") -> Example:
+        w = m.window
+        line = f" (line {w.line})" if w.line else ""
+        where = f"document {w.doc + 1}{line}, tokens {w.start}-{w.start + len(w.tokens) - 1}"
+        return Example(rank=rank, text_index=w.doc, source="corpus", tokens=decode_tokens(tok, w.tokens.tolist()),
+                       acts=a[:, 0], peak=m.position, label=label, where=where)
+
+    examples = [example(m, a, m.rank) for m, a in zip(top, acts)]
+    level_examples = [example(m, a, 0, label) for (m, label), a in zip(picks, acts[len(top):])]
+    edges, counts = result.histogram(feature)
+    _, window_counts = result.histogram(feature, per_window=True)
+    return CorpusEvidence(
+        corpus=result.corpus, scope=scope, n_tokens=result.n_tokens, n_windows=result.n_windows,
+        n_documents=result.n_documents, window=result.window, fired=result.fired(feature),
+        windows_fired=fired_windows, max_activation=result.max_activation(feature),
+        typical_max=result.window_max_quantile(feature, 0.5), examples=examples, levels=levels,
+        level_examples=level_examples,
+        hist_edges=edges, hist_counts=counts, window_hist_counts=window_counts,
+    )

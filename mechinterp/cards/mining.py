@@ -1,0 +1,1346 @@
+"""Corpus-scale feature mining: a feature's top examples, firing density and activation histogram over
+millions of tokens, in one streaming pass whose memory does not grow with the corpus.
+
+Why it exists: Chapter 3's prompt files hold a few thousand tokens; the examples on Neuronpedia come
+from millions. Finding a feature's real top examples means encoding a large corpus, which does not fit
+in memory as activations (1M tokens x 24,576 features is 98 GB as float32) and takes long enough that
+an interrupted run must not start over. So:
+
+* **Documents, streamed.** A local text file, one document per line, read exactly as Chapter 3's
+  ``--corpus`` reads it (``mechinterp.core.prompts.read_prompt_file``: each line stripped, blank lines and
+  lines starting with ``#`` skipped, UTF-8 with an optional BOM), but line by line instead of all at
+  once; or a Hugging Face ``datasets`` dataset streamed record by record (``streaming=True``).
+* **Windows of the SAE's training context.** Each document's tokens are cut into consecutive windows of
+  ``window - 1`` tokens, and the BOS token is put in front of each when the SAE was trained with it
+  (``window`` tokens and no BOS when it was not), so
+  the SAE sees sequences like its training data (``gpt2-small-res-jb``: 128 tokens, BOS first). A
+  window never mixes two documents, so an example's context is one document's text.
+  ``<|endoftext|>`` written inside a document is tokenized as text, not as the special token.
+* **Bounded state.** Per feature: the running top-k windows (value, window, peak position), merged with
+  each batch's per-window maxima by one vectorised sort; activation histogram counts over fixed
+  log-spaced bin edges (the firing count is their sum); the same histogram of the per-window maxima;
+  and a few windows drawn at random among those where it fires (a deterministic pseudo-random
+  priority per window, so the draw does not depend on batching or resuming), from which a card picks
+  examples at lower activation levels. Only windows that some top-k or random entry points to are
+  kept, so memory is bounded by ``n_features * (k + samples)`` windows whatever the corpus size (and
+  by the number of windows read, for a small corpus).
+* **float32 statistics.** Activations are cast to float32 before anything is counted, compared or
+  kept, so a model or SAE computing in bfloat16 gives the same kind of numbers (at its precision).
+* **Resumable.** The state and the position in the corpus are saved atomically every N windows to a
+  checkpoint file keyed by model, SAE (a hash of their weights, and their dtypes), corpus and options.
+  Running the same command again continues from it, and a finished pass is read back at once, as is
+  a finished pass over more features (e.g. every feature) of the same corpus with the same options.
+
+The BOS position, padding and any BOS-token position are excluded from every statistic (counts,
+histograms, top examples): GPT-2's BOS residual has a huge norm and lights up the same features in
+every window.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from mechinterp.core.encoding import hook_activations, is_out_of_memory, sae_encode
+from mechinterp.core.errors import EnvironmentProblem, UserError
+from mechinterp.core.io import atomic_path
+from mechinterp.core.loading import Loaded, go_offline_if_hub_unreachable
+from mechinterp.core.progress import Log, silent
+
+# Bump when anything that changes the mined numbers changes; older checkpoints are then never read.
+MINING_VERSION = "2"
+DEFAULT_K = 10
+# Windows drawn at random per feature among those where it fires: a card picks its examples at the
+# quartiles and the median of the per-window maxima from them (the draw's nearest to each level is,
+# with 16 draws, typically within ~3 percentiles of it).
+DEFAULT_SAMPLES = 16
+# Windows per forward pass at the full window length (16 x 128 tokens x 24,576 features is a ~200 MB
+# activation tensor, the largest object of the pass).
+DEFAULT_BATCH_SIZE = 16
+# About 130k tokens between checkpoints: a few minutes of GPT-2 small on a CPU, seconds on a GPU.
+DEFAULT_CHECKPOINT_EVERY = 1024
+# Histogram bins: log-spaced from HIST_LOW to HIST_HIGH (10 per decade), plus (0, HIST_LOW) and
+# [HIST_HIGH, inf). Fixed in advance because a streaming pass cannot know each feature's range.
+HIST_LOW = 1e-2
+HIST_HIGH = 1e3
+HIST_BINS = 50
+# Batches between prunings of the kept windows: between two, at most this many batches' windows are
+# kept beyond those the top-k point to (torch.unique over F x k ids is too slow to run every batch).
+PRUNE_EVERY = 32
+# GPT-2's tokenizer averages about 4 bytes of English per token; only the first progress estimate uses it.
+BYTES_PER_TOKEN = 4.0
+UTF8_BOM = b"\xef\xbb\xbf"
+
+Progress = Callable[[int, "int | None"], None]
+
+
+
+# --- options --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MiningOptions:
+    """What to mine and how.
+
+    Attributes:
+        features: feature ids whose top examples, density and histogram are kept (duplicates dropped).
+        all_features: keep them for every feature of the SAE instead (``features`` is then ignored).
+        k: top examples kept per feature (each from a different window).
+        samples: windows drawn at random (uniformly among the windows where the feature fires) and kept
+            per feature, for examples below the top; 0 = none.
+        max_tokens: stop after this many corpus tokens (BOS not counted); None = the whole corpus.
+        window: tokens per window, BOS included; None = the SAE's training context
+            (``sae.cfg.metadata.context_size``), or the model's ``n_ctx`` if the SAE does not record it.
+        batch_size: windows per forward pass at full length; shorter windows are packed more per batch,
+            so a batch never holds more than ``batch_size * window`` positions.
+        hist_low, hist_high, hist_bins: the histogram's log-spaced bins between ``hist_low`` and
+            ``hist_high``; one more bin each holds (0, hist_low) and [hist_high, inf).
+        checkpoint_dir: folder for the resumable state; None = no checkpoints.
+        checkpoint_every: save the state after at least this many windows since the last save.
+        resume: continue from (or reuse) a matching checkpoint; False starts over and overwrites it.
+    """
+
+    features: tuple[int, ...] = ()
+    all_features: bool = False
+    k: int = DEFAULT_K
+    samples: int = DEFAULT_SAMPLES
+    max_tokens: int | None = None
+    window: int | None = None
+    batch_size: int = DEFAULT_BATCH_SIZE
+    hist_low: float = HIST_LOW
+    hist_high: float = HIST_HIGH
+    hist_bins: int = HIST_BINS
+    checkpoint_dir: Path | None = None
+    checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY
+    resume: bool = True
+
+    def __post_init__(self) -> None:
+        self.features = tuple(dict.fromkeys(int(f) for f in self.features))
+        if not self.features and not self.all_features:
+            raise UserError("nothing to mine: give feature ids (--feature ID) or mine every feature (--all-features)")
+        for name in ("k", "batch_size", "hist_bins", "checkpoint_every"):
+            if int(getattr(self, name)) < 1:
+                raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if int(self.samples) < 0:
+            raise UserError(f"samples must be 0 or more, got {self.samples}")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise UserError(f"max_tokens must be at least 1, got {self.max_tokens}")
+        if self.window is not None and self.window < 2:
+            raise UserError(f"window must be at least 2 tokens (BOS plus one token), got {self.window}")
+        if not 0 < self.hist_low < self.hist_high < math.inf:
+            raise UserError(f"histogram range must satisfy 0 < low < high, got {self.hist_low}, {self.hist_high}")
+        if self.checkpoint_dir is not None:
+            self.checkpoint_dir = Path(self.checkpoint_dir)
+
+    def hist_edges(self) -> np.ndarray:
+        """float32 ``[hist_bins + 3]``: 0, the log-spaced edges from ``hist_low`` to ``hist_high``, inf."""
+        inner = np.logspace(math.log10(self.hist_low), math.log10(self.hist_high), self.hist_bins + 1)
+        return np.concatenate([[0.0], inner, [np.inf]]).astype(np.float32)
+
+
+def resolve_window(loaded: Loaded, requested: int | None = None) -> tuple[int, str]:
+    """Tokens per window (BOS included), and whose context that is, in words.
+
+    An SAE is trained on sequences of a fixed length; past it its features are off-distribution, even
+    where the model accepts more (GPT-2: 1,024). So the SAE's own context is the default.
+    """
+    n_ctx = int(loaded.model.cfg.n_ctx)
+    if requested is not None:
+        if requested > n_ctx:
+            raise UserError(f"a window of {requested} tokens is longer than the model's context of {n_ctx}")
+        return int(requested), f"{requested} tokens (as requested)"
+    sae_ctx = getattr(getattr(loaded.sae.sae.cfg, "metadata", None), "context_size", None)
+    if sae_ctx:
+        size = min(int(sae_ctx), n_ctx)
+        return size, f"{size} tokens, the context the SAE {loaded.sae.label} was trained on"
+    return n_ctx, f"{n_ctx} tokens, the model's context (the SAE does not record its training context)"
+
+
+# --- corpora --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Document:
+    """One document of a corpus.
+
+    Attributes:
+        index: 0-based, in corpus order (a file's blank and ``#`` lines are not documents; a dataset's
+            records are numbered as they come, empty ones included).
+        text: the document's text.
+        line: 1-based line of a text file where it is (0 for a dataset record).
+        seek: where to start reading to reach this document again (a file's byte offset of its line;
+            0 for a dataset), with ``seek_line`` and ``seek_first`` (the line number there and the
+            index of the first document read from there).
+    """
+
+    index: int
+    text: str
+    line: int = 0
+    seek: int = 0
+    seek_line: int = 1
+    seek_first: int = 0
+    end: int = 0  # bytes of the file read once this document is read (0 for a dataset)
+
+
+@dataclass(frozen=True)
+class CorpusPosition:
+    """Where a pass stands: the next document, how many of its tokens are done, and where to seek to it."""
+
+    doc: int = 0
+    token: int = 0
+    seek: int = 0
+    seek_line: int = 1
+    seek_first: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return dict(vars(self))
+
+
+class Corpus(Protocol):
+    """A source of documents that a pass can restart from a :class:`CorpusPosition`."""
+
+    def identity(self) -> dict[str, str]:
+        """What determines the documents, for the checkpoint's key."""
+        ...
+
+    def describe(self) -> str:
+        """One line naming the corpus, for logs and outputs."""
+        ...
+
+    def size_bytes(self) -> int | None:
+        """Its size, when known without reading it (for the progress estimate)."""
+        ...
+
+    def documents(self, start: CorpusPosition) -> Iterator[Document]:
+        """Documents from index ``start.doc`` on, in order."""
+        ...
+
+
+@dataclass(frozen=True)
+class TextFileCorpus:
+    """A UTF-8 text file with one document per line, read line by line (never all at once).
+
+    The rules are Chapter 3's ``--corpus`` rules (``mechinterp.core.prompts.read_prompt_file``): each line is
+    stripped, blank lines and lines starting with ``#`` are skipped, a UTF-8 BOM at the start is
+    ignored, and a NUL byte or invalid UTF-8 is an error naming the line.
+    """
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        if not Path(self.path).is_file():
+            raise UserError(f"corpus file {self.path} does not exist")
+
+    def identity(self) -> dict[str, str]:
+        stat = Path(self.path).stat()
+        return {"corpus": f"file:{Path(self.path).resolve()}", "size": str(stat.st_size),
+                "mtime_ns": str(stat.st_mtime_ns)}
+
+    def describe(self) -> str:
+        return str(self.path)
+
+    def size_bytes(self) -> int | None:
+        return Path(self.path).stat().st_size
+
+    def documents(self, start: CorpusPosition = CorpusPosition()) -> Iterator[Document]:
+        path = Path(self.path)
+        with open(path, "rb") as f:
+            f.seek(start.seek)
+            offset, line_no, index = start.seek, start.seek_line, start.seek_first
+            for raw in f:  # splits on b"\n" only; a "\n" byte never occurs inside a UTF-8 character
+                begin, this_line, first = offset, line_no, index
+                offset += len(raw)
+                line_no += 1
+                if begin == 0 and raw.startswith(UTF8_BOM):
+                    raw = raw[len(UTF8_BOM):]
+                if b"\x00" in raw:
+                    raise UserError(
+                        f"{path} contains a NUL byte on line {this_line}; it looks like a binary file, not text"
+                    )
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise UserError(
+                        f"{path} is not UTF-8 text (bad byte on line {this_line}); save it as UTF-8"
+                    ) from None
+                # splitlines, as read_prompt_file does, so the rarer line breaks (\r, \u2028) split too.
+                for piece in text.splitlines():
+                    piece = piece.strip()
+                    if not piece or piece.startswith("#"):
+                        continue
+                    if index >= start.doc:
+                        yield Document(index, piece, this_line, begin, this_line, first, offset)
+                    index += 1
+
+
+@dataclass(frozen=True)
+class HFDatasetCorpus:
+    """A Hugging Face ``datasets`` dataset, streamed (``load_dataset(..., streaming=True)``): nothing is
+    downloaded in advance, and records are read as the pass needs them.
+
+    Attributes:
+        name: a Hub dataset (e.g. ``Skylion007/openwebtext``), a local dataset folder, or a packaged
+            builder such as ``text`` or ``json`` together with ``data_files``.
+        split: the split to stream.
+        column: the column holding each record's text.
+        config: the dataset's configuration name, if it has several.
+        data_files: files for a packaged builder.
+    """
+
+    name: str
+    split: str = "train"
+    column: str = "text"
+    config: str | None = None
+    data_files: str | None = None
+
+    def identity(self) -> dict[str, str]:
+        return {"corpus": f"hf:{self.name}", "config": str(self.config), "split": self.split,
+                "column": self.column, "data_files": str(self.data_files)}
+
+    def describe(self) -> str:
+        return f"Hugging Face dataset {self.name} ({self.split} split, streamed)"
+
+    def size_bytes(self) -> int | None:
+        return None
+
+    def needs_hub(self) -> bool:
+        """False for a local dataset folder or a packaged builder (text, json, ...), which work offline."""
+        from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
+
+        return not (Path(self.name).exists() or self.name in _PACKAGED_DATASETS_MODULES)
+
+    def ensure_reachable(self) -> None:
+        """Fail at once, in one line, when the dataset is on the Hub and the Hub cannot be reached.
+
+        Meant to run before anything expensive (loading the model). One quick probe decides: without it
+        an unreachable Hub costs ~25 s of retries before the same failure. Nothing is downloaded here.
+
+        Raises:
+            EnvironmentProblem: exit status 1 (the machine lacks the network, as for a model download),
+                whether ``HF_HUB_OFFLINE`` is set or the probe fails; the message names the option that
+                works without it (``--corpus FILE``). After a failed probe huggingface_hub stays offline
+                for the rest of the process.
+        """
+        if not self.needs_hub():
+            return
+        import datasets
+        from huggingface_hub import constants as hub
+
+        if hub.HF_HUB_OFFLINE or datasets.config.HF_HUB_OFFLINE:
+            why = "this run is offline (HF_HUB_OFFLINE is set)"
+        else:
+            unreachable: list[str] = []
+            go_offline_if_hub_unreachable(unreachable.append)  # the error below says it: no second line
+            if not unreachable:
+                return
+            why = f"the Hub ({hub.ENDPOINT}) cannot be reached from here"
+        raise EnvironmentProblem(
+            f"the dataset {self.name} is streamed from the Hugging Face Hub, but {why}; connect to the "
+            "internet, or mine a local text file with --corpus FILE"
+        )
+
+    def open(self) -> Any:
+        """The streaming dataset; fails at once, in one line, when it cannot be reached."""
+        import datasets
+
+        self.ensure_reachable()
+        try:
+            return datasets.load_dataset(
+                self.name, self.config, split=self.split, streaming=True, data_files=self.data_files
+            )
+        except Exception as err:
+            raise EnvironmentProblem(
+                f"could not open the dataset {self.name!r} ({_first_line(err)}); check its name, --dataset-split "
+                "and the network, or mine a local text file with --corpus FILE"
+            ) from err
+
+    def documents(self, start: CorpusPosition = CorpusPosition()) -> Iterator[Document]:
+        ds = self.open()
+        if start.doc:
+            ds = ds.skip(start.doc)  # streamed again, but not encoded again
+        records = iter(ds)
+        index = start.doc
+        while True:
+            try:
+                record = next(records)
+            except StopIteration:
+                return
+            except Exception as err:
+                raise EnvironmentProblem(
+                    f"streaming {self.name} failed at record {index} ({_first_line(err)}); rerun the same "
+                    "command to continue from the last checkpoint"
+                ) from err
+            if self.column not in record:
+                raise UserError(
+                    f"the dataset {self.name} has no column {self.column!r}; its columns are "
+                    f"{', '.join(map(str, record))}"
+                )
+            text = record[self.column]
+            yield Document(index, text if isinstance(text, str) else "")
+            index += 1
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return (text.splitlines()[0][:200] if text else "") or type(err).__name__
+
+
+# --- windows --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MinedWindow:
+    """A window of one document: the tokens the SAE saw (BOS not included here).
+
+    Attributes:
+        window_id: 0-based, in corpus order (the tie-breaker: equal values rank the earlier window first).
+        doc: the document's index; ``line``: its line in a text file (0 for a dataset).
+        start: index of ``tokens[0]`` among the document's tokens.
+        tokens: int32 ``[n]`` token ids, ``n <= window - 1`` with BOS (``window`` without).
+    """
+
+    window_id: int
+    doc: int
+    line: int
+    start: int
+    tokens: np.ndarray
+
+
+def encode_document(tokenizer: Any, text: str) -> list[int]:
+    """A document's token ids, without BOS; special-token text such as ``<|endoftext|>`` stays text."""
+    try:
+        # verbose=False: a document longer than the model's context is expected here (it is windowed).
+        return tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True, verbose=False)
+    except TypeError:  # a tokenizer without these options
+        return tokenizer.encode(text, add_special_tokens=False)
+
+
+def iter_windows(
+    corpus: Corpus, tokenizer: Any, text_len: int, start: CorpusPosition = CorpusPosition(),
+    max_tokens: int | None = None, first_id: int = 0,
+) -> Iterator[tuple[MinedWindow, CorpusPosition, int]]:
+    """Cut the corpus into windows of at most ``text_len`` tokens, document by document.
+
+    Yields:
+        ``(window, position after it, bytes of the corpus read)``. The windows of a document start at
+        token 0, ``text_len``, ``2 * text_len``, ...; the last one may be shorter. With ``max_tokens``,
+        the stream stops after that many tokens (the last window cut short).
+    """
+    left = max_tokens
+    window_id = first_id
+    for doc in corpus.documents(start):
+        ids = encode_document(tokenizer, doc.text)
+        first = start.token if doc.index == start.doc else 0
+        for begin in range(first, len(ids), text_len):
+            if left is not None and left <= 0:
+                return
+            chunk = ids[begin : begin + text_len]
+            if left is not None:
+                chunk = chunk[:left]
+                left -= len(chunk)
+            stop = begin + len(chunk)
+            if stop < len(ids):
+                after = CorpusPosition(doc.index, stop, doc.seek, doc.seek_line, doc.seek_first)
+            else:
+                after = CorpusPosition(doc.index + 1, 0, doc.seek, doc.seek_line, doc.seek_first)
+            yield MinedWindow(window_id, doc.index, doc.line, begin, np.asarray(chunk, dtype=np.int32)), after, doc.end
+            window_id += 1
+
+
+# --- the result -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class MinedExample:
+    """One of a feature's top windows: its peak activation there and where.
+
+    Attributes:
+        position: index of the peak token in ``window.tokens`` (BOS not counted); the document's token
+            index is ``window.start + position``.
+    """
+
+    feature: int
+    rank: int
+    value: float
+    position: int
+    window: MinedWindow
+
+    @property
+    def token_id(self) -> int:
+        return int(self.window.tokens[self.position])
+
+
+@dataclass
+class MiningResult:
+    """What a pass found, per feature, over ``n_tokens`` corpus tokens (BOS and padding excluded).
+
+    Attributes:
+        features: int64 ``[F]`` the features mined (row ``i`` of every array is ``features[i]``).
+        top_values: float32 ``[F, k]`` each top window's peak activation, highest first (ties: the
+            earlier window first); 0 where fewer than ``k`` windows fired.
+        top_windows: int64 ``[F, k]`` window ids into ``windows`` (-1 where empty).
+        top_positions: int64 ``[F, k]`` the peak's index in the window's tokens.
+        windows: the windows that some top or sample entry points to, by id.
+        hist_edges: float32 ``[bins + 1]`` fixed edges: 0, log-spaced ``hist_low .. hist_high``, inf.
+        hist_counts: int64 ``[F, bins]`` tokens whose activation falls in ``[edges[b], edges[b+1])``
+            (only activations > 0 are counted).
+        window_hist_counts: int64 ``[F, bins]`` the same for each window's maximum: windows where the
+            feature fires, by their peak activation (their sum: the windows where it fires).
+        sample_windows: int64 ``[F, samples]`` windows drawn at random among those where the feature
+            fires, in draw order (-1 where it fires in fewer windows); ``sample_positions`` and
+            ``sample_values``: each one's peak position and peak activation.
+        n_tokens: corpus tokens encoded and counted (the density's denominator).
+        n_windows, n_documents: windows encoded; documents read.
+        window: tokens per window, BOS included; ``n_bos``: 1 when BOS was put in front, else 0.
+        complete: the whole corpus (or ``max_tokens``) was read.
+        resumed_at: tokens already done when this run started (from a checkpoint), else 0.
+        reused: this run read a finished pass from its checkpoint instead of encoding anything.
+    """
+
+    features: np.ndarray
+    top_values: np.ndarray
+    top_windows: np.ndarray
+    top_positions: np.ndarray
+    windows: dict[int, MinedWindow]
+    hist_edges: np.ndarray
+    hist_counts: np.ndarray
+    window_hist_counts: np.ndarray
+    sample_windows: np.ndarray
+    sample_positions: np.ndarray
+    sample_values: np.ndarray
+    n_tokens: int
+    n_windows: int
+    n_documents: int
+    window: int
+    n_bos: int
+    corpus: str
+    complete: bool
+    checkpoint: Path | None = None
+    resumed_at: int = 0
+    reused: bool = False
+    _rows: dict[int, int] = field(default_factory=dict, repr=False)
+
+    @property
+    def k(self) -> int:
+        return int(self.top_values.shape[1])
+
+    def row(self, feature: int) -> int:
+        """The row of ``feature`` in the arrays; raises UserError for a feature that was not mined."""
+        if not self._rows:
+            self._rows = {int(f): i for i, f in enumerate(self.features)}
+        try:
+            return self._rows[int(feature)]
+        except KeyError:
+            raise UserError(f"feature {feature} was not mined; add it with --feature or use --all-features") from None
+
+    @property
+    def fired_counts(self) -> np.ndarray:
+        """int64 ``[F]`` tokens where each feature fires (activation > 0)."""
+        return self.hist_counts.sum(axis=1)
+
+    @property
+    def densities(self) -> np.ndarray:
+        """float64 ``[F]`` the fraction of corpus tokens where each feature fires."""
+        return self.fired_counts / max(self.n_tokens, 1)
+
+    def fired(self, feature: int) -> int:
+        return int(self.hist_counts[self.row(feature)].sum())
+
+    def density(self, feature: int) -> float:
+        return self.fired(feature) / self.n_tokens if self.n_tokens else 0.0
+
+    def max_activation(self, feature: int) -> float:
+        """The feature's largest activation on the corpus (0 if it never fires)."""
+        return float(max(self.top_values[self.row(feature), 0], 0.0))
+
+    def examples(self, feature: int) -> list[MinedExample]:
+        """The feature's top windows, highest peak first."""
+        return self._entries(feature, self.top_windows, self.top_values, self.top_positions)
+
+    def _entries(self, feature: int, windows: np.ndarray, values: np.ndarray, positions: np.ndarray) -> list[MinedExample]:
+        """One feature's row of a ``[features, slots]`` table of windows, as examples, up to the first empty slot."""
+        r = self.row(feature)
+        out = []
+        for j in range(windows.shape[1]):
+            window_id = int(windows[r, j])
+            if window_id < 0:
+                break
+            out.append(MinedExample(int(feature), j + 1, float(values[r, j]), int(positions[r, j]),
+                                    self.windows[window_id]))
+        return out
+
+    def windows_fired(self, feature: int) -> int:
+        """In how many windows the feature fires (at one token or more)."""
+        return int(self.window_hist_counts[self.row(feature)].sum())
+
+    def samples(self, feature: int) -> list[MinedExample]:
+        """The windows drawn at random among those where the feature fires, in draw order (``rank``)."""
+        return self._entries(feature, self.sample_windows, self.sample_values, self.sample_positions)
+
+    def window_max_quantile(self, feature: int, q: float) -> float:
+        """The ``q`` quantile of the per-window maxima where the feature fires (0.0 if it never fires).
+
+        Exact (``np.quantile``'s linear rule) when the feature fires in no more windows than the draw
+        holds: every such window is then drawn, with its maximum. Otherwise the histogram of the maxima
+        gives the quantile's bin exactly, and its place inside the bin is read off the drawn windows
+        that fall in that bin (a random sample of them), or, with fewer than two there, spread evenly
+        over the bin on a log scale.
+        """
+        r = self.row(feature)
+        counts = self.window_hist_counts[r]
+        total = int(counts.sum())
+        if total == 0:
+            return 0.0
+        drawn = self.sample_values[r][self.sample_windows[r] >= 0].astype(np.float64)
+        if len(drawn) == total:
+            return float(np.quantile(drawn, q))
+        cumulative = np.cumsum(counts)
+        b = min(int(np.searchsorted(cumulative, q * total, side="left")), len(counts) - 1)
+        below = int(cumulative[b - 1]) if b > 0 else 0
+        share = min(max((q * total - below) / max(int(counts[b]), 1), 0.0), 1.0)
+        lo, hi = float(self.hist_edges[b]), float(self.hist_edges[b + 1])
+        inside = drawn[(drawn >= lo) & (drawn < hi)]
+        if len(inside) >= 2:
+            return float(np.quantile(inside, share))
+        top = self.max_activation(feature)
+        if top < hi:  # the last bin where it fires ends at its maximum (the top bin is open)
+            hi = np.nextafter(top, np.inf)
+        if hi <= lo:
+            return lo
+        value = lo + share * (hi - lo) if lo == 0.0 else float(lo * (hi / lo) ** share)
+        return float(min(value, np.nextafter(hi, -np.inf)))  # inside [lo, hi): the bin's upper edge is not
+
+    def histogram(self, feature: int, per_window: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """The feature's histogram trimmed to its non-empty range, with finite edges.
+
+        Args:
+            per_window: count windows by their peak (``window_hist_counts``) instead of tokens, on the
+                same trimmed bins as the token histogram (a window's peak is one of its tokens, so its
+                bins are among the tokens' non-empty ones).
+
+        Returns:
+            ``(edges [n + 1], counts [n])``: bins from the first to the last non-empty one; an open last
+            bin ``[hist_high, inf)`` is closed at the feature's maximum activation. A feature that
+            never fires gives one empty bin ``[0, hist_low)``.
+        """
+        counts = self.hist_counts[self.row(feature)]
+        shown = self.window_hist_counts[self.row(feature)] if per_window else counts
+        filled = np.flatnonzero(counts)
+        if filled.size == 0:
+            return self.hist_edges[:2].astype(np.float64), np.zeros(1, dtype=np.int64)
+        lo, hi = int(filled[0]), int(filled[-1])
+        edges = self.hist_edges[lo : hi + 2].astype(np.float64)
+        if not np.isfinite(edges[-1]):
+            edges[-1] = np.nextafter(self.max_activation(feature), np.inf)
+        return edges, shown[lo : hi + 1].copy()
+
+    def histogram_with(self, feature: int, others: dict[str, np.ndarray], label: str = "corpus",
+                       ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The corpus histogram beside other activations of the feature (e.g. per prompt group), on the
+        same fixed bins, trimmed together to the non-empty range with finite edges.
+
+        Args:
+            others: per source, the feature's per-token activations (zeros are not counted).
+            label: the corpus's name among the sources.
+
+        Returns:
+            ``(edges [n + 1], {label: counts [n], source: counts [n], ...})``.
+        """
+        full = self.hist_edges.astype(np.float64)
+        counts = {label: self.hist_counts[self.row(feature)]}
+        top = self.max_activation(feature)
+        for source, values in others.items():
+            values = np.asarray(values, dtype=np.float32)
+            values = values[values > 0]
+            inner = self.hist_edges[1:-1]
+            counts[source] = np.bincount(np.searchsorted(inner, values, side="right"), minlength=len(full) - 1)
+            top = max(top, float(values.max()) if values.size else 0.0)
+        filled = np.flatnonzero(sum(counts.values()))
+        if filled.size == 0:
+            return full[:2].copy(), {s: np.zeros(1, dtype=np.int64) for s in counts}
+        lo, hi = int(filled[0]), int(filled[-1])
+        edges = full[lo : hi + 2].copy()
+        if not np.isfinite(edges[-1]):
+            edges[-1] = np.nextafter(top, np.inf)
+        return edges, {s: c[lo : hi + 1].copy() for s, c in counts.items()}
+
+    def summary_table(self, tokenizer: Any = None, context: int = 12) -> tuple[list[str], list[list[Any]]]:
+        """One row per mined feature (header, rows), e.g. for a CSV: counts, density, maximum, top peak.
+
+        Args:
+            tokenizer: with one, each row also gets its top example's peak token and the text around it
+                (``context`` tokens before the peak, the peak in ``[[ ]]``, 3 tokens after).
+        """
+        header = ["feature", "fired_tokens", "tokens", "density", "windows_fired", "windows", "max_activation",
+                  "examples", "top_doc", "top_line", "top_doc_token"]
+        if tokenizer is not None:
+            header += ["top_token", "top_context"]
+        fired, windows_fired, rows = self.fired_counts, self.window_hist_counts.sum(axis=1), []
+        for i, f in enumerate(self.features):
+            top = int(self.top_windows[i, 0])
+            window = self.windows.get(top)
+            at = int(self.top_positions[i, 0])
+            row = [
+                int(f), int(fired[i]), self.n_tokens, float(fired[i] / max(self.n_tokens, 1)),
+                int(windows_fired[i]), self.n_windows, float(max(self.top_values[i, 0], 0.0)),
+                int((self.top_windows[i] >= 0).sum()),
+                window.doc if window else "", (window.line or "") if window else "",
+                window.start + at if window else "",
+            ]
+            if tokenizer is not None:
+                if window is None:
+                    row += ["", ""]
+                else:
+                    ids = window.tokens.tolist()
+                    before = tokenizer.decode(ids[max(0, at - context) : at])
+                    peak = tokenizer.decode(ids[at : at + 1])
+                    row += [peak, f"{before}[[{peak}]]{tokenizer.decode(ids[at + 1 : at + 4])}"]
+            rows.append(row)
+        return header, rows
+
+
+# --- the pass -------------------------------------------------------------------------------------------
+
+
+def merge_topk(
+    values: torch.Tensor, windows: torch.Tensor, positions: torch.Tensor,
+    new_values: torch.Tensor, new_windows: torch.Tensor, new_positions: torch.Tensor, k: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ``k`` best of a running top-k and new candidates, per row, in one sort.
+
+    Order: value descending, then window id ascending (deterministic ties, whatever the batching).
+    Candidates whose value is not > 0 never enter (their window must be -1 or their value -inf/0).
+
+    Args:
+        values, windows, positions: ``[F, k]`` the running top-k (float32, int64, int64).
+        new_values, new_windows, new_positions: ``[F, m]`` the candidates.
+
+    Returns:
+        The new ``[F, k]`` values, windows and positions; empty slots are ``(-inf, -1, 0)``.
+    """
+    v, w, p = _merge([values, windows, positions], [new_values, new_windows, new_positions], k)
+    return v, w, p
+
+
+def _merge(current: Sequence[torch.Tensor], new: Sequence[torch.Tensor], k: int) -> list[torch.Tensor]:
+    """:func:`merge_topk` for ``[values, windows, *payloads]``: the payloads follow their entries."""
+    cat = [torch.cat([a, b], dim=1) for a, b in zip(current, new)]
+    empty = ~(cat[0] > 0)
+    cat = [cat[0].masked_fill(empty, -math.inf), cat[1].masked_fill(empty, -1)] + [c.masked_fill(empty, 0) for c in cat[2:]]
+    # Lexicographic (value desc, window asc): sort by window, then a stable sort by value keeps that
+    # order among equal values.
+    by_window = torch.argsort(cat[1], dim=1, stable=True)
+    by_value = torch.argsort(cat[0].gather(1, by_window), dim=1, descending=True, stable=True)[:, :k]
+    order = by_window.gather(1, by_value)
+    return [c.gather(1, order) for c in cat]
+
+
+def window_priority(window_ids: np.ndarray | Sequence[int]) -> np.ndarray:
+    """Each window's place in the random draw: a pseudo-random float32 in (0, 1], from its id alone.
+
+    SplitMix64's mixing function of the window id, top 24 bits (exact in float32). The draw keeps, per
+    feature, the windows of highest priority among those where it fires: a uniform random sample that
+    is the same whatever the batch size, the other features or an interruption, and that a brute-force
+    reference can reproduce.
+
+    Returns:
+        float32 ``[n]``.
+    """
+    z = np.asarray(window_ids, dtype=np.uint64).reshape(-1) + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    return ((z >> np.uint64(40)).astype(np.float32) + np.float32(1.0)) / np.float32(2**24)
+
+
+class _State:
+    """The running statistics of a pass (on the compute device) and its place in the corpus."""
+
+    # The tensors saved in a checkpoint, besides the kept windows.
+    ARRAYS = ("values", "windows", "positions", "hist", "window_hist", "sample_keys", "sample_windows",
+              "sample_positions", "sample_values")
+
+    def __init__(self, n_features: int, k: int, n_bins: int, n_samples: int, device: str):
+        self.values = torch.full((n_features, k), -math.inf, dtype=torch.float32, device=device)
+        self.windows = torch.full((n_features, k), -1, dtype=torch.long, device=device)
+        self.positions = torch.zeros((n_features, k), dtype=torch.long, device=device)
+        self.hist = torch.zeros((n_features, n_bins), dtype=torch.long, device=device)
+        self.window_hist = torch.zeros((n_features, n_bins), dtype=torch.long, device=device)
+        # The random draw: the highest priorities (window_priority) among the windows where it fires.
+        self.sample_keys = torch.full((n_features, n_samples), -math.inf, dtype=torch.float32, device=device)
+        self.sample_windows = torch.full((n_features, n_samples), -1, dtype=torch.long, device=device)
+        self.sample_positions = torch.zeros((n_features, n_samples), dtype=torch.long, device=device)
+        self.sample_values = torch.zeros((n_features, n_samples), dtype=torch.float32, device=device)
+        self.pool: dict[int, MinedWindow] = {}
+        self.n_tokens = 0  # counted positions (the density's denominator)
+        self.n_read = 0  # corpus tokens consumed (what max_tokens limits)
+        self.n_windows = 0
+        self.n_documents = 0
+        self.bytes_read = 0
+        self.batches = 0  # since this run started (for pruning the pool now and then)
+        self.position = CorpusPosition()
+        self.complete = False
+
+    def meta(self) -> dict[str, Any]:
+        return {"n_tokens": self.n_tokens, "n_read": self.n_read, "n_windows": self.n_windows,
+                "n_documents": self.n_documents, "bytes_read": self.bytes_read,
+                "position": self.position.to_dict(), "complete": self.complete}
+
+    def prune_pool(self) -> None:
+        """Keep exactly the windows some top-k or sample entry points to."""
+        if self.pool:
+            kept = set(torch.unique(self.windows).tolist()) | set(torch.unique(self.sample_windows).tolist())
+            self.pool = {i: w for i, w in self.pool.items() if i in kept}
+
+
+@torch.inference_mode()
+def _batch_activations(
+    loaded: Loaded, windows: Sequence[MinedWindow], n_bos: int, bos_id: int | None, cols: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Feature activations ``[B, T, F]`` of a batch of windows as float32 (zero wherever not counted),
+    and ``valid [B, T]``: True at the windows' text tokens, False at BOS, padding and any BOS-token
+    position."""
+    lengths = [n_bos + len(w.tokens) for w in windows]
+    longest = max(lengths)
+    tokens = torch.zeros((len(windows), longest), dtype=torch.long)
+    valid = torch.zeros((len(windows), longest), dtype=torch.bool)
+    for r, w in enumerate(windows):
+        if n_bos:
+            tokens[r, 0] = bos_id
+        tokens[r, n_bos : lengths[r]] = torch.from_numpy(w.tokens.astype(np.int64))
+        valid[r, n_bos : lengths[r]] = True
+    if bos_id is not None:
+        valid &= tokens != bos_id
+    acts = sae_encode(loaded.sae.sae, hook_activations(loaded, tokens.to(loaded.device)))
+    if cols is not None:
+        acts = acts.index_select(2, cols)
+    # Every statistic is taken in float32: with a bfloat16 model or SAE, top-k values, histogram bins
+    # and counts are then those of the activations as computed, not of a second rounding.
+    if acts.dtype != torch.float32:
+        acts = acts.float()
+    # Zero what is not counted. Whole slices where possible: a masked_fill over [B, T, F] costs as much
+    # as the statistics themselves at 24,576 features.
+    acts[:, :n_bos] = 0.0
+    for r, n in enumerate(lengths):
+        if n < longest:
+            acts[r, n:] = 0.0
+    stray = ~valid
+    stray[:, :n_bos] = False
+    for r, n in enumerate(lengths):
+        stray[r, n:] = False
+    if bool(stray.any()):  # a BOS token inside the text (only with a tokenizer that ignores split_special_tokens)
+        acts[stray.to(acts.device)] = 0.0
+    return acts, valid.to(acts.device)
+
+
+@dataclass
+class _BatchUpdate:
+    """One batch's contribution, computed in full before any of it touches the running state."""
+
+    hist_index: torch.Tensor  # int64 [M] flat (feature * bins + bin) of every activation > 0
+    window_hist_index: torch.Tensor  # int64 [W] flat (feature * bins + bin) of every window peak > 0
+    top_rows: torch.Tensor  # int64 [R] the rows whose top-k changes
+    top: list[torch.Tensor]  # their merged values, windows, positions, [R, k] each
+    sample_rows: torch.Tensor  # int64 [R'] the rows whose draw changes
+    samples: list[torch.Tensor]  # their merged keys, windows, positions, values, [R', samples] each
+    n_tokens: int
+    entered: list[MinedWindow]  # the batch's windows that entered some top-k or draw
+
+
+@torch.inference_mode()
+def _batch_update(state: _State, acts: torch.Tensor, valid: torch.Tensor, windows: Sequence[MinedWindow],
+                  n_bos: int, inner_edges: torch.Tensor, k: int) -> _BatchUpdate:
+    """What one batch's activations ``[B, T, F]`` add to the histograms, the top-k and the draw.
+
+    The dense tensor is read once, to list the activations > 0 (~60 per token of 24,576 features);
+    everything else works on that list: the histogram bins, each window's peak per feature, and the
+    peak's first position. Windows arrive in corpus order, so a batch's windows come after every
+    window already in the top-k and enter a feature's top-k only above its current k-th value (ties go
+    to the earlier window); only the features where some window enters are merged. The random draw
+    works the same way, with each window's fixed priority in place of its peak.
+    """
+    n_windows, length, n_features = acts.shape
+    n_bins = state.hist.shape[1]
+    flat_acts = acts.reshape(-1)
+    flat = torch.nonzero(flat_acts).squeeze(1)  # row-major: (window, position, feature)
+    vals = flat_acts[flat]
+    if not bool((vals > 0).all()):  # an SAE with negative outputs: only > 0 counts as firing
+        keep = vals > 0
+        flat, vals = flat[keep], vals[keep]
+    feature = flat % n_features
+    window_pos = flat // n_features
+    window, pos = window_pos // length, window_pos % length
+    del flat, window_pos
+    hist_index = feature * n_bins + torch.bucketize(vals, inner_edges, right=True)
+
+    cell = feature * n_windows + window  # into [F, B]
+    peak = torch.zeros(n_features * n_windows, dtype=vals.dtype, device=vals.device)
+    peak = peak.scatter_reduce_(0, cell, vals, reduce="amax").view(n_features, n_windows)
+    fires = peak > 0
+    fired_cells = fires.view(-1).nonzero().squeeze(1)  # flat (feature * B + window) where it fires
+    window_hist_index = (fired_cells // n_windows) * n_bins + torch.bucketize(
+        peak.view(-1)[fired_cells], inner_edges, right=True)
+    enter = fires & (peak > state.values[:, -1:])  # the k-th value is -inf until k are found
+    ids = torch.tensor([w.window_id for w in windows], dtype=torch.long, device=acts.device)
+    n_samples = state.sample_keys.shape[1]
+    if n_samples:
+        priority = torch.from_numpy(window_priority(ids.cpu().numpy())).to(acts.device)  # [B]
+        drawn = fires & (priority > state.sample_keys[:, -1:])
+    else:
+        priority, drawn = None, torch.zeros_like(fires)
+    no_rows = torch.zeros(0, dtype=torch.long, device=acts.device)
+    top_rows, top, sample_rows, samples = no_rows, [], no_rows, []
+    entering = enter | drawn
+    if bool(entering.any()):
+        # The first position where an entering window reaches its peak.
+        at_peak = entering.view(-1)[cell] & (vals == peak.view(-1)[cell])
+        first = torch.full((n_features * n_windows,), length, dtype=torch.long, device=vals.device)
+        first = first.scatter_reduce_(0, cell[at_peak], pos[at_peak], reduce="amin").view(n_features, n_windows)
+        first = first - n_bos
+        top_rows = enter.any(dim=1).nonzero().squeeze(1)
+        if top_rows.numel():
+            sub = enter[top_rows]  # [R, B]
+            top = list(merge_topk(
+                state.values[top_rows], state.windows[top_rows], state.positions[top_rows],
+                peak[top_rows].masked_fill(~sub, -math.inf), ids.expand(len(top_rows), -1).masked_fill(~sub, -1),
+                first[top_rows], k,
+            ))
+        sample_rows = drawn.any(dim=1).nonzero().squeeze(1)
+        if sample_rows.numel():
+            sub = drawn[sample_rows]
+            samples = _merge(
+                [t[sample_rows] for t in _sample_tensors(state)],
+                [priority.expand(len(sample_rows), -1).masked_fill(~sub, -math.inf),
+                 ids.expand(len(sample_rows), -1).masked_fill(~sub, -1), first[sample_rows], peak[sample_rows]],
+                n_samples,
+            )
+    entered = entering.any(dim=0).nonzero().squeeze(1).tolist()
+    return _BatchUpdate(hist_index, window_hist_index, top_rows, top, sample_rows, samples,
+                        int(valid.sum()), [windows[i] for i in entered])
+
+
+def _sample_tensors(state: _State) -> list[torch.Tensor]:
+    return [state.sample_keys, state.sample_windows, state.sample_positions, state.sample_values]
+
+
+def _commit(state: _State, update: _BatchUpdate, batch: Sequence[tuple[MinedWindow, CorpusPosition, int]]) -> None:
+    """Fold a computed batch into the state: the only place the running statistics change."""
+    windows = [w for w, _, _ in batch]
+    state.hist.view(-1).index_add_(0, update.hist_index, torch.ones_like(update.hist_index))
+    state.window_hist.view(-1).index_add_(0, update.window_hist_index, torch.ones_like(update.window_hist_index))
+    for tensor, rows in zip((state.values, state.windows, state.positions), update.top):
+        tensor[update.top_rows] = rows
+    for tensor, rows in zip(_sample_tensors(state), update.samples):
+        tensor[update.sample_rows] = rows
+    state.pool.update((w.window_id, w) for w in update.entered)
+    state.batches += 1
+    if state.batches % PRUNE_EVERY == 0:
+        state.prune_pool()
+    state.n_tokens += update.n_tokens
+    state.n_windows += len(windows)
+    state.n_read += sum(len(w.tokens) for w in windows)
+    state.n_documents = windows[-1].doc + 1
+    state.bytes_read = max(state.bytes_read, batch[-1][2])
+    state.position = batch[-1][1]
+
+
+class _Batcher:
+    """Groups windows into batches of at most ``budget`` padded positions (at least one window each).
+
+    The budget can be lowered between batches (after running out of memory); the window that did not
+    fit the previous batch is held, never lost.
+    """
+
+    def __init__(self, items: Iterator[tuple[MinedWindow, CorpusPosition, int]], budget: int, n_bos: int):
+        self.items, self.budget, self.n_bos = items, budget, n_bos
+        self.held: tuple[MinedWindow, CorpusPosition, int] | None = None
+
+    def __iter__(self) -> _Batcher:
+        return self
+
+    def __next__(self) -> list[tuple[MinedWindow, CorpusPosition, int]]:
+        batch: list[tuple[MinedWindow, CorpusPosition, int]] = []
+        longest = 0
+        while True:
+            item, self.held = (self.held, None) if self.held is not None else (next(self.items, None), None)
+            if item is None:
+                break
+            size = self.n_bos + len(item[0].tokens)
+            if batch and (len(batch) + 1) * max(longest, size) > self.budget:
+                self.held = item
+                break
+            batch.append(item)
+            longest = max(longest, size)
+        if not batch:
+            raise StopIteration
+        return batch
+
+
+def checkpoint_key(loaded: Loaded, corpus: Corpus, options: MiningOptions, window: int,
+                   identity: dict[str, str] | None = None) -> dict[str, Any]:
+    """Everything that determines a pass's numbers; a checkpoint is used only when all of it matches."""
+    return {
+        "version": MINING_VERSION,
+        "identity": identity or {},
+        "weights": _weights_fingerprint(loaded),
+        # The compute dtypes: a bfloat16 run gives other (rounded) activations than a float32 one.
+        "dtype": [str(getattr(loaded.model.cfg, "dtype", "")), str(loaded.sae.sae.W_enc.dtype)],
+        "hook": loaded.sae.hook_name,
+        "corpus": corpus.identity(),
+        "features": "all" if options.all_features else list(options.features),
+        "d_sae": loaded.sae.d_sae,
+        "k": options.k,
+        "samples": options.samples,
+        "window": window,
+        "prepend_bos": bool(loaded.sae.prepend_bos),
+        "max_tokens": options.max_tokens,
+        "hist": [options.hist_low, options.hist_high, options.hist_bins],
+    }
+
+
+@torch.inference_mode()
+def _weights_fingerprint(loaded: Loaded) -> str:
+    """A hash of a slice of the SAE's and model's weights: a changed SAE at the same path is noticed."""
+    sae, model = loaded.sae.sae, loaded.model
+    digest = hashlib.sha256()
+    for tensor in (sae.W_enc[:, :16], sae.b_enc, model.W_E[:16]):
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _canonical(key: dict[str, Any]) -> dict[str, Any]:
+    """The key as JSON reads it back (tuples become lists), for comparisons with a saved key."""
+    return json.loads(json.dumps(key, sort_keys=True))
+
+
+def checkpoint_path(folder: Path, key: dict[str, Any]) -> Path:
+    return Path(folder) / f"mining-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]}.npz"
+
+
+def finished_checkpoint_covering(folder: Path, key: dict[str, Any]) -> tuple[Path, dict[str, Any]] | None:
+    """A finished pass in ``folder`` that is the same pass as ``key`` except that it mined more features
+    (every feature, or a superset of ``key``'s), so its results answer ``key`` without encoding anything.
+
+    Returns:
+        ``(path, its key)``, or None.
+    """
+    wanted = _canonical(key)
+    same = {name: value for name, value in wanted.items() if name != "features"}
+    for path in sorted(Path(folder).glob("mining-*.npz")):
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                theirs = json.loads(str(data["key"]))
+                complete = json.loads(str(data["meta"]))["complete"]
+        except (OSError, ValueError, KeyError, json.JSONDecodeError):
+            continue
+        if not complete or {name: value for name, value in theirs.items() if name != "features"} != same:
+            continue
+        if theirs["features"] == "all" or (
+            wanted["features"] != "all" and set(wanted["features"]) <= set(theirs["features"])
+        ):
+            return path, theirs
+    return None
+
+
+def finished_pass_exists(folder: Path, corpus: Corpus) -> bool:
+    """Whether ``folder`` holds a finished pass over ``corpus`` (any model or options): cheap, read before
+    loading the model, e.g. to let an offline run reuse a streamed dataset's pass instead of failing."""
+    wanted = _canonical({"corpus": corpus.identity()})["corpus"]
+    for path in Path(folder).glob("mining-*.npz"):
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                if json.loads(str(data["key"]))["corpus"] == wanted and json.loads(str(data["meta"]))["complete"]:
+                    return True
+        except (OSError, ValueError, KeyError, json.JSONDecodeError):
+            continue
+    return False
+
+
+def _save(path: Path, state: _State, key: dict[str, Any]) -> None:
+    state.prune_pool()
+    pool = sorted(state.pool.values(), key=lambda w: w.window_id)
+    tokens = [w.tokens for w in pool]
+    arrays = {
+        "key": np.array(json.dumps(key, sort_keys=True)),
+        "meta": np.array(json.dumps(state.meta())),
+        **{name: getattr(state, name).cpu().numpy() for name in _State.ARRAYS},
+        "pool": np.array([[w.window_id, w.doc, w.line, w.start, len(w.tokens)] for w in pool],
+                         dtype=np.int64).reshape(-1, 5),
+        "pool_tokens": np.concatenate(tokens).astype(np.int32) if tokens else np.zeros(0, dtype=np.int32),
+    }
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def _load(path: Path, key: dict[str, Any], state: _State, log: Log) -> bool:
+    """Fill ``state`` from a checkpoint made with the same ``key``; False (with a note) if unusable."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if json.loads(str(data["key"])) != _canonical(key):
+                return False
+            meta = json.loads(str(data["meta"]))
+            arrays = {}
+            for name in _State.ARRAYS:
+                saved = torch.from_numpy(data[name])
+                if tuple(saved.shape) != tuple(getattr(state, name).shape):
+                    raise ValueError(f"{name} has shape {tuple(saved.shape)}")
+                arrays[name] = saved
+            pool, flat = data["pool"], data["pool_tokens"]
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as err:
+        log(f"warning: ignoring the unreadable mining checkpoint {path} ({err}); starting over")
+        return False
+    for name, saved in arrays.items():  # only once all of it was read: a failed read leaves the state as it was
+        setattr(state, name, saved.to(getattr(state, name).device))
+    ends = np.cumsum(pool[:, 4]) if len(pool) else np.zeros(0, dtype=np.int64)
+    state.pool = {
+        int(i): MinedWindow(int(i), int(doc), int(line), int(start), flat[end - n : end].copy())
+        for (i, doc, line, start, n), end in zip(pool.tolist(), ends.tolist())
+    }
+    state.n_tokens, state.n_read, state.n_windows = meta["n_tokens"], meta["n_read"], meta["n_windows"]
+    state.n_documents, state.bytes_read, state.complete = meta["n_documents"], meta["bytes_read"], meta["complete"]
+    state.position = CorpusPosition(**meta["position"])
+    return True
+
+
+def mine(
+    loaded: Loaded,
+    corpus: Corpus,
+    options: MiningOptions,
+    identity: dict[str, str] | None = None,
+    progress: Progress | None = None,
+    log: Log | None = None,
+) -> MiningResult:
+    """One streaming pass over ``corpus``: top-k windows, firing counts, histograms and a random draw of
+    windows per feature.
+
+    With ``options.checkpoint_dir`` and ``options.resume``, a finished pass with the same key is read
+    back at once ("already mined"), and so is a finished pass that differs only in mining more
+    features (e.g. every feature: the result then holds all of them); an interrupted one is continued.
+
+    Args:
+        loaded: the model and SAE.
+        corpus: e.g. :class:`TextFileCorpus` or :class:`HFDatasetCorpus`.
+        options: what to mine (see :class:`MiningOptions`).
+        identity: names the model and SAE for the checkpoint key (e.g. ``Source.cache_identity()``);
+            a hash of their weights is part of the key in any case.
+        progress: called after every batch with ``(corpus tokens read, estimated total or None)``.
+        log: one-line messages for a person (resuming, checkpoints, out-of-memory retries).
+
+    Returns:
+        The :class:`MiningResult`. Memory stays bounded: the state is ``F x (2k + 2 bins + 2 samples)``
+        numbers plus at most ``F x (k + samples)`` windows of tokens, whatever the corpus size.
+    """
+    log = log or silent
+    window, _why = resolve_window(loaded, options.window)
+    n_bos = 1 if loaded.sae.prepend_bos else 0
+    if window <= n_bos:
+        raise UserError(f"a window of {window} tokens leaves no room for text after BOS")
+    tokenizer = loaded.model.tokenizer
+    bos_id = getattr(tokenizer, "bos_token_id", None)
+    if n_bos and bos_id is None:
+        raise UserError("the SAE was trained with a BOS token, but the model's tokenizer has none")
+    d_sae = loaded.sae.d_sae
+    if options.all_features:
+        features = np.arange(d_sae, dtype=np.int64)
+        cols = None
+    else:
+        bad = [f for f in options.features if not 0 <= f < d_sae]
+        if bad:
+            raise UserError(
+                f"feature {bad[0]} does not exist: this SAE has {d_sae} features, so ids run from 0 to {d_sae - 1}"
+            )
+        features = np.array(options.features, dtype=np.int64)
+        cols = torch.tensor(features, dtype=torch.long, device=loaded.device)
+    edges = options.hist_edges()
+    inner_edges = torch.from_numpy(edges[1:-1].copy()).to(loaded.device)
+
+    def new_state(n_features: int) -> _State:
+        return _State(n_features, options.k, len(edges) - 1, options.samples, loaded.device)
+
+    state = new_state(len(features))
+    key = checkpoint_key(loaded, corpus, options, window, identity)
+    path = checkpoint_path(options.checkpoint_dir, key) if options.checkpoint_dir is not None else None
+    resumed_at, reused = 0, False
+    if path is not None and options.resume:
+        found = path.is_file() and _load(path, key, state, log)
+        if not (found and state.complete):
+            covering = finished_checkpoint_covering(options.checkpoint_dir, key)
+            if covering is not None:
+                other_path, other_key = covering
+                every = other_key["features"] == "all"
+                other = new_state(d_sae if every else len(other_key["features"]))
+                if _load(other_path, other_key, other, log):
+                    state, path, found = other, other_path, True
+                    features = np.arange(d_sae, dtype=np.int64) if every else np.array(other_key["features"], np.int64)
+                    log(f"already mined (in a pass over {'every feature' if every else 'more features'}): "
+                        f"read {state.n_tokens:,} tokens' results from {path}")
+        else:
+            log(f"already mined: read {state.n_tokens:,} tokens' results from {path}")
+        if found and not state.complete:
+            resumed_at = state.n_read
+            log(f"resuming from {path}: {state.n_read:,} tokens ({state.n_windows:,} windows) already mined")
+        reused = found and state.complete
+
+    if not state.complete:
+        _run(loaded, corpus, options, state, window - n_bos, n_bos, bos_id, cols, inner_edges, path, key, progress, log)
+
+    state.prune_pool()
+    return MiningResult(
+        features=features,
+        top_values=np.maximum(state.values.cpu().numpy(), 0.0),
+        top_windows=state.windows.cpu().numpy(),
+        top_positions=state.positions.cpu().numpy(),
+        windows=dict(sorted(state.pool.items())),
+        hist_edges=edges,
+        hist_counts=state.hist.cpu().numpy(),
+        window_hist_counts=state.window_hist.cpu().numpy(),
+        sample_windows=state.sample_windows.cpu().numpy(),
+        sample_positions=state.sample_positions.cpu().numpy(),
+        sample_values=state.sample_values.cpu().numpy(),
+        n_tokens=state.n_tokens,
+        n_windows=state.n_windows,
+        n_documents=state.n_documents,
+        window=window,
+        n_bos=n_bos,
+        corpus=corpus.describe(),
+        complete=state.complete,
+        checkpoint=path,
+        resumed_at=resumed_at,
+        reused=reused,
+    )
+
+
+def _run(loaded: Loaded, corpus: Corpus, options: MiningOptions, state: _State, text_len: int, n_bos: int,
+         bos_id: int | None, cols: torch.Tensor | None, inner_edges: torch.Tensor, path: Path | None,
+         key: dict[str, Any], progress: Progress | None, log: Log) -> None:
+    """The streaming loop: encode batches of windows, fold them into ``state``, checkpoint now and then.
+
+    When a batch does not fit in memory, the batch size is halved once and the run continues with the
+    batch that failed (nothing is counted twice: a batch changes the state only once it is complete);
+    a second failure is reported with advice.
+    """
+    left = None if options.max_tokens is None else options.max_tokens - state.n_read
+    stream = iter_windows(corpus, loaded.model.tokenizer, text_len, state.position, left, state.n_windows)
+    full = text_len + n_bos
+    batches = _Batcher(stream, options.batch_size * full, n_bos)
+    size = corpus.size_bytes()
+    queue: list[list[tuple[MinedWindow, CorpusPosition, int]]] = []
+    since_save = 0
+    retried = False
+    committing = False
+
+    def estimate() -> int | None:
+        if options.max_tokens is not None:
+            return options.max_tokens
+        if size is None:
+            return None
+        if state.bytes_read and state.n_read:  # this corpus's own tokens per byte so far
+            return max(state.n_read, round(size * state.n_read / state.bytes_read))
+        return round(size / BYTES_PER_TOKEN)
+
+    if progress is not None:
+        progress(state.n_read, estimate())
+    try:
+        while True:
+            batch = queue.pop(0) if queue else next(batches, None)
+            if batch is None:
+                break
+            windows = [w for w, _, _ in batch]
+            try:
+                acts, valid = _batch_activations(loaded, windows, n_bos, bos_id, cols)
+                update = _batch_update(state, acts, valid, windows, n_bos, inner_edges, options.k)
+                del acts
+            except Exception as err:
+                if not is_out_of_memory(err):
+                    raise
+                if retried or batches.budget <= full:
+                    raise EnvironmentProblem(
+                        f"out of memory even at --batch-size {max(1, batches.budget // full)}; lower "
+                        "--batch-size further or use a machine with more memory"
+                    ) from err
+                retried = True
+                batches.budget //= 2
+                log(f"warning: out of memory; continuing with --batch-size {max(1, batches.budget // full)}")
+                queue = list(_Batcher(iter(batch), batches.budget, n_bos)) + queue
+                continue
+            committing = True  # an interrupt now would leave a half-updated state: it must not be saved
+            _commit(state, update, batch)
+            committing = False
+            since_save += len(batch)
+            if path is not None and since_save >= options.checkpoint_every:
+                _save(path, state, key)
+                since_save = 0
+            if progress is not None:
+                progress(state.n_read, estimate())
+    except KeyboardInterrupt:
+        if path is not None and not committing:
+            _save(path, state, key)
+            log(f"saved the progress so far ({state.n_read:,} tokens) to {path}; the same command continues from it")
+        raise
+    state.complete = True
+    if path is not None:
+        _save(path, state, key)
+
+
+# --- what the card needs ------------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def window_activations(
+    loaded: Loaded, windows: Sequence[MinedWindow], features: Sequence[int], batch_size: int = DEFAULT_BATCH_SIZE,
+) -> list[np.ndarray]:
+    """Per-token activations of ``features`` on each window, encoded again as in the pass.
+
+    The pass keeps only each window's peak; a card that highlights every token needs the rest, for a
+    handful of windows. BOS is put in front again when the SAE uses it and is not part of the output.
+
+    Returns:
+        Per window, float32 ``[len(window.tokens), len(features)]``.
+    """
+    n_bos = 1 if loaded.sae.prepend_bos else 0
+    bos_id = getattr(loaded.model.tokenizer, "bos_token_id", None)
+    cols = torch.tensor(list(features), dtype=torch.long, device=loaded.device)
+    out: list[np.ndarray] = []
+    for start in range(0, len(windows), batch_size):
+        batch = list(windows[start : start + batch_size])
+        acts, _ = _batch_activations(loaded, batch, n_bos, bos_id, cols)
+        acts = acts.cpu().numpy()
+        out += [acts[r, n_bos : n_bos + len(w.tokens)].copy() for r, w in enumerate(batch)]
+    return out
+
+
+def example_activations(loaded: Loaded, result: MiningResult, feature: int,
+                        batch_size: int = DEFAULT_BATCH_SIZE) -> list[np.ndarray]:
+    """Per-token activations of ``feature`` over each of its top windows: float32 ``[n_tokens]`` each."""
+    windows = [ex.window for ex in result.examples(feature)]
+    return [a[:, 0] for a in window_activations(loaded, windows, [feature], batch_size)]
+
+
+def progress_updater(bar: Any) -> Progress:
+    """A ``progress`` callback that drives a tqdm bar counted in tokens (its total follows the estimate).
+
+    The first call puts the bar where the pass starts: tokens mined before a resume are shown as done
+    but are not part of the speed and the time left.
+    """
+    started = False
+
+    def update(done: int, total: int | None) -> None:
+        nonlocal started
+        if total is not None and total != bar.total:
+            bar.total = total
+        if not started:
+            started = True
+            bar.initial = bar.n = bar.last_print_n = done
+            bar.refresh()
+            return
+        bar.update(done - bar.n)
+
+    return update

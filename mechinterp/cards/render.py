@@ -1,0 +1,463 @@
+"""Rendering a feature card: coloured terminal text, a self-contained HTML page, and the figure of a
+feature's activations over a mined corpus.
+
+Everything that renders a card escapes the tokens: prompt text, corpus text and model vocabulary are
+untrusted input.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import itertools
+import textwrap
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
+
+from mechinterp.cards.card import CorpusEvidence, Example, FeatureCard
+from mechinterp.core.features import EXAMPLE_WINDOW
+from mechinterp.core.figures import NotebookFigure
+from mechinterp.core.logits import LogitEffect
+from mechinterp.core.tables import safe_text
+
+# --- rendering: terminal -----------------------------------------------------------------------------
+# Background colours (ANSI 256-colour palette) from faint to strong, for activation / max activation.
+ANSI_LEVELS = (230, 223, 216, 209, 202)
+ANSI_RESET = "\x1b[0m"
+
+
+def _window(ex: Example, window: int) -> tuple[int, int]:
+    start = max(0, ex.peak - window)
+    return start, min(len(ex.tokens), ex.peak + window + 1)
+
+
+def format_corpus_text(c: CorpusEvidence, color: bool) -> list[str]:
+    """The corpus part of a card, as terminal lines."""
+    scope = f", {c.scope}" if c.scope else ""
+    lines = [textwrap.fill(
+        f"In the corpus ({c.corpus}{scope}; windows of {c.window} tokens): fires on {_corpus_density(c)}; "
+        f"max {c.max_activation:.3f}, typical max ~{c.typical_max:.3g} (median of the per-window maxima where it "
+        "fires)", 100, subsequent_indent="    ", break_on_hyphens=False)]
+    if not c.examples:
+        lines.append("It never fires in the corpus (BOS excluded): no corpus examples.")
+        return lines
+    key = "colour = activation, bold underlined = peak" if color else "[token:activation], [[peak]]"
+    lines.append(f"Top {len(c.examples)} corpus windows ({key}):")
+    scale = c.examples[0].max_act
+    lines += _example_lines(c.examples, scale, color, lambda ex: f"{_rank(ex)} [{ex.where}]")
+    if c.level_examples:
+        lines.append("Lower activation levels (windows drawn at random where it fires, nearest to each level):")
+        lines += _example_lines(c.level_examples, scale, color, lambda ex: f"{_rank(ex)} [{ex.where}] {ex.label}:")
+    return lines
+
+
+def _example_lines(examples: Sequence[Example], scale: float, color: bool, head: Callable[[Example], str]) -> list[str]:
+    """Two terminal lines per example: ``head``, its peak, then its highlighted tokens."""
+    lines = []
+    for ex in examples:
+        lines.append(f"  {head(ex)} max {ex.max_act:.3f} at {safe_text(repr(ex.tokens[ex.peak]))}")
+        lines.append(f"      {highlight_terminal(ex, scale, color)}")
+    return lines
+
+
+def highlight_terminal(ex: Example, scale: float, color: bool, window: int = EXAMPLE_WINDOW) -> str:
+    """One example's tokens with their activations made visible.
+
+    With ``color``, firing tokens get a background from faint to strong and the peak is bold and
+    underlined; without, firing tokens are written ``[token:act]`` and the peak ``[[token:act]]``.
+    """
+    start, stop = _window(ex, window)
+    parts = ["…" if start > 0 else ""]
+    for i in range(start, stop):
+        token, act = safe_text(ex.tokens[i]), float(ex.acts[i])
+        if act <= 0:
+            parts.append(token)
+            continue
+        # Keep a token's leading space outside the mark, so words stay readable.
+        lead = token[: len(token) - len(token.lstrip(" "))]
+        body = token[len(lead) :] or token
+        if color:
+            level = ANSI_LEVELS[min(len(ANSI_LEVELS) - 1, int(len(ANSI_LEVELS) * act / (scale or 1.0)))]
+            style = f"\x1b[30;48;5;{level}" + (";1;4m" if i == ex.peak else "m")
+            parts.append(f"{lead}{style}{body}{ANSI_RESET}")
+        else:
+            mark = f"{body}:{act:.2f}"
+            parts.append(f"{lead}[[{mark}]]" if i == ex.peak else f"{lead}[{mark}]")
+    parts.append("…" if stop < len(ex.tokens) else "")
+    return "".join(parts)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.3g}%"
+
+
+def _rank(ex: Example) -> str:
+    """``" 3."`` for a ranked example; a dot for one drawn at random (its rank is not known)."""
+    return f"{ex.rank:>2}." if ex.rank > 0 else " ·"
+
+
+def _corpus_density(c: CorpusEvidence) -> str:
+    return (f"{_pct(c.density)} of {c.n_tokens:,} corpus tokens ({c.fired:,} tokens; in {c.windows_fired:,} of "
+            f"{c.n_windows:,} windows)")
+
+
+def format_card_text(card: FeatureCard, title: str, color: bool) -> str:
+    """The card as terminal text (ANSI colour only when ``color``)."""
+    lines = [f"=== Feature #{card.feature} · {title}"]
+    if card.origin:
+        lines.append(f"From: {card.origin}")
+    lines.append(f"Neuronpedia: {card.url or '(this SAE is not on Neuronpedia)'}")
+    density = (
+        f"{_pct(card.density)} of training tokens (SAE sparsity file)" if card.density is not None
+        else "no sparsity file shipped with this SAE"
+    )
+    fired, total = card.fired_total
+    lines.append(f"Density: {density}")
+    if card.corpus is not None:
+        lines.append(f"Density in the corpus: {_corpus_density(card.corpus)}")
+    lines.append(f"Firing rate on your texts: {_pct(card.firing_rate)} ({fired} of {total} tokens)")
+    per_source = ", ".join(f"{s} {_pct(a / b if b else 0)}" for s, (a, b) in card.fired_by_source.items())
+    lines.append(f"  by source: {per_source}")
+    lines.append(
+        f"Typical max activation: {card.typical_max:.3f} (median of each text's max over the "
+        f"{card.n_texts_fired} of {card.n_texts} texts where it fires)"
+    )
+    lines.append(f"Filtered: {card.filtered}")
+    # Prose lines fit 100 columns (continuations indented); the highlighted examples are left whole.
+    lines = [textwrap.fill(line, 100, subsequent_indent="    ", break_on_hyphens=False) for line in lines]
+    lines.append("")
+    if card.examples:
+        key = "colour = activation, bold underlined = peak" if color else "[token:activation], [[peak]]"
+        lines.append(f"Top {len(card.examples)} activating texts ({key}):")
+        scale = card.examples[0].max_act
+        lines += _example_lines(card.examples, scale, color, lambda ex: f"{ex.rank:>2}. [{ex.source}]")
+        if card.more_examples:
+            lines.append("Beyond the top texts (lower activation levels, and other groups where it fires):")
+            lines += _example_lines(card.more_examples, scale, color,
+                                    lambda ex: f"{ex.rank:>2}. [{ex.source}] {ex.label}:")
+    elif card.n_texts:
+        lines.append("It does not fire on any of your texts (BOS excluded): no examples to show.")
+    else:
+        lines.append("No prompts were searched.")
+    if card.corpus is not None:
+        lines += ["", *format_corpus_text(card.corpus, color)]
+    lines.append("")
+    lines.append(f"What it writes (W_dec[{card.feature}] @ W_U, direct logit effect per unit of activation):")
+    width = max(len(safe_text(repr(x.token))) for x in card.promoted + card.suppressed)
+    lines.append(f"  {'promoted':<{width + 9}}   suppressed")
+    # Either column can be shorter: only tokens pushed in the column's direction are listed.
+    for up, down in itertools.zip_longest(card.promoted, card.suppressed):
+        left = f"{safe_text(repr(up.token)):<{width}} {up.value:+8.3f}" if up else " " * (width + 9)
+        right = f"{safe_text(repr(down.token)):<{width}} {down.value:+8.3f}" if down else ""
+        lines.append(f"  {left}   {right}".rstrip())
+    return "\n".join(lines)
+
+
+# --- rendering: HTML ------------------------------------------------------------------------------------
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif;
+       margin: 2rem auto; max-width: 1100px; color: #1d1d1f; line-height: 1.45; padding: 0 1rem; }
+h1 { font-size: 1.6rem; margin-bottom: .2rem; }
+h2 { font-size: 1.15rem; margin-top: 2rem; border-bottom: 1px solid #ddd; padding-bottom: .2rem; }
+.sub { color: #555; font-size: .9rem; }
+.demo { background: #fff3cd; border: 1px solid #e0c36c; padding: .3rem .6rem; border-radius: 4px; display: inline-block; }
+table.stats td { padding: .15rem .9rem .15rem 0; vertical-align: top; }
+table.stats td:first-child { color: #555; white-space: nowrap; }
+.ex { margin: .45rem 0 .8rem 0; }
+.exhead { font-size: .85rem; color: #555; }
+.src { background: #eef; border-radius: 3px; padding: 0 .3rem; }
+.toks { font-family: ui-monospace, Menlo, Consolas, monospace; font-size: .92rem; white-space: pre-wrap;
+        word-break: break-word; background: #fafafa; border: 1px solid #eee; padding: .4rem .5rem; border-radius: 4px; }
+.t { border-radius: 2px; }
+.peak { outline: 2px solid #b00020; outline-offset: 0; font-weight: 600; }
+.legend span { display: inline-block; padding: 0 .4rem; margin-right: .2rem; font-family: ui-monospace, monospace; }
+.cols { display: flex; gap: 2rem; flex-wrap: wrap; }
+.cols > div { flex: 1; min-width: 300px; }
+table.logits { border-collapse: collapse; width: 100%; font-size: .9rem; }
+table.logits td { padding: .1rem .4rem; }
+table.logits td.tok { font-family: ui-monospace, Menlo, Consolas, monospace; white-space: pre; }
+table.logits td.val { text-align: right; font-variant-numeric: tabular-nums; width: 5rem; }
+.bar { height: .8rem; border-radius: 2px; }
+.up { background: #2e7d32; } .down { background: #c62828; }
+img { max-width: 100%; border: 1px solid #eee; }
+"""
+
+
+def _token_html(token: str) -> str:
+    # Escape first (the text is untrusted), then make newlines visible but keep them as line breaks.
+    return html.escape(token).replace("\n", "↵\n").replace("\t", "→")
+
+
+def _bg(act: float, scale: float) -> str:
+    alpha = 0.0 if act <= 0 else 0.15 + 0.85 * min(1.0, act / (scale or 1.0))
+    return f"background: rgba(255, 120, 0, {alpha:.2f});" if alpha else ""
+
+
+def example_html(ex: Example, scale: float, window: int = 60, why: str = "") -> str:
+    start, stop = _window(ex, window)
+    spans = ["…" if start > 0 else ""]
+    for i in range(start, stop):
+        act = float(ex.acts[i])
+        cls = "t peak" if i == ex.peak else "t"
+        tip = html.escape(f"{ex.tokens[i]!r}: {act:.3f}", quote=True)
+        spans.append(f'<span class="{cls}" style="{_bg(act, scale)}" title="{tip}">{_token_html(ex.tokens[i])}</span>')
+    spans.append("…" if stop < len(ex.tokens) else "")
+    rank = f"#{ex.rank} · " if ex.rank > 0 else ""
+    where = html.escape(ex.where) if ex.where else f"text {ex.text_index + 1}"
+    head = (
+        f'<div class="exhead">{rank}<span class="src">{html.escape(ex.source)}</span> · '
+        f"{where} · max {ex.max_act:.3f} at <b>{html.escape(repr(ex.tokens[ex.peak]))}</b>"
+        + (f" · {html.escape(why)}" if why else "") + "</div>"
+    )
+    return f'<div class="ex">{head}<div class="toks">{"".join(spans)}</div></div>'
+
+
+def _logit_table(rows: list[LogitEffect], css: str, scale: float) -> str:
+    # One scale for both columns, so a bar's length compares across promoted and suppressed.
+    scale = scale or 1.0
+    sign = 1.0 if css == "up" else -1.0  # a bar only for the direction the column is about
+    body = "".join(
+        f'<tr><td class="tok">{html.escape(repr(r.token))}</td><td class="val">{r.value:+.3f}</td>'
+        f'<td style="width:45%"><div class="bar {css}" style="width:{100 * max(0.0, sign * r.value) / scale:.0f}%">'
+        "</div></td></tr>"
+        for r in rows
+    )
+    return f'<table class="logits">{body}</table>'
+
+
+def _corpus_html(c: CorpusEvidence, feature: int, figure_png: bytes | None) -> str:
+    esc = html.escape
+    parts = [
+        f"<h2>In the corpus: {esc(c.corpus)}</h2>",
+        (f'<p class="sub">{esc((c.scope or f"{c.n_tokens:,} tokens").capitalize())}, in {c.n_windows:,} windows '
+         f"of {c.window} tokens from {c.n_documents:,} documents, read in one streaming pass; BOS and padding "
+         "excluded.</p>"),
+        '<table class="stats">',
+        f"<tr><td>Density in the corpus</td><td>{esc(_corpus_density(c))}</td></tr>",
+        f"<tr><td>Max activation</td><td>{c.max_activation:.3f}</td></tr>",
+        f"<tr><td>Typical max</td><td>~{c.typical_max:.3g} (median of the per-window maxima where it fires)</td></tr>",
+        "</table>",
+    ]
+    if c.examples:
+        scale = c.examples[0].max_act
+        parts.append(f"<h3>Top {len(c.examples)} corpus windows</h3>")
+        parts += [example_html(ex, scale) for ex in c.examples]
+        if c.level_examples:
+            parts.append('<h3>Lower activation levels</h3><p class="sub">Windows drawn at random among those where '
+                         "it fires, each the nearest to a quartile or the median of the per-window maxima.</p>")
+            parts += [example_html(ex, scale, why=ex.label) for ex in c.level_examples]
+    else:
+        parts.append("<p>It never fires in the corpus (BOS excluded).</p>")
+    if figure_png:
+        data = base64.b64encode(figure_png).decode("ascii")
+        parts.append(f'<img alt="feature {feature} corpus histogram" src="data:image/png;base64,{data}">')
+    return "\n".join(parts)
+
+
+def render_html(card: FeatureCard, title: str, is_demo: bool, figure_png: bytes | None = None,
+                corpus_png: bytes | None = None) -> str:
+    """A self-contained HTML page for the card: inline CSS, the figures inlined as data URIs, no scripts.
+
+    ``corpus_png``: the corpus histogram (:func:`corpus_figure`), shown in the corpus section.
+    """
+    esc = html.escape
+    fired, total = card.fired_total
+    density = (
+        f"{_pct(card.density)} of training tokens (from the SAE's sparsity file)"
+        if card.density is not None else "not available (this SAE ships no sparsity file)"
+    )
+    link = (
+        f'<a href="{esc(card.url, quote=True)}">{esc(card.url)}</a>' if card.url else "not on Neuronpedia"
+    )
+    per_source = "<br>".join(
+        f'<span class="src">{esc(s)}</span> {_pct(a / b if b else 0)} ({a} of {b} tokens)'
+        for s, (a, b) in card.fired_by_source.items()
+    )
+    stats = [
+        *([("From", esc(card.origin))] if card.origin else []),
+        ("Neuronpedia", link),
+        ("Density", esc(density)),
+        *([("Density in the corpus", esc(_corpus_density(card.corpus)))] if card.corpus is not None else []),
+        ("Firing rate on your texts", f"{_pct(card.firing_rate)} ({fired} of {total} tokens)"),
+        ("By source", per_source),
+        (
+            "Typical max activation",
+            (f"{card.typical_max:.3f} (median of each text's max over the {card.n_texts_fired} of "
+             f"{card.n_texts} texts where it fires)"),
+        ),
+        ("Filtered", esc(card.filtered)),
+    ]
+    stats_html = "".join(f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in stats)
+    if card.examples:
+        scale = card.examples[0].max_act
+        legend = "".join(
+            f'<span style="{_bg(scale * q, scale)}">{q * scale:.2f}</span>' for q in (0.1, 0.25, 0.5, 0.75, 1.0)
+        )
+        examples = (
+            f'<p class="sub legend">Colour = activation of feature #{card.feature} on each token '
+            f"(hover for the value): {legend} · the peak token is outlined.</p>"
+            + "".join(example_html(ex, scale) for ex in card.examples)
+        )
+        if card.more_examples:
+            examples += ("<h2>Beyond the top texts</h2><p class=\"sub\">Lower activation levels (quantiles of each "
+                         "text's max where it fires) and the top text of every other group where it fires.</p>"
+                         + "".join(example_html(ex, scale, why=ex.label) for ex in card.more_examples))
+    elif card.n_texts:
+        examples = "<p>It does not fire on any of your texts (BOS excluded).</p>"
+    else:
+        examples = "<p>No prompts were searched.</p>"
+    corpus = "\n" + _corpus_html(card.corpus, card.feature, corpus_png) if card.corpus is not None else ""
+    figure = ""
+    if figure_png:
+        data = base64.b64encode(figure_png).decode("ascii")
+        figure = f'<h2>Activations and logit effects</h2><img alt="feature {card.feature} figure" src="data:image/png;base64,{data}">'
+    scale = max((abs(r.value) for r in card.promoted + card.suppressed), default=1.0)
+    demo = '<p class="demo">Synthetic demo: a toy model with planted features, not GPT-2.</p>' if is_demo else ""
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Feature #{card.feature}</title>
+<style>{_CSS}</style></head>
+<body>
+<h1>Feature #{card.feature}</h1>
+<div class="sub">{esc(title)}</div>
+{demo}
+<h2>How often it fires</h2>
+<table class="stats">{stats_html}</table>
+<h2>Where it fires: top {len(card.examples)} activating texts</h2>
+{examples}{corpus}
+<h2>What it writes: W_dec[{card.feature}] @ W_U</h2>
+<p class="sub">The decoder direction pushed straight through the unembedding: how much one unit of this feature
+raises (left) or lowers (right) each next-token logit, ignoring the layers after the hook.</p>
+<div class="cols"><div><b>Most promoted</b>{_logit_table(card.promoted, "up", scale)}</div>
+<div><b>Most suppressed</b>{_logit_table(card.suppressed, "down", scale)}</div></div>
+{figure}
+</body></html>
+"""
+
+
+
+def ansi_allowed(stream, mode: str) -> bool:
+    """Colour only on a terminal (mode "auto"), unless forced; NO_COLOR (no-color.org) turns auto off."""
+    import os
+
+    if mode == "always":
+        return True
+    if mode == "never":
+        return False
+    return bool(getattr(stream, "isatty", lambda: False)()) and not os.environ.get("NO_COLOR")
+
+
+
+def render_index(entries: list[dict], title: str) -> str:
+    """``index.html``: one row per card in the folder, linking it, with where the feature came from.
+
+    Args:
+        entries: dicts with ``feature``, ``file`` (the card's file name), ``origin``, ``firing_rate`` and
+            ``typical_max``, e.g. read back from each card's JSON; and ``corpus_density`` (with
+            ``corpus``, its name) for cards with a mined corpus. The corpus column is shown only when
+            some card has one.
+    """
+    esc = html.escape
+    with_corpus = any(e.get("corpus_density") is not None for e in entries)
+
+    def corpus_cell(e: dict) -> str:
+        if not with_corpus:
+            return ""
+        if e.get("corpus_density") is None:
+            return '<td class="val">-</td>'
+        return f'<td class="val" title="{esc(str(e.get("corpus") or ""), quote=True)}">{_pct(float(e["corpus_density"]))}</td>'
+
+    rows = "".join(
+        f'<tr><td><a href="{esc(e["file"], quote=True)}">#{int(e["feature"])}</a></td><td>{esc(e.get("origin") or "-")}</td>'
+        f'<td class="val">{_pct(float(e.get("firing_rate") or 0.0))}</td><td class="val">{float(e.get("typical_max") or 0.0):.3f}</td>'
+        f'{corpus_cell(e)}<td>{esc(e.get("title") or "")}</td></tr>'
+        for e in entries
+    )
+    corpus_head = "<th>corpus density</th>" if with_corpus else ""
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Feature cards</title>
+<style>{_CSS} table.index td, table.index th {{ padding: .3rem .8rem; text-align: left; }}</style></head>
+<body>
+<h1>Feature cards</h1>
+<p class="sub">{esc(title)}</p>
+<p class="sub">Every card in this folder. "From" says where the feature came from: its Chapter 2 group and rank,
+q-value, replication and verdict, or how it was chosen.</p>
+<table class="index"><tr><th>feature</th><th>from</th><th>firing rate</th><th>typical max</th>{corpus_head}<th>model · SAE · hook</th></tr>
+{rows}</table>
+</body></html>
+"""
+
+
+# --- the corpus histogram ------------------------------------------------------------------------------
+
+
+def _minor_label(x: float, _pos: int) -> str:
+    """Minor log-axis ticks: only 2 and 5 of each decade are labelled."""
+    if x <= 0:
+        return ""
+    leading = x / 10 ** np.floor(np.log10(x))
+    return f"{x:g}" if min(abs(leading - 2), abs(leading - 5)) < 1e-6 else ""
+
+
+def corpus_figure(feature: int, c: CorpusEvidence, title: str) -> Figure:
+    """MI5 corpus: the histogram of the feature's activations over every mined corpus token.
+
+    The bins are the pass's fixed log-spaced ones (a streaming pass cannot know a feature's range in
+    advance), drawn on a log axis so each has the same width; the y axis counts tokens. The first bin,
+    (0, lowest edge), has no log width: it is drawn hatched, as wide as one bin, left of the edge.
+    Vertical lines mark the quartiles and the median of the per-window maxima where it fires (the
+    levels of the card's lower examples) and the lowest of the top windows shown.
+    """
+    fig = NotebookFigure(figsize=(10, 6), layout="constrained")
+    ax = fig.subplots()
+    edges, counts = np.asarray(c.hist_edges, dtype=float), np.asarray(c.hist_counts)
+    if c.fired == 0:
+        ax.text(0.5, 0.5, "never fires in the corpus", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xticks([])
+    else:
+        lows, highs = edges[:-1].copy(), edges[1:].copy()
+        first = int(lows[0] <= 0)  # 1 when the first bin starts at 0
+        if first:
+            step = highs[1] / highs[0] if len(highs) > 1 and highs[0] > 0 else 10 ** 0.1
+            lows[0] = highs[0] / step
+        ax.bar(lows[first:], counts[first:], width=(highs - lows)[first:], align="edge", color="#1f77b4",
+               edgecolor="white", linewidth=0.4, label=f"corpus tokens where it fires ({c.fired:,} in all)")
+        if first:
+            ax.bar(lows[0], counts[0], width=highs[0] - lows[0], align="edge", color="#9ecae1", hatch="//",
+                   edgecolor="white", linewidth=0.4, label=f"all activations below {highs[0]:.3g} ({int(counts[0]):,})")
+        ax.set_xscale("log")
+        # At least one decade, so that a feature firing in one or two bins still shows a readable axis,
+        # with plain numbers (0.5, 1, 2) rather than 2.5x10^0.
+        lo, hi = float(lows.min()), float(highs.max())
+        if hi / lo < 10:
+            middle = float(np.sqrt(lo * hi))
+            lo, hi = middle / 10 ** 0.5, middle * 10 ** 0.5
+        ax.set_xlim(lo / 1.1, hi * 1.1)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+        ax.xaxis.set_minor_formatter(FuncFormatter(_minor_label))
+        for (name, value), style in zip(c.levels, ("--", "-.", (0, (5, 1, 1, 1)))):
+            ax.axvline(value, color="#444", linestyle=style, linewidth=1,
+                       label=f"{name} of the per-window maxima (~{value:.3g})")
+        if c.examples:
+            low = c.examples[-1].max_act
+            ax.axvline(low, color="#b00020", linestyle=":", linewidth=1.5,
+                       label=f"lowest of the top {len(c.examples)} windows ({low:.3g})")
+        ax.set_ylim(0, float(counts.max()) * 1.1)
+        ax.legend(fontsize=8.5, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
+    ax.set_xlabel("activation (log scale; corpus tokens where it fires, BOS and padding excluded)")
+    ax.set_ylabel("number of tokens")
+    ax.set_title(
+        f"In the corpus: fires on {c.fired:,} of {c.n_tokens:,} tokens ({100 * c.density:.3g}%), "
+        f"in {c.windows_fired:,} of {c.n_windows:,} windows; {c.n_tokens - c.fired:,} zeros not drawn",
+        fontsize=10,
+    )
+    ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"Feature #{feature} over {c.corpus}\n{title}", fontsize=11)
+    return fig

@@ -1,0 +1,777 @@
+"""Causal tests of a feature (Chapter 4): ablation against matched controls, and steering.
+
+**Ablation with the error term kept.** At the SAE's hook the residual stream ``x`` is split into the
+SAE's reconstruction and what the SAE misses: ``x = decode(encode(x)) + error``. Ablating feature ``f``
+replaces ``x`` by ``decode(a') + error`` where ``a'`` is ``encode(x)`` with ``a'[f] = 0``, i.e.
+``x + decode(a') - decode(a)``. Keeping the error term means that nothing but the feature changes: where
+the feature did not fire the model's input is bit-for-bit unchanged. Swapping in the bare
+reconstruction instead would change every position by the SAE's reconstruction error, an effect that
+has nothing to do with the feature. This is exactly what SAELens' ``HookedSAETransformer.run_with_saes(...,
+use_error_term=True)`` computes with a hook zeroing the feature; the tests check the two agree.
+
+**Controls.** Removing *any* active direction changes the output somewhat, more so for features that
+fire often. So the feature's effect is compared with ablating random features that fire about as often
+on the same prompts; only an effect outside that distribution says "this feature, specifically".
+
+**Steering** adds ``coeff * typical_max * W_dec[f]`` to the residual stream at the hook, at every text
+position (not BOS). ``typical_max`` is the feature's typical maximum activation on the prompts, so a
+coefficient of 2 means "twice as strongly as it naturally fires", comparable across features.
+
+The BOS position and padding are excluded everywhere: interventions leave BOS untouched, and all
+metrics average over the text positions of the prompts only.
+
+:func:`test_feature` runs all of it for one feature the way Chapter 4 does and returns one typed
+:class:`FeatureTest` that the script prints and writes, and that a notebook can read directly::
+
+    prompts = GroupBatches(loaded, {"happy": [...], "baseline": [...]}, batch_size=16)
+    fa = collect_feature_activations(loaded, texts, labels, [feature], 16)
+    result = test_feature(loaded, prompts, fa, feature, FeatureTestOptions(coeff=4.0))
+    result.ablation.empirical_p("kl"), result.steering.delta_logp(4.0)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from mechinterp.core.encoding import Tokenized, hook_activations, length_order, pad_batch, tokenize
+from mechinterp.core.errors import UserError
+from mechinterp.core.features import FeatureActivations, filter_note, typical_max_activation
+from mechinterp.core.loading import Loaded
+from mechinterp.core.logits import logit_effects
+from mechinterp.core.progress import Log, silent
+from mechinterp.core.tokens import decode_token
+
+HookFn = Callable[[torch.Tensor, object], torch.Tensor]
+
+MIN_CONTROLS = 20  # fewer random draws make "outside the control distribution" meaningless
+DEFAULT_SWEEP = (-2.0, 0.0, 0.5, 1.0, 2.0, 4.0, 8.0)  # steering coefficients, in typical max activations
+# The Effect fields an ablation reports, in the order tables, figures and files list them.
+ABLATION_MEASURES = ("delta_logp_targets", "delta_logodds_targets", "kl")
+
+
+# --- target tokens ------------------------------------------------------------------------------------
+
+
+def resolve_target_tokens(loaded: Loaded, words: Sequence[str]) -> list[int]:
+    """Token ids for user-given target tokens; each must be one token.
+
+    The leading-space form is tried first: mid-sentence, GPT-2 predicts ``' happy'`` (3772), not the
+    word-start form ``'happy'`` (34191), so ``--target happy`` means ``' happy'``. A target that starts
+    with a space, or that has no single-token leading-space form, is taken as written. The output names
+    the token used.
+
+    Raises:
+        UserError: when a word is several tokens, naming the split.
+    """
+    tok = loaded.model.tokenizer
+    ids = []
+    for word in words:
+        candidates = (word,) if word.startswith(" ") else (" " + word, word)
+        for candidate in candidates:
+            encoded = tok.encode(candidate, add_special_tokens=False)
+            if len(encoded) == 1:
+                ids.append(int(encoded[0]))
+                break
+        else:
+            pieces = [tok.decode([t]) for t in tok.encode(word, add_special_tokens=False)]
+            raise UserError(
+                f"--target {word!r} is not a single token (the tokenizer splits it into {pieces}); "
+                "pick a single-token word"
+            )
+    return list(dict.fromkeys(ids))
+
+
+# --- running the model from the hook onwards ---------------------------------------------------------
+
+
+@dataclass
+class Batch:
+    """Right-padded tokens of some prompts and which positions count (not BOS, not padding)."""
+
+    tokens: torch.Tensor  # long [B, T]
+    valid: torch.Tensor  # bool [B, T]
+
+
+def make_batches(loaded: Loaded, tokenized: Tokenized, batch_size: int) -> list[Batch]:
+    """Right-padded batches, longest first; with causal attention a pad never affects a real token."""
+    order = length_order(tokenized)
+    batches = []
+    for start in range(0, len(order), batch_size):
+        tokens, valid = pad_batch(tokenized, order[start : start + batch_size])
+        batches.append(Batch(tokens.to(loaded.device), valid.to(loaded.device)))
+    return batches
+
+
+@torch.inference_mode()
+def block_input(loaded: Loaded, tokens: torch.Tensor) -> torch.Tensor:
+    """The residual stream entering the block that holds the SAE's hook, ``[B, T, d_model]``."""
+    with torch.inference_mode():
+        return loaded.model(tokens.to(loaded.device), stop_at_layer=loaded.sae.hook_layer)
+
+
+def logits_from_hook(loaded: Loaded, resid: torch.Tensor, hook_fn: HookFn | None = None) -> torch.Tensor:
+    """Logits ``[B, T, d_vocab]`` from the input of the SAE's block, optionally edited by ``hook_fn``.
+
+    The layers before that block do not change under an intervention at the hook, so they run once per
+    batch (:func:`block_input`) and each intervention reruns only the blocks from there on. ``hook_fn``
+    is applied through TransformerLens' own hook point, the SAE's hook (``blocks.L.hook_resid_pre``,
+    ``blocks.L.attn.hook_z``, ``blocks.L.hook_mlp_out`` ...), so it sees that hook's activation.
+    """
+    hooks = [(loaded.sae.hook_name, hook_fn)] if hook_fn is not None else []
+    return loaded.model.run_with_hooks(resid, start_at_layer=loaded.sae.hook_layer, fwd_hooks=hooks)
+
+
+def _check_hook(loaded: Loaded) -> None:
+    if loaded.sae.hook_name not in loaded.model.hook_dict:
+        raise UserError(f"{loaded.sae.label} reads {loaded.sae.hook_name}, which this model does not have")
+
+
+# --- ablation ------------------------------------------------------------------------------------------
+
+
+def ablation_hook(loaded: Loaded, feature: int, n_skip: int) -> HookFn:
+    """A hook that removes ``feature`` from the SAE reconstruction and keeps the SAE's error term.
+
+    Returns ``x + decode(a') - decode(a)`` with ``a = encode(x)`` and ``a'`` = ``a`` with the feature
+    zeroed at the text positions (BOS, the first ``n_skip`` positions, is left alone).
+    """
+    sae = loaded.sae.sae
+
+    def hook(resid: torch.Tensor, hook: object = None) -> torch.Tensor:
+        acts = sae.encode(resid)  # [B, T, d_sae]
+        ablated = acts.clone()
+        ablated[:, n_skip:, feature] = 0.0
+        return resid + (sae.decode(ablated) - sae.decode(acts)).to(resid.dtype)
+
+    return hook
+
+
+def steering_hook(direction: torch.Tensor, n_skip: int) -> HookFn:
+    """A hook that adds ``direction`` (``[d_model]``) at every position except the first ``n_skip``.
+
+    During cached generation the hook sees the prompt once (all positions, BOS first) and then one new
+    token at a time (never BOS), so only calls that include position 0 skip the BOS positions.
+    """
+
+    def hook(resid: torch.Tensor, hook: object = None) -> torch.Tensor:
+        resid = resid.clone()
+        skip = n_skip if resid.shape[1] > 1 else 0
+        resid[:, skip:] += direction.to(resid.dtype)
+        return resid
+
+    return hook
+
+
+def target_scores(log_probs: torch.Tensor, targets: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(log P(T), log-odds of T)``, each ``[B, T]``, for the target set T at each position.
+
+    ``log P(T)`` is the log of the targets' total probability. It saturates at 0 once the targets
+    hold nearly all the mass, and then hides any further change; the log-odds
+    ``log P(T) - log(1 - P(T))`` equal ``log P(T)`` while P(T) is small but keep moving near 1.
+    Both are computed from log-probabilities with ``logsumexp``, so neither underflows.
+    """
+    index = torch.tensor(list(targets), device=log_probs.device)
+    log_p = log_probs.index_select(-1, index).logsumexp(-1)
+    others = log_probs.index_fill(-1, index, float("-inf")).logsumexp(-1)  # log(1 - P(T))
+    return log_p, log_p - others
+
+
+@dataclass
+class Effect:
+    """Mean change of the next-token distribution over the text positions of some prompts."""
+
+    delta_logp_targets: float  # mean over positions of log P(targets | edited) - log P(targets | clean)
+    delta_logodds_targets: float  # the same for the log-odds of the targets
+    kl: float  # mean over positions of KL(clean || edited), nats
+    n_positions: int
+
+
+@dataclass
+class CleanScores:
+    """The clean run's mean target scores over the same positions."""
+
+    logp_targets: float
+    logodds_targets: float
+
+
+@dataclass
+class LocatedEffects:
+    """An intervention's effect where the ablated feature fires, and one position later.
+
+    Averaged over every text position, the effect of removing a feature that fires on 48 of 774 tokens
+    is diluted sixteen-fold: it can look like nothing although it is large where the feature is active.
+
+    Attributes:
+        firing: the mean effect over the positions where the feature fires (``n_positions`` of them).
+        next: the mean effect over the positions right after those (the next prediction, one token on).
+        clean_firing: the clean run's mean target scores at the firing positions.
+    """
+
+    firing: Effect
+    next: Effect
+    clean_firing: CleanScores
+
+
+@torch.inference_mode()
+def intervention_effects(
+    loaded: Loaded,
+    batches: Sequence[Batch],
+    hooks: dict[str, HookFn],
+    targets: Sequence[int],
+    located: dict[str, int] | None = None,
+) -> tuple[dict[str, Effect], CleanScores, dict[str, LocatedEffects]]:
+    """The effect of each intervention in ``hooks`` on the prompts, against the clean run.
+
+    Args:
+        located: for some of ``hooks``, the feature each one removes: their effects are also measured at
+            the positions where that feature fires, and at the next positions.
+
+    Returns:
+        ``({name: Effect}, clean scores, {name: LocatedEffects})``; the first two are means over the valid
+        (non-BOS, non-pad) positions of all prompts.
+    """
+    _check_hook(loaded)
+    located = located or {}
+    sums = {name: np.zeros(3) for name in hooks}
+    where_sums = {name: {w: np.zeros(4) for w in ("firing", "next")} for name in located}
+    clean_where = {name: np.zeros(2) for name in located}
+    clean_sums = np.zeros(2)
+    n = 0
+    for batch in batches:
+        resid = block_input(loaded, batch.tokens)  # [B, T, d_model]
+        clean = logits_from_hook(loaded, resid).float().log_softmax(-1)  # [B, T, d_vocab]
+        valid = batch.valid
+        clean_lp, clean_lo = target_scores(clean, targets)
+        clean_sums += [float(clean_lp[valid].sum()), float(clean_lo[valid].sum())]
+        n += int(valid.sum())
+        masks = {}
+        if located:
+            acts = loaded.sae.sae.encode(hook_activations(loaded, batch.tokens))  # [B, T, d_sae]
+            for name, f in located.items():
+                fires = (acts[..., f] > 0) & valid
+                after = torch.zeros_like(fires)
+                after[:, 1:] = fires[:, :-1]
+                masks[name] = {"firing": fires, "next": after & valid}
+                clean_where[name] += [float(clean_lp[fires].sum()), float(clean_lo[fires].sum())]
+        for name, fn in hooks.items():
+            edited = logits_from_hook(loaded, resid, fn).float().log_softmax(-1)
+            lp, lo = target_scores(edited, targets)
+            kl = (clean.exp() * (clean - edited)).sum(-1)  # [B, T]
+            d_lp, d_lo = lp - clean_lp, lo - clean_lo
+            sums[name] += [float(d_lp[valid].sum()), float(d_lo[valid].sum()), float(kl[valid].sum())]
+            for where, mask in masks.get(name, {}).items():
+                where_sums[name][where] += [float(d_lp[mask].sum()), float(d_lo[mask].sum()), float(kl[mask].sum()),
+                                            float(mask.sum())]
+    if n == 0:
+        raise UserError("the prompts have no text tokens to measure on")
+    effects = {k: Effect(v[0] / n, v[1] / n, v[2] / n, n) for k, v in sums.items()}
+
+    def mean(v: np.ndarray) -> Effect:
+        m = max(v[3], 1.0)
+        return Effect(v[0] / m, v[1] / m, v[2] / m, int(v[3]))
+
+    at = {
+        name: LocatedEffects(mean(w["firing"]), mean(w["next"]),
+                             CleanScores(*(clean_where[name] / max(w["firing"][3], 1.0))))
+        for name, w in where_sums.items()
+    }
+    return effects, CleanScores(clean_sums[0] / n, clean_sums[1] / n), at
+
+
+@torch.inference_mode()
+def firing_rates(loaded: Loaded, batches: Sequence[Batch]) -> np.ndarray:
+    """``[d_sae]`` fraction of the prompts' text tokens (BOS and padding excluded) where each feature fires."""
+    fired = torch.zeros(loaded.sae.d_sae, dtype=torch.float64)
+    n = 0
+    for batch in batches:
+        acts = loaded.sae.sae.encode(hook_activations(loaded, batch.tokens))
+        fired += ((acts > 0) & batch.valid.unsqueeze(-1)).sum((0, 1)).double().cpu()
+        n += int(batch.valid.sum())
+    return (fired / max(n, 1)).numpy()
+
+
+@dataclass
+class Controls:
+    features: list[int]
+    pool_size: int  # features the controls were drawn from
+    rate_low: float  # firing-rate range of the pool
+    rate_high: float
+
+
+def matched_controls(rates: np.ndarray, feature: int, n: int, seed: int, factor: float = 2.0) -> Controls:
+    """``n`` random features whose firing rate is within ``factor`` of the feature's (on the same prompts).
+
+    When fewer than ``2 n`` features are that close, the pool widens to the ``2 n`` nearest in log firing
+    rate, so the draw stays random rather than exhaustive.
+
+    Raises:
+        UserError: when fewer than ``n`` other features fire at all on these prompts.
+    """
+    rate = float(rates[feature])
+    candidates = np.array([i for i in np.nonzero(rates > 0)[0] if i != feature])
+    if rate <= 0:
+        raise UserError(f"feature {feature} never fires on these prompts, so there is nothing to match controls to")
+    if len(candidates) < n:
+        raise UserError(
+            f"only {len(candidates)} other features fire on these prompts, fewer than the {n} controls asked "
+            "for; use more prompts or fewer --n-controls"
+        )
+    distance = np.abs(np.log(rates[candidates]) - np.log(rate))
+    pool = candidates[distance <= np.log(factor)]
+    if len(pool) < 2 * n:
+        pool = candidates[np.argsort(distance, kind="stable")[: 2 * n]]
+    chosen = np.random.default_rng(seed).choice(pool, size=n, replace=False)
+    pool_rates = rates[pool]
+    return Controls(sorted(int(c) for c in chosen), len(pool), float(pool_rates.min()), float(pool_rates.max()))
+
+
+@dataclass
+class AblationResult:
+    feature: int
+    rate: float
+    effect: Effect
+    controls: Controls
+    control_rates: list[float]
+    control_effects: list[Effect]
+    clean: CleanScores
+    located: LocatedEffects | None = None  # the feature's effect where it fires, and one position later
+    control_located: list[LocatedEffects] = field(default_factory=list)  # each control at its own firing positions
+
+    def _values(self, which: str) -> tuple[float, np.ndarray]:
+        return getattr(self.effect, which), np.array([getattr(e, which) for e in self.control_effects])
+
+    def n_controls_at_least(self, which: str) -> int:
+        """Controls whose |effect| is at least the feature's (``which``: an :class:`Effect` field name)."""
+        value, ctrl = self._values(which)
+        return int((np.abs(ctrl) >= abs(value)).sum())
+
+    def empirical_p(self, which: str) -> float:
+        """(1 + controls at least as large) / (1 + controls): the permutation-style p-value."""
+        return (1 + self.n_controls_at_least(which)) / (1 + len(self.control_effects))
+
+    def z_score(self, which: str) -> float:
+        value, ctrl = self._values(which)
+        sd = float(ctrl.std(ddof=1)) if len(ctrl) > 1 else 0.0
+        return (value - float(ctrl.mean())) / sd if sd > 0 else float("nan")
+
+    def to_dict(self) -> dict:
+        """The numbers as ``MI6_<id>.json`` stores them under "ablation" (every measure of ABLATION_MEASURES)."""
+        keys = ABLATION_MEASURES
+        return {
+            "n_positions": self.effect.n_positions,
+            "clean_mean_logp_targets": self.clean.logp_targets,
+            "clean_mean_logodds_targets": self.clean.logodds_targets,
+            "feature": {"firing_rate": self.rate, **{k: getattr(self.effect, k) for k in keys}},
+            "control_effects": [{k: getattr(e, k) for k in keys} for e in self.control_effects],
+            "controls": {"features": self.controls.features, "pool_size": self.controls.pool_size,
+                         "pool_rate_range": [self.controls.rate_low, self.controls.rate_high]},
+            "controls_at_least_as_large": {k: self.n_controls_at_least(k) for k in keys},
+            "empirical_p": {k: self.empirical_p(k) for k in keys},
+            **({} if self.located is None else {"at_firing_positions": {
+                "n_positions": self.located.firing.n_positions,
+                "clean_mean_logp_targets": self.located.clean_firing.logp_targets,
+                "feature": {k: getattr(self.located.firing, k) for k in keys},
+                "controls_median": {k: float(np.median([getattr(c.firing, k) for c in self.control_located]))
+                                    for k in keys} if self.control_located else None,
+            }, "at_next_positions": {
+                "n_positions": self.located.next.n_positions,
+                "feature": {k: getattr(self.located.next, k) for k in keys},
+            }}),
+        }
+
+
+def run_ablation(
+    loaded: Loaded,
+    batches: Sequence[Batch],
+    n_skip: int,
+    feature: int,
+    targets: Sequence[int],
+    n_controls: int,
+    seed: int,
+    rates: np.ndarray | None = None,
+) -> AblationResult:
+    """Ablate ``feature`` and ``n_controls`` firing-rate-matched random features on the prompts."""
+    rates = firing_rates(loaded, batches) if rates is None else rates
+    controls = matched_controls(rates, feature, n_controls, seed)
+    hooks = {"feature": ablation_hook(loaded, feature, n_skip)}
+    hooks |= {f"control {c}": ablation_hook(loaded, c, n_skip) for c in controls.features}
+    located = {"feature": feature} | {f"control {c}": c for c in controls.features}
+    effects, clean, at = intervention_effects(loaded, batches, hooks, targets, located)
+    return AblationResult(
+        feature=feature,
+        rate=float(rates[feature]),
+        effect=effects["feature"],
+        controls=controls,
+        control_rates=[float(rates[c]) for c in controls.features],
+        control_effects=[effects[f"control {c}"] for c in controls.features],
+        clean=clean,
+        located=at["feature"],
+        control_located=[at[f"control {c}"] for c in controls.features],
+    )
+
+
+# --- steering ---------------------------------------------------------------------------------------------
+
+
+def steering_direction(loaded: Loaded, feature: int, coeff: float, typical_max: float) -> torch.Tensor:
+    """``coeff * typical_max * W_dec[feature]`` in the shape of the SAE's hook activation.
+
+    ``[d_model]`` for the residual stream; ``[n_heads, d_head]`` for ``hook_z``, whose SAE rows are all
+    heads' outputs side by side (SAELens flattens them the same way).
+    """
+    row = (coeff * typical_max) * loaded.sae.sae.W_dec[feature].detach().clone()
+    if loaded.sae.hook_name.endswith("hook_z"):
+        return row.reshape(loaded.model.cfg.n_heads, loaded.model.cfg.d_head)
+    return row
+
+
+def steering_curve(
+    loaded: Loaded,
+    batches: Sequence[Batch],
+    n_skip: int,
+    feature: int,
+    coeffs: Sequence[float],
+    typical_max: float,
+    targets: Sequence[int],
+) -> dict[str, list[float]]:
+    """For each coefficient: mean log P(targets), mean log-odds(targets) and mean KL(clean || steered)."""
+    hooks = {
+        f"{c!r}": steering_hook(steering_direction(loaded, feature, c, typical_max), n_skip) for c in coeffs
+    }
+    effects, clean, _ = intervention_effects(loaded, batches, hooks, targets)
+    picked = [effects[f"{c!r}"] for c in coeffs]
+    return {
+        "logp_targets": [clean.logp_targets + e.delta_logp_targets for e in picked],
+        "logodds_targets": [clean.logodds_targets + e.delta_logodds_targets for e in picked],
+        "kl": [e.kl for e in picked],
+    }
+
+
+@dataclass
+class Generation:
+    prompt: str
+    mode: str  # "greedy" or "sampled (seed N)"
+    clean: str
+    steered: str
+
+
+@torch.inference_mode()
+def generate_side_by_side(
+    loaded: Loaded,
+    prompt_ids: Sequence[Sequence[int]],
+    prompts: Sequence[str],
+    n_skip: int,
+    direction: torch.Tensor,
+    max_new_tokens: int,
+    seed: int,
+    temperature: float = 1.0,
+) -> list[Generation]:
+    """Clean and steered continuations of each prompt, greedy and sampled with the same seed.
+
+    Uses TransformerLens' ``generate`` with the steering hook attached through ``model.hooks``. Before
+    each sampled run the global torch generator is reset to ``seed``, so the clean and the steered run
+    draw the same random numbers and differ only by the steering.
+    """
+    _check_hook(loaded)
+    model = loaded.model
+    tok = model.tokenizer
+    hook = steering_hook(direction, n_skip)
+    out = []
+
+    def run(ids: torch.Tensor, sample: bool, steer: bool) -> str:
+        if sample:
+            torch.manual_seed(seed)
+        kwargs = dict(max_new_tokens=max_new_tokens, do_sample=sample, verbose=False, stop_at_eos=True)
+        if sample:
+            kwargs["temperature"] = temperature
+        if steer:
+            with model.hooks(fwd_hooks=[(loaded.sae.hook_name, hook)]):
+                result = model.generate(ids, **kwargs)
+        else:
+            result = model.generate(ids, **kwargs)
+        return tok.decode(result[0, ids.shape[1] :].tolist())
+
+    for text, ids_list in zip(prompts, prompt_ids):
+        ids = torch.tensor([list(ids_list)], device=loaded.device)
+        for sample in (False, True):
+            mode = f"sampled (seed {seed}, T={temperature:g})" if sample else "greedy"
+            out.append(Generation(text, mode, run(ids, sample, False), run(ids, sample, True)))
+    return out
+
+
+# --- one feature's causal test, as Chapter 4 runs it ------------------------------------------------------
+
+
+class GroupBatches:
+    """Each prompt group, batched for interventions on first use, and the firing rates of every feature on it.
+
+    Several features are tested on the same groups; batching a group and measuring its firing rates
+    (one encoder pass over its prompts) happens once per group, not once per feature.
+
+    Args:
+        groups: prompts per group name, in the order tables list the groups.
+        batch_size: prompts per forward pass.
+    """
+
+    def __init__(self, loaded: Loaded, groups: Mapping[str, Sequence[str]], batch_size: int):
+        self.loaded = loaded
+        self.groups = {g: list(p) for g, p in groups.items()}
+        self.batch_size = batch_size
+        self._batches: dict[str, list[Batch]] = {}
+        self._rates: dict[str, np.ndarray] = {}
+
+    def check(self, group: str, what: str) -> None:
+        """Raises UserError naming the groups when ``group`` (described as ``what``) is not one of them."""
+        if group not in self.groups:
+            raise UserError(f"{what} {group!r} is not one of the prompt groups: {', '.join(self.groups)}")
+
+    def batches(self, group: str) -> list[Batch]:
+        if group not in self._batches:
+            self._batches[group] = make_batches(self.loaded, tokenize(self.loaded, self.groups[group]), self.batch_size)
+        return self._batches[group]
+
+    def firing_rates(self, group: str) -> np.ndarray:
+        """``[d_sae]`` fraction of the group's text tokens where each feature fires (see :func:`firing_rates`)."""
+        if group not in self._rates:
+            self._rates[group] = firing_rates(self.loaded, self.batches(group))
+        return self._rates[group]
+
+
+@dataclass
+class FeatureTestOptions:
+    """How Chapter 4 tests a feature (the script's flags of the same names).
+
+    Attributes:
+        targets: target tokens whose log-probability is tracked, each a single token (a leading space is
+            tried too); empty = the feature's ``n_targets`` top promoted tokens (``W_dec[f] @ W_U``).
+        n_targets: without ``targets``: how many top promoted tokens to track.
+        n_controls: random firing-rate-matched features ablated as controls (at least MIN_CONTROLS).
+        coeff: steering strength of the generations, in units of the feature's typical max activation.
+        sweep: coefficients of the steering curve (same units); 0 and ``coeff`` are always added.
+        max_act: the typical max activation to scale steering by; None = measure it on the prompts.
+        baseline: the neutral group: never picked as the ablation group unless it is the only one.
+        steer_group: the group whose prompts are steered; None = ``baseline``.
+        steer_prompts: prompts to continue clean and steered; empty = the first ``n_generate`` prompts of
+            the steering group.
+        n_generate: how many of the steering group's prompts to continue (without ``steer_prompts``).
+        max_new_tokens: tokens generated per continuation.
+        temperature: sampling temperature of the sampled generations (the greedy ones are temperature 0).
+        seed: seed of the control draw and of the sampled generations.
+    """
+
+    targets: tuple[str, ...] = ()
+    n_targets: int = 3
+    n_controls: int = MIN_CONTROLS
+    coeff: float = 2.0
+    sweep: tuple[float, ...] = DEFAULT_SWEEP
+    max_act: float | None = None
+    baseline: str = "baseline"
+    steer_group: str | None = None
+    steer_prompts: tuple[str, ...] = ()
+    n_generate: int = 3
+    max_new_tokens: int = 12
+    temperature: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.n_controls < MIN_CONTROLS:
+            raise UserError(f"n_controls must be at least {MIN_CONTROLS}: with fewer draws the control "
+                            "distribution says little")
+        if self.temperature <= 0:
+            raise UserError("temperature must be above 0 (the greedy runs already show temperature 0)")
+        if self.max_act is not None and self.max_act <= 0:
+            raise UserError("max_act must be above 0")
+        if self.n_targets < 1 or self.n_generate < 1 or self.max_new_tokens < 1:
+            raise UserError("n_targets, n_generate and max_new_tokens must be at least 1")
+
+    @property
+    def coeffs(self) -> list[float]:
+        """The steering curve's coefficients: the sweep plus 0 (the clean run) and ``coeff``, sorted."""
+        return sorted(set(self.sweep) | {0.0, self.coeff})
+
+
+@dataclass
+class SteeringCurve:
+    """Teacher-forced steering on the steering group's prompts, one value per coefficient.
+
+    Every value is a mean over the prompts' text positions (BOS and padding excluded).
+    """
+
+    coeffs: list[float]  # in units of the feature's typical max activation; includes 0 (the clean run)
+    logp_targets: list[float]  # mean log P(targets)
+    logodds_targets: list[float]  # mean log-odds of the targets
+    kl: list[float]  # mean KL(clean || steered), nats
+
+    def columns(self) -> dict[str, list[float]]:
+        """``{"logp_targets", "logodds_targets", "kl"}``, as :func:`steering_curve` returns them."""
+        return {"logp_targets": self.logp_targets, "logodds_targets": self.logodds_targets, "kl": self.kl}
+
+    def delta_logp(self, coeff: float) -> float:
+        """Mean log P(targets) at ``coeff`` minus the clean run's (``coeff`` must be on the curve)."""
+        return self.logp_targets[self.coeffs.index(coeff)] - self.logp_targets[self.coeffs.index(0.0)]
+
+
+@dataclass
+class FeatureTest:
+    """Does one feature matter? Its ablation against matched controls, its steering curve and generations.
+
+    Attributes:
+        feature: the feature's id.
+        title: the model, SAE and hook, as figure titles name them.
+        target_ids, target_tokens: the tracked target tokens; ``target_how`` says how they were chosen.
+        typical_max: the feature's typical max activation (the unit of every steering coefficient);
+            ``typical_max_how`` says where it came from.
+        firing_rate_by_group: fraction of each group's text tokens where the feature fires.
+        ablation_group: the group whose prompts it is ablated on (``ablation_group_how``: why that one),
+            ``n_ablation_prompts`` of them.
+        ablation: None when the feature never fires on those prompts (removing it would change nothing).
+        steer_group: the group whose prompts are steered.
+        steering: the steering curve; ``decoder_norm`` = ``|W_dec[f]|``, so coefficient c adds a vector
+            of norm ``|c| * typical_max * decoder_norm``.
+        generation_coeff: the coefficient of the steered generations, ``max_new_tokens`` tokens each.
+        generations: clean and steered continuations, greedy and sampled, for each prompt.
+        filtered: what every number leaves out, in words.
+        seconds: wall-clock seconds of the "ablation" and "steering" stages (not part of :meth:`to_dict`).
+    """
+
+    feature: int
+    title: str
+    target_ids: list[int]
+    target_tokens: list[str]
+    target_how: str
+    typical_max: float
+    typical_max_how: str
+    firing_rate_by_group: dict[str, float]
+    ablation_group: str
+    ablation_group_how: str
+    n_ablation_prompts: int
+    ablation: AblationResult | None
+    steer_group: str
+    steering: SteeringCurve
+    decoder_norm: float
+    generation_coeff: float
+    max_new_tokens: int
+    generations: list[Generation]
+    filtered: str
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """Everything the test measured, as ``MI6_<id>.json`` stores it (JSON-ready: no tensors, no numpy)."""
+        return {
+            "feature": self.feature,
+            "title": self.title,
+            "targets": self.target_tokens,
+            "target_ids": self.target_ids,
+            "typical_max_activation": self.typical_max,
+            "typical_max_how": self.typical_max_how,
+            "firing_rate_by_group": self.firing_rate_by_group,
+            "ablation_group": self.ablation_group,
+            "steer_group": self.steer_group,
+            "filtered": self.filtered,
+            "ablation": None if self.ablation is None else self.ablation.to_dict(),
+            "steering": {"coeffs": self.steering.coeffs, "mean_logp_targets": self.steering.logp_targets,
+                         "mean_logodds_targets": self.steering.logodds_targets, "mean_kl": self.steering.kl,
+                         "generation_coeff": self.generation_coeff},
+        }
+
+
+def intervention_note(fa: FeatureActivations) -> str:
+    """What the statistics leave out (:func:`filter_note`), plus how interventions treat BOS."""
+    return filter_note(fa) + "; interventions leave the BOS position untouched"
+
+
+
+def _choose_targets(loaded: Loaded, feature: int, options: FeatureTestOptions) -> tuple[list[int], str]:
+    if options.targets:
+        return resolve_target_tokens(loaded, options.targets), "given with --target"
+    promoted, _ = logit_effects(loaded, feature, options.n_targets)
+    return [x.token_id for x in promoted], f"its top {len(promoted)} promoted tokens (W_dec[f] @ W_U)"
+
+
+def _typical_max(fa: FeatureActivations, feature: int, options: FeatureTestOptions) -> tuple[float, str]:
+    if options.max_act is not None:
+        return options.max_act, "given with --max-act"
+    typical, n_fired = typical_max_activation(fa, feature)
+    if n_fired == 0:
+        raise UserError(
+            f"feature {feature} never fires on these prompts, so it has no typical max activation to "
+            "scale the steering by; add prompts where it fires or pass --max-act VALUE"
+        )
+    return typical, f"median of the per-prompt max over the {n_fired} of {len(fa.texts)} prompts where it fires"
+
+
+def test_feature(
+    loaded: Loaded,
+    prompts: GroupBatches,
+    fa: FeatureActivations,
+    feature: int,
+    options: FeatureTestOptions | None = None,
+    group: str | None = None,
+    group_how: str = "given",
+    log: Log = silent,
+) -> FeatureTest:
+    """Test whether ``feature`` matters: ablate it against matched controls, then steer with it.
+
+    Args:
+        prompts: the prompt groups; the ablation runs on one group, the steering on ``options.steer_group``.
+        fa: activations of (at least) ``feature`` over the prompts of every group, labelled by group; gives
+            the firing rates by group and the typical max activation.
+        group: the group to ablate on; None = the group (other than the baseline) where it fires most often.
+        group_how: why ``group`` was picked, in words for the output.
+        log: progress messages.
+
+    Raises:
+        UserError: when a group is unknown, a target is not one token, or the feature never fires on the
+            prompts and ``options.max_act`` is not given.
+    """
+    options = options or FeatureTestOptions()
+    steer_group = options.steer_group or options.baseline
+    prompts.check(steer_group, "the steering group")
+    rate_by_group = {g: (a / b if b else 0.0) for g in prompts.groups for a, b in [fa.firing(feature, g)]}
+    if group is None:
+        contrasts = [g for g in prompts.groups if g != options.baseline] or list(prompts.groups)
+        group = max(contrasts, key=lambda g: rate_by_group[g])
+        group_how = "the group where it fires most often"
+    prompts.check(group, "the ablation group")
+    targets, target_how = _choose_targets(loaded, feature, options)
+    typical, max_how = _typical_max(fa, feature, options)
+    n_skip = fa.n_skip
+    seconds: dict[str, float] = {}
+
+    start = time.perf_counter()
+    ablation = None
+    if rate_by_group[group] > 0:  # else removing it changes nothing: the error term keeps the rest exactly
+        batches, rates = prompts.batches(group), prompts.firing_rates(group)
+        log(f"ablating feature {feature} and {options.n_controls} controls on '{group}' ...")
+        ablation = run_ablation(loaded, batches, n_skip, feature, targets, options.n_controls, options.seed, rates)
+    seconds["ablation"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    coeffs = options.coeffs
+    log(f"steering curve over {len(coeffs)} coefficients on '{steer_group}' ...")
+    curve = steering_curve(loaded, prompts.batches(steer_group), n_skip, feature, coeffs, typical, targets)
+    texts = list(options.steer_prompts) or prompts.groups[steer_group][: options.n_generate]
+    log(f"generating {options.max_new_tokens} tokens for {len(texts)} prompts, clean and steered ...")
+    direction = steering_direction(loaded, feature, options.coeff, typical)
+    generations = generate_side_by_side(loaded, tokenize(loaded, texts).ids, texts, n_skip, direction,
+                                        options.max_new_tokens, options.seed, options.temperature)
+    seconds["steering"] = time.perf_counter() - start
+
+    tok = loaded.model.tokenizer
+    return FeatureTest(
+        feature=feature, title=loaded.title, target_ids=targets, target_tokens=[decode_token(tok, t) for t in targets],
+        target_how=target_how, typical_max=typical, typical_max_how=max_how, firing_rate_by_group=rate_by_group,
+        ablation_group=group, ablation_group_how=group_how, n_ablation_prompts=len(prompts.groups[group]),
+        ablation=ablation, steer_group=steer_group, steering=SteeringCurve(coeffs, **curve),
+        decoder_norm=float(loaded.sae.sae.W_dec[feature].detach().norm()), generation_coeff=options.coeff,
+        max_new_tokens=options.max_new_tokens, generations=generations, filtered=intervention_note(fa),
+        seconds=seconds,
+    )
+
+
+test_feature.__test__ = False  # a function of the package, not a test: pytest must not collect it where imported

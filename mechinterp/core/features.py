@@ -1,0 +1,363 @@
+"""Which features to look at, and their activations over many texts (Chapters 3, 4 and 6).
+
+Choosing: feature ids from the command line, a Chapter 2 ``feature_stats.csv`` or the demo's planted
+features, validated against the SAE. Collecting: the per-token activations of those few features over
+every text, stored compactly so that top examples, firing rates, typical maxima and histograms all
+come from one pass.
+
+The BOS position(s) and padding are excluded from every statistic here (firing rates, top examples,
+typical maximum activation): GPT-2's BOS residual has a huge norm and lights up the same features in
+every prompt.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mechinterp.core.encoding import Tokenized, encode_positions, for_each_batch, tokenize
+from mechinterp.core.errors import UserError
+from mechinterp.core.loading import Loaded
+from mechinterp.core.options import option, positive_int
+from mechinterp.core.provenance import PROVENANCE_COLUMNS, Provenance
+from mechinterp.core.toyworld import planted_features
+
+# Columns a Chapter 2 feature_stats.csv must have for --from-results (it has more; these are the ones used).
+RESULTS_COLUMNS = ("group", "feature", "rank")
+# Tokens shown on each side of the peak when an example is long (corpus documents can be 1024 tokens).
+EXAMPLE_WINDOW = 40
+
+# --- choosing and validating features -----------------------------------------------------------------
+
+
+def validate_features(features: Sequence[int], d_sae: int) -> list[int]:
+    """Check every id is a feature of this SAE; returns the ids with duplicates removed (order kept).
+
+    Raises:
+        UserError: naming the bad id and the valid range ``0..d_sae-1``.
+    """
+    for f in features:
+        if not 0 <= int(f) < d_sae:
+            raise UserError(
+                f"feature {f} does not exist: this SAE has {d_sae} features, so ids run from 0 to {d_sae - 1}"
+            )
+    return list(dict.fromkeys(int(f) for f in features))
+
+
+@dataclass
+class ResultsPick:
+    """One feature chosen from a Chapter 2 results table, with the evidence it was chosen on."""
+
+    feature: int
+    group: str
+    rank: int
+    q_value: float | None = None
+    replicated: str = ""  # "yes", "no" or "not tested"
+    verdict: str = ""  # Chapter 2's verdict ("concept", "lexical", ...), "" when it has none
+
+    def describe(self) -> str:
+        """E.g. "happy rank 1, q = 3.7e-08, replicated, verdict concept"."""
+        parts = [f"{self.group} rank {self.rank}"]
+        if self.q_value is not None:
+            parts.append(f"q = {self.q_value:.2g}")
+        if self.replicated:
+            parts.append({"yes": "replicated", "no": "NOT replicated"}.get(self.replicated, "replication not tested"))
+        if self.verdict:
+            parts.append(f"verdict {self.verdict}")
+        return ", ".join(parts)
+
+
+@dataclass
+class ResultsSelection:
+    """What a significance-gated read of a Chapter 2 table picked, and what it passed over."""
+
+    picks: list[ResultsPick]
+    skipped: list[ResultsPick]  # ranked within top_n but not significant / not replicated / not "concept"
+    gate: str  # the rule, in words
+
+    def note(self) -> str:
+        if not self.skipped:
+            return f"all picks pass the gate ({self.gate})"
+        names = ", ".join(f"#{p.feature} ({p.describe()})" for p in self.skipped[:6])
+        more = f" and {len(self.skipped) - 6} more" if len(self.skipped) > 6 else ""
+        return (f"skipped {len(self.skipped)} feature{'s' if len(self.skipped) != 1 else ''} that fail the gate "
+                f"({self.gate}): {names}{more}; --include-nonsignificant takes them anyway")
+
+
+@dataclass
+class FeatureSelection:
+    """Which features to look at (the "which features" flags of Chapters 3, 4 and 6).
+
+    The chapters differ only in the verb of ``--feature``'s help and in ``--top-n``'s default, which they
+    pass to ``cli.add_options``.
+    """
+
+    feature: list[int] = option(
+        help="a feature to look at; repeat for several (with --demo and no ids: the planted features)",
+        default_factory=list, type=int, action="append", metavar="ID")
+    from_results: Path | None = option(
+        None, "look at the top features of each group in a Chapter 2 feature_stats.csv", type=Path, metavar="CSV")
+    top_n: int = option(3, "with --from-results: how many features per group (rank 1 = strongest)", type=positive_int)
+    include_nonsignificant: bool = option(
+        False, "with --from-results: also take features that are not significant, not replicated or not judged "
+        "'concept' (by default they are skipped, and the output says which)")
+
+
+@dataclass
+class FeatureChoice:
+    """Which features a Chapter 3/4 run looks at, and where each came from."""
+
+    features: list[int]
+    groups: dict[int, str]  # feature -> its Chapter 2 group, or the demo concept it was planted for
+    ranks: dict[int, int]  # feature -> its rank in that group (features from --from-results only)
+    how: str  # one line for the output: how the features were chosen
+    picks: dict[int, ResultsPick] = field(default_factory=dict)  # feature -> its Chapter 2 row
+    note: str = ""  # what the significance gate skipped, for the output
+
+    def origin(self, feature: int) -> str | None:
+        """Where ``feature`` came from, with its q and verdict when it came from a results table."""
+        if feature in self.picks:
+            return self.picks[feature].describe()
+        if feature in self.groups:
+            return f"planted '{self.groups[feature]}' feature"
+        return None
+
+
+def choose_features(
+    given: Sequence[int], from_results: Path | None, top_n: int, demo: bool, d_sae: int,
+    include_nonsignificant: bool = False, provenance: Provenance | None = None,
+) -> FeatureChoice:
+    """``--feature`` ids, plus the top ``top_n`` per group of a Chapter 2 CSV, else the demo's planted ones.
+
+    From a results table only features that pass the significance gate are taken (see
+    :func:`read_results_csv`), and the table must have been made with this model, SAE and hook.
+    """
+    features, groups, ranks, picks, note = list(given), {}, {}, {}, ""
+    how = "given with --feature"
+    if from_results is not None:
+        selection = read_results_csv(from_results, top_n, include_nonsignificant, provenance)
+        for pick in selection.picks:
+            if pick.feature not in features:
+                features.append(pick.feature)
+            groups.setdefault(pick.feature, pick.group)
+            ranks.setdefault(pick.feature, pick.rank)
+            picks.setdefault(pick.feature, pick)
+        gate = "every ranked feature, significant or not" if include_nonsignificant else selection.gate
+        how = f"top {top_n} per group of {from_results} ({gate})" + (" plus --feature" if given else "")
+        note = selection.note() if not include_nonsignificant else ""
+    if not features and demo:
+        planted = planted_features().concept
+        features, groups = list(planted.values()), {f: c for c, f in planted.items()}
+        how = "the demo's planted concept features (no --feature given)"
+    if not features:
+        raise UserError("no feature given: pass --feature ID (repeatable) or --from-results feature_stats.csv")
+    return FeatureChoice(validate_features(features, d_sae), groups, ranks, how, picks, note)
+
+
+def _float(text: str | None) -> float | None:
+    try:
+        return float(text) if text not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def read_results_csv(
+    path: Path, top_n: int, include_nonsignificant: bool = False, provenance: Provenance | None = None,
+) -> ResultsSelection:
+    """The top ``top_n`` features of each group in a Chapter 2 ``feature_stats.csv`` that pass the gate.
+
+    The gate: q below the table's alpha, replicated on held-out prompts (when the run had a held-out
+    split), and, when Chapter 2 gave verdicts, the verdict ``concept``. A rank-1 feature of a null group
+    (q = 1) is therefore never picked unless ``include_nonsignificant``. ``rank`` 1 is the strongest
+    feature within its group; a feature that tops several groups is listed once, under the first group
+    in which it appears (groups in file order). Unranked rows (always-on features) are skipped.
+
+    Raises:
+        UserError: the file is missing or malformed, was made with another SAE (``provenance``), or no
+            feature passes the gate.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--from-results {path} does not exist; run Chapter 2 first or give --feature ID")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            columns = reader.fieldnames or []
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise UserError(f"--from-results {path} is not a readable CSV ({err})") from None
+    missing = [c for c in RESULTS_COLUMNS if c not in columns]
+    if missing:
+        raise UserError(
+            f"--from-results {path} lacks the column(s) {', '.join(missing)}; expected Chapter 2's "
+            f"feature_stats.csv (columns group, feature, rank, ...)"
+        )
+    if provenance is not None and rows:
+        stamps = {tuple(row.get(c, "") for c in PROVENANCE_COLUMNS) for row in rows}
+        for stamp in stamps:
+            provenance.check(dict(zip(PROVENANCE_COLUMNS, stamp)), f"--from-results {path}")
+    alpha = _float(rows[0].get("alpha")) if rows else None
+    alpha = alpha if alpha is not None else 0.05
+    had_holdout = any(row.get("replicated") in ("yes", "no") for row in rows)
+    has_verdicts = "verdict" in columns
+    gate = f"q < {alpha:g}" + (", replicated" if had_holdout else "") + (", verdict concept" if has_verdicts else "")
+
+    def passes(pick: ResultsPick) -> bool:
+        if pick.q_value is None or not pick.q_value < alpha:
+            return False
+        if had_holdout and pick.replicated != "yes":
+            return False
+        return not has_verdicts or pick.verdict == "concept"
+
+    picks: list[ResultsPick] = []
+    skipped: list[ResultsPick] = []
+    seen: set[int] = set()
+    taken: dict[str, int] = {}
+    for line, row in enumerate(rows, start=2):
+        if not (row.get("rank") or "").strip():
+            continue  # not ranked (Chapter 2 leaves always-on features unranked)
+        try:
+            feature, rank = int(row["feature"]), int(row["rank"])
+        except (TypeError, ValueError):
+            raise UserError(f"{path} line {line}: feature and rank must be whole numbers") from None
+        pick = ResultsPick(feature, row["group"], rank, _float(row.get("q_value")),
+                           (row.get("replicated") or "").strip(), (row.get("verdict") or "").strip())
+        if rank > top_n or feature in seen:
+            continue
+        if include_nonsignificant or passes(pick):
+            seen.add(feature)
+            picks.append(pick)
+            taken[pick.group] = taken.get(pick.group, 0) + 1
+        else:
+            skipped.append(pick)
+    if not picks:
+        raise UserError(
+            f"--from-results {path}: none of the top {top_n} features of any group passes the gate ({gate}); "
+            "there is nothing significant to look at. Add --include-nonsignificant to look anyway, or "
+            "--top-n to look further down the ranking"
+        )
+    group_order = list(dict.fromkeys(r["group"] for r in rows))
+    picks.sort(key=lambda p: (group_order.index(p.group), p.rank))
+    return ResultsSelection(picks, skipped, gate)
+
+
+# --- activations of a few features over many texts ---------------------------------------------------
+
+
+@dataclass
+class FeatureActivations:
+    """Per-token activations of a few features over a list of texts (BOS and padding already removed)."""
+
+    features: list[int]
+    texts: list[str]
+    sources: list[str]  # the group of each text, or "corpus"
+    token_ids: list[list[int]]  # each text's own tokens (no BOS)
+    acts: list[np.ndarray]  # per text: float32 [n_text_tokens, n_features]
+    n_skip: int  # BOS positions removed from the front of every text
+    truncated: list[int] = field(default_factory=list)  # texts cut to the SAE's (or model's) context
+
+    def column(self, feature: int) -> int:
+        return self.features.index(feature)
+
+    def prompt_max(self, feature: int) -> np.ndarray:
+        """``[n_texts]`` each text's maximum activation of ``feature`` over its tokens."""
+        j = self.column(feature)
+        return np.array([a[:, j].max() if len(a) else 0.0 for a in self.acts], dtype=np.float32)
+
+    def token_values(self, feature: int, source: str | None = None) -> np.ndarray:
+        """All per-token activations of ``feature`` (optionally of one source), zeros included."""
+        j = self.column(feature)
+        parts = [a[:, j] for a, s in zip(self.acts, self.sources) if source is None or s == source]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+
+    def firing(self, feature: int, source: str | None = None) -> tuple[int, int]:
+        """``(tokens where the feature fires, tokens)`` over the texts (of ``source``)."""
+        values = self.token_values(feature, source)
+        return int((values > 0).sum()), int(values.size)
+
+    @property
+    def source_names(self) -> list[str]:
+        return list(dict.fromkeys(self.sources))
+
+
+def collect_feature_activations(
+    loaded: Loaded,
+    texts: Sequence[str],
+    sources: Sequence[str],
+    features: Sequence[int],
+    batch_size: int,
+    tokenized: Tokenized | None = None,
+) -> FeatureActivations:
+    """Encode ``texts`` and keep the activations of ``features`` only, at the texts' own tokens.
+
+    The SAE encodes every feature at once (its encoder is one matrix product, and TopK/JumpReLU SAEs
+    cannot compute one feature alone), so ``[text tokens of one batch, d_sae]`` exists for one batch at a
+    time; BOS and padding never reach the encoder. A batch too large for memory is halved once.
+    """
+    tokenized = tokenized or tokenize(loaded, texts)
+    cols = torch.tensor(list(features), dtype=torch.long)
+    acts: list[np.ndarray | None] = [None] * len(texts)
+
+    def process(batch: list[int], tokens: torch.Tensor, valid: torch.Tensor) -> None:
+        feats = encode_positions(loaded, tokens, valid)  # [n_valid, d_sae], row-major over the batch
+        picked = feats[:, cols.to(feats.device)].float().cpu()  # [n_valid, n_features]
+        del feats
+        for i, part in zip(batch, torch.split(picked, valid.sum(1).tolist())):
+            acts[i] = part.numpy()
+
+    for_each_batch(tokenized, batch_size, process)
+    return FeatureActivations(
+        features=list(features),
+        texts=list(texts),
+        sources=list(sources),
+        token_ids=[ids[tokenized.n_skip :] for ids in tokenized.ids],
+        acts=[a if a is not None else np.zeros((0, len(features)), np.float32) for a in acts],
+        n_skip=tokenized.n_skip,
+        truncated=list(tokenized.truncated),
+    )
+
+
+def typical_max_activation(fa: FeatureActivations, feature: int) -> tuple[float, int]:
+    """The feature's typical maximum activation: the median, over texts where it fires, of each text's max.
+
+    A median of per-text maxima is robust to one outlier text and does not depend on how many texts
+    the feature ignores, so "2x the typical max" means the same for a rare and a common feature.
+
+    Returns:
+        ``(value, number of texts where it fires)``; ``(0.0, 0)`` when it never fires.
+    """
+    maxes = fa.prompt_max(feature)
+    fired = maxes[maxes > 0]
+    return (float(np.median(fired)), int(fired.size)) if fired.size else (0.0, 0)
+
+
+def filter_note(fa: FeatureActivations) -> str:
+    """What was left out of every statistic, in words for the outputs."""
+    note = (
+        f"the first {fa.n_skip} position(s) of each text (BOS) and all padding are excluded from every number"
+        if fa.n_skip
+        else "padding is excluded from every number (this SAE uses no BOS)"
+    )
+    if fa.truncated:
+        note += f"; {len(fa.truncated)} text(s) were cut to the context the SAE was trained on (or the model's, if smaller)"
+    return note
+
+
+
+def histogram_counts(fa: FeatureActivations, feature: int, bins: int = 30) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Histogram of the feature's non-zero per-token activations, one count array per source.
+
+    Returns:
+        ``(edges [bins + 1], {source: counts [bins]})``.
+    """
+    nonzero = {s: v[v > 0] for s in fa.source_names for v in [fa.token_values(feature, s)]}
+    values = np.concatenate(list(nonzero.values())) if nonzero else np.zeros(0)
+    top = float(values.max()) if values.size else 1.0
+    edges = np.linspace(0.0, top * 1.0001 if top > 0 else 1.0, bins + 1)
+    return edges, {s: np.histogram(v, bins=edges)[0] for s, v in nonzero.items()}
+

@@ -1,0 +1,1 @@
+"""Chapter 1: the top SAE features of one text (``text_features``) and its heatmap (``report``)."""

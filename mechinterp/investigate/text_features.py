@@ -1,0 +1,103 @@
+"""Chapter 1's computation: the top SAE features of one text, with their peak tokens.
+
+Kept apart from the script so a notebook gets the same numbers as a typed object::
+
+    result = top_features(loaded, "I was thrilled ...", top_k=20)
+    result.rows[0].feature, result.rows[0].peak_token
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mechinterp.core.encoding import encode_tokens, tokenize, truncation_note, warn_truncated
+from mechinterp.core.loading import Loaded, neuronpedia_url
+from mechinterp.core.source import demo_threads
+from mechinterp.core.tokens import decode_tokens
+
+# A feature active on more than this share of the SAE's training tokens is "dense": it fires on nearly
+# any text, so its appearance at the top of a table, and its peak token, say little about this text.
+DENSE_THRESHOLD = 0.1
+
+
+@dataclass
+class TopFeature:
+    """One row of Chapter 1's table."""
+
+    rank: int
+    feature: int
+    max_activation: float
+    peak_token: str
+    peak_position: int  # in the model's token sequence (BOS, when used, is position 0)
+    neuronpedia_url: str  # "" when the SAE is not on Neuronpedia
+    density: float | None = None  # share of training tokens it fires on (the SAE's sparsity file), if shipped
+
+    @property
+    def dense(self) -> bool:
+        return self.density is not None and self.density > DENSE_THRESHOLD
+
+    def row(self) -> list:
+        return [self.rank, self.feature, self.max_activation, self.peak_token, self.peak_position,
+                self.neuronpedia_url, "" if self.density is None else self.density, "yes" if self.dense else "no"]
+
+
+@dataclass
+class TextFeatures:
+    """The top features of a text.
+
+    Attributes:
+        tokens: the text's tokens as strings (BOS excluded).
+        n_skip: positions before the text (1 for BOS, else 0); token i is at model position i + n_skip.
+        rows: the top features, strongest first.
+        heat: ``[k, n_tokens]`` activations of the top features on every text token.
+        n_fired: features that fire on at least one text token.
+        d_sae: the SAE's width.
+        truncation: "" or, for a text longer than the SAE's training context, how it was cut.
+    """
+
+    tokens: list[str]
+    n_skip: int
+    rows: list[TopFeature]
+    heat: np.ndarray
+    n_fired: int
+    d_sae: int
+    truncation: str = ""
+
+    @property
+    def features(self) -> list[int]:
+        return [r.feature for r in self.rows]
+
+    @property
+    def has_density(self) -> bool:
+        return any(r.density is not None for r in self.rows)
+
+
+def top_features(loaded: Loaded, text: str, top_k: int) -> TextFeatures:
+    """Encode ``text`` and rank features by their max activation over its tokens (BOS excluded)."""
+    tokenized = tokenize(loaded, [text])
+    warn_truncated([text], tokenized, int(loaded.model.cfg.n_ctx))
+    ids = tokenized.ids[0]
+    with demo_threads(loaded.is_demo):
+        acts = encode_tokens(loaded, torch.tensor([ids]))[0]
+    # The BOS position is dropped here, once: every number below is over the text's own tokens.
+    skip = tokenized.n_skip
+    text_acts = acts[skip:].float().cpu().numpy()  # [n_tokens, d_sae]
+    str_tokens = decode_tokens(loaded.model.tokenizer, ids[skip:])  # whole characters, never '�'
+
+    max_acts = text_acts.max(axis=0)
+    n_fired = int((max_acts > 0).sum())
+    k = min(top_k, n_fired)
+    # Stable sort on -max gives a deterministic order for ties (lower feature id first).
+    top = np.argsort(-max_acts, kind="stable")[:k]
+    log_sparsity = loaded.sae.log_sparsity
+    rows = []
+    for rank, feature in enumerate(top, start=1):
+        peak = int(text_acts[:, feature].argmax())
+        density = float(10 ** float(log_sparsity[feature])) if log_sparsity is not None else None
+        rows.append(TopFeature(rank, int(feature), float(max_acts[feature]), str_tokens[peak], peak + skip,
+                               neuronpedia_url(loaded.sae.neuronpedia_id, int(feature)), density))
+    truncation = f"the text {truncation_note(tokenized, 0)}" if tokenized.truncated else ""
+    return TextFeatures(str_tokens, skip, rows, text_acts[:, top].T, n_fired, loaded.sae.d_sae, truncation)
