@@ -24,14 +24,15 @@ import pytest
 from matplotlib.figure import Figure
 
 import MechInterpFeatureInspect as ch3
-from mechinterp.cards import mining
-from mechinterp.cards.render import corpus_figure
+from mechinterp.cards import corpus as corpora
+from mechinterp.cards import mining, report
+from mechinterp.cards.figures import corpus_figure
 from mechinterp.core import constants
 from mechinterp.core.toyworld import CONCEPT_WORDS, NEUTRAL_WORDS, make_sentence
 from tests.test_mining import reference
 
 WINDOW_TEXT = 127  # the toy SAE's training context (128) minus BOS
-START = mining.CorpusPosition()
+START = corpora.CorpusPosition()
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +71,8 @@ def blank_figure(*_args, **_kwargs) -> Figure:
 def run(loaded_toy, tmp_path, monkeypatch, capsys):
     """Run Chapter 3's main() with the toy world already loaded; returns (exit code, stdout, stderr)."""
     monkeypatch.setattr(ch3, "load", lambda source, log=None: loaded_toy)
-    monkeypatch.setattr(ch3, "feature_figure", blank_figure)
-    monkeypatch.setattr(ch3, "corpus_figure", blank_figure)
+    monkeypatch.setattr(report, "card_figure", blank_figure)
+    monkeypatch.setattr(report, "corpus_figure", blank_figure)
     monkeypatch.setattr(constants, "mining_cache_dir", lambda: tmp_path / "mining")
     prompts = tmp_path / "prompts"
     prompts.mkdir()
@@ -111,7 +112,7 @@ def test_cards_show_the_corpus_as_a_brute_force_encode_does(run, corpus, world, 
     argv = ["--feature", str(happy), "--feature", str(angry), "--corpus", str(path), "--max-tokens", str(cut),
             "--all-features", "--out", str(out)]
     with monkeypatch.context() as patch:
-        patch.setattr(ch3, "corpus_figure", corpus_figure)  # drawn for real here
+        patch.setattr(report, "corpus_figure", corpus_figure)  # drawn for real here
         code, printed, err = run(*argv)
     assert code == 0, err
     assert f"mined {cut:,} tokens" in err and "already mined" not in err
@@ -220,7 +221,7 @@ def test_interrupted_pass_continues(run, corpus, world, tmp_path, monkeypatch):
             raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr(ch3.MiningProgress, "__call__", interrupt)
+        patch.setattr(report.MiningProgress, "__call__", interrupt)
         code, _, err = run(*argv, "--out", str(tmp_path / "cut"), "--fresh")
     assert code == 130 and "saved the progress so far" in err
     code, _, err = run(*argv, "--out", str(tmp_path / "cut"))
@@ -262,9 +263,9 @@ def test_a_streamed_dataset_needs_the_network_only_to_mine_it(run, corpus, world
     argv = ["--feature", str(world.planted.concept["angry"]), "--dataset", "Skylion007/openwebtext",
             "--max-tokens", "600", "--out", str(tmp_path / "out")]
     with monkeypatch.context() as online:
-        online.setattr(mining.HFDatasetCorpus, "ensure_reachable", lambda self: None)
-        online.setattr(mining.HFDatasetCorpus, "documents",
-                       lambda self, start=START: mining.TextFileCorpus(path).documents(start))
+        online.setattr(corpora.HFDatasetCorpus, "ensure_reachable", lambda self: None)
+        online.setattr(corpora.HFDatasetCorpus, "documents",
+                       lambda self, start=START: corpora.TextFileCorpus(path).documents(start))
         code, _, err = run(*argv)
     assert code == 0 and "mined 600 tokens" in err, err
     described = card(tmp_path / "out", world.planted.concept["angry"])["corpus"]["corpus"]
@@ -280,7 +281,7 @@ def test_corpus_flags_need_a_corpus(run):
     for flags in (["--all-features"], ["--fresh"], ["--max-tokens", "5000"], ["--dataset-split", "test"]):
         code, _, err = run("--feature", "3", *flags, "--out", "unused")
         assert code == 2 and "is about corpus mining: add --corpus FILE" in err, flags
-    assert [ch3.token_count(t) for t in ("100000", "100_000", "100k", "1M", "2.5k", "all")] == [
-        100_000, 100_000, 100_000, 1_000_000, 2_500, ch3.ALL_TOKENS]
+    assert [corpora.token_count(t) for t in ("100000", "100_000", "100k", "1M", "2.5k", "all")] == [
+        100_000, 100_000, 100_000, 1_000_000, 2_500, corpora.ALL_TOKENS]
     with pytest.raises(SystemExit):
         ch3.parse_args(["--max-tokens", "0"])
