@@ -26,8 +26,11 @@ from matplotlib.figure import Figure
 import MechInterpFeatureInspect as ch3
 from mechinterp.cards import corpus as corpora
 from mechinterp.cards import mining, report
+from mechinterp.cards.card import feature_cards
 from mechinterp.cards.figures import corpus_figure
 from mechinterp.core import constants
+from mechinterp.core.errors import UserError
+from mechinterp.core.prompts import collect_texts
 from mechinterp.core.toyworld import CONCEPT_WORDS, NEUTRAL_WORDS, make_sentence
 from tests.test_mining import reference
 
@@ -285,3 +288,56 @@ def test_corpus_flags_need_a_corpus(run):
         100_000, 100_000, 100_000, 1_000_000, 2_500, corpora.ALL_TOKENS]
     with pytest.raises(SystemExit):
         ch3.parse_args(["--max-tokens", "0"])
+
+
+def test_feature_cards_with_a_corpus_are_the_scripts(run, corpus, world, loaded_toy, tmp_path):
+    """A notebook's pass and cards (no checkpoints, no flags) equal the script's files; the reprs say what they hold."""
+    path, cut, windows, acts = corpus
+    angry = world.planted.concept["angry"]
+    out = tmp_path / "out"
+    code, _, err = run("--feature", str(angry), "--corpus", str(path), "--max-tokens", str(cut), "--out", str(out))
+    assert code == 0, err
+    written = card(out, angry)
+
+    mined = mining.mine(loaded_toy, corpora.TextFileCorpus(path), mining.MiningOptions(features=(angry,), max_tokens=cut))
+    texts, groups, _ = collect_texts(tmp_path / "prompts", True, None)
+    cards = feature_cards(loaded_toy, [angry], texts, groups, corpus=mined, corpus_scope=report.corpus_scope(mined, cut),
+                          origins={angry: "given with --feature"})
+    data = cards[0].to_dict() | {"title": loaded_toy.title, "provenance": loaded_toy.provenance.to_dict()}
+    assert json.loads(json.dumps(data)) == written
+
+    peaks = np.stack([a.max(axis=0) for a in acts])[:, angry]
+    assert repr(mined) == (f"MiningResult(1 feature over {cut:,} tokens of {path} ({len(windows)} windows of 128 tokens, "
+                           f"{mined.n_documents} documents); top 10 windows each; complete; density #{angry} "
+                           f"{100 * written['corpus']['density']:.3g}%)")
+    c = written["corpus"]
+    assert repr(cards[0].corpus) == (
+        f"CorpusEvidence(fires on {100 * c['density']:.3g}% of {cut:,} tokens of {path} (in {int((peaks > 0).sum())} of "
+        f"{len(windows)} windows of 128); max {peaks.max():.3f}, typical max ~{c['typical_max_activation_approx']:.3g}; "
+        f"10 top windows, top {c['top_examples'][0]['peak_token']!r} {peaks.max():.3f}; "
+        f"{len(c['level_examples'])} at lower levels)")
+    top = cards[0].corpus.examples[0]
+    assert repr(top).startswith(f"Example(#1 [corpus, {c['top_examples'][0]['where']}] max {peaks.max():.3f} at "
+                                f"{c['top_examples'][0]['peak_token']!r}: ")
+    assert f"corpus density {100 * c['density']:.3g}% of {cut:,} tokens)" in repr(cards[0])
+    assert all(len(repr(x)) < 600 for x in (mined, cards[0], cards[0].corpus, top))
+
+
+def test_corpus_options_are_checked_where_they_are_made(tmp_path):
+    """The "corpus mining" options refuse what the command line refuses, for a notebook too."""
+    assert corpora.CorpusOptions().open() is None and corpora.CorpusOptions().token_limit == corpora.DEFAULT_MAX_TOKENS
+    text = tmp_path / "docs.txt"
+    text.write_text("one document\n", encoding="utf-8")
+    assert corpora.CorpusOptions(corpus=text, max_tokens=corpora.ALL_TOKENS).token_limit is None
+    assert corpora.CorpusOptions(corpus=text, max_tokens=5_000).token_limit == 5_000
+    assert corpora.CorpusOptions(corpus=text).open() == corpora.TextFileCorpus(text)
+    dataset = corpora.CorpusOptions(dataset="Skylion007/openwebtext", dataset_split="validation").open()
+    assert dataset == corpora.HFDatasetCorpus("Skylion007/openwebtext", split="validation", column="text")
+    with pytest.raises(UserError, match="--max-tokens is about corpus mining: add --corpus FILE"):
+        corpora.CorpusOptions(max_tokens=5_000)
+    with pytest.raises(UserError, match="--text-column applies to --dataset, not to --corpus FILE"):
+        corpora.CorpusOptions(corpus=text, text_column="body")
+    with pytest.raises(UserError, match="not both"):
+        corpora.CorpusOptions(corpus=text, dataset="Skylion007/openwebtext")
+    with pytest.raises(UserError, match="corpus file .* does not exist"):
+        corpora.CorpusOptions(corpus=tmp_path / "missing.txt").open()

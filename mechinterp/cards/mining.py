@@ -47,6 +47,7 @@ from mechinterp.core.encoding import hook_activations, is_out_of_memory, sae_enc
 from mechinterp.core.errors import EnvironmentProblem, UserError
 from mechinterp.core.loading import Loaded
 from mechinterp.core.progress import Log, silent
+from mechinterp.core.tables import plural
 
 # Bump when anything that changes the mined numbers changes; older checkpoints are then never read.
 MINING_VERSION = "2"
@@ -68,6 +69,8 @@ HIST_BINS = 50
 # Batches between prunings of the kept windows: between two, at most this many batches' windows are
 # kept beyond those the top-k point to (torch.unique over F x k ids is too slow to run every batch).
 PRUNE_EVERY = 32
+# Features whose density a MiningResult's repr lists (a repr is read at a glance).
+REPR_FEATURES = 5
 # GPT-2's tokenizer averages about 4 bytes of English per token; only the first progress estimate uses it.
 BYTES_PER_TOKEN = 4.0
 
@@ -210,6 +213,17 @@ class MiningResult:
     resumed_at: int = 0
     reused: bool = False
     _rows: dict[int, int] = field(default_factory=dict, repr=False)
+
+    def __repr__(self) -> str:
+        n = len(self.features)
+        densities = ", ".join(f"#{int(f)} {100 * d:.3g}%" for f, d in zip(self.features[:REPR_FEATURES],
+                                                                          self.densities[:REPR_FEATURES]))
+        more = f", ... ({n:,} in all)" if n > REPR_FEATURES else ""
+        corpus = self.corpus if len(self.corpus) <= 100 else self.corpus[:99] + "…"
+        state = ("complete" if self.complete else "incomplete") + (", read back from its checkpoint" if self.reused else "")
+        return (f"MiningResult({plural(n, 'feature')} over {self.n_tokens:,} tokens of {corpus} "
+                f"({self.n_windows:,} windows of {self.window} tokens, {self.n_documents:,} documents); top {self.k} "
+                f"windows each; {state}; density {densities}{more})")
 
     @property
     def k(self) -> int:
