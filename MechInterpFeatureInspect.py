@@ -21,8 +21,9 @@ self-contained card to open in a browser), ``feature_<id>.json`` (everything on 
 also ``MI5_<id>_corpus.png`` with ``MI5_<id>_corpus_hist.csv``; with ``--all-features``,
 ``corpus_features.csv`` (every feature's density and top example) and ``corpus_histograms.csv``.
 
-With ``--baseline GROUP`` each card also compares the feature's firing rate in that prompt group with
-its rate in the group where it fires most ("fires on 7.33% of 'happy' tokens vs 0% of 'baseline'").
+With ``--baseline GROUP`` each card also sets the feature's firing rate in that prompt group beside its
+rate in the group where it fires most ("fires on 7.33% of 'happy' tokens (its busiest group) vs 0% of
+'baseline' tokens (0 of 543): never in the baseline"); without it the cards make no comparison.
 
 The script reads as the method: options -> choose features -> mine the corpus (if any) -> encode the
 prompts and build the cards (``mechinterp.cards.card.feature_cards``, also a notebook's entry point)
@@ -32,6 +33,7 @@ Run:
     python MechInterpFeatureInspect.py --feature 501 --demo          # toy world, no network needed
     python MechInterpFeatureInspect.py --demo                        # the demo's planted features
     python MechInterpFeatureInspect.py --feature 1234 --feature 7 --prompts prompts/
+    python MechInterpFeatureInspect.py --demo --baseline baseline      # each card against the baseline group
     python MechInterpFeatureInspect.py --from-results Images/feature_stats.csv --top-n 3
     python MechInterpFeatureInspect.py --feature 1234 --corpus my_documents.txt   # one document per line
     python MechInterpFeatureInspect.py --feature 1234 --dataset Skylion007/openwebtext --max-tokens 1000000
