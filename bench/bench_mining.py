@@ -62,11 +62,11 @@ from bench_encoding import (  # noqa: E402
     write_report,
 )
 
-from mechinterp.cards.mining import (
+from mechinterp.cards.corpus import TextFileCorpus  # noqa: E402
+from mechinterp.cards.mining import (  # noqa: E402
     DEFAULT_BATCH_SIZE,
     DEFAULT_CHECKPOINT_EVERY,
     MiningOptions,
-    TextFileCorpus,
     mine,
 )
 from mechinterp.cli import positive_int, run_cli  # noqa: E402

@@ -73,15 +73,18 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def add_options(parser: argparse.ArgumentParser, cls: type, title: str | None = None, *,
                 defaults: dict[str, Any] | None = None, helps: dict[str, str] | None = None,
-                only: Sequence[str] | None = None) -> argparse._ArgumentGroup:
+                only: Sequence[str] | None = None,
+                into: argparse._ArgumentGroup | None = None) -> argparse._ArgumentGroup:
     """Add one flag per :func:`~mechinterp.core.options.option` field of the dataclass ``cls``.
 
     The field is the single definition: its name gives the flag (``top_k`` -> ``--top-k``) and the
     ``args`` attribute, its default and help become the flag's. ``defaults``/``helps`` change a field's
     default and help for one script (Chapter 5's ``--model``); ``only`` keeps just these fields.
+    ``into`` adds the flags to a group the script already has (e.g. a mutually exclusive group, or
+    another dataclass's section) instead of a new section titled ``title``.
     Returns the group, so a script can add a flag of its own beside them.
     """
-    group = parser.add_argument_group(title)
+    group = into if into is not None else parser.add_argument_group(title)
     for field in dataclasses.fields(cls):
         flag = flag_of(field)
         if flag is None or (only is not None and field.name not in only):

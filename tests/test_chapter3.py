@@ -11,11 +11,18 @@ import pytest
 import torch
 
 import MechInterpFeatureInspect as ch3
-from mechinterp.cards.card import Example, build_card
-from mechinterp.cards.render import highlight_terminal, render_html
+from mechinterp.cards.card import CardOptions, Example, build_card, feature_cards
+from mechinterp.cards.render import format_card_text, highlight_terminal, render_html
 from mechinterp.core.errors import UserError
-from mechinterp.core.features import collect_feature_activations, read_results_csv, validate_features
+from mechinterp.core.features import (
+    choose_features,
+    collect_feature_activations,
+    read_results_csv,
+    validate_features,
+)
 from mechinterp.core.logits import logit_effects
+from mechinterp.core.prompts import collect_texts
+from mechinterp.core.source import SourceOptions, demo_prompts_dir, demo_threads, load, resolve_source
 from mechinterp.core.tables import safe_text
 from mechinterp.core.toyworld import CONCEPT_WORDS, PLANTED_OUTPUTS
 
@@ -245,3 +252,101 @@ def _parse(page: str) -> tuple[set[str], str]:
     parser = Collect()
     parser.feed(page)
     return parser.tags, "".join(parser.text)
+
+
+def _as_written(card, loaded) -> dict:
+    """A card as the script writes feature_<id>.json (JSON's own types)."""
+    return json.loads(json.dumps(card.to_dict() | {"title": loaded.title, "provenance": loaded.provenance.to_dict()}))
+
+
+def test_feature_cards_is_what_the_script_computes(world, tmp_path, capsys):
+    """The notebook entry point gives the demo run's cards, number for number, and their reprs say so."""
+    out = tmp_path / "out"
+    assert ch3.main(["--demo", "--quiet", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    record = json.loads((out / "MechInterpFeatureInspect_run.json").read_text())
+    assert "baseline" not in record["args"]  # not given: the run records the flags it always had
+
+    loaded = load(resolve_source(SourceOptions(demo=True)))
+    texts, groups, _ = collect_texts(demo_prompts_dir(), True, None)
+    with demo_threads(True):
+        choice = choose_features([], None, 3, True, loaded.sae.d_sae)
+        cards = feature_cards(loaded, choice.features, texts, groups, origins={f: choice.origin(f) for f in choice.features})
+    assert [c.feature for c in cards] == record["features"] == list(world.planted.concept.values())
+    for card in cards:
+        assert _as_written(card, loaded) == json.loads((out / f"feature_{card.feature}.json").read_text())
+        assert format_card_text(card, loaded.title, color=False) in printed
+    assert record["n_tokens"] == cards[0].fired_total[1] and record["filtered"] == cards[0].filtered
+
+    # The reprs: short, and the numbers the files hold.
+    assert repr(choice) == "FeatureChoice([501, 409]: the demo's planted concept features (no --feature given))"
+    happy = json.loads((out / f"feature_{world.planted.concept['happy']}.json").read_text())
+    fired, total = happy["fired_tokens_by_source"]["happy"]["fired"], happy["fired_tokens_by_source"]["happy"]["tokens"]
+    top, promoted = happy["top_examples"][0], happy["promoted"][:3]
+    text = repr(cards[0])
+    assert text == (
+        f"FeatureCard(#{happy['feature']} (planted 'happy' feature); fires on {fired} of "
+        f"{sum(v['tokens'] for v in happy['fired_tokens_by_source'].values()):,} tokens "
+        f"({100 * happy['firing_rate_on_prompts']:.3g}%), in {happy['texts_where_it_fires']} of {happy['texts']} texts, "
+        f"most in 'happy' ({100 * fired / total:.3g}%); top {top['peak_token']!r} {top['max_activation']:.3f}; promotes "
+        + ", ".join(f"{x['token']!r} {x['value']:+.3g}" for x in promoted) + ")"
+    )
+    assert "fires on 48 of 2,284 tokens" in text and "top ' glad' 3.001" in text and len(text) < 600
+    example = cards[0].examples[0]
+    assert repr(example) == (f"Example(#1 [happy] max {top['max_activation']:.3f} at ' glad': "
+                             f"{''.join(top['tokens'])!r})")
+    level = cards[0].more_examples[0]
+    assert repr(level).startswith(f"Example(#{level.rank} [happy] max {level.max_act:.3f} at {level.tokens[level.peak]!r} "
+                                  "(upper quartile of the per-text maxima where it fires")
+    assert all(len(repr(x)) < 600 for x in (*cards, *cards[0].examples, *cards[0].more_examples))
+
+
+def test_example_repr_clips_long_texts():
+    tokens = [" a"] * 100 + [" peak"] + [" b"] * 100
+    ex = Example(rank=0, text_index=3, source="corpus", tokens=tokens, acts=np.zeros(201, np.float32), peak=100,
+                 label="median of the per-window maxima where it fires (~2.5); drawn at random among them",
+                 where="document 4")
+    assert ex.context(10) == "…" + " a" * 5 + " peak" + " b" * 5 + "…"
+    assert ex.context() == "…" + " a" * 30 + " peak" + " b" * 30 + "…"  # 60 characters each side
+    assert repr(ex) == (f"Example([corpus, document 4] max 0.000 at ' peak' (median of the per-window maxima where it "
+                        f"fires (~2.5); drawn at rando…): {ex.context()!r})")  # 70 characters of the label
+
+
+def test_baseline_compares_each_card_with_its_group(world, tmp_path, capsys):
+    """--baseline GROUP: each card sets its firing rate there beside the busiest other group's."""
+    happy, always = world.planted.concept["happy"], world.planted.always_on[0]
+    out = tmp_path / "out"
+    argv = ["--demo", "--quiet", "--feature", str(happy), "--feature", str(always), "--out", str(out)]
+    assert ch3.main([*argv, "--baseline", "baseline"]) == 0
+    printed = capsys.readouterr().out
+    card = json.loads((out / f"feature_{happy}.json").read_text())
+    by_source = card["fired_tokens_by_source"]
+    assert card["against_baseline"] == {
+        "baseline": "baseline", "fired_tokens": 0, "tokens": by_source["baseline"]["tokens"], "firing_rate": 0.0,
+        "top_group": "happy", "top_group_fired_tokens": 48, "top_group_tokens": by_source["happy"]["tokens"],
+        "top_group_firing_rate": 48 / by_source["happy"]["tokens"],
+    }
+    rate = f"{100 * 48 / by_source['happy']['tokens']:.3g}%"
+    line = (f"  against the baseline: fires on {rate} of 'happy' tokens (its busiest group) vs 0% of 'baseline' tokens "
+            f"(0 of {by_source['baseline']['tokens']}): never in the baseline")
+    assert line in printed.replace("\n    ", " ")  # the terminal wraps the line at 100 columns
+    assert "<td>Against the baseline</td><td>fires on " in (out / f"feature_{happy}.html").read_text()
+    assert json.loads((out / "MechInterpFeatureInspect_run.json").read_text())["args"]["baseline"] == "baseline"
+
+    # A feature that fires everywhere: its busiest group beside the baseline, as a ratio of the two rates.
+    on = json.loads((out / f"feature_{always}.json").read_text())
+    rates = {s: v["fired"] / v["tokens"] for s, v in on["fired_tokens_by_source"].items()}
+    busiest = max((s for s in rates if s != "baseline"), key=rates.get)
+    assert on["against_baseline"]["top_group"] == busiest and rates["baseline"] > 0
+    assert on["against_baseline"]["top_group_firing_rate"] == rates[busiest]
+    assert f"{rates[busiest] / rates['baseline']:.3g} times the baseline's rate" in printed.replace("\n    ", " ")
+
+    # Another group can be the reference; one that is not among the prompts is refused before loading.
+    cards = feature_cards(load(resolve_source(SourceOptions(demo=True))), [happy], ["The teacher was glad."],
+                          ["happy"], CardOptions(baseline="happy"))
+    assert cards[0].against_baseline().group is None and cards[0].against_baseline().fired == 1
+    assert ch3.main([*argv, "--baseline", "calm"]) == 2
+    assert "baseline group 'calm' is not among the prompt groups; available: angry, baseline, control, happy" in (
+        capsys.readouterr().err)
+    with pytest.raises(UserError, match="top_prompts must be at least 1"):
+        CardOptions(top_prompts=0)

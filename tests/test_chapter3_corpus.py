@@ -24,14 +24,18 @@ import pytest
 from matplotlib.figure import Figure
 
 import MechInterpFeatureInspect as ch3
-from mechinterp.cards import mining
-from mechinterp.cards.render import corpus_figure
+from mechinterp.cards import corpus as corpora
+from mechinterp.cards import mining, report
+from mechinterp.cards.card import feature_cards
+from mechinterp.cards.figures import corpus_figure
 from mechinterp.core import constants
+from mechinterp.core.errors import UserError
+from mechinterp.core.prompts import collect_texts
 from mechinterp.core.toyworld import CONCEPT_WORDS, NEUTRAL_WORDS, make_sentence
 from tests.test_mining import reference
 
 WINDOW_TEXT = 127  # the toy SAE's training context (128) minus BOS
-START = mining.CorpusPosition()
+START = corpora.CorpusPosition()
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +74,8 @@ def blank_figure(*_args, **_kwargs) -> Figure:
 def run(loaded_toy, tmp_path, monkeypatch, capsys):
     """Run Chapter 3's main() with the toy world already loaded; returns (exit code, stdout, stderr)."""
     monkeypatch.setattr(ch3, "load", lambda source, log=None: loaded_toy)
-    monkeypatch.setattr(ch3, "feature_figure", blank_figure)
-    monkeypatch.setattr(ch3, "corpus_figure", blank_figure)
+    monkeypatch.setattr(report, "card_figure", blank_figure)
+    monkeypatch.setattr(report, "corpus_figure", blank_figure)
     monkeypatch.setattr(constants, "mining_cache_dir", lambda: tmp_path / "mining")
     prompts = tmp_path / "prompts"
     prompts.mkdir()
@@ -111,7 +115,7 @@ def test_cards_show_the_corpus_as_a_brute_force_encode_does(run, corpus, world, 
     argv = ["--feature", str(happy), "--feature", str(angry), "--corpus", str(path), "--max-tokens", str(cut),
             "--all-features", "--out", str(out)]
     with monkeypatch.context() as patch:
-        patch.setattr(ch3, "corpus_figure", corpus_figure)  # drawn for real here
+        patch.setattr(report, "corpus_figure", corpus_figure)  # drawn for real here
         code, printed, err = run(*argv)
     assert code == 0, err
     assert f"mined {cut:,} tokens" in err and "already mined" not in err
@@ -220,7 +224,7 @@ def test_interrupted_pass_continues(run, corpus, world, tmp_path, monkeypatch):
             raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr(ch3.MiningProgress, "__call__", interrupt)
+        patch.setattr(report.MiningProgress, "__call__", interrupt)
         code, _, err = run(*argv, "--out", str(tmp_path / "cut"), "--fresh")
     assert code == 130 and "saved the progress so far" in err
     code, _, err = run(*argv, "--out", str(tmp_path / "cut"))
@@ -262,9 +266,9 @@ def test_a_streamed_dataset_needs_the_network_only_to_mine_it(run, corpus, world
     argv = ["--feature", str(world.planted.concept["angry"]), "--dataset", "Skylion007/openwebtext",
             "--max-tokens", "600", "--out", str(tmp_path / "out")]
     with monkeypatch.context() as online:
-        online.setattr(mining.HFDatasetCorpus, "ensure_reachable", lambda self: None)
-        online.setattr(mining.HFDatasetCorpus, "documents",
-                       lambda self, start=START: mining.TextFileCorpus(path).documents(start))
+        online.setattr(corpora.HFDatasetCorpus, "ensure_reachable", lambda self: None)
+        online.setattr(corpora.HFDatasetCorpus, "documents",
+                       lambda self, start=START: corpora.TextFileCorpus(path).documents(start))
         code, _, err = run(*argv)
     assert code == 0 and "mined 600 tokens" in err, err
     described = card(tmp_path / "out", world.planted.concept["angry"])["corpus"]["corpus"]
@@ -280,7 +284,60 @@ def test_corpus_flags_need_a_corpus(run):
     for flags in (["--all-features"], ["--fresh"], ["--max-tokens", "5000"], ["--dataset-split", "test"]):
         code, _, err = run("--feature", "3", *flags, "--out", "unused")
         assert code == 2 and "is about corpus mining: add --corpus FILE" in err, flags
-    assert [ch3.token_count(t) for t in ("100000", "100_000", "100k", "1M", "2.5k", "all")] == [
-        100_000, 100_000, 100_000, 1_000_000, 2_500, ch3.ALL_TOKENS]
+    assert [corpora.token_count(t) for t in ("100000", "100_000", "100k", "1M", "2.5k", "all")] == [
+        100_000, 100_000, 100_000, 1_000_000, 2_500, corpora.ALL_TOKENS]
     with pytest.raises(SystemExit):
         ch3.parse_args(["--max-tokens", "0"])
+
+
+def test_feature_cards_with_a_corpus_are_the_scripts(run, corpus, world, loaded_toy, tmp_path):
+    """A notebook's pass and cards (no checkpoints, no flags) equal the script's files; the reprs say what they hold."""
+    path, cut, windows, acts = corpus
+    angry = world.planted.concept["angry"]
+    out = tmp_path / "out"
+    code, _, err = run("--feature", str(angry), "--corpus", str(path), "--max-tokens", str(cut), "--out", str(out))
+    assert code == 0, err
+    written = card(out, angry)
+
+    mined = mining.mine(loaded_toy, corpora.TextFileCorpus(path), mining.MiningOptions(features=(angry,), max_tokens=cut))
+    texts, groups, _ = collect_texts(tmp_path / "prompts", True, None)
+    cards = feature_cards(loaded_toy, [angry], texts, groups, corpus=mined, corpus_scope=report.corpus_scope(mined, cut),
+                          origins={angry: "given with --feature"})
+    data = cards[0].to_dict() | {"title": loaded_toy.title, "provenance": loaded_toy.provenance.to_dict()}
+    assert json.loads(json.dumps(data)) == written
+
+    peaks = np.stack([a.max(axis=0) for a in acts])[:, angry]
+    assert repr(mined) == (f"MiningResult(1 feature over {cut:,} tokens of {path} ({len(windows)} windows of 128 tokens, "
+                           f"{mined.n_documents} documents); top 10 windows each; complete; density #{angry} "
+                           f"{100 * written['corpus']['density']:.3g}%)")
+    c = written["corpus"]
+    assert repr(cards[0].corpus) == (
+        f"CorpusEvidence(fires on {100 * c['density']:.3g}% of {cut:,} tokens of {path} (in {int((peaks > 0).sum())} of "
+        f"{len(windows)} windows of 128); max {peaks.max():.3f}, typical max ~{c['typical_max_activation_approx']:.3g}; "
+        f"10 top windows, top {c['top_examples'][0]['peak_token']!r} {peaks.max():.3f}; "
+        f"{len(c['level_examples'])} at lower levels)")
+    top = cards[0].corpus.examples[0]
+    assert repr(top).startswith(f"Example(#1 [corpus, {c['top_examples'][0]['where']}] max {peaks.max():.3f} at "
+                                f"{c['top_examples'][0]['peak_token']!r}: ")
+    assert f"corpus density {100 * c['density']:.3g}% of {cut:,} tokens)" in repr(cards[0])
+    assert all(len(repr(x)) < 600 for x in (mined, cards[0], cards[0].corpus, top))
+
+
+def test_corpus_options_are_checked_where_they_are_made(tmp_path):
+    """The "corpus mining" options refuse what the command line refuses, for a notebook too."""
+    assert corpora.CorpusOptions().open() is None and corpora.CorpusOptions().token_limit == corpora.DEFAULT_MAX_TOKENS
+    text = tmp_path / "docs.txt"
+    text.write_text("one document\n", encoding="utf-8")
+    assert corpora.CorpusOptions(corpus=text, max_tokens=corpora.ALL_TOKENS).token_limit is None
+    assert corpora.CorpusOptions(corpus=text, max_tokens=5_000).token_limit == 5_000
+    assert corpora.CorpusOptions(corpus=text).open() == corpora.TextFileCorpus(text)
+    dataset = corpora.CorpusOptions(dataset="Skylion007/openwebtext", dataset_split="validation").open()
+    assert dataset == corpora.HFDatasetCorpus("Skylion007/openwebtext", split="validation", column="text")
+    with pytest.raises(UserError, match="--max-tokens is about corpus mining: add --corpus FILE"):
+        corpora.CorpusOptions(max_tokens=5_000)
+    with pytest.raises(UserError, match="--text-column applies to --dataset, not to --corpus FILE"):
+        corpora.CorpusOptions(corpus=text, text_column="body")
+    with pytest.raises(UserError, match="not both"):
+        corpora.CorpusOptions(corpus=text, dataset="Skylion007/openwebtext")
+    with pytest.raises(UserError, match="corpus file .* does not exist"):
+        corpora.CorpusOptions(corpus=tmp_path / "missing.txt").open()

@@ -1,4 +1,4 @@
-"""Corpus mining (mechinterp.cards.mining) against a brute-force reference on the toy world.
+"""Corpus mining (mechinterp.cards.mining, .corpus, .store) against a brute-force reference on the toy world.
 
 The reference reads the corpus with Chapter 3's own reader, encodes every window alone with a full
 ``run_with_cache`` forward pass, keeps every dense activation, and sorts. The streaming pass must give
@@ -18,17 +18,9 @@ import numpy as np
 import pytest
 import torch
 
-from mechinterp.cards import mining
-from mechinterp.cards.mining import (
-    CorpusPosition,
-    HFDatasetCorpus,
-    MiningOptions,
-    TextFileCorpus,
-    iter_windows,
-    merge_topk,
-    mine,
-    window_activations,
-)
+from mechinterp.cards import mining, report, store
+from mechinterp.cards.corpus import CorpusPosition, HFDatasetCorpus, TextFileCorpus, iter_windows
+from mechinterp.cards.mining import MiningOptions, merge_topk, mine, window_activations
 from mechinterp.core.errors import EnvironmentProblem, UserError
 from mechinterp.core.prompts import read_prompt_file
 from mechinterp.core.toyworld import demo_corpus
@@ -208,7 +200,7 @@ def test_bfloat16_model_and_sae_give_float32_statistics_of_their_own_activations
     assert not np.array_equal(full.top_values, result.top_values)
     corpus = TextFileCorpus(corpus_file)
     keys = [mining.checkpoint_key(x, corpus, options, 32) for x in (half, loaded_toy)]
-    assert keys[0]["dtype"] != keys[1]["dtype"] and mining.checkpoint_path(Path("."), keys[0]) != mining.checkpoint_path(
+    assert keys[0]["dtype"] != keys[1]["dtype"] and store.checkpoint_path(Path("."), keys[0]) != store.checkpoint_path(
         Path("."), keys[1])
 
 
@@ -405,7 +397,7 @@ def test_progress_bar_starts_where_a_resumed_pass_starts():
     from tqdm import tqdm
 
     bar = tqdm(total=0, unit="tok", file=io.StringIO(), mininterval=0)
-    update = mining.progress_updater(bar)
+    update = report.progress_updater(bar)
     update(5_000, 20_000)  # 5,000 tokens were mined before a resume
     update(7_000, 20_000)
     update(9_000, 19_000)

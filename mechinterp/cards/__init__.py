@@ -1,1 +1,3 @@
-"""Chapter 3: feature cards (``card``), corpus mining (``mining``), terminal and HTML rendering (``render``), figures."""
+"""Chapter 3: feature cards (``card``: the data, and ``feature_cards`` to make them), corpus mining
+(``corpus``: documents into windows; ``mining``: the pass; ``store``: its saved state), and
+presentation (``render``: terminal and HTML; ``figures``; ``report``: the files and text of a run)."""

@@ -15,20 +15,69 @@ With a mined corpus (:mod:`mechinterp.cards.mining`: ``--corpus FILE`` or ``--da
 has a :class:`CorpusEvidence`: the feature's density over the corpus, its top windows there, windows
 at lower activation levels, and the histogram of its activations over every corpus token.
 
-Rendering a card (terminal text, HTML) lives in :mod:`mechinterp.cards.render`.
+:func:`feature_cards` makes the cards of a few features from prompts (and a mined corpus) in one call:
+what Chapter 3's script computes, for a notebook too. Rendering a card (terminal text, HTML) lives in
+:mod:`mechinterp.cards.render`, its figures in :mod:`mechinterp.cards.figures`, and the files a run
+writes in :mod:`mechinterp.cards.report`.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from mechinterp.cards.mining import MinedExample, MiningResult, window_activations
-from mechinterp.core.features import FeatureActivations, filter_note, typical_max_activation
+from mechinterp.cards.mining import DEFAULT_BATCH_SIZE, MinedExample, MiningResult, window_activations
+from mechinterp.core.encoding import default_batch_size, tokenize, warn_truncated
+from mechinterp.core.errors import UserError
+from mechinterp.core.features import (
+    FeatureActivations,
+    collect_feature_activations,
+    filter_note,
+    histogram_counts,
+    typical_max_activation,
+)
 from mechinterp.core.loading import Loaded, neuronpedia_url
 from mechinterp.core.logits import LogitEffect, logit_effects
+from mechinterp.core.options import option, positive_int
+from mechinterp.core.progress import Log, silent
+from mechinterp.core.records import RunRecord
+from mechinterp.core.tables import plural
 from mechinterp.core.tokens import decode_tokens
+
+COLOR_MODES = ("auto", "always", "never")
+# Characters of text a repr shows around an example's peak (a repr is read in a notebook, at a glance).
+REPR_CONTEXT = 60
+
+
+@dataclass
+class CardOptions:
+    """What a card shows, and how its texts are encoded (Chapter 3's "what to show" flags, --batch-size).
+
+    Attributes:
+        baseline: the prompt group each card is compared with (``--baseline``): the card then gives its
+            firing rate there beside the rate in the group where it fires most. None: no comparison.
+    """
+
+    batch_size: int | None = option(
+        None, "texts per forward pass (default: 16 on CPU, 64 on GPU; for corpus mining, windows per pass, "
+        f"default {DEFAULT_BATCH_SIZE})", type=positive_int)
+    top_prompts: int = option(10, "top activating texts (and corpus windows) per card", type=positive_int)
+    n_tokens: int = option(15, "how many promoted and suppressed tokens of W_dec[f] @ W_U to list", type=positive_int)
+    color: str = option("auto", "colour the terminal highlights: auto = only when stdout is a terminal",
+                        choices=COLOR_MODES)
+    baseline: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("top_prompts", "n_tokens"):
+            if int(getattr(self, name)) < 1:
+                raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.batch_size is not None and int(self.batch_size) < 1:
+            raise UserError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.color not in COLOR_MODES:
+            raise UserError(f"color must be one of {', '.join(COLOR_MODES)}, got {self.color!r}")
 
 # --- how often it fires --------------------------------------------------------------------------
 
@@ -61,6 +110,63 @@ class Example:
     def max_act(self) -> float:
         return float(self.acts[self.peak])
 
+    def context(self, chars: int = REPR_CONTEXT) -> str:
+        """The text around the peak token: up to ``chars`` characters on each side ("…" where cut)."""
+        before, after = "".join(self.tokens[: self.peak]), "".join(self.tokens[self.peak + 1 :])
+        left = "…" + before[-chars:] if len(before) > chars else before
+        right = after[:chars] + "…" if len(after) > chars else after
+        return left + self.tokens[self.peak] + right
+
+    def __repr__(self) -> str:
+        rank = f"#{self.rank} " if self.rank > 0 else ""
+        where = f", {self.where}" if self.where else ""
+        why = f" ({_clip(self.label, 70)})" if self.label else ""
+        return (f"Example({rank}[{self.source}{where}] max {self.max_act:.3f} at {self.tokens[self.peak]!r}{why}: "
+                f"{self.context()!r})")
+
+
+def _clip(text: str, chars: int) -> str:
+    return text if len(text) <= chars else text[: chars - 1] + "…"
+
+
+def _rate(fired_tokens: tuple[int, int]) -> float:
+    fired, tokens = fired_tokens
+    return fired / tokens if tokens else 0.0
+
+
+@dataclass(frozen=True)
+class BaselineComparison:
+    """A feature's firing rate in the baseline group beside its rate in the group where it fires most.
+
+    A concept feature fires in its own group and not in the baseline; one that fires as often in the
+    baseline is about something every prompt shares (a word, a position), not the group's concept.
+
+    Attributes:
+        baseline: the reference group; ``fired`` of its ``tokens`` are where the feature fires.
+        group: the other group with the highest firing rate (the first such, in the groups' order);
+            None when the prompts have no other group. ``group_fired`` of ``group_tokens`` fire there.
+    """
+
+    baseline: str
+    fired: int
+    tokens: int
+    group: str | None
+    group_fired: int
+    group_tokens: int
+
+    @property
+    def rate(self) -> float:
+        return _rate((self.fired, self.tokens))
+
+    @property
+    def group_rate(self) -> float:
+        return _rate((self.group_fired, self.group_tokens))
+
+    def to_dict(self) -> dict:
+        return {"baseline": self.baseline, "fired_tokens": self.fired, "tokens": self.tokens,
+                "firing_rate": self.rate, "top_group": self.group, "top_group_fired_tokens": self.group_fired,
+                "top_group_tokens": self.group_tokens, "top_group_firing_rate": self.group_rate}
+
 
 @dataclass
 class FeatureCard:
@@ -78,6 +184,39 @@ class FeatureCard:
     more_examples: list[Example] = field(default_factory=list)  # lower activation levels, other groups
     origin: str = ""  # where the feature came from, e.g. "happy rank 1, q = 4e-08, replicated, verdict concept"
     corpus: CorpusEvidence | None = None  # what a mined corpus says (--corpus / --dataset), else None
+    baseline: str | None = None  # the group the card compares its firing with (--baseline), else None
+    # The histogram of its non-zero activations over the texts: edges [bins + 1], and per source counts [bins].
+    hist_edges: np.ndarray = field(default_factory=lambda: np.linspace(0.0, 1.0, 31))
+    hist_counts: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        fired, total = self.fired_total
+        parts = [f"#{self.feature}" + (f" ({_clip(self.origin, 80)})" if self.origin else ""),
+                 f"fires on {fired:,} of {total:,} tokens ({100 * self.firing_rate:.3g}%), in {self.n_texts_fired} "
+                 f"of {self.n_texts} texts"]
+        busiest = max(self.fired_by_source, key=lambda s: _rate(self.fired_by_source[s]), default=None)
+        if busiest is not None and fired:
+            parts[-1] += f", most in {busiest!r} ({100 * _rate(self.fired_by_source[busiest]):.3g}%)"
+        comparison = self.against_baseline()
+        if comparison is not None:
+            parts.append(f"baseline {comparison.baseline!r} {100 * comparison.rate:.3g}%")
+        if self.examples:
+            top = self.examples[0]
+            parts.append(f"top {top.tokens[top.peak]!r} {top.max_act:.3f}")
+        parts.append("promotes " + (", ".join(f"{x.token!r} {x.value:+.3g}" for x in self.promoted[:3]) or "nothing"))
+        if self.corpus is not None:
+            parts.append(f"corpus density {100 * self.corpus.density:.3g}% of {self.corpus.n_tokens:,} tokens")
+        return f"FeatureCard({'; '.join(parts)})"
+
+    def against_baseline(self) -> BaselineComparison | None:
+        """The baseline group's firing rate beside the busiest other group's; None without a baseline."""
+        if self.baseline is None:
+            return None
+        others = [s for s in self.fired_by_source if s != self.baseline]
+        group = max(others, key=lambda s: _rate(self.fired_by_source[s]), default=None)
+        group_fired, group_tokens = self.fired_by_source[group] if group is not None else (0, 0)
+        fired, tokens = self.fired_by_source.get(self.baseline, (0, 0))
+        return BaselineComparison(self.baseline, fired, tokens, group, group_fired, group_tokens)
 
     @property
     def fired_total(self) -> tuple[int, int]:
@@ -107,7 +246,8 @@ class FeatureCard:
             "more_examples": [_example_dict(e) | {"why": e.label} for e in self.more_examples],
             "promoted": [vars(x) for x in self.promoted],
             "suppressed": [vars(x) for x in self.suppressed],
-        } | ({"corpus": self.corpus.to_dict()} if self.corpus is not None else {})
+        } | ({"corpus": self.corpus.to_dict()} if self.corpus is not None else {}) | (
+            {"against_baseline": self.against_baseline().to_dict()} if self.baseline is not None else {})
 
 
 def _example_dict(e: Example) -> dict:
@@ -130,12 +270,14 @@ LEVELS = ((0.75, "upper quartile"), (0.5, "median"), (0.25, "lower quartile"))
 
 def build_card(
     loaded: Loaded, fa: FeatureActivations, feature: int, n_examples: int = 10, n_logits: int = 15, origin: str = "",
+    baseline: str | None = None,
 ) -> FeatureCard:
     """Assemble the card of ``feature`` from activations already collected over the texts.
 
     Besides the ``n_examples`` top texts, the card shows one text at each of :data:`LEVELS` of the
     per-text maxima where the feature fires, and the top text of every source (prompt group or corpus)
-    where it fires that the top examples do not already include.
+    where it fires that the top examples do not already include. With ``baseline`` (a source of
+    ``fa``), the card compares its firing there with the group where it fires most.
     """
     j = fa.column(feature)
     maxes = fa.prompt_max(feature)
@@ -169,6 +311,7 @@ def build_card(
             more.append(example(ranked.index(best) + 1, best, f"the top text of '{source}'"))
     promoted, suppressed = logit_effects(loaded, feature, n_logits)
     typical, n_fired = typical_max_activation(fa, feature)
+    edges, counts = histogram_counts(fa, feature)
     return FeatureCard(
         feature=feature,
         url=neuronpedia_url(loaded.sae.neuronpedia_id, feature),
@@ -183,6 +326,9 @@ def build_card(
         filtered=filter_note(fa),
         more_examples=more,
         origin=origin,
+        baseline=baseline,
+        hist_edges=edges,
+        hist_counts=counts,
     )
 
 
@@ -233,6 +379,14 @@ class CorpusEvidence:
     @property
     def density(self) -> float:
         return self.fired / self.n_tokens if self.n_tokens else 0.0
+
+    def __repr__(self) -> str:
+        top = self.examples[0] if self.examples else None
+        best = f"top {top.tokens[top.peak]!r} {top.max_act:.3f}" if top else "never fires there"
+        return (f"CorpusEvidence(fires on {100 * self.density:.3g}% of {self.n_tokens:,} tokens of "
+                f"{_clip(self.corpus, 100)} (in {self.windows_fired:,} of {self.n_windows:,} windows of {self.window}); "
+                f"max {self.max_activation:.3f}, typical max ~{self.typical_max:.3g}; {len(self.examples)} top windows, "
+                f"{best}; {len(self.level_examples)} at lower levels)")
 
     def to_dict(self) -> dict:
         return {
@@ -304,3 +458,84 @@ def corpus_evidence(
         level_examples=level_examples,
         hist_edges=edges, hist_counts=counts, window_hist_counts=window_counts,
     )
+
+
+# --- every card of a run ------------------------------------------------------------------------------
+
+
+def feature_cards(
+    loaded: Loaded,
+    features: Sequence[int],
+    texts: Sequence[str],
+    sources: Sequence[str],
+    options: CardOptions | None = None,
+    *,
+    origins: Mapping[int, str] | None = None,
+    corpus: MiningResult | None = None,
+    corpus_scope: str = "",
+    log: Log = silent,
+    record: RunRecord | None = None,
+) -> list[FeatureCard]:
+    """The cards of ``features``: what Chapter 3 computes, from prompts and optionally a mined corpus.
+
+    The texts are encoded once for all the features (BOS and padding excluded), then each card is built
+    from those activations (:func:`build_card`); with ``corpus`` each card also gets its
+    :class:`CorpusEvidence`, whose few windows are encoded again. E.g. in a notebook::
+
+        texts, groups = load_prompt_sets("prompts/").flat()
+        cards = feature_cards(loaded, [501, 409], texts, groups, CardOptions(baseline="baseline"))
+
+    Args:
+        features: feature ids, validated against the SAE (see ``core.features.validate_features``).
+        texts, sources: the prompts, and each one's group (the card's "by source" line).
+        options: how many examples and logit effects, the encoding batch size, and the baseline group.
+        origins: per feature, where it came from (the card's "From" line).
+        corpus: a finished :func:`~mechinterp.cards.mining.mine` pass that mined these features.
+        corpus_scope: how much of the corpus the pass covers, in words, for the card.
+        record: a run record to add the "encode" and "cards" seconds to.
+
+    Raises:
+        UserError: the baseline is not one of ``sources``, or a feature was not mined in ``corpus``.
+    """
+    options = options or CardOptions()
+    check_baseline(options.baseline, sources)
+    timed = record.timed if record is not None else lambda _stage: contextlib.nullcontext()
+    with timed("encode"):
+        fa = prompt_activations(loaded, texts, sources, features, options.batch_size, log)
+    cards = []
+    with timed("cards"):
+        for feature in features:
+            card = build_card(loaded, fa, feature, options.top_prompts, options.n_tokens,
+                              (origins or {}).get(feature, ""), options.baseline)
+            if corpus is not None:
+                card.corpus = corpus_evidence(loaded, corpus, feature, options.top_prompts, corpus_scope,
+                                              options.batch_size or DEFAULT_BATCH_SIZE)
+            cards.append(card)
+    return cards
+
+
+def prompt_activations(loaded: Loaded, texts: Sequence[str], sources: Sequence[str], features: Sequence[int],
+                       batch_size: int | None = None, log: Log = silent) -> FeatureActivations:
+    """The features' per-token activations over the texts (none when there are no texts or features)."""
+    if not texts or not features:
+        return FeatureActivations(features=list(features), texts=[], sources=[], token_ids=[], acts=[],
+                                  n_skip=1 if loaded.sae.prepend_bos else 0)
+    log(f"encoding {plural(len(texts), 'text')} for {plural(len(features), 'feature')} ...")
+    tokenized = tokenize(loaded, texts)
+    warn_truncated(list(texts), tokenized, int(loaded.model.cfg.n_ctx))
+    return collect_feature_activations(
+        loaded, texts, sources, features, batch_size or default_batch_size(loaded.device, loaded), tokenized
+    )
+
+
+def check_baseline(baseline: str | None, sources: Sequence[str]) -> None:
+    """Refuse a baseline group that is not among the prompts' groups (nothing to compare with)."""
+    if baseline is None:
+        return
+    groups = list(dict.fromkeys(sources))
+    if not groups:
+        raise UserError(f"baseline group {baseline!r} given, but there are no prompts to compare with; "
+                        "pass --prompts DIR with a <group>.txt per group")
+    if baseline not in groups:
+        raise UserError(f"baseline group {baseline!r} is not among the prompt groups; available: {', '.join(groups)}")
+

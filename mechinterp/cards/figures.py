@@ -1,7 +1,8 @@
-"""Chapter 3's figure of a feature's card (MI5): its activation histogram and the tokens it writes.
+"""Chapter 3's figures of a feature's card: MI5 (its activation histogram over the prompts and the tokens
+it writes) and MI5 corpus (the histogram of its activations over a mined corpus).
 
-Built with ``matplotlib.figure.Figure`` (no pyplot, no GUI, no show()); the script saves it, inlines it in
-the HTML card, and writes the numbers behind it beside it.
+Built with ``matplotlib.figure.Figure`` (no pyplot, no GUI, no show()); the script saves them, inlines them
+in the HTML card, and writes the numbers behind them beside them. In a notebook they display inline.
 """
 
 from __future__ import annotations
@@ -11,8 +12,19 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
+from mechinterp.cards.card import CorpusEvidence, FeatureCard
 from mechinterp.core.figures import NotebookFigure, axis_label
+
+
+def card_figure(card: FeatureCard, title: str = "") -> Figure:
+    """MI5 of a card: :func:`feature_figure` with the card's histogram and logit effects."""
+    fired, total = card.fired_total
+    return feature_figure(
+        card.feature, card.hist_edges, card.hist_counts, total - fired, total,
+        [(x.token, x.value) for x in card.promoted], [(x.token, x.value) for x in card.suppressed], title,
+    )
 
 
 def feature_figure(
@@ -74,4 +86,72 @@ def feature_figure(
     ax_logit.grid(axis="x", alpha=0.3)
     ax_logit.margins(y=0.01)
     fig.suptitle(f"Feature #{feature}\n{title}", fontsize=11)
+    return fig
+
+
+# --- the corpus histogram ------------------------------------------------------------------------------
+
+
+def _minor_label(x: float, _pos: int) -> str:
+    """Minor log-axis ticks: only 2 and 5 of each decade are labelled."""
+    if x <= 0:
+        return ""
+    leading = x / 10 ** np.floor(np.log10(x))
+    return f"{x:g}" if min(abs(leading - 2), abs(leading - 5)) < 1e-6 else ""
+
+
+def corpus_figure(feature: int, c: CorpusEvidence, title: str) -> Figure:
+    """MI5 corpus: the histogram of the feature's activations over every mined corpus token.
+
+    The bins are the pass's fixed log-spaced ones (a streaming pass cannot know a feature's range in
+    advance), drawn on a log axis so each has the same width; the y axis counts tokens. The first bin,
+    (0, lowest edge), has no log width: it is drawn hatched, as wide as one bin, left of the edge.
+    Vertical lines mark the quartiles and the median of the per-window maxima where it fires (the
+    levels of the card's lower examples) and the lowest of the top windows shown.
+    """
+    fig = NotebookFigure(figsize=(10, 6), layout="constrained")
+    ax = fig.subplots()
+    edges, counts = np.asarray(c.hist_edges, dtype=float), np.asarray(c.hist_counts)
+    if c.fired == 0:
+        ax.text(0.5, 0.5, "never fires in the corpus", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xticks([])
+    else:
+        lows, highs = edges[:-1].copy(), edges[1:].copy()
+        first = int(lows[0] <= 0)  # 1 when the first bin starts at 0
+        if first:
+            step = highs[1] / highs[0] if len(highs) > 1 and highs[0] > 0 else 10 ** 0.1
+            lows[0] = highs[0] / step
+        ax.bar(lows[first:], counts[first:], width=(highs - lows)[first:], align="edge", color="#1f77b4",
+               edgecolor="white", linewidth=0.4, label=f"corpus tokens where it fires ({c.fired:,} in all)")
+        if first:
+            ax.bar(lows[0], counts[0], width=highs[0] - lows[0], align="edge", color="#9ecae1", hatch="//",
+                   edgecolor="white", linewidth=0.4, label=f"all activations below {highs[0]:.3g} ({int(counts[0]):,})")
+        ax.set_xscale("log")
+        # At least one decade, so that a feature firing in one or two bins still shows a readable axis,
+        # with plain numbers (0.5, 1, 2) rather than 2.5x10^0.
+        lo, hi = float(lows.min()), float(highs.max())
+        if hi / lo < 10:
+            middle = float(np.sqrt(lo * hi))
+            lo, hi = middle / 10 ** 0.5, middle * 10 ** 0.5
+        ax.set_xlim(lo / 1.1, hi * 1.1)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+        ax.xaxis.set_minor_formatter(FuncFormatter(_minor_label))
+        for (name, value), style in zip(c.levels, ("--", "-.", (0, (5, 1, 1, 1)))):
+            ax.axvline(value, color="#444", linestyle=style, linewidth=1,
+                       label=f"{name} of the per-window maxima (~{value:.3g})")
+        if c.examples:
+            low = c.examples[-1].max_act
+            ax.axvline(low, color="#b00020", linestyle=":", linewidth=1.5,
+                       label=f"lowest of the top {len(c.examples)} windows ({low:.3g})")
+        ax.set_ylim(0, float(counts.max()) * 1.1)
+        ax.legend(fontsize=8.5, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
+    ax.set_xlabel("activation (log scale; corpus tokens where it fires, BOS and padding excluded)")
+    ax.set_ylabel("number of tokens")
+    ax.set_title(
+        f"In the corpus: fires on {c.fired:,} of {c.n_tokens:,} tokens ({100 * c.density:.3g}%), "
+        f"in {c.windows_fired:,} of {c.n_windows:,} windows; {c.n_tokens - c.fired:,} zeros not drawn",
+        fontsize=10,
+    )
+    ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"Feature #{feature} over {c.corpus}\n{title}", fontsize=11)
     return fig

@@ -6,16 +6,9 @@ from millions. Finding a feature's real top examples means encoding a large corp
 in memory as activations (1M tokens x 24,576 features is 98 GB as float32) and takes long enough that
 an interrupted run must not start over. So:
 
-* **Documents, streamed.** A local text file, one document per line, read exactly as Chapter 3's
-  ``--corpus`` reads it (``mechinterp.core.prompts.read_prompt_file``: each line stripped, blank lines and
-  lines starting with ``#`` skipped, UTF-8 with an optional BOM), but line by line instead of all at
-  once; or a Hugging Face ``datasets`` dataset streamed record by record (``streaming=True``).
-* **Windows of the SAE's training context.** Each document's tokens are cut into consecutive windows of
-  ``window - 1`` tokens, and the BOS token is put in front of each when the SAE was trained with it
-  (``window`` tokens and no BOS when it was not), so
-  the SAE sees sequences like its training data (``gpt2-small-res-jb``: 128 tokens, BOS first). A
-  window never mixes two documents, so an example's context is one document's text.
-  ``<|endoftext|>`` written inside a document is tokenized as text, not as the special token.
+* **Windows, streamed.** The corpus is read one document at a time and cut into windows of the SAE's
+  training context (:mod:`mechinterp.cards.corpus`); a batch of windows is encoded, folded into the
+  running statistics and dropped.
 * **Bounded state.** Per feature: the running top-k windows (value, window, peak position), merged with
   each batch's per-window maxima by one vectorised sort; activation histogram counts over fixed
   log-spaced bin edges (the firing count is their sum); the same histogram of the per-window maxima;
@@ -26,10 +19,9 @@ an interrupted run must not start over. So:
   by the number of windows read, for a small corpus).
 * **float32 statistics.** Activations are cast to float32 before anything is counted, compared or
   kept, so a model or SAE computing in bfloat16 gives the same kind of numbers (at its precision).
-* **Resumable.** The state and the position in the corpus are saved atomically every N windows to a
-  checkpoint file keyed by model, SAE (a hash of their weights, and their dtypes), corpus and options.
-  Running the same command again continues from it, and a finished pass is read back at once, as is
-  a finished pass over more features (e.g. every feature) of the same corpus with the same options.
+* **Resumable.** The state is saved now and then to a checkpoint keyed by everything that determines
+  the numbers (:mod:`mechinterp.cards.store`): the same command continues an interrupted pass, and a
+  finished pass (or a finished pass over more features) is read back at once.
 
 The BOS position, padding and any BOS-token position are excluded from every statistic (counts,
 histograms, top examples): GPT-2's BOS residual has a huge norm and lights up the same features in
@@ -38,22 +30,24 @@ every window.
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import json
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 
+from mechinterp.cards.corpus import Corpus, CorpusPosition, MinedWindow, iter_windows, resolve_window
+from mechinterp.cards.store import PassState, Restored, restore, save_state
 from mechinterp.core.encoding import hook_activations, is_out_of_memory, sae_encode
 from mechinterp.core.errors import EnvironmentProblem, UserError
-from mechinterp.core.io import atomic_path
-from mechinterp.core.loading import Loaded, go_offline_if_hub_unreachable
+from mechinterp.core.loading import Loaded
 from mechinterp.core.progress import Log, silent
+from mechinterp.core.tables import plural
 
 # Bump when anything that changes the mined numbers changes; older checkpoints are then never read.
 MINING_VERSION = "2"
@@ -75,12 +69,12 @@ HIST_BINS = 50
 # Batches between prunings of the kept windows: between two, at most this many batches' windows are
 # kept beyond those the top-k point to (torch.unique over F x k ids is too slow to run every batch).
 PRUNE_EVERY = 32
+# Features whose density a MiningResult's repr lists (a repr is read at a glance).
+REPR_FEATURES = 5
 # GPT-2's tokenizer averages about 4 bytes of English per token; only the first progress estimate uses it.
 BYTES_PER_TOKEN = 4.0
-UTF8_BOM = b"\xef\xbb\xbf"
 
 Progress = Callable[[int, "int | None"], None]
-
 
 
 # --- options --------------------------------------------------------------------------------------------
@@ -145,314 +139,6 @@ class MiningOptions:
         inner = np.logspace(math.log10(self.hist_low), math.log10(self.hist_high), self.hist_bins + 1)
         return np.concatenate([[0.0], inner, [np.inf]]).astype(np.float32)
 
-
-def resolve_window(loaded: Loaded, requested: int | None = None) -> tuple[int, str]:
-    """Tokens per window (BOS included), and whose context that is, in words.
-
-    An SAE is trained on sequences of a fixed length; past it its features are off-distribution, even
-    where the model accepts more (GPT-2: 1,024). So the SAE's own context is the default.
-    """
-    n_ctx = int(loaded.model.cfg.n_ctx)
-    if requested is not None:
-        if requested > n_ctx:
-            raise UserError(f"a window of {requested} tokens is longer than the model's context of {n_ctx}")
-        return int(requested), f"{requested} tokens (as requested)"
-    sae_ctx = getattr(getattr(loaded.sae.sae.cfg, "metadata", None), "context_size", None)
-    if sae_ctx:
-        size = min(int(sae_ctx), n_ctx)
-        return size, f"{size} tokens, the context the SAE {loaded.sae.label} was trained on"
-    return n_ctx, f"{n_ctx} tokens, the model's context (the SAE does not record its training context)"
-
-
-# --- corpora --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Document:
-    """One document of a corpus.
-
-    Attributes:
-        index: 0-based, in corpus order (a file's blank and ``#`` lines are not documents; a dataset's
-            records are numbered as they come, empty ones included).
-        text: the document's text.
-        line: 1-based line of a text file where it is (0 for a dataset record).
-        seek: where to start reading to reach this document again (a file's byte offset of its line;
-            0 for a dataset), with ``seek_line`` and ``seek_first`` (the line number there and the
-            index of the first document read from there).
-    """
-
-    index: int
-    text: str
-    line: int = 0
-    seek: int = 0
-    seek_line: int = 1
-    seek_first: int = 0
-    end: int = 0  # bytes of the file read once this document is read (0 for a dataset)
-
-
-@dataclass(frozen=True)
-class CorpusPosition:
-    """Where a pass stands: the next document, how many of its tokens are done, and where to seek to it."""
-
-    doc: int = 0
-    token: int = 0
-    seek: int = 0
-    seek_line: int = 1
-    seek_first: int = 0
-
-    def to_dict(self) -> dict[str, int]:
-        return dict(vars(self))
-
-
-class Corpus(Protocol):
-    """A source of documents that a pass can restart from a :class:`CorpusPosition`."""
-
-    def identity(self) -> dict[str, str]:
-        """What determines the documents, for the checkpoint's key."""
-        ...
-
-    def describe(self) -> str:
-        """One line naming the corpus, for logs and outputs."""
-        ...
-
-    def size_bytes(self) -> int | None:
-        """Its size, when known without reading it (for the progress estimate)."""
-        ...
-
-    def documents(self, start: CorpusPosition) -> Iterator[Document]:
-        """Documents from index ``start.doc`` on, in order."""
-        ...
-
-
-@dataclass(frozen=True)
-class TextFileCorpus:
-    """A UTF-8 text file with one document per line, read line by line (never all at once).
-
-    The rules are Chapter 3's ``--corpus`` rules (``mechinterp.core.prompts.read_prompt_file``): each line is
-    stripped, blank lines and lines starting with ``#`` are skipped, a UTF-8 BOM at the start is
-    ignored, and a NUL byte or invalid UTF-8 is an error naming the line.
-    """
-
-    path: Path
-
-    def __post_init__(self) -> None:
-        if not Path(self.path).is_file():
-            raise UserError(f"corpus file {self.path} does not exist")
-
-    def identity(self) -> dict[str, str]:
-        stat = Path(self.path).stat()
-        return {"corpus": f"file:{Path(self.path).resolve()}", "size": str(stat.st_size),
-                "mtime_ns": str(stat.st_mtime_ns)}
-
-    def describe(self) -> str:
-        return str(self.path)
-
-    def size_bytes(self) -> int | None:
-        return Path(self.path).stat().st_size
-
-    def documents(self, start: CorpusPosition = CorpusPosition()) -> Iterator[Document]:
-        path = Path(self.path)
-        with open(path, "rb") as f:
-            f.seek(start.seek)
-            offset, line_no, index = start.seek, start.seek_line, start.seek_first
-            for raw in f:  # splits on b"\n" only; a "\n" byte never occurs inside a UTF-8 character
-                begin, this_line, first = offset, line_no, index
-                offset += len(raw)
-                line_no += 1
-                if begin == 0 and raw.startswith(UTF8_BOM):
-                    raw = raw[len(UTF8_BOM):]
-                if b"\x00" in raw:
-                    raise UserError(
-                        f"{path} contains a NUL byte on line {this_line}; it looks like a binary file, not text"
-                    )
-                try:
-                    text = raw.decode("utf-8")
-                except UnicodeDecodeError:
-                    raise UserError(
-                        f"{path} is not UTF-8 text (bad byte on line {this_line}); save it as UTF-8"
-                    ) from None
-                # splitlines, as read_prompt_file does, so the rarer line breaks (\r, \u2028) split too.
-                for piece in text.splitlines():
-                    piece = piece.strip()
-                    if not piece or piece.startswith("#"):
-                        continue
-                    if index >= start.doc:
-                        yield Document(index, piece, this_line, begin, this_line, first, offset)
-                    index += 1
-
-
-@dataclass(frozen=True)
-class HFDatasetCorpus:
-    """A Hugging Face ``datasets`` dataset, streamed (``load_dataset(..., streaming=True)``): nothing is
-    downloaded in advance, and records are read as the pass needs them.
-
-    Attributes:
-        name: a Hub dataset (e.g. ``Skylion007/openwebtext``), a local dataset folder, or a packaged
-            builder such as ``text`` or ``json`` together with ``data_files``.
-        split: the split to stream.
-        column: the column holding each record's text.
-        config: the dataset's configuration name, if it has several.
-        data_files: files for a packaged builder.
-    """
-
-    name: str
-    split: str = "train"
-    column: str = "text"
-    config: str | None = None
-    data_files: str | None = None
-
-    def identity(self) -> dict[str, str]:
-        return {"corpus": f"hf:{self.name}", "config": str(self.config), "split": self.split,
-                "column": self.column, "data_files": str(self.data_files)}
-
-    def describe(self) -> str:
-        return f"Hugging Face dataset {self.name} ({self.split} split, streamed)"
-
-    def size_bytes(self) -> int | None:
-        return None
-
-    def needs_hub(self) -> bool:
-        """False for a local dataset folder or a packaged builder (text, json, ...), which work offline."""
-        from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
-
-        return not (Path(self.name).exists() or self.name in _PACKAGED_DATASETS_MODULES)
-
-    def ensure_reachable(self) -> None:
-        """Fail at once, in one line, when the dataset is on the Hub and the Hub cannot be reached.
-
-        Meant to run before anything expensive (loading the model). One quick probe decides: without it
-        an unreachable Hub costs ~25 s of retries before the same failure. Nothing is downloaded here.
-
-        Raises:
-            EnvironmentProblem: exit status 1 (the machine lacks the network, as for a model download),
-                whether ``HF_HUB_OFFLINE`` is set or the probe fails; the message names the option that
-                works without it (``--corpus FILE``). After a failed probe huggingface_hub stays offline
-                for the rest of the process.
-        """
-        if not self.needs_hub():
-            return
-        import datasets
-        from huggingface_hub import constants as hub
-
-        if hub.HF_HUB_OFFLINE or datasets.config.HF_HUB_OFFLINE:
-            why = "this run is offline (HF_HUB_OFFLINE is set)"
-        else:
-            unreachable: list[str] = []
-            go_offline_if_hub_unreachable(unreachable.append)  # the error below says it: no second line
-            if not unreachable:
-                return
-            why = f"the Hub ({hub.ENDPOINT}) cannot be reached from here"
-        raise EnvironmentProblem(
-            f"the dataset {self.name} is streamed from the Hugging Face Hub, but {why}; connect to the "
-            "internet, or mine a local text file with --corpus FILE"
-        )
-
-    def open(self) -> Any:
-        """The streaming dataset; fails at once, in one line, when it cannot be reached."""
-        import datasets
-
-        self.ensure_reachable()
-        try:
-            return datasets.load_dataset(
-                self.name, self.config, split=self.split, streaming=True, data_files=self.data_files
-            )
-        except Exception as err:
-            raise EnvironmentProblem(
-                f"could not open the dataset {self.name!r} ({_first_line(err)}); check its name, --dataset-split "
-                "and the network, or mine a local text file with --corpus FILE"
-            ) from err
-
-    def documents(self, start: CorpusPosition = CorpusPosition()) -> Iterator[Document]:
-        ds = self.open()
-        if start.doc:
-            ds = ds.skip(start.doc)  # streamed again, but not encoded again
-        records = iter(ds)
-        index = start.doc
-        while True:
-            try:
-                record = next(records)
-            except StopIteration:
-                return
-            except Exception as err:
-                raise EnvironmentProblem(
-                    f"streaming {self.name} failed at record {index} ({_first_line(err)}); rerun the same "
-                    "command to continue from the last checkpoint"
-                ) from err
-            if self.column not in record:
-                raise UserError(
-                    f"the dataset {self.name} has no column {self.column!r}; its columns are "
-                    f"{', '.join(map(str, record))}"
-                )
-            text = record[self.column]
-            yield Document(index, text if isinstance(text, str) else "")
-            index += 1
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return (text.splitlines()[0][:200] if text else "") or type(err).__name__
-
-
-# --- windows --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class MinedWindow:
-    """A window of one document: the tokens the SAE saw (BOS not included here).
-
-    Attributes:
-        window_id: 0-based, in corpus order (the tie-breaker: equal values rank the earlier window first).
-        doc: the document's index; ``line``: its line in a text file (0 for a dataset).
-        start: index of ``tokens[0]`` among the document's tokens.
-        tokens: int32 ``[n]`` token ids, ``n <= window - 1`` with BOS (``window`` without).
-    """
-
-    window_id: int
-    doc: int
-    line: int
-    start: int
-    tokens: np.ndarray
-
-
-def encode_document(tokenizer: Any, text: str) -> list[int]:
-    """A document's token ids, without BOS; special-token text such as ``<|endoftext|>`` stays text."""
-    try:
-        # verbose=False: a document longer than the model's context is expected here (it is windowed).
-        return tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True, verbose=False)
-    except TypeError:  # a tokenizer without these options
-        return tokenizer.encode(text, add_special_tokens=False)
-
-
-def iter_windows(
-    corpus: Corpus, tokenizer: Any, text_len: int, start: CorpusPosition = CorpusPosition(),
-    max_tokens: int | None = None, first_id: int = 0,
-) -> Iterator[tuple[MinedWindow, CorpusPosition, int]]:
-    """Cut the corpus into windows of at most ``text_len`` tokens, document by document.
-
-    Yields:
-        ``(window, position after it, bytes of the corpus read)``. The windows of a document start at
-        token 0, ``text_len``, ``2 * text_len``, ...; the last one may be shorter. With ``max_tokens``,
-        the stream stops after that many tokens (the last window cut short).
-    """
-    left = max_tokens
-    window_id = first_id
-    for doc in corpus.documents(start):
-        ids = encode_document(tokenizer, doc.text)
-        first = start.token if doc.index == start.doc else 0
-        for begin in range(first, len(ids), text_len):
-            if left is not None and left <= 0:
-                return
-            chunk = ids[begin : begin + text_len]
-            if left is not None:
-                chunk = chunk[:left]
-                left -= len(chunk)
-            stop = begin + len(chunk)
-            if stop < len(ids):
-                after = CorpusPosition(doc.index, stop, doc.seek, doc.seek_line, doc.seek_first)
-            else:
-                after = CorpusPosition(doc.index + 1, 0, doc.seek, doc.seek_line, doc.seek_first)
-            yield MinedWindow(window_id, doc.index, doc.line, begin, np.asarray(chunk, dtype=np.int32)), after, doc.end
-            window_id += 1
 
 
 # --- the result -----------------------------------------------------------------------------------------
@@ -527,6 +213,17 @@ class MiningResult:
     resumed_at: int = 0
     reused: bool = False
     _rows: dict[int, int] = field(default_factory=dict, repr=False)
+
+    def __repr__(self) -> str:
+        n = len(self.features)
+        densities = ", ".join(f"#{int(f)} {100 * d:.3g}%" for f, d in zip(self.features[:REPR_FEATURES],
+                                                                          self.densities[:REPR_FEATURES]))
+        more = f", ... ({n:,} in all)" if n > REPR_FEATURES else ""
+        corpus = self.corpus if len(self.corpus) <= 100 else self.corpus[:99] + "…"
+        state = ("complete" if self.complete else "incomplete") + (", read back from its checkpoint" if self.reused else "")
+        return (f"MiningResult({plural(n, 'feature')} over {self.n_tokens:,} tokens of {corpus} "
+                f"({self.n_windows:,} windows of {self.window} tokens, {self.n_documents:,} documents); top {self.k} "
+                f"windows each; {state}; density {densities}{more})")
 
     @property
     def k(self) -> int:
@@ -672,40 +369,6 @@ class MiningResult:
             edges[-1] = np.nextafter(top, np.inf)
         return edges, {s: c[lo : hi + 1].copy() for s, c in counts.items()}
 
-    def summary_table(self, tokenizer: Any = None, context: int = 12) -> tuple[list[str], list[list[Any]]]:
-        """One row per mined feature (header, rows), e.g. for a CSV: counts, density, maximum, top peak.
-
-        Args:
-            tokenizer: with one, each row also gets its top example's peak token and the text around it
-                (``context`` tokens before the peak, the peak in ``[[ ]]``, 3 tokens after).
-        """
-        header = ["feature", "fired_tokens", "tokens", "density", "windows_fired", "windows", "max_activation",
-                  "examples", "top_doc", "top_line", "top_doc_token"]
-        if tokenizer is not None:
-            header += ["top_token", "top_context"]
-        fired, windows_fired, rows = self.fired_counts, self.window_hist_counts.sum(axis=1), []
-        for i, f in enumerate(self.features):
-            top = int(self.top_windows[i, 0])
-            window = self.windows.get(top)
-            at = int(self.top_positions[i, 0])
-            row = [
-                int(f), int(fired[i]), self.n_tokens, float(fired[i] / max(self.n_tokens, 1)),
-                int(windows_fired[i]), self.n_windows, float(max(self.top_values[i, 0], 0.0)),
-                int((self.top_windows[i] >= 0).sum()),
-                window.doc if window else "", (window.line or "") if window else "",
-                window.start + at if window else "",
-            ]
-            if tokenizer is not None:
-                if window is None:
-                    row += ["", ""]
-                else:
-                    ids = window.tokens.tolist()
-                    before = tokenizer.decode(ids[max(0, at - context) : at])
-                    peak = tokenizer.decode(ids[at : at + 1])
-                    row += [peak, f"{before}[[{peak}]]{tokenizer.decode(ids[at + 1 : at + 4])}"]
-            rows.append(row)
-        return header, rows
-
 
 # --- the pass -------------------------------------------------------------------------------------------
 
@@ -759,46 +422,6 @@ def window_priority(window_ids: np.ndarray | Sequence[int]) -> np.ndarray:
     z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     z = z ^ (z >> np.uint64(31))
     return ((z >> np.uint64(40)).astype(np.float32) + np.float32(1.0)) / np.float32(2**24)
-
-
-class _State:
-    """The running statistics of a pass (on the compute device) and its place in the corpus."""
-
-    # The tensors saved in a checkpoint, besides the kept windows.
-    ARRAYS = ("values", "windows", "positions", "hist", "window_hist", "sample_keys", "sample_windows",
-              "sample_positions", "sample_values")
-
-    def __init__(self, n_features: int, k: int, n_bins: int, n_samples: int, device: str):
-        self.values = torch.full((n_features, k), -math.inf, dtype=torch.float32, device=device)
-        self.windows = torch.full((n_features, k), -1, dtype=torch.long, device=device)
-        self.positions = torch.zeros((n_features, k), dtype=torch.long, device=device)
-        self.hist = torch.zeros((n_features, n_bins), dtype=torch.long, device=device)
-        self.window_hist = torch.zeros((n_features, n_bins), dtype=torch.long, device=device)
-        # The random draw: the highest priorities (window_priority) among the windows where it fires.
-        self.sample_keys = torch.full((n_features, n_samples), -math.inf, dtype=torch.float32, device=device)
-        self.sample_windows = torch.full((n_features, n_samples), -1, dtype=torch.long, device=device)
-        self.sample_positions = torch.zeros((n_features, n_samples), dtype=torch.long, device=device)
-        self.sample_values = torch.zeros((n_features, n_samples), dtype=torch.float32, device=device)
-        self.pool: dict[int, MinedWindow] = {}
-        self.n_tokens = 0  # counted positions (the density's denominator)
-        self.n_read = 0  # corpus tokens consumed (what max_tokens limits)
-        self.n_windows = 0
-        self.n_documents = 0
-        self.bytes_read = 0
-        self.batches = 0  # since this run started (for pruning the pool now and then)
-        self.position = CorpusPosition()
-        self.complete = False
-
-    def meta(self) -> dict[str, Any]:
-        return {"n_tokens": self.n_tokens, "n_read": self.n_read, "n_windows": self.n_windows,
-                "n_documents": self.n_documents, "bytes_read": self.bytes_read,
-                "position": self.position.to_dict(), "complete": self.complete}
-
-    def prune_pool(self) -> None:
-        """Keep exactly the windows some top-k or sample entry points to."""
-        if self.pool:
-            kept = set(torch.unique(self.windows).tolist()) | set(torch.unique(self.sample_windows).tolist())
-            self.pool = {i: w for i, w in self.pool.items() if i in kept}
 
 
 @torch.inference_mode()
@@ -856,7 +479,7 @@ class _BatchUpdate:
 
 
 @torch.inference_mode()
-def _batch_update(state: _State, acts: torch.Tensor, valid: torch.Tensor, windows: Sequence[MinedWindow],
+def _batch_update(state: PassState, acts: torch.Tensor, valid: torch.Tensor, windows: Sequence[MinedWindow],
                   n_bos: int, inner_edges: torch.Tensor, k: int) -> _BatchUpdate:
     """What one batch's activations ``[B, T, F]`` add to the histograms, the top-k and the draw.
 
@@ -927,11 +550,11 @@ def _batch_update(state: _State, acts: torch.Tensor, valid: torch.Tensor, window
                         int(valid.sum()), [windows[i] for i in entered])
 
 
-def _sample_tensors(state: _State) -> list[torch.Tensor]:
+def _sample_tensors(state: PassState) -> list[torch.Tensor]:
     return [state.sample_keys, state.sample_windows, state.sample_positions, state.sample_values]
 
 
-def _commit(state: _State, update: _BatchUpdate, batch: Sequence[tuple[MinedWindow, CorpusPosition, int]]) -> None:
+def _commit(state: PassState, update: _BatchUpdate, batch: Sequence[tuple[MinedWindow, CorpusPosition, int]]) -> None:
     """Fold a computed batch into the state: the only place the running statistics change."""
     windows = [w for w, _, _ in batch]
     state.hist.view(-1).index_add_(0, update.hist_index, torch.ones_like(update.hist_index))
@@ -1016,98 +639,6 @@ def _weights_fingerprint(loaded: Loaded) -> str:
     return digest.hexdigest()[:16]
 
 
-def _canonical(key: dict[str, Any]) -> dict[str, Any]:
-    """The key as JSON reads it back (tuples become lists), for comparisons with a saved key."""
-    return json.loads(json.dumps(key, sort_keys=True))
-
-
-def checkpoint_path(folder: Path, key: dict[str, Any]) -> Path:
-    return Path(folder) / f"mining-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]}.npz"
-
-
-def finished_checkpoint_covering(folder: Path, key: dict[str, Any]) -> tuple[Path, dict[str, Any]] | None:
-    """A finished pass in ``folder`` that is the same pass as ``key`` except that it mined more features
-    (every feature, or a superset of ``key``'s), so its results answer ``key`` without encoding anything.
-
-    Returns:
-        ``(path, its key)``, or None.
-    """
-    wanted = _canonical(key)
-    same = {name: value for name, value in wanted.items() if name != "features"}
-    for path in sorted(Path(folder).glob("mining-*.npz")):
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                theirs = json.loads(str(data["key"]))
-                complete = json.loads(str(data["meta"]))["complete"]
-        except (OSError, ValueError, KeyError, json.JSONDecodeError):
-            continue
-        if not complete or {name: value for name, value in theirs.items() if name != "features"} != same:
-            continue
-        if theirs["features"] == "all" or (
-            wanted["features"] != "all" and set(wanted["features"]) <= set(theirs["features"])
-        ):
-            return path, theirs
-    return None
-
-
-def finished_pass_exists(folder: Path, corpus: Corpus) -> bool:
-    """Whether ``folder`` holds a finished pass over ``corpus`` (any model or options): cheap, read before
-    loading the model, e.g. to let an offline run reuse a streamed dataset's pass instead of failing."""
-    wanted = _canonical({"corpus": corpus.identity()})["corpus"]
-    for path in Path(folder).glob("mining-*.npz"):
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                if json.loads(str(data["key"]))["corpus"] == wanted and json.loads(str(data["meta"]))["complete"]:
-                    return True
-        except (OSError, ValueError, KeyError, json.JSONDecodeError):
-            continue
-    return False
-
-
-def _save(path: Path, state: _State, key: dict[str, Any]) -> None:
-    state.prune_pool()
-    pool = sorted(state.pool.values(), key=lambda w: w.window_id)
-    tokens = [w.tokens for w in pool]
-    arrays = {
-        "key": np.array(json.dumps(key, sort_keys=True)),
-        "meta": np.array(json.dumps(state.meta())),
-        **{name: getattr(state, name).cpu().numpy() for name in _State.ARRAYS},
-        "pool": np.array([[w.window_id, w.doc, w.line, w.start, len(w.tokens)] for w in pool],
-                         dtype=np.int64).reshape(-1, 5),
-        "pool_tokens": np.concatenate(tokens).astype(np.int32) if tokens else np.zeros(0, dtype=np.int32),
-    }
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-
-
-def _load(path: Path, key: dict[str, Any], state: _State, log: Log) -> bool:
-    """Fill ``state`` from a checkpoint made with the same ``key``; False (with a note) if unusable."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            if json.loads(str(data["key"])) != _canonical(key):
-                return False
-            meta = json.loads(str(data["meta"]))
-            arrays = {}
-            for name in _State.ARRAYS:
-                saved = torch.from_numpy(data[name])
-                if tuple(saved.shape) != tuple(getattr(state, name).shape):
-                    raise ValueError(f"{name} has shape {tuple(saved.shape)}")
-                arrays[name] = saved
-            pool, flat = data["pool"], data["pool_tokens"]
-    except (OSError, ValueError, KeyError, json.JSONDecodeError) as err:
-        log(f"warning: ignoring the unreadable mining checkpoint {path} ({err}); starting over")
-        return False
-    for name, saved in arrays.items():  # only once all of it was read: a failed read leaves the state as it was
-        setattr(state, name, saved.to(getattr(state, name).device))
-    ends = np.cumsum(pool[:, 4]) if len(pool) else np.zeros(0, dtype=np.int64)
-    state.pool = {
-        int(i): MinedWindow(int(i), int(doc), int(line), int(start), flat[end - n : end].copy())
-        for (i, doc, line, start, n), end in zip(pool.tolist(), ends.tolist())
-    }
-    state.n_tokens, state.n_read, state.n_windows = meta["n_tokens"], meta["n_read"], meta["n_windows"]
-    state.n_documents, state.bytes_read, state.complete = meta["n_documents"], meta["bytes_read"], meta["complete"]
-    state.position = CorpusPosition(**meta["position"])
-    return True
 
 
 def mine(
@@ -1127,7 +658,8 @@ def mine(
 
     Args:
         loaded: the model and SAE.
-        corpus: e.g. :class:`TextFileCorpus` or :class:`HFDatasetCorpus`.
+        corpus: e.g. :class:`~mechinterp.cards.corpus.TextFileCorpus` or
+            :class:`~mechinterp.cards.corpus.HFDatasetCorpus`.
         options: what to mine (see :class:`MiningOptions`).
         identity: names the model and SAE for the checkpoint key (e.g. ``Source.cache_identity()``);
             a hash of their weights is part of the key in any case.
@@ -1139,60 +671,51 @@ def mine(
         numbers plus at most ``F x (k + samples)`` windows of tokens, whatever the corpus size.
     """
     log = log or silent
+    window, n_bos, bos_id = _window_and_bos(loaded, options)
+    features, cols = _features_to_mine(loaded, options)
+    edges = options.hist_edges()
+    key = checkpoint_key(loaded, corpus, options, window, identity)
+    new_state = functools.partial(PassState, k=options.k, n_bins=len(edges) - 1, n_samples=options.samples,
+                                  device=loaded.device)
+    start = restore(options.checkpoint_dir, key, options.resume, new_state, len(features), loaded.sae.d_sae, log)
+    if not start.state.complete:
+        inner_edges = torch.from_numpy(edges[1:-1].copy()).to(loaded.device)
+        _run(loaded, corpus, options, start.state, window - n_bos, n_bos, bos_id, cols, inner_edges, start.path, key,
+             progress, log)
+    start.state.prune_pool()
+    return _result(start, features if start.features is None else start.features, edges, window, n_bos, corpus)
+
+
+def _window_and_bos(loaded: Loaded, options: MiningOptions) -> tuple[int, int, int | None]:
+    """Tokens per window (BOS included), BOS positions in front of each (0 or 1), and the BOS token id."""
     window, _why = resolve_window(loaded, options.window)
     n_bos = 1 if loaded.sae.prepend_bos else 0
     if window <= n_bos:
         raise UserError(f"a window of {window} tokens leaves no room for text after BOS")
-    tokenizer = loaded.model.tokenizer
-    bos_id = getattr(tokenizer, "bos_token_id", None)
+    bos_id = getattr(loaded.model.tokenizer, "bos_token_id", None)
     if n_bos and bos_id is None:
         raise UserError("the SAE was trained with a BOS token, but the model's tokenizer has none")
+    return window, n_bos, bos_id
+
+
+def _features_to_mine(loaded: Loaded, options: MiningOptions) -> tuple[np.ndarray, torch.Tensor | None]:
+    """The features mined (int64 ``[F]``) and the SAE columns to keep (None: every column)."""
     d_sae = loaded.sae.d_sae
     if options.all_features:
-        features = np.arange(d_sae, dtype=np.int64)
-        cols = None
-    else:
-        bad = [f for f in options.features if not 0 <= f < d_sae]
-        if bad:
-            raise UserError(
-                f"feature {bad[0]} does not exist: this SAE has {d_sae} features, so ids run from 0 to {d_sae - 1}"
-            )
-        features = np.array(options.features, dtype=np.int64)
-        cols = torch.tensor(features, dtype=torch.long, device=loaded.device)
-    edges = options.hist_edges()
-    inner_edges = torch.from_numpy(edges[1:-1].copy()).to(loaded.device)
+        return np.arange(d_sae, dtype=np.int64), None
+    bad = [f for f in options.features if not 0 <= f < d_sae]
+    if bad:
+        raise UserError(
+            f"feature {bad[0]} does not exist: this SAE has {d_sae} features, so ids run from 0 to {d_sae - 1}"
+        )
+    features = np.array(options.features, dtype=np.int64)
+    return features, torch.tensor(features, dtype=torch.long, device=loaded.device)
 
-    def new_state(n_features: int) -> _State:
-        return _State(n_features, options.k, len(edges) - 1, options.samples, loaded.device)
 
-    state = new_state(len(features))
-    key = checkpoint_key(loaded, corpus, options, window, identity)
-    path = checkpoint_path(options.checkpoint_dir, key) if options.checkpoint_dir is not None else None
-    resumed_at, reused = 0, False
-    if path is not None and options.resume:
-        found = path.is_file() and _load(path, key, state, log)
-        if not (found and state.complete):
-            covering = finished_checkpoint_covering(options.checkpoint_dir, key)
-            if covering is not None:
-                other_path, other_key = covering
-                every = other_key["features"] == "all"
-                other = new_state(d_sae if every else len(other_key["features"]))
-                if _load(other_path, other_key, other, log):
-                    state, path, found = other, other_path, True
-                    features = np.arange(d_sae, dtype=np.int64) if every else np.array(other_key["features"], np.int64)
-                    log(f"already mined (in a pass over {'every feature' if every else 'more features'}): "
-                        f"read {state.n_tokens:,} tokens' results from {path}")
-        else:
-            log(f"already mined: read {state.n_tokens:,} tokens' results from {path}")
-        if found and not state.complete:
-            resumed_at = state.n_read
-            log(f"resuming from {path}: {state.n_read:,} tokens ({state.n_windows:,} windows) already mined")
-        reused = found and state.complete
-
-    if not state.complete:
-        _run(loaded, corpus, options, state, window - n_bos, n_bos, bos_id, cols, inner_edges, path, key, progress, log)
-
-    state.prune_pool()
+def _result(start: Restored, features: np.ndarray, edges: np.ndarray, window: int, n_bos: int,
+            corpus: Corpus) -> MiningResult:
+    """The finished (or read back) state as a :class:`MiningResult` of numpy arrays."""
+    state = start.state
     return MiningResult(
         features=features,
         top_values=np.maximum(state.values.cpu().numpy(), 0.0),
@@ -1212,13 +735,13 @@ def mine(
         n_bos=n_bos,
         corpus=corpus.describe(),
         complete=state.complete,
-        checkpoint=path,
-        resumed_at=resumed_at,
-        reused=reused,
+        checkpoint=start.path,
+        resumed_at=start.resumed_at,
+        reused=start.reused,
     )
 
 
-def _run(loaded: Loaded, corpus: Corpus, options: MiningOptions, state: _State, text_len: int, n_bos: int,
+def _run(loaded: Loaded, corpus: Corpus, options: MiningOptions, state: PassState, text_len: int, n_bos: int,
          bos_id: int | None, cols: torch.Tensor | None, inner_edges: torch.Tensor, path: Path | None,
          key: dict[str, Any], progress: Progress | None, log: Log) -> None:
     """The streaming loop: encode batches of windows, fold them into ``state``, checkpoint now and then.
@@ -1276,18 +799,20 @@ def _run(loaded: Loaded, corpus: Corpus, options: MiningOptions, state: _State, 
             committing = False
             since_save += len(batch)
             if path is not None and since_save >= options.checkpoint_every:
-                _save(path, state, key)
+                save_state(path, state, key)
                 since_save = 0
             if progress is not None:
                 progress(state.n_read, estimate())
     except KeyboardInterrupt:
         if path is not None and not committing:
-            _save(path, state, key)
+            save_state(path, state, key)
             log(f"saved the progress so far ({state.n_read:,} tokens) to {path}; the same command continues from it")
         raise
     state.complete = True
     if path is not None:
-        _save(path, state, key)
+        save_state(path, state, key)
+
+
 
 
 # --- what the card needs ------------------------------------------------------------------------------
@@ -1322,25 +847,3 @@ def example_activations(loaded: Loaded, result: MiningResult, feature: int,
     """Per-token activations of ``feature`` over each of its top windows: float32 ``[n_tokens]`` each."""
     windows = [ex.window for ex in result.examples(feature)]
     return [a[:, 0] for a in window_activations(loaded, windows, [feature], batch_size)]
-
-
-def progress_updater(bar: Any) -> Progress:
-    """A ``progress`` callback that drives a tqdm bar counted in tokens (its total follows the estimate).
-
-    The first call puts the bar where the pass starts: tokens mined before a resume are shown as done
-    but are not part of the speed and the time left.
-    """
-    started = False
-
-    def update(done: int, total: int | None) -> None:
-        nonlocal started
-        if total is not None and total != bar.total:
-            bar.total = total
-        if not started:
-            started = True
-            bar.initial = bar.n = bar.last_print_n = done
-            bar.refresh()
-            return
-        bar.update(done - bar.n)
-
-    return update

@@ -1,5 +1,5 @@
-"""Rendering a feature card: coloured terminal text, a self-contained HTML page, and the figure of a
-feature's activations over a mined corpus.
+"""Rendering a feature card: coloured terminal text, and a self-contained HTML page (with an index page
+linking every card of a folder). The card's figures are drawn in :mod:`mechinterp.cards.figures`.
 
 Everything that renders a card escapes the tokens: prompt text, corpus text and model vocabulary are
 untrusted input.
@@ -13,13 +13,8 @@ import itertools
 import textwrap
 from collections.abc import Callable, Sequence
 
-import numpy as np
-from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
-
-from mechinterp.cards.card import CorpusEvidence, Example, FeatureCard
+from mechinterp.cards.card import BaselineComparison, CorpusEvidence, Example, FeatureCard
 from mechinterp.core.features import EXAMPLE_WINDOW
-from mechinterp.core.figures import NotebookFigure
 from mechinterp.core.logits import LogitEffect
 from mechinterp.core.tables import safe_text
 
@@ -104,6 +99,19 @@ def _corpus_density(c: CorpusEvidence) -> str:
             f"{c.n_windows:,} windows)")
 
 
+def baseline_text(c: BaselineComparison) -> str:
+    """E.g. "fires on 7.33% of 'happy' tokens (its busiest group) vs 0% of 'baseline' tokens (0 of 612):
+    never in the baseline"."""
+    base = f"{_pct(c.rate)} of {c.baseline!r} tokens ({c.fired} of {c.tokens})"
+    if c.group is None:
+        return f"fires on {base}; there is no other group to compare with"
+    if c.fired:
+        verdict = f"{c.group_rate / c.rate:.3g} times the baseline's rate"
+    else:
+        verdict = "never in the baseline" if c.group_fired else "in neither"
+    return f"fires on {_pct(c.group_rate)} of {c.group!r} tokens (its busiest group) vs {base}: {verdict}"
+
+
 def format_card_text(card: FeatureCard, title: str, color: bool) -> str:
     """The card as terminal text (ANSI colour only when ``color``)."""
     lines = [f"=== Feature #{card.feature} · {title}"]
@@ -121,6 +129,9 @@ def format_card_text(card: FeatureCard, title: str, color: bool) -> str:
     lines.append(f"Firing rate on your texts: {_pct(card.firing_rate)} ({fired} of {total} tokens)")
     per_source = ", ".join(f"{s} {_pct(a / b if b else 0)}" for s, (a, b) in card.fired_by_source.items())
     lines.append(f"  by source: {per_source}")
+    comparison = card.against_baseline()
+    if comparison is not None:
+        lines.append(f"  against the baseline: {baseline_text(comparison)}")
     lines.append(
         f"Typical max activation: {card.typical_max:.3f} (median of each text's max over the "
         f"{card.n_texts_fired} of {card.n_texts} texts where it fires)"
@@ -262,54 +273,11 @@ def render_html(card: FeatureCard, title: str, is_demo: bool, figure_png: bytes 
                 corpus_png: bytes | None = None) -> str:
     """A self-contained HTML page for the card: inline CSS, the figures inlined as data URIs, no scripts.
 
-    ``corpus_png``: the corpus histogram (:func:`corpus_figure`), shown in the corpus section.
+    ``corpus_png``: the corpus histogram (``mechinterp.cards.figures.corpus_figure``), shown in the corpus section.
     """
     esc = html.escape
-    fired, total = card.fired_total
-    density = (
-        f"{_pct(card.density)} of training tokens (from the SAE's sparsity file)"
-        if card.density is not None else "not available (this SAE ships no sparsity file)"
-    )
-    link = (
-        f'<a href="{esc(card.url, quote=True)}">{esc(card.url)}</a>' if card.url else "not on Neuronpedia"
-    )
-    per_source = "<br>".join(
-        f'<span class="src">{esc(s)}</span> {_pct(a / b if b else 0)} ({a} of {b} tokens)'
-        for s, (a, b) in card.fired_by_source.items()
-    )
-    stats = [
-        *([("From", esc(card.origin))] if card.origin else []),
-        ("Neuronpedia", link),
-        ("Density", esc(density)),
-        *([("Density in the corpus", esc(_corpus_density(card.corpus)))] if card.corpus is not None else []),
-        ("Firing rate on your texts", f"{_pct(card.firing_rate)} ({fired} of {total} tokens)"),
-        ("By source", per_source),
-        (
-            "Typical max activation",
-            (f"{card.typical_max:.3f} (median of each text's max over the {card.n_texts_fired} of "
-             f"{card.n_texts} texts where it fires)"),
-        ),
-        ("Filtered", esc(card.filtered)),
-    ]
-    stats_html = "".join(f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in stats)
-    if card.examples:
-        scale = card.examples[0].max_act
-        legend = "".join(
-            f'<span style="{_bg(scale * q, scale)}">{q * scale:.2f}</span>' for q in (0.1, 0.25, 0.5, 0.75, 1.0)
-        )
-        examples = (
-            f'<p class="sub legend">Colour = activation of feature #{card.feature} on each token '
-            f"(hover for the value): {legend} · the peak token is outlined.</p>"
-            + "".join(example_html(ex, scale) for ex in card.examples)
-        )
-        if card.more_examples:
-            examples += ("<h2>Beyond the top texts</h2><p class=\"sub\">Lower activation levels (quantiles of each "
-                         "text's max where it fires) and the top text of every other group where it fires.</p>"
-                         + "".join(example_html(ex, scale, why=ex.label) for ex in card.more_examples))
-    elif card.n_texts:
-        examples = "<p>It does not fire on any of your texts (BOS excluded).</p>"
-    else:
-        examples = "<p>No prompts were searched.</p>"
+    stats_html = "".join(f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in _stats_rows(card))
+    examples = _examples_html(card)
     corpus = "\n" + _corpus_html(card.corpus, card.feature, corpus_png) if card.corpus is not None else ""
     figure = ""
     if figure_png:
@@ -340,6 +308,60 @@ raises (left) or lowers (right) each next-token logit, ignoring the layers after
 """
 
 
+def _stats_rows(card: FeatureCard) -> list[tuple[str, str]]:
+    """The card's "How often it fires" table: (label, HTML) rows, text escaped."""
+    esc = html.escape
+    fired, total = card.fired_total
+    density = (
+        f"{_pct(card.density)} of training tokens (from the SAE's sparsity file)"
+        if card.density is not None else "not available (this SAE ships no sparsity file)"
+    )
+    link = (
+        f'<a href="{esc(card.url, quote=True)}">{esc(card.url)}</a>' if card.url else "not on Neuronpedia"
+    )
+    per_source = "<br>".join(
+        f'<span class="src">{esc(s)}</span> {_pct(a / b if b else 0)} ({a} of {b} tokens)'
+        for s, (a, b) in card.fired_by_source.items()
+    )
+    comparison = card.against_baseline()
+    return [
+        *([("From", esc(card.origin))] if card.origin else []),
+        ("Neuronpedia", link),
+        ("Density", esc(density)),
+        *([("Density in the corpus", esc(_corpus_density(card.corpus)))] if card.corpus is not None else []),
+        ("Firing rate on your texts", f"{_pct(card.firing_rate)} ({fired} of {total} tokens)"),
+        ("By source", per_source),
+        *([("Against the baseline", esc(baseline_text(comparison)))] if comparison is not None else []),
+        (
+            "Typical max activation",
+            (f"{card.typical_max:.3f} (median of each text's max over the {card.n_texts_fired} of "
+             f"{card.n_texts} texts where it fires)"),
+        ),
+        ("Filtered", esc(card.filtered)),
+    ]
+
+
+def _examples_html(card: FeatureCard) -> str:
+    """The card's top texts (with a colour legend) and the texts beyond them, or why there are none."""
+    if not card.examples:
+        if card.n_texts:
+            return "<p>It does not fire on any of your texts (BOS excluded).</p>"
+        return "<p>No prompts were searched.</p>"
+    scale = card.examples[0].max_act
+    legend = "".join(
+        f'<span style="{_bg(scale * q, scale)}">{q * scale:.2f}</span>' for q in (0.1, 0.25, 0.5, 0.75, 1.0)
+    )
+    examples = (
+        f'<p class="sub legend">Colour = activation of feature #{card.feature} on each token '
+        f"(hover for the value): {legend} · the peak token is outlined.</p>"
+        + "".join(example_html(ex, scale) for ex in card.examples)
+    )
+    if card.more_examples:
+        examples += ("<h2>Beyond the top texts</h2><p class=\"sub\">Lower activation levels (quantiles of each "
+                     "text's max where it fires) and the top text of every other group where it fires.</p>"
+                     + "".join(example_html(ex, scale, why=ex.label) for ex in card.more_examples))
+    return examples
+
 
 def ansi_allowed(stream, mode: str) -> bool:
     """Colour only on a terminal (mode "auto"), unless forced; NO_COLOR (no-color.org) turns auto off."""
@@ -350,7 +372,6 @@ def ansi_allowed(stream, mode: str) -> bool:
     if mode == "never":
         return False
     return bool(getattr(stream, "isatty", lambda: False)()) and not os.environ.get("NO_COLOR")
-
 
 
 def render_index(entries: list[dict], title: str) -> str:
@@ -393,71 +414,3 @@ q-value, replication and verdict, or how it was chosen.</p>
 {rows}</table>
 </body></html>
 """
-
-
-# --- the corpus histogram ------------------------------------------------------------------------------
-
-
-def _minor_label(x: float, _pos: int) -> str:
-    """Minor log-axis ticks: only 2 and 5 of each decade are labelled."""
-    if x <= 0:
-        return ""
-    leading = x / 10 ** np.floor(np.log10(x))
-    return f"{x:g}" if min(abs(leading - 2), abs(leading - 5)) < 1e-6 else ""
-
-
-def corpus_figure(feature: int, c: CorpusEvidence, title: str) -> Figure:
-    """MI5 corpus: the histogram of the feature's activations over every mined corpus token.
-
-    The bins are the pass's fixed log-spaced ones (a streaming pass cannot know a feature's range in
-    advance), drawn on a log axis so each has the same width; the y axis counts tokens. The first bin,
-    (0, lowest edge), has no log width: it is drawn hatched, as wide as one bin, left of the edge.
-    Vertical lines mark the quartiles and the median of the per-window maxima where it fires (the
-    levels of the card's lower examples) and the lowest of the top windows shown.
-    """
-    fig = NotebookFigure(figsize=(10, 6), layout="constrained")
-    ax = fig.subplots()
-    edges, counts = np.asarray(c.hist_edges, dtype=float), np.asarray(c.hist_counts)
-    if c.fired == 0:
-        ax.text(0.5, 0.5, "never fires in the corpus", ha="center", va="center", transform=ax.transAxes)
-        ax.set_xticks([])
-    else:
-        lows, highs = edges[:-1].copy(), edges[1:].copy()
-        first = int(lows[0] <= 0)  # 1 when the first bin starts at 0
-        if first:
-            step = highs[1] / highs[0] if len(highs) > 1 and highs[0] > 0 else 10 ** 0.1
-            lows[0] = highs[0] / step
-        ax.bar(lows[first:], counts[first:], width=(highs - lows)[first:], align="edge", color="#1f77b4",
-               edgecolor="white", linewidth=0.4, label=f"corpus tokens where it fires ({c.fired:,} in all)")
-        if first:
-            ax.bar(lows[0], counts[0], width=highs[0] - lows[0], align="edge", color="#9ecae1", hatch="//",
-                   edgecolor="white", linewidth=0.4, label=f"all activations below {highs[0]:.3g} ({int(counts[0]):,})")
-        ax.set_xscale("log")
-        # At least one decade, so that a feature firing in one or two bins still shows a readable axis,
-        # with plain numbers (0.5, 1, 2) rather than 2.5x10^0.
-        lo, hi = float(lows.min()), float(highs.max())
-        if hi / lo < 10:
-            middle = float(np.sqrt(lo * hi))
-            lo, hi = middle / 10 ** 0.5, middle * 10 ** 0.5
-        ax.set_xlim(lo / 1.1, hi * 1.1)
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
-        ax.xaxis.set_minor_formatter(FuncFormatter(_minor_label))
-        for (name, value), style in zip(c.levels, ("--", "-.", (0, (5, 1, 1, 1)))):
-            ax.axvline(value, color="#444", linestyle=style, linewidth=1,
-                       label=f"{name} of the per-window maxima (~{value:.3g})")
-        if c.examples:
-            low = c.examples[-1].max_act
-            ax.axvline(low, color="#b00020", linestyle=":", linewidth=1.5,
-                       label=f"lowest of the top {len(c.examples)} windows ({low:.3g})")
-        ax.set_ylim(0, float(counts.max()) * 1.1)
-        ax.legend(fontsize=8.5, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
-    ax.set_xlabel("activation (log scale; corpus tokens where it fires, BOS and padding excluded)")
-    ax.set_ylabel("number of tokens")
-    ax.set_title(
-        f"In the corpus: fires on {c.fired:,} of {c.n_tokens:,} tokens ({100 * c.density:.3g}%), "
-        f"in {c.windows_fired:,} of {c.n_windows:,} windows; {c.n_tokens - c.fired:,} zeros not drawn",
-        fontsize=10,
-    )
-    ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(f"Feature #{feature} over {c.corpus}\n{title}", fontsize=11)
-    return fig

@@ -119,6 +119,15 @@ class FeatureChoice:
     picks: dict[int, ResultsPick] = field(default_factory=dict)  # feature -> its Chapter 2 row
     note: str = ""  # what the significance gate skipped, for the output
 
+    def __repr__(self) -> str:
+        def clip(text: str) -> str:
+            return text if len(text) <= 200 else text[:199] + "…"
+
+        ids = ", ".join(str(f) for f in self.features[:12])
+        more = f", ... ({len(self.features)} in all)" if len(self.features) > 12 else ""
+        note = f"; {clip(self.note)}" if self.note else ""
+        return f"FeatureChoice([{ids}{more}]: {clip(self.how)}{note})"
+
     def origin(self, feature: int) -> str | None:
         """Where ``feature`` came from, with its q and verdict when it came from a results table."""
         if feature in self.picks:
