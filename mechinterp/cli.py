@@ -26,6 +26,7 @@ from mechinterp.core.errors import EXIT_FAILURE, EXIT_INTERRUPTED, EnvironmentPr
 from mechinterp.core.io import OutputFolder
 from mechinterp.core.options import (  # noqa: F401  (value types: the scripts take them from here)
     UNSET,
+    dest_of,
     finite_float,
     flag_of,
     fraction,
@@ -34,7 +35,7 @@ from mechinterp.core.options import (  # noqa: F401  (value types: the scripts t
     positive_float,
     positive_int,
 )
-from mechinterp.core.source import SourceOptions, demo_prompts_dir
+from mechinterp.core.source import SourceOptions, resolve_prompt_folder
 
 T = TypeVar("T")
 
@@ -96,7 +97,9 @@ def add_options(parser: argparse.ArgumentParser, cls: type, title: str | None = 
         else:
             default = None if field.default is dataclasses.MISSING else field.default
         default = (defaults or {}).get(field.name, default)
-        kwargs: dict[str, Any] = {"dest": field.name, "default": default,
+        if flag.invert:  # a flag that switches the field off stores its own True (--no-cache: args.no_cache)
+            default = False
+        kwargs: dict[str, Any] = {"dest": dest_of(field), "default": default,
                                   "help": (helps or {}).get(field.name, flag.help)}
         action = flag.action or ("store_true" if default is False and flag.type is None else None)
         if action:
@@ -111,8 +114,10 @@ def add_options(parser: argparse.ArgumentParser, cls: type, title: str | None = 
 def options_from(args: argparse.Namespace, cls: type[T], **values: Any) -> T:
     """The dataclass ``cls`` filled from the parsed flags of its fields (``values`` for fields without a flag)."""
     for field in dataclasses.fields(cls):
-        if flag_of(field) is not None and hasattr(args, field.name) and field.name not in values:
-            values[field.name] = getattr(args, field.name)
+        flag = flag_of(field)
+        if flag is not None and hasattr(args, dest_of(field)) and field.name not in values:
+            value = getattr(args, dest_of(field))
+            values[field.name] = not value if flag.invert else value
     return cls(**values)
 
 
@@ -147,11 +152,7 @@ def source_options(args: argparse.Namespace) -> SourceOptions:
 
 def prompt_folder(args: argparse.Namespace) -> Path:
     """``--prompts``, else the demo world's prompts with ``--demo``, else prompts/ beside the scripts."""
-    if args.prompts is not None:
-        return Path(args.prompts)
-    if args.demo:
-        return demo_prompts_dir()
-    return constants.DEFAULT_PROMPTS_DIR
+    return resolve_prompt_folder(args.prompts, args.demo)
 
 
 def output_folder(args: argparse.Namespace) -> OutputFolder:

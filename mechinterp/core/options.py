@@ -40,6 +40,9 @@ class Flag:
     action: str | None = None  # default: store_true for a bool field that defaults to False
     group: str | None = None  # the --help section; default: the dataclass's own section
     cli_default: Any = UNSET  # the flag's default when it differs from the field's
+    # The flag switches a field that defaults to True off: ``use_cache`` with ``flag="--no-cache"`` stores
+    # the flag's own value under its own name (``no_cache``, False unless given) and the field gets the opposite.
+    invert: bool = False
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, default_factory: Any = dataclasses.MISSING,
@@ -54,6 +57,14 @@ def option(default: Any = dataclasses.MISSING, help: str = "", *, default_factor
 def flag_of(field: dataclasses.Field) -> Flag | None:
     """The field's :class:`Flag`, or None for a field that is not on the command line."""
     return field.metadata.get(CLI_KEY)
+
+
+def dest_of(field: dataclasses.Field) -> str:
+    """The ``args`` attribute of the field's flag: the field's name, or for an inverted flag the flag's own."""
+    flag = flag_of(field)
+    if flag is not None and flag.invert:
+        return (flag.flag or "").lstrip("-").replace("-", "_")
+    return field.name
 
 
 def _whole(text: str, low: int, rule: str) -> int:

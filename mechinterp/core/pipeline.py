@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from mechinterp.core import constants
 from mechinterp.core.cache import ActivationCache
 from mechinterp.core.loading import Loaded
+from mechinterp.core.options import option, positive_int
 from mechinterp.core.progress import Log, progress_bar
 from mechinterp.core.provenance import Provenance
 from mechinterp.core.source import Source, demo_threads, load
@@ -24,18 +25,16 @@ from mechinterp.core.summaries import PromptAggregates, SparseRow
 
 @dataclass
 class EncodeOptions:
-    """How prompts are encoded.
+    """How prompts are encoded (the "speed" flags; ``quiet`` comes from the output flags)."""
 
-    Attributes:
-        batch_size: prompts per forward pass; None = 16 on CPU, on a GPU as many as fit (see
-            :func:`mechinterp.core.encoding.default_batch_size`).
-        use_cache: read and write the activation cache (``$MECHINTERP_CACHE/activations``).
-        quiet: no progress bar.
-    """
-
-    batch_size: int | None = None
-    use_cache: bool = True
-    quiet: bool = False
+    # None: see mechinterp.core.encoding.default_batch_size.
+    batch_size: int | None = option(
+        None, "prompts per forward pass (default: 16 on CPU; on a GPU as many as fit in half its free memory, "
+        "at most 512)", type=positive_int)
+    use_cache: bool = option(
+        True, "do not read or write the activation cache (.cache/activations, or $MECHINTERP_CACHE/activations)",
+        flag="--no-cache", invert=True)
+    quiet: bool = False  # no progress bar
 
 
 @dataclass
@@ -122,29 +121,8 @@ def summarise_prompts(
         if cache:
             cache.save_meta(asdict(info))
         if missing:
-            from mechinterp.core.encoding import aggregate_prompts, default_batch_size, tokenize
-
             log(f"encoding {len(missing)} prompt(s) ({len(found)} from the cache) ...")
-            tokenized = tokenize(loaded, [texts[i] for i in missing])
-            batch_size = options.batch_size or default_batch_size(loaded.device, loaded)
-            bar = progress_bar(len(missing), "encoding prompts", options.quiet, unit="prompt")
-            start = time.perf_counter()
-
-            from mechinterp.core.tokens import decode_tokens
-
-            def store(batch: list[int], rows: list[SparseRow]) -> None:
-                for row in rows:  # token labels, so Chapter 2 can name where a feature fires from the cache
-                    row.token_strs = decode_tokens(loaded.model.tokenizer, row.tokens)
-                if cache:
-                    for j, row in zip(batch, rows):
-                        cache.put(texts[missing[j]], row)
-
-            try:
-                with demo_threads(loaded.is_demo):
-                    rows = aggregate_prompts(loaded, tokenized, batch_size, on_rows=store, progress=bar.update)
-            finally:
-                bar.close()
-                seconds["encode"] = round(time.perf_counter() - start, 4)
+            rows, seconds["encode"] = _encode(loaded, [texts[i] for i in missing], cache, options)
             for j, row in zip(missing, rows):
                 found[j] = row
             tokens_encoded = sum(row.n_tokens for row in rows)
@@ -153,13 +131,7 @@ def summarise_prompts(
         log(f"all {len(texts)} prompts found in the activation cache; the model was not loaded")
     ordered = [found[i] for i in range(len(texts))]
     seconds["cache"] = round(time.perf_counter() - start_all - seconds["load"] - seconds["encode"], 4)
-    for i, row in enumerate(ordered):
-        if row.truncated:
-            print(
-                f"warning: a {labels[i]} prompt is longer than {info.context_note or f'{info.n_ctx} tokens'}; "
-                f"only its first {info.n_ctx} tokens (BOS included) were encoded: {texts[i][:50]!r}...",
-                file=sys.stderr,
-            )
+    _warn_truncated(ordered, texts, labels, info)
     return Summaries(
         aggregates=PromptAggregates(ordered, info.d_sae),
         info=info,
@@ -169,3 +141,41 @@ def summarise_prompts(
         tokens_encoded=tokens_encoded,
         seconds=seconds,
     )
+
+
+def _encode(loaded: Loaded, texts: list[str], cache: ActivationCache | None,
+            options: EncodeOptions) -> tuple[list[SparseRow], float]:
+    """Encode ``texts`` in batches, storing each finished batch in the cache at once (so Ctrl-C loses at
+    most the batch in flight); returns their summaries and the seconds spent encoding."""
+    from mechinterp.core.encoding import aggregate_prompts, default_batch_size, tokenize
+    from mechinterp.core.tokens import decode_tokens
+
+    tokenized = tokenize(loaded, texts)
+    batch_size = options.batch_size or default_batch_size(loaded.device, loaded)
+    bar = progress_bar(len(texts), "encoding prompts", options.quiet, unit="prompt")
+    start = time.perf_counter()
+
+    def store(batch: list[int], rows: list[SparseRow]) -> None:
+        for row in rows:  # token labels, so Chapter 2 can name where a feature fires from the cache
+            row.token_strs = decode_tokens(loaded.model.tokenizer, row.tokens)
+        if cache:
+            for j, row in zip(batch, rows):
+                cache.put(texts[j], row)
+
+    try:
+        with demo_threads(loaded.is_demo):
+            rows = aggregate_prompts(loaded, tokenized, batch_size, on_rows=store, progress=bar.update)
+    finally:
+        bar.close()
+        seconds = round(time.perf_counter() - start, 4)
+    return rows, seconds
+
+
+def _warn_truncated(rows: list[SparseRow], texts: Sequence[str], labels: Sequence[str], info: ModelInfo) -> None:
+    for i, row in enumerate(rows):
+        if row.truncated:
+            print(
+                f"warning: a {labels[i]} prompt is longer than {info.context_note or f'{info.n_ctx} tokens'}; "
+                f"only its first {info.n_ctx} tokens (BOS included) were encoded: {texts[i][:50]!r}...",
+                file=sys.stderr,
+            )

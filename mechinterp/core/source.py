@@ -101,6 +101,15 @@ def demo_prompts_dir(log: Log = silent) -> Path:
     return ensure_demo_world(constants.demo_dir(), log=log).prompts_dir
 
 
+def resolve_prompt_folder(folder: Path | None, demo: bool) -> Path:
+    """``folder`` when given, else the demo world's prompts for a demo run, else prompts/ beside the scripts."""
+    if folder is not None:
+        return Path(folder)
+    if demo:
+        return demo_prompts_dir()
+    return constants.DEFAULT_PROMPTS_DIR
+
+
 def resolve_source(options: SourceOptions, log: Log = silent) -> Source:
     """Apply ``demo`` (building the toy world if needed) and validate the SAE options and the dtype."""
     if options.dtype == "float16":  # refused before any cache lookup; needs torch to know the device
