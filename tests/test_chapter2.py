@@ -21,12 +21,19 @@ import pytest
 from scipy import stats as sps
 
 import MechInterpFeatureMeaning as ch2
+from mechinterp.cli import options_from
 from mechinterp.core import constants
 from mechinterp.core.encoding import PromptAggregates, aggregate_prompts, tokenize
+from mechinterp.core.errors import UserError
+from mechinterp.core.pipeline import EncodeOptions
+from mechinterp.core.prompts import PromptOptions
+from mechinterp.core.source import SourceOptions, demo_prompts_dir, resolve_source
 from mechinterp.core.summaries import SparseRow
 from mechinterp.core.toyworld import GROUP_STYLE, LENGTH_START, demo_prompt_sets
-from mechinterp.meaning import confounds, stats
+from mechinterp.meaning import design, stats, verdicts
 from mechinterp.meaning.contrast import MeaningOptions, contrast_groups
+from mechinterp.meaning.options import ConfoundSettings
+from mechinterp.meaning.run import contrast_prompts
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -170,7 +177,7 @@ def test_verdicts_on_the_demo_world(world, demo_run):
         mine = [r for r in rows if r["group"] == group]
         judged = significant_replicated(mine)
         assert {int(r["feature"]) for r in mine if r["verdict"]} == {int(r["feature"]) for r in judged}
-        assert all(r["verdict"] in confounds.VERDICTS and r["evidence"] for r in judged)
+        assert all(r["verdict"] in verdicts.VERDICTS and r["evidence"] for r in judged)
         assert all(not r["evidence"] for r in mine if not r["verdict"])
         concepts = [int(r["feature"]) for r in judged if r["verdict"] == "concept"]
         if group == "control":
@@ -271,16 +278,16 @@ def test_design_check_warns_on_longer_prompts_and_stays_quiet_on_matched_ones(wo
 
     def tokenized(texts):
         ids = [tok.encode(t) for t in texts]
-        return confounds.TokenizedPrompts(texts, ids, [[tok.decode([i]) for i in row] for row in ids])
+        return design.TokenizedPrompts(texts, ids, [[tok.decode([i]) for i in row] for row in ids])
 
     assert GROUP_STYLE["happy"][1] > 0 and GROUP_STYLE["angry"][:2] == GROUP_STYLE["baseline"][:2]
     for seed in range(5):
         groups = demo_prompt_sets(n_per_group=40, seed=200 + seed)
         base = tokenized(groups["baseline"])
-        assert confounds.check_design(tokenized(groups["happy"]), base).length.differs
+        assert design.check_design(tokenized(groups["happy"]), base).length.differs
         for quiet in ("angry", "control"):
-            assert not confounds.check_design(tokenized(groups[quiet]), base).length.differs
-        assert confounds.check_design(tokenized(groups["control"]), base).warnings == []
+            assert not design.check_design(tokenized(groups[quiet]), base).length.differs
+        assert design.check_design(tokenized(groups["control"]), base).warnings == []
 
 
 def test_paired_demo_matches_scipy_wilcoxon_and_lists_each_pair(world, loaded_toy, tmp_path):
@@ -374,3 +381,103 @@ def test_paired_refuses_files_of_different_lengths(tmp_path, capsys):
     assert ch2.main(["--demo", "--paired", "--prompts", str(prompts), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "--paired needs as many prompts in each group as in the baseline (12), but happy has 11" in err
+
+
+# --------------------------------------------------------------------------------------------------
+# The package without the script: the entry point, the accessors and the reprs a notebook shows
+
+
+@pytest.fixture(scope="module")
+def demo_result(world, demo_run):
+    """contrast_prompts with the script's default options, after the script ran (so from the cache)."""
+    source = resolve_source(SourceOptions(demo=True))
+    return contrast_prompts(source, PromptOptions(), MeaningOptions(holdout=None), encode=EncodeOptions(quiet=True))
+
+
+def test_contrast_prompts_computes_what_the_script_writes(demo_run, demo_result):
+    rows = read_rows(demo_run / "feature_stats.csv")
+    assert demo_result.groups == ["angry", "control", "happy"] and demo_result.holdout == 0.5
+    assert demo_result.prompts.folder == demo_prompts_dir() and demo_result.summaries.cache_misses == 0
+    for group in demo_result.groups:
+        ranked = sorted((r for r in rows if r["group"] == group and r["rank"]), key=lambda r: int(r["rank"]))
+        top = demo_result.group(group).top()
+        assert [t.feature for t in top] == [int(r["feature"]) for r in ranked]
+        for t, r in zip(top, ranked):
+            assert f"{t.q:.6g}" == r["q_value"] and f"{t.p:.6g}" == r["p_value"]
+            assert round(t.auroc, 6) == float(r["auroc"]) and round(t.frac_group, 6) == float(r["frac_active_group"])
+            assert round(t.frac_baseline, 6) == float(r["frac_active_baseline"])
+            assert t.replicated == {"yes": True, "no": False, "not tested": None}[r["replicated"]]
+            assert (t.verdict or "") == r["verdict"] and (t.evidence if t.verdict else "") == r["evidence"]
+    # The run record's facts come from the same result.
+    record = json.loads((demo_run / "MechInterpFeatureMeaning_run.json").read_text())
+    assert record["discoveries"] == {g: f.n_significant() for g, f in demo_result.findings.items()}
+    assert set(demo_result.seconds) == {"load", "encode", "cache", "statistics"}
+
+
+def test_accessors_and_short_reprs(world, demo_result):
+    happy = demo_result.group("happy")
+    assert happy is demo_result.findings["happy"] and happy.baseline == "baseline" and happy.alpha == 0.05
+    best = happy.top(1)[0]
+    assert (best.rank, best.feature, best.verdict, best.replicated) == (1, world.planted.concept["happy"], "concept", True)
+    assert best.q == happy.contrast.q_value[best.position] and best.q < 1e-6
+    assert best.auroc == 1.0 and (best.frac_group, best.frac_baseline) == (1.0, 0.0)
+    assert best.evidence.startswith("peaks on 8 different words that mark happy prompts")
+    with pytest.raises(KeyError, match="the contrasted groups are angry, control, happy"):
+        demo_result.group("baseline")
+    # The control group: nothing significant, nothing judged.
+    control = demo_result.group("control").top(3)
+    assert all(r.verdict is None and r.evidence is None and r.replicated is None and r.q >= 0.05 for r in control)
+
+    text = repr(demo_result)
+    assert len(text) < 1000
+    n = sum(f.n_significant() for f in demo_result.findings.values())
+    angry = demo_result.group("angry").top(1)[0]
+    assert text == (
+        "MeaningResult(groups=['angry', 'control', 'happy'], baseline='baseline', Mann-Whitney U, holdout 0.5, "
+        f"{n} significant at q < 0.05, top: angry #{angry.feature} concept q={angry.q:.2g}, control none, "
+        f"happy #{best.feature} concept q={best.q:.2g})"
+    )
+    finding = repr(happy)
+    assert len(finding) < 1000
+    assert finding.startswith(f"GroupFinding('happy' vs 'baseline': {happy.n_significant()} of "
+                              f"{len(happy.contrast.tested)} tested at q < 0.05, ")
+    assert f"top: #{best.feature} concept q={best.q:.2g}, " in finding
+    counts = happy.verdict_counts()
+    assert "verdicts " + ", ".join(f"{c} {v}" for v, c in counts.items() if c) in finding
+    assert repr(demo_result.group("control")).endswith("0 replicated; top: none)")
+    assert repr(best) == (f"RankedFeature(rank=1, feature={best.feature}, q={best.q:.2g}, auroc=1.00, "
+                          "fires 100% vs 0%, replicated=True, verdict='concept')")
+
+
+def test_holdout_is_resolved_by_the_options():
+    sizes = {"baseline": 48, "happy": 20}
+    assert MeaningOptions().holdout_for(sizes) == 0.0  # a notebook's default: no split
+    assert MeaningOptions(holdout=None).holdout_for(sizes) == 0.5  # the command line's: on for big groups
+    assert MeaningOptions(holdout=None).holdout_for({"baseline": 48, "happy": 19}) == 0.0
+    assert MeaningOptions(holdout=0.3).holdout_for(sizes) == 0.3
+    assert MeaningOptions(holdout=None, no_holdout=True).holdout_for(sizes) == 0.0
+    assert MeaningOptions(holdout=0.3).holdout_given and not MeaningOptions(holdout=None).holdout_given
+    with pytest.raises(UserError, match="contradict each other"):
+        MeaningOptions(holdout=0.3, no_holdout=True)
+    with pytest.raises(UserError, match="agg must be 'max' or 'mean'"):
+        MeaningOptions(agg="median")
+
+
+def test_flags_come_from_the_options(capsys):
+    """Every flag keeps its name, args attribute and default; the options are built back from them."""
+    args = ch2.parse_args([])
+    assert {k: v for k, v in vars(args).items() if k in (
+        "prompts", "groups", "baseline", "duplicates", "agg", "alpha", "holdout", "no_holdout", "seed", "always_on",
+        "top_k", "paired", "batch_size", "no_cache")} == {
+        "prompts": None, "groups": None, "baseline": "baseline", "duplicates": "drop", "agg": "max", "alpha": 0.05,
+        "holdout": None, "no_holdout": False, "seed": 0, "always_on": 0.9, "top_k": 10, "paired": False,
+        "batch_size": None, "no_cache": False}
+    assert list(vars(args))[:14] == ["prompts", "groups", "baseline", "duplicates", "agg", "alpha", "holdout",
+                                     "no_holdout", "seed", "always_on", "top_k", "paired", "batch_size", "no_cache"]
+    args = ch2.parse_args(["--no-cache", "--batch-size", "3", "--holdout", "0.25", "--agg", "mean", "--paired"])
+    assert options_from(args, EncodeOptions, quiet=True) == EncodeOptions(batch_size=3, use_cache=False, quiet=True)
+    options = options_from(args, MeaningOptions)
+    assert (options.holdout, options.agg, options.paired, options.confounds) == (0.25, "mean", True, ConfoundSettings())
+    with pytest.raises(SystemExit):
+        ch2.parse_args(["--holdout", "0.3", "--no-holdout"])
+    assert "--holdout and --no-holdout contradict each other; pick one" in capsys.readouterr().err

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from mechinterp.meaning import confounds as cf
+from mechinterp.meaning import design, report, stats, verdicts
+from mechinterp.meaning.options import ConfoundSettings
 
 # ---------------------------------------------------------------------------------------------------
 # A simulated world
@@ -131,7 +132,7 @@ def encode_with(vocab: Vocab, names: list[str]):
 
 def make_side(
     vocab: Vocab, texts: list[str], names: list[str]
-) -> tuple[cf.TokenizedPrompts, cf.FeatureActivity]:
+) -> tuple[design.TokenizedPrompts, verdicts.FeatureActivity]:
     ids, strs = zip(*(vocab(t) for t in texts))
     value = np.zeros((len(texts), len(names)))
     peak = np.full((len(texts), len(names)), -1)
@@ -140,7 +141,7 @@ def make_side(
             acts = RULES[name](text, toks)
             if acts.max() > 0:
                 value[i, j], peak[i, j] = acts.max(), int(acts.argmax())
-    return cf.TokenizedPrompts(list(texts), list(ids), list(strs)), cf.FeatureActivity(
+    return design.TokenizedPrompts(list(texts), list(ids), list(strs)), verdicts.FeatureActivity(
         [FEATURE_ID[n] for n in names], value, peak
     )
 
@@ -207,7 +208,7 @@ def judge(group_texts, base_texts, names, encode=True, settings=None):
     vocab = Vocab()
     g_tok, g_act = make_side(vocab, group_texts, names)
     b_tok, b_act = make_side(vocab, base_texts, names)
-    reports = cf.explain_features(
+    reports = verdicts.explain_features(
         g_tok,
         b_tok,
         g_act,
@@ -235,7 +236,7 @@ def test_van_elteren_with_one_stratum_is_scipy_mann_whitney(n1, n2):
     rng = np.random.default_rng(n1 + 7 * n2)
     x, y = zero_inflated(rng, n1, 60, shift=0.3), zero_inflated(rng, n2, 60)
     x[:, 0], y[:, 0] = 1.0, 1.0  # all tied: no information, p = 1
-    res = cf.van_elteren(np.r_[x, y], np.r_[np.ones(n1, bool), np.zeros(n2, bool)], np.zeros(n1 + n2))
+    res = stats.van_elteren(np.r_[x, y], np.r_[np.ones(n1, bool), np.zeros(n2, bool)], np.zeros(n1 + n2))
     assert res.p_value[0] == 1.0 and res.auroc[0] == pytest.approx(0.5, abs=1e-12)
     for f in range(1, 60):
         ref = sps.mannwhitneyu(x[:, f], y[:, f], method="asymptotic", use_continuity=False)
@@ -282,7 +283,7 @@ def test_van_elteren_matches_the_exact_permutation_moments_of_several_strata(see
     in_group = np.concatenate([np.r_[np.ones(a, bool), np.zeros(b, bool)] for a, b in sizes])
     values = zero_inflated(rng, len(strata), 4, fire=0.6, shift=0.2)
     values[:3, 3] = 0.5  # a tie across the two sets within a stratum
-    res = cf.van_elteren(values, in_group, strata * 10 + 3)  # any labels will do
+    res = stats.van_elteren(values, in_group, strata * 10 + 3)  # any labels will do
     for f in range(4):
         (t_obs, auroc), mean, var = _brute_van_elteren_moments(values[:, f], in_group, strata)
         assert mean == pytest.approx(0.0, abs=1e-12)
@@ -301,9 +302,9 @@ def test_van_elteren_with_strata_per_feature_equals_one_call_per_feature():
     values = zero_inflated(rng, n, 6, shift=0.2)
     in_group = rng.random(n) < 0.5
     strata = rng.integers(0, 4, (n, 6))
-    res = cf.van_elteren(values, in_group, strata)
+    res = stats.van_elteren(values, in_group, strata)
     for f in range(6):
-        one = cf.van_elteren(values[:, f], in_group, strata[:, f])
+        one = stats.van_elteren(values[:, f], in_group, strata[:, f])
         assert res.z[f] == pytest.approx(one.z[0], rel=1e-12, abs=1e-12)
         assert res.auroc[f] == pytest.approx(one.auroc[0], rel=1e-12)
 
@@ -314,7 +315,7 @@ def test_within_group_rank_correlation_is_spearman_for_one_group_and_partial_for
     length = rng.integers(8, 20, n)
     values = zero_inflated(rng, n, 5, fire=0.7)
     values[:, 1] = 0.3 * length + rng.random(n)  # a length feature
-    r, p = cf.within_group_rank_correlation(values, length, np.zeros(n))
+    r, p = stats.within_group_rank_correlation(values, length, np.zeros(n))
     for f in range(5):
         ref = sps.spearmanr(values[:, f], length)
         assert r[f] == pytest.approx(ref.statistic, rel=1e-10)
@@ -323,7 +324,7 @@ def test_within_group_rank_correlation_is_spearman_for_one_group_and_partial_for
     # i.e. the residuals of a regression on group indicators (numpy least squares as reference).
     group = np.arange(n) < 20
     shifted = values + 5.0 * group[:, None]  # a pure group difference must not create a correlation
-    r2, p2 = cf.within_group_rank_correlation(shifted, length + 4 * group, group)
+    r2, p2 = stats.within_group_rank_correlation(shifted, length + 4 * group, group)
     design = np.c_[group, ~group].astype(float)
     for f in range(5):
         rv, rl = np.zeros(n), np.zeros(n)
@@ -348,7 +349,7 @@ def test_fisher_greater_matches_scipy():
         (30, 30, 30, 30),
     ]:
         ref = sps.fisher_exact([[k_a, n_a - k_a], [k_b, n_b - k_b]], alternative="greater").pvalue
-        assert cf.fisher_greater(np.array([k_a]), n_a, np.array([k_b]), n_b)[0] == pytest.approx(
+        assert stats.fisher_greater(np.array([k_a]), n_a, np.array([k_b]), n_b)[0] == pytest.approx(
             ref, rel=1e-10
         )
 
@@ -361,7 +362,7 @@ def test_wilcoxon_signed_rank_matches_scipy(n):
     y[:, :10] = x[:, :10]  # many zero differences
     y[:, 10:12] = x[:, 10:12] - 0.1  # every difference tied
     x[:, 12], y[:, 12] = 0.0, 0.0  # all pairs silent: nothing to test
-    res = cf.wilcoxon_signed_rank(x, y)
+    res = stats.wilcoxon_signed_rank(x, y)
     assert res.p_value[12] == 1.0 and res.n_nonzero[12] == 0
     for f in range(80):
         if f == 12 or (x[:, f] == y[:, f]).all():
@@ -379,16 +380,16 @@ def test_wilcoxon_signed_rank_matches_scipy(n):
 # Design checks
 
 
-def tokenized(vocab: Vocab, texts: list[str]) -> cf.TokenizedPrompts:
+def tokenized(vocab: Vocab, texts: list[str]) -> design.TokenizedPrompts:
     ids, strs = zip(*(vocab(t) for t in texts))
-    return cf.TokenizedPrompts(list(texts), list(ids), list(strs))
+    return design.TokenizedPrompts(list(texts), list(ids), list(strs))
 
 
 def test_design_check_flags_length_stray_tokens_and_endings_of_a_messy_design():
     group, base = messy_world(0)
     vocab = Vocab()
     g, b = tokenized(vocab, group), tokenized(vocab, base)
-    rep = cf.check_design(g, b, "joyful", "neutral")
+    rep = design.check_design(g, b, "joyful", "neutral")
     ref = sps.mannwhitneyu(g.lengths, b.lengths, method="asymptotic")
     assert rep.length.p_value == pytest.approx(ref.pvalue, rel=1e-9)
     assert rep.length.auroc == pytest.approx(ref.statistic / (len(g) * len(b)))
@@ -416,22 +417,22 @@ def test_design_check_flags_length_stray_tokens_and_endings_of_a_messy_design():
     endings = {e.ending: e for e in rep.endings}
     assert endings["!"].group == sum(t.endswith("!") for t in group)
     assert endings["!"].p_value < 1e-6 and endings["."].baseline == sum(t.endswith(".") for t in base)
-    text = "\n".join(rep.summary_lines())
+    text = "\n".join(report.design_summary_lines(rep))
     assert (
         "your prompt sets differ in" in text
         and "token length" in text
         and "'!' ends" in text
         and "' really'" in text
     )
-    assert len(rep.token_rows()[0]) == len(cf.DesignReport.TOKEN_HEADER)
-    assert len(rep.ending_rows()[0]) == len(cf.DesignReport.ENDING_HEADER)
+    assert len(report.token_rows(rep)[0]) == len(report.TOKEN_HEADER)
+    assert len(report.ending_rows(rep)[0]) == len(report.ENDING_HEADER)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_design_check_stays_quiet_on_a_length_matched_design(seed):
     group, base, _ = matched_world(seed)
     vocab = Vocab()
-    rep = cf.check_design(tokenized(vocab, group), tokenized(vocab, base), "joyful", "neutral")
+    rep = design.check_design(tokenized(vocab, group), tokenized(vocab, base), "joyful", "neutral")
     assert not rep.length.differs
     assert not any(w.startswith(("token length", "sentence endings")) for w in rep.warnings)
 
@@ -440,32 +441,32 @@ def test_paired_design_lists_the_inserted_word_of_every_pair():
     group, base = inserted_world(0)
     vocab = Vocab()
     g, b = tokenized(vocab, group), tokenized(vocab, base)
-    rep = cf.check_design(g, b, "joyful", "neutral", paired=True)
+    rep = design.check_design(g, b, "joyful", "neutral", paired=True)
     assert (
         rep.length.test == "Wilcoxon signed-rank" and rep.length.differs
     )  # every group line is 1 token longer
     for d, text in zip(rep.pairs, group):
         assert d.only_baseline == [] and len(d.only_group) == 1 and d.only_group[0].strip() in CONCEPT
         assert d.only_group[0].strip() in text
-    assert len(rep.pair_rows()) == len(group)
+    assert len(report.pair_rows(rep)) == len(group)
     assert not any("same token" in w for w in rep.warnings)  # eight different words, none systematic
     # A word added to every line is flagged.
     added = [t[:-1] + " today." for t in base]
-    rep = cf.check_design(tokenized(vocab, added), b, "joyful", "neutral", paired=True)
+    rep = design.check_design(tokenized(vocab, added), b, "joyful", "neutral", paired=True)
     assert any("' today' in 40 of 40 pairs" in w for w in rep.warnings)
     with pytest.raises(ValueError):
-        cf.check_design(g, tokenized(vocab, base[:-1]), paired=True)
+        design.check_design(g, tokenized(vocab, base[:-1]), paired=True)
 
 
 def test_inject_token_keeps_length_where_it_can():
-    assert cf.inject_token("The man was ready.", "!", 1.0, at_end=True) == "The man was ready!"
-    assert cf.inject_token("The man was ready", "!", 1.0, at_end=True) == "The man was ready!"
-    assert cf.inject_token("The man was ready.", " glad", 0.75, at_end=False) == "The man was glad."
-    assert cf.inject_token("The man, he was ready.", " glad", 0.25, at_end=False) == "The glad, he was ready."
+    assert verdicts.inject_token("The man was ready.", "!", 1.0, at_end=True) == "The man was ready!"
+    assert verdicts.inject_token("The man was ready", "!", 1.0, at_end=True) == "The man was ready!"
+    assert verdicts.inject_token("The man was ready.", " glad", 0.75, at_end=False) == "The man was glad."
+    assert verdicts.inject_token("The man, he was ready.", " glad", 0.25, at_end=False) == "The glad, he was ready."
     assert (
-        cf.inject_token("The man was ready.", " glad", 0.0, at_end=False) == "The glad was ready."
+        verdicts.inject_token("The man was ready.", " glad", 0.0, at_end=False) == "The glad was ready."
     )  # never word 0
-    assert cf.inject_token("The man was ready.", ",", 0.5, at_end=False) == "The man, was ready."
+    assert verdicts.inject_token("The man was ready.", ",", 0.5, at_end=False) == "The man, was ready."
 
 
 def test_inputs_are_validated_and_built_from_sparse_rows():
@@ -475,18 +476,18 @@ def test_inputs_are_validated_and_built_from_sparse_rows():
         ),
         SimpleNamespace(idx=np.array([7]), max=np.array([0.9]), mean=np.array([0.3]), peak=np.array([2])),
     ]
-    act = cf.FeatureActivity.from_rows(rows, np.array([7, 3, 11]), agg="mean")
+    act = verdicts.FeatureActivity.from_rows(rows, np.array([7, 3, 11]), agg="mean")
     np.testing.assert_array_equal(act.value, [[0.1, 1.0, 0.0], [0.3, 0.0, 0.0]])
     np.testing.assert_array_equal(act.peak, [[0, 1, -1], [2, -1, -1]])
     with pytest.raises(ValueError, match="peak must be -1"):
-        cf.FeatureActivity([1], np.array([[1.0]]), np.array([[-1]]))
-    tp = cf.TokenizedPrompts(["a b"], [[5, 6]], [["a", " b"]])
+        verdicts.FeatureActivity([1], np.array([[1.0]]), np.array([[-1]]))
+    tp = design.TokenizedPrompts(["a b"], [[5, 6]], [["a", " b"]])
     with pytest.raises(ValueError, match="beyond"):
-        cf.explain_features(
-            tp, tp, cf.FeatureActivity([1], [[1.0]], [[2]]), cf.FeatureActivity([1], [[1.0]], [[0]])
+        verdicts.explain_features(
+            tp, tp, verdicts.FeatureActivity([1], [[1.0]], [[2]]), verdicts.FeatureActivity([1], [[1.0]], [[0]])
         )
     with pytest.raises(ValueError, match="no text tokens"):
-        cf.TokenizedPrompts(["x"], [[]], [[]])
+        design.TokenizedPrompts(["x"], [[]], [[]])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -511,7 +512,7 @@ def test_every_planted_confound_gets_its_verdict(seed, n):
     assert got == EXPECTED, {k: r.verdict.evidence for k, r in reports.items()}
     for r in reports.values():
         assert r.verdict.evidence and "\n" not in r.verdict.evidence
-        assert len(r.row()) == len(cf.FeatureReport.HEADER)
+        assert len(report.evidence_cells(r)) == len(report.EVIDENCE_COLUMNS)
     ex = reports["exclaim"]
     assert ex.evidence.top_token == "!" and ex.injection.token == "!" and ex.injection.reproduced > 0.9
     assert "'!'" in ex.verdict.evidence and "joyful" in ex.verdict.evidence
@@ -541,7 +542,7 @@ def test_evidence_counts_match_brute_force():
     vocab = Vocab()
     g_tok, g_act = make_side(vocab, group, MESSY)
     b_tok, b_act = make_side(vocab, base, MESSY)
-    reports = cf.explain_features(g_tok, b_tok, g_act, b_act, "joyful", "neutral")
+    reports = verdicts.explain_features(g_tok, b_tok, g_act, b_act, "joyful", "neutral")
     for k, rep in enumerate(reports):
         peak_g = Counter(g_tok.strs[i][g_act.peak[i, k]] for i in range(len(group)) if g_act.peak[i, k] >= 0)
         peak_b = Counter(b_tok.strs[i][b_act.peak[i, k]] for i in range(len(base)) if b_act.peak[i, k] >= 0)
@@ -567,7 +568,7 @@ def test_a_shifted_position_feature_is_positional_and_the_inserted_concept_is_co
     the3 = reports["the3"]
     assert the3.evidence.direction == "down" and the3.evidence.top_token == " the"
     assert the3.verdict.verdict == "positional", the3.verdict.evidence
-    assert the3.position_control.outcome == cf.VANISHES and the3.token_control.outcome == cf.SURVIVES
+    assert the3.position_control.outcome == verdicts.VANISHES and the3.token_control.outcome == verdicts.SURVIVES
     assert "position 3" in the3.verdict.evidence and "neutral prompts" in the3.verdict.evidence
     # The concept word always sits at position 1, yet position explains nothing: baseline prompts never
     # have a concept word there.
@@ -597,7 +598,7 @@ def test_a_concept_in_a_length_matched_design_is_concept_and_injection_runs_only
         seen.append((list(texts), [int(f) for f in features]))
         return inner(texts, features)
 
-    reports = cf.explain_features(g_tok, b_tok, g_act, b_act, "joyful", "neutral", encode=encode)
+    reports = verdicts.explain_features(g_tok, b_tok, g_act, b_act, "joyful", "neutral", encode=encode)
     assert reports[0].verdict.verdict == "concept" and reports[0].injection is None
     assert len(seen) <= 1  # one batched call, texts shared between features encoded once
     for texts, _ in seen:
@@ -609,7 +610,7 @@ def test_a_concept_survives_when_every_group_prompt_is_longer():
     concept and nothing else becomes one."""
     group, base = messy_world(6, 40, clause=1.0)
     vocab = Vocab()
-    assert cf.check_design(tokenized(vocab, group), tokenized(vocab, base)).length.differs
+    assert design.check_design(tokenized(vocab, group), tokenized(vocab, base)).length.differs
     reports = judge(group, base, MESSY)
     got = {k: r.verdict.verdict for k, r in reports.items()}
     assert got["concept"] == "concept" and list(got.values()).count("concept") == 1, got
@@ -628,7 +629,7 @@ def test_injection_puts_the_token_in_place_of_a_word():
         calls.append((list(texts), list(features)))
         return inner(texts, features)
 
-    reports = cf.explain_features(
+    reports = verdicts.explain_features(
         g_tok,
         b_tok,
         g_act,
@@ -636,7 +637,7 @@ def test_injection_puts_the_token_in_place_of_a_word():
         "joyful",
         "neutral",
         encode=encode,
-        settings=cf.ConfoundSettings(injection="all"),
+        settings=ConfoundSettings(injection="all"),
     )
     assert len(calls) == 1
     texts, feats = calls[0]
@@ -656,12 +657,12 @@ def test_injection_puts_the_token_in_place_of_a_word():
 def test_verdict_table_and_settings():
     group, base = messy_world(0, 30)
     reports = judge(group, base, ["concept", "exclaim"])
-    table = cf.verdict_table(list(reports.values()))
+    table = verdicts.verdict_table(list(reports.values()))
     assert {v.verdict for v in table.values()} == {"concept", "lexical"}
     with pytest.raises(ValueError):
-        cf.ConfoundSettings(alpha=0.0)
+        ConfoundSettings(alpha=0.0)
     with pytest.raises(ValueError):
-        cf.ConfoundSettings(injection="sometimes")
+        ConfoundSettings(injection="sometimes")
 
 
 def test_a_token_that_is_part_of_a_character_is_not_injected():
@@ -672,10 +673,10 @@ def test_a_token_that_is_part_of_a_character_is_not_injected():
     g_tok, g_act = make_side(vocab, group, ["exclaim"])
     b_tok, b_act = make_side(vocab, base, ["exclaim"])
     encode = encode_with(vocab, ["exclaim"])
-    plain = cf.explain_features(g_tok, b_tok, g_act, b_act, "joyful", "neutral", encode=encode)[0]
+    plain = verdicts.explain_features(g_tok, b_tok, g_act, b_act, "joyful", "neutral", encode=encode)[0]
     assert plain.injection is not None and plain.injection.token == "!"
     for side in (g_tok, b_tok):
         side.strs = [["☕[1/2]" if t == "!" else t for t in row] for row in side.strs]
-    pieces = cf.explain_features(g_tok, b_tok, g_act, b_act, "joyful", "neutral", encode=encode)[0]
+    pieces = verdicts.explain_features(g_tok, b_tok, g_act, b_act, "joyful", "neutral", encode=encode)[0]
     assert pieces.evidence.top_token == "☕[1/2]" and pieces.injection is None
     assert pieces.verdict.verdict == "lexical" and "prompts with and without '☕[1/2]'" in pieces.verdict.evidence

@@ -193,7 +193,9 @@ def test_out_of_memory_retries_once_with_smaller_batch(world, prompts, tmp_path,
 
 
 def test_unexpected_errors_are_one_line_unless_debug(prompts, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(ch2, "load_prompt_sets", lambda *a, **k: 1 / 0)
+    from mechinterp.meaning import run as meaning_run  # Chapter 2 reads its prompt files there
+
+    monkeypatch.setattr(meaning_run, "load_prompt_sets", lambda *a, **k: 1 / 0)
     code, _, err = run_main(ch2, ch2_args(prompts, tmp_path), capsys)
     assert code == 1 and "unexpected ZeroDivisionError" in err and "--debug" in err and "Traceback" not in err
     with pytest.raises(ZeroDivisionError):

@@ -1,16 +1,18 @@
 """Chapter 2's analysis: which features tell each prompt group apart from the baseline, and why.
 
-The statistics themselves live in :mod:`mechinterp.meaning.stats` and :mod:`mechinterp.meaning.confounds`; this module
+The statistics themselves live in :mod:`mechinterp.meaning.stats`, the design checks in
+:mod:`mechinterp.meaning.design` and the verdicts in :mod:`mechinterp.meaning.verdicts`; this module
 runs them for every group the way Chapter 2 does (discovery split, ranking, held-out re-test,
 always-on features; with ``paired``, the Wilcoxon signed-rank test on line-matched prompts) and, given
 the prompt texts, checks each contrast's design and gives every significant, replicated feature a
 verdict (concept, lexical, positional, length or context). It returns typed results that the script
-prints and writes, and that a notebook can read directly::
+prints and writes, and that a notebook reads directly (:func:`mechinterp.meaning.run.contrast_prompts`
+does the whole run from the prompt files)::
 
     result = contrast_groups(summaries.aggregates, labels, groups, "baseline", MeaningOptions(), texts=texts)
-    finding = result.findings["happy"]
-    best = finding.top(1)[0].feature
-    finding.verdicts[best].verdict, finding.design.warnings
+    happy = result.group("happy")
+    best = happy.top(1)[0]
+    best.feature, best.q, best.verdict, happy.design.warnings
 """
 
 from __future__ import annotations
@@ -20,15 +22,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mechinterp.core.pipeline import Summaries
+from mechinterp.core.prompts import PromptSets
 from mechinterp.core.summaries import PromptAggregates
-from mechinterp.meaning import confounds, stats
-from mechinterp.meaning.confounds import (
-    ConfoundSettings,
-    DesignReport,
+from mechinterp.meaning import stats
+from mechinterp.meaning.design import DesignReport, TokenizedPrompts, check_design
+from mechinterp.meaning.options import MeaningOptions
+from mechinterp.meaning.verdicts import (
+    VERDICTS,
+    Encoder,
     FeatureActivity,
     FeatureReport,
-    TokenizedPrompts,
     Verdict,
+    explain_features,
 )
 
 # Model access for the token-injection test: prompt texts in, their per-prompt summaries out (Chapter
@@ -37,39 +43,7 @@ PromptEncoder = Callable[[list[str]], PromptAggregates]
 
 MANN_WHITNEY = "Mann-Whitney U"
 WILCOXON = "Wilcoxon signed-rank (paired)"
-
-
-@dataclass
-class MeaningOptions:
-    """Options of the contrast.
-
-    Attributes:
-        agg: summarise each prompt by the feature's "max" or "mean" activation over its text tokens.
-        alpha: false discovery rate for q-values.
-        holdout: share of each group held out to re-test findings (0 = no held-out split).
-        seed: seed of the discovery/held-out split.
-        always_on: a feature firing in at least this share of the prompts of every group is "always on".
-        paired: line i of every group belongs with line i of the baseline (same frame, one word
-            changed): the test is the Wilcoxon signed-rank test on the pairs, and one discovery/held-out
-            split is shared by all groups so that pairs stay together. Every group must have as many
-            prompts as the baseline.
-        confounds: thresholds of the design checks, controls and verdicts (see
-            :class:`mechinterp.meaning.confounds.ConfoundSettings`).
-    """
-
-    agg: str = "max"
-    alpha: float = 0.05
-    holdout: float = 0.0
-    seed: int = 0
-    always_on: float = 0.9
-    paired: bool = False
-    confounds: ConfoundSettings = field(default_factory=ConfoundSettings)
-
-    def __post_init__(self) -> None:
-        if self.agg not in ("max", "mean"):
-            raise ValueError(f"agg must be 'max' or 'mean', got {self.agg!r}")
-        if not 0.0 <= self.holdout < 1.0:
-            raise ValueError(f"holdout must be in [0, 1), got {self.holdout}")
+REPR_TOP = 3  # features named in a finding's repr
 
 
 @dataclass
@@ -81,17 +55,46 @@ class Replication:
     replicated: bool  # same direction and q < alpha on the held-out prompts
 
 
-@dataclass
+@dataclass(repr=False)
 class RankedFeature:
-    """One ranked feature of a group, with the numbers the tables show."""
+    """One ranked feature of a group, with the numbers the tables show.
+
+    Attributes:
+        rank: 1 = best (smallest q; see :func:`mechinterp.meaning.stats.rank_order`).
+        feature: the SAE feature id.
+        position: index into the group's :class:`~mechinterp.meaning.stats.Contrast` arrays.
+        replication: the held-out re-test (None: not re-tested).
+        q, p, auroc: its q-value, p-value and AUROC (group over baseline) in discovery.
+        frac_group, frac_baseline: the share of discovery prompts of each set in which it fires.
+        verdict: concept, lexical, positional, length or context; None when it was not judged (not
+            significant, or not replicated).
+        evidence: the verdict's one-sentence reason (None when not judged).
+    """
 
     rank: int
     feature: int
-    position: int  # index into the group's Contrast arrays
+    position: int
     replication: Replication | None
+    q: float = float("nan")
+    p: float = float("nan")
+    auroc: float = float("nan")
+    frac_group: float = float("nan")
+    frac_baseline: float = float("nan")
+    verdict: str | None = None
+    evidence: str | None = None
+
+    @property
+    def replicated(self) -> bool | None:
+        """Same direction and significant on the held-out prompts; None when not re-tested."""
+        return None if self.replication is None else self.replication.replicated
+
+    def __repr__(self) -> str:
+        return (f"RankedFeature(rank={self.rank}, feature={self.feature}, q={self.q:.2g}, auroc={self.auroc:.2f}, "
+                f"fires {self.frac_group:.0%} vs {self.frac_baseline:.0%}, replicated={self.replicated}, "
+                f"verdict={self.verdict!r})")
 
 
-@dataclass
+@dataclass(repr=False)
 class GroupFinding:
     """One group against the baseline.
 
@@ -107,6 +110,8 @@ class GroupFinding:
             significant in discovery (computed on all prompts of both sets).
         verdicts: feature id -> verdict, for the significant features that replicated (or, without a
             held-out split, were not re-tested); features that failed to replicate get none.
+        baseline: the baseline's name.
+        alpha: the false discovery rate that "significant" means here.
     """
 
     group: str
@@ -116,16 +121,25 @@ class GroupFinding:
     design: DesignReport | None = None
     reports: dict[int, FeatureReport] = field(default_factory=dict)
     verdicts: dict[int, Verdict] = field(default_factory=dict)
+    baseline: str = "baseline"
+    alpha: float = 0.05
 
-    def n_significant(self, alpha: float) -> int:
-        return int((self.contrast.q_value < alpha).sum())
+    def n_significant(self, alpha: float | None = None) -> int:
+        """Tested features with q < ``alpha`` (default: the finding's own)."""
+        return int((self.contrast.q_value < (self.alpha if alpha is None else alpha)).sum())
 
-    def top(self, k: int) -> list[RankedFeature]:
-        """The ``k`` best-ranked features."""
-        return [
-            RankedFeature(r, int(self.contrast.tested[pos]), int(pos), self.replication.get(int(self.contrast.tested[pos])))
-            for r, pos in enumerate(self.order[:k], start=1)
-        ]
+    def top(self, k: int | None = None) -> list[RankedFeature]:
+        """The ``k`` best-ranked features (all of them when ``k`` is None)."""
+        return [self._ranked(r, int(pos)) for r, pos in enumerate(self.order[:k], start=1)]
+
+    def _ranked(self, rank: int, pos: int) -> RankedFeature:
+        c, f = self.contrast, int(self.contrast.tested[pos])
+        v = self.verdicts.get(f)
+        return RankedFeature(
+            rank, f, pos, self.replication.get(f), q=float(c.q_value[pos]), p=float(c.p_value[pos]),
+            auroc=float(c.auroc[pos]), frac_group=float(c.frac_group[pos]), frac_baseline=float(c.frac_baseline[pos]),
+            verdict=(v.verdict or None) if v else None, evidence=v.evidence if v else None,
+        )
 
     def always_on_differences(self, always_on: np.ndarray, alpha: float) -> list[int]:
         """Positions into ``contrast`` of always-on features with q < alpha, smallest q first.
@@ -143,15 +157,28 @@ class GroupFinding:
         return {int(pos): r for r, pos in enumerate(self.order, start=1)}
 
     def verdict_counts(self) -> dict[str, int]:
-        """How many features got each verdict, in the order of :data:`mechinterp.meaning.confounds.VERDICTS`."""
-        counts = {v: 0 for v in confounds.VERDICTS}
+        """How many features got each verdict, in the order of :data:`mechinterp.meaning.verdicts.VERDICTS`."""
+        counts = {v: 0 for v in VERDICTS}
         for v in self.verdicts.values():
             if v.verdict:
                 counts[v.verdict] += 1
         return counts
 
+    def __repr__(self) -> str:
+        replicated = sum(h.replicated for h in self.replication.values())
+        counts = ", ".join(f"{n} {v}" for v, n in self.verdict_counts().items() if n)
+        best = [r for r in self.top(REPR_TOP) if r.q < self.alpha]
+        shown = ", ".join(_short(r) for r in best) or "none"
+        return (f"GroupFinding({self.group!r} vs {self.baseline!r}: {self.n_significant()} of "
+                f"{len(self.contrast.tested)} tested at q < {self.alpha:g}, {replicated} replicated"
+                + (f"; verdicts {counts}" if counts else "") + f"; top: {shown})")
 
-@dataclass
+
+def _short(r: RankedFeature) -> str:
+    return f"#{r.feature}" + (f" {r.verdict}" if r.verdict else "") + f" q={r.q:.2g}"
+
+
+@dataclass(repr=False)
 class MeaningResult:
     """Chapter 2's result for every group.
 
@@ -165,6 +192,12 @@ class MeaningResult:
         holdout: the share held out (0 = none).
         test: the test behind p and q (:data:`MANN_WHITNEY`, or :data:`WILCOXON` for paired prompts).
         injection_texts: edited prompts encoded for the token-injection test (all groups, each once).
+        alpha: the false discovery rate that "significant" means here.
+        prompts, summaries: the prompt sets and their per-prompt summaries (with what the encoding
+            cost), when the run started from the prompt files (:func:`mechinterp.meaning.run.contrast_prompts`).
+        injection_runs: per encoding call of the injection test, its cache ``hits``, ``misses``,
+            ``model_loaded`` and ``seconds``.
+        seconds: wall-clock seconds per stage ("load", "encode", "cache", "statistics").
     """
 
     baseline: str
@@ -176,6 +209,33 @@ class MeaningResult:
     holdout: float
     test: str = MANN_WHITNEY
     injection_texts: int = 0
+    alpha: float = 0.05
+    prompts: PromptSets | None = None
+    summaries: Summaries | None = None
+    injection_runs: list[dict] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def group(self, name: str) -> GroupFinding:
+        """The finding of one contrasted group."""
+        if name not in self.findings:
+            raise KeyError(f"no group {name!r}; the contrasted groups are {', '.join(self.findings)} "
+                           f"(the baseline {self.baseline!r} is not contrasted with itself)")
+        return self.findings[name]
+
+    @property
+    def groups(self) -> list[str]:
+        """The contrasted groups (the baseline excluded), in file order."""
+        return list(self.findings)
+
+    def __repr__(self) -> str:
+        n = sum(f.n_significant() for f in self.findings.values())
+        tops = []
+        for name, finding in self.findings.items():
+            best = finding.top(1)
+            tops.append(f"{name} " + (_short(best[0]) if best and best[0].q < self.alpha else "none"))
+        split = f"holdout {self.holdout:g}" if self.holdout else "no holdout"
+        return (f"MeaningResult(groups={self.groups!r}, baseline={self.baseline!r}, {self.test}, {split}, "
+                f"{n} significant at q < {self.alpha:g}, top: {', '.join(tops)})")
 
 
 def contrast_groups(
@@ -194,7 +254,8 @@ def contrast_groups(
         labels: the group of each prompt.
         groups: every group, baseline included, in display order.
         baseline: the reference group.
-        options: see :class:`MeaningOptions`.
+        options: see :class:`~mechinterp.meaning.options.MeaningOptions`; a ``holdout`` of None is
+            resolved from the group sizes (:meth:`~mechinterp.meaning.options.MeaningOptions.holdout_for`).
         texts: the prompt texts (in the order of ``labels``). With them, each finding also gets its
             design check and the evidence and verdicts of its significant features; the rows of
             ``agg`` must then carry their tokens (:func:`mechinterp.core.pipeline.summarise_prompts` stores them).
@@ -210,49 +271,44 @@ def contrast_groups(
         if uneven:
             raise ValueError(f"paired groups need as many prompts as the baseline ({len(index[baseline])}): "
                              + ", ".join(f"{g} has {len(index[g])}" for g in uneven))
+    if texts is not None and len(texts) != len(labels):
+        raise ValueError(f"{len(texts)} texts for {len(labels)} labels")
+    holdout = options.holdout_for({g: len(idx) for g, idx in index.items()})
     fired_frac = {g: agg.fire_fraction(idx) for g, idx in index.items()}
     always = stats.always_on(fired_frac, options.always_on)
-    rng = np.random.default_rng(options.seed)
-    if options.paired:
-        # One split for every group, so that line i of a group and line i of the baseline stay together.
-        shared = (stats.split_indices(len(index[baseline]), options.holdout, rng) if options.holdout
-                  else (np.arange(len(index[baseline])), None))
-        splits = {g: shared for g in index}
-    else:
-        splits = {
-            g: stats.split_indices(len(idx), options.holdout, rng) if options.holdout else (np.arange(len(idx)), None)
-            for g, idx in index.items()
-        }
+    splits = _splits(index, baseline, holdout, options)
     findings = {
         group: _analyse(agg, options, index, splits, group, baseline, always)
         for group in groups if group != baseline
     }
     means = {g: agg.column_means(options.agg, idx) for g, idx in index.items()}
-    result = MeaningResult(baseline, findings, always, fired_frac, means, index, options.holdout,
-                           WILCOXON if options.paired else MANN_WHITNEY)
+    result = MeaningResult(baseline, findings, always, fired_frac, means, index, holdout,
+                           WILCOXON if options.paired else MANN_WHITNEY, alpha=options.alpha)
     if texts is not None:
-        if len(texts) != len(labels):
-            raise ValueError(f"{len(texts)} texts for {len(labels)} labels")
-        lookup = None
-        if encode is not None:
-            # Which edited prompts the injection tests need does not depend on their outcome, so a first
-            # pass collects them for every group, one encode call serves them all (the model is loaded at
-            # most once), and the second pass reads the results.
-            recorder = _Recorder()
-            for finding in findings.values():
-                _judge(finding, agg, texts, index, baseline, options, recorder)
-            lookup = _Lookup(recorder.texts, encode(recorder.texts) if recorder.texts else None, options.agg)
-            result.injection_texts = len(recorder.texts)
-        for finding in findings.values():
-            _judge(finding, agg, texts, index, baseline, options, lookup)
+        _judge_all(result, agg, texts, options, encode)
     return result
+
+
+def _splits(index: dict[str, np.ndarray], baseline: str, holdout: float,
+            options: MeaningOptions) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+    """Per group, the (discovery, held-out) positions among its prompts (held-out None: no split)."""
+    rng = np.random.default_rng(options.seed)
+    if options.paired:
+        # One split for every group, so that line i of a group and line i of the baseline stay together.
+        shared = (stats.split_indices(len(index[baseline]), holdout, rng) if holdout
+                  else (np.arange(len(index[baseline])), None))
+        return {g: shared for g in index}
+    return {
+        g: stats.split_indices(len(idx), holdout, rng) if holdout else (np.arange(len(idx)), None)
+        for g, idx in index.items()
+    }
 
 
 def _test(x: np.ndarray, y: np.ndarray, paired: bool) -> tuple[np.ndarray, np.ndarray]:
     """``(auroc, p)`` per column of group ``x`` against baseline ``y``; rows are pairs when ``paired``."""
     u, p = stats.mann_whitney(x, y)
     if paired:
-        p = confounds.wilcoxon_signed_rank(x, y).p_value
+        p = stats.wilcoxon_signed_rank(x, y).p_value
     return u / (x.shape[0] * y.shape[0]), p
 
 
@@ -268,7 +324,7 @@ def _analyse(agg, options, index, splits, group, baseline, always) -> GroupFindi
     c = stats.contrast(x, y, features)
     if options.paired:
         # Every column fired somewhere (features = fired_any), so stats.contrast kept them all, in order.
-        c.p_value = confounds.wilcoxon_signed_rank(x, y).p_value
+        c.p_value = stats.wilcoxon_signed_rank(x, y).p_value
         c.q_value = stats.benjamini_hochberg(c.p_value)
     c.n_never_fired = agg.d_sae - len(features)
     order = stats.rank_order(c, exclude=always)
@@ -284,7 +340,24 @@ def _analyse(agg, options, index, splits, group, baseline, always) -> GroupFindi
             same_dir = np.sign(auroc - 0.5) == np.sign(c.effect_size[significant])
             for f, a, qq, ok in zip(feats, auroc, q, same_dir & (q < options.alpha)):
                 replication[int(f)] = Replication(float(a), float(qq), bool(ok))
-    return GroupFinding(group, c, order, replication)
+    return GroupFinding(group, c, order, replication, baseline=baseline, alpha=options.alpha)
+
+
+def _judge_all(result: MeaningResult, agg: PromptAggregates, texts: Sequence[str], options: MeaningOptions,
+               encode: PromptEncoder | None) -> None:
+    """Every finding's design check, and evidence and verdicts for its significant features."""
+    lookup = None
+    if encode is not None:
+        # Which edited prompts the injection tests need does not depend on their outcome, so a first
+        # pass collects them for every group, one encode call serves them all (the model is loaded at
+        # most once), and the second pass reads the results.
+        recorder = _Recorder()
+        for finding in result.findings.values():
+            _judge(finding, agg, texts, result, options, recorder)
+        lookup = _Lookup(recorder.texts, encode(recorder.texts) if recorder.texts else None, options.agg)
+        result.injection_texts = len(recorder.texts)
+    for finding in result.findings.values():
+        _judge(finding, agg, texts, result, options, lookup)
 
 
 class _Recorder:
@@ -327,25 +400,25 @@ def tokenized_prompts(agg: PromptAggregates, texts: Sequence[str], rows: np.ndar
     return TokenizedPrompts([texts[i] for i in rows], [r.tokens for r in picked], [r.token_strs for r in picked])
 
 
-def _judge(finding: GroupFinding, agg: PromptAggregates, texts: Sequence[str], index: dict[str, np.ndarray],
-           baseline: str, options: MeaningOptions, encode: confounds.Encoder | None) -> None:
+def _judge(finding: GroupFinding, agg: PromptAggregates, texts: Sequence[str], result: MeaningResult,
+           options: MeaningOptions, encode: Encoder | None) -> None:
     """The design check of one contrast, and evidence and verdicts for its significant features.
 
     The controls re-test features already selected, so they use every prompt of both sets (discovery
     and held-out). Only features that replicated (or were not re-tested) get a verdict and the
     model-running injection test; the others get their evidence, marked as not judged.
     """
-    group, s = finding.group, options.confounds
+    group, baseline, s = finding.group, result.baseline, options.confounds
     finding.reports, finding.verdicts = {}, {}
-    g_rows, b_rows = index[group], index[baseline]
+    g_rows, b_rows = result.index[group], result.index[baseline]
     g_tok, b_tok = tokenized_prompts(agg, texts, g_rows), tokenized_prompts(agg, texts, b_rows)
-    finding.design = confounds.check_design(g_tok, b_tok, group, baseline, paired=options.paired, settings=s)
+    finding.design = check_design(g_tok, b_tok, group, baseline, paired=options.paired, settings=s)
     c = finding.contrast
     significant = [int(c.tested[p]) for p in finding.order if c.q_value[p] < options.alpha]
 
     def judged(f: int) -> bool:
         rep = finding.replication.get(f)
-        return rep.replicated if rep is not None else not options.holdout
+        return rep.replicated if rep is not None else not result.holdout
 
     for judge in (True, False):
         feats = np.array([f for f in significant if judged(f) == judge], dtype=np.int64)
@@ -353,8 +426,8 @@ def _judge(finding: GroupFinding, agg: PromptAggregates, texts: Sequence[str], i
             continue
         g_act = FeatureActivity.from_rows([agg.rows[i] for i in g_rows], feats, options.agg)
         b_act = FeatureActivity.from_rows([agg.rows[i] for i in b_rows], feats, options.agg)
-        reports = confounds.explain_features(g_tok, b_tok, g_act, b_act, group, baseline,
-                                             encode=encode if judge else None, settings=s)
+        reports = explain_features(g_tok, b_tok, g_act, b_act, group, baseline,
+                                   encode=encode if judge else None, settings=s)
         for rep in reports:
             f = rep.evidence.feature
             if judge:
@@ -362,60 +435,3 @@ def _judge(finding: GroupFinding, agg: PromptAggregates, texts: Sequence[str], i
             else:
                 rep.verdict = Verdict(f, "", "not judged: it did not replicate on the held-out prompts")
             finding.reports[f] = rep
-
-
-# --------------------------------------------------------------------------------------------------
-# Tables of the design checks and the evidence (the script writes them; a notebook can too)
-
-DESIGN_HEADER = [
-    "group", "baseline", "check", "item", "group_value", "baseline_value", "measure", "test", "effect_size",
-    "p_value", "q_value", "flagged",
-]
-
-
-def _num(x: float | None, digits: int = 4) -> float | str:
-    return "" if x is None or not np.isfinite(x) else round(float(x), digits)
-
-
-def _p(x: float | None) -> str:
-    return "" if x is None or not np.isfinite(x) else f"{float(x):.4g}"
-
-
-def design_rows(design: DesignReport, settings: ConfoundSettings) -> list[list[object]]:
-    """One row per design check of a contrast (:data:`DESIGN_HEADER`): token length, every token whose
-    share of prompts differs at p < alpha, every sentence ending; ``flagged`` says which warned."""
-    g, b, n = design.group, design.baseline, design.length
-    flag = "yes" if n.differs else "no"
-    rows: list[list[object]] = [
-        [g, b, "token length", "tokens per prompt", _num(n.mean_group), _num(n.mean_baseline), "mean", n.test,
-         _num(n.effect_size), _p(n.p_value), "", flag],
-        [g, b, "token length", "tokens per prompt", n.median_group, n.median_baseline, "median", "", "", "", "", flag],
-    ]
-    for t in design.tokens:
-        rows.append([
-            g, b, "token", repr(t.token), t.prompts_group, t.prompts_baseline,
-            f"prompts containing it ({t.count_group} / {t.count_baseline} occurrences)",
-            f"Fisher exact, one-sided (more in {g if t.more_in == 'group' else b})", "", _p(t.p_value),
-            _p(t.q_value), "yes" if t.q_value < settings.token_warn_q else "no",
-        ])
-    for e in design.endings:
-        rows.append([g, b, "sentence ending", repr(e.ending) if e.ending != "none" else "none", e.group, e.baseline,
-                     "prompts ending with it", "Fisher exact, two-sided", "", _p(e.p_value), "",
-                     "yes" if e.p_value < settings.ending_warn_p else "no"])
-    return rows
-
-
-EVIDENCE_HEADER = ["group", "baseline", "rank", "replicated", *FeatureReport.HEADER]
-
-
-def evidence_rows(finding: GroupFinding, baseline: str) -> list[list[object]]:
-    """One row per significant ranked feature of a contrast (:data:`EVIDENCE_HEADER`), best rank first:
-    its peak tokens, positions, length correlation, the four controls, generalisation and injection."""
-    rank_of = finding.rank_of_position()
-    position = {int(f): p for p, f in enumerate(finding.contrast.tested)}
-    rows = []
-    for f, rep in sorted(finding.reports.items(), key=lambda kv: rank_of[position[kv[0]]]):
-        h = finding.replication.get(f)
-        replicated = ("yes" if h.replicated else "no") if h else "not tested"
-        rows.append([finding.group, baseline, rank_of[position[f]], replicated, *rep.row()])
-    return rows

@@ -1,4 +1,4 @@
-"""Statistics that attach meanings to features: one group of prompts against a baseline.
+"""Every statistical test of Chapter 2, vectorised over features: one group of prompts against a baseline.
 
 Each prompt is one observation (its per-feature max or mean activation over its text tokens), so a
 long prompt does not count more than a short one. For every feature, vectorised over all of them:
@@ -15,6 +15,21 @@ long prompt does not count more than a short one. For every feature, vectorised 
   p < 0.05 threshold alone would hand out ~1,200 false discoveries.
 
 Features that never fire in either group cannot differ and are not tested (they are counted).
+
+The design checks and the controlled re-tests behind the verdicts (:mod:`mechinterp.meaning.design`,
+:mod:`mechinterp.meaning.verdicts`) use these rank tests, each tested against a reference in
+``tests/test_confounds.py``:
+
+* **van Elteren's stratified Mann-Whitney test** (:func:`van_elteren`): rank sums within strata,
+  weighted by 1 / (stratum size + 1), normal approximation with the exact tie-corrected
+  permutation variance and no continuity correction; one stratum gives exactly
+  ``scipy.stats.mannwhitneyu(method="asymptotic", use_continuity=False)``.
+* **within-group rank correlation** with length (:func:`within_group_rank_correlation`): Spearman's
+  correlation of within-group normalised ranks (the group offset removed), t-test on n - 1 - groups
+  degrees of freedom; one group gives exactly ``scipy.stats.spearmanr``.
+* **one-sided Fisher exact test** for tokens over-represented in one set (:func:`fisher_greater`).
+* **Wilcoxon signed-rank test** for paired designs (:func:`wilcoxon_signed_rank`), exactly
+  ``scipy.stats.wilcoxon(zero_method="wilcox", correction=True, method="asymptotic")``.
 """
 
 from __future__ import annotations
@@ -133,7 +148,7 @@ def contrast(x: np.ndarray, y: np.ndarray, features: np.ndarray | None = None) -
         parts["d"].append(cohens_d(xb.astype(np.float64), yb.astype(np.float64)))
     cat = {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in parts.items()}
     n1, n2 = x.shape[0], y.shape[0]
-    auroc = cat["u"] / (n1 * n2)
+    a = cat["u"] / (n1 * n2)
     xs, ys = x[:, cols], y[:, cols]
     return Contrast(
         tested=np.asarray(features)[cols],
@@ -144,8 +159,8 @@ def contrast(x: np.ndarray, y: np.ndarray, features: np.ndarray | None = None) -
         frac_group=(xs > 0).mean(axis=0),
         frac_baseline=(ys > 0).mean(axis=0),
         u_stat=cat["u"],
-        auroc=auroc,
-        effect_size=2.0 * auroc - 1.0,
+        auroc=a,
+        effect_size=2.0 * a - 1.0,
         cohens_d=cat["d"],
         p_value=cat["p"],
         q_value=benjamini_hochberg(cat["p"]),
@@ -185,3 +200,200 @@ def split_indices(n: int, holdout: float, rng: np.random.Generator) -> tuple[np.
     perm = rng.permutation(n)
     n_hold = int(round(holdout * n))
     return np.sort(perm[n_hold:]), np.sort(perm[:n_hold])
+
+
+# --------------------------------------------------------------------------------------------------
+# Rank tests of the design checks and the controls (vectorised over features)
+
+
+@dataclass
+class StratifiedTest:
+    """van Elteren's test per feature: group vs baseline within strata, ``[n_features]`` arrays."""
+
+    z: np.ndarray  # > 0 when the group ranks higher
+    p_value: np.ndarray  # two-sided, normal approximation
+    auroc: np.ndarray  # weighted within-stratum AUROC of group over baseline; nan without informative strata
+    n_informative_group: np.ndarray  # group prompts in strata that also hold baseline prompts
+    n_informative_baseline: np.ndarray
+    n_strata: np.ndarray  # informative strata
+
+
+def van_elteren(values: np.ndarray, in_group: np.ndarray, strata: np.ndarray) -> StratifiedTest:
+    """Stratified Mann-Whitney test (van Elteren 1960), vectorised over features.
+
+    Within each stratum s the group's rank sum W_s (midranks for ties) has permutation mean
+    m_s (N_s + 1) / 2 and variance m_s n_s / 12 * (N_s + 1 - sum(t^3 - t) / (N_s (N_s - 1))). The
+    statistic sums w_s (W_s - E W_s) with w_s = 1 / (N_s + 1) (locally most powerful for shift
+    alternatives); z = T / sqrt(sum w_s^2 Var W_s), two-sided normal p, no continuity correction.
+    Strata holding only one set carry no information and drop out.
+
+    Args:
+        values: ``[n_prompts, n_features]`` (or ``[n_prompts]``) per-prompt statistics, both sets stacked.
+        in_group: ``[n_prompts]`` bool, True for group prompts, False for baseline prompts.
+        strata: ``[n_prompts]`` stratum labels shared by all features, or ``[n_prompts, n_features]``
+            labels per feature (any integers).
+    """
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim == 1:
+        x = x[:, None]
+    n, n_feat = x.shape
+    g = np.asarray(in_group, dtype=bool)
+    s_raw = np.asarray(strata)
+    if s_raw.ndim == 1:
+        s_raw = np.broadcast_to(s_raw[:, None], (n, n_feat))
+    if g.shape != (n,) or s_raw.shape != (n, n_feat):
+        raise ValueError(f"in_group {g.shape} and strata {s_raw.shape} do not match values {x.shape}")
+    s = (sps.rankdata(s_raw, method="dense", axis=0) - 1).astype(np.int64)  # 0..S-1 per column
+    n_strata = int(s.max()) + 1 if n else 1
+    # Midranks within each stratum, for all columns at once: rank a composite (stratum, value) key,
+    # then subtract the number of prompts in lower strata.
+    key = s * (n + 1) + sps.rankdata(x, method="dense", axis=0).astype(np.int64)
+    rank = sps.rankdata(key, method="average", axis=0) - (sps.rankdata(s, method="min", axis=0) - 1)
+    tie = sps.rankdata(key, method="max", axis=0) - sps.rankdata(key, method="min", axis=0) + 1.0
+    flat = (np.arange(n_feat)[None, :] * n_strata + s).ravel()
+    size = n_feat * n_strata
+
+    def per_stratum(weights: np.ndarray) -> np.ndarray:
+        return np.bincount(flat, weights=np.broadcast_to(weights, (n, n_feat)).ravel(), minlength=size).reshape(
+            n_feat, n_strata
+        )
+
+    big_n = per_stratum(np.ones((n, 1)))
+    m = per_stratum(g[:, None].astype(np.float64))
+    w_sum = per_stratum(rank * g[:, None])
+    ties = per_stratum(tie * tie - 1.0)  # sum over tie groups of t^3 - t
+    nb = big_n - m
+    informative = (m > 0) & (nb > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        var = np.where(
+            informative, m * nb / 12.0 * ((big_n + 1) - ties / np.maximum(big_n * (big_n - 1), 1)), 0.0
+        )
+        w = 1.0 / (big_n + 1.0)
+        t_stat = (w * np.where(informative, w_sum - m * (big_n + 1) / 2.0, 0.0)).sum(axis=1)
+        var_t = (w * w * var).sum(axis=1)
+        z = np.where(var_t > 0, t_stat / np.sqrt(var_t), 0.0)
+        u = w_sum - m * (m + 1) / 2.0
+        denom = (w * m * nb * informative).sum(axis=1)
+        within = np.where(denom > 0, (w * u * informative).sum(axis=1) / denom, np.nan)
+    p = np.where(var_t > 0, np.clip(2.0 * sps.norm.sf(np.abs(z)), 0.0, 1.0), 1.0)
+    return StratifiedTest(
+        z=z, p_value=p, auroc=within,
+        n_informative_group=(m * informative).sum(axis=1).astype(np.int64),
+        n_informative_baseline=(nb * informative).sum(axis=1).astype(np.int64),
+        n_strata=informative.sum(axis=1).astype(np.int64),
+    )
+
+
+def within_group_rank_correlation(
+    values: np.ndarray, covariate: np.ndarray, groups: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rank correlation of each feature with a covariate (e.g. length) *within* groups, pooled.
+
+    Values and covariate are ranked within each group (midranks), divided by (group size + 1) so
+    that groups of different sizes weigh per prompt, and centred per group; r is the correlation of
+    these, tested with t = r sqrt(df / (1 - r^2)) on df = n - 1 - (number of groups). For one group
+    this is exactly Spearman's rho with scipy's p-value; for several it is the partial rank
+    correlation with the group removed, so a group difference alone cannot create a correlation.
+
+    Args:
+        values: ``[n_prompts, n_features]`` per-prompt statistics.
+        covariate: ``[n_prompts]``.
+        groups: ``[n_prompts]`` group labels.
+
+    Returns:
+        ``(r, p)``, each ``[n_features]``; r = 0 and p = 1 where a feature is constant within every group.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim == 1:
+        x = x[:, None]
+    c = np.asarray(covariate, dtype=np.float64)
+    labels = np.asarray(groups)
+    xr = np.zeros_like(x)
+    cr = np.zeros_like(c)
+    uniq = np.unique(labels)
+    for lab in uniq:
+        rows = labels == lab
+        k = rows.sum()
+        rx = sps.rankdata(x[rows], axis=0) / (k + 1.0)
+        rc = sps.rankdata(c[rows]) / (k + 1.0)
+        xr[rows] = rx - rx.mean(axis=0)
+        cr[rows] = rc - rc.mean()
+    sxx = (xr * xr).sum(axis=0)
+    scc = float((cr * cr).sum())
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.where((sxx > 0) & (scc > 0), (xr * cr[:, None]).sum(axis=0) / np.sqrt(sxx * scc), 0.0)
+    r = np.clip(r, -1.0, 1.0)
+    df = len(c) - 1 - len(uniq)
+    if df < 1:
+        return r, np.ones_like(r)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = r * np.sqrt(df / np.maximum(1.0 - r * r, 1e-300))
+    p = np.where(np.abs(r) < 1.0, 2.0 * sps.t.sf(np.abs(t), df), 0.0)
+    return r, np.where((sxx > 0) & (scc > 0), p, 1.0)
+
+
+def fisher_greater(k_a: np.ndarray, n_a: int, k_b: np.ndarray, n_b: int) -> np.ndarray:
+    """One-sided Fisher exact p that set A holds the token in a larger share of its prompts than set B.
+
+    ``k_a`` of ``n_a`` prompts of A and ``k_b`` of ``n_b`` of B contain it; p = P(X >= k_a) for X
+    hypergeometric (the table's margins fixed), exactly ``scipy.stats.fisher_exact(..., "greater")``.
+    """
+    k_a = np.asarray(k_a)
+    k_b = np.asarray(k_b)
+    return sps.hypergeom.sf(k_a - 1, n_a + n_b, k_a + k_b, n_a)
+
+
+@dataclass
+class WilcoxonResult:
+    """Paired group-minus-baseline comparison per feature, ``[n_features]`` arrays."""
+
+    r_plus: np.ndarray  # rank sum of positive differences (group higher)
+    r_minus: np.ndarray
+    n_nonzero: np.ndarray  # pairs with a non-zero difference (zero differences are dropped)
+    z: np.ndarray  # > 0 when the group is higher; continuity-corrected
+    p_value: np.ndarray  # two-sided; 1 where every difference is zero
+    rank_biserial: np.ndarray  # (r_plus - r_minus) / (r_plus + r_minus), in [-1, 1]
+
+
+def wilcoxon_signed_rank(x: np.ndarray, y: np.ndarray) -> WilcoxonResult:
+    """Wilcoxon signed-rank test of paired ``x - y`` per column.
+
+    Matches ``scipy.stats.wilcoxon(x, y, zero_method="wilcox", correction=True, method="asymptotic")``:
+    zero differences are dropped (a feature silent in both prompts of a pair says nothing about it),
+    tied |differences| get midranks and the variance their tie correction, and z carries a 0.5
+    continuity correction. scipy's default ``method="auto"`` would switch to an exact or permutation
+    p-value for small samples, which cannot be vectorised over thousands of features.
+
+    Args:
+        x: ``[n_pairs, n_features]`` (group line i).
+        y: ``[n_pairs, n_features]`` (baseline line i).
+    """
+    d = np.asarray(x, dtype=np.float64) - np.asarray(y, dtype=np.float64)
+    if d.ndim == 1:
+        d = d[:, None]
+    zero = d == 0
+    n_zero = zero.sum(axis=0)
+    count = (d.shape[0] - n_zero).astype(np.float64)
+    a = np.where(zero, np.inf, np.abs(d))  # zeros rank last and are then ignored
+    ranks = sps.rankdata(a, axis=0)
+    r_plus = (ranks * (d > 0)).sum(axis=0)
+    r_minus = (ranks * (d < 0)).sum(axis=0)
+    # Sum over tie groups of non-zero |d| of t^3 - t, as the sum over their members of t^2 - 1.
+    t = sps.rankdata(a, method="max", axis=0) - sps.rankdata(a, method="min", axis=0) + 1.0
+    ties = np.where(zero, 0.0, t * t - 1.0).sum(axis=0)
+    mean = count * (count + 1) / 4.0
+    se = np.sqrt(np.maximum(count * (count + 1) * (2 * count + 1) - ties / 2.0, 0.0) / 24.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = (r_plus - mean) / se
+        z = z - np.sign(z) * 0.5 / se
+        rb = np.where(r_plus + r_minus > 0, (r_plus - r_minus) / (r_plus + r_minus), 0.0)
+    ok = se > 0
+    z = np.where(ok, z, 0.0)
+    p = np.where(ok, np.clip(2.0 * sps.norm.sf(np.abs(z)), 0.0, 1.0), 1.0)
+    return WilcoxonResult(r_plus, r_minus, count.astype(np.int64), z, p, rb)
+
+
+def auroc(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``[n_features]`` AUROC of x over y (ties count half), via the Mann-Whitney U."""
+    u, _ = mann_whitney(np.atleast_2d(x.T).T, np.atleast_2d(y.T).T)
+    return u / (x.shape[0] * y.shape[0])
