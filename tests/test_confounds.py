@@ -458,6 +458,17 @@ def test_paired_design_lists_the_inserted_word_of_every_pair():
         design.check_design(g, tokenized(vocab, base[:-1]), paired=True)
 
 
+def test_paired_design_lists_tied_added_tokens_in_the_order_they_appear():
+    """Three tokens added to every line tie in count; they are listed as the lines have them, the
+    same in every run (not in the order of a set of strings, which changes with the hash seed)."""
+    base = inserted_world(0)[1]
+    added = [t[:-1] + ", as always." for t in base]
+    vocab = Vocab()
+    rep = design.check_design(tokenized(vocab, added), tokenized(vocab, base), "joyful", "neutral", paired=True)
+    assert rep.warnings[-1] == (f"paired lines: joyful lines add the same token to many pairs (',' in {len(base)}, "
+                                f"' as' in {len(base)}, ' always' in {len(base)} of {len(base)} pairs)")
+
+
 def test_inject_token_keeps_length_where_it_can():
     assert verdicts.inject_token("The man was ready.", "!", 1.0, at_end=True) == "The man was ready!"
     assert verdicts.inject_token("The man was ready", "!", 1.0, at_end=True) == "The man was ready!"

@@ -301,8 +301,10 @@ def _ending_warnings(endings: list[EndingCount], ng: int, nb: int, names: tuple[
 def _pair_warnings(pairs: list[PairDiff] | None, group_name: str) -> list[str]:
     if pairs is None:
         return []
-    # A token added in a fifth of the pairs is systematic, not the varied wording of a concept.
-    extra = Counter(t for d in pairs for t in set(d.only_group))
+    # A token added in a fifth of the pairs is systematic, not the varied wording of a concept. Each pair
+    # counts a token once; tokens tied in count are listed in the order they first appear (a set's order
+    # would change with Python's string hashing from run to run).
+    extra = Counter(t for d in pairs for t in dict.fromkeys(d.only_group))
     common = [f"{t!r} in {c}" for t, c in extra.most_common(5) if c >= max(2, 0.2 * len(pairs))]
     if not common:
         return []
