@@ -273,8 +273,8 @@ def _length_warning(length: LengthCheck, names: tuple[str, str]) -> list[str]:
     if not length.differs:
         return []
     longer = names[0] if length.mean_group > length.mean_baseline else names[1]
-    return [f"token length: {longer} prompts are longer (mean {length.mean_group:.1f} vs {length.mean_baseline:.1f} "
-            f"tokens, {length.test} p = {length.p_value:.2g}); features can differ through length or position alone"]
+    return [(f"token length: {longer} prompts are longer (mean {length.mean_group:.1f} vs {length.mean_baseline:.1f} "
+             f"tokens, {length.test} p = {length.p_value:.2g}); features can differ through length or position alone")]
 
 
 def _token_warnings(tokens: list[TokenCount], names: tuple[str, str], s: ConfoundSettings) -> list[str]:

@@ -182,7 +182,7 @@ class FeatureEvidence:
 class ControlTest:
     """One controlled re-test: the group difference within strata of a possible confound."""
 
-    name: str  # "length", "token", "position of token", "reaches position"
+    name: str  # one of CONTROLS
     strata: str  # what the strata are, in words
     auroc: float  # within-strata AUROC, group over baseline (nan: no stratum holds both sets)
     p_value: float
@@ -355,7 +355,8 @@ class _Sets:
         col, vocab_ids, vocab_strs = vocabulary(group, baseline)
         sides = (_Side.build(group, group_acts, col), _Side.build(baseline, baseline_acts, col))
         return cls(
-            group_acts.features, sides, col, dict(zip(vocab_ids, vocab_strs)), (sides[0].presence.sum(axis=0), sides[1].presence.sum(axis=0)),
+            group_acts.features, sides, col, dict(zip(vocab_ids, vocab_strs)),
+            (sides[0].presence.sum(axis=0), sides[1].presence.sum(axis=0)),
             np.concatenate([group_acts.value, baseline_acts.value]),
             np.r_[np.ones(len(group), bool), np.zeros(len(baseline), bool)],
             np.r_[group.lengths, baseline.lengths], auroc(group_acts.value, baseline_acts.value),
