@@ -110,62 +110,73 @@ def summarise_prompts(
     found: dict[int, SparseRow] = cache.lookup(list(texts)) if cache else {}
     meta = cache.meta if cache else None
     missing = [i for i in range(len(texts)) if i not in found]
-    already = loaded
-    loaded = None
+    used: Loaded | None = None  # stays None when every prompt (and the metadata) comes from the cache
     tokens_encoded = 0
     seconds = {"load": 0.0, "encode": 0.0}
     if missing or meta is None:
         start = time.perf_counter()
-        loaded = already or load(source, log=log)
+        used = loaded or load(source, log=log)
         seconds["load"] = round(time.perf_counter() - start, 4)
-        info = ModelInfo.from_loaded(loaded)
+        info = ModelInfo.from_loaded(used)
         if cache:
             cache.save_meta(asdict(info))
         if missing:
-            from mechinterp.core.encoding import aggregate_prompts, default_batch_size, tokenize
-
             log(f"encoding {len(missing)} prompt(s) ({len(found)} from the cache) ...")
-            tokenized = tokenize(loaded, [texts[i] for i in missing])
-            batch_size = options.batch_size or default_batch_size(loaded.device, loaded)
-            bar = progress_bar(len(missing), "encoding prompts", options.quiet, unit="prompt")
-            start = time.perf_counter()
-
-            from mechinterp.core.tokens import decode_tokens
-
-            def store(batch: list[int], rows: list[SparseRow]) -> None:
-                for row in rows:  # token labels, so Chapter 2 can name where a feature fires from the cache
-                    row.token_strs = decode_tokens(loaded.model.tokenizer, row.tokens)
-                if cache:
-                    for j, row in zip(batch, rows):
-                        cache.put(texts[missing[j]], row)
-
-            try:
-                with demo_threads(loaded.is_demo):
-                    rows = aggregate_prompts(loaded, tokenized, batch_size, on_rows=store, progress=bar.update)
-            finally:
-                bar.close()
-                seconds["encode"] = round(time.perf_counter() - start, 4)
-            for j, row in zip(missing, rows):
-                found[j] = row
+            rows, seconds["encode"] = _encode_missing(used, [texts[i] for i in missing], cache, options)
+            found.update(zip(missing, rows))
             tokens_encoded = sum(row.n_tokens for row in rows)
     else:
         info = ModelInfo(**{k: v for k, v in meta.items() if k in ModelInfo.__dataclass_fields__})
         log(f"all {len(texts)} prompts found in the activation cache; the model was not loaded")
     ordered = [found[i] for i in range(len(texts))]
     seconds["cache"] = round(time.perf_counter() - start_all - seconds["load"] - seconds["encode"], 4)
-    for i, row in enumerate(ordered):
+    _warn_truncated(ordered, texts, labels, info)
+    return Summaries(
+        aggregates=PromptAggregates(ordered, info.d_sae),
+        info=info,
+        loaded=used,
+        cache_hits=cache.hits if cache else 0,
+        cache_misses=cache.misses if cache else len(texts),
+        tokens_encoded=tokens_encoded,
+        seconds=seconds,
+    )
+
+
+def _encode_missing(
+    loaded: Loaded, texts: list[str], cache: ActivationCache | None, options: EncodeOptions
+) -> tuple[list[SparseRow], float]:
+    """Encode ``texts`` in batches, storing each finished batch in the cache at once (Ctrl-C loses at most
+    the batch in flight); returns their summaries and the seconds it took."""
+    from mechinterp.core.encoding import aggregate_prompts, default_batch_size, tokenize
+    from mechinterp.core.tokens import decode_tokens
+
+    tokenized = tokenize(loaded, texts)
+    batch_size = options.batch_size or default_batch_size(loaded.device, loaded)
+    bar = progress_bar(len(texts), "encoding prompts", options.quiet, unit="prompt")
+
+    def store(batch: list[int], rows: list[SparseRow]) -> None:
+        for row in rows:  # token labels, so Chapter 2 can name where a feature fires from the cache
+            row.token_strs = decode_tokens(loaded.model.tokenizer, row.tokens)
+        if cache:
+            for j, row in zip(batch, rows):
+                cache.put(texts[j], row)
+
+    start = time.perf_counter()
+    try:
+        with demo_threads(loaded.is_demo):
+            rows = aggregate_prompts(loaded, tokenized, batch_size, on_rows=store, progress=bar.update)
+    finally:
+        bar.close()
+        seconds = round(time.perf_counter() - start, 4)
+    return rows, seconds
+
+
+def _warn_truncated(rows: list[SparseRow], texts: Sequence[str], labels: Sequence[str], info: ModelInfo) -> None:
+    """Say on stderr which prompts were cut to the context (cached ones too: the cut is part of their summary)."""
+    for i, row in enumerate(rows):
         if row.truncated:
             print(
                 f"warning: a {labels[i]} prompt is longer than {info.context_note or f'{info.n_ctx} tokens'}; "
                 f"only its first {info.n_ctx} tokens (BOS included) were encoded: {texts[i][:50]!r}...",
                 file=sys.stderr,
             )
-    return Summaries(
-        aggregates=PromptAggregates(ordered, info.d_sae),
-        info=info,
-        loaded=loaded,
-        cache_hits=cache.hits if cache else 0,
-        cache_misses=cache.misses if cache else len(texts),
-        tokens_encoded=tokens_encoded,
-        seconds=seconds,
-    )
