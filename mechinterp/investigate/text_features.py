@@ -72,10 +72,10 @@ class TopFeature:
 
     def short(self) -> str:
         """``#501 4.21 on ' thrilled'``: the feature, its max activation and where it peaks."""
-        return f"#{self.feature} {self.max_activation:.3g} on {self.peak_token!r}"
+        return f"#{self.feature} {self.max_activation:.2f} on {self.peak_token!r}"
 
     def __repr__(self) -> str:
-        density = "" if self.density is None else f", density {self.density:.3g}{' (dense)' if self.dense else ''}"
+        density = "" if self.density is None else f", density {100 * self.density:.3g}%{' (dense)' if self.dense else ''}"
         return f"TopFeature(rank {self.rank}: {self.short()} at position {self.peak_position}{density})"
 
 
