@@ -17,15 +17,9 @@ import torch
 import MechInterpInitialInvestigation as ch1
 import MechInterpTrainSAE as ch5
 from mechinterp.core.errors import UserError
-from mechinterp.training.train import (
-    ARCHITECTURES,
-    MODE_DEFAULTS,
-    ModelOptions,
-    SyntheticConfig,
-    SyntheticOptions,
-    model_training_spec,
-    training_data,
-)
+from mechinterp.training.common import ARCHITECTURES, MODE_DEFAULTS
+from mechinterp.training.on_model import ModelOptions, model_training_spec, training_data
+from mechinterp.training.synthetic import SyntheticOptions
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -204,8 +198,8 @@ def test_each_mode_gets_its_own_knob_defaults():
     assert {mode: asdict(d) for mode, d in MODE_DEFAULTS.items()} == DOCUMENTED
     synthetic = options_of(["--synthetic"])
     assert isinstance(synthetic, SyntheticOptions) and synthetic.architectures == ARCHITECTURES
-    cfg = synthetic.config
-    assert (cfg.training_samples, cfg.batch_size, cfg.lr, cfg.l1_coefficient, cfg.k) == tuple(DOCUMENTED["synthetic"].values())
+    cfg = synthetic
+    assert (cfg.training_tokens, cfg.batch_size, cfg.lr, cfg.l1_coefficient, cfg.k) == tuple(DOCUMENTED["synthetic"].values())
     assert cfg.d_sae == cfg.n_features == 256
     demo = options_of(["--demo"])
     assert isinstance(demo, ModelOptions) and asdict(demo.knobs) == DOCUMENTED["demo"]
@@ -219,8 +213,8 @@ def test_given_knobs_win_over_the_mode_defaults():
     assert demo.l1_coefficient == DOCUMENTED["demo"]["l1_coefficient"] and demo.training_tokens == 300_000
     synthetic = options_of(["--synthetic", "--n-features", "32", "--training-tokens", "5000", "--architecture", "topk"])
     assert synthetic.architectures == ("topk",)
-    assert (synthetic.config.d_sae, synthetic.config.training_samples) == (32, 5000)
-    assert SyntheticConfig(n_features=32, d_sae=100).d_sae == 100
+    assert (synthetic.d_sae, synthetic.training_tokens) == (32, 5000)
+    assert SyntheticOptions(n_features=32, d_sae=100).d_sae == 100
 
 
 def test_run_record_shows_the_knobs_as_used():
@@ -244,11 +238,11 @@ def test_run_record_shows_the_knobs_as_used():
         # The demo's default batch (1024) is larger than the 500 tokens asked for.
         (lambda: ModelOptions(demo=True, training_tokens=500), "--batch-size 1024 is larger"),
         (lambda: ModelOptions(architecture="topk", k=50, d_sae=40), "cannot exceed the dictionary size"),
-        (lambda: SyntheticConfig(hidden_dim=1), "--hidden-dim"),
-        (lambda: SyntheticConfig(firing_prob_max=0.01, firing_prob_min=0.1), "MIN must not exceed MAX"),
-        (lambda: SyntheticConfig(training_samples=100), "--batch-size 1024 is larger"),
-        (lambda: SyntheticOptions(SyntheticConfig(n_features=4, hidden_dim=2), ("topk",)), "--k 5 cannot exceed"),
-        (lambda: SyntheticOptions(architectures=()), "unknown architecture"),
+        (lambda: SyntheticOptions(hidden_dim=1), "--hidden-dim"),
+        (lambda: SyntheticOptions(firing_prob=(0.01, 0.1)), "MIN must not exceed MAX"),
+        (lambda: SyntheticOptions(training_tokens=100), "--batch-size 1024 is larger"),
+        (lambda: SyntheticOptions(n_features=4, hidden_dim=2, architecture="topk"), "--k 5 cannot exceed"),
+        (lambda: SyntheticOptions(architecture="jumprelu"), "unknown architecture"),
     ],
 )
 def test_invalid_options_raise_user_errors(make, message):
