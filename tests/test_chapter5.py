@@ -17,15 +17,9 @@ import torch
 import MechInterpInitialInvestigation as ch1
 import MechInterpTrainSAE as ch5
 from mechinterp.core.errors import UserError
-from mechinterp.training.train import (
-    ARCHITECTURES,
-    MODE_DEFAULTS,
-    ModelOptions,
-    SyntheticConfig,
-    SyntheticOptions,
-    model_training_spec,
-    training_data,
-)
+from mechinterp.training.common import ARCHITECTURES, MODE_DEFAULTS
+from mechinterp.training.on_model import ModelOptions, model_training_spec, training_data
+from mechinterp.training.synthetic import SyntheticOptions
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -204,8 +198,8 @@ def test_each_mode_gets_its_own_knob_defaults():
     assert {mode: asdict(d) for mode, d in MODE_DEFAULTS.items()} == DOCUMENTED
     synthetic = options_of(["--synthetic"])
     assert isinstance(synthetic, SyntheticOptions) and synthetic.architectures == ARCHITECTURES
-    cfg = synthetic.config
-    assert (cfg.training_samples, cfg.batch_size, cfg.lr, cfg.l1_coefficient, cfg.k) == tuple(DOCUMENTED["synthetic"].values())
+    cfg = synthetic
+    assert (cfg.training_tokens, cfg.batch_size, cfg.lr, cfg.l1_coefficient, cfg.k) == tuple(DOCUMENTED["synthetic"].values())
     assert cfg.d_sae == cfg.n_features == 256
     demo = options_of(["--demo"])
     assert isinstance(demo, ModelOptions) and asdict(demo.knobs) == DOCUMENTED["demo"]
@@ -219,8 +213,8 @@ def test_given_knobs_win_over_the_mode_defaults():
     assert demo.l1_coefficient == DOCUMENTED["demo"]["l1_coefficient"] and demo.training_tokens == 300_000
     synthetic = options_of(["--synthetic", "--n-features", "32", "--training-tokens", "5000", "--architecture", "topk"])
     assert synthetic.architectures == ("topk",)
-    assert (synthetic.config.d_sae, synthetic.config.training_samples) == (32, 5000)
-    assert SyntheticConfig(n_features=32, d_sae=100).d_sae == 100
+    assert (synthetic.d_sae, synthetic.training_tokens) == (32, 5000)
+    assert SyntheticOptions(n_features=32, d_sae=100).d_sae == 100
 
 
 def test_run_record_shows_the_knobs_as_used():
@@ -244,11 +238,11 @@ def test_run_record_shows_the_knobs_as_used():
         # The demo's default batch (1024) is larger than the 500 tokens asked for.
         (lambda: ModelOptions(demo=True, training_tokens=500), "--batch-size 1024 is larger"),
         (lambda: ModelOptions(architecture="topk", k=50, d_sae=40), "cannot exceed the dictionary size"),
-        (lambda: SyntheticConfig(hidden_dim=1), "--hidden-dim"),
-        (lambda: SyntheticConfig(firing_prob_max=0.01, firing_prob_min=0.1), "MIN must not exceed MAX"),
-        (lambda: SyntheticConfig(training_samples=100), "--batch-size 1024 is larger"),
-        (lambda: SyntheticOptions(SyntheticConfig(n_features=4, hidden_dim=2), ("topk",)), "--k 5 cannot exceed"),
-        (lambda: SyntheticOptions(architectures=()), "unknown architecture"),
+        (lambda: SyntheticOptions(hidden_dim=1), "--hidden-dim"),
+        (lambda: SyntheticOptions(firing_prob=(0.01, 0.1)), "MIN must not exceed MAX"),
+        (lambda: SyntheticOptions(training_tokens=100), "--batch-size 1024 is larger"),
+        (lambda: SyntheticOptions(n_features=4, hidden_dim=2, architecture="topk"), "--k 5 cannot exceed"),
+        (lambda: SyntheticOptions(architecture="jumprelu"), "unknown architecture"),
     ],
 )
 def test_invalid_options_raise_user_errors(make, message):
@@ -285,3 +279,85 @@ def test_training_data_holds_out_the_last_tenth_of_a_text_file(tmp_path):
     assert demo.eval_texts == demo_corpus(400, seed=2024 + 3) != demo.train_texts  # fresh sentences
     streamed = training_data(ModelOptions())
     assert streamed.dataset_name == "Skylion007/openwebtext" and streamed.train_texts is None
+
+
+# --- the results in a notebook --------------------------------------------------------------------
+
+
+def test_synthetic_results_read_in_a_notebook():
+    """The package API without the script: one call trains and scores; each result says its gist in a repr."""
+    from mechinterp.training.synthetic import run_synthetic_comparison
+
+    options = SyntheticOptions(n_features=16, hidden_dim=8, training_tokens=20_480, batch_size=512, lr=0.01, k=3,
+                               eval_samples=2_000)
+    comparison = run_synthetic_comparison(options)
+    standard, topk = comparison.results
+    assert (standard.architecture, topk.architecture) == ARCHITECTURES
+    # Recovery computed here from the per-feature cosines, not read from the objects' properties.
+    rec = {r.architecture: float((r.match.max_cos > 0.9).mean()) for r in comparison.results}
+    random_rec = float((comparison.baseline.max_cos > 0.9).mean())
+    assert max(rec.values()) > random_rec
+    shown = repr(comparison)
+    assert shown.startswith("SyntheticComparison(16 true features in 8 dims, 16 latents per SAE; recovered (|cos| > 0.9): ")
+    assert (f"standard {rec['standard']:.1%}, topk {rec['topk']:.1%}, random directions {random_rec:.1%}; "
+            f"best: {comparison.best.architecture})") in shown
+    assert comparison.summary()["best_architecture"] == comparison.best.architecture
+
+    mean_cos = float(topk.match.max_cos.mean())
+    assert repr(topk.match) == (f"MatchScores(16 true features: {rec['topk']:.1%} recovered (|cos| > 0.9), mean max "
+                                f"|cos| {mean_cos:.3f})")
+    assert repr(topk).startswith(f"SyntheticResult(topk: {rec['topk']:.1%} of 16 true features recovered")
+    assert f"L0 {topk.l0:.2f} (true {topk.true_l0:.2f})" in repr(topk) and topk.l0 <= 3 + 1e-9
+
+    curve = topk.curve  # 40 steps of 512 samples, every step recorded
+    assert curve.step == list(range(1, 41)) and curve.samples[-1] == 20_480
+    assert repr(curve) == (f"TrainingCurve(40 points to step 40 (20,480 samples); last: loss {curve.loss[-1]:.4g}, "
+                           f"L0 {curve.l0[-1]:.2f}, explained variance {curve.explained_variance[-1]:.3f}, "
+                           f"{curve.dead[-1]} dead)")
+    expected_l0 = float(comparison.world.firing_probabilities.sum())
+    assert repr(comparison.world) == f"SyntheticWorld(16 true features in 8 dims, {expected_l0:.2f} firing per sample on average)"
+    for obj in (comparison, standard, topk, curve, comparison.world):
+        assert len(repr(obj)) < 600
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # SAELens' advice on model kwargs, tokenising and epochs
+def test_model_results_read_in_a_notebook(world, tmp_path):
+    """Model mode through the package API, as a notebook would run it: train, save, load, evaluate."""
+    from mechinterp.core.loading import load_hooked_model, load_sae
+    from mechinterp.training.evaluation import evaluate_on_model
+    from mechinterp.training.on_model import (
+        MODEL_KWARGS,
+        inference_sae,
+        save_trained_sae,
+        text_dataset,
+        train_on_model,
+    )
+
+    options = ModelOptions(demo=True, training_tokens=4096, batch_size=512, d_sae=64, checkpoints=0, context_size=32)
+    model = load_hooked_model(str(world.model_dir), "cpu", MODEL_KWARGS)
+    data = training_data(options)
+    assert repr(data) == (f"TrainingData(toyworld.demo_corpus(409, seed=0): 409 training documents, 400 for the "
+                          f"evaluation: {data.eval_note})")
+    spec = model_training_spec(options, model, "toy", "cpu", data, tmp_path / "checkpoints")
+    trained = train_on_model(model, spec, text_dataset(data.train_texts))
+    curve = trained.curve
+    assert curve.step[-1] == 8 and curve.samples[-1] == 4096
+    assert repr(trained) == (
+        f"ModelTrainingResult(standard SAE, 64 latents, blocks.8.hook_resid_pre: 8 steps in "
+        f"{trained.train_seconds:.0f}s; last: loss {curve.loss[-1]:.4g}, L0 {curve.l0[-1]:.2f}, explained variance "
+        f"{curve.explained_variance[-1]:.3f}; checkpoints: none)"
+    )
+
+    save_trained_sae(inference_sae(trained.sae), trained.log_sparsity, trained.runner_cfg, tmp_path / "sae")
+    loaded = load_sae("", "", tmp_path / "sae", "cpu")
+    evaluation = evaluate_on_model(loaded.sae, model, text_dataset(data.eval_texts), 32, 2)
+    assert 0 < evaluation.l0 <= 64 and evaluation.n_tokens > 0 and 0 <= evaluation.dead_latents <= 64
+    recovered = evaluation.loss_recovered
+    assert repr(evaluation) == (
+        f"ModelEvaluation(L0 {evaluation.l0:.2f}, explained variance {evaluation.explained_variance:.3f}, next-token "
+        f"loss clean {evaluation.ce_loss_clean:.4f} / with SAE {evaluation.ce_loss_with_sae:.4f} / zeroed "
+        f"{evaluation.ce_loss_zero_ablated:.4f} (recovered {'n/a' if recovered is None else f'{recovered:.3f}'}), "
+        f"{evaluation.dead_latents} dead latents, {evaluation.n_tokens:,} tokens)"
+    )
+    for obj in (data, trained, evaluation):
+        assert len(repr(obj)) < 600

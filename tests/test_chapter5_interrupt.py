@@ -17,7 +17,7 @@ import torch
 
 import MechInterpTrainSAE as ch5
 from mechinterp.core.constants import CURVE_IN_CHECKPOINT, RUNNER_CFG_FILENAME
-from mechinterp.training.train import CHECKPOINT_FILES
+from mechinterp.training.on_model import CHECKPOINT_FILES
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKENS, BATCH = 40_000, 512  # 78 steps (SAELens takes one more when the tokens do not divide evenly)

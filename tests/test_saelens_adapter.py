@@ -178,7 +178,7 @@ def test_watched_runner_hands_over_the_trainer_it_trains(loaded_toy):
     from sae_lens import SAETrainer
 
     from mechinterp.core.toyworld import demo_corpus
-    from mechinterp.training.train import ModelTrainingSpec, runner_config, text_dataset
+    from mechinterp.training.on_model import ModelTrainingSpec, runner_config, text_dataset
 
     spec = ModelTrainingSpec(
         model_label="toy", hook_name="blocks.8.hook_resid_pre", architecture="standard", d_sae=32,

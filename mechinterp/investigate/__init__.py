@@ -1,1 +1,1 @@
-"""Chapter 1: the top SAE features of one text (``text_features``) and its heatmap (``report``)."""
+"""Chapter 1: the top SAE features of one text (``text_features``), and its table, text and heatmap (``report``)."""

@@ -1,13 +1,23 @@
-"""Chapter 1's figure: the features x tokens heatmap (MI1)."""
+"""Chapter 1's report: :class:`TextFeatures` as terminal text, as tables (MI1.csv) and as the heatmap (MI1).
+
+The analysis (:mod:`mechinterp.investigate.text_features`) returns numbers; this module only shows and
+writes them, so a notebook can take the result object, the text or the figure alone.
+"""
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 
+from mechinterp.core import constants
 from mechinterp.core.figures import NotebookFigure, display_token, white_zero_cmap
+from mechinterp.core.io import OutputFolder
+from mechinterp.core.tables import WIDTH, format_table, plural
+from mechinterp.investigate.text_features import DENSE_THRESHOLD, TextFeatures
 
 # Columns per row of a token heatmap: at 0.42 inch a column and 150 dpi, 80 tokens make ~5,400 px, so a
 # long text wraps onto further rows instead of becoming a 50,000-pixel-wide image.
@@ -58,3 +68,74 @@ def token_heatmap(
     fig.colorbar(image, ax=list(axes) if len(chunks) > 1 else axes[0], label="SAE feature activation (white = 0, off)",
                  fraction=0.04 / len(chunks), pad=0.02)
     return fig
+
+
+def density_text(density: float | None) -> str:
+    """A density as a percentage; sparsity files floor never-seen features at about 1e-10, shown as "<0.0001%"."""
+    if density is None:
+        return "-"
+    return "<0.0001%" if density < 1e-6 else f"{100 * density:.3g}%"
+
+
+def _wrap(text: str) -> str:
+    # As mechinterp.core.tables.print_wrapped prints prose: WIDTH columns, continuation lines indented.
+    return textwrap.fill(text, WIDTH, subsequent_indent="  ", break_on_hyphens=False)
+
+
+def feature_table(result: TextFeatures) -> str:
+    """The top features as an aligned table; ▲ marks a dense feature."""
+    return format_table(
+        ["rank", "feature", "max act", "peak token", "pos", "density", "neuronpedia"],
+        [[r.rank, f"{r.feature}{' ▲' if r.dense else ''}", f"{r.max_activation:.3f}", repr(r.peak_token),
+          r.peak_position, density_text(r.density), r.neuronpedia_url or "-"]
+         for r in result.rows],
+    )
+
+
+def results_text(result: TextFeatures, title: str, text: str, top_k: int) -> str:
+    """What Chapter 1 prints: the run's title, the text, the table and what its density column means.
+
+    Args:
+        title: names the model, SAE and hook (``Loaded.title``).
+        text: the text that was encoded.
+        top_k: the number of features asked for (the table says so when fewer fire).
+    """
+    k = len(result.rows)
+    lines = ["", title, _wrap(f"Text ({len(result.tokens)} tokens, BOS excluded from every number): {text!r}")]
+    if result.truncation:
+        lines.append(_wrap(f"Note: {result.truncation}."))
+    lines += [_wrap(f"{result.n_fired} of {result.d_sae} features fire on at least one token; top {k} by max "
+                    "activation:"), "", feature_table(result)]
+    if result.has_density:
+        n_dense = sum(r.dense for r in result.rows)
+        lines.append(_wrap(f"density = share of the SAE's training tokens on which the feature fires (its sparsity "
+                           f"file). ▲ = dense (over {100 * DENSE_THRESHOLD:.0f}%): it fires on almost any text, so "
+                           f"its rank and peak token say little about this one ({n_dense} of {k} here)."))
+    else:
+        lines.append(_wrap("density: this SAE ships no sparsity file, so dense features cannot be marked."))
+    if k < top_k:
+        fire = "fires" if k == 1 else "fire"
+        lines += ["", f"(only {plural(k, 'feature')} {fire} on this text, fewer than --top-k {top_k})"]
+    return "\n".join(lines)
+
+
+def write_outputs(out: OutputFolder, result: TextFeatures, title: str) -> list[Path]:
+    """MI1.png (the heatmap), MI1.csv (the table behind it) and MI1_token_activations.csv (every cell)."""
+    fig = token_heatmap(result.heat, result.tokens, result.features,
+                        f"Top {len(result.rows)} SAE features by max activation\n{title}")
+    png = out.save_figure(fig, constants.MI1_PNG)
+    csv_path = out.write_csv(
+        constants.MI1_CSV,
+        ["rank", "feature", "max_activation", "peak_token", "peak_position", "neuronpedia_url", "density", "dense"],
+        [r.row() for r in result.rows],
+    )
+    tokens_csv = out.write_csv(
+        constants.MI1_TOKENS_CSV,
+        ["feature", "position", "token", "activation"],
+        [
+            [f, pos + result.n_skip, result.tokens[pos], float(result.heat[row, pos])]
+            for row, f in enumerate(result.features)
+            for pos in range(len(result.tokens))
+        ],
+    )
+    return [png, csv_path, tokens_csv]

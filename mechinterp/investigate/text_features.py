@@ -3,7 +3,11 @@
 Kept apart from the script so a notebook gets the same numbers as a typed object::
 
     result = top_features(loaded, "I was thrilled ...", top_k=20)
-    result.rows[0].feature, result.rows[0].peak_token
+    result                      # TextFeatures(19 tokens, 90 of 24576 features fire; top: #501 ...)
+    result.top(3)[0].feature, result.top(3)[0].peak_token
+
+The chapter's options (:class:`TextOptions`) are defined here once; ``mechinterp.cli`` makes the
+``--text`` and ``--top-k`` flags from them.
 """
 
 from __future__ import annotations
@@ -14,13 +18,36 @@ import numpy as np
 import torch
 
 from mechinterp.core.encoding import encode_tokens, tokenize, truncation_note, warn_truncated
+from mechinterp.core.errors import UserError
 from mechinterp.core.loading import Loaded, neuronpedia_url
+from mechinterp.core.options import option, positive_int
 from mechinterp.core.source import demo_threads
 from mechinterp.core.tokens import decode_tokens
 
 # A feature active on more than this share of the SAE's training tokens is "dense": it fires on nearly
 # any text, so its appearance at the top of a table, and its peak token, say little about this text.
 DENSE_THRESHOLD = 0.1
+# The tutorial's sentence: one happy and one angry word, so two concept features should top the list.
+DEFAULT_TEXT = "I was thrilled when the package finally arrived, but furious that the box was crushed."
+REPR_ROWS = 3  # features a TextFeatures repr names
+
+
+@dataclass
+class TextOptions:
+    """Which text Chapter 1 encodes, and how many of its features it shows (validated on creation)."""
+
+    text: str = option(DEFAULT_TEXT, "the text to encode (default: a sentence with a happy and an angry word)")
+    top_k: int = option(20, "how many features to show (default: %(default)s)", type=positive_int)
+
+    def __post_init__(self) -> None:
+        if not self.text.strip():
+            raise UserError("--text is empty; give some words to encode")
+        try:
+            self.text.encode("utf-8")
+        except UnicodeEncodeError:  # bytes that are not UTF-8 reach Python as lone surrogates
+            raise UserError("--text is not valid UTF-8; save or type the text as UTF-8") from None
+        if self.top_k < 1:
+            raise UserError(f"--top-k must be at least 1, got {self.top_k}")
 
 
 @dataclass
@@ -42,6 +69,14 @@ class TopFeature:
     def row(self) -> list:
         return [self.rank, self.feature, self.max_activation, self.peak_token, self.peak_position,
                 self.neuronpedia_url, "" if self.density is None else self.density, "yes" if self.dense else "no"]
+
+    def short(self) -> str:
+        """``#501 4.21 on ' thrilled'``: the feature, its max activation and where it peaks."""
+        return f"#{self.feature} {self.max_activation:.2f} on {self.peak_token!r}"
+
+    def __repr__(self) -> str:
+        density = "" if self.density is None else f", density {100 * self.density:.3g}%{' (dense)' if self.dense else ''}"
+        return f"TopFeature(rank {self.rank}: {self.short()} at position {self.peak_position}{density})"
 
 
 @dataclass
@@ -73,6 +108,17 @@ class TextFeatures:
     @property
     def has_density(self) -> bool:
         return any(r.density is not None for r in self.rows)
+
+    def top(self, k: int) -> list[TopFeature]:
+        """The ``k`` strongest features (fewer when fewer fire)."""
+        return self.rows[:k]
+
+    def __repr__(self) -> str:
+        shown = ", ".join(r.short() for r in self.top(REPR_ROWS))
+        more = f" (+{len(self.rows) - REPR_ROWS} more)" if len(self.rows) > REPR_ROWS else ""
+        cut = "; truncated" if self.truncation else ""
+        return (f"TextFeatures({len(self.tokens)} tokens, {self.n_fired} of {self.d_sae} features fire; "
+                f"top: {shown or 'none'}{more}{cut})")
 
 
 def top_features(loaded: Loaded, text: str, top_k: int) -> TextFeatures:

@@ -1,17 +1,28 @@
-"""Figures for Chapter 5: training curves (MI7) and learned-vs-true feature matching (MI8).
+"""Chapter 5's report: the terminal text and tables of both modes, their figures, and the files behind them.
 
-Built with ``matplotlib.figure.Figure`` (no pyplot, no GUI); each function returns the figure, and the
-caller saves it with the numbers behind it beside it.
+Figures: training curves (MI7) and learned-vs-true feature matching (MI8), built with
+``matplotlib.figure.Figure`` (no pyplot, no GUI); each function returns the figure, and the writers save
+it with the numbers behind it beside it. The text functions return what the script prints, so a notebook
+can show the same table without running the script.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
+from mechinterp.core import constants
 from mechinterp.core.figures import NotebookFigure
-from mechinterp.training.train import ARCHITECTURE_LABELS, MatchScores, TrainingCurve
+from mechinterp.core.io import OutputFolder
+from mechinterp.core.tables import format_table
+from mechinterp.training.common import ARCHITECTURE_LABELS, TrainingCurve
+from mechinterp.training.evaluation import ModelEvaluation
+from mechinterp.training.on_model import ModelOptions, ModelTrainingResult, ModelTrainingSpec, TrainingData
+from mechinterp.training.synthetic import MatchScores, SyntheticComparison, SyntheticOptions
 
 COLORS = {"standard": "tab:blue", "topk": "tab:orange"}
 
@@ -127,3 +138,171 @@ def feature_matching(
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return fig
+
+
+# --- synthetic mode -------------------------------------------------------------------------------
+
+
+def synthetic_title(cfg: SyntheticOptions) -> str:
+    """Two lines naming the data and the SAEs' budget (figure titles; the terminal joins them)."""
+    return (
+        f"SAELens synthetic data (no language model) · {cfg.n_features} true features in {cfg.hidden_dim} dims "
+        f"({cfg.n_features / cfg.hidden_dim:.0f}x superposition)\nSAEs with {cfg.d_sae} latents, "
+        f"{cfg.training_tokens:,} samples each, seed {cfg.seed}"
+    )
+
+
+def synthetic_text(comparison: SyntheticComparison, title: str) -> str:
+    """The comparison as the script prints it: the budget, one row per SAE and random directions, the best."""
+    cfg, baseline, best = comparison.options, comparison.baseline, comparison.best
+    threshold = cfg.recovery_threshold
+    header = ["architecture", f"recovered (cos>{threshold})", "mean max cos", "MCC", "L0 (true)", "dead",
+              "expl. var", "train s"]
+    rows = [
+        [
+            r.architecture,  # short: the table shortens cells beyond 16 characters
+            f"{r.match.recovery:.1%} ({round(r.match.recovery * cfg.n_features)}/{cfg.n_features})",
+            f"{r.match.mean_max_cos:.3f}",
+            f"{r.mcc:.3f}",
+            f"{r.l0:.2f} ({r.true_l0:.2f})",
+            r.dead_latents,
+            f"{r.explained_variance:.3f}",
+            f"{r.train_seconds:.1f}",
+        ]
+        for r in comparison.results
+    ]
+    rows.append(["random dirs", f"{baseline.recovery:.1%}", f"{baseline.mean_max_cos:.3f}", "-", "-", "-", "-", "-"])
+    budget = (f"Each SAE: {cfg.d_sae} latents, lr {cfg.lr}, batch {cfg.batch_size}; standard L1 coefficient "
+              f"{cfg.l1_coefficient}, TopK k {cfg.k}. Scores on {cfg.eval_samples:,} held-out samples.")
+    verdict = (f"Best: {ARCHITECTURE_LABELS[best.architecture]} recovers {best.match.recovery:.1%} of the "
+               f"{cfg.n_features} true features (a decoder row with |cos| > {threshold}); random directions "
+               f"recover {baseline.recovery:.1%}.")
+    return "\n".join(["", title.replace("\n", " · "), budget, "", format_table(header, rows), "", verdict])
+
+
+def write_synthetic(out: OutputFolder, comparison: SyntheticComparison, title: str) -> list[Path]:
+    """MI7 (training curves) and MI8 (learned vs true features), each with its numbers, and MI8.json."""
+    cfg, results, baseline = comparison.options, comparison.results, comparison.baseline
+    curves = training_curves({r.architecture: r.curve for r in results}, f"Training curves · {title}",
+                             samples_label="samples", true_l0=comparison.world.expected_l0)
+    probs = comparison.world.firing_probabilities.numpy()
+    matching = feature_matching({r.architecture: r.match for r in results}, baseline, probs,
+                                cfg.recovery_threshold, f"Learned vs true features · {title}")
+    return [
+        out.save_figure(curves, constants.MI7_PNG),
+        out.write_csv(
+            constants.MI7_CSV,
+            ["architecture", *results[0].curve.HEADER],
+            [[r.architecture, *row] for r in results for row in r.curve.rows()],
+        ),
+        out.save_figure(matching, constants.MI8_PNG),
+        out.write_csv(
+            constants.MI8_CSV,
+            ["true_feature", "firing_probability"]
+            + [f"{r.architecture}_{c}" for r in results for c in ("max_cos", "best_latent")]
+            + ["random_max_cos"],
+            [
+                [i, float(probs[i])]
+                + [v for r in results for v in (float(r.match.max_cos[i]), int(r.match.best_latent[i]))]
+                + [float(baseline.max_cos[i])]
+                for i in range(cfg.n_features)
+            ],
+        ),
+        out.write_json(constants.MI8_JSON, comparison.summary()),
+    ]
+
+
+# --- model mode -----------------------------------------------------------------------------------
+
+
+def model_title(spec: ModelTrainingSpec, demo: bool) -> str:
+    """Names the model, the hook and the trained SAE (the terminal and MI7's title)."""
+    knob = f"L1 {spec.l1_coefficient}" if spec.architecture == "standard" else f"k {spec.k}"
+    return (f"{'SYNTHETIC DEMO · ' if demo else ''}{spec.model_label} · hook {spec.hook_name} · "
+            f"trained SAE: {spec.architecture}, {spec.d_sae} latents, {knob}, {spec.training_tokens:,} tokens")
+
+
+def model_results_text(title: str, spec: ModelTrainingSpec, trained: ModelTrainingResult, data: TrainingData,
+                       evaluation: ModelEvaluation, planted: dict | None, demo: bool) -> str:
+    """The evaluation table (and the toy world's planted directions), as the script prints them."""
+    recovered = evaluation.loss_recovered
+    how = (f"Trained in {trained.train_seconds:.0f}s on {data.label}. Evaluated on {data.eval_note}, "
+           f"{evaluation.n_tokens:,} tokens, special tokens (BOS) excluded:")
+    lines = [
+        "",
+        title,
+        how,
+        "",
+        format_table(
+            ["metric", "value", "meaning"],
+            [
+                ["L0", f"{evaluation.l0:.2f}", "latents active per token"],
+                ["explained var.", f"{evaluation.explained_variance:.3f}", "1 = perfect reconstruction"],
+                ["dead latents", f"{evaluation.dead_latents}/{spec.d_sae}", "never fired on the evaluation tokens"],
+                ["loss: clean", f"{evaluation.ce_loss_clean:.4f}", "next-token loss of the model as it is"],
+                ["loss: with SAE", f"{evaluation.ce_loss_with_sae:.4f}",
+                 "next-token loss, hook replaced by the SAE's output"],
+                ["loss: zeroed", f"{evaluation.ce_loss_zero_ablated:.4f}", "next-token loss, hook replaced by zeros"],
+                ["loss recovered", f"{recovered:.3f}" if recovered is not None else "n/a",
+                 "1 = SAE as good as the model, 0 = as bad as zeros"],
+            ],
+        ),
+    ]
+    if recovered is None:
+        lines += ["", "(loss recovered is undefined here: zeroing the hook does not raise this model's loss"
+                  + (" - the toy model was never trained to predict text, so its next-token loss means nothing"
+                     if demo else "") + ")"]
+    if planted:
+        lines += [
+            "",
+            "Ground truth of the toy world: the planted concept directions and the closest trained latent:",
+            format_table(
+                ["concept", "toy SAE feature", "trained latent", "cos"],
+                [[name, m["reference_feature"], m["latent"], f"{m['cos']:.3f}"] for name, m in planted.items()],
+            ),
+        ]
+    return "\n".join(lines)
+
+
+def write_model_curves(out: OutputFolder, curve: TrainingCurve, architecture: str, title: str) -> list[Path]:
+    """MI7 (the training curve) and MI7.csv (its numbers)."""
+    fig = training_curves({architecture: curve}, f"Training curves · {title}")
+    return [out.save_figure(fig, constants.MI7_PNG), out.write_csv(constants.MI7_CSV, list(curve.HEADER), curve.rows())]
+
+
+def saved_text(options: ModelOptions, sae_dir: Path, checkpoint_dir: str | None, written: list[Path]) -> str:
+    """Where the SAE and the other outputs are, and the command that uses the SAE in Chapter 1."""
+    model_flag = f" --model {options.model}" if options.model != constants.DEFAULT_MODEL else ""
+    lines = [
+        "",
+        f"Saved the SAE in {sae_dir}/ (cfg.json, sae_weights.safetensors, sparsity.safetensors)",
+        *([f"      checkpoints in {checkpoint_dir}/"] if checkpoint_dir else []),
+        "      " + "\n      ".join(str(path) for path in written),
+        "",
+        "Use it in the other chapters, e.g.:",
+        f"  python MechInterpInitialInvestigation.py{' --demo' if options.demo else model_flag} --sae-path {sae_dir}",
+    ]
+    return "\n".join(lines)
+
+
+def model_facts(spec: ModelTrainingSpec, trained: ModelTrainingResult, data: TrainingData,
+                evaluation: ModelEvaluation, planted: dict | None, sae_dir: Path) -> dict[str, Any]:
+    """What the run record says about the model, the data, the result and the filtering."""
+    return {
+        "mode": "model",
+        "model": spec.model_label,
+        "hook": spec.hook_name,
+        "architecture": spec.architecture,
+        "d_sae": spec.d_sae,
+        "data": data.label,
+        "evaluated_on": data.eval_note,
+        "sae_path": str(sae_dir),
+        "checkpoints": trained.checkpoint_dir,
+        "evaluation": evaluation.to_dict(),
+        "planted_directions": planted,
+        "final_training_metrics": {
+            "loss": trained.curve.loss[-1], "l0": trained.curve.l0[-1],
+            "explained_variance": trained.curve.explained_variance[-1],
+        },
+        "filtered": "special tokens (BOS/end-of-text) excluded from training and evaluation",
+    }

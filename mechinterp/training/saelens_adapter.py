@@ -87,7 +87,7 @@ def saelens_bars_hidden() -> Iterator[None]:
     is created. SAELens has no switch for them, so ``sys.stderr`` points at the null device inside the
     block. A bar the script created earlier keeps writing to the real stderr (tqdm binds its stream on
     creation). Nothing else is lost: SAELens' warnings are silenced during training anyway
-    (``mechinterp.training.train.quiet_saelens``) and errors leave the block as exceptions, printed after it.
+    (``mechinterp.training.common.quiet_saelens``) and errors leave the block as exceptions, printed after it.
     """
     with open(os.devnull, "w", encoding="utf-8") as sink, contextlib.redirect_stderr(sink):
         yield
