@@ -76,7 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Chapter 6: feature to weights - which heads, MLPs and tokens build a feature.",
     )
     add_options(parser, FeatureSelection, "which features", defaults={"top_n": 1}, helps=WHICH_HELPS)
-    texts = add_options(parser, PromptOptions, "texts to attribute on", only=["prompts"], helps={"prompts": PROMPTS_HELP})
+    texts = add_options(parser, PromptOptions, "texts to attribute on", only=["prompts"],
+                        helps={"prompts": PROMPTS_HELP})
     texts.add_argument("--corpus", type=Path, default=None, metavar="FILE",
                        help="a text file with one document per line, used as well")
     show = parser.add_argument_group("how much to show")

@@ -349,7 +349,9 @@ def attribution_tables(result: FeatureAttribution) -> list[tuple[str, list[str],
     ]))
     tables.append((constants.MI9_OFFSETS_CSV, ["head", "tokens_back", "mean_contribution"],
                    [[h.component, o, v] for h in result.head_sources for o, v in sorted(h.by_offset)]))
-    tables.append((constants.MI9_WEIGHTS_CSV, ["list", "rank", "kind", "component", "layer", "index", "score", "detail"], [
+    tables.append((constants.MI9_WEIGHTS_CSV, [
+        "list", "rank", "kind", "component", "layer", "index", "score", "detail",
+    ], [
         [name, i, r.kind, r.component, "" if r.layer is None else r.layer, r.index, r.score, r.detail]
         for name in ("neurons_up", "neurons_down", "heads", "tokens_up", "tokens_down")
         for i, r in enumerate(getattr(result.weights, name), 1)

@@ -207,8 +207,8 @@ class Effect:
     n_positions: int
 
     def __repr__(self) -> str:
-        return (f"Effect(Δlog P(tgt) {self.delta_logp_targets:+.3g}, Δlog-odds(tgt) {self.delta_logodds_targets:+.3g}, "
-                f"KL {self.kl:.3g} over {self.n_positions} positions)")
+        return (f"Effect(Δlog P(tgt) {self.delta_logp_targets:+.3g}, "
+                f"Δlog-odds(tgt) {self.delta_logodds_targets:+.3g}, KL {self.kl:.3g} over {self.n_positions} positions)")
 
 
 @dataclass

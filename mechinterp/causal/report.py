@@ -199,7 +199,8 @@ def feature_test_tables(test: FeatureTest) -> list[tuple[str, list[str], list[li
          ablation_rows),
         (constants.MI6_STEERING_CSV.format(feature=f),
          ["coeff", "added_activation", "mean_logp_targets", "mean_logodds_targets", "mean_kl"],
-         [[c, c * test.typical_max, lp, lo, k] for c, lp, lo, k in zip(s.coeffs, s.logp_targets, s.logodds_targets, s.kl)]),
+         [[c, c * test.typical_max, lp, lo, k]
+          for c, lp, lo, k in zip(s.coeffs, s.logp_targets, s.logodds_targets, s.kl)]),
         (constants.MI6_GENERATIONS_CSV.format(feature=f), ["prompt", "mode", "coeff", "clean", "steered"],
          [[g.prompt, g.mode, test.generation_coeff, g.clean, g.steered] for g in test.generations]),
     ]
