@@ -31,19 +31,22 @@ import argparse
 import sys
 from pathlib import Path
 
-from mechinterp.attribution.attribute import (
-    AttributionOptions,
-    FeatureAttribution,
-    attribute_feature,
+from mechinterp.attribution.attribute import AttributionOptions, FeatureAttribution, attribute_feature
+from mechinterp.attribution.report import (
+    SUMMARY_HEADER,
+    attribution_figure,
     attribution_tables,
     format_attribution_text,
     output_name,
+    summary_row,
+    summary_text,
 )
 from mechinterp.cli import (
     ArgumentParser,
     add_common_args,
+    add_options,
     make_logger,
-    non_negative_int,
+    options_from,
     output_folder,
     positive_int,
     prompt_folder,
@@ -52,138 +55,38 @@ from mechinterp.cli import (
 )
 from mechinterp.core import constants
 from mechinterp.core.encoding import default_batch_size, tokenize, warn_truncated
-from mechinterp.core.features import choose_features
+from mechinterp.core.features import FeatureSelection, choose_features
 from mechinterp.core.io import OutputFolder
-from mechinterp.core.prompts import collect_texts
+from mechinterp.core.progress import Log
+from mechinterp.core.prompts import PromptOptions, collect_texts
 from mechinterp.core.records import RunRecord
 from mechinterp.core.source import demo_threads, load, resolve_source
-from mechinterp.core.tables import print_table, print_wrapped
+from mechinterp.core.tables import print_wrapped
 
-# Chapter 3's text gathering (prompt folder + --corpus), reused as is; it takes the script's Namespace.
+# This chapter's wording of the shared flags (each flag itself is defined once, in its dataclass).
+WHICH_HELPS = {
+    "feature": "a feature to trace; repeat for several (with --demo and no ids: the planted features)",
+    "from_results": "trace the top features of each group in a Chapter 2 feature_stats.csv",
+}
+PROMPTS_HELP = "folder of prompt files, one prompt per line (default: prompts/, or the demo's prompts with --demo)"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = ArgumentParser(
         description="Chapter 6: feature to weights - which heads, MLPs and tokens build a feature.",
     )
-    which = parser.add_argument_group("which features")
-    which.add_argument(
-        "--feature",
-        type=int,
-        action="append",
-        default=[],
-        metavar="ID",
-        help="a feature to trace; repeat for several (with --demo and no ids: the planted features)",
-    )
-    which.add_argument(
-        "--from-results",
-        type=Path,
-        default=None,
-        metavar="CSV",
-        help="trace the top features of each group in a Chapter 2 feature_stats.csv",
-    )
-    which.add_argument(
-        "--top-n",
-        type=positive_int,
-        default=1,
-        help="with --from-results: how many features per group (rank 1 = strongest)",
-    )
-    which.add_argument(
-        "--include-nonsignificant",
-        action="store_true",
-        help="with --from-results: also take features that are not significant, not replicated or not judged "
-        "'concept' (by default they are skipped, and the output says which)",
-    )
-    texts = parser.add_argument_group("texts to attribute on")
-    texts.add_argument(
-        "--prompts",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="folder of prompt files, one prompt per line (default: prompts/, or the demo's "
-        "prompts with --demo)",
-    )
-    texts.add_argument(
-        "--corpus",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help="a text file with one document per line, used as well",
-    )
-    texts.add_argument(
-        "--batch-size",
-        type=positive_int,
-        default=None,
-        help="texts per forward pass (default: 16 on CPU, 64 on GPU)",
-    )
+    add_options(parser, FeatureSelection, "which features", defaults={"top_n": 1}, helps=WHICH_HELPS)
+    texts = add_options(parser, PromptOptions, "texts to attribute on", only=["prompts"],
+                        helps={"prompts": PROMPTS_HELP})
+    texts.add_argument("--corpus", type=Path, default=None, metavar="FILE",
+                       help="a text file with one document per line, used as well")
     show = parser.add_argument_group("how much to show")
-    show.add_argument(
-        "--top-components",
-        type=positive_int,
-        default=12,
-        help="components listed in the terminal and drawn as bars",
-    )
-    show.add_argument(
-        "--top-heads", type=positive_int, default=3, help="heads whose contribution is split by source token"
-    )
-    show.add_argument("--n-sources", type=positive_int, default=5, help="source tokens listed per head")
-    show.add_argument(
-        "--n-weights",
-        type=positive_int,
-        default=10,
-        help="neurons, heads and tokens listed by the weights-only view",
-    )
-    show.add_argument(
-        "--n-ablate",
-        type=non_negative_int,
-        default=8,
-        help="top components to mean-ablate for the causal check (0: skip it)",
-    )
+    show.add_argument("--top-components", type=positive_int, default=12,
+                      help="components listed in the terminal and drawn as bars")
+    # --batch-size joins the texts' section (its field says so); the rest of the options join this one.
+    add_options(parser, AttributionOptions, "how much to show")
     add_common_args(parser)
     return parser.parse_args(argv)
-
-
-def options_from(args: argparse.Namespace, device: str) -> AttributionOptions:
-    return AttributionOptions(
-        top_heads=args.top_heads,
-        n_sources=args.n_sources,
-        n_weights=args.n_weights,
-        n_ablate=args.n_ablate,
-        batch_size=args.batch_size or default_batch_size(device),
-    )
-
-
-def write_outputs(result: FeatureAttribution, out: OutputFolder, title: str, n_heads: int, n_top: int) -> list[Path]:
-    """Every file of one feature (figure, tables, JSON); returns the paths written."""
-    from mechinterp.attribution.report import attribution_figure
-
-    f = result.feature
-    written = []
-    for template, header, rows in attribution_tables(result):
-        written.append(out.write_csv(output_name(template, f), header, rows))
-        if template == constants.MI9_CSV:
-            fig = attribution_figure(result, n_heads, title, n_top)
-            written.append(out.save_figure(fig, output_name(constants.MI9_PNG, f)))
-    written.append(out.write_json(output_name(constants.MI9_JSON, f), result.to_dict() | {"title": title}))
-    return written
-
-
-def summary_row(result: FeatureAttribution) -> list:
-    d, c = result.direct, result.causal
-    top = d.top(1, exclude=("sae_bias",))[0] if d is not None else None
-    return [
-        result.feature,
-        d.n_tokens if d else 0,
-        f"{d.mean_pre_activation:.4f}" if d else "-",
-        f"{d.sum_of_rows:.4f}" if d else "-",
-        f"{d.residual:.1e}" if d else "-",
-        f"{top.component} ({top.share:.0%})" if top else "-",
-        result.head_sources[0].sentence if result.head_sources else "-",
-        repr(result.weights.tokens_up[0].component) if result.weights.tokens_up else "-",
-        f"{c.n_agree}/{len(c.rows)}" + (f", r={c.correlation:.2f}" if c.correlation is not None else "")
-        if c
-        else "-",
-    ]
 
 
 def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
@@ -192,16 +95,18 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         return attribute_and_write(args, argv, out, log)
 
 
-def attribute_and_write(args: argparse.Namespace, argv: list[str] | None, out: OutputFolder, log) -> int:
+def attribute_and_write(args: argparse.Namespace, argv: list[str] | None, out: OutputFolder, log: Log) -> int:
     """Load, attribute each feature, print its answers and write its files (inside the run's output folder)."""
     record = RunRecord(__file__, argv, vars(args))
     texts, _sources, described = collect_texts(prompt_folder(args), args.prompts is not None or args.demo,
                                                args.corpus)
     with record.timed("load"):
         loaded = load(resolve_source(source_options(args), log), log=log)
-    choice = choose_features(args.feature, args.from_results, args.top_n, args.demo, loaded.sae.d_sae,
-                             args.include_nonsignificant, loaded.provenance)
-    options = options_from(args, loaded.device)
+    which = options_from(args, FeatureSelection)
+    choice = choose_features(which.feature, which.from_results, which.top_n, args.demo, loaded.sae.d_sae,
+                             which.include_nonsignificant, loaded.provenance)
+    # --batch-size's default depends on the device, known once the model is loaded.
+    options = options_from(args, AttributionOptions, batch_size=args.batch_size or default_batch_size(loaded.device))
     with record.timed("tokenize"):
         tokenized = tokenize(loaded, texts)
         warn_truncated(texts, tokenized, int(loaded.model.cfg.n_ctx))
@@ -210,7 +115,7 @@ def attribute_and_write(args: argparse.Namespace, argv: list[str] | None, out: O
     print_wrapped(f"Texts: {described}. Features: {choice.how}.")
     if choice.note:
         print_wrapped(f"Note: {choice.note}.")
-    written, summary, results = [], [], {}
+    written, results = [], {}
     for feature in choice.features:
         log(f"feature {feature}: attributing over {len(texts)} texts ...")
         with record.timed("attribution"):
@@ -221,45 +126,16 @@ def attribute_and_write(args: argparse.Namespace, argv: list[str] | None, out: O
             print(f"(feature #{feature}: {choice.origin(feature)})")
         print(format_attribution_text(result, loaded.title, args.top_components))
         with record.timed("outputs"):
-            written += write_outputs(
-                result, out, loaded.title, int(loaded.model.cfg.n_heads), args.top_components
-            )
-        summary.append(summary_row(result))
+            written += write_outputs(result, out, loaded.title, int(loaded.model.cfg.n_heads), args.top_components)
 
-    header = [
-        "feature",
-        "firing tokens",
-        "mean pre-act",
-        "sum of rows",
-        "residual",
-        "top component",
-        "top head's source",
-        "top token (direct path)",
-        "ablation agrees",
-    ]
-    summary_csv = out.write_csv(constants.FEATURE_TO_WEIGHTS_CSV, header, summary)
-    print("\nSummary (BOS and padding excluded; the weights-only column is the direct path only):\n")
-    print_table(header[:6] + header[7:], [row[:6] + row[7:] for row in summary])
+    summary = [summary_row(r) for r in results.values()]
+    summary_csv = out.write_csv(constants.FEATURE_TO_WEIGHTS_CSV, SUMMARY_HEADER, summary)
+    print(summary_text(summary))
     record.wrote(*written, summary_csv)
     record.update(
-        model=loaded.model_label,
-        sae=loaded.sae.label,
-        hook=loaded.sae.hook_name,
-        features=choice.features,
-        feature_choice=choice.how,
-        texts=described,
-        n_texts=len(texts),
-        options=vars(options),
-        checks={
-            f: {
-                "mean_pre_activation": r.direct.mean_pre_activation,
-                "sum_of_rows": r.direct.sum_of_rows,
-                "residual": r.direct.residual,
-                "max_token_residual": r.direct.max_token_residual,
-            }
-            for f, r in results.items()
-            if r.direct is not None
-        },
+        model=loaded.model_label, sae=loaded.sae.label, hook=loaded.sae.hook_name, features=choice.features,
+        feature_choice=choice.how, texts=described, n_texts=len(texts), options=vars(options),
+        checks={f: r.sum_check() for f, r in results.items() if r.direct is not None},
         filtered=next(iter(results.values())).filtered if results else "",
         provenance=loaded.provenance.to_dict(),
     )
@@ -270,6 +146,19 @@ def attribute_and_write(args: argparse.Namespace, argv: list[str] | None, out: O
         f"tables, {summary_csv.name}, {record_path.name}"
     )
     return 0
+
+
+def write_outputs(result: FeatureAttribution, out: OutputFolder, title: str, n_heads: int, n_top: int) -> list[Path]:
+    """Every file of one feature (figure, tables, JSON); returns the paths written."""
+    f = result.feature
+    written = []
+    for template, header, rows in attribution_tables(result):
+        written.append(out.write_csv(output_name(template, f), header, rows))
+        if template == constants.MI9_CSV:
+            fig = attribution_figure(result, n_heads, title, n_top)
+            written.append(out.save_figure(fig, output_name(constants.MI9_PNG, f)))
+    written.append(out.write_json(output_name(constants.MI9_JSON, f), result.to_dict() | {"title": title}))
+    return written
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -81,11 +81,12 @@ def add_options(parser: argparse.ArgumentParser, cls: type, title: str | None = 
     The field is the single definition: its name gives the flag (``top_k`` -> ``--top-k``) and the
     ``args`` attribute, its default and help become the flag's. ``defaults``/``helps`` change a field's
     default and help for one script (Chapter 5's ``--model``); ``only`` keeps just these fields.
-    ``into`` adds the flags to a group the script already has (e.g. a mutually exclusive group, or
-    another dataclass's section) instead of a new section titled ``title``.
+    The flags go into the ``--help`` section ``title``, or the one a field names (its ``group``); a
+    section that already exists is added to, so options of two dataclasses can share one. ``into`` adds
+    them to a group the script already has instead (e.g. a mutually exclusive group).
     Returns the group, so a script can add a flag of its own beside them.
     """
-    group = into if into is not None else parser.add_argument_group(title)
+    group = into if into is not None else _section(parser, title)
     for field in dataclasses.fields(cls):
         flag = flag_of(field)
         if flag is None or (only is not None and field.name not in only):
@@ -107,8 +108,17 @@ def add_options(parser: argparse.ArgumentParser, cls: type, title: str | None = 
         for key in ("type", "choices", "metavar", "nargs"):
             if getattr(flag, key) is not None:
                 kwargs[key] = getattr(flag, key)
-        group.add_argument(flag.flag or "--" + field.name.replace("_", "-"), **kwargs)
+        section = _section(parser, flag.group) if flag.group else group
+        section.add_argument(flag.flag or "--" + field.name.replace("_", "-"), **kwargs)
     return group
+
+
+def _section(parser: argparse.ArgumentParser, title: str | None) -> argparse._ArgumentGroup:
+    """The ``--help`` section called ``title``: the parser's own if it has one by that name, else a new one."""
+    for group in parser._action_groups:
+        if title is not None and group.title == title:
+            return group
+    return parser.add_argument_group(title)
 
 
 def options_from(args: argparse.Namespace, cls: type[T], **values: Any) -> T:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -27,10 +29,11 @@ from mechinterp.causal.intervene import (
     matched_controls,
     steering_hook,
 )
+from mechinterp.causal.report import feature_test_text, steering_lines
 from mechinterp.core.encoding import hook_activations, tokenize
 from mechinterp.core.errors import UserError
-from mechinterp.core.features import collect_feature_activations
-from mechinterp.core.prompts import read_prompt_file
+from mechinterp.core.prompts import load_prompt_sets, read_prompt_file
+from mechinterp.core.source import SourceOptions, demo_prompts_dir, demo_threads, load, resolve_source
 from mechinterp.core.toyworld import PLANTED_OUTPUTS
 
 HOOK = "blocks.8.hook_resid_pre"
@@ -210,6 +213,35 @@ def test_planted_feature_beats_controls_default_model_flags(world, tmp_path, cap
         assert img.size[0] > 1500 and np.asarray(img.convert("L"), dtype=float).std() > 20
 
 
+def test_flags_keep_their_names_defaults_and_sections(capsys):
+    """Each flag is defined once, in its dataclass; the command line stays what it was (the run record stores it)."""
+    args = vars(ch4.parse_args([]))
+    assert {k: v for k, v in args.items() if k not in ("out", "model", "sae_release", "sae_id", "sae_path", "device",
+                                                       "dtype", "demo", "tag", "quiet", "debug")} == {
+        "feature": [], "from_results": None, "top_n": 1, "include_nonsignificant": False, "prompts": None,
+        "baseline": "baseline", "group": None, "max_prompts": 64, "batch_size": None, "target": [], "n_targets": 3,
+        "n_controls": 20, "coeff": 2.0, "sweep": [-2.0, 0.0, 0.5, 1.0, 2.0, 4.0, 8.0], "max_act": None,
+        "steer_group": None, "steer_prompt": [], "n_generate": 3, "max_new_tokens": 12, "temperature": 1.0, "seed": 0}
+    given = vars(ch4.parse_args(["--target", "a", "--target", "b", "--sweep", "1", "3", "--steer-prompt", "x"]))
+    assert given["target"] == ["a", "b"] and given["sweep"] == [1.0, 3.0] and given["steer_prompt"] == ["x"]
+    options = ch4.options_from(ch4.parse_args(["--target", "a", "--sweep", "1", "3", "--group", "happy"]),
+                               FeatureTestOptions)
+    assert options == FeatureTestOptions(target=("a",), sweep=(1.0, 3.0), group="happy")
+    with pytest.raises(SystemExit):
+        ch4.parse_args(["--help"])
+    text = capsys.readouterr().out
+    # Every flag sits in its section: the field names it (cli.add_options), and sections are shared by title.
+    order = ["options:", "--seed", "which features:", "--feature", "--top-n", "prompts:", "--prompts", "--baseline",
+             "--group", "--max-prompts", "--batch-size", "ablation:", "--target", "--n-targets", "--n-controls",
+             "steering:", "--coeff", "--sweep", "--max-act", "--steer-group", "--steer-prompt", "--n-generate",
+             "--max-new-tokens", "--temperature", "model and SAE:", "output:"]
+    body = text[text.index("options:"):]
+    positions = [body.index(f"\n  {name} " if name.startswith("--") else f"\n{name}\n") if i else 0
+                 for i, name in enumerate(order)]
+    assert positions == sorted(positions)
+    assert text.count("prompts:\n") == 1 and "(default: 64)" in text
+
+
 def test_usage_errors(world, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         ch4.main(["--n-controls", "5"])
@@ -227,13 +259,10 @@ N_PROMPTS = 12  # per group: enough for 20 firing-rate-matched controls, small e
 def happy_test(loaded_toy, world):
     """test_feature on the planted happy feature, ablated where it fires most, steered on the baseline."""
     groups = {g: read_prompt_file(world.prompts_dir / f"{g}.txt")[:N_PROMPTS] for g in ("baseline", "happy", "angry")}
-    texts = [t for p in groups.values() for t in p]
-    labels = [g for g, p in groups.items() for _ in p]
     happy = world.planted.concept["happy"]
-    fa = collect_feature_activations(loaded_toy, texts, labels, [happy], 8)
-    options = FeatureTestOptions(sweep=(-1.0, 1.0), coeff=2.0, n_generate=1, max_new_tokens=4, seed=1)
+    options = FeatureTestOptions(sweep=(-1.0, 1.0), coeff=2.0, n_generate=1, max_new_tokens=4, seed=1, batch_size=8)
     torch.manual_seed(0)
-    return groups, intervene.test_feature(loaded_toy, GroupBatches(loaded_toy, groups, 8), fa, happy, options)
+    return groups, intervene.test_feature(loaded_toy, happy, groups, options)
 
 
 def _one_prompt(loaded, text):
@@ -364,17 +393,15 @@ def test_feature_test_skips_ablation_where_it_never_fires(loaded_toy, world, hap
     groups, _ = happy_test
     happy = world.planted.concept["happy"]
     small = {g: p[:4] for g, p in groups.items()}
-    texts = [t for p in small.values() for t in p]
-    fa = collect_feature_activations(loaded_toy, texts, [g for g, p in small.items() for _ in p], [happy], 8)
-    options = FeatureTestOptions(sweep=(1.0,), coeff=1.0, max_act=2.5, n_generate=1, max_new_tokens=2)
-    result = intervene.test_feature(loaded_toy, GroupBatches(loaded_toy, small, 8), fa, happy, options,
-                                    group="baseline", group_how="from --group")
+    options = FeatureTestOptions(sweep=(1.0,), coeff=1.0, max_act=2.5, n_generate=1, max_new_tokens=2, batch_size=8,
+                                 group="baseline")
+    result = intervene.test_feature(loaded_toy, happy, small, options)
     assert result.ablation is None and result.to_dict()["ablation"] is None
     assert result.ablation_group_how == "from --group"
     assert result.typical_max == 2.5 and result.typical_max_how == "given with --max-act"
     assert result.steering.coeffs == [0.0, 1.0] and result.steering.kl[1] > 0
     with pytest.raises(UserError, match="is not one of the prompt groups"):
-        intervene.test_feature(loaded_toy, GroupBatches(loaded_toy, small, 8), fa, happy, options, group="sad")
+        intervene.test_feature(loaded_toy, happy, small, replace(options, group="sad"))
 
 
 def test_feature_test_options_are_validated():
@@ -385,3 +412,68 @@ def test_feature_test_options_are_validated():
     with pytest.raises(UserError, match="max_act"):
         FeatureTestOptions(max_act=-1.0)
     assert FeatureTestOptions(sweep=(3.0, -1.0, 3.0), coeff=0.5).coeffs == [-1.0, 0.0, 0.5, 3.0]
+
+
+# --- what a notebook sees: one call, and short reprs ----------------------------------------------------------
+
+
+def test_reprs_say_the_result_in_one_line(world, happy_test):
+    _, result = happy_test
+    happy = world.planted.concept["happy"]
+    a, s = result.ablation, result.steering
+    at = a.located.firing
+    text = repr(result)
+    assert len(text) < 600
+    assert text.startswith(
+        f"FeatureTest(#{happy} ablated on 'happy': Δlog-odds(tgt) {a.effect.delta_logodds_targets:+.3g} per text "
+        f"token, {at.delta_logodds_targets:+.3g} where it fires ({at.n_positions} positions), KL {a.effect.kl:.3g}; "
+        "|Δlog-odds| beats 20/20 controls, p=0.048; ")  # (1 + 0) / (1 + 20)
+    assert (f"steered ×2 on 'baseline': Δlog P(tgt) {s.delta_logp(2.0):+.3g}, KL {s.kl[3]:.3g}; "
+            f"targets {', '.join(repr(t) for t in result.target_tokens)}; typical max {result.typical_max:.3g})") in text
+    assert repr(a) == f"AblationResult(#{happy}: {a.brief()})" and a.brief() in text
+    assert repr(s) == (f"SteeringCurve(mean log P(tgt) by coefficient {{-1: {s.logp_targets[0]:.3g}, 0: "
+                       f"{s.logp_targets[1]:.3g}, 1: {s.logp_targets[2]:.3g}, 2: {s.logp_targets[3]:.3g}}}; "
+                       f"KL up to {max(s.kl):.3g})")
+    e = a.effect
+    assert repr(e) == (f"Effect(Δlog P(tgt) {e.delta_logp_targets:+.3g}, Δlog-odds(tgt) {e.delta_logodds_targets:+.3g}, "
+                       f"KL {e.kl:.3g} over {e.n_positions} positions)")
+    skipped = replace(result, ablation=None)
+    assert "ablated on 'happy': skipped, it never fires there; steered" in repr(skipped)
+
+
+def test_one_call_gives_what_the_script_writes_on_the_demo(world, tmp_path, capsys):
+    """test_feature(loaded, feature, prompt sets, options) alone reproduces the script's numbers exactly."""
+    happy = world.planted.concept["happy"]
+    flags = ["--max-prompts", "12", "--sweep", "0", "1", "--n-generate", "1", "--max-new-tokens", "3"]
+    assert ch4.main(["--demo", "--feature", str(happy), *flags, "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    written = json.loads((tmp_path / f"MI6_{happy}.json").read_text())
+    generations = list(csv.DictReader(open(tmp_path / f"MI6_{happy}_generations.csv", encoding="utf-8")))
+
+    loaded = load(resolve_source(SourceOptions(demo=True)))
+    options = FeatureTestOptions(max_prompts=12, sweep=(0.0, 1.0), n_generate=1, max_new_tokens=3)
+    with demo_threads(True):
+        result = intervene.test_feature(loaded, happy, load_prompt_sets(demo_prompts_dir()), options)
+    assert json.loads(json.dumps(result.to_dict())) == written  # every number, bit for bit
+    assert [[g.prompt, g.mode, g.clean, g.steered] for g in result.generations] == [
+        [g["prompt"], g["mode"], g["clean"], g["steered"]] for g in generations]
+    assert result.ablation_group == "happy" and result.ablation_group_how == "the group where it fires most often"
+    assert "\n".join(steering_lines(result)) in printed
+    # The report of the one call is exactly what the script printed for the feature.
+    assert feature_test_text(result, None, shutil.get_terminal_size((100, 24)).columns) in printed
+
+
+def test_group_batches_prepare_once_for_every_feature(loaded_toy, world):
+    happy, angry = world.planted.concept["happy"], world.planted.concept["angry"]
+    groups = {g: read_prompt_file(world.prompts_dir / f"{g}.txt")[:5] for g in ("baseline", "happy")}
+    prompts = GroupBatches(loaded_toy, groups, 4)
+    assert repr(prompts) == "GroupBatches(baseline 5, happy 5; baseline 'baseline', batch size 4)"
+    assert prompts.texts == groups["baseline"] + groups["happy"] and prompts.labels == ["baseline"] * 5 + ["happy"] * 5
+    both = prompts.activations([happy, angry])
+    assert prompts.activations([angry]) is both  # collected once, for both
+    assert both.firing(happy, "baseline")[0] == 0 and both.firing(happy, "happy")[0] > 0
+    assert prompts.batches("happy") is prompts.batches("happy")
+    sets = load_prompt_sets(world.prompts_dir, baseline="happy")
+    prepared = GroupBatches.of(loaded_toy, sets, FeatureTestOptions(max_prompts=3))
+    assert prepared.baseline == "happy" and prepared.batch_size == 16  # the CPU default
+    assert all(p == sets.groups[g][:3] for g, p in prepared.groups.items())

@@ -20,9 +20,12 @@ from mechinterp.attribution.attribute import (
     project_components,
     run_components,
 )
+from mechinterp.attribution.report import format_attribution_text
 from mechinterp.core.encoding import Tokenized, pad_batch
 from mechinterp.core.errors import UserError
 from mechinterp.core.io import OutputFolder
+from mechinterp.core.prompts import collect_texts
+from mechinterp.core.source import SourceOptions, demo_prompts_dir, demo_threads, load, resolve_source
 from mechinterp.core.toyworld import CONCEPT_WORDS
 from tests.attribution_worlds import (
     COPIED_WORD,
@@ -339,12 +342,32 @@ def test_demo_script_writes_the_planted_answer(world, tmp_path, capsys):
     assert "BOS" in record["filtered"] and set(record["checks"]) == {str(happy), str(angry)}
 
 
+def test_flags_keep_their_names_and_defaults(capsys):
+    """Each flag is defined once (AttributionOptions, FeatureSelection, PromptOptions); the command line stays."""
+    args = vars(ch6.parse_args([]))
+    assert {k: args[k] for k in list(args)[:12]} == {
+        "feature": [], "from_results": None, "top_n": 1, "include_nonsignificant": False, "prompts": None,
+        "corpus": None, "top_components": 12, "top_heads": 3, "n_sources": 5, "n_weights": 10, "n_ablate": 8,
+        "batch_size": None}
+    parsed = ch6.parse_args(["--top-heads", "2", "--n-ablate", "0", "--batch-size", "4"])
+    assert ch6.options_from(parsed, AttributionOptions) == AttributionOptions(top_heads=2, n_ablate=0, batch_size=4)
+    with pytest.raises(SystemExit):
+        ch6.parse_args(["--help"])
+    text = capsys.readouterr().out
+    where = {name: text.index(f"\n{name}\n" if name.endswith(":") else f"\n  {name} ") for name in (
+        "texts to attribute on:", "--prompts", "--corpus", "--batch-size", "how much to show:", "--top-components",
+        "--top-heads", "--n-sources", "--n-weights", "--n-ablate", "model and SAE:")}
+    assert list(where.values()) == sorted(where.values())  # each flag in its section, in this order
+
+
 def test_a_feature_that_never_fires_gets_the_weights_view_only(tmp_path):
     loaded, _ = silent_world()
     with torch.no_grad():
         loaded.sae.sae.b_enc[3] = -100.0
     result = attribute_feature(loaded, tokenized_ids(loaded, SILENT_TEXTS), 3)
     assert result.direct is None and result.causal is None and result.head_sources == []
+    assert repr(result) == f"FeatureAttribution(#3 at {loaded.sae.hook_name}: never fires on these texts; {result.weights!r})"
+    assert result.sum_check() is None
     assert len(result.weights.tokens_up) == 10 and "never fires" in result.notes[-1]
     with OutputFolder(tmp_path) as out:
         written = ch6.write_outputs(result, out, "title", 4, 12)
@@ -355,3 +378,56 @@ def test_a_feature_that_never_fires_gets_the_weights_view_only(tmp_path):
         "MI9_3.json",
     }
     assert ch6.summary_row(result)[:3] == [3, 0, "-"]
+
+
+# --- what a notebook sees: one call, and short reprs ----------------------------------------------------------
+
+
+def test_one_call_on_texts_and_reprs_that_name_the_answer():
+    loaded, _ = copy_head_world()
+    result = attribute_feature(loaded, COPY_TEXTS, FEATURE, AttributionOptions(n_ablate=6))  # texts, not token ids
+    same = attribute_feature(loaded, tokenized_ids(loaded, COPY_TEXTS), FEATURE, AttributionOptions(n_ablate=6))
+    assert result.to_dict() == same.to_dict()
+    d, head, causal = result.direct, result.head_sources[0], result.causal
+    top = d.top(3, exclude=("sae_bias",))
+    assert top[0].component == "L1H2"
+    briefs = ", ".join(f"{r.component} {r.mean_contribution:+.3g} ({r.share:.0%})" for r in top)
+    text = repr(result)
+    assert len(text) < 600
+    assert text == (
+        f"FeatureAttribution(#{FEATURE} at blocks.2.hook_resid_pre: mean pre-activation {d.mean_pre_activation:.4g} "
+        f"over {d.n_tokens} firing tokens, rows add up (residual {d.residual:+.1e}); top {briefs}; {head.sentence}; "
+        f"mean-ablation agrees for {causal.n_agree}/6, r={causal.correlation:.2f})"
+    )
+    assert repr(top[0]) == f"ComponentRow({top[0].component} {top[0].mean_contribution:+.3g} ({top[0].share:.0%}), " \
+                           f"spread {top[0].std_contribution:.3g})"
+    assert repr(d) == (f"DirectAttribution(mean pre-activation {d.mean_pre_activation:.4g} over {d.n_tokens} firing tokens "
+                       f"in {d.n_texts} texts; the {len(d.rows)} rows add up to {d.sum_of_rows:.4g} (residual "
+                       f"{d.residual:+.1e}); top {briefs})")
+    assert repr(head) == f"HeadSources({head.sentence})" and repr(causal) == f"CausalCheck({causal.summary})"
+    w = result.weights
+    assert repr(w) == (f"WeightsView(direct path only: tokens up {', '.join(repr(r.component) for r in w.tokens_up[:3])}; "
+                       f"neurons up {', '.join(r.component for r in w.neurons_up[:3])}; "
+                       f"heads {', '.join(r.component for r in w.heads[:3])})")
+    assert w.heads[0].component == "L1H2"  # from the weights alone, the planted head comes first
+    assert result.sum_check() == {"mean_pre_activation": d.mean_pre_activation, "sum_of_rows": d.sum_of_rows,
+                                  "residual": d.residual, "max_token_residual": d.max_token_residual}
+
+
+def test_one_call_gives_what_the_script_writes_on_the_demo(world, tmp_path, capsys):
+    """attribute_feature(loaded, texts, feature, options) alone reproduces the script's files and text."""
+    happy = world.planted.concept["happy"]
+    assert ch6.main(["--demo", "--feature", str(happy), "--n-ablate", "4", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    written = json.loads((tmp_path / f"MI9_{happy}.json").read_text())
+    record = json.loads((tmp_path / "MechInterpFeatureToWeights_run.json").read_text())
+
+    loaded = load(resolve_source(SourceOptions(demo=True)))
+    texts, _, _ = collect_texts(demo_prompts_dir(), True, None)
+    with demo_threads(True):
+        result = attribute_feature(loaded, texts, happy, AttributionOptions(n_ablate=4))
+    assert json.loads(json.dumps(result.to_dict() | {"title": loaded.title})) == written  # every number
+    assert format_attribution_text(result, loaded.title) in printed
+    assert record["checks"] == {str(happy): result.sum_check()}
+    assert record["options"] == {"top_heads": 3, "n_sources": 5, "n_weights": 10, "n_ablate": 4, "batch_size": 16,
+                                 "atol": 1e-4, "rtol": 1e-4, "agree_tolerance": 0.1}

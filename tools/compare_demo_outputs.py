@@ -38,6 +38,7 @@ DEMO_COMMANDS: dict[str, list[str]] = {
     "4": ["MechInterpSteering.py", "--demo"],
     "5": ["MechInterpTrainSAE.py", "--demo"],
     "5s": ["MechInterpTrainSAE.py", "--synthetic"],
+    "6": ["MechInterpFeatureToWeights.py", "--demo"],
 }
 # Run-record fields that differ between any two runs (when, how long, which commit, where).
 VOLATILE_RECORD_KEYS = {"started", "seconds", "git_commit", "train_seconds"}

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import math
 import re
-import textwrap
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -47,14 +46,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from mechinterp.core import constants
-from mechinterp.core.encoding import Tokenized, length_order, pad_batch
+from mechinterp.core.encoding import Tokenized, length_order, pad_batch, tokenize
 from mechinterp.core.errors import EXIT_FAILURE, UserError
 from mechinterp.core.loading import Loaded
-from mechinterp.core.tables import safe_text
+from mechinterp.core.options import non_negative_int, option, positive_int
 from mechinterp.core.tokens import decode_token
-
-# Output file names (``{feature}`` is the feature id); the lead moves them to mechinterp/constants.py.
 
 # Component kinds, in the order TransformerLens stacks them (sae_bias is ours, last).
 KINDS = ("head", "mlp", "embed", "pos_embed", "bias", "sae_bias")
@@ -77,35 +73,31 @@ class AttributionCheckFailed(UserError):
     exit_code = EXIT_FAILURE
 
 
-def output_name(template: str, feature: int) -> str:
-    """``MI9_{feature}.csv`` -> ``MI9_501.csv``."""
-    return template.format(feature=feature)
-
-
 # --- options ------------------------------------------------------------------------------------------
 
 
 @dataclass
 class AttributionOptions:
-    """How much of each answer to compute and show.
+    """How much of each answer to compute and show. The first five fields are also Chapter 6's flags of the
+    same names (``--top-heads``, ...); the tolerances are not on the command line. Heads and components
+    are ranked by |mean contribution| (the constant rows are never ablated); the weights-only view lists
+    ``n_weights`` in each direction.
 
     Attributes:
-        top_heads: heads (largest |mean contribution|) whose contribution is split by source token.
-        n_sources: source tokens listed per head.
-        n_weights: neurons, heads and vocabulary tokens listed by the weights-only view (each direction).
-        n_ablate: top components (largest |mean contribution|; the constant rows excluded) mean-ablated.
-        batch_size: texts per forward pass.
         atol, rtol: the sum check. On every firing token, |sum of rows - SAE pre-activation| must be at most
             ``atol + rtol * sum of |rows|``; float32 rounding of a 768-wide sum is ~1e-6 relative.
         agree_tolerance: a component's measured and predicted drops "agree" when they differ by at most
             this fraction of the larger of the two.
     """
 
-    top_heads: int = 3
-    n_sources: int = 5
-    n_weights: int = 10
-    n_ablate: int = 8
-    batch_size: int = 16
+    top_heads: int = option(3, "heads whose contribution is split by source token", type=positive_int)
+    n_sources: int = option(5, "source tokens listed per head", type=positive_int)
+    n_weights: int = option(10, "neurons, heads and tokens listed by the weights-only view", type=positive_int)
+    n_ablate: int = option(8, "top components to mean-ablate for the causal check (0: skip it)",
+                           type=non_negative_int)
+    # On the command line the default depends on the device (the script resolves None to it).
+    batch_size: int = option(16, "texts per forward pass (default: 16 on CPU, 64 on GPU)", type=positive_int,
+                             cli_default=None, group="texts to attribute on")
     atol: float = 1e-4
     rtol: float = 1e-4
     agree_tolerance: float = 0.1
@@ -343,6 +335,13 @@ class ComponentRow:
     frac_positive: float  # fraction of firing tokens where the component pushes the feature up
     predicted_ablation_drop: float  # mean drop if the component were replaced by its mean (direct path only)
 
+    def __repr__(self) -> str:
+        return f"ComponentRow({self.brief()}, spread {self.std_contribution:.3g})"
+
+    def brief(self) -> str:
+        """``"L1H2 +1.23 (41%)"``: the component, its mean contribution and its share of the pre-activation."""
+        return f"{self.component} {self.mean_contribution:+.3g} ({self.share:.0%})"
+
 
 @dataclass
 class DirectAttribution:
@@ -357,6 +356,12 @@ class DirectAttribution:
     sum_of_rows: float
     residual: float  # sum_of_rows - mean_pre_activation
     max_token_residual: float  # largest |sum of rows - SAE pre-activation| on a single firing token
+
+    def __repr__(self) -> str:
+        top = ", ".join(r.brief() for r in self.top(3, exclude=("sae_bias",)))
+        return (f"DirectAttribution(mean pre-activation {self.mean_pre_activation:.4g} over {self.n_tokens} firing "
+                f"tokens in {self.n_texts} texts; the {len(self.rows)} rows add up to {self.sum_of_rows:.4g} "
+                f"(residual {self.residual:+.1e}); top {top})")
 
     def top(self, n: int, exclude: Sequence[str] = ()) -> list[ComponentRow]:
         """The ``n`` rows with the largest |mean contribution|."""
@@ -390,6 +395,9 @@ class HeadSources:
     sources: list[SourceRow]  # largest |mean contribution| first
     by_offset: list[tuple[int, float]]  # (distance back, mean contribution per firing token), largest first
     max_split_error: float  # largest |sum over sources - head's contribution| on one token (exactness check)
+
+    def __repr__(self) -> str:
+        return f"HeadSources({self.sentence})"
 
     @property
     def sentence(self) -> str:
@@ -441,6 +449,13 @@ class WeightsView:
     tokens_up: list[WeightRow]
     tokens_down: list[WeightRow]
 
+    def __repr__(self) -> str:
+        def names(rows: list[WeightRow]) -> str:
+            return ", ".join(repr(r.component) if r.kind == "token" else r.component for r in rows[:3]) or "none"
+
+        return (f"WeightsView(direct path only: tokens up {names(self.tokens_up)}; neurons up "
+                f"{names(self.neurons_up)}; heads {names(self.heads)})")
+
     def all_rows(self) -> list[tuple[str, WeightRow]]:
         return [
             (name, r)
@@ -475,6 +490,9 @@ class CausalCheck:
     agree_tolerance: float
     ablated_on: str
 
+    def __repr__(self) -> str:
+        return f"CausalCheck({self.summary})"
+
     @property
     def summary(self) -> str:
         if not self.rows:
@@ -501,6 +519,30 @@ class FeatureAttribution:
     causal: CausalCheck | None
     filtered: str
     notes: list[str] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        head = f"FeatureAttribution(#{self.feature} at {self.hook_name}: "
+        d = self.direct
+        if d is None:
+            return head + f"never fires on these texts; {self.weights!r})"
+        top = ", ".join(r.brief() for r in d.top(3, exclude=("sae_bias",)))
+        parts = [f"mean pre-activation {d.mean_pre_activation:.4g} over {d.n_tokens} firing tokens, rows add up "
+                 f"(residual {d.residual:+.1e}); top {top}"]
+        if self.head_sources:
+            parts.append(self.head_sources[0].sentence)
+        if self.causal is not None and self.causal.rows:
+            r = f", r={self.causal.correlation:.2f}" if self.causal.correlation is not None else ""
+            parts.append(f"mean-ablation agrees for {self.causal.n_agree}/{len(self.causal.rows)}{r}")
+        return head + "; ".join(parts) + ")"
+
+    def sum_check(self) -> dict[str, float] | None:
+        """Whether the rows add up to the SAE's own pre-activation, as the run record keeps it (None when the
+        feature never fires)."""
+        d = self.direct
+        if d is None:
+            return None
+        return {"mean_pre_activation": d.mean_pre_activation, "sum_of_rows": d.sum_of_rows, "residual": d.residual,
+                "max_token_residual": d.max_token_residual}
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able numbers."""
@@ -719,6 +761,93 @@ class _PairSums:
         self._pending, self._n_pending = [], 0
 
 
+@dataclass
+class _TextPositions:
+    """One text's firing positions, and each (firing position, source position) pair of it."""
+
+    slots: torch.Tensor  # [n] the token slot of each source position (the BOS positions: their own slot)
+    positions: torch.Tensor  # [k] the firing positions (BOS counted)
+    rows: torch.Tensor  # [k] their rows among the firing tokens
+    offsets: torch.Tensor  # [k, n] distance back from each firing position to each source
+    causal: torch.Tensor  # [k, n] the source is not after the firing position
+
+
+def _text_positions(ids: Sequence[int], n_skip: int, firing: list[tuple[int, int]], bos_key: int) -> _TextPositions:
+    slots = torch.tensor(ids, dtype=torch.long)
+    slots[:n_skip] = bos_key
+    positions = torch.tensor([p for p, _ in firing], dtype=torch.long)
+    rows = torch.tensor([r for _, r in firing], dtype=torch.long)
+    offsets = positions[:, None] - torch.arange(len(ids))[None, :]
+    return _TextPositions(slots, positions, rows, offsets, offsets >= 0)
+
+
+@dataclass
+class _HeadTally:
+    """One traced head's contribution at the firing tokens, summed by source token and by distance back."""
+
+    head: ComponentRow
+    ov_w: torch.Tensor  # [d_head] W_O[h] @ w: what one unit of the head's z writes onto the feature
+    col: int  # the head's column among the firing tokens' contributions
+    by_token: torch.Tensor  # [d_vocab + 1] float64; the last slot is the BOS position, whatever its token
+    pairs: torch.Tensor  # [d_vocab + 1] (firing token, source position) pairs per slot
+    by_offset: torch.Tensor  # [n_ctx] float64
+    token_offset: _PairSums = field(default_factory=_PairSums)  # key: token slot * n_ctx + offset
+    max_error: float = 0.0  # largest |sum over sources - the head's contribution| on one token
+
+    def add(self, cache: dict, b: int, text: _TextPositions, value_head: int, fire: _FiringTokens,
+            feature: int, options: AttributionOptions) -> None:
+        """Split the head's contribution at one text's firing tokens exactly by source position (``z[t] =
+        sum_s pattern[t, s] * v[s]``), check the split adds up, and add it to the sums."""
+        h, n = self.head, text.slots.numel()
+        pattern = cache[f"blocks.{h.layer}.attn.hook_pattern"][b, h.head][text.positions, :n]  # [k, n]
+        v = cache[f"blocks.{h.layer}.attn.hook_v"][b, :n, value_head]  # [n, d_head]
+        scale = fire.scale[text.rows][:, None]
+        per_source = (pattern.double() * (v.double() @ self.ov_w)[None, :]).cpu() * scale  # [k, n]
+        per_source = torch.where(text.causal, per_source, 0.0)
+        error = (per_source.sum(1) - fire.contributions[text.rows, self.col]).abs()
+        allowed = options.atol + options.rtol * per_source.abs().sum(1)
+        if bool((error > allowed).any()):
+            raise AttributionCheckFailed(
+                f"feature {feature}: {h.component}'s split by source position misses its "
+                f"contribution by {float(error.max()):.3g} on one token; no attribution is reported"
+            )
+        self.max_error = max(self.max_error, float(error.max()))
+        src = text.slots[None, :].expand_as(text.offsets)[text.causal]
+        value = per_source[text.causal]
+        self.by_token.index_add_(0, src, value)
+        self.pairs.index_add_(0, src, torch.ones_like(src))
+        self.by_offset.index_add_(0, text.offsets[text.causal], value)
+        self.token_offset.add(src * self.by_offset.numel() + text.offsets[text.causal], value)
+
+    def result(self, model: Any, n_fire: int, n_sources: int) -> HeadSources:
+        """The head's ``n_sources`` largest source tokens and its contribution by distance, per firing token."""
+        h, n_ctx, bos_key = self.head, self.by_offset.numel(), self.by_token.numel() - 1
+        self.token_offset.merge()
+        pair_keys, pair_values = self.token_offset.keys, self.token_offset.values
+        order = torch.argsort(-self.by_token.abs(), stable=True)
+        order = order[self.pairs[order] > 0][:n_sources]  # tokens that occurred as sources
+        sources = []
+        for slot in order.tolist():
+            total = float(self.by_token[slot])
+            mine = (pair_keys // n_ctx) == slot
+            # The distance that carries most of this token's contribution, in the direction of its sign.
+            typical = int(pair_keys[mine][torch.argmax(pair_values[mine] * math.copysign(1.0, total))] % n_ctx)
+            mean = total / n_fire
+            sources.append(
+                SourceRow(
+                    token=BOS_SOURCE if slot == bos_key else _token_text(model, slot),
+                    token_id=None if slot == bos_key else slot,
+                    mean_contribution=mean,
+                    share=mean / h.mean_contribution if h.mean_contribution else float("nan"),
+                    n_pairs=int(self.pairs[slot]),
+                    typical_offset=typical,
+                )
+            )
+        nonzero = torch.nonzero(self.by_offset).squeeze(-1).tolist()
+        by_offset = sorted(((o, float(self.by_offset[o]) / n_fire) for o in nonzero), key=lambda ov: -abs(ov[1]))
+        return HeadSources(h.component, h.layer, h.head, h.mean_contribution, sources, by_offset, self.max_error)
+
+
 @torch.inference_mode()
 def _head_sources(
     loaded: Loaded,
@@ -736,27 +865,20 @@ def _head_sources(
         return []
     model = loaded.model
     d_vocab, n_ctx = int(model.cfg.d_vocab), int(model.cfg.n_ctx)
-    bos_key = d_vocab  # one extra slot: the BOS position, whatever its token id
-    layers = sorted({h.layer for h in heads})
-    names = {f"blocks.{layer}.attn.hook_{what}" for layer in layers for what in ("pattern", "v")}
-    by_text: dict[int, list[tuple[int, int]]] = defaultdict(list)  # text -> [(position, firing row)]
-    for row, (text, pos) in enumerate(zip(fire.text, fire.pos)):
-        by_text[text].append((pos, row))
     n_kv = getattr(model.cfg, "n_key_value_heads", None) or model.cfg.n_heads
     group = model.cfg.n_heads // n_kv  # grouped-query attention: query head h reads value head h // group
     w = readout.w.to(model.W_O.device)
-    state = {
-        h.component: {
-            "ov_w": model.blocks[h.layer].attn.W_O[h.head].detach().double() @ w,  # [d_head]
-            "col": labels.index(h.component),
-            "by_token": torch.zeros(d_vocab + 1, dtype=torch.float64),
-            "pairs": torch.zeros(d_vocab + 1, dtype=torch.long),
-            "by_offset": torch.zeros(n_ctx, dtype=torch.float64),
-            "token_offset": _PairSums(),  # key: token slot * n_ctx + offset
-            "max_error": 0.0,
-        }
+    tallies = [
+        _HeadTally(h, model.blocks[h.layer].attn.W_O[h.head].detach().double() @ w, labels.index(h.component),
+                   torch.zeros(d_vocab + 1, dtype=torch.float64), torch.zeros(d_vocab + 1, dtype=torch.long),
+                   torch.zeros(n_ctx, dtype=torch.float64))
         for h in heads
-    }
+    ]
+    by_text: dict[int, list[tuple[int, int]]] = defaultdict(list)  # text -> [(position, firing row)]
+    for row, (text, pos) in enumerate(zip(fire.text, fire.pos)):
+        by_text[text].append((pos, row))
+    layers = sorted({h.layer for h in heads})
+    names = {f"blocks.{layer}.attn.hook_{what}" for layer in layers for what in ("pattern", "v")}
     texts = sorted(by_text, key=lambda i: -len(tokenized.ids[i]))
     for start in range(0, len(texts), options.batch_size):
         batch = texts[start : start + options.batch_size]
@@ -765,73 +887,10 @@ def _head_sources(
             tokens.to(loaded.device), names_filter=lambda n: n in names, stop_at_layer=max(layers) + 1
         )
         for b, text in enumerate(batch):
-            n = len(tokenized.ids[text])
-            slots = torch.tensor(tokenized.ids[text], dtype=torch.long)
-            slots[: tokenized.n_skip] = bos_key
-            positions = torch.tensor([p for p, _ in by_text[text]], dtype=torch.long)
-            rows = torch.tensor([r for _, r in by_text[text]], dtype=torch.long)
-            offsets = positions[:, None] - torch.arange(n)[None, :]  # [k, n] distance back to each source
-            causal = offsets >= 0
-            for h in heads:
-                st = state[h.component]
-                pattern = cache[f"blocks.{h.layer}.attn.hook_pattern"][b, h.head][
-                    positions.to(tokens.device), :n
-                ]
-                v = cache[f"blocks.{h.layer}.attn.hook_v"][b, :n, h.head // group]  # [n, d_head]
-                scale = fire.scale[rows][:, None]
-                per_source = (pattern.double() * (v.double() @ st["ov_w"])[None, :]).cpu() * scale  # [k, n]
-                per_source = torch.where(causal, per_source, 0.0)
-                error = (per_source.sum(1) - fire.contributions[rows, st["col"]]).abs()
-                allowed = options.atol + options.rtol * per_source.abs().sum(1)
-                if bool((error > allowed).any()):
-                    raise AttributionCheckFailed(
-                        f"feature {readout.feature}: {h.component}'s split by source position misses its "
-                        f"contribution by {float(error.max()):.3g} on one token; no attribution is reported"
-                    )
-                st["max_error"] = max(st["max_error"], float(error.max()))
-                src = slots[None, :].expand_as(offsets)[causal]
-                value = per_source[causal]
-                st["by_token"].index_add_(0, src, value)
-                st["pairs"].index_add_(0, src, torch.ones_like(src))
-                st["by_offset"].index_add_(0, offsets[causal], value)
-                st["token_offset"].add(src * n_ctx + offsets[causal], value)
-    n_fire = len(fire.text)
-    results = []
-    for h in heads:
-        st = state[h.component]
-        st["token_offset"].merge()
-        pair_keys, pair_values = st["token_offset"].keys, st["token_offset"].values
-        order = torch.argsort(-st["by_token"].abs(), stable=True)
-        order = order[st["pairs"][order] > 0][: options.n_sources]  # tokens that occurred as sources
-        sources = []
-        for slot in order.tolist():
-            total = float(st["by_token"][slot])
-            mine = (pair_keys // n_ctx) == slot
-            # The distance that carries most of this token's contribution, in the direction of its sign.
-            typical = int(
-                pair_keys[mine][torch.argmax(pair_values[mine] * math.copysign(1.0, total))] % n_ctx
-            )
-            mean = total / n_fire
-            sources.append(
-                SourceRow(
-                    token=BOS_SOURCE if slot == bos_key else _token_text(model, slot),
-                    token_id=None if slot == bos_key else slot,
-                    mean_contribution=mean,
-                    share=mean / h.mean_contribution if h.mean_contribution else float("nan"),
-                    n_pairs=int(st["pairs"][slot]),
-                    typical_offset=typical,
-                )
-            )
-        nonzero = torch.nonzero(st["by_offset"]).squeeze(-1).tolist()
-        by_offset = sorted(
-            ((o, float(st["by_offset"][o]) / n_fire) for o in nonzero), key=lambda ov: -abs(ov[1])
-        )
-        results.append(
-            HeadSources(
-                h.component, h.layer, h.head, h.mean_contribution, sources, by_offset, st["max_error"]
-            )
-        )
-    return results
+            positions = _text_positions(tokenized.ids[text], tokenized.n_skip, by_text[text], d_vocab)
+            for tally in tallies:
+                tally.add(cache, b, positions, tally.head.head // group, fire, readout.feature, options)
+    return [tally.result(model, len(fire.text), options.n_sources) for tally in tallies]
 
 
 # --- question 3: weights alone ------------------------------------------------------------------------
@@ -1048,14 +1107,19 @@ def _precision(options: AttributionOptions, model: Any, sae: Any) -> tuple[Attri
 
 
 def attribute_feature(
-    loaded: Loaded, tokenized: Tokenized, feature: int, options: AttributionOptions | None = None
+    loaded: Loaded, texts: Sequence[str] | Tokenized, feature: int, options: AttributionOptions | None = None
 ) -> FeatureAttribution:
-    """Answer the chapter's four questions for one feature over the tokenized texts.
+    """Answer the chapter's four questions for one feature over the texts, in one call::
+
+        result = attribute_feature(loaded, ["I was glad to see her.", ...], 501)
+        result                                    # one line: the top components, the check, the ablation
+        result.direct.top(5), result.head_sources[0].sentence, result.causal.summary
 
     Args:
         loaded: the model (as the SAE expects it: for GPT-2 with ``center_writing_weights`` and folded
             LayerNorms, so the decomposition is of the residual stream the SAE actually reads) and the SAE.
-        tokenized: token ids of the texts, ``tokenized.n_skip`` leading BOS positions each; padding and BOS
+        texts: the texts, or their token ids from :func:`~mechinterp.core.encoding.tokenize` (a script that
+            traces several features tokenizes once), ``n_skip`` leading BOS positions each; padding and BOS
             are excluded from every statistic.
         feature: the SAE feature id.
 
@@ -1070,206 +1134,50 @@ def attribute_feature(
         raise UserError(
             f"feature {feature} does not exist: this SAE has features 0 to {int(sae.cfg.d_sae) - 1}"
         )
+    tokenized = texts if isinstance(texts, Tokenized) else tokenize(loaded, texts)
     site = hook_site(model, loaded.sae.hook_name)
     readout = encoder_readout(sae, feature)
     labels = component_labels(model, site)
-    filtered = (
-        f"the first {tokenized.n_skip} position(s) of each text (BOS) and all padding are excluded from "
-        "every "
-        "number; BOS can still be a source of attention"
-        if tokenized.n_skip
-        else "padding is excluded from every number (this SAE uses no BOS)"
-    )
-    notes = [precision_note] if precision_note else []
-    if readout.normalisation != "none":
-        notes.append(
-            f"the SAE normalises its input per token ({readout.normalisation}); each token's scale is "
-            "frozen at its "
-            "value, as TransformerLens does for LayerNorm, so the rows still add up but depend on that scale"
-        )
     weights = weights_view(loaded, site, readout, options.n_weights)
     fire, means = _collect(loaded, tokenized, site, labels, readout, options.batch_size)
+    result = FeatureAttribution(
+        feature, site.hook_name, readout.normalisation, readout.sae_bias, None, [], weights, None,
+        _filtered_note(tokenized.n_skip), _notes(precision_note, readout),
+    )
     if not fire.text:
-        notes.append("the feature never fires on these texts: only the weights-only view is available")
-        return FeatureAttribution(
-            feature,
-            site.hook_name,
-            readout.normalisation,
-            readout.sae_bias,
-            None,
-            [],
-            weights,
-            None,
-            filtered,
-            notes,
-        )
-    max_residual = _check_sum(fire, readout, options)
-    direct = _direct(fire, means, labels, readout, max_residual)
-    # Heads that contribute nothing (e.g. a zero W_O) have no sources worth naming.
-    heads = [
-        r
-        for r in direct.top(len(direct.rows))
-        if r.kind == "head" and abs(r.mean_contribution) > options.atol
-    ]
-    heads = heads[: options.top_heads]
-    sources = _head_sources(loaded, tokenized, readout, fire, labels, heads, options)
+        result.notes.append("the feature never fires on these texts: only the weights-only view is available")
+        return result
+    direct = _direct(fire, means, labels, readout, _check_sum(fire, readout, options))
+    sources = _head_sources(loaded, tokenized, readout, fire, labels, _heads_to_trace(direct, options), options)
     causal = (
         _causal_check(loaded, tokenized, site, labels, readout, fire, means, direct, options)
         if options.n_ablate
         else None
     )
-    return FeatureAttribution(
-        feature,
-        site.hook_name,
-        readout.normalisation,
-        readout.sae_bias,
-        direct,
-        sources,
-        weights,
-        causal,
-        filtered,
-        notes,
-    )
+    return replace(result, direct=direct, head_sources=sources, causal=causal)
 
 
-# --- text for the terminal ----------------------------------------------------------------------------
+def _filtered_note(n_skip: int) -> str:
+    """What every number leaves out, in words."""
+    if n_skip:
+        return (f"the first {n_skip} position(s) of each text (BOS) and all padding are excluded from every "
+                "number; BOS can still be a source of attention")
+    return "padding is excluded from every number (this SAE uses no BOS)"
 
 
-def _wrap(text: str, indent: str = "") -> list[str]:
-    """Prose at 100 columns, continuation lines indented two more spaces."""
-    return textwrap.wrap(
-        text, 100, initial_indent=indent, subsequent_indent=indent + "  ", break_on_hyphens=False
-    )
-
-
-def _chunks(items: list[str], indent: str, per_line: int = 4) -> list[str]:
-    """A list of short items, ``per_line`` to a line, never split inside an item (tokens can hold spaces)."""
-    rows = [", ".join(items[i : i + per_line]) for i in range(0, len(items), per_line)] or ["(none)"]
-    return [(indent if i == 0 else " " * len(indent)) + row for i, row in enumerate(rows)]
-
-
-def format_attribution_text(result: FeatureAttribution, title: str, n_rows: int = 12) -> str:
-    """The four answers as terminal text (the script prints it)."""
-    lines = [f"=== Feature #{result.feature} · {title}", *_wrap(f"Filtered: {result.filtered}")]
-    for note in result.notes:
-        lines += _wrap(f"Note: {note}")
-    d = result.direct
-    lines.append("")
-    if d is None:
-        lines.append("1. Direct attribution: the feature never fires on these texts.")
-    else:
-        lines += _wrap(
-            f"1. Direct attribution: mean pre-activation {d.mean_pre_activation:.4f} (mean activation "
-            f"{d.mean_activation:.4f}) over {d.n_tokens} firing tokens in {d.n_texts} texts "
-            f"(of {d.n_text_tokens} text tokens)."
+def _notes(precision_note: str | None, readout: ReadOut) -> list[str]:
+    """What a reader of the numbers should know about the precision and the SAE's input normalisation."""
+    notes = [precision_note] if precision_note else []
+    if readout.normalisation != "none":
+        notes.append(
+            f"the SAE normalises its input per token ({readout.normalisation}); each token's scale is frozen at "
+            "its value, as TransformerLens does for LayerNorm, so the rows still add up but depend on that scale"
         )
-        lines += _wrap(
-            f"Check: the {len(d.rows)} rows add up to {d.sum_of_rows:.6f}; the SAE's own "
-            "hook_sae_acts_pre gives "
-            f"{d.mean_pre_activation:.6f}; residual {d.residual:+.2e} (largest on one token "
-            f"{d.max_token_residual:.2e}).",
-            "   ",
-        )
-        lines.append(f"   {'component':<12} {'mean':>9} {'share':>7} {'spread':>8}")
-        for r in d.top(n_rows):
-            lines.append(
-                f"   {r.component:<12} {r.mean_contribution:>+9.4f} {r.share:>7.1%} "
-                f"{r.std_contribution:>8.4f}"
-            )
-    lines.append("")
-    if result.head_sources:
-        lines.append("2. From which tokens (top heads, split exactly by source position):")
-        for hs in result.head_sources:
-            lines += _wrap(safe_text(hs.sentence), "   ")
-            for s in hs.sources:
-                lines.append(
-                    f"      {safe_text(repr(s.token)):<18} {s.mean_contribution:>+9.4f} ({s.share:>6.1%}), "
-                    f"typically {s.typical_offset} back, {s.n_pairs} pairs"
-                )
-    else:
-        lines.append("2. From which tokens: no head contributes, so there is nothing to trace.")
-    lines.append("")
-    wv = result.weights
-    lines.append("3. Weights alone (no data; DIRECT PATH ONLY: every path through other layers is ignored):")
-    lines.append(
-        "   MLP neurons whose output row writes most onto the encoder direction (per unit of activation):"
-    )
-    lines += _chunks([f"{r.component} {r.score:+.3g}" for r in wv.neurons_up[:8]], "      up:   ")
-    lines += _chunks([f"{r.component} {r.score:+.3g}" for r in wv.neurons_down[:8]], "      down: ")
-    lines.append(
-        "   Heads whose OV circuit writes most onto it (gain for one fully attended, normalised source):"
-    )
-    for r in wv.heads[:5]:
-        lines.append(f"      {r.component:<8} {r.score:8.3g}  {safe_text(r.detail)}")
-    lines.append(
-        "   Tokens whose embedding reads most strongly onto it (embedding -> hook, skipping every block):"
-    )
-    lines += _chunks(
-        [f"{safe_text(repr(r.component))} {r.score:+.3g}" for r in wv.tokens_up[:8]], "      up:   "
-    )
-    lines += _chunks(
-        [f"{safe_text(repr(r.component))} {r.score:+.3g}" for r in wv.tokens_down[:8]], "      down: "
-    )
-    lines.append("")
-    c = result.causal
-    if c is None:
-        lines.append("4. Causal check: not run." if d is not None else "4. Causal check: nothing to ablate.")
-    else:
-        lines += _wrap(f"4. Causal check: mean-ablate each top component ({c.ablated_on}).")
-        lines.append(
-            f"   {'component':<12} {'predicted':>10} {'measured':>10} {'act. drop':>10} {'removed':>8}"
-        )
-        for r in c.rows:
-            lines.append(
-                f"   {r.component:<12} {r.predicted_drop:>+10.4f} {r.measured_drop_pre:>+10.4f} "
-                f"{r.measured_drop_act:>+10.4f} {r.removed_fraction:>8.1%}"
-            )
-        lines += _wrap(
-            f"{c.summary}. Predicted = direct path only; measured = the SAE's pre-activation after the "
-            "real ablation (all paths); act. drop = of the activation (after the ReLU).",
-            "   ",
-        )
-    return "\n".join(lines)
+    return notes
 
 
-def attribution_tables(result: FeatureAttribution) -> list[tuple[str, list[str], list[list]]]:
-    """The CSV tables of one feature's attribution, as ``(file name template, header, rows)``.
-
-    In order: the component rows (``MI9_<id>.csv``, only when the feature fires), the top heads' source
-    tokens and distances, the weights-only lists, and the causal check (when it ran).
-    """
-    tables = []
-    d = result.direct
-    if d is not None:
-        tables.append((constants.MI9_CSV, [
-            "rank", "component", "kind", "layer", "head", "mean_contribution", "share", "std_contribution",
-            "frac_positive", "predicted_ablation_drop",
-        ], [
-            [i, r.component, r.kind, "" if r.layer is None else r.layer, "" if r.head is None else r.head,
-             r.mean_contribution, r.share, r.std_contribution, r.frac_positive, r.predicted_ablation_drop]
-            for i, r in enumerate(d.top(len(d.rows)), 1)
-        ]))
-    tables.append((constants.MI9_SOURCES_CSV, [
-        "head", "rank", "source_token", "token_id", "mean_contribution", "share_of_head", "pairs", "typical_offset",
-    ], [
-        [h.component, i, s.token, "" if s.token_id is None else s.token_id, s.mean_contribution, s.share, s.n_pairs,
-         s.typical_offset]
-        for h in result.head_sources for i, s in enumerate(h.sources, 1)
-    ]))
-    tables.append((constants.MI9_OFFSETS_CSV, ["head", "tokens_back", "mean_contribution"],
-                   [[h.component, o, v] for h in result.head_sources for o, v in sorted(h.by_offset)]))
-    tables.append((constants.MI9_WEIGHTS_CSV, ["list", "rank", "kind", "component", "layer", "index", "score", "detail"], [
-        [name, i, r.kind, r.component, "" if r.layer is None else r.layer, r.index, r.score, r.detail]
-        for name in ("neurons_up", "neurons_down", "heads", "tokens_up", "tokens_down")
-        for i, r in enumerate(getattr(result.weights, name), 1)
-    ]))
-    if result.causal is not None:
-        tables.append((constants.MI9_ABLATION_CSV, [
-            "component", "predicted_drop", "measured_drop_pre", "measured_drop_act", "clean_activation",
-            "removed_fraction",
-        ], [
-            [r.component, r.predicted_drop, r.measured_drop_pre, r.measured_drop_act, r.clean_activation,
-             r.removed_fraction]
-            for r in result.causal.rows
-        ]))
-    return tables
+def _heads_to_trace(direct: DirectAttribution, options: AttributionOptions) -> list[ComponentRow]:
+    """The ``top_heads`` heads with the largest |mean contribution|; heads that contribute nothing (e.g. a
+    zero W_O) have no sources worth naming."""
+    heads = [r for r in direct.top(len(direct.rows)) if r.kind == "head" and abs(r.mean_contribution) > options.atol]
+    return heads[: options.top_heads]

@@ -1,17 +1,33 @@
-"""Figure for Chapter 6 (MI9): where a feature's pre-activation comes from, and whether ablation agrees.
+"""Chapter 6's presentation: a :class:`~mechinterp.attribution.attribute.FeatureAttribution` as terminal
+text, as the tables behind the figure, and as the figure (MI9): where a feature's pre-activation comes
+from, and whether ablation agrees.
 
-Built with ``matplotlib.figure.Figure`` (no pyplot, no GUI, no show()); the script saves it with
-:func:`mechinterp.core.io.save_figure` and writes the numbers behind every panel beside it as CSV.
+The analysis (:mod:`mechinterp.attribution.attribute`) returns numbers; everything here only formats them,
+so the script and a notebook show the same thing. Text functions return strings (the script prints them).
+The figure is built with ``matplotlib.figure.Figure`` (no pyplot, no GUI, no show()); the script saves it
+and writes the numbers behind every panel beside it as CSV.
 """
 
 from __future__ import annotations
 
+import textwrap
+from collections.abc import Sequence
+
 import numpy as np
 from matplotlib import colormaps
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from mechinterp.attribution.attribute import FeatureAttribution
+from mechinterp.attribution.attribute import (
+    CausalCheck,
+    DirectAttribution,
+    FeatureAttribution,
+    HeadSources,
+    WeightsView,
+)
+from mechinterp.core import constants
 from mechinterp.core.figures import NotebookFigure
+from mechinterp.core.tables import WIDTH, format_table, safe_text
 
 # One colour per component kind, the same in every panel and every figure.
 KIND_COLOURS = {
@@ -58,11 +74,21 @@ def attribution_figure(result: FeatureAttribution, n_heads: int, title: str, n_t
         raise ValueError("no figure for a feature that never fires")
     fig = NotebookFigure(figsize=(19, max(6.5, 0.3 * n_top + 2.5)), layout="constrained")
     ax_bar, ax_map, ax_abl = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1.0, 1.25, 0.95]})
+    _bars_panel(ax_bar, direct, n_top)
+    _heads_panel(fig, ax_map, result, n_heads)
+    _causal_panel(ax_abl, direct, result.causal)
+    fig.suptitle(
+        f"Feature #{result.feature}: where its pre-activation comes from (hook {result.hook_name})\n{title}",
+        fontsize=11,
+    )
+    return fig
 
-    # Left: the largest rows, strongest on top, spread over the firing tokens as error bars.
+
+def _bars_panel(ax: Axes, direct: DirectAttribution, n_top: int) -> None:
+    """Left: the largest rows, strongest on top, spread over the firing tokens as error bars."""
     top = direct.top(n_top)
     y = np.arange(len(top))[::-1]
-    ax_bar.barh(
+    ax.barh(
         y,
         [r.mean_contribution for r in top],
         xerr=[r.std_contribution for r in top],
@@ -70,9 +96,9 @@ def attribution_figure(result: FeatureAttribution, n_heads: int, title: str, n_t
         height=0.75,
         error_kw={"elinewidth": 0.8, "alpha": 0.6},
     )
-    ax_bar.set_yticks(y, [r.component for r in top], fontsize=9, family="monospace")
-    ax_bar.axvline(0, color="black", linewidth=0.8)
-    ax_bar.axvline(
+    ax.set_yticks(y, [r.component for r in top], fontsize=9, family="monospace")
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.axvline(
         direct.mean_pre_activation,
         color="#d62728",
         linestyle="--",
@@ -81,107 +107,262 @@ def attribution_figure(result: FeatureAttribution, n_heads: int, title: str, n_t
     )
     for kind, colour in KIND_COLOURS.items():
         if any(r.kind == kind for r in top):
-            ax_bar.barh([np.nan], [np.nan], color=colour, label=kind)
-    ax_bar.legend(fontsize=8, loc="best")
-    ax_bar.set_xlabel("mean contribution to the pre-activation (bar: spread over firing tokens)")
-    ax_bar.set_title(
+            ax.barh([np.nan], [np.nan], color=colour, label=kind)
+    ax.legend(fontsize=8, loc="best")
+    ax.set_xlabel("mean contribution to the pre-activation (bar: spread over firing tokens)")
+    ax.set_title(
         f"1. Direct attribution on {direct.n_tokens} firing tokens\nall {len(direct.rows)} rows add up to "
         f"{direct.sum_of_rows:.4f} (SAE: {direct.mean_pre_activation:.4f}, residual {direct.residual:+.1e})",
         fontsize=10,
     )
-    ax_bar.grid(axis="x", alpha=0.3)
+    ax.grid(axis="x", alpha=0.3)
 
-    # Middle: every head as a layer x head heatmap, the MLP of each layer in the last column.
+
+def _heads_panel(fig: Figure, ax: Axes, result: FeatureAttribution, n_heads: int) -> None:
+    """Middle: every head as a layer x head heatmap, the MLP of each layer in the last column."""
     grid, n_layers = head_mlp_grid(result, n_heads)
     if n_layers == 0:
-        ax_map.text(
-            0.5, 0.5, "no block writes before this hook", ha="center", va="center", transform=ax_map.transAxes
-        )
-        ax_map.set_axis_off()
-    else:
-        vmax = float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 0.0
-        vmax = vmax if vmax > 0 else 1.0
-        cmap = colormaps["RdBu_r"].with_extremes(bad="#eeeeee")
-        image = ax_map.imshow(
-            np.ma.masked_invalid(grid),
-            cmap=cmap,
-            vmin=-vmax,
-            vmax=vmax,
-            aspect="auto",
-            interpolation="nearest",
-        )
-        ax_map.axvline(n_heads - 0.5, color="white", linewidth=4)
-        ax_map.set_xticks(range(n_heads + 1), [f"H{h}" for h in range(n_heads)] + ["MLP"], fontsize=8)
-        ax_map.set_yticks(range(n_layers), [f"L{layer}" for layer in range(n_layers)], fontsize=8)
-        ax_map.set_xlabel("attention head (last column: the layer's MLP)")
-        ax_map.set_ylabel("layer")
-        if grid.size <= ANNOTATE_MAX_CELLS:
-            for (row, col), value in np.ndenumerate(grid):
-                if np.isfinite(value):
-                    ax_map.text(
-                        col,
-                        row,
-                        f"{value:+.2g}",
-                        ha="center",
-                        va="center",
-                        fontsize=7,
-                        color="white" if abs(value) > 0.6 * vmax else "black",
-                    )
-        fig.colorbar(
-            image, ax=ax_map, fraction=0.04, pad=0.02, label="mean contribution (red = builds the feature)"
-        )
-        # The colour scale adapts to the largest cell: say how large that is next to the whole signal.
-        ax_map.set_title(
-            f"Every head and MLP, mean over firing tokens\ncolour scale ±{vmax:.2g} "
-            f"(the mean pre-activation is {direct.mean_pre_activation:.3g})",
-            fontsize=10,
-        )
-
-    # Right: the causal check, predicted (direct path) against measured (all paths) drops.
-    causal = result.causal
-    if causal is None or not causal.rows:
-        ax_abl.text(0.5, 0.5, "no ablation run", ha="center", va="center", transform=ax_abl.transAxes)
-        ax_abl.set_axis_off()
-    else:
-        predicted = np.array([r.predicted_drop for r in causal.rows])
-        measured = np.array([r.measured_drop_pre for r in causal.rows])
-        kinds = [next(x.kind for x in direct.rows if x.component == r.component) for r in causal.rows]
-        ax_abl.scatter(predicted, measured, c=[KIND_COLOURS[k] for k in kinds], s=40, zorder=3)
-        # Name the points that stand out; labels of the many near-zero points would only overlap.
-        size = np.maximum(np.abs(predicted), np.abs(measured))
-        for r, px, my, s in zip(causal.rows, predicted, measured, size):
-            if s >= 0.05 * size.max():
-                ax_abl.annotate(
-                    r.component, (px, my), fontsize=7.5, xytext=(3, 3), textcoords="offset points"
-                )
-        low = float(min(predicted.min(), measured.min(), 0.0))
-        high = float(max(predicted.max(), measured.max(), 0.0))
-        pad = 0.05 * (high - low or 1.0)
-        ax_abl.plot(
-            [low - pad, high + pad],
-            [low - pad, high + pad],
-            color="black",
-            linewidth=0.8,
-            linestyle="--",
-            label="measured = predicted",
-        )
-        # Room on the right and top for the point labels.
-        ax_abl.set_xlim(low - pad, high + 3 * pad)
-        ax_abl.set_ylim(low - pad, high + 3 * pad)
-        ax_abl.axhline(0, color="grey", linewidth=0.5)
-        ax_abl.axvline(0, color="grey", linewidth=0.5)
-        ax_abl.set_xlabel("predicted drop of the pre-activation (direct path only)")
-        ax_abl.set_ylabel("measured drop after mean-ablation (all paths)")
-        corr = f", r = {causal.correlation:.3f}" if causal.correlation is not None else ""
-        ax_abl.set_title(
-            f"4. Causal check: {causal.n_agree} of {len(causal.rows)} agree within "
-            f"{causal.agree_tolerance:.0%}{corr}",
-            fontsize=10,
-        )
-        ax_abl.legend(fontsize=8, loc="upper left")
-        ax_abl.grid(alpha=0.3)
-    fig.suptitle(
-        f"Feature #{result.feature}: where its pre-activation comes from (hook {result.hook_name})\n{title}",
-        fontsize=11,
+        ax.text(0.5, 0.5, "no block writes before this hook", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return
+    vmax = float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 0.0
+    vmax = vmax if vmax > 0 else 1.0
+    cmap = colormaps["RdBu_r"].with_extremes(bad="#eeeeee")
+    image = ax.imshow(
+        np.ma.masked_invalid(grid),
+        cmap=cmap,
+        vmin=-vmax,
+        vmax=vmax,
+        aspect="auto",
+        interpolation="nearest",
     )
-    return fig
+    ax.axvline(n_heads - 0.5, color="white", linewidth=4)
+    ax.set_xticks(range(n_heads + 1), [f"H{h}" for h in range(n_heads)] + ["MLP"], fontsize=8)
+    ax.set_yticks(range(n_layers), [f"L{layer}" for layer in range(n_layers)], fontsize=8)
+    ax.set_xlabel("attention head (last column: the layer's MLP)")
+    ax.set_ylabel("layer")
+    if grid.size <= ANNOTATE_MAX_CELLS:
+        for (row, col), value in np.ndenumerate(grid):
+            if np.isfinite(value):
+                ax.text(col, row, f"{value:+.2g}", ha="center", va="center", fontsize=7,
+                        color="white" if abs(value) > 0.6 * vmax else "black")
+    fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02, label="mean contribution (red = builds the feature)")
+    # The colour scale adapts to the largest cell: say how large that is next to the whole signal.
+    ax.set_title(
+        f"Every head and MLP, mean over firing tokens\ncolour scale ±{vmax:.2g} "
+        f"(the mean pre-activation is {result.direct.mean_pre_activation:.3g})",
+        fontsize=10,
+    )
+
+
+def _causal_panel(ax: Axes, direct: DirectAttribution, causal: CausalCheck | None) -> None:
+    """Right: the causal check, predicted (direct path) against measured (all paths) drops."""
+    if causal is None or not causal.rows:
+        ax.text(0.5, 0.5, "no ablation run", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return
+    predicted = np.array([r.predicted_drop for r in causal.rows])
+    measured = np.array([r.measured_drop_pre for r in causal.rows])
+    kinds = [next(x.kind for x in direct.rows if x.component == r.component) for r in causal.rows]
+    ax.scatter(predicted, measured, c=[KIND_COLOURS[k] for k in kinds], s=40, zorder=3)
+    # Name the points that stand out; labels of the many near-zero points would only overlap.
+    size = np.maximum(np.abs(predicted), np.abs(measured))
+    for r, px, my, s in zip(causal.rows, predicted, measured, size):
+        if s >= 0.05 * size.max():
+            ax.annotate(r.component, (px, my), fontsize=7.5, xytext=(3, 3), textcoords="offset points")
+    low = float(min(predicted.min(), measured.min(), 0.0))
+    high = float(max(predicted.max(), measured.max(), 0.0))
+    pad = 0.05 * (high - low or 1.0)
+    ax.plot([low - pad, high + pad], [low - pad, high + pad], color="black", linewidth=0.8, linestyle="--",
+            label="measured = predicted")
+    # Room on the right and top for the point labels.
+    ax.set_xlim(low - pad, high + 3 * pad)
+    ax.set_ylim(low - pad, high + 3 * pad)
+    ax.axhline(0, color="grey", linewidth=0.5)
+    ax.axvline(0, color="grey", linewidth=0.5)
+    ax.set_xlabel("predicted drop of the pre-activation (direct path only)")
+    ax.set_ylabel("measured drop after mean-ablation (all paths)")
+    corr = f", r = {causal.correlation:.3f}" if causal.correlation is not None else ""
+    ax.set_title(
+        f"4. Causal check: {causal.n_agree} of {len(causal.rows)} agree within {causal.agree_tolerance:.0%}{corr}",
+        fontsize=10,
+    )
+    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(alpha=0.3)
+
+
+# --- text for the terminal ----------------------------------------------------------------------------
+
+
+def _wrap(text: str, indent: str = "") -> list[str]:
+    """Prose at 100 columns, continuation lines indented two more spaces."""
+    return textwrap.wrap(
+        text, WIDTH, initial_indent=indent, subsequent_indent=indent + "  ", break_on_hyphens=False
+    )
+
+
+def _chunks(items: list[str], indent: str, per_line: int = 4) -> list[str]:
+    """A list of short items, ``per_line`` to a line, never split inside an item (tokens can hold spaces)."""
+    rows = [", ".join(items[i : i + per_line]) for i in range(0, len(items), per_line)] or ["(none)"]
+    return [(indent if i == 0 else " " * len(indent)) + row for i, row in enumerate(rows)]
+
+
+def format_attribution_text(result: FeatureAttribution, title: str, n_rows: int = 12) -> str:
+    """The four answers as terminal text (the script prints it; ``n_rows``: components listed)."""
+    lines = [f"=== Feature #{result.feature} · {title}", *_wrap(f"Filtered: {result.filtered}")]
+    for note in result.notes:
+        lines += _wrap(f"Note: {note}")
+    lines += direct_lines(result.direct, n_rows) + source_lines(result.head_sources)
+    lines += weights_lines(result.weights) + causal_lines(result.causal, fired=result.direct is not None)
+    return "\n".join(lines)
+
+
+def direct_lines(d: DirectAttribution | None, n_rows: int = 12) -> list[str]:
+    """Question 1: the sum check, then the ``n_rows`` largest rows."""
+    if d is None:
+        return ["", "1. Direct attribution: the feature never fires on these texts."]
+    lines = ["", *_wrap(
+        f"1. Direct attribution: mean pre-activation {d.mean_pre_activation:.4f} (mean activation "
+        f"{d.mean_activation:.4f}) over {d.n_tokens} firing tokens in {d.n_texts} texts "
+        f"(of {d.n_text_tokens} text tokens)."
+    )]
+    lines += _wrap(
+        f"Check: the {len(d.rows)} rows add up to {d.sum_of_rows:.6f}; the SAE's own hook_sae_acts_pre gives "
+        f"{d.mean_pre_activation:.6f}; residual {d.residual:+.2e} (largest on one token "
+        f"{d.max_token_residual:.2e}).",
+        "   ",
+    )
+    lines.append(f"   {'component':<12} {'mean':>9} {'share':>7} {'spread':>8}")
+    for r in d.top(n_rows):
+        lines.append(f"   {r.component:<12} {r.mean_contribution:>+9.4f} {r.share:>7.1%} {r.std_contribution:>8.4f}")
+    return lines
+
+
+def source_lines(head_sources: list[HeadSources]) -> list[str]:
+    """Question 2: each traced head's sentence and its source tokens."""
+    if not head_sources:
+        return ["", "2. From which tokens: no head contributes, so there is nothing to trace."]
+    lines = ["", "2. From which tokens (top heads, split exactly by source position):"]
+    for hs in head_sources:
+        lines += _wrap(safe_text(hs.sentence), "   ")
+        for s in hs.sources:
+            lines.append(
+                f"      {safe_text(repr(s.token)):<18} {s.mean_contribution:>+9.4f} ({s.share:>6.1%}), "
+                f"typically {s.typical_offset} back, {s.n_pairs} pairs"
+            )
+    return lines
+
+
+def weights_lines(wv: WeightsView) -> list[str]:
+    """Question 3: the neurons, heads and tokens that write most onto the encoder direction."""
+    lines = ["", "3. Weights alone (no data; DIRECT PATH ONLY: every path through other layers is ignored):",
+             "   MLP neurons whose output row writes most onto the encoder direction (per unit of activation):"]
+    lines += _chunks([f"{r.component} {r.score:+.3g}" for r in wv.neurons_up[:8]], "      up:   ")
+    lines += _chunks([f"{r.component} {r.score:+.3g}" for r in wv.neurons_down[:8]], "      down: ")
+    lines.append("   Heads whose OV circuit writes most onto it (gain for one fully attended, normalised source):")
+    lines += [f"      {r.component:<8} {r.score:8.3g}  {safe_text(r.detail)}" for r in wv.heads[:5]]
+    lines.append("   Tokens whose embedding reads most strongly onto it (embedding -> hook, skipping every block):")
+    lines += _chunks([f"{safe_text(repr(r.component))} {r.score:+.3g}" for r in wv.tokens_up[:8]], "      up:   ")
+    lines += _chunks([f"{safe_text(repr(r.component))} {r.score:+.3g}" for r in wv.tokens_down[:8]], "      down: ")
+    return lines
+
+
+def causal_lines(c: CausalCheck | None, fired: bool = True) -> list[str]:
+    """Question 4: predicted against measured drops of each mean-ablated component."""
+    if c is None:
+        return ["", "4. Causal check: not run." if fired else "4. Causal check: nothing to ablate."]
+    lines = ["", *_wrap(f"4. Causal check: mean-ablate each top component ({c.ablated_on}).")]
+    lines.append(f"   {'component':<12} {'predicted':>10} {'measured':>10} {'act. drop':>10} {'removed':>8}")
+    for r in c.rows:
+        lines.append(
+            f"   {r.component:<12} {r.predicted_drop:>+10.4f} {r.measured_drop_pre:>+10.4f} "
+            f"{r.measured_drop_act:>+10.4f} {r.removed_fraction:>8.1%}"
+        )
+    lines += _wrap(
+        f"{c.summary}. Predicted = direct path only; measured = the SAE's pre-activation after the "
+        "real ablation (all paths); act. drop = of the activation (after the ReLU).",
+        "   ",
+    )
+    return lines
+
+
+SUMMARY_HEADER = ["feature", "firing tokens", "mean pre-act", "sum of rows", "residual", "top component",
+                  "top head's source", "top token (direct path)", "ablation agrees"]
+
+
+def summary_row(result: FeatureAttribution) -> list:
+    """One row of ``feature_to_weights.csv`` (and of the closing table, which leaves out the head's source)."""
+    d, c = result.direct, result.causal
+    top = d.top(1, exclude=("sae_bias",))[0] if d is not None else None
+    return [
+        result.feature,
+        d.n_tokens if d else 0,
+        f"{d.mean_pre_activation:.4f}" if d else "-",
+        f"{d.sum_of_rows:.4f}" if d else "-",
+        f"{d.residual:.1e}" if d else "-",
+        f"{top.component} ({top.share:.0%})" if top else "-",
+        result.head_sources[0].sentence if result.head_sources else "-",
+        repr(result.weights.tokens_up[0].component) if result.weights.tokens_up else "-",
+        f"{c.n_agree}/{len(c.rows)}" + (f", r={c.correlation:.2f}" if c.correlation is not None else "")
+        if c
+        else "-",
+    ]
+
+
+def summary_text(rows: Sequence[list]) -> str:
+    """The closing table, one row per feature (:func:`summary_row`), without the head's source sentence."""
+    return ("\nSummary (BOS and padding excluded; the weights-only column is the direct path only):\n\n"
+            + format_table(SUMMARY_HEADER[:6] + SUMMARY_HEADER[7:], [row[:6] + row[7:] for row in rows]))
+
+
+# --- the numbers behind the figure -----------------------------------------------------------------------
+
+
+def output_name(template: str, feature: int) -> str:
+    """``MI9_{feature}.csv`` -> ``MI9_501.csv``."""
+    return template.format(feature=feature)
+
+
+def attribution_tables(result: FeatureAttribution) -> list[tuple[str, list[str], list[list]]]:
+    """The CSV tables of one feature's attribution, as ``(file name template, header, rows)``.
+
+    In order: the component rows (``MI9_<id>.csv``, only when the feature fires), the top heads' source
+    tokens and distances, the weights-only lists, and the causal check (when it ran).
+    """
+    tables = []
+    d = result.direct
+    if d is not None:
+        tables.append((constants.MI9_CSV, [
+            "rank", "component", "kind", "layer", "head", "mean_contribution", "share", "std_contribution",
+            "frac_positive", "predicted_ablation_drop",
+        ], [
+            [i, r.component, r.kind, "" if r.layer is None else r.layer, "" if r.head is None else r.head,
+             r.mean_contribution, r.share, r.std_contribution, r.frac_positive, r.predicted_ablation_drop]
+            for i, r in enumerate(d.top(len(d.rows)), 1)
+        ]))
+    tables.append((constants.MI9_SOURCES_CSV, [
+        "head", "rank", "source_token", "token_id", "mean_contribution", "share_of_head", "pairs", "typical_offset",
+    ], [
+        [h.component, i, s.token, "" if s.token_id is None else s.token_id, s.mean_contribution, s.share, s.n_pairs,
+         s.typical_offset]
+        for h in result.head_sources for i, s in enumerate(h.sources, 1)
+    ]))
+    tables.append((constants.MI9_OFFSETS_CSV, ["head", "tokens_back", "mean_contribution"],
+                   [[h.component, o, v] for h in result.head_sources for o, v in sorted(h.by_offset)]))
+    tables.append((constants.MI9_WEIGHTS_CSV, [
+        "list", "rank", "kind", "component", "layer", "index", "score", "detail",
+    ], [
+        [name, i, r.kind, r.component, "" if r.layer is None else r.layer, r.index, r.score, r.detail]
+        for name in ("neurons_up", "neurons_down", "heads", "tokens_up", "tokens_down")
+        for i, r in enumerate(getattr(result.weights, name), 1)
+    ]))
+    if result.causal is not None:
+        tables.append((constants.MI9_ABLATION_CSV, [
+            "component", "predicted_drop", "measured_drop_pre", "measured_drop_act", "clean_activation",
+            "removed_fraction",
+        ], [
+            [r.component, r.predicted_drop, r.measured_drop_pre, r.measured_drop_act, r.clean_activation,
+             r.removed_fraction]
+            for r in result.causal.rows
+        ]))
+    return tables

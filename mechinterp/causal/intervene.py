@@ -20,13 +20,15 @@ coefficient of 2 means "twice as strongly as it naturally fires", comparable acr
 The BOS position and padding are excluded everywhere: interventions leave BOS untouched, and all
 metrics average over the text positions of the prompts only.
 
-:func:`test_feature` runs all of it for one feature the way Chapter 4 does and returns one typed
-:class:`FeatureTest` that the script prints and writes, and that a notebook can read directly::
+:func:`test_feature` runs all of it for one feature the way Chapter 4 does, in one call, and returns one
+typed :class:`FeatureTest` that the script prints and writes, and that a notebook can read directly::
 
-    prompts = GroupBatches(loaded, {"happy": [...], "baseline": [...]}, batch_size=16)
-    fa = collect_feature_activations(loaded, texts, labels, [feature], 16)
-    result = test_feature(loaded, prompts, fa, feature, FeatureTestOptions(coeff=4.0))
+    result = test_feature(loaded, 501, {"happy": [...], "baseline": [...]}, FeatureTestOptions(coeff=4.0))
+    result                                   # one line: ablation against the controls, steering
     result.ablation.empirical_p("kl"), result.steering.delta_logp(4.0)
+
+This module computes; :mod:`mechinterp.causal.report` turns a :class:`FeatureTest` into text, tables and
+the figure.
 """
 
 from __future__ import annotations
@@ -38,12 +40,26 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from mechinterp.core.encoding import Tokenized, hook_activations, length_order, pad_batch, tokenize
+from mechinterp.core.encoding import (
+    Tokenized,
+    default_batch_size,
+    hook_activations,
+    length_order,
+    pad_batch,
+    tokenize,
+)
 from mechinterp.core.errors import UserError
-from mechinterp.core.features import FeatureActivations, filter_note, typical_max_activation
+from mechinterp.core.features import (
+    FeatureActivations,
+    collect_feature_activations,
+    filter_note,
+    typical_max_activation,
+)
 from mechinterp.core.loading import Loaded
 from mechinterp.core.logits import logit_effects
+from mechinterp.core.options import finite_float, option, positive_int
 from mechinterp.core.progress import Log, silent
+from mechinterp.core.prompts import PromptSets
 from mechinterp.core.tokens import decode_token
 
 HookFn = Callable[[torch.Tensor, object], torch.Tensor]
@@ -189,6 +205,10 @@ class Effect:
     delta_logodds_targets: float  # the same for the log-odds of the targets
     kl: float  # mean over positions of KL(clean || edited), nats
     n_positions: int
+
+    def __repr__(self) -> str:
+        return (f"Effect(Δlog P(tgt) {self.delta_logp_targets:+.3g}, "
+                f"Δlog-odds(tgt) {self.delta_logodds_targets:+.3g}, KL {self.kl:.3g} over {self.n_positions} positions)")
 
 
 @dataclass
@@ -341,6 +361,20 @@ class AblationResult:
     clean: CleanScores
     located: LocatedEffects | None = None  # the feature's effect where it fires, and one position later
     control_located: list[LocatedEffects] = field(default_factory=list)  # each control at its own firing positions
+
+    def __repr__(self) -> str:
+        return f"AblationResult(#{self.feature}: {self.brief()})"
+
+    def brief(self) -> str:
+        """The ablation in one line: the log-odds effect (per text token, and where the feature fires) and
+        how it ranks among the controls."""
+        n, which = len(self.control_effects), "delta_logodds_targets"
+        located = self.located.firing if self.located is not None else None
+        where = (f", {located.delta_logodds_targets:+.3g} where it fires ({located.n_positions} positions)"
+                 if located is not None and located.n_positions else "")
+        return (f"Δlog-odds(tgt) {self.effect.delta_logodds_targets:+.3g} per text token{where}, "
+                f"KL {self.effect.kl:.3g}; |Δlog-odds| beats {n - self.n_controls_at_least(which)}/{n} controls, "
+                f"p={self.empirical_p(which):.2g}")
 
     def _values(self, which: str) -> tuple[float, np.ndarray]:
         return getattr(self.effect, which), np.array([getattr(e, which) for e in self.control_effects])
@@ -507,28 +541,137 @@ def generate_side_by_side(
 # --- one feature's causal test, as Chapter 4 runs it ------------------------------------------------------
 
 
-class GroupBatches:
-    """Each prompt group, batched for interventions on first use, and the firing rates of every feature on it.
+@dataclass
+class FeatureTestOptions:
+    """How Chapter 4 tests a feature. Each field is also the script's flag of the same name (``--n-controls``),
+    in the ``--help`` section its ``group`` names; ``target`` and ``steer_prompt`` are singular like their
+    repeatable flags (``--target hooray --target sunshine``).
 
-    Several features are tested on the same groups; batching a group and measuring its firing rates
-    (one encoder pass over its prompts) happens once per group, not once per feature.
+    Targets are single tokens (a leading space is tried first); without them the feature's ``n_targets``
+    top promoted tokens (``W_dec[f] @ W_U``) are tracked. Steering coefficients are in units of the
+    feature's typical max activation; the curve's coefficients are ``sweep`` plus 0 and ``coeff``.
+    """
+
+    group: str | None = option(
+        None, "the group whose prompts the ablation runs on (default: the feature's group in --from-results, "
+        "else the group where it fires most often)", group="prompts")
+    max_prompts: int = option(64, "use at most this many prompts per group (the first ones in the file)",
+                              type=positive_int, group="prompts")
+    batch_size: int | None = option(None, "prompts per forward pass (default: 16 on CPU, 64 on GPU)",
+                                    type=positive_int, group="prompts")
+    target: tuple[str, ...] = option(
+        (), "a target token whose log-probability is tracked; repeat for several (default: the feature's top "
+        "promoted tokens)", action="append", metavar="TOKEN", cli_default=[], group="ablation")
+    n_targets: int = option(3, "without --target: how many of the feature's top promoted tokens to track",
+                            type=positive_int, group="ablation")
+    n_controls: int = option(
+        MIN_CONTROLS, f"random firing-rate-matched features to ablate as controls (at least {MIN_CONTROLS})",
+        type=positive_int, group="ablation")
+    coeff: float = option(
+        2.0, "steering strength for the generations, in units of the feature's typical max activation",
+        type=finite_float, group="steering")
+    sweep: tuple[float, ...] = option(
+        DEFAULT_SWEEP, "coefficients for the steering curve (same units as --coeff)", type=finite_float,
+        nargs="+", metavar="C", cli_default=list(DEFAULT_SWEEP), group="steering")
+    max_act: float | None = option(
+        None, "use this as the typical max activation instead of measuring it on the prompts", type=finite_float,
+        group="steering")
+    steer_group: str | None = option(None, "group whose prompts are steered (default: --baseline)", group="steering")
+    steer_prompt: tuple[str, ...] = option(
+        (), "a prompt to continue clean and steered; repeat for several (default: the first --n-generate "
+        "prompts of the steering group)", action="append", metavar="TEXT", cli_default=[], group="steering")
+    n_generate: int = option(3, "how many prompts to continue", type=positive_int, group="steering")
+    max_new_tokens: int = option(12, "tokens generated per continuation", type=positive_int, group="steering")
+    temperature: float = option(1.0, "sampling temperature of the sampled runs", type=finite_float,
+                                group="steering")
+    # argparse's own section ("options"): the seed serves the ablation and the steering alike.
+    seed: int = option(0, "seed for the control draw and the sampled generations", type=int, group="options")
+
+    def __post_init__(self) -> None:
+        # Flags arrive as lists; tuples keep the options hashable and equal however they were built.
+        self.target, self.steer_prompt, self.sweep = tuple(self.target), tuple(self.steer_prompt), tuple(self.sweep)
+        if self.n_controls < MIN_CONTROLS:
+            raise UserError(f"n_controls must be at least {MIN_CONTROLS}: with fewer draws the control "
+                            "distribution says little")
+        if self.temperature <= 0:
+            raise UserError("temperature must be above 0 (the greedy runs already show temperature 0)")
+        if self.max_act is not None and self.max_act <= 0:
+            raise UserError("max_act must be above 0")
+        if min(self.n_targets, self.n_generate, self.max_new_tokens, self.max_prompts, self.batch_size or 1) < 1:
+            raise UserError("n_targets, n_generate, max_new_tokens, max_prompts and batch_size must be at least 1")
+
+    @property
+    def coeffs(self) -> list[float]:
+        """The steering curve's coefficients: the sweep plus 0 (the clean run) and ``coeff``, sorted."""
+        return sorted(set(self.sweep) | {0.0, self.coeff})
+
+
+class GroupBatches:
+    """The prompt groups a feature is tested on, prepared once for every feature tested on them.
+
+    Batching a group, measuring every feature's firing rate on it (one encoder pass over its prompts) and
+    collecting the tested features' activations over all prompts happen on first use, once, not once per
+    feature.
 
     Args:
         groups: prompts per group name, in the order tables list the groups.
         batch_size: prompts per forward pass.
+        baseline: the neutral group: the default steering group, never the ablation group unless alone.
     """
 
-    def __init__(self, loaded: Loaded, groups: Mapping[str, Sequence[str]], batch_size: int):
+    def __init__(self, loaded: Loaded, groups: Mapping[str, Sequence[str]], batch_size: int,
+                 baseline: str = "baseline"):
         self.loaded = loaded
         self.groups = {g: list(p) for g, p in groups.items()}
         self.batch_size = batch_size
+        self.baseline = baseline
         self._batches: dict[str, list[Batch]] = {}
         self._rates: dict[str, np.ndarray] = {}
+        self._tokenized: Tokenized | None = None
+        self._activations: FeatureActivations | None = None
+
+    @classmethod
+    def of(cls, loaded: Loaded, prompts: PromptSets | Mapping[str, Sequence[str]],
+           options: FeatureTestOptions) -> GroupBatches:
+        """The first ``options.max_prompts`` prompts of each group, ``options.batch_size`` per forward pass
+        (default: by device). A plain mapping's baseline is the group called "baseline"."""
+        groups = prompts.groups if isinstance(prompts, PromptSets) else prompts
+        baseline = prompts.baseline if isinstance(prompts, PromptSets) else "baseline"
+        return cls(loaded, {g: list(p)[: options.max_prompts] for g, p in groups.items()},
+                   options.batch_size or default_batch_size(loaded.device), baseline)
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{g} {len(p)}" for g, p in self.groups.items())
+        return f"GroupBatches({sizes}; baseline {self.baseline!r}, batch size {self.batch_size})"
+
+    @property
+    def texts(self) -> list[str]:
+        """Every prompt, group after group."""
+        return [t for p in self.groups.values() for t in p]
+
+    @property
+    def labels(self) -> list[str]:
+        """The group of each prompt of :attr:`texts`."""
+        return [g for g, p in self.groups.items() for _ in p]
 
     def check(self, group: str, what: str) -> None:
         """Raises UserError naming the groups when ``group`` (described as ``what``) is not one of them."""
         if group not in self.groups:
             raise UserError(f"{what} {group!r} is not one of the prompt groups: {', '.join(self.groups)}")
+
+    def tokenized(self) -> Tokenized:
+        """Every prompt of :attr:`texts`, tokenized (once)."""
+        if self._tokenized is None:
+            self._tokenized = tokenize(self.loaded, self.texts)
+        return self._tokenized
+
+    def activations(self, features: Sequence[int]) -> FeatureActivations:
+        """The activations of ``features`` over every prompt, labelled by group: encoded once for all of
+        them, and reused by a later call for features among them."""
+        if self._activations is None or not set(features) <= set(self._activations.features):
+            self._activations = collect_feature_activations(self.loaded, self.texts, self.labels, list(features),
+                                                            self.batch_size, self.tokenized())
+        return self._activations
 
     def batches(self, group: str) -> list[Batch]:
         if group not in self._batches:
@@ -543,59 +686,6 @@ class GroupBatches:
 
 
 @dataclass
-class FeatureTestOptions:
-    """How Chapter 4 tests a feature (the script's flags of the same names).
-
-    Attributes:
-        targets: target tokens whose log-probability is tracked, each a single token (a leading space is
-            tried too); empty = the feature's ``n_targets`` top promoted tokens (``W_dec[f] @ W_U``).
-        n_targets: without ``targets``: how many top promoted tokens to track.
-        n_controls: random firing-rate-matched features ablated as controls (at least MIN_CONTROLS).
-        coeff: steering strength of the generations, in units of the feature's typical max activation.
-        sweep: coefficients of the steering curve (same units); 0 and ``coeff`` are always added.
-        max_act: the typical max activation to scale steering by; None = measure it on the prompts.
-        baseline: the neutral group: never picked as the ablation group unless it is the only one.
-        steer_group: the group whose prompts are steered; None = ``baseline``.
-        steer_prompts: prompts to continue clean and steered; empty = the first ``n_generate`` prompts of
-            the steering group.
-        n_generate: how many of the steering group's prompts to continue (without ``steer_prompts``).
-        max_new_tokens: tokens generated per continuation.
-        temperature: sampling temperature of the sampled generations (the greedy ones are temperature 0).
-        seed: seed of the control draw and of the sampled generations.
-    """
-
-    targets: tuple[str, ...] = ()
-    n_targets: int = 3
-    n_controls: int = MIN_CONTROLS
-    coeff: float = 2.0
-    sweep: tuple[float, ...] = DEFAULT_SWEEP
-    max_act: float | None = None
-    baseline: str = "baseline"
-    steer_group: str | None = None
-    steer_prompts: tuple[str, ...] = ()
-    n_generate: int = 3
-    max_new_tokens: int = 12
-    temperature: float = 1.0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.n_controls < MIN_CONTROLS:
-            raise UserError(f"n_controls must be at least {MIN_CONTROLS}: with fewer draws the control "
-                            "distribution says little")
-        if self.temperature <= 0:
-            raise UserError("temperature must be above 0 (the greedy runs already show temperature 0)")
-        if self.max_act is not None and self.max_act <= 0:
-            raise UserError("max_act must be above 0")
-        if self.n_targets < 1 or self.n_generate < 1 or self.max_new_tokens < 1:
-            raise UserError("n_targets, n_generate and max_new_tokens must be at least 1")
-
-    @property
-    def coeffs(self) -> list[float]:
-        """The steering curve's coefficients: the sweep plus 0 (the clean run) and ``coeff``, sorted."""
-        return sorted(set(self.sweep) | {0.0, self.coeff})
-
-
-@dataclass
 class SteeringCurve:
     """Teacher-forced steering on the steering group's prompts, one value per coefficient.
 
@@ -606,6 +696,10 @@ class SteeringCurve:
     logp_targets: list[float]  # mean log P(targets)
     logodds_targets: list[float]  # mean log-odds of the targets
     kl: list[float]  # mean KL(clean || steered), nats
+
+    def __repr__(self) -> str:
+        points = ", ".join(f"{c:g}: {lp:.3g}" for c, lp in zip(self.coeffs, self.logp_targets))
+        return f"SteeringCurve(mean log P(tgt) by coefficient {{{points}}}; KL up to {max(self.kl):.3g})"
 
     def columns(self) -> dict[str, list[float]]:
         """``{"logp_targets", "logodds_targets", "kl"}``, as :func:`steering_curve` returns them."""
@@ -660,6 +754,15 @@ class FeatureTest:
     filtered: str
     seconds: dict[str, float] = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        ablation = self.ablation.brief() if self.ablation is not None else "skipped, it never fires there"
+        coeff = self.generation_coeff
+        kl = self.steering.kl[self.steering.coeffs.index(coeff)]
+        targets = ", ".join(repr(t) for t in self.target_tokens[:4]) + (", ..." if len(self.target_tokens) > 4 else "")
+        return (f"FeatureTest(#{self.feature} ablated on {self.ablation_group!r}: {ablation}; steered ×{coeff:g} on "
+                f"{self.steer_group!r}: Δlog P(tgt) {self.steering.delta_logp(coeff):+.3g}, KL {kl:.3g}; "
+                f"targets {targets}; typical max {self.typical_max:.3g})")
+
     def to_dict(self) -> dict:
         """Everything the test measured, as ``MI6_<id>.json`` stores it (JSON-ready: no tensors, no numpy)."""
         return {
@@ -685,10 +788,9 @@ def intervention_note(fa: FeatureActivations) -> str:
     return filter_note(fa) + "; interventions leave the BOS position untouched"
 
 
-
 def _choose_targets(loaded: Loaded, feature: int, options: FeatureTestOptions) -> tuple[list[int], str]:
-    if options.targets:
-        return resolve_target_tokens(loaded, options.targets), "given with --target"
+    if options.target:
+        return resolve_target_tokens(loaded, options.target), "given with --target"
     promoted, _ = logit_effects(loaded, feature, options.n_targets)
     return [x.token_id for x in promoted], f"its top {len(promoted)} promoted tokens (W_dec[f] @ W_U)"
 
@@ -705,24 +807,45 @@ def _typical_max(fa: FeatureActivations, feature: int, options: FeatureTestOptio
     return typical, f"median of the per-prompt max over the {n_fired} of {len(fa.texts)} prompts where it fires"
 
 
+def _ablation_group(prompts: GroupBatches, rate_by_group: dict[str, float], options: FeatureTestOptions,
+                    group: str | None, group_how: str) -> tuple[str, str]:
+    """The group to ablate on and why: ``options.group``, else ``group``, else the group (other than the
+    baseline) where the feature fires most often."""
+    if options.group is not None:
+        group, group_how = options.group, "from --group"
+    elif group is None:
+        contrasts = [g for g in prompts.groups if g != prompts.baseline] or list(prompts.groups)
+        group, group_how = max(contrasts, key=lambda g: rate_by_group[g]), "the group where it fires most often"
+    prompts.check(group, "the ablation group")
+    return group, group_how
+
+
 def test_feature(
     loaded: Loaded,
-    prompts: GroupBatches,
-    fa: FeatureActivations,
     feature: int,
+    prompts: GroupBatches | PromptSets | Mapping[str, Sequence[str]],
     options: FeatureTestOptions | None = None,
+    log: Log = silent,
+    *,
     group: str | None = None,
     group_how: str = "given",
-    log: Log = silent,
 ) -> FeatureTest:
-    """Test whether ``feature`` matters: ablate it against matched controls, then steer with it.
+    """Test whether ``feature`` matters, as Chapter 4 does: ablate it against matched controls, then steer.
+
+    One call does all of it: batches the prompts, measures firing rates (by group, and of every feature
+    for the controls), picks the targets and the typical max activation, ablates, steers and generates::
+
+        prompts = {"happy": ["I was glad ...", ...], "baseline": ["The driver closed ...", ...]}
+        result = test_feature(loaded, 501, prompts, FeatureTestOptions(coeff=4.0))
+        result                                   # one line: the ablation vs controls, the steering
+        result.ablation.empirical_p("kl"), result.steering.delta_logp(4.0)
 
     Args:
-        prompts: the prompt groups; the ablation runs on one group, the steering on ``options.steer_group``.
-        fa: activations of (at least) ``feature`` over the prompts of every group, labelled by group; gives
-            the firing rates by group and the typical max activation.
-        group: the group to ablate on; None = the group (other than the baseline) where it fires most often.
-        group_how: why ``group`` was picked, in words for the output.
+        prompts: the prompt groups (a :class:`~mechinterp.core.prompts.PromptSets`, whose baseline is
+            used, or group -> prompts with the baseline called "baseline"); a :class:`GroupBatches`
+            shares batches, firing rates and activations between the features tested on the same groups.
+        group: the group to ablate on when ``options.group`` is None (Chapter 4: the feature's group in a
+            results table), ``group_how`` saying why; None = where it fires most often (not the baseline).
         log: progress messages.
 
     Raises:
@@ -730,48 +853,52 @@ def test_feature(
             prompts and ``options.max_act`` is not given.
     """
     options = options or FeatureTestOptions()
-    steer_group = options.steer_group or options.baseline
+    if not isinstance(prompts, GroupBatches):
+        prompts = GroupBatches.of(loaded, prompts, options)
+    steer_group = options.steer_group or prompts.baseline
     prompts.check(steer_group, "the steering group")
+    fa = prompts.activations([feature])
     rate_by_group = {g: (a / b if b else 0.0) for g in prompts.groups for a, b in [fa.firing(feature, g)]}
-    if group is None:
-        contrasts = [g for g in prompts.groups if g != options.baseline] or list(prompts.groups)
-        group = max(contrasts, key=lambda g: rate_by_group[g])
-        group_how = "the group where it fires most often"
-    prompts.check(group, "the ablation group")
+    group, group_how = _ablation_group(prompts, rate_by_group, options, group, group_how)
     targets, target_how = _choose_targets(loaded, feature, options)
     typical, max_how = _typical_max(fa, feature, options)
-    n_skip = fa.n_skip
     seconds: dict[str, float] = {}
 
     start = time.perf_counter()
     ablation = None
     if rate_by_group[group] > 0:  # else removing it changes nothing: the error term keeps the rest exactly
-        batches, rates = prompts.batches(group), prompts.firing_rates(group)
         log(f"ablating feature {feature} and {options.n_controls} controls on '{group}' ...")
-        ablation = run_ablation(loaded, batches, n_skip, feature, targets, options.n_controls, options.seed, rates)
+        ablation = run_ablation(loaded, prompts.batches(group), fa.n_skip, feature, targets, options.n_controls,
+                                options.seed, prompts.firing_rates(group))
     seconds["ablation"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    coeffs = options.coeffs
-    log(f"steering curve over {len(coeffs)} coefficients on '{steer_group}' ...")
-    curve = steering_curve(loaded, prompts.batches(steer_group), n_skip, feature, coeffs, typical, targets)
-    texts = list(options.steer_prompts) or prompts.groups[steer_group][: options.n_generate]
-    log(f"generating {options.max_new_tokens} tokens for {len(texts)} prompts, clean and steered ...")
-    direction = steering_direction(loaded, feature, options.coeff, typical)
-    generations = generate_side_by_side(loaded, tokenize(loaded, texts).ids, texts, n_skip, direction,
-                                        options.max_new_tokens, options.seed, options.temperature)
+    curve, generations = _steer(loaded, prompts, steer_group, fa.n_skip, feature, typical, targets, options, log)
     seconds["steering"] = time.perf_counter() - start
 
-    tok = loaded.model.tokenizer
     return FeatureTest(
-        feature=feature, title=loaded.title, target_ids=targets, target_tokens=[decode_token(tok, t) for t in targets],
-        target_how=target_how, typical_max=typical, typical_max_how=max_how, firing_rate_by_group=rate_by_group,
-        ablation_group=group, ablation_group_how=group_how, n_ablation_prompts=len(prompts.groups[group]),
-        ablation=ablation, steer_group=steer_group, steering=SteeringCurve(coeffs, **curve),
-        decoder_norm=float(loaded.sae.sae.W_dec[feature].detach().norm()), generation_coeff=options.coeff,
-        max_new_tokens=options.max_new_tokens, generations=generations, filtered=intervention_note(fa),
-        seconds=seconds,
+        feature=feature, title=loaded.title, target_ids=targets,
+        target_tokens=[decode_token(loaded.model.tokenizer, t) for t in targets], target_how=target_how,
+        typical_max=typical, typical_max_how=max_how, firing_rate_by_group=rate_by_group, ablation_group=group,
+        ablation_group_how=group_how, n_ablation_prompts=len(prompts.groups[group]), ablation=ablation,
+        steer_group=steer_group, steering=curve, decoder_norm=float(loaded.sae.sae.W_dec[feature].detach().norm()),
+        generation_coeff=options.coeff, max_new_tokens=options.max_new_tokens, generations=generations,
+        filtered=intervention_note(fa), seconds=seconds,
     )
 
 
 test_feature.__test__ = False  # a function of the package, not a test: pytest must not collect it where imported
+
+
+def _steer(loaded: Loaded, prompts: GroupBatches, steer_group: str, n_skip: int, feature: int, typical: float,
+           targets: list[int], options: FeatureTestOptions, log: Log) -> tuple[SteeringCurve, list[Generation]]:
+    """The steering curve on the steering group's prompts, and the clean and steered continuations."""
+    coeffs = options.coeffs
+    log(f"steering curve over {len(coeffs)} coefficients on '{steer_group}' ...")
+    curve = steering_curve(loaded, prompts.batches(steer_group), n_skip, feature, coeffs, typical, targets)
+    texts = list(options.steer_prompt) or prompts.groups[steer_group][: options.n_generate]
+    log(f"generating {options.max_new_tokens} tokens for {len(texts)} prompts, clean and steered ...")
+    direction = steering_direction(loaded, feature, options.coeff, typical)
+    generations = generate_side_by_side(loaded, tokenize(loaded, texts).ids, texts, n_skip, direction,
+                                        options.max_new_tokens, options.seed, options.temperature)
+    return SteeringCurve(coeffs, **curve), generations

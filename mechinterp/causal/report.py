@@ -1,17 +1,223 @@
-"""Chapter 4's figure (MI6): a feature's ablation against matched controls, and its steering curve.
+"""Chapter 4's presentation: a :class:`~mechinterp.causal.intervene.FeatureTest` as terminal text, as the
+tables behind the figure, and as the figure (MI6): the ablation against matched controls, and the
+steering curve.
 
-Built with ``matplotlib.figure.Figure`` (no pyplot, no GUI, no show()); the script saves it with the
-numbers behind it beside it.
+The analysis (:mod:`mechinterp.causal.intervene`) returns numbers; everything here only formats them, so
+the script and a notebook show the same thing. Text functions return strings (the script prints them).
+The figure is built with ``matplotlib.figure.Figure`` (no pyplot, no GUI, no show()).
 """
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
 
+from mechinterp.causal.intervene import ABLATION_MEASURES, FeatureTest
+from mechinterp.core import constants
 from mechinterp.core.figures import NotebookFigure
+from mechinterp.core.tables import WIDTH, format_table, safe_text, wrapped
+
+# How the tables name each ablation measure (an Effect field each, in ABLATION_MEASURES order).
+MEASURE_NAMES = {"delta_logp_targets": "Δ log P(tgt)", "delta_logodds_targets": "Δ log-odds(tgt)",
+                 "kl": "KL(clean‖abl)"}
+# Clean P(targets) above this where the feature fires: the model predicts the targets without it.
+ALREADY_PREDICTED = 0.5
+# KL(clean || steered) above this many nats: the steered model no longer resembles the clean one.
+OVERWRITTEN_KL = 1.0
+
+
+# --- terminal text -------------------------------------------------------------------------------------
+
+
+def fmt_tokens(tokens: list[str]) -> str:
+    return ", ".join(safe_text(repr(t)) for t in tokens)
+
+
+def side_by_side(left: str, right: str, width: int) -> list[str]:
+    """Two texts wrapped into two columns of ``width`` characters."""
+    a = textwrap.wrap(left, width) or [""]
+    b = textwrap.wrap(right, width) or [""]
+    a += [""] * (len(b) - len(a))
+    b += [""] * (len(a) - len(b))
+    return [f"{x:<{width}} │ {y}" for x, y in zip(a, b)]
+
+
+def feature_test_text(test: FeatureTest, origin: str | None = None, columns: int = WIDTH) -> str:
+    """The feature's targets and typical max, then its ablation, steering curve and generations.
+
+    Args:
+        origin: where the feature came from (e.g. its row in a results table), for the heading.
+        columns: the terminal's width; the continuations are shown in two columns that fit in it.
+    """
+    lines = ["", f"=== Feature #{test.feature}" + (f" ({origin})" if origin else ""),
+             wrapped(f"Targets (tgt): {fmt_tokens(test.target_tokens)} ({test.target_how})"),
+             wrapped(f"Typical max activation: {test.typical_max:.4g} ({test.typical_max_how})"),
+             wrapped("Firing rate by group: "
+                     + ", ".join(f"{g} {100 * r:.3g}%" for g, r in test.firing_rate_by_group.items()))]
+    lines += ablation_lines(test) + located_lines(test) + steering_lines(test) + generation_lines(test, columns)
+    return "\n".join(lines)
+
+
+def ablation_lines(test: FeatureTest) -> list[str]:
+    """The ablation against the controls, one table row per measure (or why it was skipped)."""
+    ablation, group = test.ablation, test.ablation_group
+    if ablation is None:
+        return ["", wrapped(f"Ablation on '{group}' ({test.ablation_group_how}): skipped - the feature never fires "
+                            "on these prompts, so removing it changes nothing (the error term keeps everything "
+                            "else exactly as it was).")]
+    c = ablation.controls
+    rows = []
+    for which in ABLATION_MEASURES:
+        value = getattr(ablation.effect, which)
+        ctrl = np.array([getattr(e, which) for e in ablation.control_effects])
+        rows.append([
+            MEASURE_NAMES[which], f"{value:+.4g}", f"{np.median(ctrl):+.3g}", f"{ctrl.min():+.3g}",
+            f"{ctrl.max():+.3g}", f"{len(ctrl) - ablation.n_controls_at_least(which)} of {len(ctrl)}",
+            f"{ablation.empirical_p(which):.3g}",
+        ])
+    return ["",
+            wrapped(f"Ablation on '{group}' ({test.ablation_group_how}), {test.n_ablation_prompts} prompts, "
+                    f"{ablation.effect.n_positions} text positions; error term kept."),
+            wrapped(f"Controls: {len(c.features)} random features drawn from the {c.pool_size} whose firing rate "
+                    f"on these prompts is {100 * c.rate_low:.3g}%-{100 * c.rate_high:.3g}% "
+                    f"(feature: {100 * ablation.rate:.3g}%)."),
+            format_table(["mean per token", "feature", "ctrl median", "ctrl min", "ctrl max", "|feature| beats",
+                          "empirical p"], rows)]
+
+
+def located_lines(test: FeatureTest) -> list[str]:
+    """The ablation where the feature fires, and one position later (averages over all tokens dilute it),
+    then the clean scores the ablation started from."""
+    a = test.ablation
+    if a is None:
+        return []
+    lines = []
+    if a.located is not None:
+        at, nxt = a.located.firing, a.located.next
+        ctrl = [c.firing for c in a.control_located if c.firing.n_positions]
+        rows = [["where it fires", at.n_positions] + [f"{getattr(at, k):+.4g}" for k in ABLATION_MEASURES],
+                ["one token later", nxt.n_positions] + [f"{getattr(nxt, k):+.4g}" for k in ABLATION_MEASURES]]
+        if ctrl:
+            rows.append(["controls where they fire (median)", int(np.median([c.n_positions for c in ctrl]))]
+                        + [f"{np.median([getattr(c, k) for c in ctrl]):+.3g}" for k in ABLATION_MEASURES])
+        lines += ["", wrapped(f"Where it matters: the same ablation, averaged only over the {at.n_positions} "
+                              f"positions where the feature fires (of {a.effect.n_positions}), and over the "
+                              "positions right after them:"),
+                  format_table(["positions", "n"] + [MEASURE_NAMES[k] for k in ABLATION_MEASURES], rows)]
+        clean_p = float(np.exp(a.located.clean_firing.logp_targets))
+        if at.n_positions and clean_p > ALREADY_PREDICTED:
+            lines.append(wrapped(
+                f"Note: where the feature fires, the clean model already gives the targets P = {clean_p:.0%}; "
+                "removing one feature cannot lower a prediction that other features carry too, so a small "
+                "effect here does not mean the feature does nothing."))
+    lines.append(wrapped(f"(tgt = {fmt_tokens(test.target_tokens)}. Clean means on these prompts: log P(tgt) "
+                         f"{a.clean.logp_targets:.4g}, log-odds {a.clean.logodds_targets:.4g}; empirical p = (1 + "
+                         "controls at least as large) / (1 + controls); log P saturates when the targets already "
+                         "hold most of the probability, log-odds do not)"))
+    return lines
+
+
+def steering_lines(test: FeatureTest) -> list[str]:
+    """The steering curve as a table, flagging coefficients where the steering overwrites the model."""
+    s, typical = test.steering, test.typical_max
+    clean = s.logp_targets[s.coeffs.index(0.0)]
+    rows = [[f"{c:g}", f"{abs(c) * typical * test.decoder_norm:.3g}", f"{lp:.4g}", f"{lp - clean:+.4g}", f"{lo:.4g}",
+             f"{k:.4g}" + (" !" if k > OVERWRITTEN_KL else "")]
+            for c, lp, lo, k in zip(s.coeffs, s.logp_targets, s.logodds_targets, s.kl)]
+    lines = ["", wrapped(f"Steering '{test.steer_group}' prompts: add coeff × {typical:.4g} × W_dec[{test.feature}] "
+                         "at every text position (teacher-forced, means over text positions):"),
+             format_table(["coeff", "added norm", "log P(tgt)", "Δ vs clean", "log-odds(tgt)", "KL(clean‖steered)"],
+                          rows)]
+    overwritten = [c for c, k in zip(s.coeffs, s.kl) if k > OVERWRITTEN_KL]
+    if overwritten:
+        lines.append(wrapped(
+            f"! KL above {OVERWRITTEN_KL:g} nat from coeff {min(overwritten, key=abs):g} on: there the steering "
+            "overwrites the model's distribution rather than nudging it; target gains in that range show what the "
+            "direction can force, not what the feature does at its natural strength."))
+    return lines
+
+
+def generation_lines(test: FeatureTest, columns: int = WIDTH) -> list[str]:
+    """Each prompt's clean and steered continuations side by side, greedy then sampled."""
+    coeff, typical = test.generation_coeff, test.typical_max
+    width = max(30, (min(columns, WIDTH) - 5) // 2)
+    lines = ["", wrapped(f"Continuations ({test.max_new_tokens} new tokens), clean vs steered at coeff {coeff:g} "
+                         f"(+{coeff * typical:.3g} × W_dec[{test.feature}]):")]
+    for g in test.generations:
+        if g.mode == "greedy":
+            lines += ["", f"  prompt: {safe_text(g.prompt)}",
+                      "  " + "\n  ".join(side_by_side("clean", f"steered ×{coeff:g}", width))]
+        lines += [f"  -- {g.mode}", "  " + "\n  ".join(side_by_side(safe_text(g.clean), safe_text(g.steered), width))]
+    return lines
+
+
+SUMMARY_HEADER = ["feature", "ablated on", "Δ log-odds(tgt)", "p", "KL", "p"]
+
+
+def summary_row(test: FeatureTest) -> list:
+    """One row of the closing summary table."""
+    a = test.ablation
+    return [
+        test.feature, test.ablation_group,
+        f"{a.effect.delta_logodds_targets:+.3g}" if a else "-",
+        f"{a.empirical_p('delta_logodds_targets'):.3g}" if a else "-",
+        f"{a.effect.kl:.3g}" if a else "-",
+        f"{a.empirical_p('kl'):.3g}" if a else "-",
+        f"{test.steering.delta_logp(test.generation_coeff):+.3g}",
+    ]
+
+
+def summary_text(tests: Sequence[FeatureTest], coeff: float) -> str:
+    """The closing table: one row per feature, its ablation (p against the controls) and steering."""
+    return ("\nSummary (ablation: mean change per text token, empirical p against the controls):\n\n"
+            + format_table([*SUMMARY_HEADER, f"steer ×{coeff:g}: Δ log P"], [summary_row(t) for t in tests]))
+
+
+# --- the numbers behind the figure ---------------------------------------------------------------------
+
+
+def target_label(test: FeatureTest) -> str:
+    """How figures name the target set: "targets", or the one target token."""
+    return "targets" if len(test.target_ids) > 1 else safe_text(repr(test.target_tokens[0]))
+
+
+def feature_test_tables(test: FeatureTest) -> list[tuple[str, list[str], list[list]]]:
+    """The CSV tables of one feature's test, as ``(file name, header, rows)``: the ablation (feature, then
+    controls; no rows when it was skipped), the steering curve, and the generations."""
+    f, a, s = test.feature, test.ablation, test.steering
+    ablation_rows = []
+    if a is not None:
+        ablation_rows = [["feature", f, a.rate, *(getattr(a.effect, k) for k in ABLATION_MEASURES)]]
+        ablation_rows += [["control", cf, r, *(getattr(e, k) for k in ABLATION_MEASURES)]
+                          for cf, r, e in zip(a.controls.features, a.control_rates, a.control_effects)]
+    return [
+        (constants.MI6_ABLATION_CSV.format(feature=f),
+         ["role", "feature", "firing_rate", "delta_mean_logp_targets", "delta_mean_logodds_targets", "mean_kl"],
+         ablation_rows),
+        (constants.MI6_STEERING_CSV.format(feature=f),
+         ["coeff", "added_activation", "mean_logp_targets", "mean_logodds_targets", "mean_kl"],
+         [[c, c * test.typical_max, lp, lo, k]
+          for c, lp, lo, k in zip(s.coeffs, s.logp_targets, s.logodds_targets, s.kl)]),
+        (constants.MI6_GENERATIONS_CSV.format(feature=f), ["prompt", "mode", "coeff", "clean", "steered"],
+         [[g.prompt, g.mode, test.generation_coeff, g.clean, g.steered] for g in test.generations]),
+    ]
+
+
+# --- the figure ------------------------------------------------------------------------------------------
+
+
+def feature_test_figure(test: FeatureTest) -> Figure:
+    """MI6 of one feature's test (see :func:`causal_figure`)."""
+    a, keys = test.ablation, ABLATION_MEASURES
+    return causal_figure(
+        test.feature, test.ablation_group, target_label(test),
+        {k: getattr(a.effect, k) for k in keys} if a else None,
+        {k: np.array([getattr(e, k) for e in a.control_effects]) for k in keys} if a else None,
+        test.steering.coeffs, test.steering.columns(), test.steer_group, test.typical_max, test.title,
+    )
 
 
 def causal_figure(

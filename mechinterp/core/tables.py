@@ -52,9 +52,14 @@ def plural(n: int, word: str, many: str | None = None) -> str:
     return f"{n} {word if n == 1 else (many or word + 's')}"
 
 
+def wrapped(text: str) -> str:
+    """Prose wrapped to :data:`WIDTH` columns, continuation lines indented (what :func:`print_wrapped` prints)."""
+    return textwrap.fill(text, WIDTH, subsequent_indent="  ", break_on_hyphens=False)
+
+
 def print_wrapped(text: str) -> None:
     """Print prose wrapped to :data:`WIDTH` columns (continuation lines indented)."""
-    print(textwrap.fill(text, WIDTH, subsequent_indent="  ", break_on_hyphens=False))
+    print(wrapped(text))
 
 
 def print_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
