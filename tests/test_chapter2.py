@@ -351,7 +351,7 @@ def test_paired_contrast_keeps_pairs_together_and_uses_wilcoxon():
     # The summaries are float32, as the encoder stores them; the reference sees the same numbers.
     base, group = base.astype(np.float32).astype(float), group.astype(np.float32).astype(float)
     labels = ["baseline"] * n + ["g"] * n
-    result = contrast_groups(agg, labels, ["baseline", "g"], "baseline", MeaningOptions(paired=True))
+    result = contrast_groups(agg, labels, ["baseline", "g"], "baseline", MeaningOptions(paired=True, no_holdout=True))
     c = result.findings["g"].contrast
     for pos, f in enumerate(c.tested):
         if np.any(group[:, f] != base[:, f]):
@@ -451,8 +451,8 @@ def test_accessors_and_short_reprs(world, demo_result):
 
 def test_holdout_is_resolved_by_the_options():
     sizes = {"baseline": 48, "happy": 20}
-    assert MeaningOptions().holdout_for(sizes) == 0.0  # a notebook's default: no split
-    assert MeaningOptions(holdout=None).holdout_for(sizes) == 0.5  # the command line's: on for big groups
+    assert MeaningOptions().holdout_for(sizes) == 0.5  # the default, in a notebook as on the command line
+    assert MeaningOptions(holdout=0.0).holdout_for(sizes) == 0.0
     assert MeaningOptions(holdout=None).holdout_for({"baseline": 48, "happy": 19}) == 0.0
     assert MeaningOptions(holdout=0.3).holdout_for(sizes) == 0.3
     assert MeaningOptions(holdout=None, no_holdout=True).holdout_for(sizes) == 0.0

@@ -16,8 +16,6 @@ import ast
 import re
 from pathlib import Path
 
-import pytest
-
 from tests.helpers import ROOT
 
 PACKAGE = ROOT / "mechinterp"
@@ -147,6 +145,5 @@ def long_functions(paths: list[Path]) -> list[str]:
     return long
 
 
-@pytest.mark.xfail(strict=True, reason="nine functions of the flat layout are still to be split")
 def test_functions_are_short():
     assert not long_functions(sorted(ROOT.glob("MechInterp*.py")) + sorted(PACKAGE.rglob("*.py")))

@@ -89,7 +89,7 @@ def test_contrast_groups_returns_typed_findings(world, tmp_path, monkeypatch):
     # The null group: nothing significant, so nothing re-tested.
     assert result.findings["control"].n_significant(0.05) == 0 and not result.findings["control"].replication
     # Without a held-out split, the finding's numbers equal stats.contrast on the raw per-prompt maxima.
-    full = contrast_groups(summaries.aggregates, labels, list(sets.groups), sets.baseline, MeaningOptions())
+    full = contrast_groups(summaries.aggregates, labels, list(sets.groups), sets.baseline, MeaningOptions(no_holdout=True))
     agg = summaries.aggregates
     idx = full.index
     features = full.findings["happy"].contrast.tested

@@ -81,7 +81,7 @@ card"""),
 changes), compares the effect with firing-rate-matched control features, and steers with it."""),
     ("code", """from mechinterp.causal.intervene import FeatureTestOptions, test_feature
 
-causal = test_feature(loaded, best.feature, meaning.prompts, FeatureTestOptions(n_controls=8, n_generate=1))
+causal = test_feature(loaded, best.feature, meaning.prompts, FeatureTestOptions(n_generate=1))
 causal"""),
     ("md", """## Chapter 6: where does the feature come from?
 

@@ -104,8 +104,8 @@ class ConfoundSettings:
 class MeaningOptions:
     """Options of the contrast (the "statistics" flags of Chapter 2).
 
-    ``holdout`` is 0 (no held-out split) unless given; on the command line it is None until given,
-    which means "on when every group is big enough" (see :meth:`holdout_for`).
+    ``holdout`` is None unless given, in a notebook as on the command line: "on when every group is big
+    enough" (see :meth:`holdout_for`); 0 or ``no_holdout`` tests on all prompts.
     """
 
     agg: str = option(
@@ -113,8 +113,8 @@ class MeaningOptions:
         "(default: %(default)s)", choices=("max", "mean"))
     alpha: float = option(0.05, "false discovery rate for q-values (default: %(default)s)", type=fraction)
     holdout: float | None = option(
-        0.0, f"share of each group held out to re-test findings (default: {AUTO_HOLDOUT:g} when every group has at "
-        f"least {AUTO_HOLDOUT_MIN} prompts, else off)", type=fraction, metavar="FRACTION", cli_default=None)
+        None, f"share of each group held out to re-test findings (default: {AUTO_HOLDOUT:g} when every group has at "
+        f"least {AUTO_HOLDOUT_MIN} prompts, else off)", type=fraction, metavar="FRACTION")
     no_holdout: bool = option(False, "test on all prompts, without replication")
     seed: int = option(0, "seed of the discovery/held-out split (default: %(default)s)", type=int)
     always_on: float = option(
