@@ -85,3 +85,16 @@ def test_the_tour_runs_and_shows_figures_inline(executed, world, loaded_toy):
     # The four figures (heatmap, volcano, card, attribution) display inline as pictures.
     assert len(pngs) == 4
     assert all(p[:8] == b"\x89PNG\r\n\x1a\n" and len(p) > 10_000 for p in pngs)
+
+
+def test_every_block_of_docs_python_runs_in_the_tour():
+    """docs/python.md shows the calls; each of its Python blocks is a cell of the executed tour, in order."""
+    import re
+
+    import nbformat
+
+    doc = (ROOT / "docs" / "python.md").read_text(encoding="utf-8")
+    blocks = [b.strip() for b in re.findall(r"```python\n(.*?)```", doc, flags=re.S)]
+    cells = [c.source.strip() for c in nbformat.read(NOTEBOOK, as_version=4).cells if c.cell_type == "code"]
+    assert len(blocks) >= 6
+    assert blocks == cells
