@@ -51,6 +51,7 @@ COLUMNS = "100"  # argparse wraps --help to the terminal width; the scripts' own
 RUNS: dict[str, list[str]] = {
     "1": ["MechInterpInitialInvestigation.py", "--demo"],
     "2": ["MechInterpFeatureMeaning.py", "--demo"],
+    "2p": ["MechInterpFeatureMeaning.py", "--demo", "--paired"],
     "3": ["MechInterpFeatureInspect.py", "--demo"],
     "4": ["MechInterpSteering.py", "--demo"],
     "6": ["MechInterpFeatureToWeights.py", "--demo"],
@@ -68,7 +69,7 @@ SCRIPTS = (
 RUNS.update({f"help:{script}": [script, "--help"] for script in SCRIPTS})
 SLOW_RUNS = ("5", "5s")  # Chapter 5 trains SAEs: about a minute each on 2 CPU cores
 # The order matters only in that every run shares one project cache: Chapter 2 must find it empty.
-ORDER = ("1", "2", "3", "4", "6", "5", "5s", *(f"help:{s}" for s in SCRIPTS))
+ORDER = ("1", "2", "2p", "3", "4", "6", "5", "5s", *(f"help:{s}" for s in SCRIPTS))
 
 DURATION = re.compile(r"\d+(\.\d+)?\s?(s|ms|min)\b")
 CHECKPOINT_ID = re.compile(r"checkpoints/[0-9a-f]{8}")  # SAELens: checkpoints/<uuid4()[:8]>/
@@ -145,6 +146,11 @@ EXAMPLES: dict[str, Excerpt] = {
         Span(r"^=== happy vs baseline", lines=6),
         Span(r"^   7 ", lines=4),
     )),
+    "paired-design": Excerpt("2p", (
+        Span(r"^happy vs baseline: your prompt sets differ"),
+        Span(r"^  - paired lines: happy", wrapped=True),
+        Span(r"^    pair 1: "),
+    )),
     "verdicts-design": Excerpt("2", (Span(r"^angry vs baseline: your prompt sets differ", stop=r"^$"),)),
     "verdicts-why": Excerpt("2", (
         Span(r"^=== happy vs baseline"),
@@ -171,6 +177,7 @@ EXAMPLES: dict[str, Excerpt] = {
         Span(r"^Continuations \(\d+ new tokens\), clean vs steered at coeff 2 \(\+[\d.]+ × W_dec\[501\]\)"),
         Span(r"^  prompt: ", lines=11),
     )),
+    "chapter4-summary": Excerpt("4", (Span(r"^feature  ablated on", lines=4),)),
     "chapter5": Excerpt("5", (
         Span(r"^metric ", stop=r"^loss recovered"),
         Span(r"^Ground truth of the toy world", lines=5),
@@ -196,7 +203,9 @@ EXAMPLES: dict[str, Excerpt] = {
 }
 EXAMPLES.update({f"help-{Path(s).stem}": Excerpt(f"help:{s}") for s in SCRIPTS})
 
-REGION = re.compile(r"(<!-- example: (?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /example -->)", re.S)
+# A region may be indented (inside a list item): its generated lines get the same indentation.
+REGION = re.compile(r"(?P<head>^(?P<indent>[ ]*)<!-- example: (?P<name>[\w.-]+) -->\n)(?P<body>.*?)"
+                    r"(?P<tail>^(?P=indent)<!-- /example -->)", re.S | re.M)
 
 
 def mask(stdout: str) -> str:
@@ -207,7 +216,12 @@ def mask(stdout: str) -> str:
 
 
 def region_names(text: str) -> list[str]:
-    return [m.group("name") for m in REGION.finditer(text)]
+    names = [m.group("name") for m in REGION.finditer(text)]
+    opened = re.findall(r"<!-- example: ([\w.-]+) -->", text)
+    if opened != names:
+        unclosed = [n for n in opened if n not in names]
+        raise ValueError(f"example region(s) without a matching '<!-- /example -->': {unclosed or opened}")
+    return names
 
 
 def runs_needed(texts: Iterable[str]) -> list[str]:
@@ -227,8 +241,10 @@ def render(text: str, outputs: dict[str, str]) -> str:
         excerpt = EXAMPLES[match.group("name")]
         if excerpt.run not in outputs:
             return match.group(0)
-        body = excerpt.select(outputs[excerpt.run])
-        return f"{match.group(1)}```text\n{body}\n```\n{match.group(4)}"
+        indent = match.group("indent")
+        lines = ["```text", *excerpt.select(outputs[excerpt.run]).split("\n"), "```"]
+        body = "".join(f"{indent}{line}".rstrip() + "\n" for line in lines)
+        return f"{match.group('head')}{body}{match.group('tail')}"
 
     return REGION.sub(replace, text)
 
@@ -271,7 +287,7 @@ PICTURES = {
     "chapter5.png": "MI7.png",
     "chapter6.png": "MI9_501.png",
 }
-PICTURE_WIDTH = 900  # pixels
+PICTURE_WIDTH = {"chapter5.png": 1200, "chapter6.png": 1400}  # pixels; 900 for the others (wide figures get more)
 PICTURE_MAX_BYTES = 150_000
 
 
@@ -284,7 +300,7 @@ def write_pictures(images: Path, target: Path) -> list[Path]:
     for name, source in PICTURES.items():
         with Image.open(images / source) as img:
             img = img.convert("RGB")
-            width = min(PICTURE_WIDTH, img.width)
+            width = min(PICTURE_WIDTH.get(name, 900), img.width)
             small = img.resize((width, round(img.height * width / img.width)), Image.LANCZOS)
         small = small.quantize(colors=256, method=Image.MEDIANCUT, dither=Image.NONE)
         path = target / name
