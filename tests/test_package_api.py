@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -111,19 +110,6 @@ def test_output_folder_commits_only_on_success(tmp_path):
     assert path == tmp_path / "a.csv" and path.read_text() == "x\n1\n"
     assert (tmp_path / "sub" / "b.json").read_text() == '{\n  "k": 1\n}\n'
     assert not [p for p in tmp_path.rglob("*.tmp")]  # no temporary files left behind
-
-
-def test_readme_python_block_runs_as_written(world, tmp_path):
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index("## Use it from Python"):]
-    block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    env = {**os.environ, "MECHINTERP_CACHE": str(tmp_path), "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, "-c", block], cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr
-    match = re.search(r"top happy feature: #(\d+) \(q = ([0-9.e+-]+)\)", result.stdout)
-    assert match, result.stdout
-    assert int(match.group(1)) == world.planted.concept["happy"] and float(match.group(2)) < 1e-6
 
 
 def test_model_defaults_to_the_one_the_sae_was_trained_on(world):

@@ -10,9 +10,7 @@ In the default suite (``python -m pytest``):
   line in README.md parses with its script's own argument parser; the commands whose output the
   examples show are the ones the README shows.
 * **Links**: every relative link in README.md and docs/*.md points to an existing file, and every
-  ``#anchor`` to a heading of its page. ``docs/python.md`` and ``notebooks/tour.ipynb`` are written on
-  another branch; they are listed in :data:`PENDING` and checked by ``test_pending_links_exist``, which
-  is expected to fail until that branch is merged (then delete :data:`PENDING`).
+  ``#anchor`` to a heading of its page.
 * **Examples**: every marked example region of README.md and docs/*.md equals a fresh run of its
   command (``tools/update_readme_examples.py``: chapters 1, 2, 2 with ``--paired``, 3, 4 and 6, and
   every script's ``--help``), with the tool's own excerpts and masking. The runs are in-process, in a
@@ -59,8 +57,6 @@ import update_readme_examples as tool  # noqa: E402
 README = ROOT / "README.md"
 DOC_FILES = [README, *sorted((ROOT / "docs").glob("*.md"))]
 MAX_WORDS, MAX_CHAPTER_WORDS, MAX_SNIPPET_LINES = 7_000, 1_600, 25
-# Linked from the README, written on another branch at the same time as this file.
-PENDING = {ROOT / "docs" / "python.md", ROOT / "notebooks" / "tour.ipynb"}
 FAST_RUNS = [key for key in tool.ORDER if key not in tool.SLOW_RUNS]
 SNIPPET = re.compile(r"<!-- idea-in-code: (?P<name>[\w ]+) -->\n```python\n(?P<code>.*?)```", re.S)
 DEMO_LINE = 'DEMO = ".cache/demo"'
@@ -169,8 +165,6 @@ def test_relative_links_point_to_existing_files_and_headings():
     checked = 0
     for doc in DOC_FILES:
         for target, anchor in links(doc):
-            if target in PENDING:
-                continue
             rel = target.relative_to(ROOT) if target.is_relative_to(ROOT) else target
             assert target.exists(), f"{doc.relative_to(ROOT)} links to {rel}, which does not exist"
             if anchor and target.suffix == ".md":
@@ -178,12 +172,6 @@ def test_relative_links_point_to_existing_files_and_headings():
                     f"{doc.relative_to(ROOT)} links to {rel}#{anchor}: no such heading"
             checked += 1
     assert checked > 50
-
-
-@pytest.mark.xfail(reason="docs/python.md and notebooks/tour.ipynb are written on another branch", strict=False)
-def test_pending_links_exist():
-    missing = [str(p.relative_to(ROOT)) for p in PENDING if not p.exists()]
-    assert not missing, f"not there yet: {missing}"
 
 
 # --- fresh runs, in a folder laid out like a checkout ------------------------------------------------------
