@@ -81,7 +81,7 @@ def test_the_tour_runs_and_shows_figures_inline(executed, world, loaded_toy):
     # Chapters 3, 4 and 6 show their results as one short line each.
     assert f"FeatureCard(#{happy}" in text
     assert f"FeatureTest(#{happy}" in text
-    assert f"FeatureAttribution(#{happy}" in text or "FeatureAttribution(" in text
+    assert f"FeatureAttribution(#{happy}" in text and "rows add up" in text
     # The four figures (heatmap, volcano, card, attribution) display inline as pictures.
     assert len(pngs) == 4
     assert all(p[:8] == b"\x89PNG\r\n\x1a\n" and len(p) > 10_000 for p in pngs)

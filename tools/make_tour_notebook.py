@@ -81,7 +81,7 @@ card"""),
 changes), compares the effect with firing-rate-matched control features, and steers with it."""),
     ("code", """from mechinterp.causal.intervene import FeatureTestOptions, test_feature
 
-causal = test_feature(loaded, best.feature, meaning.prompts, FeatureTestOptions(n_generate=1))
+causal = test_feature(loaded, best.feature, meaning.prompts, FeatureTestOptions(max_prompts=24, n_generate=1))
 causal"""),
     ("md", """## Chapter 6: where does the feature come from?
 
@@ -91,7 +91,7 @@ sum, and tests the top components by ablation."""),
     ("code", """from mechinterp.attribution.attribute import attribute_feature
 from mechinterp.attribution.report import attribution_figure
 
-attribution = attribute_feature(loaded, meaning.prompts.groups["happy"][:16], best.feature)
+attribution = attribute_feature(loaded, meaning.prompts.groups["happy"][:8], best.feature)
 attribution"""),
     ("code", """attribution_figure(attribution, loaded.model.cfg.n_heads, loaded.title)"""),
 ]
