@@ -3,9 +3,10 @@
 Each option is defined once, as a dataclass field (:func:`mechinterp.core.options.option`):
 :func:`add_options` makes the flags from the fields and :func:`options_from` turns the parsed flags back
 into the dataclass. Each script builds its own ``argparse`` parser from its chapter's options and the
-shared groups (:func:`add_common_args`: model/SAE and output). This is the only module that reads an ``argparse.Namespace``:
-everything below it takes typed options (:class:`mechinterp.core.source.SourceOptions`, ...), so a notebook
-can call the package without building a fake ``args``.
+shared groups (:func:`add_common_args`: model/SAE and output). This is the only module that reads an
+``argparse.Namespace``: everything below it takes typed options
+(:class:`mechinterp.core.source.SourceOptions`, ...), so a notebook can call the package without
+building a fake ``args``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from mechinterp.core.options import (  # noqa: F401  (value types: the scripts t
     positive_float,
     positive_int,
 )
+from mechinterp.core.progress import Log
 from mechinterp.core.source import SourceOptions, resolve_prompt_folder
 
 T = TypeVar("T")
@@ -188,7 +190,7 @@ def output_folder(args: argparse.Namespace) -> OutputFolder:
     return OutputFolder(path)
 
 
-def make_logger(args: argparse.Namespace):
+def make_logger(args: argparse.Namespace) -> Log:
     """Progress messages go to stderr (results go to stdout), and not at all with --quiet."""
     if getattr(args, "quiet", False):
         return lambda _msg: None
