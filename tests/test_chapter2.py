@@ -467,13 +467,14 @@ def test_flags_come_from_the_options(capsys):
     """Every flag keeps its name, args attribute and default; the options are built back from them."""
     args = ch2.parse_args([])
     assert {k: v for k, v in vars(args).items() if k in (
-        "prompts", "groups", "baseline", "duplicates", "agg", "alpha", "holdout", "no_holdout", "seed", "always_on",
-        "top_k", "paired", "batch_size", "no_cache")} == {
-        "prompts": None, "groups": None, "baseline": "baseline", "duplicates": "drop", "agg": "max", "alpha": 0.05,
-        "holdout": None, "no_holdout": False, "seed": 0, "always_on": 0.9, "top_k": 10, "paired": False,
-        "batch_size": None, "no_cache": False}
-    assert list(vars(args))[:14] == ["prompts", "groups", "baseline", "duplicates", "agg", "alpha", "holdout",
-                                     "no_holdout", "seed", "always_on", "top_k", "paired", "batch_size", "no_cache"]
+        "prompts", "groups", "baseline", "duplicates", "max_prompts", "sample_seed", "agg", "alpha", "holdout",
+        "no_holdout", "seed", "always_on", "top_k", "paired", "batch_size", "no_cache")} == {
+        "prompts": None, "groups": None, "baseline": "baseline", "duplicates": "drop", "max_prompts": None,
+        "sample_seed": 0, "agg": "max", "alpha": 0.05, "holdout": None, "no_holdout": False, "seed": 0,
+        "always_on": 0.9, "top_k": 10, "paired": False, "batch_size": None, "no_cache": False}
+    assert list(vars(args))[:16] == ["prompts", "groups", "baseline", "duplicates", "max_prompts", "sample_seed",
+                                     "agg", "alpha", "holdout", "no_holdout", "seed", "always_on", "top_k", "paired",
+                                     "batch_size", "no_cache"]
     args = ch2.parse_args(["--no-cache", "--batch-size", "3", "--holdout", "0.25", "--agg", "mean", "--paired"])
     assert options_from(args, EncodeOptions, quiet=True) == EncodeOptions(batch_size=3, use_cache=False, quiet=True)
     options = options_from(args, MeaningOptions)

@@ -127,11 +127,11 @@ def test_two_runs_at_once_share_the_cache_safely(world, tmp_path):
     stats = [(tmp_path / f"out{i}" / "feature_stats.csv").read_text() for i in range(2)]
     assert stats[0] == stats[1]
     # Every entry is complete and readable, and a third run is served entirely from the cache.
-    entries = list((tmp_path / "cache" / "activations").rglob("*.npz"))
+    entries = list((tmp_path / "cache" / "activations").rglob("shard-*.npz"))
     assert entries and not list((tmp_path / "cache").rglob("*.tmp"))
     for entry in entries:
         with np.load(entry, allow_pickle=False) as data:
-            assert data["max"].shape == data["idx"].shape
+            assert data["ints"].shape == data["floats"].shape
     third = subprocess.run(
         [sys.executable, str(ROOT / "MechInterpFeatureMeaning.py"), "--demo", "--out", str(tmp_path / "out3"),
          "--groups", "happy"],

@@ -16,6 +16,7 @@ import torch
 
 import MechInterpFeatureMeaning as ch2
 import MechInterpInitialInvestigation as ch1
+from mechinterp.core.cache import SHARD_PROMPTS, shards, stored_prompts
 from tests.helpers import ROOT
 
 
@@ -112,11 +113,14 @@ def test_duplicates_warn_and_dedupe_or_refuse(world, prompts, tmp_path, capsys):
     write(prompts, "baseline.txt", prompt_lines("calm", 8) + "My friend number 2 was delighted about the weather today.\n")
     code, _, err = run_main(ch2, ch2_args(prompts, tmp_path), capsys)
     assert code == 0, err
-    assert "appears twice in happy" in err and "appears in both baseline and happy" in err
+    assert "warning: happy.txt: 1 duplicate line of 1 distinct prompt dropped (first occurrence kept" in err
+    assert "warning: happy.txt: 1 line (1 distinct prompt) also in baseline.txt dropped" in err
     record = json.loads((tmp_path / "out" / "MechInterpFeatureMeaning_run.json").read_text())
     assert record["n_prompts"] == {"baseline": 9, "happy": 7}
+    assert any("happy.txt: 1 duplicate line" in note for note in record["filtered"])
     code, _, err = run_main(ch2, ch2_args(prompts, tmp_path, "--duplicates", "error"), capsys)
-    assert code == 2 and "remove the duplicate" in err
+    assert code == 2 and ("error: happy.txt line 3: prompt 'My friend number 2 was delighted about t...' is "
+                          "already in baseline.txt (line 9); remove the duplicate") in err
 
 
 def test_long_prompt_is_truncated_with_a_warning_naming_it(world, prompts, tmp_path, capsys):
@@ -223,10 +227,8 @@ def test_interrupt_mid_encode_keeps_old_results_and_cache(world, tmp_path, monke
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     deadline = time.time() + 90
-    entries: list[Path] = []
     while time.time() < deadline and proc.poll() is None:
-        entries = list(cache.glob("activations/*/*.npz"))
-        if len(entries) >= 50:
+        if list(cache.glob("activations/*/shard-*.npz")):  # the first shard of SHARD_PROMPTS prompts
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the run finished before it could be interrupted"
@@ -238,8 +240,11 @@ def test_interrupt_mid_encode_keeps_old_results_and_cache(world, tmp_path, monke
     # The earlier result is untouched and no temporary file is left behind.
     assert (out / "feature_stats.csv").read_text() == "previous complete result\n"
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
-    done = len(list(cache.glob("activations/*/*.npz")))
-    assert 50 <= done < len(corpus)
+    # Every prompt finished before Ctrl-C is kept: the full shards, and the rest written on the way out.
+    (folder,) = (cache / "activations").iterdir()
+    done = stored_prompts(folder)
+    assert SHARD_PROMPTS < done < len(corpus)
+    assert len(shards(folder)) <= done // SHARD_PROMPTS + 1
 
     # A rerun continues from the cache instead of starting over.
     monkeypatch.setenv("MECHINTERP_CACHE", str(cache))

@@ -2,8 +2,10 @@
 
 This is the path every multi-prompt chapter takes: look every prompt up in the activation cache,
 load the model and SAE only when something is missing (or the cache has no metadata yet), encode the
-missing prompts in batches, and store each finished batch at once, so that Ctrl-C loses at most the
-batch in flight.
+missing prompts in batches, and store the finished prompts in the cache as shards of
+:data:`~mechinterp.core.cache.SHARD_PROMPTS` prompts (and the rest when encoding stops, for whatever
+reason), so that Ctrl-C loses at most the batch in flight, and a killed process at most the prompts of
+one unwritten shard.
 """
 
 from __future__ import annotations
@@ -145,8 +147,9 @@ def summarise_prompts(
 
 def _encode(loaded: Loaded, texts: list[str], cache: ActivationCache | None,
             options: EncodeOptions) -> tuple[list[SparseRow], float]:
-    """Encode ``texts`` in batches, storing each finished batch in the cache at once (so Ctrl-C loses at
-    most the batch in flight); returns their summaries and the seconds spent encoding."""
+    """Encode ``texts`` in batches, storing the finished prompts in the cache a shard at a time and the
+    rest when encoding stops (so Ctrl-C loses at most the batch in flight); returns their summaries and
+    the seconds spent encoding."""
     from mechinterp.core.encoding import aggregate_prompts, default_batch_size, tokenize
     from mechinterp.core.tokens import decode_tokens
 
@@ -167,6 +170,8 @@ def _encode(loaded: Loaded, texts: list[str], cache: ActivationCache | None,
             rows = aggregate_prompts(loaded, tokenized, batch_size, on_rows=store, progress=bar.update)
     finally:
         bar.close()
+        if cache:  # also on Ctrl-C or an error: every finished prompt is kept
+            cache.flush()
         seconds = round(time.perf_counter() - start, 4)
     return rows, seconds
 

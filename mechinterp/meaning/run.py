@@ -18,7 +18,6 @@ then only writes and prints::
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from pathlib import Path
 
 from mechinterp.core.errors import UserError
@@ -72,12 +71,12 @@ def contrast_prompts(
 
 
 def load_sets(folder: Path, prompts: PromptOptions, options: MeaningOptions) -> PromptSets:
-    """The prompt sets, checked for the statistics (and for pairing) and for the held-out share they get."""
+    """The prompt sets (duplicates dropped, large groups sampled with ``--max-prompts``), checked for the
+    statistics (and, with ``--paired``, for pairing) and for the held-out share they get."""
     min_needed = MIN_PROMPTS * (2 if options.holdout_given else 1)
-    sets = load_prompt_sets(folder, prompts.groups, prompts.baseline, min_needed, prompts.duplicates)
+    sets = load_prompt_sets(folder, prompts.groups, prompts.baseline, min_needed, prompts.duplicates,
+                            max_prompts=prompts.max_prompts, sample_seed=prompts.sample_seed, paired=options.paired)
     sizes = {g: len(p) for g, p in sets.groups.items()}
-    if options.paired:
-        _check_pairs(sets, sizes)
     holdout = options.holdout_for(sizes)
     if holdout and min(round(n * holdout) for n in sizes.values()) < MIN_PROMPTS:
         smallest = min(sizes, key=sizes.get)
@@ -87,19 +86,6 @@ def load_sets(folder: Path, prompts: PromptOptions, options: MeaningOptions) -> 
             "use --no-holdout)"
         )
     return sets
-
-
-def _check_pairs(sets: PromptSets, sizes: Mapping[str, int]) -> None:
-    """Line i of each file pairs with line i of the baseline: no line dropped, every file as long."""
-    if sets.notes:
-        raise UserError(f"--paired pairs line i of each file with line i of {sets.baseline}.txt, so no line may "
-                        f"be dropped, but {sets.notes[0]}; make every line unique")
-    uneven = [g for g in sets.contrasts if sizes[g] != sizes[sets.baseline]]
-    if uneven:
-        raise UserError(
-            f"--paired needs as many prompts in each group as in the baseline ({sizes[sets.baseline]}), but "
-            + ", ".join(f"{g} has {sizes[g]}" for g in uneven) + "; fix the files or drop --paired"
-        )
 
 
 def injection_encoder(source: Source, options: EncodeOptions, log: Log, runs: list[dict],
