@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from scipy import stats as sps
+from scipy.special import comb
 
 from mechinterp.meaning import stats
 
@@ -61,13 +64,13 @@ def test_benjamini_hochberg_matches_definition():
 
 
 def test_fdr_is_controlled_when_nothing_differs():
-    """200 simulated contrasts of 2,000 features with no true difference: BH at 0.05 bounds the chance of
+    """200 simulated contrasts of 300 features with no true difference: BH at 0.05 bounds the chance of
     *any* false discovery by about 0.05 (under the global null, FDR = family-wise error rate)."""
     rng = np.random.default_rng(7)
     any_discovery = 0
     pvalues = []
     for _ in range(200):
-        x, y = zero_inflated(rng, 30, 2000), zero_inflated(rng, 30, 2000)
+        x, y = zero_inflated(rng, 30, 300), zero_inflated(rng, 30, 300)
         c = stats.contrast(x, y)
         any_discovery += bool((c.q_value < 0.05).any())
         pvalues.append(c.p_value[:50])
@@ -96,3 +99,119 @@ def test_split_is_seeded_and_disjoint():
     b = stats.split_indices(11, 0.5, np.random.default_rng(4))
     assert [x.tolist() for x in a] == [x.tolist() for x in b]
     assert sorted(a[0].tolist() + a[1].tolist()) == list(range(11)) and len(a[1]) == 6
+
+
+# --- exact p-values, firing rates and float-noise ties (issue 20) -------------------------------------
+
+
+def _enumerated_mann_whitney(x, y):
+    """Two-sided p over every split of the pooled values (scipy enumerates them all)."""
+    res = sps.permutation_test((x, y), lambda a, b: sps.mannwhitneyu(a, b, method="asymptotic").statistic,
+                               permutation_type="independent", n_resamples=np.inf, alternative="two-sided")
+    return res.pvalue
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_exact_mann_whitney_equals_enumeration_with_ties_at_zero_and_above(seed):
+    rng = np.random.default_rng(seed)
+    n1, n2 = rng.integers(2, 7), rng.integers(3, 9)
+    x = (rng.integers(1, 5, n1) / 4) * (rng.random(n1) < 0.6)  # few distinct values: ties among non-zeros
+    y = (rng.integers(1, 5, n2) / 4) * (rng.random(n2) < 0.4)
+    assert stats.exact_mann_whitney(x, y) == pytest.approx(_enumerated_mann_whitney(x, y), rel=1e-9)
+    assert stats.exact_mann_whitney(y, x) == pytest.approx(_enumerated_mann_whitney(x, y), rel=1e-9)
+
+
+def test_three_of_fifteen_against_none_of_1211_gets_the_p_its_counts_support():
+    """The case of issue 20: the normal approximation said 1e-54; the exact p is twice the chance that
+    all three firing prompts land among the 15 (they also rank in the observed order: the most extreme)."""
+    x, y = np.zeros(1211), np.zeros(15)
+    y[:3] = [1.0, 2.0, 3.0]
+    expected = 2 * comb(15, 3) / comb(1226, 3)  # 2.97e-6
+    assert stats.exact_mann_whitney(x, y) == pytest.approx(expected, rel=1e-9)
+    assert stats.mann_whitney(x[:, None], y[:, None])[1][0] < 1e-50  # what the approximation said
+    u, p, exact = stats.rank_test(x[:, None], y[:, None])
+    assert exact[0] and p[0] == pytest.approx(expected, rel=1e-9)
+
+
+def test_subset_sum_counts_equal_the_direct_recursion():
+    rng = np.random.default_rng(5)
+    scores = np.rint(2 * sps.rankdata(rng.integers(0, 30, 80))).astype(np.int64)  # doubled midranks, tied
+    most = 12
+    counts = stats.subset_sum_counts(scores, most)
+    direct = np.zeros((most + 1, counts.shape[1]))
+    direct[0, 0] = 1.0
+    for s in scores:  # add one item at a time: a subset either skips it or takes it
+        direct[1:, s:] = direct[1:, s:] + direct[:-1, :-s]
+    scale = comb(80, np.arange(most + 1))[:, None]
+    assert np.abs(counts - direct).max(initial=0) / 1 <= 1e-12 * scale.max()
+    assert (np.abs(counts - direct) / scale).max() < 1e-14
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_exact_signed_rank_equals_enumeration_of_signs(seed):
+    rng = np.random.default_rng(seed)
+    d = np.round(rng.normal(0.4, 1.0, rng.integers(4, 11)), 1)  # rounding: tied |d| and zeros
+    nz = d[d != 0]
+    r = sps.rankdata(np.abs(nz))
+    sums = np.array([r[list(s)].sum() for s in itertools.product([False, True], repeat=len(nz)) for s in [np.array(s)]])
+    observed = r[nz > 0].sum()
+    expected = min(1.0, 2 * min((sums >= observed - 1e-9).mean(), (sums <= observed + 1e-9).mean()))
+    assert stats.exact_signed_rank(d) == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("n_a, n_b", [(12, 40), (40, 12), (15, 1211), (3, 3)])
+def test_fisher_two_sided_matches_scipy(n_a, n_b):
+    rng = np.random.default_rng(n_a + n_b)
+    k_a, k_b = rng.integers(0, n_a + 1, 40), rng.integers(0, n_b + 1, 40)
+    k_a[:3], k_b[:3] = [0, n_a, 0], [min(3, n_b), 0, 0]
+    p = stats.fisher_two_sided(k_a, n_a, k_b, n_b)
+    ref = [sps.fisher_exact([[a, n_a - a], [b, n_b - b]]).pvalue for a, b in zip(k_a, k_b)]
+    np.testing.assert_allclose(p, ref, rtol=1e-9, atol=1e-15)
+
+
+def test_a_small_baseline_against_a_big_group_gives_no_false_discoveries():
+    """The null of issue 20: 15 prompts against 600 from the same source, rare zero-inflated features.
+    The normal approximation gave "significant" features at q = 1e-17 here; exact p-values keep
+    the family-wise error near 5% and the p-values themselves uniform or conservative."""
+    rng = np.random.default_rng(11)
+    any_discovery, below = 0, []
+    for _ in range(30):
+        fire = 10 ** rng.uniform(-2.5, -0.5, 120)  # 0.3% to 30% of prompts
+        x = np.where(rng.random((600, 120)) < fire, rng.gamma(2.0, 0.5, (600, 120)), 0.0)
+        y = np.where(rng.random((15, 120)) < fire, rng.gamma(2.0, 0.5, (15, 120)), 0.0)
+        c = stats.contrast(x, y)
+        any_discovery += bool((c.q_value < 0.05).any())
+        below.append((c.p_value < 0.05).mean())
+    assert any_discovery <= 5  # expected <= 1.5 (5% of 30); 5 is > 3 sd above
+    assert np.mean(below) < 0.06
+
+
+def test_statistics_do_not_change_with_float_noise():
+    """Batch size or CPU kernel changes activations in the 7th digit; no rank, AUROC or p may move."""
+    rng = np.random.default_rng(2)
+    x, y = zero_inflated(rng, 40, 200, shift=0.1), zero_inflated(rng, 40, 200)
+    x[:, :20] = y[:, :20] = np.where(rng.random((40, 1)) < 0.5, 1.2345, 0.0)  # exact ties across the sets
+    noisy_x = x * (1 + 3e-7 * rng.standard_normal(x.shape))
+    noisy_y = y * (1 + 3e-7 * rng.standard_normal(y.shape))
+    a, b = stats.contrast(x, y), stats.contrast(noisy_x, noisy_y)
+    np.testing.assert_array_equal(a.auroc, b.auroc)
+    np.testing.assert_array_equal(a.p_value, b.p_value)
+    assert (a.auroc[:20] == 0.5).all()
+    p, _ = stats.paired_rank_test(x, x * (1 + 3e-7 * rng.standard_normal(x.shape)))
+    assert (p == 1.0).all()  # the same prompt twice, up to float noise: no difference at all
+
+
+def test_significant_features_rank_by_effect_size_not_q():
+    """With big sets nearly everything is significant and q tracks sample size: a feature at AUROC 0.94 in
+    a few prompts must outrank one at 0.38 that fires in many."""
+    rng = np.random.default_rng(4)
+    x, y = np.zeros((400, 3)), np.zeros((400, 3))
+    x[:, 0] = rng.gamma(2, 0.5, 400) + 1.5 * (rng.random(400) < 0.9)  # strong difference
+    y[:, 0] = rng.gamma(2, 0.5, 400)
+    x[:, 1] = rng.gamma(2, 0.5, 400)  # weak difference, baseline side
+    y[:, 1] = rng.gamma(2, 0.5, 400) + 0.3
+    x[:, 2], y[:, 2] = rng.gamma(2, 0.5, 400), rng.gamma(2, 0.5, 400)  # none
+    c = stats.contrast(x, y)
+    order = stats.rank_order(c)
+    assert c.auroc[0] > 0.85 and c.auroc[1] < 0.45 and (c.q_value[:2] < 0.05).all()
+    assert order.tolist()[:2] == [0, 1]

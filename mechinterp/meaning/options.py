@@ -86,6 +86,9 @@ class ConfoundSettings:
     injection: str = option(
         "candidates", "which features get the (model-running) injection test: candidates (those a token may "
         "carry: not concept, token control not survived), all, or none", choices=("candidates", "all", "none"))
+    injection_prompts: int = option(
+        300, "injection: at most this many lower-set prompts get the token (a seeded sample beyond it)",
+        type=positive_int)
     top_tokens: int = option(8, "peak tokens listed per feature in the evidence", type=positive_int)
 
     def __post_init__(self) -> None:

@@ -256,8 +256,8 @@ def _p(x: float | None) -> str:
 
 STATS_HEADER = [
     "group", "feature", "rank", "direction", "mean_group", "mean_baseline", "frac_active_group",
-    "frac_active_baseline", "auroc", "effect_size", "cohens_d", "p_value", "q_value", "test",
-    "holdout_auroc", "holdout_q_value", "replicated", "verdict", "evidence", "always_on", "neuronpedia_url",
+    "frac_active_baseline", "auroc", "effect_size", "cohens_d", "p_value", "q_value", "test", "p_method",
+    "p_firing_fisher", "holdout_auroc", "holdout_q_value", "replicated", "verdict", "evidence", "always_on", "neuronpedia_url",
     "alpha", *PROVENANCE_COLUMNS,
 ]
 
@@ -307,7 +307,9 @@ def stats_rows(result: MeaningResult, neuronpedia_id: str | None, stamp: list[st
                 group, f, rank_of.get(pos, ""), {1: "up", -1: "down", 0: "none"}[int(c.direction[pos])],
                 _six(c.mean_group[pos]), _six(c.mean_baseline[pos]), _six(c.frac_group[pos]),
                 _six(c.frac_baseline[pos]), _six(c.auroc[pos]), _six(c.effect_size[pos]), _six(c.cohens_d[pos]),
-                f"{c.p_value[pos]:.6g}", f"{c.q_value[pos]:.6g}", result.test, _six(h.auroc) if h else "",
+                f"{c.p_value[pos]:.6g}", f"{c.q_value[pos]:.6g}", result.test,
+                "exact" if c.exact is not None and c.exact[pos] else "normal approximation",
+                f"{c.p_firing[pos]:.6g}" if c.p_firing is not None else "", _six(h.auroc) if h else "",
                 f"{h.q_value:.6g}" if h else "", ("yes" if h.replicated else "no") if h else "not tested",
                 v.verdict if v else "", v.evidence if v else "", "yes" if f in always else "no",
                 neuronpedia_url(neuronpedia_id, f), result.alpha, *stamp,
@@ -460,7 +462,11 @@ def summary_lines(result: MeaningResult, options: MeaningOptions) -> list[str]:
         lines.append(_wrapped(f"Each feature's page: {constants.NEURONPEDIA_BASE}/{info.neuronpedia_id}/<feature> "
                               f"(every link is in {constants.FEATURE_STATS_CSV})"))
     lines.append(_wrapped(
-        f"Rank = smallest q first, ties broken by larger |effect size|, then larger mean difference. "
+        f"Rank = significant features (q < {options.alpha:g}) first, by the size of the difference |AUROC - 0.5| "
+        f"in either direction (with thousands of prompts nearly everything is significant, and q measures "
+        f"the sample size more than the effect), then the rest by q. 'fire p' = Fisher's exact test of the "
+        f"two firing shares. p-values are exact where the normal approximation fails (small or unequal "
+        f"sets with many silent prompts: column p_method of {constants.FEATURE_STATS_CSV}). "
         f"'replic.' = same direction and q < {options.alpha:g} on held-out prompts ('-': not re-tested, "
         f"because not significant in discovery or no held-out split)."))
     lines.append(_wrapped(
@@ -507,18 +513,20 @@ def group_lines(result: MeaningResult, finding: GroupFinding, options: MeaningOp
     lines = ["", _wrapped(f"=== {group} vs {baseline}: {split}" + (" (paired line by line)" if options.paired else "")),
              _wrapped(f"{plural(finding.n_significant(options.alpha), 'feature')} with q < {options.alpha:g} (of "
                       f"{len(c.tested)} tested; {c.n_never_fired} never fired in either group and were skipped)")]
+    lines += [_wrapped(line) for line in imbalance_lines(result, finding)]
     rows, examples = [], {}
     for ranked in finding.top(options.top_k):
         v = finding.verdicts.get(ranked.feature)
         rows.append([
             ranked.rank, ranked.feature, "up" if c.effect_size[ranked.position] > 0 else "down", f"{ranked.q:.2g}",
             f"{ranked.auroc:.2f}", f"{ranked.frac_group:.0%}", f"{ranked.frac_baseline:.0%}",
+            f"{c.p_firing[ranked.position]:.2g}" if c.p_firing is not None else "-",
             ("yes" if ranked.replicated else "no") if ranked.replication else "-", ranked.verdict or "-",
         ])
         if ranked.verdict and ranked.verdict not in examples:
             examples[ranked.verdict] = v
-    lines.append(format_table(["rank", "feature", "dir", "q", "AUROC", f"in {group}", f"in {baseline}", "replic.",
-                               "verdict"], rows))
+    lines.append(format_table(["rank", "feature", "dir", "q", "AUROC", f"in {group}", f"in {baseline}", "fire p",
+                               "replic.", "verdict"], rows))
     counts = {k: n for k, n in finding.verdict_counts().items() if n}
     if counts:
         n = sum(counts.values())
@@ -529,6 +537,28 @@ def group_lines(result: MeaningResult, finding: GroupFinding, options: MeaningOp
                               + "; why, one example of each:"))
         lines += [_tokens_wrapped(f"  #{v.feature} {v.verdict}: {v.evidence}", "    ") for v in examples.values()]
     return lines + always_on_lines(finding, result.always_on, options.alpha)
+
+
+IMBALANCE_RATIO = 4  # a group this many times bigger than the other gets the warning
+
+
+def imbalance_lines(result: MeaningResult, finding: GroupFinding) -> list[str]:
+    """The warning for unbalanced sets: what the imbalance does to power, and what the split leaves."""
+    group, baseline = finding.group, result.baseline
+    n_g, n_b = len(result.index[group]), len(result.index[baseline])
+    if max(n_g, n_b) < IMBALANCE_RATIO * min(n_g, n_b):
+        return []
+    small, big = (group, baseline) if n_g < n_b else (baseline, group)
+    # A rank test's variance goes as 1/n_group + 1/n_baseline: the balanced design of equal power has
+    # the harmonic mean of the two sizes in each set.
+    equal = 2.0 / (1.0 / n_g + 1.0 / n_b)
+    c = finding.contrast
+    split = (f" The held-out split leaves {c.n_group:,} vs {c.n_baseline:,} prompts for discovery and the rest "
+             f"for re-testing." if result.holdout else "")
+    return [f"warning: unbalanced sets: {group} has {n_g:,} prompts, {baseline} {n_b:,} "
+            f"({max(n_g, n_b) / min(n_g, n_b):.0f}:1). Power is set by the smaller set: this contrast is about "
+            f"as sensitive as {equal:.0f} vs {equal:.0f} prompts, and more {big} prompts add little; add {small} "
+            f"prompts, or sample {big} with --max-prompts to save time at little cost.{split}"]
 
 
 def always_on_lines(finding: GroupFinding, always: np.ndarray, alpha: float) -> list[str]:
