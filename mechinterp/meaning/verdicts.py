@@ -445,11 +445,13 @@ def _peaks(sets: _Sets, k: int, s: ConfoundSettings) -> _Peaks:
     separating = [t for t in ordered if doc[hi][col[t]] / n_hi > s.separating_ratio * doc[lo][col[t]] / n_lo]
     if separating:
         # A share ratio alone is noise when one set is small: 2 of 30 baseline prompts against 20% of the
-        # group looks like "3x", yet such a word is as common in both. It must also be significant.
+        # group looks like "3x", yet such a word can be as common in both. A word the other set uses must
+        # be significantly more common on this side; one it never uses (a concept's rare words, each in a
+        # few prompts) keeps the ratio test alone.
         k_hi = np.array([doc[hi][col[t]] for t in separating])
         k_lo = np.array([doc[lo][col[t]] for t in separating])
         p = fisher_greater(k_hi, n_hi, k_lo, n_lo)
-        separating = [t for t, pt in zip(separating, p) if pt < s.alpha]
+        separating = [t for t, kl, pt in zip(separating, k_lo, p) if kl == 0 or pt < s.alpha]
     return _Peaks(sign, hi, lo, fired_hi, counts_hi, counts_lo, top, p_star, ordered, separating)
 
 
