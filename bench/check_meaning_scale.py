@@ -19,6 +19,7 @@ what the script wrote (the stats CSV, the printed text):
 Run from the repository root:
     python bench/check_meaning_scale.py                    # designs A and B at full size
     python bench/check_meaning_scale.py --design B --keep  # one design; keep prompts, outputs and cache
+    python bench/check_meaning_scale.py --design C         # the issue's other direction (not "Done when")
     python bench/check_meaning_scale.py --scale 0.15       # the same designs, 15% of the lines
     python bench/check_meaning_scale.py --in-process --scale 0.15   # one process for all runs (tests)
 
@@ -42,7 +43,7 @@ import sys
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +52,8 @@ ROOT = BENCH_DIR.parent
 if str(ROOT) not in sys.path:  # the project's package and tests/, whatever the current folder
     sys.path.insert(0, str(ROOT))
 
-from tests import gpt2_world as gw  # noqa: E402
-from tests import scale_designs as sd  # noqa: E402
+from tests import gpt2_world as gw
+from tests import scale_designs as sd
 
 SCRIPT = ROOT / "MechInterpFeatureMeaning.py"
 RESULTS_DIR = BENCH_DIR / "results"
@@ -399,9 +400,10 @@ def _git_commit() -> str | None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Check issue 20's 'Done when' on the GPT-2-faithful world: "
                                      "Chapter 2 on big, unbalanced prompt sets with repeated lines.")
-    parser.add_argument("--design", choices=("A", "B", "both"), default="both",
+    parser.add_argument("--design", choices=("A", "B", "C", "both", "all"), default="both",
                         help="A: 2,000/2,000/600/40 lines with repeats; B: a 30-line baseline against "
-                        "2,500/2,500 (default: both)")
+                        "2,500/2,500; both: A and B, the designs of 'Done when' (the default); C: a 2,500-line "
+                        "baseline against 30/30, the issue's other direction; all: A, B and C")
     parser.add_argument("--scale", type=float, default=1.0,
                         help="fraction of every group's lines, for a quick run (default: 1; groups keep 20 lines)")
     parser.add_argument("--keep", action="store_true",
@@ -424,7 +426,7 @@ def run_checks(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     start = time.perf_counter()
     world = gw.build_gpt2_world(root / "hf_home")
     info = world_info(world)
-    keys = ("A", "B") if args.design == "both" else (args.design,)
+    keys = {"both": ("A", "B"), "all": ("A", "B", "C")}.get(args.design, (args.design,))
     runs = []
     for key in keys:
         design = sd.scaled(sd.DESIGNS[key], args.scale)

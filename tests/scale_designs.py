@@ -16,7 +16,9 @@ make such folders over GPT-2's real words, with a known answer in the world of t
   many times.
 
 Design A: baseline 2,000, null 2,000, happy 600, angry 40 lines, repeats included. Design B: a 30-line
-baseline against 2,500 joyful and 2,500 null lines. ``scale`` writes the same designs smaller.
+baseline against 2,500 joyful and 2,500 null lines. Design C (beyond "Done when"): the other direction,
+a 2,500-line baseline against 30 joyful lines, a tenth of which say it in words the world did not plant,
+and 30 null lines. ``scale`` writes the same designs smaller.
 
 Run ``python -m tests.scale_designs DIR [--scale 0.15]`` to write both designs for a look by hand.
 """
@@ -70,14 +72,26 @@ CONCEPT_SLOTS = {
         "adv": ("angrily", "furiously"),
     },
 }
+# The same feelings in words the world did not plant: a concept group with some of these lines is one
+# whose planted feature misses a few prompts (AUROC below 1), as a real concept feature does.
+UNPLANTED_SLOTS = {
+    "happy": {"adj": ("proud", "content", "elated", "overjoyed", "jubilant"), "noun": ("laughter", "pride"),
+              "adv": ("gladly", "happily")},
+    "angry": {"adj": ("mad", "livid", "cross", "fuming", "resentful"), "noun": ("fury", "spite"),
+              "adv": ("bitterly", "sharply")},
+}
 MOOD_SHARE = 0.3  # share of neutral sentences with a mood clause (", and she was calm")
 
 
 def _check_planted_words() -> None:
+    every_planted = set(HAPPY_WORDS) | set(ANGRY_WORDS)
     for concept, planted in (("happy", HAPPY_WORDS), ("angry", ANGRY_WORDS)):
         words = {w for kind in CONCEPT_SLOTS[concept].values() for w in kind}
         if not words <= set(planted):
             raise RuntimeError(f"{sorted(words - set(planted))} are not planted {concept} words")
+        unplanted = {w for kind in UNPLANTED_SLOTS[concept].values() for w in kind}
+        if unplanted & every_planted:
+            raise RuntimeError(f"{sorted(unplanted & every_planted)} are planted words")
 
 
 # --- sentences ---------------------------------------------------------------------------------------
@@ -156,9 +170,12 @@ class SentenceGenerator:
     def neutral(self) -> str:
         return render(self.frame())
 
-    def concept(self, concept: str) -> str:
-        """A neutral sentence with one (a quarter of the time two) slots swapped for ``concept`` words."""
-        words = CONCEPT_SLOTS[concept]
+    def concept(self, concept: str, planted: bool = True) -> str:
+        """A neutral sentence with one (a quarter of the time two) slots swapped for ``concept`` words.
+
+        ``planted=False`` swaps in words of the same feeling that the world did not plant.
+        """
+        words = (CONCEPT_SLOTS if planted else UNPLANTED_SLOTS)[concept]
         parts = self.frame()
         usable = [i for i, p in enumerate(parts) if isinstance(p, Slot) and words[p.kind]]
         if not usable:
@@ -196,6 +213,7 @@ class GroupSpec:
     concept: str | None  # None: neutral sentences; "happy" / "angry": the planted concept
     seed: int
     repeat_share: float = 0.0  # share of the lines that repeat another line of the file
+    planted_share: float = 1.0  # share of a concept group's sentences with a planted word (the rest: unplanted)
 
 
 @dataclass(frozen=True)
@@ -223,30 +241,43 @@ DESIGN_B = Design("B", (
     GroupSpec("joyful", 2500, "happy", seed=202),
     GroupSpec("null", 2500, None, seed=203),
 ))
-DESIGNS = {"A": DESIGN_A, "B": DESIGN_B}
-MIN_SCALED_LINES = 20  # a scaled group keeps at least this many lines (Chapter 2's hold-out needs 20)
+# Not in "Done when": issue 20's report of the other direction, a large baseline against 30 joyful
+# prompts whose planted feature reaches AUROC 0.94 (a tenth of them say it in unplanted words).
+DESIGN_C = Design("C", (
+    GroupSpec("baseline", 2500, None, seed=301),
+    GroupSpec("joyful", 30, "happy", seed=302, planted_share=0.9),
+    GroupSpec("null", 30, None, seed=303),
+))
+DESIGNS = {"A": DESIGN_A, "B": DESIGN_B, "C": DESIGN_C}
+MIN_SCALED_LINES = 30  # a scaled group keeps at least this many lines: design B's 30-line baseline stays whole
 
 
 def scaled(design: Design, scale: float) -> Design:
-    """The same design with every group ``scale`` times as long (small groups kept at 20 lines)."""
+    """The same design with every group ``scale`` times as long (groups of up to 30 lines kept whole)."""
     if scale == 1:
         return design
     groups = tuple(
         GroupSpec(g.name, max(round(g.lines * scale), min(g.lines, MIN_SCALED_LINES)), g.concept, g.seed,
-                  g.repeat_share)
+                  g.repeat_share, g.planted_share)
         for g in design.groups
     )
     return Design(design.name, groups, design.baseline)
 
 
-def distinct_sentences(n: int, concept: str | None, seed: int) -> list[str]:
-    """``n`` different sentences of the generator, in the order it made them."""
+def distinct_sentences(n: int, concept: str | None, seed: int, planted_share: float = 1.0) -> list[str]:
+    """``n`` different sentences of the generator, in the order it made them.
+
+    Of a concept group's sentences, ``round(n * planted_share)`` hold planted words, spread evenly.
+    """
     gen = SentenceGenerator(seed)
+    n_planted = round(n * planted_share)
     seen: dict[str, None] = {}
     for _ in range(50 * n + 100):
         if len(seen) == n:
             break
-        seen.setdefault(gen.neutral() if concept is None else gen.concept(concept), None)
+        # Bresenham-style: sentence k is planted when it raises floor(k * share), so any prefix has the share.
+        planted = (len(seen) + 1) * n_planted // n > len(seen) * n_planted // n
+        seen.setdefault(gen.neutral() if concept is None else gen.concept(concept, planted), None)
     if len(seen) < n:
         raise RuntimeError(f"the generator gave only {len(seen)} distinct sentences of {n}")
     return list(seen)
@@ -272,7 +303,7 @@ def with_repeats(lines: list[str], n_repeats: int, seed: int) -> list[str]:
 def group_lines(group: GroupSpec) -> list[str]:
     """The lines of one group's file."""
     n_repeats = round(group.lines * group.repeat_share)
-    distinct = distinct_sentences(group.lines - n_repeats, group.concept, group.seed)
+    distinct = distinct_sentences(group.lines - n_repeats, group.concept, group.seed, group.planted_share)
     return with_repeats(distinct, n_repeats, group.seed + 7919)
 
 
@@ -289,8 +320,8 @@ def write_design(design: Design, folder: Path) -> Path:
 if __name__ == "__main__":
     import argparse
 
-    parser = argparse.ArgumentParser(description="Write designs A and B of issue 20 as prompt folders.")
-    parser.add_argument("folder", type=Path, help="where to write A/ and B/")
+    parser = argparse.ArgumentParser(description="Write designs A, B and C of issue 20 as prompt folders.")
+    parser.add_argument("folder", type=Path, help="where to write A/, B/ and C/")
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of each group's size (default: 1)")
     cli = parser.parse_args()
     for key, spec in DESIGNS.items():

@@ -1,10 +1,12 @@
 """Chapter 2 at a learner's real scale (issue 20), at 15% of the size, in the normal suite.
 
 Runs bench/check_meaning_scale.py on designs A (2,000/2,000/600/40 lines with repeated lines) and B (a
-30-line baseline against 2,500/2,500) of tests/scale_designs.py, scaled to 15% (small groups keep 20
-lines), in one process on the GPT-2-faithful world, and asserts "Done when" of issue 20 on what it
-found: planted features rank 1 and ``concept``, null groups clean, the imbalance named, MI3 readable,
-the activation cache in few files. Time and peak memory are the full-size checker's job (one process
+30-line baseline against 2,500/2,500) of tests/scale_designs.py, scaled to 15% (groups of up to 30
+lines kept whole: 300/300/90/30 and 30/375/375), in one process on the GPT-2-faithful world, and
+asserts "Done when" of issue 20 on what it found: planted features rank 1 and ``concept``, null groups
+clean, the imbalance named, MI3 readable, the activation cache in few files. At this size design B
+still shows the small-baseline failure: features firing in 1 of 15 baseline prompts and none of 187
+null prompts came out at q = 0.02 under the normal approximation (Fisher's exact test: p = 0.07). Time and peak memory are the full-size checker's job (one process
 runs both designs here, so neither is measured per run).
 
 The generator's own tests come first: a null group is only a null group if the baseline's generator
@@ -18,7 +20,6 @@ import json
 import subprocess
 import sys
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -85,6 +86,16 @@ def test_concept_sentences_carry_planted_words_mid_sentence():
         assert len({w for line in lines for w in line.split() if w.strip(".,") in words}) >= 8
 
 
+def test_planted_share_leaves_the_rest_in_unplanted_words():
+    planted = set(gw.HAPPY_WORDS) | set(gw.ANGRY_WORDS)
+    unplanted = {w for kinds in sd.UNPLANTED_SLOTS["happy"].values() for w in kinds}
+    lines = sd.distinct_sentences(30, "happy", 302, planted_share=0.9)
+    words = [set(line.rstrip(".").replace(",", "").split()) for line in lines]
+    with_planted = [bool(w & planted) for w in words]
+    assert sum(with_planted) == 27
+    assert all(w & unplanted for w, p in zip(words, with_planted) if not p)
+
+
 def test_sentences_are_8_to_30_tokens_and_many():
     for concept in (None, "happy", "angry"):
         lengths = [len(ids) for ids in _tokens(sd.distinct_sentences(600, concept, 31))]
@@ -105,7 +116,7 @@ def test_designs_have_their_sizes_and_repeats(tmp_path):
         if repeats:
             assert max(counts.values()) >= repeats // 3  # one line repeated many times
     small = sd.scaled(sd.DESIGN_B, SCALE)
-    assert [g.lines for g in small.groups] == [20, 375, 375]
+    assert [g.lines for g in small.groups] == [30, 375, 375]  # the 30-line baseline stays whole
 
 
 # --- the acceptance criteria at 15% ----------------------------------------------------------------------
