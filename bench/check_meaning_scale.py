@@ -99,21 +99,22 @@ def run_measured(argv: list[str], env: dict[str, str], folder: Path, timeout: fl
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         start = time.perf_counter()
         proc = subprocess.Popen([sys.executable, str(SCRIPT), *argv], cwd=ROOT, env=env, stdout=out, stderr=err)
-        deadline = start + timeout
+        deadline, timed_out = start + timeout, False
         while True:  # wait4 on this pid gives this run's rusage alone, not every child's so far
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
             if time.perf_counter() > deadline:
                 proc.kill()
-                pid, status, usage = os.wait4(proc.pid, 0)
+                _, status, usage = os.wait4(proc.pid, 0)
+                timed_out = True
                 break
             time.sleep(0.2)
         seconds = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)  # so that Popen does not wait for it again
     # ru_maxrss is in kilobytes on Linux, in bytes on macOS.
     peak_mb = usage.ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
-    code: int | str = proc.returncode if pid and time.perf_counter() <= deadline else "timeout"
+    code: int | str = "timeout" if timed_out else proc.returncode
     return RunOutcome(code, out_path.read_text(errors="replace"), err_path.read_text(errors="replace"),
                       seconds, peak_mb)
 
