@@ -45,7 +45,7 @@ from mechinterp.core.prompts import PromptOptions
 from mechinterp.core.records import RunRecord
 from mechinterp.core.source import resolve_source
 from mechinterp.core.tables import print_wrapped
-from mechinterp.meaning import report
+from mechinterp.meaning import figures, report
 from mechinterp.meaning.options import MeaningOptions
 from mechinterp.meaning.run import contrast_prompts
 
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         written = report.write_tables(out, result, options)
         print("\n".join(report.summary_lines(result, options)))
         with record.timed("figures"):
-            written += report.write_figures(out, result, options)
+            written += figures.write_figures(out, result, options)
         record.wrote(*written)
         record.update(**report.record_facts(result, options))
         path = record.write(out)

@@ -59,7 +59,7 @@ for row in happy.top(3):
           f"fires in {row.frac_group:.0%} of happy vs {row.frac_baseline:.0%} of baseline prompts, verdict {row.verdict}")
 best = happy.top(1)[0]
 print(f"chapter 2: happy rank 1 = #{best.feature} ({best.verdict})")"""),
-    ("code", """from mechinterp.meaning.report import volcano
+    ("code", """from mechinterp.meaning.figures import volcano
 
 c = happy.contrast
 volcano(c.effect_size, c.q_value, c.tested, [r.feature for r in happy.top(3)], 0.05, "happy", "baseline",

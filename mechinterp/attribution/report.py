@@ -39,6 +39,9 @@ KIND_COLOURS = {
     "sae_bias": "#bcbd22",
 }
 ANNOTATE_MAX_CELLS = 160  # write the value into each heatmap cell up to this many cells
+# Bars in MI9's left panel: each adds 0.3 inch to the figure, so --top-components 200 once asked for a
+# figure 9,400 px tall. Every row is in MI9_<id>.csv whatever the figure shows.
+MAX_BARS = 40
 
 
 def head_mlp_grid(result: FeatureAttribution, n_heads: int) -> tuple[np.ndarray, int]:
@@ -67,14 +70,19 @@ def attribution_figure(result: FeatureAttribution, n_heads: int, title: str, n_t
         result: the feature's attribution; ``result.direct`` must not be None (the feature fired).
         n_heads: the model's heads per layer (the heatmap's width).
         title: names the model, SAE and hook.
-        n_top: bars in the left panel.
+        n_top: bars in the left panel (at most :data:`MAX_BARS`; the panel's title says when fewer).
     """
     direct = result.direct
     if direct is None:
         raise ValueError("no figure for a feature that never fires")
+    capped = n_top > MAX_BARS
+    n_top = min(n_top, MAX_BARS)
     fig = NotebookFigure(figsize=(19, max(6.5, 0.3 * n_top + 2.5)), layout="constrained")
     ax_bar, ax_map, ax_abl = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1.0, 1.25, 0.95]})
     _bars_panel(ax_bar, direct, n_top)
+    if capped:
+        ax_bar.set_title(f"{ax_bar.get_title()}\nthe largest {n_top} drawn (every row is in "
+                         f"{output_name(constants.MI9_CSV, result.feature)})", fontsize=10)
     _heads_panel(fig, ax_map, result, n_heads)
     _causal_panel(ax_abl, direct, result.causal)
     fig.suptitle(

@@ -15,7 +15,12 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from mechinterp.cards.card import CorpusEvidence, FeatureCard
+from mechinterp.core import constants
 from mechinterp.core.figures import NotebookFigure, axis_label
+
+# Tokens drawn on each side of MI5's logit panel: the panel has a fixed height, so --n-tokens 200 would
+# squeeze 401 labels into it. MI5_<id>.csv and the card's page list every one.
+MAX_LOGIT_BARS = 25
 
 
 def card_figure(card: FeatureCard, title: str = "") -> Figure:
@@ -43,8 +48,11 @@ def feature_figure(
         edges: ``[bins + 1]`` histogram bin edges over non-zero activations.
         counts: per source (prompt group or corpus), ``[bins]`` token counts, stacked in the plot.
         zeros: tokens where the feature is 0 (not drawn: they would dwarf the rest), ``total``: all tokens.
-        promoted, suppressed: ``(token, logit effect)`` pairs, strongest first.
+        promoted, suppressed: ``(token, logit effect)`` pairs, strongest first (the first
+            :data:`MAX_LOGIT_BARS` of each are drawn).
     """
+    listed = len(promoted), len(suppressed)
+    promoted, suppressed = promoted[:MAX_LOGIT_BARS], suppressed[:MAX_LOGIT_BARS]
     fig = NotebookFigure(figsize=(14, 7.2))
     ax_hist, ax_logit = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.25, 1]})
     widths = np.diff(edges)
@@ -80,7 +88,9 @@ def feature_figure(
     ax_logit.barh(y, values, color=colors, height=0.75)
     ax_logit.set_yticks(y, labels, fontsize=8.5, family="monospace")
     ax_logit.axvline(0, color="black", linewidth=0.8)
-    ax_logit.set_xlabel(f"direct logit effect of one unit of feature #{feature} (W_dec[f] @ W_U)")
+    of_listed = (f"\n(the strongest drawn; all {listed[0]} promoted and {listed[1]} suppressed are in "
+                 f"{constants.MI5_CSV.format(feature=feature)})" if listed != (len(promoted), len(suppressed)) else "")
+    ax_logit.set_xlabel(f"direct logit effect of one unit of feature #{feature} (W_dec[f] @ W_U){of_listed}")
     ax_logit.set_title(f"What it writes: {len(promoted)} most promoted (green), {len(suppressed)} most suppressed (red)",
                        fontsize=10)
     ax_logit.grid(axis="x", alpha=0.3)

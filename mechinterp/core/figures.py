@@ -12,6 +12,8 @@ import io
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
+from mechinterp.core.io import check_figure_size
+
 
 class NotebookFigure(Figure):
     """A matplotlib Figure that shows itself in Jupyter, with no pyplot and no backend to set up.
@@ -45,4 +47,5 @@ def png_bytes(fig: Figure, dpi: int = 110) -> bytes:
     """The figure as PNG bytes, e.g. to inline in a self-contained HTML page."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    check_figure_size(buffer.getvalue()[:24], "a figure")
     return buffer.getvalue()

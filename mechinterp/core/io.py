@@ -6,7 +6,8 @@ operation on POSIX and Windows), so a reader sees either the previous complete f
 A script writes its results through an :class:`OutputFolder`, which holds every rename back until the
 run has finished (``with OutputFolder(path) as out: ...``): a run that fails or is interrupted leaves
 the previous results untouched, instead of a mix of old and new files. The module-level writers
-(used for the activation cache) rename at once, so finished work is kept.
+(used for the activation cache) rename at once, so finished work is kept. Every figure saved is
+checked against :data:`MAX_FIGURE_PX` a side (a warning beyond it).
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import csv
 import json
 import os
 import shutil
+import struct
 import tempfile
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -103,12 +106,44 @@ def save_figure(fig: Any, path: Path, dpi: int = 150) -> Path:
     involved, nothing can block on ``show()``, and no global figure list needs closing.
     """
     with atomic_path(path) as tmp:
-        _save_png(fig, tmp, dpi)
+        _save_png(fig, tmp, dpi, Path(path).name)
     return Path(path)
 
 
-def _save_png(fig: Any, path: Path, dpi: int) -> None:
+# The largest side of a saved figure, in pixels. Each figure caps what it draws (rows, tokens, groups) to
+# stay under it; beyond it an image is slow to open and no longer readable as one picture.
+MAX_FIGURE_PX = 6000
+
+
+class FigureSizeWarning(UserWarning):
+    """A saved figure is larger than :data:`MAX_FIGURE_PX` on a side (a figure's own cap has a gap)."""
+
+
+def png_size(header: bytes) -> tuple[int, int]:
+    """``(width, height)`` in pixels, read from the first 24 bytes of a PNG (its IHDR chunk)."""
+    if len(header) < 24 or header[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ValueError("not a PNG")
+    width, height = struct.unpack(">II", header[16:24])
+    return width, height
+
+
+def check_figure_size(header: bytes, name: str) -> tuple[int, int]:
+    """Warn (:class:`FigureSizeWarning`) when a PNG is over :data:`MAX_FIGURE_PX` on a side; returns its size.
+
+    A warning, not an error: the figure is still right, only too big to read, and failing would throw
+    away the run's other results.
+    """
+    width, height = png_size(header)
+    if max(width, height) > MAX_FIGURE_PX:
+        warnings.warn(f"{name} is {width:,} x {height:,} px, over the {MAX_FIGURE_PX:,} px a side that figures "
+                      "keep to (it is complete, but hard to open and read)", FigureSizeWarning, stacklevel=3)
+    return width, height
+
+
+def _save_png(fig: Any, path: Path, dpi: int, name: str) -> None:
     fig.savefig(path, format="png", dpi=dpi, bbox_inches="tight")
+    with open(path, "rb") as f:
+        check_figure_size(f.read(24), name)
 
 
 class OutputFolder:
@@ -168,7 +203,7 @@ class OutputFolder:
 
     def save_figure(self, fig: Any, name: str, dpi: int = 150) -> Path:
         with self.staged(name) as tmp:
-            _save_png(fig, tmp, dpi)
+            _save_png(fig, tmp, dpi, name)
         return self.path / name
 
     def commit(self) -> None:

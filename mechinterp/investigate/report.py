@@ -22,6 +22,26 @@ from mechinterp.investigate.text_features import DENSE_THRESHOLD, TextFeatures
 # Columns per row of a token heatmap: at 0.42 inch a column and 150 dpi, 80 tokens make ~5,400 px, so a
 # long text wraps onto further rows instead of becoming a 50,000-pixel-wide image.
 MAX_TOKENS_PER_ROW = 80
+# The wrapped rows stop at this height (5,400 px at 150 dpi, under the 6,000 px every figure keeps to):
+# a 1,000-token text made a heatmap 12,500 px tall with 20 features. MI1_token_activations.csv has every token.
+MAX_HEATMAP_INCHES = 36.0
+MAX_FEATURES_IN_HEATMAP = 50  # rows of the heatmap (a feature each); MI1.csv lists every --top-k feature
+
+
+def heatmap_extent(n_features: int, n_tokens: int) -> tuple[int, int]:
+    """How much of a features x tokens heatmap :func:`token_heatmap` draws: ``(features, tokens)``.
+
+    The strongest features up to :data:`MAX_FEATURES_IN_HEATMAP`, then the text's first tokens, as many
+    rows of :data:`MAX_TOKENS_PER_ROW` as fit in :data:`MAX_HEATMAP_INCHES`.
+    """
+    n_feat = min(n_features, MAX_FEATURES_IN_HEATMAP)
+    rows = max(1, int(MAX_HEATMAP_INCHES // _panel_height(n_feat)))
+    return n_feat, min(n_tokens, rows * MAX_TOKENS_PER_ROW)
+
+
+def _panel_height(n_features: int) -> float:
+    """Inches of one row of the heatmap (one wrapped piece of the text)."""
+    return max(3.0, 0.32 * n_features + 1.8)
 
 
 def token_heatmap(
@@ -32,15 +52,22 @@ def token_heatmap(
 ) -> Figure:
     """Features x tokens heatmap (Chapter 1); texts longer than ``MAX_TOKENS_PER_ROW`` wrap onto more rows.
 
+    What does not fit (:func:`heatmap_extent`) is left out, the weakest features and the text's end,
+    and the title says so.
+
     Args:
         acts: ``[n_features, n_tokens]`` activations, one row per feature in ``features``.
         tokens: the text's tokens (BOS already removed), one per column.
         features: feature ids labelling the rows, strongest first.
     """
-    n_feat, n_tok = acts.shape
+    n_feat, n_tok = heatmap_extent(*acts.shape)
+    total_feat, total_tok = acts.shape
+    if (n_feat, n_tok) != acts.shape:
+        title = f"{title}\n{_left_out(n_feat, total_feat, n_tok, total_tok)}"
+        acts, features = acts[:n_feat, :n_tok], features[:n_feat]
     chunks = [range(start, min(start + MAX_TOKENS_PER_ROW, n_tok)) for start in range(0, n_tok, MAX_TOKENS_PER_ROW)] or [range(0)]
     width = min(n_tok, MAX_TOKENS_PER_ROW)
-    panel_height = max(3.0, 0.32 * n_feat + 1.8)
+    panel_height = _panel_height(n_feat)
     fig = NotebookFigure(figsize=(max(6.0, 0.42 * width + 2.5), panel_height * len(chunks)))
     axes = fig.subplots(len(chunks), 1, squeeze=False)[:, 0]
     vmax = float(acts.max()) if acts.size and acts.max() > 0 else 1.0
@@ -54,8 +81,8 @@ def token_heatmap(
             ax.set_xlim(-0.5, MAX_TOKENS_PER_ROW - 0.5)
         ax.set_xticks(range(n_cols), [display_token(tokens[i]) for i in cols], rotation=60, ha="right", fontsize=9)
         ax.set_yticks(range(n_feat), [f"#{f}" for f in features], fontsize=9)
-        ax.set_xlabel("token (BOS excluded; · marks a leading space)" if len(chunks) == 1
-                      else f"tokens {cols.start + 1}-{cols.stop} of {n_tok} (BOS excluded; · marks a leading space)")
+        ax.set_xlabel("token (BOS excluded; · marks a leading space)" if len(chunks) == 1 and n_tok == total_tok
+                      else f"tokens {cols.start + 1}-{cols.stop} of {total_tok:,} (BOS excluded; · marks a leading space)")
         ax.set_ylabel("feature (strongest first)")
         # Thin grid lines between cells make it easy to follow one token down the column.
         ax.set_xticks(np.arange(-0.5, n_cols, 1), minor=True)
@@ -68,6 +95,16 @@ def token_heatmap(
     fig.colorbar(image, ax=list(axes) if len(chunks) > 1 else axes[0], label="SAE feature activation (white = 0, off)",
                  fraction=0.04 / len(chunks), pad=0.02)
     return fig
+
+
+def _left_out(n_feat: int, total_feat: int, n_tok: int, total_tok: int) -> str:
+    """The heatmap title's line on what it leaves out (every cell is in MI1_token_activations.csv)."""
+    drawn = []
+    if n_feat < total_feat:
+        drawn.append(f"the top {n_feat} of {total_feat} features")
+    if n_tok < total_tok:
+        drawn.append(f"the first {n_tok:,} of {total_tok:,} tokens")
+    return f"drawn: {' and '.join(drawn)}, to keep the figure readable (every cell is in {constants.MI1_TOKENS_CSV})"
 
 
 def density_text(density: float | None) -> str:

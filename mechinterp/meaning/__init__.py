@@ -1,1 +1,1 @@
-"""Chapter 2: options (``options``), every statistical test (``stats``), design checks (``design``), evidence and verdicts (``verdicts``), the contrast of every group (``contrast``), the whole run from the prompt files (``run``), and text, tables and figures (``report``)."""
+"""Chapter 2: options (``options``), every statistical test (``stats``), design checks (``design``), evidence and verdicts (``verdicts``), the contrast of every group (``contrast``), the whole run from the prompt files (``run``), text and tables (``report``), and figures (``figures``)."""
