@@ -175,14 +175,14 @@ def test_a_small_baseline_against_a_big_group_gives_no_false_discoveries():
     the family-wise error near 5% and the p-values themselves uniform or conservative."""
     rng = np.random.default_rng(11)
     any_discovery, below = 0, []
-    for _ in range(30):
-        fire = 10 ** rng.uniform(-2.5, -0.5, 120)  # 0.3% to 30% of prompts
-        x = np.where(rng.random((600, 120)) < fire, rng.gamma(2.0, 0.5, (600, 120)), 0.0)
-        y = np.where(rng.random((15, 120)) < fire, rng.gamma(2.0, 0.5, (15, 120)), 0.0)
+    for _ in range(20):
+        fire = 10 ** rng.uniform(-2.5, -0.5, 100)  # 0.3% to 30% of prompts
+        x = np.where(rng.random((600, 100)) < fire, rng.gamma(2.0, 0.5, (600, 100)), 0.0)
+        y = np.where(rng.random((15, 100)) < fire, rng.gamma(2.0, 0.5, (15, 100)), 0.0)
         c = stats.contrast(x, y)
         any_discovery += bool((c.q_value < 0.05).any())
         below.append((c.p_value < 0.05).mean())
-    assert any_discovery <= 5  # expected <= 1.5 (5% of 30); 5 is > 3 sd above
+    assert any_discovery <= 4  # expected <= 1 (5% of 20); 4 is > 3 sd above; the normal approximation gives 9
     assert np.mean(below) < 0.06
 
 
