@@ -287,18 +287,24 @@ def write_prompts(folder: Path, sets: dict[str, list[str]]) -> list[Path]:
 def chapter_env(hf_home: Path, project_cache: Path) -> dict[str, str]:
     """The user's environment, with the benchmark's Hugging Face cache (offline) and a private project cache.
 
-    Threads are left at their defaults (all cores), as a user has them.
+    Threads are left at their defaults (all cores), as a user has them. Output is unbuffered so that the
+    wrapper notes each line when it is printed (a pipe would otherwise hold it back until exit).
     """
     return {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "MECHINTERP_CACHE": str(project_cache),
-            "TOKENIZERS_PARALLELISM": "false"}
+            "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
 
 
 def run_chapter(prompts: Path, out: Path, env: dict[str, str], work: Path, name: str,
-                planted: dict[str, list[int]]) -> dict[str, Any]:
-    """Chapter 2 on ``prompts`` into ``out``, measured in a fresh wrapper process; what it cost and wrote."""
+                planted: dict[str, list[int]], profile: Path | None = None) -> dict[str, Any]:
+    """Chapter 2 on ``prompts`` into ``out``, measured in a fresh wrapper process; what it cost and wrote.
+
+    ``profile``: run it under ``cProfile`` and save the statistics there (the times then include the
+    profiler's overhead).
+    """
     measured = work / f"{name}_measure.json"
     log = work / f"{name}.log"
-    cmd = [sys.executable, str(SCRIPT), "--prompts", str(prompts), "--out", str(out)]
+    profiler = ["-m", "cProfile", "-o", str(profile)] if profile else []
+    cmd = [sys.executable, *profiler, str(SCRIPT), "--prompts", str(prompts), "--out", str(out)]
     wrapper = [sys.executable, str(MEASURE), str(measured), str(log), "--", *cmd]
     subprocess.run(wrapper, cwd=ROOT, env=env, check=True)
     result = json.loads(measured.read_text(encoding="utf-8"))
@@ -306,8 +312,32 @@ def run_chapter(prompts: Path, out: Path, env: dict[str, str], work: Path, name:
         tail = log.read_text(encoding="utf-8", errors="replace")[-3000:]
         raise RuntimeError(f"Chapter 2 failed ({name}, exit {result['returncode']}):\n{tail}")
     record = json.loads((out / RUN_RECORD).read_text(encoding="utf-8"))
+    result["peak_rss_after_line"] = last_line_before(result.get("output_lines") or [], result["peak_rss_at_seconds"])
     return {**result, **record_facts(record), "cache": cache_usage(Path(env["MECHINTERP_CACHE"])),
             "figures": figure_sizes(out), "planted_ranks": planted_ranks(out, planted), "log": str(log)}
+
+
+def last_line_before(lines: list[list[Any]], seconds: float | None) -> str | None:
+    """The last line of output printed before ``seconds``: what the command was doing then."""
+    if seconds is None:
+        return None
+    before = [text for at, text in lines if at <= seconds]
+    return before[-1] if before else "(before any output)"
+
+
+def profile_summary(path: Path, top: int = 25) -> dict[str, list[dict[str, Any]]]:
+    """The project's functions by cumulative time, and every function by own time, from a cProfile file."""
+    import pstats
+
+    rows = []
+    for (file, line, func), (_, calls, own, cumulative, _) in pstats.Stats(str(path)).stats.items():
+        where = Path(file).resolve()
+        name = f"{where.relative_to(ROOT)}:{line}({func})" if ROOT in where.parents else f"{file}:{line}({func})"
+        rows.append({"function": name, "calls": calls, "cumulative_s": round(cumulative, 3), "own_s": round(own, 3),
+                     "project": (ROOT / "mechinterp") in where.parents})
+    by_cumulative = sorted((r for r in rows if r["project"]), key=lambda r: -r["cumulative_s"])[:top]
+    by_own = sorted(rows, key=lambda r: -r["own_s"])[:top]
+    return {"project_by_cumulative": by_cumulative, "all_by_own_time": by_own}
 
 
 def planted_ranks(out: Path, planted: dict[str, list[int]]) -> dict[str, list[int | None]]:
@@ -369,8 +399,9 @@ def figure_sizes(out: Path) -> dict[str, list[int]]:
 
 
 def bench_size(n: int, world: dict[str, Any], work: Path, seed: int, words: Sequence[str], tokenizer: Any,
-               warm: bool, log: Callable[[str], None]) -> dict[str, Any]:
-    """Chapter 2 at ``n`` prompts per group: cold (empty activation cache), then warm (the cache it left)."""
+               warm: bool, profile: bool, log: Callable[[str], None]) -> dict[str, Any]:
+    """Chapter 2 at ``n`` prompts per group: cold (empty activation cache), then warm (the cache it left),
+    then, with ``profile``, warm again under cProfile (where the time goes once encoding is cached)."""
     folder = work / f"n{n}"
     shutil.rmtree(folder, ignore_errors=True)
     sets = prompt_sets(n, seed, words)
@@ -387,6 +418,12 @@ def bench_size(n: int, world: dict[str, Any], work: Path, seed: int, words: Sequ
     if warm:
         row["warm"] = run_chapter(folder / "prompts", folder / "out_warm", env, folder, "warm", planted)
         log(f"  warm {row['warm']['seconds']:.1f} s, peak {row['warm']['peak_rss_mb']:,.0f} MB")
+    if profile:
+        stats = folder / "profiled.pstats"
+        run = run_chapter(folder / "prompts", folder / "out_profiled", env, folder, "profiled", planted, stats)
+        row["profiled"] = {"seconds": run["seconds"], "stage_seconds": run["stage_seconds"],
+                           "pstats": str(stats), **profile_summary(stats)}
+        log(f"  profiled warm run {run['seconds']:.1f} s: {stats}")
     return row
 
 
@@ -477,7 +514,7 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         *table(["prompts per group", "load", "encode", "cache", "statistics", "of which injection encode",
                 "figures", "other", "injection prompts", "significant (q < 0.05)", "planted features' ranks",
-                "peak RSS at (s)"], "rrrrrrrrrllr", [stage_cells(r) for r in rows]),
+                "peak RSS at (s), after the line"], "rrrrrrrrrlll", [stage_cells(r) for r in rows]),
     ]
     return "\n".join(lines) + "\n"
 
@@ -500,7 +537,8 @@ def stage_cells(row: dict[str, Any]) -> list[str]:
     ranks = "; ".join(f"{g} {', '.join(map(str, r))}" for g, r in (cold.get("planted_ranks") or {}).items()) or "-"
     return [f"{row['per_group']:,}", *(f"{s.get(k, 0.0):,.1f}" for k in ("load", "encode", "cache", "statistics")),
             f"{sum(inj.values()):,.1f}", f"{s.get('figures', 0.0):,.1f}", f"{other:,.1f}",
-            "-" if texts is None else f"{texts:,}", found, ranks, str(cold["peak_rss_at_seconds"])]
+            "-" if texts is None else f"{texts:,}", found, ranks,
+            f"{cold['peak_rss_at_seconds']} '{(cold.get('peak_rss_after_line') or '')[:50]}'"]
 
 
 def target_lines(targets: dict[str, dict[str, Any]]) -> list[str]:
@@ -534,6 +572,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="features firing per token, calibrated into the random SAE (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and prompts (default: %(default)s)")
     parser.add_argument("--no-warm", action="store_true", help="skip the rerun with a warm activation cache")
+    parser.add_argument("--profile", action="store_true",
+                        help="also rerun each size warm under cProfile; the top functions go to the JSON (and the "
+                        "statistics files stay in --work)")
     parser.add_argument("--work", type=Path, default=None, metavar="DIR",
                         help="keep the world, prompts, caches, outputs and logs here (default: a temporary folder, "
                         "deleted at the end)")
@@ -583,7 +624,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "load_average": [round(os.getloadavg()[0], 2), None], "rows": [],
         }
         for n in args.sizes:
-            results["rows"].append(bench_size(n, world, work, args.seed + n, words, tokenizer, not args.no_warm, log))
+            results["rows"].append(bench_size(n, world, work, args.seed + n, words, tokenizer, not args.no_warm,
+                                              args.profile, log))
         results["load_average"][1] = round(os.getloadavg()[0], 2)
         results["git_commit"] = results["rows"][-1]["cold"].get("git_commit")
         results["targets"] = evaluate_targets(results["rows"])

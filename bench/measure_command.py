@@ -10,8 +10,9 @@ Run:
     python bench/measure_command.py RESULT.json LOG.txt -- COMMAND [ARGS ...]
 
 Writes ``RESULT.json``: returncode, seconds, peak_rss_mb, peak_rss_at_seconds, cpu_seconds,
-others_cpu_share, load_average [start, end] and rss_timeline [[seconds, MB], ...]; the command's
-stdout and stderr go to ``LOG.txt``. Linux only (``/proc``); elsewhere the timeline and CPU share are
+others_cpu_share, load_average [start, end], rss_timeline [[seconds, MB], ...] and output_lines
+[[seconds, line], ...] (when each line of output appeared); the command's stdout and stderr go to
+``LOG.txt``. Linux only (``/proc``); elsewhere the timeline and CPU share are
 empty.
 """
 
@@ -22,26 +23,32 @@ import os
 import resource
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 RSS_POLL_SECONDS = 0.25  # how often the child's resident memory is sampled for the timeline
 TIMELINE_POINTS = 200  # at most this many samples are kept (the peak always)
+MAX_LINES, LINE_CHARS = 2000, 120  # output lines noted with their time, and how much of each
 
 
 def measure_command(cmd: list[str], log_path: Path, cwd: Path | None = None) -> dict[str, Any]:
     """Run ``cmd`` (output to ``log_path``) and measure it; see the module docstring for the fields."""
     start_cpu, start_load = cpu_snapshot(), os.getloadavg()[0]
     timeline: list[tuple[float, float]] = []
+    lines: list[tuple[float, str]] = []
     start = time.perf_counter()
-    with open(log_path, "w", encoding="utf-8") as log:
-        child = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
+    with open(log_path, "wb") as log:
+        child = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        reader = threading.Thread(target=copy_lines, args=(child.stdout, log, lines, start), daemon=True)
+        reader.start()
         while child.poll() is None:
             rss = current_rss_mb(child.pid)
             if rss is not None:
                 timeline.append((round(time.perf_counter() - start, 2), round(rss, 1)))
             time.sleep(RSS_POLL_SECONDS)
+        reader.join()
     seconds = time.perf_counter() - start
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     kib = usage.ru_maxrss if sys.platform != "darwin" else usage.ru_maxrss / 1024  # macOS reports bytes
@@ -52,7 +59,24 @@ def measure_command(cmd: list[str], log_path: Path, cwd: Path | None = None) -> 
         "others_cpu_share": others_cpu_share(start_cpu, cpu_snapshot()),
         "load_average": [round(start_load, 2), round(os.getloadavg()[0], 2)],
         "rss_timeline": thin(timeline, TIMELINE_POINTS),
+        "output_lines": lines[:MAX_LINES],
     }
+
+
+def copy_lines(stream: Any, log: Any, lines: list[tuple[float, str]], start: float) -> None:
+    """Copy the command's output to ``log`` as it comes, noting when each line appeared (progress-bar
+    redraws, which end in a carriage return, are copied but not noted), so memory can be matched to what
+    the command was doing."""
+    pending = b""
+    for chunk in iter(lambda: stream.read1(65536), b""):
+        log.write(chunk)
+        pending += chunk
+        *done, pending = pending.split(b"\n")
+        for raw in done:
+            text = raw.split(b"\r")[-1].decode("utf-8", errors="replace").rstrip()
+            if text:
+                lines.append((round(time.perf_counter() - start, 2), text[:LINE_CHARS]))
+    log.flush()
 
 
 def current_rss_mb(pid: int) -> float | None:
