@@ -691,3 +691,35 @@ def test_a_token_that_is_part_of_a_character_is_not_injected():
     pieces = verdicts.explain_features(g_tok, b_tok, g_act, b_act, "joyful", "neutral", encode=encode)[0]
     assert pieces.evidence.top_token == "☕[1/2]" and pieces.injection is None
     assert pieces.verdict.verdict == "lexical" and "prompts with and without '☕[1/2]'" in pieces.verdict.evidence
+
+
+def test_common_words_are_not_words_of_the_group_on_a_small_baseline_share_alone():
+    """Issue 20: with 30 baseline prompts, ' was' in 2 of them against 20% of 300 group prompts looks like
+    "three times as common", yet the counts cannot tell that from equally common. Such peak words must
+    not count as marking the group (one-sided Fisher p >= 0.05); a word the baseline never uses keeps
+    the ratio rule alone, so a concept's rare words (each in a few prompts) still count."""
+    rng = np.random.default_rng(0)
+    words = {" was": 5, " felt": 6, " saw": 7, " glad": 8}  # 8: in 5 group prompts only, like a concept word
+
+    def side(n: int, with_word: dict[int, list[int]]):
+        ids, strs, values, peaks = [], [], [], []
+        for i in range(n):
+            row = [int(t) for t in rng.integers(100, 150, 8)]
+            word = next((w for w, rows in with_word.items() if i in rows), None)
+            at = int(rng.integers(1, 8))
+            if word is not None:
+                row[at] = word
+            ids.append(row)
+            strs.append([next((s for s, t in words.items() if t == tok), f" w{tok}") for tok in row])
+            values.append([1.0 + 0.01 * i if word is not None else 0.0])
+            peaks.append([at if word is not None else -1])
+        texts = ["".join(s) for s in strs]
+        return design.TokenizedPrompts(texts, ids, strs), verdicts.FeatureActivity([42], np.array(values), np.array(peaks))
+
+    order = rng.permutation(300)
+    group = side(300, {5: list(order[:60]), 6: list(order[60:120]), 7: list(order[120:180]), 8: list(order[180:185])})
+    base = side(30, {5: [0, 1], 6: [2, 3], 7: [4, 5]})  # 20% vs 6.7%: "3x", the old rule took all three
+    (rep,) = verdicts.explain_features(group[0], base[0], group[1], base[1], "joyful", "neutral")
+    assert stats.fisher_greater(np.array([60]), 300, np.array([2]), 30)[0] > 0.05  # the counts behind the rule
+    assert rep.evidence.separating_tokens == [" glad"]
+    assert rep.verdict.verdict != "concept"
