@@ -61,6 +61,7 @@ MI3_PNG, MI3_CSV = "MI3.png", "MI3.csv"  # prompts x top features heatmaps
 MI4_PNG = "MI4_{group}.png"  # volcano plot per group
 DESIGN_CSV = "design_checks.csv"  # how each group's prompts differ from the baseline's: length, tokens, endings
 DESIGN_PAIRS_CSV = "design_pairs.csv"  # --paired: the tokens that differ within each line pair
+WORD_SETS_CSV = "concept_word_sets.csv"  # which words each concept finding rests on, and how often they occur
 EVIDENCE_CSV = "feature_evidence.csv"  # where each significant feature's difference comes from, and its verdict
 # Chapter 3
 MI5_PNG = "MI5_{feature}.png"  # activation histogram + logit effects

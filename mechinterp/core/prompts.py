@@ -12,6 +12,7 @@ groups can be sampled down reproducibly (``--max-prompts``).
 from __future__ import annotations
 
 import hashlib
+import re
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -54,6 +55,8 @@ class PromptSets:
     notes: list[str] = field(default_factory=list)  # what was dropped or sampled, one line per file
     dropped: dict[str, int] = field(default_factory=dict)  # group -> duplicate lines dropped from its file
     sampled_from: dict[str, int] = field(default_factory=dict)  # group -> its prompts before sampling
+    # group -> the words its file states as the concept ("# concept: happy, glad"); absent when none
+    concept_words: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def contrasts(self) -> list[str]:
@@ -105,6 +108,21 @@ def read_prompt_lines(path: Path) -> list[tuple[int, str]]:
     return prompts
 
 
+CONCEPT_LINE = re.compile(r"^#\s*concept\s*:(.*)$", re.IGNORECASE)
+
+
+def concept_words(path: Path) -> list[str]:
+    """The words a prompt file states as its concept, in ``# concept: happy, glad, thrilled`` lines
+    (comma-separated, any number of such lines); [] when it states none. Chapter 2 then refuses the
+    verdict ``concept`` to a feature that rests on other words (:mod:`mechinterp.meaning.themes`)."""
+    words: list[str] = []
+    for raw in Path(path).read_text(encoding="utf-8-sig", errors="replace").splitlines():
+        m = CONCEPT_LINE.match(raw.strip())
+        if m:
+            words += [w.strip() for w in m.group(1).split(",") if w.strip()]
+    return list(dict.fromkeys(words))
+
+
 def load_prompt_sets(
     folder: Path,
     groups: Sequence[str] | None = None,
@@ -143,6 +161,9 @@ def load_prompt_sets(
     for group in order:
         path = folder / f"{group}{PROMPT_SUFFIX}"
         sets.file_hashes[group] = hashlib.sha256(path.read_bytes()).hexdigest()
+        stated = concept_words(path)
+        if stated:
+            sets.concept_words[group] = stated
         kept, notes, dropped = _drop_duplicates(group, read_prompt_lines(path), owner, duplicates == "error")
         sets.groups[group], sets.dropped[group] = kept, dropped
         for note in notes:

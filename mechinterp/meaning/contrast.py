@@ -26,9 +26,14 @@ from mechinterp.core.pipeline import Summaries
 from mechinterp.core.prompts import PromptSets
 from mechinterp.core.summaries import PromptAggregates
 from mechinterp.meaning import stats
+from mechinterp.meaning import themes
 from mechinterp.meaning.design import DesignReport, TokenizedPrompts, check_design
+from mechinterp.meaning.families import CONCEPT_SPLIT, Family, find_families, member_verdict
 from mechinterp.meaning.options import MeaningOptions
+from mechinterp.meaning.themes import WordSet
 from mechinterp.meaning.verdicts import (
+    CONCEPT,
+    CONTEXT,
     VERDICTS,
     Encoder,
     FeatureActivity,
@@ -113,6 +118,13 @@ class GroupFinding:
             held-out split, were not re-tested); features that failed to replicate get none.
         baseline: the baseline's name.
         alpha: the false discovery rate that "significant" means here.
+        families: concepts split across several judged features (:mod:`mechinterp.meaning.families`);
+            their members' verdict is ``concept (split)``.
+        word_sets: the word set of every concept finding (features and families), with how many
+            prompts of each set hold its words and a flag when it may not be the group's concept
+            (:mod:`mechinterp.meaning.themes`).
+        themes: two or more concept findings rest on disjoint word sets.
+        stated_words: the concept words the group's file states (``# concept: ...``), or None.
     """
 
     group: str
@@ -124,6 +136,18 @@ class GroupFinding:
     verdicts: dict[int, Verdict] = field(default_factory=dict)
     baseline: str = "baseline"
     alpha: float = 0.05
+    families: list[Family] = field(default_factory=list)
+    word_sets: list[WordSet] = field(default_factory=list)
+    themes: bool = False
+    stated_words: list[str] | None = None
+
+    def family_of(self, feature: int) -> Family | None:
+        """The family a feature belongs to, if any."""
+        return next((fam for fam in self.families if feature in fam.members), None)
+
+    def word_set_of(self, feature: int) -> WordSet | None:
+        """The word set of the concept finding (the feature, or its family) a feature belongs to."""
+        return next((w for w in self.word_sets if feature in w.features), None)
 
     def n_significant(self, alpha: float | None = None) -> int:
         """Tested features with q < ``alpha`` (default: the finding's own)."""
@@ -159,7 +183,7 @@ class GroupFinding:
 
     def verdict_counts(self) -> dict[str, int]:
         """How many features got each verdict, in the order of :data:`mechinterp.meaning.verdicts.VERDICTS`."""
-        counts = {v: 0 for v in VERDICTS}
+        counts = {v: 0 for v in (CONCEPT, CONCEPT_SPLIT, *VERDICTS[1:])}
         for v in self.verdicts.values():
             if v.verdict:
                 counts[v.verdict] += 1
@@ -247,6 +271,7 @@ def contrast_groups(
     options: MeaningOptions,
     texts: Sequence[str] | None = None,
     encode: PromptEncoder | None = None,
+    concept_words: dict[str, list[str]] | None = None,
 ) -> MeaningResult:
     """Contrast every group in ``groups`` (other than ``baseline``) with the baseline.
 
@@ -262,6 +287,9 @@ def contrast_groups(
             ``agg`` must then carry their tokens (:func:`mechinterp.core.pipeline.summarise_prompts` stores them).
         encode: model access for the token-injection test (see :data:`PromptEncoder`); without it the
             lexical verdict rests on the token control alone.
+        concept_words: per group, the words its file states as the concept (see
+            :func:`mechinterp.core.prompts.concept_words`); a finding resting on other words is then not
+            a concept of that group.
 
     Raises:
         ValueError: ``paired`` with a group whose size differs from the baseline's.
@@ -282,6 +310,9 @@ def contrast_groups(
         group: _analyse(agg, options, index, splits, group, baseline, always)
         for group in groups if group != baseline
     }
+    for group, words in (concept_words or {}).items():
+        if group in findings and words:
+            findings[group].stated_words = list(words)
     means = {g: agg.column_means(options.agg, idx) for g, idx in index.items()}
     result = MeaningResult(baseline, findings, always, fired_frac, means, index, holdout,
                            WILCOXON if options.paired else MANN_WHITNEY, alpha=options.alpha)
@@ -358,7 +389,7 @@ def _judge_all(result: MeaningResult, agg: PromptAggregates, texts: Sequence[str
         # most once), and the second pass reads the results.
         recorder = _Recorder()
         for finding in result.findings.values():
-            _judge(finding, agg, texts, result, options, recorder)
+            _judge(finding, agg, texts, result, options, recorder, final=False)
         lookup = _Lookup(recorder.texts, encode(recorder.texts) if recorder.texts else None, options.agg)
         result.injection_texts = len(recorder.texts)
     for finding in result.findings.values():
@@ -406,7 +437,7 @@ def tokenized_prompts(agg: PromptAggregates, texts: Sequence[str], rows: np.ndar
 
 
 def _judge(finding: GroupFinding, agg: PromptAggregates, texts: Sequence[str], result: MeaningResult,
-           options: MeaningOptions, encode: Encoder | None) -> None:
+           options: MeaningOptions, encode: Encoder | None, final: bool = True) -> None:
     """The design check of one contrast, and evidence and verdicts for its significant features.
 
     The controls re-test features already selected, so they use every prompt of both sets (discovery
@@ -433,6 +464,8 @@ def _judge(finding: GroupFinding, agg: PromptAggregates, texts: Sequence[str], r
         b_act = FeatureActivity.from_rows([agg.rows[i] for i in b_rows], feats, options.agg)
         reports = explain_features(g_tok, b_tok, g_act, b_act, group, baseline,
                                    encode=encode if judge else None, settings=s)
+        if judge and final:
+            finding.families = find_families(g_tok, b_tok, g_act, b_act, reports, (group, baseline), s)
         for rep in reports:
             f = rep.evidence.feature
             if judge:
@@ -440,3 +473,30 @@ def _judge(finding: GroupFinding, agg: PromptAggregates, texts: Sequence[str], r
             else:
                 rep.verdict = Verdict(f, "", "not judged: it did not replicate on the held-out prompts")
             finding.reports[f] = rep
+    if final:
+        _word_sets(finding, g_tok, b_tok, options.paired)
+
+
+def _word_sets(finding: GroupFinding, g_tok: TokenizedPrompts, b_tok: TokenizedPrompts, paired: bool) -> None:
+    """Families' members get ``concept (split)``; every concept finding gets its word set, flags for a
+    second theme or low coverage, and, where the group's file states its concept words, a finding that
+    rests on other words loses its concept verdict."""
+    for fam in finding.families:
+        for f in fam.members:
+            finding.verdicts[f] = member_verdict(fam, finding.verdicts[f])
+    stated = finding.stated_words
+    sets = [themes.word_set(f"#{f}", [f], finding.reports[f].evidence.separating_tokens, g_tok, b_tok, paired, stated)
+            for f, v in finding.verdicts.items() if v.verdict == CONCEPT]
+    sets += [themes.word_set(fam.name, fam.members, fam.words, g_tok, b_tok, paired, stated)
+             for fam in finding.families]
+    finding.themes = themes.flag_themes(sets, finding.group)
+    finding.word_sets = sorted(sets, key=lambda w: (-w.coverage, w.features))
+    for w in sets:
+        if w.stated_share is None or w.stated_share >= themes.STATED_SHARE:
+            continue
+        for f in w.features:
+            old = finding.verdicts[f]
+            finding.verdicts[f] = Verdict(f, CONTEXT, (
+                f"not a concept of {finding.group}: it rests on {' '.join(map(repr, w.words[:6]))}, not on the "
+                f"stated concept words ({', '.join(stated[:6])}{' ...' if len(stated) > 6 else ''}); "
+                f"as found: {old.evidence}"))

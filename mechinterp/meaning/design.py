@@ -126,6 +126,20 @@ class PairDiff:
 
 
 @dataclass
+class OnlyWords:
+    """Content words found in the group's prompts and in none of the baseline's, as one set.
+
+    A concept's words, or a topic's, are each too rare to pass the per-token test (a word in 4 of 60
+    prompts is no evidence on its own); together they can cover most of the group. Read with the
+    group's concept in mind: its own words belong here, anything else is a theme the baseline lacks.
+    """
+
+    words: list[tuple[str, int]]  # (token, prompts of the group holding it), most common first
+    n_prompts: int  # group prompts holding at least one of them
+    size: int  # group prompts
+
+
+@dataclass
 class DesignReport:
     """How two prompt sets differ besides the concept, before any feature is looked at."""
 
@@ -138,6 +152,7 @@ class DesignReport:
     endings: list[EndingCount]
     pairs: list[PairDiff] | None  # paired designs only
     warnings: list[str] = field(default_factory=list)
+    only_group: OnlyWords | None = None  # content words in group prompts and in no baseline prompt
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -215,7 +230,24 @@ def check_design(
         *_ending_warnings(endings, len(group), len(baseline), names, s),
         *_pair_warnings(pairs, group_name),
     ]
-    return DesignReport(group_name, baseline_name, len(group), len(baseline), length, tokens, endings, pairs, warnings)
+    return DesignReport(group_name, baseline_name, len(group), len(baseline), length, tokens, endings, pairs, warnings,
+                        only_words(group, baseline))
+
+
+CONTENT_WORD = re.compile(r"^[^\W\d_]{3,}$")  # letters only, 3 or more: not ' a', ',', ' 12' or a word piece
+
+
+def only_words(group: TokenizedPrompts, baseline: TokenizedPrompts) -> OnlyWords:
+    """The content words (tokens of 3+ letters) that group prompts use and baseline prompts never do."""
+    in_baseline = {s for strs in baseline.strs for s in strs}
+    counts: Counter[str] = Counter()
+    holding = 0
+    for strs in group.strs:
+        own = {s for s in strs if s not in in_baseline and CONTENT_WORD.match(s.strip())}
+        counts.update(own)
+        holding += bool(own)
+    words = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return OnlyWords(words, holding, len(group))
 
 
 def length_check(group: TokenizedPrompts, baseline: TokenizedPrompts, paired: bool, s: ConfoundSettings) -> LengthCheck:

@@ -226,7 +226,7 @@ def _heatmap_panel(ax: Axes, panel: HeatmapPanel, baseline: str, labels: list[st
     ax.set_xticks(range(len(feats)), [f"#{f} ({m:.2g})" + (f" {v}" if v else "")
                                       for f, m, v in zip(feats, col_max, shown)], rotation=70, fontsize=7.5)
     for tick, v in zip(ax.get_xticklabels(), shown):
-        if v == "concept":
+        if v.startswith("concept"):  # concept and concept (split)
             tick.set_fontweight("bold")
     n_baseline = acts.shape[0] - n_group
     ax.set_yticks([n_group / 2, n_group + n_baseline / 2],

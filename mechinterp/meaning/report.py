@@ -6,7 +6,7 @@ notebook may too), tables as rows under a header. The figures (MI2, MI3, MI4) ar
 :mod:`mechinterp.meaning.figures`.
 
 * tables: ``feature_stats.csv``, ``always_on_features.csv``, ``design_checks.csv`` (+ ``design_pairs.csv``
-  when paired) and ``feature_evidence.csv`` (:func:`write_tables`);
+  when paired), ``feature_evidence.csv`` and ``concept_word_sets.csv`` (:func:`write_tables`);
 * terminal: the design checks, and per group the top features with their verdicts (:func:`summary_lines`);
 * run record: what the run's record says about its inputs, counts, controls and verdicts (:func:`record_facts`).
 """
@@ -27,9 +27,12 @@ from mechinterp.core.pipeline import Summaries
 from mechinterp.core.prompts import PromptSets
 from mechinterp.core.provenance import PROVENANCE_COLUMNS
 from mechinterp.core.tables import WIDTH, format_table, plural
+from mechinterp.meaning import themes
 from mechinterp.meaning.contrast import GroupFinding, MeaningResult
 from mechinterp.meaning.design import DesignReport
+from mechinterp.meaning.families import CONCEPT_SPLIT
 from mechinterp.meaning.options import ConfoundSettings, MeaningOptions
+from mechinterp.meaning.themes import TOPIC
 from mechinterp.meaning.verdicts import FeatureReport
 
 PAIRS_SHOWN = 3  # pairs printed per group with paired prompts (all of them are in DESIGN_PAIRS_CSV)
@@ -62,7 +65,8 @@ def _p(x: float | None) -> str:
 STATS_HEADER = [
     "group", "feature", "rank", "direction", "mean_group", "mean_baseline", "frac_active_group",
     "frac_active_baseline", "auroc", "effect_size", "cohens_d", "p_value", "q_value", "test", "p_method",
-    "p_firing_fisher", "holdout_auroc", "holdout_q_value", "replicated", "verdict", "evidence", "always_on", "neuronpedia_url",
+    "p_firing_fisher", "holdout_auroc", "holdout_q_value", "replicated", "verdict", "evidence", "family", "words",
+    "word_set_flag", "always_on", "neuronpedia_url",
     "alpha", *PROVENANCE_COLUMNS,
 ]
 
@@ -95,6 +99,8 @@ def write_tables(out: OutputFolder, result: MeaningResult, options: MeaningOptio
         written.append(out.write_csv(constants.DESIGN_PAIRS_CSV, PAIR_HEADER, [r for d in designs for r in pair_rows(d)]))
     evidence = [r for f in result.findings.values() for r in evidence_rows(f)]
     written.append(out.write_csv(constants.EVIDENCE_CSV, EVIDENCE_HEADER, evidence))
+    written.append(out.write_csv(constants.WORD_SETS_CSV, WORD_SET_HEADER,
+                                 [r for f in result.findings.values() for r in word_set_rows(f)]))
     return written
 
 
@@ -108,6 +114,7 @@ def stats_rows(result: MeaningResult, neuronpedia_id: str | None, stamp: list[st
         for pos in range(len(c.tested)):
             f = int(c.tested[pos])
             h, v = finding.replication.get(f), finding.verdicts.get(f)
+            fam, ws = finding.family_of(f), finding.word_set_of(f)
             rows.append([
                 group, f, rank_of.get(pos, ""), {1: "up", -1: "down", 0: "none"}[int(c.direction[pos])],
                 _six(c.mean_group[pos]), _six(c.mean_baseline[pos]), _six(c.frac_group[pos]),
@@ -116,7 +123,8 @@ def stats_rows(result: MeaningResult, neuronpedia_id: str | None, stamp: list[st
                 "exact" if c.exact is not None and c.exact[pos] else "normal approximation",
                 f"{c.p_firing[pos]:.6g}" if c.p_firing is not None else "", _six(h.auroc) if h else "",
                 f"{h.q_value:.6g}" if h else "", ("yes" if h.replicated else "no") if h else "not tested",
-                v.verdict if v else "", v.evidence if v else "", "yes" if f in always else "no",
+                v.verdict if v else "", v.evidence if v else "", fam.label if fam else "",
+                " ".join(map(repr, ws.words)) if ws else "", ws.flag if ws else "", "yes" if f in always else "no",
                 neuronpedia_url(neuronpedia_id, f), result.alpha, *stamp,
             ])
     return rows
@@ -145,6 +153,12 @@ def design_rows(design: DesignReport, settings: ConfoundSettings) -> list[list[o
             f"Fisher exact, one-sided (more in {g if t.more_in == 'group' else b})", "", _p(t.p_value),
             _p(t.q_value), "yes" if t.q_value < settings.token_warn_q else "no",
         ])
+    only = design.only_group
+    for w, n_prompts in (only.words if only is not None else []):
+        rows.append([g, b, "word only in group", repr(w), n_prompts, 0, "prompts containing it", "", "", "", "", "no"])
+    if only is not None and only.words:
+        rows.append([g, b, "words only in group", f"all {len(only.words)} together", only.n_prompts, 0,
+                     "prompts containing any of them", "", "", "", "", "no"])
     for e in design.endings:
         rows.append([g, b, "sentence ending", repr(e.ending) if e.ending != "none" else "none", e.group, e.baseline,
                      "prompts ending with it", "Fisher exact, two-sided", "", _p(e.p_value), "",
@@ -225,7 +239,24 @@ def evidence_rows(finding: GroupFinding) -> list[list[object]]:
         h = finding.replication.get(f)
         replicated = ("yes" if h.replicated else "no") if h else "not tested"
         rows.append([finding.group, finding.baseline, rank_of[position[f]], replicated, *evidence_cells(rep)])
+    for fam in finding.families:
+        # The family's combined activation has no rank or held-out re-test of its own; its "feature" is
+        # the members joined by '+', as in feature_stats.csv's family column.
+        cells = evidence_cells(fam.report)
+        cells[0] = fam.label
+        rows.append([finding.group, finding.baseline, "", "", *cells])
     return rows
+
+
+WORD_SET_HEADER = ["group", "baseline", "finding", "features", "words", "prompts_group", "prompts_baseline",
+                   "size_group", "size_baseline", "pairs_differ", "stated_share", "flag"]
+
+
+def word_set_rows(finding: GroupFinding) -> list[list[object]]:
+    """One row per concept finding of a contrast (:data:`WORD_SET_HEADER`): its words and their prompts."""
+    return [[finding.group, finding.baseline, w.label, "+".join(map(str, w.features)), " ".join(map(repr, w.words)),
+             w.n_group, w.n_baseline, w.size_group, w.size_baseline, "" if w.pairs_differ is None else w.pairs_differ,
+             _num(w.stated_share), w.flag] for w in finding.word_sets]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -277,18 +308,32 @@ def summary_lines(result: MeaningResult, options: MeaningOptions) -> list[str]:
     lines.append(_wrapped(
         "Verdicts (for significant features that replicated, or with no held-out split for every "
         "significant feature): concept = several words of the group "
-        "carry it and it survives the length, token and position controls; lexical = one token carries "
+        "carry it and it survives the length, token and position controls; concept (split) = several "
+        "features pass that test together and none alone; '(topic?)' = its words are a second theme of the "
+        "group or miss many of its prompts; lexical = one token carries "
         "it; positional = one absolute position; length = prompt length; context = none of these, but "
         f"not a concept either. The evidence for each is in {constants.EVIDENCE_CSV}."))
     return lines
 
 
+ONLY_WORDS_SHOWN = 10  # words shown of a group's words that the baseline never uses (all are in the CSV)
+
+
 def design_summary_lines(design: DesignReport) -> list[str]:
     """A short "your prompt sets differ in ..." section for one contrast."""
     if not design.warnings:
-        return [(f"{design.group} vs {design.baseline}: no difference in token length, sentence endings or "
-                 f"stray tokens was flagged")]
-    return [f"{design.group} vs {design.baseline}: your prompt sets differ in"] + [f"  - {w}" for w in design.warnings]
+        lines = [(f"{design.group} vs {design.baseline}: no difference in token length, sentence endings or "
+                  f"stray tokens was flagged")]
+    else:
+        lines = [f"{design.group} vs {design.baseline}: your prompt sets differ in"] + [f"  - {w}" for w in design.warnings]
+    only = design.only_group
+    if only is not None and only.words:
+        shown = ", ".join(f"{w!r} {n}" for w, n in only.words[:ONLY_WORDS_SHOWN])
+        lines.append(f"  - words in {design.group} prompts and in no {design.baseline} prompt ({len(only.words)}, "
+                     f"together in {only.n_prompts} of {only.size} {design.group} prompts; the words of the concept "
+                     f"belong here, any other theme is one the baseline lacks): {shown}"
+                     + (" ..." if len(only.words) > ONLY_WORDS_SHOWN else ""))
+    return lines
 
 
 def design_lines(result: MeaningResult) -> list[str]:
@@ -326,7 +371,7 @@ def group_lines(result: MeaningResult, finding: GroupFinding, options: MeaningOp
             ranked.rank, ranked.feature, "up" if c.effect_size[ranked.position] > 0 else "down", f"{ranked.q:.2g}",
             f"{ranked.auroc:.2f}", f"{ranked.frac_group:.0%}", f"{ranked.frac_baseline:.0%}",
             f"{c.p_firing[ranked.position]:.2g}" if c.p_firing is not None else "-",
-            ("yes" if ranked.replicated else "no") if ranked.replication else "-", ranked.verdict or "-",
+            ("yes" if ranked.replicated else "no") if ranked.replication else "-", _verdict_cell(finding, ranked),
         ])
         if ranked.verdict and ranked.verdict not in examples:
             examples[ranked.verdict] = v
@@ -337,11 +382,51 @@ def group_lines(result: MeaningResult, finding: GroupFinding, options: MeaningOp
         n = sum(counts.values())
         judged = (plural(n, "significant, replicated feature") if holdout
                   else plural(n, "significant feature") + " (no held-out split, so none re-tested)")
+        concepts = counts.get("concept", 0) + counts.get(CONCEPT_SPLIT, 0)
         lines.append(_wrapped(f"Verdicts of the {judged}: " + ", ".join(f"{n} {k}" for k, n in counts.items())
-                              + ("" if counts.get("concept") else " (none passed as a concept)")
+                              + ("" if concepts else " (none passed as a concept)")
                               + "; why, one example of each:"))
-        lines += [_tokens_wrapped(f"  #{v.feature} {v.verdict}: {v.evidence}", "    ") for v in examples.values()]
+        lines += [_tokens_wrapped(f"  #{v.feature} {v.verdict}: {v.evidence}", "    ")
+                  for k, v in examples.items() if k != CONCEPT_SPLIT]
+    lines += family_lines(finding) + word_set_lines(finding, options.paired)
     return lines + always_on_lines(finding, result.always_on, options.alpha)
+
+
+def _verdict_cell(finding: GroupFinding, ranked) -> str:
+    """The verdict as the table shows it: flagged concepts carry '(topic?)'."""
+    if not ranked.verdict:
+        return "-"
+    ws = finding.word_set_of(ranked.feature)
+    return f"{ranked.verdict} ({TOPIC})" if ws is not None and ws.flag and ranked.verdict != "context" else ranked.verdict
+
+
+def family_lines(finding: GroupFinding) -> list[str]:
+    """The group's feature families: a concept the SAE splits, one finding each."""
+    if not finding.families:
+        return []
+    lines = [_wrapped(f"Feature families ({len(finding.families)}): a concept the SAE splits across features, "
+                      f"none of which passes alone (details in {constants.EVIDENCE_CSV}):")]
+    return lines + [_tokens_wrapped(f"  {fam.name} {fam.verdict.verdict}: {fam.verdict.evidence}", "    ")
+                    for fam in finding.families]
+
+
+def word_set_lines(finding: GroupFinding, paired: bool) -> list[str]:
+    """Which words each concept finding rests on, how often they occur, and what a flag means."""
+    sets = finding.word_sets
+    if not sets:
+        return []
+    group, baseline = finding.group, finding.baseline
+    lines = [_wrapped(f"Concept word sets (prompts holding any of the words; {constants.WORD_SETS_CSV}):")]
+    for w in sets:
+        shown = " ".join(map(repr, w.words[:6])) + (f" +{len(w.words) - 6}" if len(w.words) > 6 else "")
+        lines.append(_tokens_wrapped(f"  {w.label}: {shown}: in {w.n_group} of {w.size_group} {group}, "
+                                     f"{w.n_baseline} of {w.size_baseline} {baseline} prompts"
+                                     + (f" - {w.flag}" if w.flag else ""), "    "))
+    if finding.themes:
+        lines.append(_wrapped(f"warning: {group}'s concept findings rest on disjoint word sets: the prompts mix "
+                              "two themes, or one is a topic that co-occurs with the concept."))
+    lines += [_wrapped(a) for a in themes.advice(sets, group, paired, finding.stated_words is not None)]
+    return lines
 
 
 IMBALANCE_RATIO = 4  # a group this many times bigger than the other gets the warning

@@ -63,7 +63,8 @@ def contrast_prompts(
     injected: list[dict] = []
     start = time.perf_counter()  # statistics include encoding the token-injection test's edited prompts
     result = contrast_groups(summaries.aggregates, labels, list(sets.groups), sets.baseline, options, texts=texts,
-                             encode=injection_encoder(source, encode, log, injected, summaries))
+                             encode=injection_encoder(source, encode, log, injected, summaries),
+                             concept_words=sets.concept_words)
     seconds = round(time.perf_counter() - start, 4)
     result.prompts, result.summaries, result.injection_runs = sets, summaries, injected
     result.seconds = {**summaries.seconds, "statistics": seconds}
