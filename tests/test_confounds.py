@@ -3,24 +3,29 @@ prompt sets where every confound type is planted by a simple rule.
 
 The simulated worlds tokenize with a regex (words with their leading space, punctuation alone) and
 compute each feature's per-token activation by rule, so the "model" that the injection test calls
-is the same rule applied to the edited text.
+is the same rule applied to the edited text. Where an injection puts its token is checked with
+GPT-2's real tokenizer (tests/gpt2_world.py's files), since the token id is what the feature sees.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import random
 import re
 import zlib
 from collections import Counter
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from scipy import stats as sps
+from tokenizers import Tokenizer
 
 from mechinterp.meaning import design, report, stats, verdicts
 from mechinterp.meaning.options import ConfoundSettings
+from tests import gpt2_world as gw
 
 # ---------------------------------------------------------------------------------------------------
 # A simulated world
@@ -723,3 +728,203 @@ def test_common_words_are_not_words_of_the_group_on_a_small_baseline_share_alone
     assert stats.fisher_greater(np.array([60]), 300, np.array([2]), 30)[0] > 0.05  # the counts behind the rule
     assert rep.evidence.separating_tokens == [" glad"]
     assert rep.verdict.verdict != "concept"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Injection where the token fits: at the start and at the end of sentences, with GPT-2's own tokenizer
+# (sentence-opening 'Today' and ' today' inside a sentence are different tokens, and glued onto a word,
+# "MyToday brother was tired.", the token is neither at position 0 nor in a text anyone writes)
+
+
+@pytest.fixture(scope="module")
+def gpt2_tokenizer():
+    """GPT-2's real BPE from the files tests/gpt2_world.py checks by hash."""
+    vocab_path, merges_path = gw.gpt2_tokenizer_files()
+    vocab = json.loads(vocab_path.read_text(encoding="utf-8"))
+    merges = [line for line in merges_path.read_text(encoding="utf-8").split("\n")[1:] if line]
+    return Tokenizer.from_str(json.dumps(gw.tokenizer_json(vocab, merges)))
+
+
+def _one_id(tok, token: str) -> int:
+    ids = tok.encode(token).ids
+    assert len(ids) == 1, (token, ids)
+    return ids[0]
+
+
+# (prompt, sentence-initial token, edited prompt, tokens added): a replaced first word adds none; an opener
+# put in front of a first word that a replacement would leave broken adds one.
+SENTENCE_STARTS = [
+    ("My brother was tired.", "Today", "Today my brother was tired.", 1),  # capitalised first word lowered
+    ("The cat slept on the mat.", "Today", "Today the cat slept on the mat.", 1),
+    ("I made this soup.", "Today", "Today I made this soup.", 1),  # "I" keeps its capital
+    ("Tom painted the garden.", "Today", "Today Tom painted the garden.", 1),  # so does a name
+    ("Tom's car broke down.", "Today", "Today Tom's car broke down.", 1),
+    ("After lunch we left.", "Today", "Today after lunch we left.", 1),
+    ("Mr. Smith was late.", "Today", "Today Mr. Smith was late.", 1),  # an abbreviation does not stand alone
+    ("Yes, the bus was late.", "Today", "Today, the bus was late.", 0),  # first word followed by punctuation
+    ("Well: nothing happened.", "Today", "Today: nothing happened.", 0),
+    ("Thanks!", "Today", "Today!", 0),  # one-word prompts
+    ("Hello.", "Today", "Today.", 0),
+    ("Hello", "Today", "Today", 0),
+    ("  My brother was tired.", "Today", "Today my brother was tired.", None),  # the spaces were token 0's
+    ('"We are ready," said the driver.', "Today", 'Today "We are ready," said the driver.', 1),  # quote kept
+    ("My brother was tired.", "The", "The brother was tired.", 0),  # a determiner takes word 0's place
+    ("She was tired.", "I", "I was tired.", 0),  # so does a pronoun
+    # A token with a leading space at position 0: a set whose prompts open with a space.
+    ("My brother was tired.", " Today", " Today my brother was tired.", 1),
+]
+
+
+@pytest.mark.parametrize("text, token, edited, added", SENTENCE_STARTS)
+def test_a_sentence_initial_token_opens_the_edited_prompt_as_the_same_token(gpt2_tokenizer, text, token,
+                                                                            edited, added):
+    got = verdicts.inject_token(text, token, 0.0, at_end=False, at_start=True)
+    assert got == edited
+    tid = _one_id(gpt2_tokenizer, token)
+    ids = gpt2_tokenizer.encode(got).ids
+    assert ids[0] == tid and ids.count(tid) == 1  # at position 0, where the feature peaks, and nowhere glued
+    if added is not None:
+        assert len(ids) - len(gpt2_tokenizer.encode(text).ids) == added
+
+
+@pytest.mark.parametrize("text, token, edited", [
+    ("The man was ready.", "!", "The man was ready!"),
+    ("Is the man ready.", "?", "Is the man ready?"),
+    ("The man was ready", "!", "The man was ready!"),  # no punctuation to replace: appended
+    ("Wait...", "!", "Wait!"),
+    ("  The man was ready.", "!", "  The man was ready!"),
+])
+def test_a_sentence_final_token_replaces_the_closing_punctuation(gpt2_tokenizer, text, token, edited):
+    got = verdicts.inject_token(text, token, 1.0, at_end=True)
+    assert got == edited
+    assert gpt2_tokenizer.encode(got).ids[-1] == _one_id(gpt2_tokenizer, token)
+    # A punctuation mark that is both first and last in the higher set (one-token prompts) goes to the end.
+    assert verdicts.inject_token(text, token, 1.0, at_end=True, at_start=True) == edited
+
+
+@pytest.mark.parametrize("text, at, edited, same_length", [
+    ("The man was ready.", 0.75, "The man was glad.", True),
+    ("The man, he was ready.", 0.25, "The glad, he was ready.", True),
+    ("  The man was ready.", 0.75, "  The man was glad.", True),  # leading spaces are not word 0
+    # A quoted word would lose the token's space ('"glad' is '"', 'gl', 'ad'): the nearest plain word goes.
+    ('He said "ready" twice.', 0.5, 'He glad "ready" twice.', True),
+    # "don't" is one word, not "don" and "'t" (two GPT-2 tokens: the edit is word for word, not token
+    # for token).
+    ("I don't know that.", 0.25, "I glad know that.", False),
+    ("Hello.", 0.5, "Hello glad.", False),  # one word: nothing but word 0 to replace, so added after it
+])
+def test_a_word_token_replaces_a_word_and_keeps_the_same_positions(gpt2_tokenizer, text, at, edited,
+                                                                    same_length):
+    got = verdicts.inject_token(text, " glad", at, at_end=False)
+    assert got == edited
+    ids, before = gpt2_tokenizer.encode(got).ids, gpt2_tokenizer.encode(text).ids
+    assert _one_id(gpt2_tokenizer, " glad") in ids
+    assert (len(ids) == len(before)) == same_length
+
+
+TODAY_SUBJECTS = ("the driver", "my sister", "we", "our neighbour", "he", "the old man", "they", "a student")
+PREDICATES = ("walked to the station.", "opened the window.", "cleaned the kitchen.", "visited the library.",
+              "checked the office.")
+# Lower-set prompts and the edits they must get with 'Today' (see SENTENCE_STARTS for the rules).
+TODAY_EDITS = {
+    **{f"{s} {p}": f"Today {e} {p}" for (s, e), p in itertools.product(
+        [("My brother", "my brother"), ("The teacher", "the teacher"), ("I", "I"), ("She", "she"),
+         ("Tom", "Tom"), ("Our team", "our team"), ("After lunch we", "after lunch we")], PREDICATES)},
+    "Yes, the bus was late.": "Today, the bus was late.",
+    "Thanks!": "Today!",
+    '"We are ready," said the driver.': 'Today "We are ready," said the driver.',
+    "  My sister was busy.": "Today my sister was busy.",
+    "Hello.": "Today.",
+}
+
+
+def _today_world(tok, group_texts: list[str], base_texts: list[str]):
+    """Both sets through GPT-2's tokenizer, and a feature that fires on the token 'Today' (8888) with 2.0
+    wherever it is: like a causal model at position 0, where only the token counts."""
+    today = _one_id(tok, "Today")
+
+    def side(texts):
+        ids = [tok.encode(t).ids for t in texts]
+        strs = [[tok.decode([i]) for i in row] for row in ids]
+        hit = [row.index(today) if today in row else -1 for row in ids]
+        value = np.array([[2.0 if h >= 0 else 0.0] for h in hit])
+        acts = verdicts.FeatureActivity([7], value, np.array(hit)[:, None])
+        return design.TokenizedPrompts(texts, ids, strs), acts
+
+    def encode(texts, features):
+        return np.array([[2.0 if today in tok.encode(t).ids else 0.0] for t in texts])
+
+    return side(group_texts), side(base_texts), encode
+
+
+@pytest.mark.parametrize("quoted", [False, True])
+def test_a_feature_on_sentence_initial_today_is_lexical_through_real_sentences(gpt2_tokenizer, quoted):
+    """The group's prompts open with 'Today' (at position 0, or quoted: at position 1, after the '"'); the
+    feature fires on that token. The lower set's prompts get 'Today' at their start as real sentences
+    (the old placement glued it onto their first word: "MyToday brother ..."), and the token alone
+    reproduces the whole difference."""
+    group = [f"Today {s} {p}" for s, p in itertools.product(TODAY_SUBJECTS, PREDICATES)]
+    if quoted:
+        group = [f'"{t[:-1]}," she said.' for t in group]
+    (g_tok, g_act), (b_tok, b_act), inner = _today_world(gpt2_tokenizer, group, list(TODAY_EDITS))
+    calls = []
+
+    def encode(texts, features):
+        calls.append(list(texts))
+        return inner(texts, features)
+
+    (rep,) = verdicts.explain_features(g_tok, b_tok, g_act, b_act, "joyful", "neutral", encode=encode)
+    assert rep.evidence.top_token == "Today" and rep.evidence.top_token_id == _one_id(gpt2_tokenizer, "Today")
+    assert len(calls) == 1 and sorted(calls[0]) == sorted(TODAY_EDITS.values())
+    for text in calls[0]:
+        assert gpt2_tokenizer.encode(text).ids[0] == rep.evidence.top_token_id
+    inj = rep.injection
+    assert inj.n_injected == len(TODAY_EDITS) and inj.auroc_before == 1.0 and inj.auroc_after == 0.5
+    assert inj.reproduced == pytest.approx(1.0)
+    assert rep.verdict.verdict == "lexical", rep.verdict.evidence
+    assert rep.verdict.evidence.endswith(
+        "putting 'Today' into neutral prompts reproduces 100% of the difference")
+
+
+def _today_report(gpt2_tokenizer):
+    group = [f"Today {s} {p}" for s, p in itertools.product(TODAY_SUBJECTS, PREDICATES)]
+    (g_tok, g_act), (b_tok, b_act), encode = _today_world(gpt2_tokenizer, group, list(TODAY_EDITS))
+    (rep,) = verdicts.explain_features(g_tok, b_tok, g_act, b_act, "joyful", "neutral", encode=encode)
+    return rep
+
+
+def test_a_reproduced_share_above_100_percent_is_shown_capped_with_the_value_measured(gpt2_tokenizer):
+    """A quarter of the group lacks 'Today' (and the feature stays silent there), while every edited
+    neutral prompt gets it: the edited prompts now score above the group (AUROC after 0.375 < 0.5), so the
+    token "reproduces" (0.875 - 0.375) / 0.375 = 133% of the difference. The verdict says 100%, marks it
+    capped and quotes the measured share; the stored share stays the measured one. (The demo's '!' and
+    ',' features overshoot like this: not every angry or happy prompt has the token.)"""
+    pairs = list(itertools.product(TODAY_SUBJECTS, PREDICATES))
+    group = [f"Today {s} {p}" for s, p in pairs[:30]] + [f"{s.capitalize()} {p}" for s, p in pairs[30:]]
+    (g_tok, g_act), (b_tok, b_act), encode = _today_world(gpt2_tokenizer, group, list(TODAY_EDITS))
+    (rep,) = verdicts.explain_features(g_tok, b_tok, g_act, b_act, "joyful", "neutral", encode=encode)
+    inj = rep.injection
+    assert (inj.auroc_before, inj.auroc_after) == (0.875, 0.375) and inj.reproduced == pytest.approx(4 / 3)
+    assert rep.token_control.outcome == verdicts.VANISHES  # without 'Today' the sets agree
+    assert rep.verdict.verdict == "lexical", rep.verdict.evidence
+    assert rep.verdict.evidence.endswith(
+        "putting 'Today' into neutral prompts reproduces 100% of the difference "
+        "(capped: measured 133%, the edited neutral prompts overshoot the joyful prompts)")
+
+
+@pytest.mark.parametrize("reproduced, words", [
+    (0.3, "reproduces only 30% of the difference"),
+    (-0.2, ("reproduces none of the difference (measured -20%: the edited neutral prompts move away from "
+            "the joyful prompts)")),
+    (float("nan"), ("reproduces no measurable share (the neutral prompts compared show no difference to "
+                    "reproduce)")),
+])
+def test_a_context_verdict_quotes_a_small_or_negative_reproduced_share_as_measured(gpt2_tokenizer, reproduced,
+                                                                                     words):
+    rep = _today_report(gpt2_tokenizer)
+    rep.injection = replace(rep.injection, reproduced=reproduced)
+    rep.token_control = replace(rep.token_control, outcome=verdicts.VANISHES)  # the token explains it ...
+    rep.evidence.length_explains = False
+    v = verdicts.decide(rep, ("joyful", "neutral"))  # ... yet putting it in does not reproduce it
+    assert v.verdict == "context", v.evidence
+    assert f"putting 'Today' into neutral prompts {words}" in v.evidence, v.evidence

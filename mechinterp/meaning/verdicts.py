@@ -12,7 +12,7 @@ replicated feature, where its difference comes from, and answers with exactly on
 * ``lexical``: one token type carries it: most of its peaks are on that token, conditioning on the
   token removes the difference, and putting the token into baseline prompts reproduces the difference
   (the falsification test of arXiv 2601.05679; the token replaces a word, so length and positions
-  stay the same);
+  stay the same, except that a sentence opener goes in front of the first word: see inject_token);
 * ``positional``: its peaks sit at one absolute position, and prompts with its top token at the same
   position (or prompts that all reach that position) do not differ between the sets;
 * ``length``: it rises or falls with prompt length within the sets, the sets differ in length, and
@@ -242,34 +242,105 @@ class FeatureReport:
         return asdict(self)
 
 
-def inject_token(text: str, token: str, at: float, at_end: bool) -> str:
+# Closed-class words that open a noun phrase or are one. A sentence-initial token of this kind takes the
+# place of the prompt's first word, which in hand-written prompts is usually of the same kind
+# ("My brother was tired." + 'The' -> "The brother was tired."; "She was tired." + 'I' -> "I was tired.").
+_NOUN_OPENERS = frozenset({
+    "the", "a", "an", "my", "your", "his", "her", "its", "our", "their", "this", "that", "these", "those",
+    "some", "any", "every", "each", "no", "i", "you", "he", "she", "it", "we", "they",
+})
+# Function words written in lower case inside a sentence: a sentence opener put in front of one lowers its
+# capital ("The cat slept." -> "Today the cat slept."). Other capitalised words (a name, "I", "Monday")
+# keep theirs, as they would inside a sentence.
+_LOWER_INSIDE = (_NOUN_OPENERS - {"i"}) | frozenset({
+    "there", "after", "before", "when", "while", "if", "as", "since", "because", "although", "though",
+    "once", "until", "at", "in", "on", "for", "with", "by", "from", "during", "and", "but", "so", "then",
+})
+# The first word of a prompt (with its apostrophes: "Tom's", "I'm") and what follows it.
+_FIRST_WORD = re.compile(r"(\w+(?:['’]\w+)*)(.*)", re.DOTALL)
+# What may follow a first word that stands alone ("Yes, ...", "Thanks!", "Hello."): a clause mark, or
+# nothing but the closing punctuation.
+_STANDS_ALONE = re.compile(r"[,;:!?]|[^\w\s]*\s*$")
+
+
+def inject_token(text: str, token: str, at: float, at_end: bool, at_start: bool = False) -> str:
     """Put one token's text into a prompt *in place of* what is there, so its length and the
     positions of its other tokens stay the same (an insertion would shift every later token and
-    lengthen the prompt, and a position or length feature would then look lexical).
+    lengthen the prompt, and a position or length feature would then look lexical); the one
+    exception, a sentence opener in front of the first word, is argued in :func:`_inject_first`.
+
+    The token goes where text of its kind stands, so that the edited prompt reads as a sentence and
+    holds the very token the feature peaks on: ``'Today'`` opening a sentence and ``' today'`` inside
+    one are different tokens, and ``'Today'`` glued onto a word ("MyToday brother was tired.") is
+    text nobody writes.
 
     Args:
         text: the prompt.
         token: the token's string as decoded. A word token (``' glad'``) replaces the word at ``at``
-            (never the first word, whose token has no leading space); other tokens (``','``, a word
-            piece) are attached after that word instead, as there is nothing of their kind to replace.
+            (never the first word, whose token has no leading space), keeping the punctuation around
+            it; other tokens (``','``, a word piece) are attached after that word instead, as in the
+            text they come from, since there is nothing of their kind to replace.
         at: where, as a fraction of the prompt's words (matched to where the feature peaks on it).
         at_end: the feature peaks on the token at the end of prompts: it replaces the trailing
             punctuation (``'ready.'`` -> ``'ready!'``).
+        at_start: the feature peaks on the token at the start of prompts: it goes to text position 0
+            (see :func:`_inject_first`). A word token takes this over ``at_end`` (a one-token
+            prompt is both); a punctuation mark does not.
     """
-    body = text.rstrip()
+    if at_start and (token.strip()[:1].isalnum() or not at_end):
+        return _inject_first(text, token)
+    lead = text[: len(text) - len(text.lstrip())]  # leading spaces stay where they are, not a word
+    body = text.strip()
     m = TRAILING_PUNCT.search(body)
     stem, trail = (body[: m.start()], m.group(0)) if m else (body, "")
     if at_end:
-        return stem + token
+        return lead + stem + token
     words = stem.split(" ")
-    if token.startswith(" ") and token[1:].isalnum() and len(words) > 1:
+    # Only a word that follows a space can take a word token's place: after a quote or a bracket the
+    # token would lose its leading space and be another token ('"glad' is '"', 'gl', 'ad').
+    plain = [j for j in range(1, len(words)) if words[j][:1].isalnum()]
+    if token.startswith(" ") and token[1:].isalnum() and plain:
         k = min(max(round(at * len(words)), 1), len(words) - 1)
-        word = re.match(r"(\w*)(.*)", words[k])
+        k = min(plain, key=lambda j: (abs(j - k), j))
+        word = _FIRST_WORD.match(words[k])
         words[k] = token[1:] + word.group(2)  # keep punctuation attached to the replaced word
-        return " ".join(words) + trail
+        return lead + " ".join(words) + trail
     k = min(max(round(at * len(words)), 1), len(words))
     head, rest = " ".join(words[:k]), " ".join(words[k:])
-    return head + token + (" " + rest if rest else "") + trail
+    return lead + head + token + (" " + rest if rest else "") + trail
+
+
+def _inject_first(text: str, token: str) -> str:
+    """Put a sentence-initial token at text position 0, where the feature peaks on it.
+
+    Replacing the first word keeps length and positions, like every other injection, and reads as a
+    sentence where that word is of the token's kind (a determiner or pronoun for one: "My brother was
+    tired." + 'The' -> "The brother was tired."), stands alone ("Yes, I was tired." + 'Today' ->
+    "Today, I was tired.") or is the whole prompt ("Thanks!" -> "Today!"). Elsewhere it breaks the
+    sentence ("Today brother was tired."), so an opener such as 'Today' goes in front of the first
+    word instead: "Today my brother was tired.". That one insertion lengthens the prompt by a token and
+    shifts the later ones, which the replacing rule exists to avoid; it is the lesser harm here, because
+    the token sits at position 0, which nothing shifts, and a causal model's activation there depends on
+    that token alone, so the feature's peak is measured exactly where it is in the higher set. The old
+    first word loses its capital only when it is a function word ("My" -> "my"), not a name or "I".
+
+    Leading spaces go (the token brings its own: ``' Today'`` is another token than ``'Today'``). A
+    prompt that opens with a quote or bracket keeps it whole after the token, with its own capital
+    ('Today "My brother was tired," she said.'), since the token inside the quote would sit at
+    position 1. Opening punctuation as the token (``'"'``, ``'('``) attaches to the first word.
+    """
+    body = text.lstrip()
+    if not token.strip()[:1].isalnum():
+        return token + body
+    m = _FIRST_WORD.match(body)
+    if m is None:  # a quotation, a number sign, a dash: nothing to replace, nothing to lower
+        return token + (" " + body if body else "")
+    first, rest = m.groups()
+    if token.strip().lower() in _NOUN_OPENERS or _STANDS_ALONE.match(rest):
+        return token + rest
+    if first.istitle() and first.lower() in _LOWER_INSIDE:
+        first = first.lower()
+    return token + " " + first + rest
 
 
 def _outcome(test: StratifiedTest, k: int, a0: float, sign: int, s: ConfoundSettings) -> tuple[float, str]:
@@ -612,12 +683,22 @@ def _injection_job(k: int, rep: FeatureReport, fk: _Peaks, sets: _Sets,
     if not token.strip() or _PIECE_LABEL.search(token):
         return None
     side_hi, side_lo = sets.sides[fk.hi], sets.sides[fk.lo]
-    # Put the token where the feature peaks on it in the higher set: at the end, or that far into the prompt.
+    # Put the token where the feature peaks on it in the higher set: at the start, at the end, or that far
+    # into the prompt.
     on_top = fk.fired_hi & (side_hi.peak_tok[:, k] == fk.top)
     pos = side_hi.acts.peak[on_top, k]
     n_tok = side_hi.tokens.lengths[on_top]
     at = float(np.median(pos / n_tok))
     at_end = bool(np.mean(pos == n_tok - 1) >= 0.5)
+    at_start = bool(np.mean(pos == 0) >= 0.5)
+    if not at_start and token[:1].isupper():
+        # A capitalised token without a leading space is a word of its own where it follows no letter or
+        # digit (first, or after a quote or a line break): it opens the edited prompt too, rather than
+        # being glued onto a word ("MyToday"). After a letter or digit it is a piece of a word ('5GB')
+        # and attaches like one.
+        strs = side_hi.tokens.strs
+        opens = [p == 0 or not strs[i][p - 1][-1:].isalnum() for i, p in zip(np.flatnonzero(on_top), pos)]
+        at_start = bool(np.mean(opens) >= 0.5)
     rows = np.arange(len(side_lo.tokens))
     if len(rows) > s.injection_prompts:
         # A seeded sample of the lower set bounds the model runs (2,000 prompts x every candidate feature
@@ -625,7 +706,8 @@ def _injection_job(k: int, rep: FeatureReport, fk: _Peaks, sets: _Sets,
         # estimated on it, before and after alike.
         rows = np.sort(np.random.default_rng(int(rep.evidence.feature)).choice(rows, s.injection_prompts, replace=False))
     lacking = rows[~(side_lo.matrix[rows] == fk.top).any(axis=1)]
-    return k, rows, lacking, [inject_token(side_lo.tokens.texts[i], token, at, at_end) for i in lacking]
+    texts = side_lo.tokens.texts
+    return k, rows, lacking, [inject_token(texts[i], token, at, at_end, at_start) for i in lacking]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -690,6 +772,29 @@ def _reproduces(rep: FeatureReport, s: ConfoundSettings) -> bool:
     return bool(inj is not None and np.isfinite(inj.reproduced) and inj.reproduced >= s.injection_reproduces)
 
 
+def _reproduced_words(inj: Injection, o: _Oriented, only: bool = False) -> str:
+    """How much of the difference the injected token reproduces, as the verdicts print it.
+
+    The measured share is printed as it is between 0 and 100%. Above 100% the edited prompts of the
+    lower set now score *above* the higher set (AUROC after < 0.5): the token alone gives them more
+    than the higher set has, e.g. because the higher set lacks the token in some of its prompts, or
+    because the edit puts it where the feature responds more strongly. For the verdict that is "all
+    of the difference", so the sentence says 100%, marked as capped and followed by the measured value,
+    so an overshoot is never read as an exact match. Below 0 the edits moved the lower set further
+    from the higher set; "none of it" is said likewise, with the value measured.
+    """
+    r, lo, hi = inj.reproduced, o.lo_name, o.hi_name
+    if not np.isfinite(r):
+        return f"no measurable share (the {lo} prompts compared show no difference to reproduce)"
+    if round(r * 100) > 100:
+        return (f"100% of the difference (capped: measured {r:.0%}, the edited {lo} prompts overshoot "
+                f"the {hi} prompts)")
+    if round(r * 100) < 0:
+        return (f"none of the difference (measured {r:.0%}: the edited {lo} prompts move away from "
+                f"the {hi} prompts)")
+    return f"{'only ' if only else ''}{r:.0%} of the difference"
+
+
 def _concept_verdict(rep: FeatureReport, o: _Oriented, s: ConfoundSettings) -> Verdict | None:
     if not _is_concept(rep, s):
         return None
@@ -715,7 +820,7 @@ def _lexical_verdict(rep: FeatureReport, o: _Oriented, s: ConfoundSettings) -> V
     if not lexical or not e.peak_tokens:
         return None
     top, top_s = e.peak_tokens[0], repr(e.top_token)
-    why = (f"putting {top_s} into {o.lo_name} prompts reproduces {min(inj.reproduced, 1.0):.0%} of the difference"
+    why = (f"putting {top_s} into {o.lo_name} prompts reproduces {_reproduced_words(inj, o)}"
            if inj is not None else
            f"prompts with and without {top_s} show no {o.hi_name}/{o.lo_name} difference "
            f"(AUROC {o.auroc(rep.token_control.auroc):.2f})")
@@ -780,7 +885,8 @@ def _context_verdict(rep: FeatureReport, o: _Oriented, s: ConfoundSettings) -> V
         elif c.outcome == INCONCLUSIVE and (c.name != "length" or e.length_explains):
             reasons.append(f"too few {c.strata} hold both sets to show it survives")
     if inj is not None and not _reproduces(rep, s) and _token_explains(rep):
-        reasons.append(f"putting {top_s} into {o.lo_name} prompts reproduces only {max(inj.reproduced, 0.0):.0%} of it")
+        share = _reproduced_words(inj, o, only=True)
+        reasons.append(f"putting {top_s} into {o.lo_name} prompts reproduces {share}")
     lead = (f"peaks mostly on {top_s}, which occurs in {o.prompts_with(e.peak_tokens[0])}" if e.peak_tokens
             else f"fires in {o.higher(e.fired_group, e.fired_baseline)} {o.hi_name} prompts")
     why_not = "; ".join(reasons or ["it does not pass the controls"])
