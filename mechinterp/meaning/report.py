@@ -206,7 +206,7 @@ EVIDENCE_COLUMNS = [
     "token_control_p", "position_control", "position_control_auroc", "position_control_p",
     "reach_control", "reach_control_auroc", "reach_control_p", "generalisation_without",
     "generalisation_auroc", "generalisation_p", "generalisation_prompts", "injection_token",
-    "injection_reproduced",
+    "injection_reproduced", "injection_example",
 ]
 EVIDENCE_HEADER = ["group", "baseline", "rank", "replicated", *EVIDENCE_COLUMNS]
 
@@ -225,7 +225,7 @@ def evidence_cells(rep: FeatureReport) -> list[object]:
     for c in (rep.length_control, rep.token_control, rep.position_control, rep.reach_control):
         out += [c.outcome, _num(c.auroc), _p(c.p_value)]
     out += [" ".join(map(repr, g.without_tokens)), _num(g.auroc), _p(g.p_value), f"{g.n_group}/{g.n_baseline}",
-            inj.token if inj else "", _num(inj.reproduced) if inj else ""]
+            inj.token if inj else "", _num(inj.reproduced) if inj else "", inj.example if inj else ""]
     return out
 
 

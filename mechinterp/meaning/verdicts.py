@@ -202,6 +202,7 @@ class Injection:
     auroc_before: float  # higher set over lower set (> 0.5)
     auroc_after: float  # higher set over the lower set with the token put in
     reproduced: float  # (before - after) / (before - 0.5): share of the difference the token alone makes
+    example: str = ""  # one edited prompt, quoted by the verdict so a reader can see the edit is real text
 
 
 @dataclass
@@ -667,7 +668,8 @@ def _run_injections(
         before = float(auroc(x[:, None], sets.sides[lo].acts.value[rows, k][:, None])[0])
         after = float(auroc(x[:, None], y[:, None])[0])
         reproduced = (before - after) / (before - 0.5) if before > 0.5 else float("nan")
-        rep.injection = Injection(rep.evidence.top_token, len(lacking), before, after, reproduced)
+        rep.injection = Injection(rep.evidence.top_token, len(lacking), before, after, reproduced,
+                                  texts[0] if len(texts) else "")
 
 
 def _injection_job(k: int, rep: FeatureReport, fk: _Peaks, sets: _Sets,
@@ -809,6 +811,17 @@ def _concept_verdict(rep: FeatureReport, o: _Oriented, s: ConfoundSettings) -> V
     ))
 
 
+EXAMPLE_CHARS = 60  # an edited prompt quoted in a verdict is cut to this length
+
+
+def _as_in(inj: Injection) -> str:
+    """' (as in "Today my brother was tired.")': the edit the measured share comes from, as text."""
+    if not inj.example:
+        return ""
+    text = inj.example if len(inj.example) <= EXAMPLE_CHARS else inj.example[:EXAMPLE_CHARS - 3] + "..."
+    return f' (as in "{text}")'
+
+
 def _lexical_verdict(rep: FeatureReport, o: _Oriented, s: ConfoundSettings) -> Verdict | None:
     """One token carries it: most peaks on it, and the token control or the injection shows it."""
     e, inj = rep.evidence, rep.injection
@@ -820,7 +833,7 @@ def _lexical_verdict(rep: FeatureReport, o: _Oriented, s: ConfoundSettings) -> V
     if not lexical or not e.peak_tokens:
         return None
     top, top_s = e.peak_tokens[0], repr(e.top_token)
-    why = (f"putting {top_s} into {o.lo_name} prompts reproduces {_reproduced_words(inj, o)}"
+    why = (f"putting {top_s} into {o.lo_name} prompts{_as_in(inj)} reproduces {_reproduced_words(inj, o)}"
            if inj is not None else
            f"prompts with and without {top_s} show no {o.hi_name}/{o.lo_name} difference "
            f"(AUROC {o.auroc(rep.token_control.auroc):.2f})")
