@@ -882,8 +882,10 @@ def test_a_feature_on_sentence_initial_today_is_lexical_through_real_sentences(g
     assert inj.n_injected == len(TODAY_EDITS) and inj.auroc_before == 1.0 and inj.auroc_after == 0.5
     assert inj.reproduced == pytest.approx(1.0)
     assert rep.verdict.verdict == "lexical", rep.verdict.evidence
+    # The verdict quotes one of the edited prompts, so a reader sees that the edit is a real sentence.
+    assert inj.example in TODAY_EDITS.values()
     assert rep.verdict.evidence.endswith(
-        "putting 'Today' into neutral prompts reproduces 100% of the difference")
+        f"putting 'Today' into neutral prompts (as in \"{inj.example}\") reproduces 100% of the difference")
 
 
 def _today_report(gpt2_tokenizer):
@@ -908,7 +910,7 @@ def test_a_reproduced_share_above_100_percent_is_shown_capped_with_the_value_mea
     assert rep.token_control.outcome == verdicts.VANISHES  # without 'Today' the sets agree
     assert rep.verdict.verdict == "lexical", rep.verdict.evidence
     assert rep.verdict.evidence.endswith(
-        "putting 'Today' into neutral prompts reproduces 100% of the difference "
+        f"putting 'Today' into neutral prompts (as in \"{inj.example}\") reproduces 100% of the difference "
         "(capped: measured 133%, the edited neutral prompts overshoot the joyful prompts)")
 
 
