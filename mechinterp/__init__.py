@@ -3,9 +3,10 @@
 A core that every method uses, one folder per method (one per chapter), and the command line on top:
 
 - ``core/``: loading the model and SAE (``loading``, ``source``), text to features (``encoding``,
-  ``pipeline``, ``summaries``, ``cache``), prompts, tokens, what a feature writes (``logits``),
-  choosing features and collecting their activations (``features``), provenance, run records, atomic
-  writes (``io``), terminal tables, shared figure pieces, and the synthetic demo world (``toyworld``);
+  ``pipeline``, ``summaries``, ``cache``), prompts, tokens, how every output numbers positions
+  (``positions``: BOS = 0), what a feature writes (``logits``), choosing features and collecting their
+  activations (``features``), provenance, run records, atomic writes (``io``), terminal tables, shared
+  figure pieces, and the synthetic demo world (``toyworld``);
 - ``investigate/``: Chapter 1, a text's top features;
 - ``meaning/``: Chapter 2, contrasting prompt sets: statistics, design checks, verdicts;
 - ``cards/``: Chapter 3, feature cards and corpus mining;

@@ -585,7 +585,8 @@ def test_a_shifted_position_feature_is_positional_and_the_inserted_concept_is_co
     assert the3.evidence.direction == "down" and the3.evidence.top_token == " the"
     assert the3.verdict.verdict == "positional", the3.verdict.evidence
     assert the3.position_control.outcome == verdicts.VANISHES and the3.token_control.outcome == verdicts.SURVIVES
-    assert "position 3" in the3.verdict.evidence and "neutral prompts" in the3.verdict.evidence
+    # Text position 3 is shown as the model's position, BOS = 0, like every chapter's positions.
+    assert "position 4 (BOS = 0)" in the3.verdict.evidence and "neutral prompts" in the3.verdict.evidence
     # The concept word always sits at position 1, yet position explains nothing: baseline prompts never
     # have a concept word there.
     concept = reports["concept"]

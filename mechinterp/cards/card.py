@@ -42,6 +42,7 @@ from mechinterp.core.features import (
 from mechinterp.core.loading import Loaded, neuronpedia_url
 from mechinterp.core.logits import LogitEffect, logit_effects
 from mechinterp.core.options import option, positive_int
+from mechinterp.core.positions import model_position
 from mechinterp.core.progress import Log, silent
 from mechinterp.core.records import RunRecord
 from mechinterp.core.tables import plural
@@ -105,10 +106,16 @@ class Example:
     peak: int  # index into tokens (BOS already removed)
     label: str = ""  # why this example is on the card: "" for the top ones, else e.g. "median level"
     where: str = ""  # where a corpus window is, e.g. "document 12 (line 14), tokens 127-253"; "" for a prompt
+    n_skip: int = 1  # positions the model saw before tokens[0] (1 for BOS)
 
     @property
     def max_act(self) -> float:
         return float(self.acts[self.peak])
+
+    @property
+    def peak_position(self) -> int:
+        """The peak's position in the model's token sequence (BOS = 0), as every chapter writes positions."""
+        return model_position(self.peak, self.n_skip)
 
     def context(self, chars: int = REPR_CONTEXT) -> str:
         """The text around the peak token: up to ``chars`` characters on each side ("…" where cut)."""
@@ -257,7 +264,7 @@ def _example_dict(e: Example) -> dict:
         "source": e.source,
         "max_activation": e.max_act,
         "peak_token": e.tokens[e.peak],
-        "peak_index": e.peak,
+        "peak_position": e.peak_position,  # BOS = 0; "tokens" below leave BOS out
         "tokens": e.tokens,
         "activations": [round(float(a), 5) for a in e.acts],
     } | ({"where": e.where} if e.where else {})
@@ -289,7 +296,7 @@ def build_card(
     def example(rank: int, i: int, label: str = "") -> Example:
         acts = fa.acts[i][:, j]
         return Example(rank=rank, text_index=i, source=fa.sources[i], tokens=decode_tokens(tok, fa.token_ids[i]),
-                       acts=acts, peak=int(acts.argmax()), label=label)
+                       acts=acts, peak=int(acts.argmax()), label=label, n_skip=fa.n_skip)
 
     examples = [example(rank, i) for rank, i in enumerate(order, start=1)]
     shown = set(order)
@@ -438,13 +445,14 @@ def corpus_evidence(
     mined = top + [s for s, _ in picks]
     acts = window_activations(loaded, [m.window for m in mined], [feature], batch_size)
     tok = loaded.model.tokenizer
+    n_bos = 1 if loaded.sae.prepend_bos else 0  # window_activations puts BOS in front when the SAE uses it
 
     def example(m: MinedExample, a: np.ndarray, rank: int, label: str = "") -> Example:
         w = m.window
         line = f" (line {w.line})" if w.line else ""
         where = f"document {w.doc + 1}{line}, tokens {w.start}-{w.start + len(w.tokens) - 1}"
         return Example(rank=rank, text_index=w.doc, source="corpus", tokens=decode_tokens(tok, w.tokens.tolist()),
-                       acts=a[:, 0], peak=m.position, label=label, where=where)
+                       acts=a[:, 0], peak=m.position, label=label, where=where, n_skip=n_bos)
 
     examples = [example(m, a, m.rank) for m, a in zip(top, acts)]
     level_examples = [example(m, a, 0, label) for (m, label), a in zip(picks, acts[len(top):])]

@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from mechinterp.core import constants
 from mechinterp.core.figures import NotebookFigure, display_token, white_zero_cmap
 from mechinterp.core.io import OutputFolder
+from mechinterp.core.positions import BOS_ZERO, model_position
 from mechinterp.core.tables import WIDTH, format_table, plural
 from mechinterp.investigate.text_features import DENSE_THRESHOLD, TextFeatures
 
@@ -49,6 +50,7 @@ def token_heatmap(
     tokens: Sequence[str],
     features: Sequence[int],
     title: str,
+    n_skip: int = 1,
 ) -> Figure:
     """Features x tokens heatmap (Chapter 1); texts longer than ``MAX_TOKENS_PER_ROW`` wrap onto more rows.
 
@@ -59,6 +61,8 @@ def token_heatmap(
         acts: ``[n_features, n_tokens]`` activations, one row per feature in ``features``.
         tokens: the text's tokens (BOS already removed), one per column.
         features: feature ids labelling the rows, strongest first.
+        n_skip: positions in front of the text (1 for BOS), so wrapped rows name their positions as
+            every chapter does (BOS = 0).
     """
     n_feat, n_tok = heatmap_extent(*acts.shape)
     total_feat, total_tok = acts.shape
@@ -82,7 +86,8 @@ def token_heatmap(
         ax.set_xticks(range(n_cols), [display_token(tokens[i]) for i in cols], rotation=60, ha="right", fontsize=9)
         ax.set_yticks(range(n_feat), [f"#{f}" for f in features], fontsize=9)
         ax.set_xlabel("token (BOS excluded; · marks a leading space)" if len(chunks) == 1 and n_tok == total_tok
-                      else f"tokens {cols.start + 1}-{cols.stop} of {total_tok:,} (BOS excluded; · marks a leading space)")
+                      else f"positions {model_position(cols.start, n_skip)}-{model_position(cols.stop - 1, n_skip)} "
+                           f"({BOS_ZERO}, excluded) of the text's {total_tok:,} tokens; · marks a leading space")
         ax.set_ylabel("feature (strongest first)")
         # Thin grid lines between cells make it easy to follow one token down the column.
         ax.set_xticks(np.arange(-0.5, n_cols, 1), minor=True)
@@ -143,13 +148,14 @@ def results_text(result: TextFeatures, title: str, text: str, top_k: int) -> str
         lines.append(_wrap(f"Note: {result.truncation}."))
     lines += [_wrap(f"{result.n_fired} of {result.d_sae} features fire on at least one token; top {k} by max "
                     "activation:"), "", feature_table(result)]
+    pos = f"pos = position in the model's token sequence ({BOS_ZERO}), as in every chapter."
     if result.has_density:
         n_dense = sum(r.dense for r in result.rows)
         lines.append(_wrap(f"density = share of the SAE's training tokens on which the feature fires (its sparsity "
                            f"file). ▲ = dense (over {100 * DENSE_THRESHOLD:.0f}%): it fires on almost any text, so "
-                           f"its rank and peak token say little about this one ({n_dense} of {k} here)."))
+                           f"its rank and peak token say little about this one ({n_dense} of {k} here). {pos}"))
     else:
-        lines.append(_wrap("density: this SAE ships no sparsity file, so dense features cannot be marked."))
+        lines.append(_wrap(f"density: this SAE ships no sparsity file, so dense features cannot be marked. {pos}"))
     if k < top_k:
         fire = "fires" if k == 1 else "fire"
         lines += ["", f"(only {plural(k, 'feature')} {fire} on this text, fewer than --top-k {top_k})"]
@@ -159,7 +165,7 @@ def results_text(result: TextFeatures, title: str, text: str, top_k: int) -> str
 def write_outputs(out: OutputFolder, result: TextFeatures, title: str) -> list[Path]:
     """MI1.png (the heatmap), MI1.csv (the table behind it) and MI1_token_activations.csv (every cell)."""
     fig = token_heatmap(result.heat, result.tokens, result.features,
-                        f"Top {len(result.rows)} SAE features by max activation\n{title}")
+                        f"Top {len(result.rows)} SAE features by max activation\n{title}", result.n_skip)
     png = out.save_figure(fig, constants.MI1_PNG)
     csv_path = out.write_csv(
         constants.MI1_CSV,
@@ -170,9 +176,9 @@ def write_outputs(out: OutputFolder, result: TextFeatures, title: str) -> list[P
         constants.MI1_TOKENS_CSV,
         ["feature", "position", "token", "activation"],
         [
-            [f, pos + result.n_skip, result.tokens[pos], float(result.heat[row, pos])]
+            [f, model_position(i, result.n_skip), result.tokens[i], float(result.heat[row, i])]
             for row, f in enumerate(result.features)
-            for pos in range(len(result.tokens))
+            for i in range(len(result.tokens))  # i indexes the text's tokens; the column is the model's position
         ],
     )
     return [png, csv_path, tokens_csv]

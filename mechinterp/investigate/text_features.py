@@ -21,6 +21,7 @@ from mechinterp.core.encoding import encode_tokens, tokenize, truncation_note, w
 from mechinterp.core.errors import UserError
 from mechinterp.core.loading import Loaded, neuronpedia_url
 from mechinterp.core.options import option, positive_int
+from mechinterp.core.positions import model_position
 from mechinterp.core.source import demo_threads
 from mechinterp.core.tokens import decode_tokens
 
@@ -58,7 +59,7 @@ class TopFeature:
     feature: int
     max_activation: float
     peak_token: str
-    peak_position: int  # in the model's token sequence (BOS, when used, is position 0)
+    peak_position: int  # in the model's token sequence, BOS = 0, as every chapter shows positions
     neuronpedia_url: str  # "" when the SAE is not on Neuronpedia
     density: float | None = None  # share of training tokens it fires on (the SAE's sparsity file), if shipped
 
@@ -143,7 +144,8 @@ def top_features(loaded: Loaded, text: str, top_k: int) -> TextFeatures:
     for rank, feature in enumerate(top, start=1):
         peak = int(text_acts[:, feature].argmax())
         density = float(10 ** float(log_sparsity[feature])) if log_sparsity is not None else None
-        rows.append(TopFeature(rank, int(feature), float(max_acts[feature]), str_tokens[peak], peak + skip,
-                               neuronpedia_url(loaded.sae.neuronpedia_id, int(feature)), density))
+        rows.append(TopFeature(rank, int(feature), float(max_acts[feature]), str_tokens[peak],
+                               model_position(peak, skip), neuronpedia_url(loaded.sae.neuronpedia_id, int(feature)),
+                               density))
     truncation = f"the text {truncation_note(tokenized, 0)}" if tokenized.truncated else ""
     return TextFeatures(str_tokens, skip, rows, text_acts[:, top].T, n_fired, loaded.sae.d_sae, truncation)

@@ -24,6 +24,7 @@ from mechinterp.core import constants
 from mechinterp.core.io import OutputFolder
 from mechinterp.core.loading import neuronpedia_url
 from mechinterp.core.pipeline import Summaries
+from mechinterp.core.positions import BOS_ZERO, model_position
 from mechinterp.core.prompts import PromptSets
 from mechinterp.core.provenance import PROVENANCE_COLUMNS
 from mechinterp.core.tables import WIDTH, format_table, plural
@@ -212,15 +213,19 @@ EVIDENCE_HEADER = ["group", "baseline", "rank", "replicated", *EVIDENCE_COLUMNS]
 
 
 def evidence_cells(rep: FeatureReport) -> list[object]:
-    """One feature's evidence, controls and verdict as cells under :data:`EVIDENCE_COLUMNS`."""
+    """One feature's evidence, controls and verdict as cells under :data:`EVIDENCE_COLUMNS`.
+
+    ``peak_position`` is written as the model's position (BOS = 0), as in every chapter's files; the
+    evidence itself indexes text tokens from 0.
+    """
     e, g, inj = rep.evidence, rep.generalisation, rep.injection
     peaks = "; ".join(f"{t.token!r} {t.peaks_group}/{t.peaks_baseline} in {t.prompts_group}/{t.prompts_baseline}"
                       for t in e.peak_tokens)
     out = [
         e.feature, rep.verdict.verdict, rep.verdict.evidence, e.direction, _num(e.auroc), e.fired_group,
         e.fired_baseline, peaks, e.n_peak_types, " ".join(map(repr, e.separating_tokens)), e.top_token,
-        _num(e.top_token_share), e.peak_position, _num(e.position_share_group), _num(e.position_share_baseline),
-        _num(e.length_r), _p(e.length_p),
+        _num(e.top_token_share), model_position(e.peak_position), _num(e.position_share_group),
+        _num(e.position_share_baseline), _num(e.length_r), _p(e.length_p),
     ]
     for c in (rep.length_control, rep.token_control, rep.position_control, rep.reach_control):
         out += [c.outcome, _num(c.auroc), _p(c.p_value)]
@@ -311,7 +316,8 @@ def summary_lines(result: MeaningResult, options: MeaningOptions) -> list[str]:
         "carry it and it survives the length, token and position controls; concept (split) = several "
         "features pass that test together and none alone; '(topic?)' = its words are a second theme of the "
         "group or miss many of its prompts; lexical = one token carries "
-        "it; positional = one absolute position; length = prompt length; context = none of these, but "
+        f"it; positional = one absolute position (counted with {BOS_ZERO}, as in every chapter); length = "
+        "prompt length; context = none of these, but "
         f"not a concept either. The evidence for each is in {constants.EVIDENCE_CSV}."))
     return lines
 

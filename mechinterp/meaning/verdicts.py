@@ -53,6 +53,7 @@ from typing import Protocol
 
 import numpy as np
 
+from mechinterp.core.positions import BOS_ZERO, model_position
 from mechinterp.meaning.design import TRAILING_PUNCT, TokenizedPrompts, token_counts, vocabulary
 from mechinterp.meaning.options import ConfoundSettings
 from mechinterp.meaning.stats import (
@@ -555,8 +556,10 @@ def _feature_report(sets: _Sets, k: int, fk: _Peaks, length: _Length, tests: tup
     """Feature ``k``'s evidence, its four controls and its generalisation (the verdict comes later)."""
     evidence = _evidence(sets, k, fk, length, s)
     top_s = repr(sets.spell.get(fk.top, ""))
+    # p_star indexes text tokens; the words show the model's position (BOS = 0), as every chapter does.
     strata = ("prompts of equal token length", f"prompts with / without {top_s}",
-              f"prompts with {top_s} at the same position", f"prompts that reach / do not reach position {fk.p_star}")
+              f"prompts with {top_s} at the same position",
+              f"prompts that reach / do not reach position {model_position(fk.p_star)}")
     controls = [_control(name, words, test, k, sets.a0[k], fk.sign, s)
                 for name, words, test in zip(CONTROLS, strata, tests)]
     return FeatureReport(evidence, *controls, _generalisation(sets, k, fk, s), None,
@@ -855,8 +858,9 @@ def _positional_verdict(rep: FeatureReport, o: _Oriented, s: ConfoundSettings) -
     c = max(explains, key=lambda c: c.p_value)
     fired_hi, fired_lo = o.higher(e.fired_group, e.fired_baseline), o.lower(e.fired_group, e.fired_baseline)
     gone = "the sets do not differ" if c.outcome == VANISHES else "less than half of the difference is left"
+    at = model_position(e.peak_position)  # evidence indexes text tokens; shown as every chapter shows positions
     return Verdict(e.feature, POSITIONAL, (
-        f"peaks at text position {e.peak_position} in {round(share_hi * fired_hi)} of {fired_hi} firing {o.hi_name} "
+        f"peaks at position {at} ({BOS_ZERO}) in {round(share_hi * fired_hi)} of {fired_hi} firing {o.hi_name} "
         f"prompts (and in {round(share_lo * fired_lo)} of {fired_lo} firing {o.lo_name} prompts); among {c.strata} "
         f"{gone} (AUROC {o.auroc(c.auroc):.2f}, p = {c.p_value:.2g})"
     ))
