@@ -21,6 +21,12 @@ self-contained card to open in a browser), ``feature_<id>.json`` (everything on 
 also ``MI5_<id>_corpus.png`` with ``MI5_<id>_corpus_hist.csv``; with ``--all-features``,
 ``corpus_features.csv`` (every feature's density and top example) and ``corpus_histograms.csv``.
 
+With ``--family 409+501`` (repeatable), or a family row of ``--from-results``, the features of one family
+(a concept the SAE splits across features) get one card: where the family fires (each member's activation
+divided by its typical max, the largest member per token), which member fired at each top text, each
+member's own row, and what the family writes (``mechinterp.cards.family``); its files are
+``MI5_409+501.png`` (with its CSVs and ``MI5_409+501_members.csv``), ``family_409+501.html`` and ``.json``.
+
 With ``--baseline GROUP`` each card also sets the feature's firing rate in that prompt group beside its
 rate in the group where it fires most ("fires on 7.33% of 'happy' tokens (its busiest group) vs 0% of
 'baseline' tokens (0 of 543): never in the baseline"); without it the cards make no comparison.
@@ -35,6 +41,7 @@ Run:
     python MechInterpFeatureInspect.py --feature 1234 --feature 7 --prompts prompts/
     python MechInterpFeatureInspect.py --demo --baseline baseline      # each card against the baseline group
     python MechInterpFeatureInspect.py --from-results Images/feature_stats.csv --top-n 3
+    python MechInterpFeatureInspect.py --demo --family 409+501            # two features carded as one family
     python MechInterpFeatureInspect.py --feature 1234 --corpus my_documents.txt   # one document per line
     python MechInterpFeatureInspect.py --feature 1234 --dataset Skylion007/openwebtext --max-tokens 1000000
 """
@@ -49,8 +56,9 @@ from pathlib import Path
 from mechinterp.cards import report
 from mechinterp.cards.card import CardOptions, FeatureCard, check_baseline, feature_cards, prompt_activations
 from mechinterp.cards.corpus import Corpus, CorpusOptions, HFDatasetCorpus, resolve_window
+from mechinterp.cards.family import FamilyCard, family_cards
 from mechinterp.cards.mining import DEFAULT_BATCH_SIZE, DEFAULT_K, MiningOptions, MiningResult, mine
-from mechinterp.cards.render import ansi_allowed, format_card_text
+from mechinterp.cards.render import ansi_allowed, format_card_text, format_family_text
 from mechinterp.cards.store import finished_pass_exists
 from mechinterp.cli import (
     ArgumentParser,
@@ -65,7 +73,15 @@ from mechinterp.cli import (
 )
 from mechinterp.core import constants
 from mechinterp.core.errors import UserError
-from mechinterp.core.features import FeatureChoice, FeatureSelection, choose_features, filter_note
+from mechinterp.core.features import (
+    FamilySelection,
+    FeatureActivations,
+    FeatureChoice,
+    FeatureSelection,
+    choose_features,
+    filter_note,
+    name_of,
+)
 from mechinterp.core.io import OutputFolder
 from mechinterp.core.loading import Loaded
 from mechinterp.core.progress import Log
@@ -77,7 +93,10 @@ from mechinterp.core.tables import print_table, print_wrapped
 # Chapter 3's wording of the shared flags.
 FEATURE_HELPS = {
     "feature": "a feature to inspect; repeat for several (with --demo and no ids: the planted features)",
-    "from_results": "inspect the top features of each group in a Chapter 2 feature_stats.csv",
+    "from_results": "inspect the top features of each group in a Chapter 2 feature_stats.csv (a family of "
+                    "features there gets one card)",
+    "family": "a feature family to card as one: its member ids joined by '+', e.g. 409+501 (Chapter 2's family "
+              "column); repeat for several",
 }
 PROMPT_HELPS = {
     "prompts": "folder of prompt files, one prompt per line (default: prompts/, or the demo's prompts with --demo)",
@@ -92,6 +111,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Chapter 3: feature cards - where a feature fires, what it writes, how often it fires.",
     )
     add_options(parser, FeatureSelection, "which features", defaults={"top_n": 3}, helps=FEATURE_HELPS)
+    add_options(parser, FamilySelection, "which features", helps=FEATURE_HELPS)
     # No --baseline in args unless given: a run without it records the same flags as before it existed.
     texts = add_options(parser, PromptOptions, "prompts to look for activations in", only=("prompts", "baseline"),
                         defaults={"baseline": argparse.SUPPRESS}, helps=PROMPT_HELPS)
@@ -119,26 +139,35 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         with record.timed("load"):
             loaded = load(source, log=log)
         with demo_threads(loaded.is_demo):
-            choice = features_for_cards(options_from(args, FeatureSelection), mining.all_features, args.demo, loaded)
+            choice = features_for_cards(options_from(args, FeatureSelection), options_from(args, FamilySelection),
+                                        mining.all_features, args.demo, loaded)
             mined, options = None, None
-            if corpus is not None:
+            if corpus is not None and (choice.features or mining.all_features):  # a family's card has no corpus part
                 options = mining_options(mining, show, choice.features)
                 with record.timed("mine"):
                     mined = mine_corpus(loaded, corpus, options, source.cache_identity(), args.quiet, log)
             scope = report.corpus_scope(mined, options.max_tokens) if mined is not None else ""
+            with record.timed("encode"):  # once, for the features and every family's members
+                fa = prompt_activations(loaded, texts, sources, [*choice.features, *choice.members],
+                                        show.batch_size, log)
             cards = feature_cards(loaded, choice.features, texts, sources, show, corpus=mined, corpus_scope=scope,
                                   origins={f: choice.origin(f) or choice.how for f in choice.features},
-                                  log=log, record=record)
-            print_cards(cards, loaded, f"Texts: {described}. Features: {choice.how}.", mined, scope, choice.note,
-                        ansi_allowed(sys.stdout, show.color))
+                                  log=log, record=record, activations=fa)
+            families = family_cards(loaded, choice.families, texts, sources, show, activations=fa,
+                                    origins={f: choice.origin(f) or choice.how for f in choice.families})
+            notes = [choice.note] + (["family cards show the prompts only, not the corpus"]
+                                     if corpus is not None and families else [])
+            print_cards(cards, families, loaded, f"Texts: {described}. Features: {choice.how}.", mined, scope,
+                        "; ".join(n for n in notes if n), ansi_allowed(sys.stdout, show.color))
             with record.timed("cards"):
-                written = write_cards(out, cards, loaded, mined if mining.all_features else None)
-        n_tokens, filtered = prompt_totals(cards, loaded)
+                written = write_cards(out, cards, families, loaded, mined if mining.all_features else None)
+        n_tokens, filtered = prompt_totals(fa)
         record.wrote(*written)
         record.update(
             model=loaded.model_label, sae=loaded.sae.label, hook=loaded.sae.hook_name, d_sae=loaded.sae.d_sae,
-            features=choice.features, feature_choice=choice.how, texts=described, n_texts=len(texts),
-            n_tokens=n_tokens, filtered=filtered, skipped_by_gate=choice.note, provenance=loaded.provenance.to_dict(),
+            features=choice.features, families=[name_of(f) for f in choice.families], feature_choice=choice.how,
+            texts=described, n_texts=len(texts), n_tokens=n_tokens, filtered=filtered, skipped_by_gate=choice.note,
+            provenance=loaded.provenance.to_dict(),
         )
         if mined is not None:
             record.update(corpus=report.mining_record(mined, options))
@@ -169,15 +198,17 @@ def gather_texts(args: argparse.Namespace, mining: bool) -> tuple[list[str], lis
     return collect_texts(folder, chosen, None)
 
 
-def features_for_cards(selection: FeatureSelection, all_features: bool, demo: bool, loaded: Loaded) -> FeatureChoice:
-    """The features to make cards for, how they were chosen, what the gate skipped, and each one's origin.
+def features_for_cards(selection: FeatureSelection, families: FamilySelection, all_features: bool, demo: bool,
+                       loaded: Loaded) -> FeatureChoice:
+    """The features (and families) to make cards for, how they were chosen, what the gate skipped, and each
+    one's origin.
 
     With --all-features and nothing chosen there are none: the run writes the every-feature tables only.
     """
-    if all_features and not (selection.feature or selection.from_results or demo):
+    if all_features and not (selection.feature or selection.from_results or families.family or demo):
         return FeatureChoice([], {}, {}, "none (--all-features without --feature: no cards)")
     return choose_features(selection.feature, selection.from_results, selection.top_n, demo, loaded.sae.d_sae,
-                           selection.include_nonsignificant, loaded.provenance)
+                           selection.include_nonsignificant, loaded.provenance, families=families.family)
 
 
 def mining_options(mining: CorpusOptions, show: CardOptions, features: list[int]) -> MiningOptions:
@@ -212,9 +243,9 @@ def mine_corpus(loaded: Loaded, corpus: Corpus, options: MiningOptions, identity
     return result
 
 
-def print_cards(cards: list[FeatureCard], loaded: Loaded, texts_line: str, mined: MiningResult | None, scope: str,
-                note: str, color: bool) -> None:
-    """What the run looked at, then every card as terminal text."""
+def print_cards(cards: list[FeatureCard], families: list[FamilyCard], loaded: Loaded, texts_line: str,
+                mined: MiningResult | None, scope: str, note: str, color: bool) -> None:
+    """What the run looked at, then every card as terminal text, the families' last."""
     print(f"\n{loaded.title}")
     print_wrapped(texts_line)
     if mined is not None:
@@ -224,32 +255,38 @@ def print_cards(cards: list[FeatureCard], loaded: Loaded, texts_line: str, mined
     for card in cards:
         print()
         print(format_card_text(card, loaded.title, color))
+    for family in families:
+        print()
+        print(format_family_text(family, loaded.title, color))
 
 
-def write_cards(out: OutputFolder, cards: list[FeatureCard], loaded: Loaded,
+def write_cards(out: OutputFolder, cards: list[FeatureCard], families: list[FamilyCard], loaded: Loaded,
                 every_feature: MiningResult | None) -> list[Path]:
-    """Each card's files; with ``every_feature`` (--all-features) the every-feature tables; then the summary
-    table (printed too) and index.html. Returns the paths written."""
+    """Each card's files (families' too); with ``every_feature`` (--all-features) the every-feature tables;
+    then the summary table (printed too) and index.html. Returns the paths written."""
     written = [path for card in cards
                for path in report.write_card(out, card, loaded.title, loaded.is_demo, loaded.provenance)]
+    written += [path for family in families
+                for path in report.write_family_card(out, family, loaded.title, loaded.is_demo, loaded.provenance)]
     if every_feature is not None:
         written += report.write_all_features(out, every_feature, loaded.model.tokenizer)
         print()
         print_wrapped(report.every_feature_line(every_feature))
-    if cards:
-        columns, headings, rows = report.summary_table(cards)
+    if cards or families:
+        columns, headings, rows = report.summary_table(cards, families)
         summary_csv = out.write_csv(constants.CARDS_CSV, columns, rows)
-        print("\nSummary (firing rate and typical max over your texts; BOS and padding excluded):\n")
+        print("\nSummary (firing rate and typical max over your texts; BOS and padding excluded):")
+        if families:  # its numbers are the family activation's, not a feature's
+            print_wrapped("A family's row: tokens where any member fires, and its family activation.")
+        print()
         print_table(headings, rows)
-        written += [summary_csv, report.write_index(out, cards, loaded.title)]
+        written += [summary_csv, report.write_index(out, cards, loaded.title, families)]
     return written
 
 
-def prompt_totals(cards: list[FeatureCard], loaded: Loaded) -> tuple[int, str]:
+def prompt_totals(fa: FeatureActivations) -> tuple[int, str]:
     """Tokens of the prompts searched, and what every number leaves out (the same on every card)."""
-    if cards:
-        return cards[0].fired_total[1], cards[0].filtered
-    return 0, filter_note(prompt_activations(loaded, [], [], []))
+    return sum(len(a) for a in fa.acts), filter_note(fa)
 
 
 def main(argv: list[str] | None = None) -> int:

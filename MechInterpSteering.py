@@ -13,6 +13,13 @@ For each feature:
   prints clean vs steered continuations side by side (greedy, and sampled with a fixed seed), and
   measures log P(targets) on the steering prompts for each coefficient of a sweep (the steering curve).
 
+* **Families.** ``--family 409+501`` (repeatable), or a family row of ``--from-results`` (a concept the SAE
+  splits across features, Chapter 2's verdict ``concept (split)``), is tested as one: all its members are
+  ablated at once, against random sets of as many features (each member's stand-in matched to that
+  member's firing rate), and steered with ``coeff * sum(typical_max[m] * W_dec[m])``. Ablating one member
+  removes only its part of the concept's words; the family's ablation tests the concept as the SAE
+  represents it. Its results are labelled ``#409+#501`` and its files named ``MI6_409+501...``.
+
 The BOS position and padding are excluded from every statistic; interventions leave BOS untouched.
 Writes to --out (default Images/): ``MI6_<id>.png`` with ``MI6_<id>_ablation.csv``,
 ``MI6_<id>_steering.csv``, ``MI6_<id>_generations.csv`` and ``MI6_<id>.json`` (the numbers behind it),
@@ -23,6 +30,7 @@ Run:
     python MechInterpSteering.py --feature 501 --demo --coeff 4 --sweep -2 0 1 2 4 8
     python MechInterpSteering.py --feature 1234 --group happy --prompts prompts/
     python MechInterpSteering.py --from-results Images/feature_stats.csv --top-n 1
+    python MechInterpSteering.py --demo --family 409+501              # two features ablated and steered as one
 """
 
 from __future__ import annotations
@@ -54,7 +62,13 @@ from mechinterp.cli import (
 from mechinterp.core import constants
 from mechinterp.core.encoding import warn_truncated
 from mechinterp.core.errors import UserError
-from mechinterp.core.features import FeatureChoice, FeatureSelection, choose_features
+from mechinterp.core.features import (
+    FamilySelection,
+    FeatureChoice,
+    FeatureSelection,
+    choose_features,
+    name_of,
+)
 from mechinterp.core.io import OutputFolder
 from mechinterp.core.prompts import PromptOptions, PromptSets, load_prompt_sets
 from mechinterp.core.records import RunRecord
@@ -65,7 +79,9 @@ from mechinterp.core.tables import WIDTH, print_wrapped
 WHICH_HELPS = {
     "feature": "a feature to test; repeat for several (with --demo and no ids: the planted features)",
     "from_results": "test the top features of each group of a Chapter 2 feature_stats.csv "
-                    "(each ablated on its own group's prompts)",
+                    "(each ablated on its own group's prompts; a family of features there is tested as one)",
+    "family": "a feature family to test as one (all members ablated at once, steered together): its member ids "
+              "joined by '+', e.g. 409+501 (Chapter 2's family column); repeat for several",
     "include_nonsignificant": "with --from-results: also test features that are not significant, not replicated or "
                               "not judged 'concept' (by default they are skipped, and the output says which)",
 }
@@ -80,6 +96,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Chapter 4: ablate a feature against firing-rate-matched controls, then steer with it.",
     )
     add_options(parser, FeatureSelection, "which features", defaults={"top_n": 1}, helps=WHICH_HELPS)
+    add_options(parser, FamilySelection, "which features", helps=WHICH_HELPS)
     add_options(parser, PromptOptions, "prompts", only=["prompts", "baseline"], helps=PROMPT_HELPS)
     # Each field names its section (prompts, ablation, steering); "ablation" is the one this call opens.
     add_options(parser, FeatureTestOptions, "ablation")
@@ -99,13 +116,13 @@ def check_groups(options: FeatureTestOptions, sets: PromptSets, folder: Path) ->
             raise UserError(f"{flag} {name!r} is not a group in {folder}; groups: {', '.join(sets.groups)}")
 
 
-def results_group(choice: FeatureChoice, feature: int, options: FeatureTestOptions, prompts: GroupBatches,
-                  folder: Path) -> str | None:
-    """The feature's group in --from-results (or the demo concept it was planted for), where it is ablated
-    unless --group says otherwise."""
+def results_group(choice: FeatureChoice, feature: int | tuple[int, ...], options: FeatureTestOptions,
+                  prompts: GroupBatches, folder: Path) -> str | None:
+    """The feature's (or family's) group in --from-results (or the demo concept it was planted for), where it
+    is ablated unless --group says otherwise."""
     group = choice.groups.get(feature)
     if options.group is None and group is not None and group not in prompts.groups:
-        raise UserError(f"feature {feature}'s group {group!r} (from --from-results) is not in {folder}")
+        raise UserError(f"feature {name_of(feature)}'s group {group!r} (from --from-results) is not in {folder}")
     return group
 
 
@@ -121,11 +138,12 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
             loaded = load(resolve_source(source_options(args), log), log=log)
         with demo_threads(loaded.is_demo):
             choice = choose_features(which.feature, which.from_results, which.top_n, args.demo, loaded.sae.d_sae,
-                                     which.include_nonsignificant, loaded.provenance)
+                                     which.include_nonsignificant, loaded.provenance,
+                                     families=options_from(args, FamilySelection).family)
             prompts = GroupBatches.of(loaded, sets, options)
-            with record.timed("encode"):
+            with record.timed("encode"):  # once, for the features and every family's members
                 warn_truncated(prompts.texts, prompts.tokenized(), int(loaded.model.cfg.n_ctx))
-                fa = prompts.activations(choice.features)
+                fa = prompts.activations([*choice.features, *choice.members])
 
             print(f"\n{loaded.title}")
             print_wrapped(f"Prompts: {len(prompts.texts)} in groups {', '.join(prompts.groups)} from {folder} "
@@ -134,7 +152,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
             if choice.note:
                 print_wrapped(f"Note: {choice.note}.")
             tests, written = [], []
-            for feature in choice.features:
+            for feature in [*choice.features, *choice.families]:
                 group = results_group(choice, feature, options, prompts, folder)
                 test = test_feature(loaded, feature, prompts, options, log, group=group,
                                     group_how="its group in the results table")
@@ -147,7 +165,8 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         record.wrote(*written)
         record.update(
             model=loaded.model_label, sae=loaded.sae.label, hook=loaded.sae.hook_name, d_sae=loaded.sae.d_sae,
-            features=choice.features, feature_choice=choice.how, prompts_folder=str(folder),
+            features=choice.features, families=[name_of(f) for f in choice.families], feature_choice=choice.how,
+            prompts_folder=str(folder),
             filtered=intervention_note(fa),
         )
         record_path = record.write(out)
@@ -159,9 +178,9 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
 
 def write_test(out: OutputFolder, test: FeatureTest) -> list[Path]:
     """MI6_<id>.png with the numbers behind it: ablation, steering and generations CSVs, and the JSON."""
-    written = [out.save_figure(feature_test_figure(test), constants.MI6_PNG.format(feature=test.feature))]
+    written = [out.save_figure(feature_test_figure(test), constants.MI6_PNG.format(feature=test.name))]
     written += [out.write_csv(name, header, rows) for name, header, rows in feature_test_tables(test)]
-    written.append(out.write_json(constants.MI6_JSON.format(feature=test.feature), test.to_dict()))
+    written.append(out.write_json(constants.MI6_JSON.format(feature=test.name), test.to_dict()))
     return written
 
 

@@ -218,7 +218,7 @@ def test_flags_keep_their_names_defaults_and_sections(capsys):
     args = vars(ch4.parse_args([]))
     assert {k: v for k, v in args.items() if k not in ("out", "model", "sae_release", "sae_id", "sae_path", "device",
                                                        "dtype", "demo", "tag", "quiet", "debug")} == {
-        "feature": [], "from_results": None, "top_n": 1, "include_nonsignificant": False, "prompts": None,
+        "feature": [], "from_results": None, "top_n": 1, "include_nonsignificant": False, "family": [], "prompts": None,
         "baseline": "baseline", "group": None, "max_prompts": 64, "batch_size": None, "target": [], "n_targets": 3,
         "n_controls": 20, "coeff": 2.0, "sweep": [-2.0, 0.0, 0.5, 1.0, 2.0, 4.0, 8.0], "max_act": None,
         "steer_group": None, "steer_prompt": [], "n_generate": 3, "max_new_tokens": 12, "temperature": 1.0, "seed": 0}
@@ -231,7 +231,8 @@ def test_flags_keep_their_names_defaults_and_sections(capsys):
         ch4.parse_args(["--help"])
     text = capsys.readouterr().out
     # Every flag sits in its section: the field names it (cli.add_options), and sections are shared by title.
-    order = ["options:", "--seed", "which features:", "--feature", "--top-n", "prompts:", "--prompts", "--baseline",
+    order = ["options:", "--seed", "which features:", "--feature", "--top-n", "--family", "prompts:", "--prompts",
+             "--baseline",
              "--group", "--max-prompts", "--batch-size", "ablation:", "--target", "--n-targets", "--n-controls",
              "steering:", "--coeff", "--sweep", "--max-act", "--steer-group", "--steer-prompt", "--n-generate",
              "--max-new-tokens", "--temperature", "model and SAE:", "output:"]

@@ -286,6 +286,38 @@ def build_card(
     where it fires that the top examples do not already include. With ``baseline`` (a source of
     ``fa``), the card compares its firing there with the group where it fires most.
     """
+    examples, more = card_examples(loaded, fa, feature, n_examples)
+    promoted, suppressed = logit_effects(loaded, feature, n_logits)
+    typical, n_fired = typical_max_activation(fa, feature)
+    edges, counts = histogram_counts(fa, feature)
+    return FeatureCard(
+        feature=feature,
+        url=neuronpedia_url(loaded.sae.neuronpedia_id, feature),
+        density=density_from_sparsity(loaded, feature),
+        fired_by_source={s: fa.firing(feature, s) for s in fa.source_names},
+        typical_max=typical,
+        n_texts_fired=n_fired,
+        n_texts=len(fa.texts),
+        examples=examples,
+        promoted=promoted,
+        suppressed=suppressed,
+        filtered=filter_note(fa),
+        more_examples=more,
+        origin=origin,
+        baseline=baseline,
+        hist_edges=edges,
+        hist_counts=counts,
+    )
+
+
+def card_examples(loaded: Loaded, fa: FeatureActivations, feature: int,
+                  n_examples: int = 10) -> tuple[list[Example], list[Example]]:
+    """Where ``feature`` fires, as a card shows it: ``(top examples, more examples)``.
+
+    The ``n_examples`` texts with the highest maximum, then one text at each of :data:`LEVELS` of the
+    per-text maxima where it fires, and the top text of every source where it fires that the others do
+    not already include (see :func:`build_card`). Every text appears at most once.
+    """
     j = fa.column(feature)
     maxes = fa.prompt_max(feature)
     # Stable sort on -max: ties keep input order, so the card is deterministic.
@@ -316,27 +348,7 @@ def build_card(
         if best is not None:
             shown.add(best)
             more.append(example(ranked.index(best) + 1, best, f"the top text of '{source}'"))
-    promoted, suppressed = logit_effects(loaded, feature, n_logits)
-    typical, n_fired = typical_max_activation(fa, feature)
-    edges, counts = histogram_counts(fa, feature)
-    return FeatureCard(
-        feature=feature,
-        url=neuronpedia_url(loaded.sae.neuronpedia_id, feature),
-        density=density_from_sparsity(loaded, feature),
-        fired_by_source={s: fa.firing(feature, s) for s in fa.source_names},
-        typical_max=typical,
-        n_texts_fired=n_fired,
-        n_texts=len(fa.texts),
-        examples=examples,
-        promoted=promoted,
-        suppressed=suppressed,
-        filtered=filter_note(fa),
-        more_examples=more,
-        origin=origin,
-        baseline=baseline,
-        hist_edges=edges,
-        hist_counts=counts,
-    )
+    return examples, more
 
 
 # --- what a mined corpus says -------------------------------------------------------------------------
@@ -483,6 +495,7 @@ def feature_cards(
     corpus_scope: str = "",
     log: Log = silent,
     record: RunRecord | None = None,
+    activations: FeatureActivations | None = None,
 ) -> list[FeatureCard]:
     """The cards of ``features``: what Chapter 3 computes, from prompts and optionally a mined corpus.
 
@@ -501,6 +514,9 @@ def feature_cards(
         corpus: a finished :func:`~mechinterp.cards.mining.mine` pass that mined these features.
         corpus_scope: how much of the corpus the pass covers, in words, for the card.
         record: a run record to add the "encode" and "cards" seconds to.
+        activations: the texts' activations already collected for (at least) ``features``, e.g. with
+            the members of the families carded beside them (:func:`prompt_activations`); default: the
+            texts are encoded here.
 
     Raises:
         UserError: the baseline is not one of ``sources``, or a feature was not mined in ``corpus``.
@@ -508,8 +524,10 @@ def feature_cards(
     options = options or CardOptions()
     check_baseline(options.baseline, sources)
     timed = record.timed if record is not None else lambda _stage: contextlib.nullcontext()
-    with timed("encode"):
-        fa = prompt_activations(loaded, texts, sources, features, options.batch_size, log)
+    fa = activations
+    if fa is None:
+        with timed("encode"):
+            fa = prompt_activations(loaded, texts, sources, features, options.batch_size, log)
     cards = []
     with timed("cards"):
         for feature in features:

@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from mechinterp.cards.card import CorpusEvidence, FeatureCard
+from mechinterp.cards.family import FamilyCard
 from mechinterp.core import constants
 from mechinterp.core.figures import NotebookFigure, axis_label
 
@@ -33,7 +34,7 @@ def card_figure(card: FeatureCard, title: str = "") -> Figure:
 
 
 def feature_figure(
-    feature: int,
+    feature: int | str,
     edges: np.ndarray,
     counts: dict[str, np.ndarray],
     zeros: int,
@@ -41,15 +42,22 @@ def feature_figure(
     promoted: Sequence[tuple[str, float]],
     suppressed: Sequence[tuple[str, float]],
     title: str,
+    *,
+    heading: str | None = None,
+    activation: str = "activation",
+    writes: str | None = None,
 ) -> Figure:
     """MI5: where the feature fires (activation histogram) and what it writes (top logit effects).
 
     Args:
+        feature: the feature's id, or a family's name (``"409+501"``): the name of MI5's files.
         edges: ``[bins + 1]`` histogram bin edges over non-zero activations.
         counts: per source (prompt group or corpus), ``[bins]`` token counts, stacked in the plot.
         zeros: tokens where the feature is 0 (not drawn: they would dwarf the rest), ``total``: all tokens.
         promoted, suppressed: ``(token, logit effect)`` pairs, strongest first (the first
             :data:`MAX_LOGIT_BARS` of each are drawn).
+        heading, activation, writes: for a family's card, the figure's heading (default "Feature #id"),
+            what the histogram counts, and what the logit effects are of (default one unit of the feature).
     """
     listed = len(promoted), len(suppressed)
     promoted, suppressed = promoted[:MAX_LOGIT_BARS], suppressed[:MAX_LOGIT_BARS]
@@ -71,7 +79,7 @@ def feature_figure(
         # Headroom above the tallest bar, so the legend never covers a bar.
         ax_hist.set_ylim(0, float(bottom.max()) * 1.45)
         ax_hist.legend(title="texts from", fontsize=9, title_fontsize=9, loc="upper right")
-    ax_hist.set_xlabel("activation (tokens where it fires; BOS and padding excluded)")
+    ax_hist.set_xlabel(f"{activation} (tokens where it fires; BOS and padding excluded)")
     ax_hist.set_ylabel("number of tokens")
     ax_hist.set_title(
         f"Where it fires: {fired} of {total} tokens ({100 * fired / max(total, 1):.3g}%); "
@@ -90,13 +98,26 @@ def feature_figure(
     ax_logit.axvline(0, color="black", linewidth=0.8)
     of_listed = (f"\n(the strongest drawn; all {listed[0]} promoted and {listed[1]} suppressed are in "
                  f"{constants.MI5_CSV.format(feature=feature)})" if listed != (len(promoted), len(suppressed)) else "")
-    ax_logit.set_xlabel(f"direct logit effect of one unit of feature #{feature} (W_dec[f] @ W_U){of_listed}")
+    writes = writes or f"one unit of feature #{feature} (W_dec[f] @ W_U)"
+    ax_logit.set_xlabel(f"direct logit effect of {writes}{of_listed}")
     ax_logit.set_title(f"What it writes: {len(promoted)} most promoted (green), {len(suppressed)} most suppressed (red)",
                        fontsize=10)
     ax_logit.grid(axis="x", alpha=0.3)
     ax_logit.margins(y=0.01)
-    fig.suptitle(f"Feature #{feature}\n{title}", fontsize=11)
+    fig.suptitle(f"{heading or f'Feature #{feature}'}\n{title}", fontsize=11)
     return fig
+
+
+def family_figure(card: FamilyCard, title: str = "") -> Figure:
+    """MI5 of a family's card: the histogram of the family's activation, and what the family writes."""
+    fired, total = card.fired_total
+    return feature_figure(
+        card.name, card.hist_edges, card.hist_counts, total - fired, total,
+        [(x.token, x.value) for x in card.promoted], [(x.token, x.value) for x in card.suppressed], title,
+        # Two lines each: the two panels' labels would overlap on one.
+        heading=f"Family {card.label}", activation="family activation: each member ÷ its typical max\n",
+        writes="the family\n(Σ typical max × W_dec[m] @ W_U: every member at its typical max)",
+    )
 
 
 # --- the corpus histogram ------------------------------------------------------------------------------

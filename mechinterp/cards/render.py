@@ -1,5 +1,6 @@
 """Rendering a feature card: coloured terminal text, and a self-contained HTML page (with an index page
-linking every card of a folder). The card's figures are drawn in :mod:`mechinterp.cards.figures`.
+linking every card of a folder); a feature family's card likewise. The card's figures are drawn in
+:mod:`mechinterp.cards.figures`.
 
 Everything that renders a card escapes the tokens: prompt text, corpus text and model vocabulary are
 untrusted input.
@@ -14,9 +15,10 @@ import textwrap
 from collections.abc import Callable, Sequence
 
 from mechinterp.cards.card import BaselineComparison, CorpusEvidence, Example, FeatureCard
+from mechinterp.cards.family import SCALE_NOTE, FamilyCard
 from mechinterp.core.features import EXAMPLE_WINDOW
 from mechinterp.core.logits import LogitEffect
-from mechinterp.core.tables import safe_text
+from mechinterp.core.tables import format_table, safe_text
 
 # --- rendering: terminal -----------------------------------------------------------------------------
 # Background colours (ANSI 256-colour palette) from faint to strong, for activation / max activation.
@@ -157,14 +159,20 @@ def format_card_text(card: FeatureCard, title: str, color: bool) -> str:
         lines += ["", *format_corpus_text(card.corpus, color)]
     lines.append("")
     lines.append(f"What it writes (W_dec[{card.feature}] @ W_U, direct logit effect per unit of activation):")
-    width = max(len(safe_text(repr(x.token))) for x in card.promoted + card.suppressed)
-    lines.append(f"  {'promoted':<{width + 9}}   suppressed")
+    lines += _logit_columns(card.promoted, card.suppressed)
+    return "\n".join(lines)
+
+
+def _logit_columns(promoted: list[LogitEffect], suppressed: list[LogitEffect]) -> list[str]:
+    """The promoted and suppressed tokens side by side, with their logit effects."""
+    width = max((len(safe_text(repr(x.token))) for x in promoted + suppressed), default=1)
+    lines = [f"  {'promoted':<{width + 9}}   suppressed"]
     # Either column can be shorter: only tokens pushed in the column's direction are listed.
-    for up, down in itertools.zip_longest(card.promoted, card.suppressed):
+    for up, down in itertools.zip_longest(promoted, suppressed):
         left = f"{safe_text(repr(up.token)):<{width}} {up.value:+8.3f}" if up else " " * (width + 9)
         right = f"{safe_text(repr(down.token)):<{width}} {down.value:+8.3f}" if down else ""
         lines.append(f"  {left}   {right}".rstrip())
-    return "\n".join(lines)
+    return lines
 
 
 # --- rendering: HTML ------------------------------------------------------------------------------------
@@ -379,7 +387,8 @@ def render_index(entries: list[dict], title: str) -> str:
 
     Args:
         entries: dicts with ``feature``, ``file`` (the card's file name), ``origin``, ``firing_rate`` and
-            ``typical_max``, e.g. read back from each card's JSON; and ``corpus_density`` (with
+            ``typical_max``, e.g. read back from each card's JSON; ``label`` for a family's card (its link's
+            text, e.g. ``#409+#501``; a feature's is ``#id``); and ``corpus_density`` (with
             ``corpus``, its name) for cards with a mined corpus. The corpus column is shown only when
             some card has one.
     """
@@ -394,7 +403,8 @@ def render_index(entries: list[dict], title: str) -> str:
         return f'<td class="val" title="{esc(str(e.get("corpus") or ""), quote=True)}">{_pct(float(e["corpus_density"]))}</td>'
 
     rows = "".join(
-        f'<tr><td><a href="{esc(e["file"], quote=True)}">#{int(e["feature"])}</a></td><td>{esc(e.get("origin") or "-")}</td>'
+        f'<tr><td><a href="{esc(e["file"], quote=True)}">{esc(e.get("label") or "#" + str(int(e["feature"])))}</a></td>'
+        f'<td>{esc(e.get("origin") or "-")}</td>'
         f'<td class="val">{_pct(float(e.get("firing_rate") or 0.0))}</td><td class="val">{float(e.get("typical_max") or 0.0):.3f}</td>'
         f'{corpus_cell(e)}<td>{esc(e.get("title") or "")}</td></tr>'
         for e in entries
@@ -412,5 +422,105 @@ def render_index(entries: list[dict], title: str) -> str:
 q-value, replication and verdict, or how it was chosen.</p>
 <table class="index"><tr><th>feature</th><th>from</th><th>firing rate</th><th>typical max</th>{corpus_head}<th>model · SAE · hook</th></tr>
 {rows}</table>
+</body></html>
+"""
+
+
+# --- a feature family's card ------------------------------------------------------------------------------
+
+
+def member_table(card: FamilyCard) -> tuple[list[str], list[list]]:
+    """Each member's own row: ``(headings, rows)`` for the terminal, the page and ``MI5_<name>_members.csv``."""
+    headings = ["member", "density", "firing rate", "typical max", "carries (tokens)", "promotes", "peaks on (texts)"]
+    rows = [[f"#{r.feature}", _pct(r.density) if r.density is not None else "-", _pct(r.firing_rate),
+             f"{r.typical_max:.3f}" if r.n_texts_fired else "never fires", r.carries,
+             safe_text(repr(r.promoted[0].token)) if r.promoted else "-",
+             ", ".join(f"{safe_text(repr(w))} {n}" for w, n in r.peak_words) or "-"] for r in card.rows]
+    return headings, rows
+
+
+def _member_head(card: FamilyCard, ex: Example) -> str:
+    return f"#{card.peak_members[ex.text_index]}"
+
+
+def format_family_text(card: FamilyCard, title: str, color: bool) -> str:
+    """A family's card as terminal text (ANSI colour only when ``color``); activations are the family's."""
+    fired, total = card.fired_total
+    per_source = ", ".join(f"{s} {_pct(a / b if b else 0)}" for s, (a, b) in card.fired_by_source.items())
+    lines = [f"=== Family {card.label} · {title}", *([f"From: {card.origin}"] if card.origin else []),
+             f"Family activation: {SCALE_NOTE}.",
+             f"Firing rate on your texts: {_pct(card.firing_rate)} ({fired} of {total} tokens, where any member fires)",
+             f"  by source: {per_source}",
+             (f"Typical max family activation: {card.typical_max:.3f} (median of each text's max over the "
+              f"{card.n_texts_fired} of {card.n_texts} texts where it fires)"),
+             f"Filtered: {card.filtered}"]
+    lines = [textwrap.fill(line, 100, subsequent_indent="    ", break_on_hyphens=False) for line in lines]
+    lines += ["", "Members, each on its own (carries: tokens where it gives the family activation):",
+              *("  " + line for line in format_table(*member_table(card)).split("\n")), ""]
+    if card.examples:
+        key = "colour = activation, bold underlined = peak" if color else "[token:activation], [[peak]]"
+        lines.append(f"Top {len(card.examples)} texts by family activation ({key}; the member at the peak first):")
+        scale = card.examples[0].max_act
+        lines += _example_lines(card.examples, scale, color,
+                                lambda ex: f"{ex.rank:>2}. [{ex.source}] {_member_head(card, ex)}")
+        if card.more_examples:
+            lines.append("Beyond the top texts (lower activation levels, and other groups where it fires):")
+            lines += _example_lines(card.more_examples, scale, color,
+                                    lambda ex: f"{ex.rank:>2}. [{ex.source}] {_member_head(card, ex)} {ex.label}:")
+    elif card.n_texts:
+        lines.append("No member fires on any of your texts (BOS excluded): no examples to show.")
+    else:
+        lines.append("No prompts were searched.")
+    lines += ["", ("What it writes (Σ typical max × W_dec[m] @ W_U: the direct logit effect of every member at its "
+                   "typical max):"), *_logit_columns(card.promoted, card.suppressed)]
+    return "\n".join(lines)
+
+
+def render_family_html(card: FamilyCard, title: str, is_demo: bool, figure_png: bytes | None = None) -> str:
+    """A family's card as a self-contained HTML page (inline CSS and figure, no scripts), like a feature's."""
+    esc = html.escape
+    fired, total = card.fired_total
+    headings, rows = member_table(card)
+    members = ("<table class=\"logits\"><tr>" + "".join(f"<th>{esc(h)}</th>" for h in headings) + "</tr>"
+               + "".join("<tr>" + "".join(f"<td>{esc(str(v))}</td>" for v in row) + "</tr>" for row in rows)
+               + "</table>")
+    stats = [*([("From", card.origin)] if card.origin else []), ("Family activation", SCALE_NOTE),
+             ("Firing rate on your texts", f"{_pct(card.firing_rate)} ({fired} of {total} tokens, where any member fires)"),
+             ("By source", ", ".join(f"{s} {_pct(a / b if b else 0)}" for s, (a, b) in card.fired_by_source.items())),
+             ("Typical max family activation", (f"{card.typical_max:.3f} (median of each text's max over the "
+                                                f"{card.n_texts_fired} of {card.n_texts} texts where it fires)")),
+             ("Filtered", card.filtered)]
+    scale = card.examples[0].max_act if card.examples else 1.0
+    examples = "".join(example_html(ex, scale, why=f"{_member_head(card, ex)} fired at the peak")
+                       for ex in card.examples)
+    examples += "".join(example_html(ex, scale, why=f"{ex.label}; {_member_head(card, ex)} fired at the peak")
+                        for ex in card.more_examples)
+    figure = ""
+    if figure_png:
+        data = base64.b64encode(figure_png).decode("ascii")
+        figure = f'<h2>Activations and logit effects</h2><img alt="family {esc(card.name)} figure" src="data:image/png;base64,{data}">'
+    logit_scale = max((abs(r.value) for r in card.promoted + card.suppressed), default=1.0)
+    demo = '<p class="demo">Synthetic demo: a toy model with planted features, not GPT-2.</p>' if is_demo else ""
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Family {esc(card.label)}</title>
+<style>{_CSS}</style></head>
+<body>
+<h1>Family {esc(card.label)}</h1>
+<div class="sub">{esc(title)}</div>
+{demo}
+<h2>How often it fires</h2>
+<table class="stats">{"".join(f"<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>" for k, v in stats)}</table>
+<h2>Its members, each on its own</h2>
+{members}
+<h2>Where it fires: top {len(card.examples)} texts by family activation</h2>
+{examples or "<p>No member fires on any of your texts (BOS excluded).</p>"}
+<h2>What it writes: Σ typical max × W_dec[m] @ W_U</h2>
+<p class="sub">Every member's decoder direction, scaled by its typical max, pushed straight through the unembedding:
+what Chapter 4 steers the family with.</p>
+<div class="cols"><div><b>Most promoted</b>{_logit_table(card.promoted, "up", logit_scale)}</div>
+<div><b>Most suppressed</b>{_logit_table(card.suppressed, "down", logit_scale)}</div></div>
+{figure}
 </body></html>
 """

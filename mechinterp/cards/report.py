@@ -18,10 +18,12 @@ from typing import Any
 import numpy as np
 
 from mechinterp.cards.card import FeatureCard
-from mechinterp.cards.figures import card_figure, corpus_figure
+from mechinterp.cards.family import FamilyCard
+from mechinterp.cards.figures import card_figure, corpus_figure, family_figure
 from mechinterp.cards.mining import MiningOptions, MiningResult, Progress
-from mechinterp.cards.render import render_html, render_index
+from mechinterp.cards.render import render_family_html, render_html, render_index
 from mechinterp.core import constants
+from mechinterp.core.features import label_of, name_of, parse_family
 from mechinterp.core.figures import png_bytes
 from mechinterp.core.io import OutputFolder
 from mechinterp.core.progress import Log, progress_bar
@@ -67,6 +69,40 @@ def write_card(out: OutputFolder, card: FeatureCard, title: str, is_demo: bool, 
     return written + [card_json, page]
 
 
+def write_family_card(out: OutputFolder, card: FamilyCard, title: str, is_demo: bool,
+                      provenance: Provenance) -> list[Path]:
+    """A family's card, named by the family (``409+501``): MI5_<name>.png with the numbers behind it (logit
+    effects, histogram, one row per member), and the card as JSON and as a self-contained HTML page."""
+    name = card.name
+    fig = family_figure(card, title)
+    png = out.save_figure(fig, constants.MI5_PNG.format(feature=name))
+    logits_csv = out.write_csv(
+        constants.MI5_CSV.format(feature=name),
+        ["direction", "rank", "token_id", "token", "logit_effect"],
+        [["promoted", r, x.token_id, x.token, x.value] for r, x in enumerate(card.promoted, 1)]
+        + [["suppressed", r, x.token_id, x.token, x.value] for r, x in enumerate(card.suppressed, 1)],
+    )
+    edges, counts = card.hist_edges, card.hist_counts
+    hist_csv = out.write_csv(
+        constants.MI5_HIST_CSV.format(feature=name),
+        ["bin_low", "bin_high", *counts.keys()],
+        [[float(edges[b]), float(edges[b + 1]), *(int(c[b]) for c in counts.values())] for b in range(len(edges) - 1)],
+    )
+    members_csv = out.write_csv(
+        constants.MI5_MEMBERS_CSV.format(feature=name),
+        ["feature", "density_sparsity_file", "firing_rate_prompts", "typical_max_activation", "tokens_it_carries",
+         "top_promoted_token", "peak_words"],
+        [[r.feature, r.density if r.density is not None else "", r.firing_rate, r.typical_max, r.carries,
+          r.promoted[0].token if r.promoted else "", " ".join(f"{w!r}:{n}" for w, n in r.peak_words)]
+         for r in card.rows],
+    )
+    data = card.to_dict() | {"title": title, "provenance": provenance.to_dict()}
+    card_json = out.write_json(constants.FAMILY_JSON.format(family=name), data)
+    page = out.write_text(constants.FAMILY_HTML.format(family=name),
+                          render_family_html(card, title, is_demo, png_bytes(fig)))
+    return [png, logits_csv, hist_csv, members_csv, card_json, page]
+
+
 def _write_corpus_figure(out: OutputFolder, card: FeatureCard, title: str) -> tuple[bytes, list[Path]]:
     """MI5_<id>_corpus.png and MI5_<id>_corpus_hist.csv; returns the PNG's bytes (for the page) and the paths."""
     c, feature = card.corpus, card.feature
@@ -107,34 +143,60 @@ def summary_row(card: FeatureCard) -> list:
     ] + ([f"{card.corpus.density:.3g}"] if card.corpus is not None else [])
 
 
-def summary_table(cards: Sequence[FeatureCard]) -> tuple[list[str], list[str], list[list]]:
-    """The cards' summary: (CSV columns, terminal headings, rows); a corpus column when they have a corpus."""
+def family_summary_row(card: FamilyCard, with_corpus: bool = False) -> list:
+    """A family's row of the summary table: its name, the family activation's numbers (firing = any member)."""
+    top = card.examples[0] if card.examples else None
+    return [card.name, "-", f"{card.firing_rate:.3g}", f"{card.typical_max:.3f}",
+            repr(top.tokens[top.peak]) if top else "-", repr(card.promoted[0].token) if card.promoted else "-",
+            "-"] + (["-"] if with_corpus else [])
+
+
+def summary_table(cards: Sequence[FeatureCard],
+                  families: Sequence[FamilyCard] = ()) -> tuple[list[str], list[str], list[list]]:
+    """The cards' summary: (CSV columns, terminal headings, rows); a corpus column when they have a corpus.
+
+    A family's row (after the features') is named ``409+501`` and gives its family activation's numbers.
+    """
     with_corpus = any(card.corpus is not None for card in cards)
     return (SUMMARY_COLUMNS + (["density_corpus"] if with_corpus else []),
             SUMMARY_HEADINGS + (["corpus density"] if with_corpus else []),
-            [summary_row(card) for card in cards])
+            [summary_row(card) for card in cards] + [family_summary_row(card, with_corpus) for card in families])
 
 
-def write_index(out: OutputFolder, cards: list[FeatureCard], title: str) -> Path:
-    """index.html linking every card in the folder: this run's, and earlier runs' that are still there."""
-    entries: dict[int, dict] = {}
+def write_index(out: OutputFolder, cards: list[FeatureCard], title: str,
+                families: Sequence[FamilyCard] = ()) -> Path:
+    """index.html linking every card in the folder (families' too): this run's, and earlier runs' still there."""
+    entries: dict[int | str, dict] = {}
     for path in sorted(out.path.glob("feature_*.json")):  # earlier runs (this run's are not renamed in yet)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
             entries[int(data["feature"])] = data
         except (OSError, ValueError, KeyError):
             continue  # not a card of ours
+    for path in sorted(out.path.glob("family_*.json")):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            entries[name_of(parse_family(data["family"]))] = data
+        except (OSError, ValueError, KeyError):
+            continue  # not a family card of ours
     for card in cards:
         entries[card.feature] = card.to_dict() | {"title": title}
-    rows = [
-        {"feature": f, "file": constants.CARD_HTML.format(feature=f), "origin": d.get("origin", ""),
-         "firing_rate": d.get("firing_rate_on_prompts"), "typical_max": d.get("typical_max_activation"),
-         "title": d.get("title", "")}
-        | ({"corpus_density": d["corpus"].get("density"), "corpus": d["corpus"].get("corpus")}
-           if isinstance(d.get("corpus"), dict) else {})
-        for f, d in entries.items()
-    ]
-    return out.write_text(constants.CARDS_INDEX_HTML, render_index(rows, title))
+    for family in families:
+        entries[family.name] = family.to_dict() | {"title": title}
+    return out.write_text(constants.CARDS_INDEX_HTML, render_index([_index_row(d) for d in entries.values()], title))
+
+
+def _index_row(d: dict) -> dict:
+    """One card's row of index.html, from its JSON (a family's is linked by its label, e.g. #409+#501)."""
+    family = d.get("family")
+    return ({"feature": d.get("feature", -1),
+             "file": constants.FAMILY_HTML.format(family=family) if family else constants.CARD_HTML.format(
+                 feature=d["feature"]),
+             "origin": d.get("origin", ""), "firing_rate": d.get("firing_rate_on_prompts"),
+             "typical_max": d.get("typical_max_activation"), "title": d.get("title", "")}
+            | ({"label": label_of(parse_family(family))} if family else {})
+            | ({"corpus_density": d["corpus"].get("density"), "corpus": d["corpus"].get("corpus")}
+               if isinstance(d.get("corpus"), dict) else {}))
 
 
 def saved_line(out: OutputFolder, written: list[Path], record_path: Path) -> str:

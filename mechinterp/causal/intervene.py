@@ -17,6 +17,12 @@ on the same prompts; only an effect outside that distribution says "this feature
 position (not BOS). ``typical_max`` is the feature's typical maximum activation on the prompts, so a
 coefficient of 2 means "twice as strongly as it naturally fires", comparable across features.
 
+**Families.** When the SAE splits a concept across several features (a family, e.g. ``(409, 501)``), ablating
+one member removes only its part of the concept's words. Everything here also takes a family, the tuple
+of its member ids: ablation zeroes every member at once; the controls are random sets of as many
+features, each member's stand-in matched to that member's firing rate; steering adds
+``coeff * sum(typical_max[m] * W_dec[m])``, every member at its own typical strength.
+
 The BOS position and padding are excluded everywhere: interventions leave BOS untouched, and all
 metrics average over the text positions of the prompts only.
 
@@ -50,19 +56,25 @@ from mechinterp.core.encoding import (
 )
 from mechinterp.core.errors import UserError
 from mechinterp.core.features import (
+    FAMILY_COLUMN,
     FeatureActivations,
     collect_feature_activations,
+    family_activations,
     filter_note,
+    label_of,
+    name_of,
     typical_max_activation,
 )
 from mechinterp.core.loading import Loaded
-from mechinterp.core.logits import logit_effects
+from mechinterp.core.logits import family_logit_effects, logit_effects
 from mechinterp.core.options import finite_float, option, positive_int
 from mechinterp.core.progress import Log, silent
 from mechinterp.core.prompts import PromptSets
 from mechinterp.core.tokens import decode_token
 
 HookFn = Callable[[torch.Tensor, object], torch.Tensor]
+# What an intervention acts on: one feature, or a family (its member ids, ascending) all at once.
+Target = int | tuple[int, ...]
 
 MIN_CONTROLS = 20  # fewer random draws make "outside the control distribution" meaningless
 DEFAULT_SWEEP = (-2.0, 0.0, 0.5, 1.0, 2.0, 4.0, 8.0)  # steering coefficients, in typical max activations
@@ -150,18 +162,20 @@ def _check_hook(loaded: Loaded) -> None:
 # --- ablation ------------------------------------------------------------------------------------------
 
 
-def ablation_hook(loaded: Loaded, feature: int, n_skip: int) -> HookFn:
-    """A hook that removes ``feature`` from the SAE reconstruction and keeps the SAE's error term.
+def ablation_hook(loaded: Loaded, feature: int | Sequence[int], n_skip: int) -> HookFn:
+    """A hook that removes ``feature`` (or several features at once, e.g. a family's members) from the SAE
+    reconstruction and keeps the SAE's error term.
 
-    Returns ``x + decode(a') - decode(a)`` with ``a = encode(x)`` and ``a'`` = ``a`` with the feature
+    Returns ``x + decode(a') - decode(a)`` with ``a = encode(x)`` and ``a'`` = ``a`` with the feature(s)
     zeroed at the text positions (BOS, the first ``n_skip`` positions, is left alone).
     """
     sae = loaded.sae.sae
+    columns = feature if isinstance(feature, int) else list(feature)
 
     def hook(resid: torch.Tensor, hook: object = None) -> torch.Tensor:
         acts = sae.encode(resid)  # [B, T, d_sae]
         ablated = acts.clone()
-        ablated[:, n_skip:, feature] = 0.0
+        ablated[:, n_skip:, columns] = 0.0
         return resid + (sae.decode(ablated) - sae.decode(acts)).to(resid.dtype)
 
     return hook
@@ -243,13 +257,14 @@ def intervention_effects(
     batches: Sequence[Batch],
     hooks: dict[str, HookFn],
     targets: Sequence[int],
-    located: dict[str, int] | None = None,
+    located: dict[str, Target] | None = None,
 ) -> tuple[dict[str, Effect], CleanScores, dict[str, LocatedEffects]]:
     """The effect of each intervention in ``hooks`` on the prompts, against the clean run.
 
     Args:
-        located: for some of ``hooks``, the feature each one removes: their effects are also measured at
-            the positions where that feature fires, and at the next positions.
+        located: for some of ``hooks``, the feature (or family) each one removes: their effects are also
+            measured at the positions where that feature (any member of the family) fires, and at the
+            next positions.
 
     Returns:
         ``({name: Effect}, clean scores, {name: LocatedEffects})``; the first two are means over the valid
@@ -273,7 +288,8 @@ def intervention_effects(
         if located:
             acts = loaded.sae.sae.encode(hook_activations(loaded, batch.tokens))  # [B, T, d_sae]
             for name, f in located.items():
-                fires = (acts[..., f] > 0) & valid
+                columns = [f] if isinstance(f, int) else list(f)
+                fires = (acts[..., columns] > 0).any(-1) & valid
                 after = torch.zeros_like(fires)
                 after[:, 1:] = fires[:, :-1]
                 masks[name] = {"firing": fires, "next": after & valid}
@@ -317,23 +333,33 @@ def firing_rates(loaded: Loaded, batches: Sequence[Batch]) -> np.ndarray:
 
 @dataclass
 class Controls:
-    features: list[int]
+    """The random stand-ins a feature's (or a family's) ablation is compared with.
+
+    Attributes:
+        features: the control features; for a family, random sets of as many features (ascending ids).
+        pool_size: features the controls were drawn from (for a family, the members' pools together).
+        rate_low, rate_high: the firing-rate range of the pool(s).
+        pools: for a family, per member: (its pool's size, lowest rate, highest rate); empty for a feature.
+    """
+
+    features: list[Target]
     pool_size: int  # features the controls were drawn from
     rate_low: float  # firing-rate range of the pool
     rate_high: float
+    pools: dict[int, tuple[int, float, float]] = field(default_factory=dict)
 
 
-def matched_controls(rates: np.ndarray, feature: int, n: int, seed: int, factor: float = 2.0) -> Controls:
-    """``n`` random features whose firing rate is within ``factor`` of the feature's (on the same prompts).
-
-    When fewer than ``2 n`` features are that close, the pool widens to the ``2 n`` nearest in log firing
-    rate, so the draw stays random rather than exhaustive.
+def rate_pool(rates: np.ndarray, feature: int, n: int, exclude: Sequence[int] = (), factor: float = 2.0) -> np.ndarray:
+    """The features a control for ``feature`` is drawn from: those whose firing rate is within ``factor``
+    of its own, or, when fewer than ``2 n`` are that close, the ``2 n`` nearest in log firing rate (so the
+    draw of ``n`` stays random rather than exhaustive). Never ``feature`` itself, nor ``exclude``.
 
     Raises:
-        UserError: when fewer than ``n`` other features fire at all on these prompts.
+        UserError: when it never fires, or fewer than ``n`` other features fire at all on these prompts.
     """
     rate = float(rates[feature])
-    candidates = np.array([i for i in np.nonzero(rates > 0)[0] if i != feature])
+    skip = {feature, *exclude}
+    candidates = np.array([i for i in np.nonzero(rates > 0)[0] if i not in skip])
     if rate <= 0:
         raise UserError(f"feature {feature} never fires on these prompts, so there is nothing to match controls to")
     if len(candidates) < n:
@@ -345,14 +371,65 @@ def matched_controls(rates: np.ndarray, feature: int, n: int, seed: int, factor:
     pool = candidates[distance <= np.log(factor)]
     if len(pool) < 2 * n:
         pool = candidates[np.argsort(distance, kind="stable")[: 2 * n]]
+    return pool
+
+
+def matched_controls(rates: np.ndarray, feature: int, n: int, seed: int, factor: float = 2.0) -> Controls:
+    """``n`` random features whose firing rate is within ``factor`` of the feature's (on the same prompts),
+    drawn from :func:`rate_pool`.
+
+    Raises:
+        UserError: when fewer than ``n`` other features fire at all on these prompts.
+    """
+    pool = rate_pool(rates, feature, n, factor=factor)
     chosen = np.random.default_rng(seed).choice(pool, size=n, replace=False)
     pool_rates = rates[pool]
     return Controls(sorted(int(c) for c in chosen), len(pool), float(pool_rates.min()), float(pool_rates.max()))
 
 
+def matched_control_sets(rates: np.ndarray, members: Sequence[int], n: int, seed: int,
+                         factor: float = 2.0) -> Controls:
+    """``n`` random sets of ``len(members)`` features: a family's controls.
+
+    Each member's stand-in in a set is drawn from that member's :func:`rate_pool` (never a member), as a
+    single feature's controls are; a member's ``n`` stand-ins differ from one another, and a set never
+    holds one feature twice. So a set removes about as much firing, member by member, as the family.
+    A member that never fires on these prompts (a split concept's members can fire in different
+    groups) is matched by features that never fire on them either: removing either changes nothing.
+
+    Raises:
+        UserError: when no member fires, or too few features fire (or stay silent) to fill the sets.
+    """
+    rng = np.random.default_rng(seed)
+    if not any(rates[m] > 0 for m in members):
+        raise UserError(f"no member of {label_of(members)} fires on these prompts, so there is nothing to match "
+                        "controls to")
+    silent = np.array([i for i in np.nonzero(rates <= 0)[0] if i not in set(members)], dtype=np.int64)
+    pools = {m: rate_pool(rates, m, n, exclude=members, factor=factor) if rates[m] > 0 else silent for m in members}
+    sets: list[list[int]] = [[] for _ in range(n)]
+    for pool in pools.values():
+        order = [int(c) for c in rng.permutation(pool)]
+        for chosen in sets:
+            pick = next((c for c in order if c not in chosen), None)
+            if pick is None:
+                raise UserError(f"too few features fire on these prompts to draw {n} random sets of {len(members)} "
+                                "distinct features; use more prompts or fewer --n-controls")
+            order.remove(pick)
+            chosen.append(pick)
+    every = np.unique(np.concatenate(list(pools.values())))
+    return Controls([tuple(sorted(c)) for c in sets], len(every), float(rates[every].min()), float(rates[every].max()),
+                    {m: (len(p), float(rates[p].min()), float(rates[p].max())) for m, p in pools.items()})
+
+
 @dataclass
 class AblationResult:
-    feature: int
+    """A feature's (or a family's) ablation on one group's prompts, beside its controls'.
+
+    ``rate`` and ``control_rates``: the fraction of text tokens where the feature fires (for a family or a
+    control set: where any member fires).
+    """
+
+    feature: Target
     rate: float
     effect: Effect
     controls: Controls
@@ -363,7 +440,7 @@ class AblationResult:
     control_located: list[LocatedEffects] = field(default_factory=list)  # each control at its own firing positions
 
     def __repr__(self) -> str:
-        return f"AblationResult(#{self.feature}: {self.brief()})"
+        return f"AblationResult({label_of(self.feature)}: {self.brief()})"
 
     def brief(self) -> str:
         """The ablation in one line: the log-odds effect (per text token, and where the feature fires) and
@@ -402,8 +479,12 @@ class AblationResult:
             "clean_mean_logodds_targets": self.clean.logodds_targets,
             "feature": {"firing_rate": self.rate, **{k: getattr(self.effect, k) for k in keys}},
             "control_effects": [{k: getattr(e, k) for k in keys} for e in self.control_effects],
-            "controls": {"features": self.controls.features, "pool_size": self.controls.pool_size,
-                         "pool_rate_range": [self.controls.rate_low, self.controls.rate_high]},
+            "controls": {"features": [c if isinstance(c, int) else list(c) for c in self.controls.features],
+                         "pool_size": self.controls.pool_size,
+                         "pool_rate_range": [self.controls.rate_low, self.controls.rate_high]}
+            | ({"pool_by_member": {str(m): {"pool_size": size, "pool_rate_range": [low, high]}
+                                   for m, (size, low, high) in self.controls.pools.items()}}
+               if self.controls.pools else {}),
             "controls_at_least_as_large": {k: self.n_controls_at_least(k) for k in keys},
             "empirical_p": {k: self.empirical_p(k) for k in keys},
             **({} if self.located is None else {"at_firing_positions": {
@@ -423,42 +504,64 @@ def run_ablation(
     loaded: Loaded,
     batches: Sequence[Batch],
     n_skip: int,
-    feature: int,
+    feature: Target,
     targets: Sequence[int],
     n_controls: int,
     seed: int,
     rates: np.ndarray | None = None,
 ) -> AblationResult:
-    """Ablate ``feature`` and ``n_controls`` firing-rate-matched random features on the prompts."""
+    """Ablate ``feature`` and ``n_controls`` firing-rate-matched random features on the prompts.
+
+    A family (a tuple of member ids) is ablated all at once, against random sets of as many features
+    (:func:`matched_control_sets`).
+    """
     rates = firing_rates(loaded, batches) if rates is None else rates
-    controls = matched_controls(rates, feature, n_controls, seed)
+    if isinstance(feature, int):
+        controls = matched_controls(rates, feature, n_controls, seed)
+    else:
+        controls = matched_control_sets(rates, feature, n_controls, seed)
+    names = [f"control {name_of(c)}" for c in controls.features]
     hooks = {"feature": ablation_hook(loaded, feature, n_skip)}
-    hooks |= {f"control {c}": ablation_hook(loaded, c, n_skip) for c in controls.features}
-    located = {"feature": feature} | {f"control {c}": c for c in controls.features}
+    hooks |= {name: ablation_hook(loaded, c, n_skip) for name, c in zip(names, controls.features)}
+    located = {"feature": feature} | dict(zip(names, controls.features))
     effects, clean, at = intervention_effects(loaded, batches, hooks, targets, located)
+
+    def rate(what: Target, name: str) -> float:
+        # A set fires where any of its features fires: counted during the run, at the located positions.
+        if isinstance(what, int):
+            return float(rates[what])
+        return at[name].firing.n_positions / max(effects[name].n_positions, 1)
+
     return AblationResult(
         feature=feature,
-        rate=float(rates[feature]),
+        rate=rate(feature, "feature"),
         effect=effects["feature"],
         controls=controls,
-        control_rates=[float(rates[c]) for c in controls.features],
-        control_effects=[effects[f"control {c}"] for c in controls.features],
+        control_rates=[rate(c, name) for name, c in zip(names, controls.features)],
+        control_effects=[effects[name] for name in names],
         clean=clean,
         located=at["feature"],
-        control_located=[at[f"control {c}"] for c in controls.features],
+        control_located=[at[name] for name in names],
     )
 
 
 # --- steering ---------------------------------------------------------------------------------------------
 
 
-def steering_direction(loaded: Loaded, feature: int, coeff: float, typical_max: float) -> torch.Tensor:
+def steering_direction(loaded: Loaded, feature: Target, coeff: float,
+                       typical_max: float | Sequence[float]) -> torch.Tensor:
     """``coeff * typical_max * W_dec[feature]`` in the shape of the SAE's hook activation.
 
     ``[d_model]`` for the residual stream; ``[n_heads, d_head]`` for ``hook_z``, whose SAE rows are all
-    heads' outputs side by side (SAELens flattens them the same way).
+    heads' outputs side by side (SAELens flattens them the same way). For a family (a tuple of member
+    ids, ``typical_max`` one value per member): ``coeff * sum(typical_max[m] * W_dec[m])``.
     """
-    row = (coeff * typical_max) * loaded.sae.sae.W_dec[feature].detach().clone()
+    members = [feature] if isinstance(feature, int) else list(feature)
+    scales = [typical_max] if isinstance(feature, int) else list(typical_max)
+    w_dec = loaded.sae.sae.W_dec
+    row = (coeff * scales[0]) * w_dec[members[0]].detach().clone()
+    for member, scale in zip(members[1:], scales[1:]):
+        row = row + (coeff * scale) * w_dec[member].detach()
     if loaded.sae.hook_name.endswith("hook_z"):
         return row.reshape(loaded.model.cfg.n_heads, loaded.model.cfg.d_head)
     return row
@@ -468,12 +571,14 @@ def steering_curve(
     loaded: Loaded,
     batches: Sequence[Batch],
     n_skip: int,
-    feature: int,
+    feature: Target,
     coeffs: Sequence[float],
-    typical_max: float,
+    typical_max: float | Sequence[float],
     targets: Sequence[int],
 ) -> dict[str, list[float]]:
-    """For each coefficient: mean log P(targets), mean log-odds(targets) and mean KL(clean || steered)."""
+    """For each coefficient: mean log P(targets), mean log-odds(targets) and mean KL(clean || steered).
+
+    A family is steered with every member at once (:func:`steering_direction`)."""
     hooks = {
         f"{c!r}": steering_hook(steering_direction(loaded, feature, c, typical_max), n_skip) for c in coeffs
     }
@@ -714,31 +819,36 @@ class SteeringCurve:
 class FeatureTest:
     """Does one feature matter? Its ablation against matched controls, its steering curve and generations.
 
+    A family's test (``feature`` a tuple of member ids) has the same parts: the family ablated all at once
+    against random sets of as many features, and steered with every member at once.
+
     Attributes:
-        feature: the feature's id.
+        feature: the feature's id, or a family's member ids (ascending); :attr:`label` names either.
         title: the model, SAE and hook, as figure titles name them.
         target_ids, target_tokens: the tracked target tokens; ``target_how`` says how they were chosen.
         typical_max: the feature's typical max activation (the unit of every steering coefficient);
-            ``typical_max_how`` says where it came from.
-        firing_rate_by_group: fraction of each group's text tokens where the feature fires.
+            ``typical_max_how`` says where it came from. For a family, one per member.
+        firing_rate_by_group: fraction of each group's text tokens where the feature (any member) fires.
         ablation_group: the group whose prompts it is ablated on (``ablation_group_how``: why that one),
             ``n_ablation_prompts`` of them.
         ablation: None when the feature never fires on those prompts (removing it would change nothing).
         steer_group: the group whose prompts are steered.
-        steering: the steering curve; ``decoder_norm`` = ``|W_dec[f]|``, so coefficient c adds a vector
-            of norm ``|c| * typical_max * decoder_norm``.
+        steering: the steering curve; ``decoder_norm`` = ``|W_dec[f]|`` (for a family, one per member), and
+            coefficient c adds a vector of norm ``|c| * unit_norm``.
         generation_coeff: the coefficient of the steered generations, ``max_new_tokens`` tokens each.
         generations: clean and steered continuations, greedy and sampled, for each prompt.
         filtered: what every number leaves out, in words.
         seconds: wall-clock seconds of the "ablation" and "steering" stages (not part of :meth:`to_dict`).
+        unit_norm: the norm of what coefficient 1 adds: ``typical_max * |W_dec[f]|``, for a family
+            ``|sum(typical_max[m] * W_dec[m])|``.
     """
 
-    feature: int
+    feature: Target
     title: str
     target_ids: list[int]
     target_tokens: list[str]
     target_how: str
-    typical_max: float
+    typical_max: float | list[float]
     typical_max_how: str
     firing_rate_by_group: dict[str, float]
     ablation_group: str
@@ -747,26 +857,47 @@ class FeatureTest:
     ablation: AblationResult | None
     steer_group: str
     steering: SteeringCurve
-    decoder_norm: float
+    decoder_norm: float | list[float]
     generation_coeff: float
     max_new_tokens: int
     generations: list[Generation]
     filtered: str
     seconds: dict[str, float] = field(default_factory=dict)
+    unit_norm: float = 0.0
+
+    @property
+    def label(self) -> str:
+        """``"#501"``, or for a family ``"#409+#501"``."""
+        return label_of(self.feature)
+
+    @property
+    def name(self) -> str:
+        """``"501"``, or for a family ``"409+501"``: how its files are named."""
+        return name_of(self.feature)
+
+    @property
+    def members(self) -> list[int]:
+        """The features it ablates and steers: the feature itself, or the family's members."""
+        return [self.feature] if isinstance(self.feature, int) else list(self.feature)
 
     def __repr__(self) -> str:
         ablation = self.ablation.brief() if self.ablation is not None else "skipped, it never fires there"
         coeff = self.generation_coeff
         kl = self.steering.kl[self.steering.coeffs.index(coeff)]
         targets = ", ".join(repr(t) for t in self.target_tokens[:4]) + (", ..." if len(self.target_tokens) > 4 else "")
-        return (f"FeatureTest(#{self.feature} ablated on {self.ablation_group!r}: {ablation}; steered ×{coeff:g} on "
+        typical = (f"{self.typical_max:.3g}" if isinstance(self.typical_max, float)
+                   else ", ".join(f"{t:.3g}" for t in self.typical_max))
+        return (f"FeatureTest({self.label} ablated on {self.ablation_group!r}: {ablation}; steered ×{coeff:g} on "
                 f"{self.steer_group!r}: Δlog P(tgt) {self.steering.delta_logp(coeff):+.3g}, KL {kl:.3g}; "
-                f"targets {targets}; typical max {self.typical_max:.3g})")
+                f"targets {targets}; typical max {typical})")
 
     def to_dict(self) -> dict:
-        """Everything the test measured, as ``MI6_<id>.json`` stores it (JSON-ready: no tensors, no numpy)."""
+        """Everything the test measured, as ``MI6_<id>.json`` stores it (JSON-ready: no tensors, no numpy).
+
+        A family's: ``feature`` is its name (``"409+501"``), ``typical_max_activation`` one value per member,
+        and ``members`` lists the member ids."""
         return {
-            "feature": self.feature,
+            "feature": self.feature if isinstance(self.feature, int) else self.name,
             "title": self.title,
             "targets": self.target_tokens,
             "target_ids": self.target_ids,
@@ -780,7 +911,7 @@ class FeatureTest:
             "steering": {"coeffs": self.steering.coeffs, "mean_logp_targets": self.steering.logp_targets,
                          "mean_logodds_targets": self.steering.logodds_targets, "mean_kl": self.steering.kl,
                          "generation_coeff": self.generation_coeff},
-        }
+        } | ({} if isinstance(self.feature, int) else {"members": self.members})
 
 
 def intervention_note(fa: FeatureActivations) -> str:
@@ -788,23 +919,39 @@ def intervention_note(fa: FeatureActivations) -> str:
     return filter_note(fa) + "; interventions leave the BOS position untouched"
 
 
-def _choose_targets(loaded: Loaded, feature: int, options: FeatureTestOptions) -> tuple[list[int], str]:
+def _choose_targets(loaded: Loaded, feature: Target, typical: float | list[float],
+                    options: FeatureTestOptions) -> tuple[list[int], str]:
     if options.target:
         return resolve_target_tokens(loaded, options.target), "given with --target"
-    promoted, _ = logit_effects(loaded, feature, options.n_targets)
-    return [x.token_id for x in promoted], f"its top {len(promoted)} promoted tokens (W_dec[f] @ W_U)"
+    if isinstance(feature, int):
+        promoted, _ = logit_effects(loaded, feature, options.n_targets)
+        return [x.token_id for x in promoted], f"its top {len(promoted)} promoted tokens (W_dec[f] @ W_U)"
+    # A family writes through every member: the tokens its steering direction promotes most.
+    promoted, _ = family_logit_effects(loaded, dict(zip(feature, typical)), options.n_targets)
+    return [x.token_id for x in promoted], (f"its top {len(promoted)} promoted tokens "
+                                            "(Σ typical max × W_dec[m] @ W_U over its members)")
 
 
-def _typical_max(fa: FeatureActivations, feature: int, options: FeatureTestOptions) -> tuple[float, str]:
+def _typical_max(fa: FeatureActivations, feature: Target, options: FeatureTestOptions) -> tuple[float | list[float], str]:
+    """The unit of the steering coefficients and where it came from; for a family, one per member."""
+    members = [feature] if isinstance(feature, int) else list(feature)
     if options.max_act is not None:
-        return options.max_act, "given with --max-act"
-    typical, n_fired = typical_max_activation(fa, feature)
-    if n_fired == 0:
-        raise UserError(
-            f"feature {feature} never fires on these prompts, so it has no typical max activation to "
-            "scale the steering by; add prompts where it fires or pass --max-act VALUE"
-        )
-    return typical, f"median of the per-prompt max over the {n_fired} of {len(fa.texts)} prompts where it fires"
+        return (options.max_act if isinstance(feature, int) else [options.max_act] * len(members),
+                "given with --max-act" + ("" if isinstance(feature, int) else ", for every member"))
+    measured = [typical_max_activation(fa, m) for m in members]
+    for member, (_, n_fired) in zip(members, measured):
+        if n_fired == 0:
+            of = "" if isinstance(feature, int) else f" (of the family {label_of(feature)})"
+            raise UserError(
+                f"feature {member}{of} never fires on these prompts, so it has no typical max activation to "
+                "scale the steering by; add prompts where it fires or pass --max-act VALUE"
+            )
+    if isinstance(feature, int):
+        typical, n_fired = measured[0]
+        return typical, f"median of the per-prompt max over the {n_fired} of {len(fa.texts)} prompts where it fires"
+    counts = ", ".join(f"#{m} {n}" for m, (_, n) in zip(members, measured))
+    return [t for t, _ in measured], (f"each member's median of the per-prompt max over the prompts where it fires "
+                                      f"({counts} of {len(fa.texts)})")
 
 
 def _ablation_group(prompts: GroupBatches, rate_by_group: dict[str, float], options: FeatureTestOptions,
@@ -822,7 +969,7 @@ def _ablation_group(prompts: GroupBatches, rate_by_group: dict[str, float], opti
 
 def test_feature(
     loaded: Loaded,
-    feature: int,
+    feature: int | Sequence[int],
     prompts: GroupBatches | PromptSets | Mapping[str, Sequence[str]],
     options: FeatureTestOptions | None = None,
     log: Log = silent,
@@ -841,6 +988,8 @@ def test_feature(
         result.ablation.empirical_p("kl"), result.steering.delta_logp(4.0)
 
     Args:
+        feature: a feature id, or a family's member ids (e.g. ``(409, 501)``): the family is ablated all at
+            once against random sets of as many features, and steered with every member at once.
         prompts: the prompt groups (a :class:`~mechinterp.core.prompts.PromptSets`, whose baseline is
             used, or group -> prompts with the baseline called "baseline"); a :class:`GroupBatches`
             shares batches, firing rates and activations between the features tested on the same groups.
@@ -857,17 +1006,18 @@ def test_feature(
         prompts = GroupBatches.of(loaded, prompts, options)
     steer_group = options.steer_group or prompts.baseline
     prompts.check(steer_group, "the steering group")
-    fa = prompts.activations([feature])
-    rate_by_group = {g: (a / b if b else 0.0) for g in prompts.groups for a, b in [fa.firing(feature, g)]}
+    feature = feature if isinstance(feature, int) else tuple(sorted(set(feature)))
+    fa = prompts.activations([feature] if isinstance(feature, int) else list(feature))
+    rate_by_group = _firing_by_group(fa, feature, prompts)
     group, group_how = _ablation_group(prompts, rate_by_group, options, group, group_how)
-    targets, target_how = _choose_targets(loaded, feature, options)
     typical, max_how = _typical_max(fa, feature, options)
+    targets, target_how = _choose_targets(loaded, feature, typical, options)
     seconds: dict[str, float] = {}
 
     start = time.perf_counter()
     ablation = None
     if rate_by_group[group] > 0:  # else removing it changes nothing: the error term keeps the rest exactly
-        log(f"ablating feature {feature} and {options.n_controls} controls on '{group}' ...")
+        log(f"ablating {label_of(feature)} and {options.n_controls} controls on '{group}' ...")
         ablation = run_ablation(loaded, prompts.batches(group), fa.n_skip, feature, targets, options.n_controls,
                                 options.seed, prompts.firing_rates(group))
     seconds["ablation"] = time.perf_counter() - start
@@ -876,22 +1026,33 @@ def test_feature(
     curve, generations = _steer(loaded, prompts, steer_group, fa.n_skip, feature, typical, targets, options, log)
     seconds["steering"] = time.perf_counter() - start
 
+    norms = [float(loaded.sae.sae.W_dec[m].detach().norm()) for m in ([feature] if isinstance(feature, int)
+                                                                       else feature)]
     return FeatureTest(
         feature=feature, title=loaded.title, target_ids=targets,
         target_tokens=[decode_token(loaded.model.tokenizer, t) for t in targets], target_how=target_how,
         typical_max=typical, typical_max_how=max_how, firing_rate_by_group=rate_by_group, ablation_group=group,
         ablation_group_how=group_how, n_ablation_prompts=len(prompts.groups[group]), ablation=ablation,
-        steer_group=steer_group, steering=curve, decoder_norm=float(loaded.sae.sae.W_dec[feature].detach().norm()),
+        steer_group=steer_group, steering=curve, decoder_norm=norms[0] if isinstance(feature, int) else norms,
         generation_coeff=options.coeff, max_new_tokens=options.max_new_tokens, generations=generations,
         filtered=intervention_note(fa), seconds=seconds,
+        unit_norm=(typical * norms[0] if isinstance(feature, int)
+                   else float(steering_direction(loaded, feature, 1.0, typical).float().norm())),
     )
 
 
 test_feature.__test__ = False  # a function of the package, not a test: pytest must not collect it where imported
 
 
-def _steer(loaded: Loaded, prompts: GroupBatches, steer_group: str, n_skip: int, feature: int, typical: float,
-           targets: list[int], options: FeatureTestOptions, log: Log) -> tuple[SteeringCurve, list[Generation]]:
+def _firing_by_group(fa: FeatureActivations, feature: Target, prompts: GroupBatches) -> dict[str, float]:
+    """Fraction of each group's text tokens where the feature fires; for a family, where any member fires."""
+    acts, column = (fa, feature) if isinstance(feature, int) else (family_activations(fa, feature).acts, FAMILY_COLUMN)
+    return {g: (a / b if b else 0.0) for g in prompts.groups for a, b in [acts.firing(column, g)]}
+
+
+def _steer(loaded: Loaded, prompts: GroupBatches, steer_group: str, n_skip: int, feature: Target,
+           typical: float | list[float], targets: list[int], options: FeatureTestOptions,
+           log: Log) -> tuple[SteeringCurve, list[Generation]]:
     """The steering curve on the steering group's prompts, and the clean and steered continuations."""
     coeffs = options.coeffs
     log(f"steering curve over {len(coeffs)} coefficients on '{steer_group}' ...")

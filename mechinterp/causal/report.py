@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 
 from mechinterp.causal.intervene import ABLATION_MEASURES, FeatureTest
 from mechinterp.core import constants
+from mechinterp.core.features import name_of
 from mechinterp.core.figures import NotebookFigure
 from mechinterp.core.tables import WIDTH, format_table, safe_text, wrapped
 
@@ -45,17 +46,36 @@ def side_by_side(left: str, right: str, width: int) -> list[str]:
     return [f"{x:<{width}} │ {y}" for x, y in zip(a, b)]
 
 
+def is_family(test: FeatureTest) -> bool:
+    return not isinstance(test.feature, int)
+
+
+def _typical(test: FeatureTest, digits: int = 4) -> str:
+    """The typical max, e.g. "2.999", or a family's per member: "#409 2.996, #501 2.999"."""
+    if not is_family(test):
+        return f"{test.typical_max:.{digits}g}"
+    return ", ".join(f"#{m} {t:.{digits}g}" for m, t in zip(test.members, test.typical_max))
+
+
+def direction_text(test: FeatureTest, digits: int = 4) -> str:
+    """What coefficient 1 adds, in words: "2.999 × W_dec[501]", or "(2.996 × W_dec[409] + 2.999 × W_dec[501])"."""
+    if not is_family(test):
+        return f"{test.typical_max:.{digits}g} × W_dec[{test.feature}]"
+    return "(" + " + ".join(f"{t:.{digits}g} × W_dec[{m}]" for m, t in zip(test.members, test.typical_max)) + ")"
+
+
 def feature_test_text(test: FeatureTest, origin: str | None = None, columns: int = WIDTH) -> str:
-    """The feature's targets and typical max, then its ablation, steering curve and generations.
+    """The feature's (or family's) targets and typical max, then its ablation, steering curve and generations.
 
     Args:
         origin: where the feature came from (e.g. its row in a results table), for the heading.
         columns: the terminal's width; the continuations are shown in two columns that fit in it.
     """
-    lines = ["", f"=== Feature #{test.feature}" + (f" ({origin})" if origin else ""),
+    kind, where = ("Family", " (where any member fires)") if is_family(test) else ("Feature", "")
+    lines = ["", wrapped(f"=== {kind} {test.label}" + (f" ({origin})" if origin else "")),
              wrapped(f"Targets (tgt): {fmt_tokens(test.target_tokens)} ({test.target_how})"),
-             wrapped(f"Typical max activation: {test.typical_max:.4g} ({test.typical_max_how})"),
-             wrapped("Firing rate by group: "
+             wrapped(f"Typical max activation: {_typical(test)} ({test.typical_max_how})"),
+             wrapped(f"Firing rate by group{where}: "
                      + ", ".join(f"{g} {100 * r:.3g}%" for g, r in test.firing_rate_by_group.items()))]
     lines += ablation_lines(test) + located_lines(test) + steering_lines(test) + generation_lines(test, columns)
     return "\n".join(lines)
@@ -64,11 +84,11 @@ def feature_test_text(test: FeatureTest, origin: str | None = None, columns: int
 def ablation_lines(test: FeatureTest) -> list[str]:
     """The ablation against the controls, one table row per measure (or why it was skipped)."""
     ablation, group = test.ablation, test.ablation_group
+    what = "family" if is_family(test) else "feature"
     if ablation is None:
-        return ["", wrapped(f"Ablation on '{group}' ({test.ablation_group_how}): skipped - the feature never fires "
+        return ["", wrapped(f"Ablation on '{group}' ({test.ablation_group_how}): skipped - the {what} never fires "
                             "on these prompts, so removing it changes nothing (the error term keeps everything "
                             "else exactly as it was).")]
-    c = ablation.controls
     rows = []
     for which in ABLATION_MEASURES:
         value = getattr(ablation.effect, which)
@@ -78,14 +98,30 @@ def ablation_lines(test: FeatureTest) -> list[str]:
             f"{ctrl.max():+.3g}", f"{len(ctrl) - ablation.n_controls_at_least(which)} of {len(ctrl)}",
             f"{ablation.empirical_p(which):.3g}",
         ])
+    every = f"every member of {test.label} at once, " if is_family(test) else ""
     return ["",
-            wrapped(f"Ablation on '{group}' ({test.ablation_group_how}), {test.n_ablation_prompts} prompts, "
+            wrapped(f"Ablation on '{group}' ({test.ablation_group_how}), {every}{test.n_ablation_prompts} prompts, "
                     f"{ablation.effect.n_positions} text positions; error term kept."),
-            wrapped(f"Controls: {len(c.features)} random features drawn from the {c.pool_size} whose firing rate "
-                    f"on these prompts is {100 * c.rate_low:.3g}%-{100 * c.rate_high:.3g}% "
-                    f"(feature: {100 * ablation.rate:.3g}%)."),
-            format_table(["mean per token", "feature", "ctrl median", "ctrl min", "ctrl max", "|feature| beats",
+            wrapped(controls_text(test)),
+            format_table(["mean per token", what, "ctrl median", "ctrl min", "ctrl max", f"|{what}| beats",
                           "empirical p"], rows)]
+
+
+def controls_text(test: FeatureTest) -> str:
+    """How the controls were drawn: random features matched in firing rate, or for a family random sets of
+    as many features, each member's stand-in matched to that member."""
+    a = test.ablation
+    c = a.controls
+    if not c.pools:
+        return (f"Controls: {len(c.features)} random features drawn from the {c.pool_size} whose firing rate "
+                f"on these prompts is {100 * c.rate_low:.3g}%-{100 * c.rate_high:.3g}% "
+                f"(feature: {100 * a.rate:.3g}%).")
+    pools = "; ".join(f"#{m}'s from {size} features at {100 * low:.3g}%-{100 * high:.3g}%" if high > 0 else
+                      f"#{m} never fires here, its stand-ins neither (from {size} such features)"
+                      for m, (size, low, high) in c.pools.items())
+    return (f"Controls: {len(c.features)} random sets of {len(test.members)} features, each member's stand-in drawn "
+            f"from the features whose firing rate on these prompts is close to its own ({pools}). Where any member "
+            f"fires: family {100 * a.rate:.3g}%, sets median {100 * float(np.median(a.control_rates)):.3g}%.")
 
 
 def located_lines(test: FeatureTest) -> list[str]:
@@ -103,14 +139,15 @@ def located_lines(test: FeatureTest) -> list[str]:
         if ctrl:
             rows.append(["controls where they fire (median)", int(np.median([c.n_positions for c in ctrl]))]
                         + [f"{np.median([getattr(c, k) for c in ctrl]):+.3g}" for k in ABLATION_MEASURES])
+        where = "a member of the family fires" if is_family(test) else "the feature fires"
         lines += ["", wrapped(f"Where it matters: the same ablation, averaged only over the {at.n_positions} "
-                              f"positions where the feature fires (of {a.effect.n_positions}), and over the "
+                              f"positions where {where} (of {a.effect.n_positions}), and over the "
                               "positions right after them:"),
                   format_table(["positions", "n"] + [MEASURE_NAMES[k] for k in ABLATION_MEASURES], rows)]
         clean_p = float(np.exp(a.located.clean_firing.logp_targets))
         if at.n_positions and clean_p > ALREADY_PREDICTED:
             lines.append(wrapped(
-                f"Note: where the feature fires, the clean model already gives the targets P = {clean_p:.0%}; "
+                f"Note: where {where}, the clean model already gives the targets P = {clean_p:.0%}; "
                 "removing one feature cannot lower a prediction that other features carry too, so a small "
                 "effect here does not mean the feature does nothing."))
     lines.append(wrapped(f"(tgt = {fmt_tokens(test.target_tokens)}. Clean means on these prompts: log P(tgt) "
@@ -122,12 +159,12 @@ def located_lines(test: FeatureTest) -> list[str]:
 
 def steering_lines(test: FeatureTest) -> list[str]:
     """The steering curve as a table, flagging coefficients where the steering overwrites the model."""
-    s, typical = test.steering, test.typical_max
+    s = test.steering
     clean = s.logp_targets[s.coeffs.index(0.0)]
-    rows = [[f"{c:g}", f"{abs(c) * typical * test.decoder_norm:.3g}", f"{lp:.4g}", f"{lp - clean:+.4g}", f"{lo:.4g}",
+    rows = [[f"{c:g}", f"{abs(c) * test.unit_norm:.3g}", f"{lp:.4g}", f"{lp - clean:+.4g}", f"{lo:.4g}",
              f"{k:.4g}" + (" !" if k > OVERWRITTEN_KL else "")]
             for c, lp, lo, k in zip(s.coeffs, s.logp_targets, s.logodds_targets, s.kl)]
-    lines = ["", wrapped(f"Steering '{test.steer_group}' prompts: add coeff × {typical:.4g} × W_dec[{test.feature}] "
+    lines = ["", wrapped(f"Steering '{test.steer_group}' prompts: add coeff × {direction_text(test)} "
                          "at every text position (teacher-forced, means over text positions):"),
              format_table(["coeff", "added norm", "log P(tgt)", "Δ vs clean", "log-odds(tgt)", "KL(clean‖steered)"],
                           rows)]
@@ -142,10 +179,12 @@ def steering_lines(test: FeatureTest) -> list[str]:
 
 def generation_lines(test: FeatureTest, columns: int = WIDTH) -> list[str]:
     """Each prompt's clean and steered continuations side by side, greedy then sampled."""
-    coeff, typical = test.generation_coeff, test.typical_max
+    coeff = test.generation_coeff
     width = max(30, (min(columns, WIDTH) - 5) // 2)
+    added = (f"+{coeff * test.typical_max:.3g} × W_dec[{test.feature}]" if not is_family(test)
+             else f"+{coeff:g} × {direction_text(test, 3)}")
     lines = ["", wrapped(f"Continuations ({test.max_new_tokens} new tokens), clean vs steered at coeff {coeff:g} "
-                         f"(+{coeff * typical:.3g} × W_dec[{test.feature}]):")]
+                         f"({added}):")]
     for g in test.generations:
         if g.mode == "greedy":
             lines += ["", f"  prompt: {safe_text(g.prompt)}",
@@ -161,7 +200,7 @@ def summary_row(test: FeatureTest) -> list:
     """One row of the closing summary table."""
     a = test.ablation
     return [
-        test.feature, test.ablation_group,
+        test.name, test.ablation_group,
         f"{a.effect.delta_logodds_targets:+.3g}" if a else "-",
         f"{a.empirical_p('delta_logodds_targets'):.3g}" if a else "-",
         f"{a.effect.kl:.3g}" if a else "-",
@@ -187,11 +226,13 @@ def target_label(test: FeatureTest) -> str:
 def feature_test_tables(test: FeatureTest) -> list[tuple[str, list[str], list[list]]]:
     """The CSV tables of one feature's test, as ``(file name, header, rows)``: the ablation (feature, then
     controls; no rows when it was skipped), the steering curve, and the generations."""
-    f, a, s = test.feature, test.ablation, test.steering
+    f, a, s = test.name, test.ablation, test.steering
     ablation_rows = []
-    if a is not None:
-        ablation_rows = [["feature", f, a.rate, *(getattr(a.effect, k) for k in ABLATION_MEASURES)]]
-        ablation_rows += [["control", cf, r, *(getattr(e, k) for k in ABLATION_MEASURES)]
+    if a is not None:  # a family and its control sets are named by their ids joined by '+'
+        ablation_rows = [["feature", test.feature if not is_family(test) else f, a.rate,
+                          *(getattr(a.effect, k) for k in ABLATION_MEASURES)]]
+        ablation_rows += [["control", cf if isinstance(cf, int) else name_of(cf), r,
+                           *(getattr(e, k) for k in ABLATION_MEASURES)]
                           for cf, r, e in zip(a.controls.features, a.control_rates, a.control_effects)]
     return [
         (constants.MI6_ABLATION_CSV.format(feature=f),
@@ -199,7 +240,7 @@ def feature_test_tables(test: FeatureTest) -> list[tuple[str, list[str], list[li
          ablation_rows),
         (constants.MI6_STEERING_CSV.format(feature=f),
          ["coeff", "added_activation", "mean_logp_targets", "mean_logodds_targets", "mean_kl"],
-         [[c, c * test.typical_max, lp, lo, k]
+         [[c, c * test.typical_max if not is_family(test) else "", lp, lo, k]
           for c, lp, lo, k in zip(s.coeffs, s.logp_targets, s.logodds_targets, s.kl)]),
         (constants.MI6_GENERATIONS_CSV.format(feature=f), ["prompt", "mode", "coeff", "clean", "steered"],
          [[g.prompt, g.mode, test.generation_coeff, g.clean, g.steered] for g in test.generations]),
@@ -210,18 +251,21 @@ def feature_test_tables(test: FeatureTest) -> list[tuple[str, list[str], list[li
 
 
 def feature_test_figure(test: FeatureTest) -> Figure:
-    """MI6 of one feature's test (see :func:`causal_figure`)."""
+    """MI6 of one feature's (or family's) test (see :func:`causal_figure`)."""
     a, keys = test.ablation, ABLATION_MEASURES
+    subject = f"family {test.label}" if is_family(test) else f"feature {test.label}"
+    added = (f"{test.typical_max:.3g} (typical max activation) × W_dec[{test.feature}]" if not is_family(test)
+             else f"{direction_text(test, 3)} (each member at its typical max)")
     return causal_figure(
-        test.feature, test.ablation_group, target_label(test),
+        subject, test.ablation_group, target_label(test),
         {k: getattr(a.effect, k) for k in keys} if a else None,
         {k: np.array([getattr(e, k) for e in a.control_effects]) for k in keys} if a else None,
-        test.steering.coeffs, test.steering.columns(), test.steer_group, test.typical_max, test.title,
+        test.steering.coeffs, test.steering.columns(), test.steer_group, added, test.title,
     )
 
 
 def causal_figure(
-    feature: int,
+    subject: str,
     group: str,
     target_label: str,
     feature_effect: dict[str, float] | None,
@@ -229,17 +273,19 @@ def causal_figure(
     coeffs: Sequence[float],
     curve: dict[str, Sequence[float]],
     steer_group: str,
-    typical_max: float,
+    added: str,
     title: str,
 ) -> Figure:
     """MI6: the ablation effect against firing-rate-matched controls (top), the steering curve (bottom).
 
     Args:
+        subject: what was ablated and steered, e.g. "feature #501" or "family #409+#501".
         feature_effect: the ablation's ``delta_logp_targets``, ``delta_logodds_targets`` and ``kl``, or
             None when the feature never fires on the group's prompts.
         control_effects: the same keys, one value per control ``[n_controls]``.
         coeffs: steering coefficients in units of the feature's typical max activation.
         curve: per coefficient, ``logp_targets``, ``logodds_targets`` and ``kl`` (means per text token).
+        added: what coefficient 1 adds, e.g. "3 (typical max activation) × W_dec[501]".
     """
     fig = NotebookFigure(figsize=(15, 10.5), layout="constrained")
     grid = fig.add_gridspec(2, 6)
@@ -255,7 +301,7 @@ def causal_figure(
         ax.set_title(f"Ablation on '{group}': {what}", fontsize=10)
         ax.set_xticks([])
         if feature_effect is None or control_effects is None:
-            ax.text(0.5, 0.5, f"feature #{feature} never fires on\nthe '{group}' prompts:\nnothing to ablate",
+            ax.text(0.5, 0.5, f"{subject} never fires on\nthe '{group}' prompts:\nnothing to ablate",
                     ha="center", va="center", transform=ax.transAxes)
             ax.set_yticks([])
             continue
@@ -266,7 +312,7 @@ def causal_figure(
         value = feature_effect[key]
         beyond = int((np.abs(ctrl) >= abs(value)).sum())
         ax.scatter([0], [value], s=160, marker="*", color="#d62728", zorder=5,
-                   label=f"feature #{feature}: {value:+.3g}\n{beyond} of {len(ctrl)} controls have |effect| ≥ it")
+                   label=f"{subject}: {value:+.3g}\n{beyond} of {len(ctrl)} controls have |effect| ≥ it")
         ax.axhline(0, color="black", linewidth=0.6)
         ax.set_xlim(-0.6, 0.6)
         ax.set_xticks([])  # again: boxplot adds a tick at its position
@@ -287,11 +333,12 @@ def causal_figure(
     for ax in bottom:
         ax.axvline(0, color="black", linewidth=0.6)
         ax.axhline(0, color="black", linewidth=0.6)
-        ax.set_xlabel(f"steering coefficient c: adds c × {typical_max:.3g} (typical max activation) × W_dec[{feature}]")
+        ax.set_xlabel(f"steering coefficient c: adds c × {added}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=9, loc="best")
     fig.suptitle(
-        f"Feature #{feature}: does it matter? Ablation (SAE error term kept) vs random controls, and steering\n{title}",
+        f"{subject[0].upper() + subject[1:]}: does it matter? Ablation (SAE error term kept) vs random controls, and "
+        f"steering\n{title}",
         fontsize=11,
     )
     return fig

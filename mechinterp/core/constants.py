@@ -71,6 +71,10 @@ CARD_HTML = "feature_{feature}.html"
 CARD_JSON = "feature_{feature}.json"
 CARDS_CSV = "feature_cards.csv"
 CARDS_INDEX_HTML = "index.html"  # links every card in the folder
+# A feature family's card (--family 409+501): its MI5 files take the family's name as {feature}
+FAMILY_HTML = "family_{family}.html"
+FAMILY_JSON = "family_{family}.json"
+MI5_MEMBERS_CSV = "MI5_{feature}_members.csv"  # a family card's members, one row each
 # Chapter 3 with a mined corpus (--corpus FILE / --dataset NAME)
 MI5_CORPUS_PNG = "MI5_{feature}_corpus.png"  # histogram of the feature's activations over the corpus
 MI5_CORPUS_CSV = "MI5_{feature}_corpus_hist.csv"  # the numbers behind it: tokens and windows per bin

@@ -5,6 +5,11 @@ features, validated against the SAE. Collecting: the per-token activations of th
 every text, stored compactly so that top examples, firing rates, typical maxima and histograms all
 come from one pass.
 
+Families: an SAE often splits one concept across several features, each firing on part of the
+concept's words; Chapter 2 marks such a group as a family (its ``family`` column, e.g. ``12+345``, and
+the verdict ``concept (split)``). Chapters 3 and 4 can look at a family as one: here a family is the
+tuple of its member ids, ascending, and :func:`family_activations` gives its activation per token.
+
 The BOS position(s) and padding are excluded from every statistic here (firing rates, top examples,
 typical maximum activation): GPT-2's BOS residual has a huge norm and lights up the same features in
 every prompt.
@@ -12,6 +17,7 @@ every prompt.
 
 from __future__ import annotations
 
+import argparse
 import csv
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,6 +35,9 @@ from mechinterp.core.toyworld import planted_features
 
 # Columns a Chapter 2 feature_stats.csv must have for --from-results (it has more; these are the ones used).
 RESULTS_COLUMNS = ("group", "feature", "rank")
+# Chapter 2's verdicts that the --from-results gate takes: one feature carries the concept, or the SAE
+# split the concept across a family of features (each member then carries part of its words).
+CONCEPT_VERDICTS = ("concept", "concept (split)")
 # Tokens shown on each side of the peak when an example is long (corpus documents can be 1024 tokens).
 EXAMPLE_WINDOW = 40
 
@@ -49,6 +58,42 @@ def validate_features(features: Sequence[int], d_sae: int) -> list[int]:
     return list(dict.fromkeys(int(f) for f in features))
 
 
+# --- feature families -------------------------------------------------------------------------------------
+
+
+def parse_family(text: str) -> tuple[int, ...]:
+    """A family's member ids from ``"12+345"`` (``"#12+#345"`` too, as the outputs label it): ascending.
+
+    Raises:
+        ValueError: not ids joined by '+', or fewer than two different ids (a family of one is a feature).
+    """
+    try:
+        ids = {int(part.strip().lstrip("#")) for part in str(text).split("+")}
+    except ValueError:
+        raise ValueError(f"expected feature ids joined by '+', e.g. 12+345, got {text!r}") from None
+    if len(ids) < 2:
+        raise ValueError(f"a family has at least two different features, got {text!r}")
+    return tuple(sorted(ids))
+
+
+def family_ids(text: str) -> tuple[int, ...]:
+    """argparse type of ``--family``: :func:`parse_family`, its complaint as argparse's usage error."""
+    try:
+        return parse_family(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def name_of(what: int | Sequence[int]) -> str:
+    """How file names and tables name a feature or a family: ``"501"``, ``"409+501"`` (Chapter 2's form)."""
+    return str(what) if isinstance(what, int) else "+".join(str(m) for m in what)
+
+
+def label_of(what: int | Sequence[int]) -> str:
+    """How the outputs label a feature or a family: ``"#501"``, ``"#409+#501"``."""
+    return f"#{what}" if isinstance(what, int) else "+".join(f"#{m}" for m in what)
+
+
 @dataclass
 class ResultsPick:
     """One feature chosen from a Chapter 2 results table, with the evidence it was chosen on."""
@@ -59,6 +104,7 @@ class ResultsPick:
     q_value: float | None = None
     replicated: str = ""  # "yes", "no" or "not tested"
     verdict: str = ""  # Chapter 2's verdict ("concept", "lexical", ...), "" when it has none
+    family: tuple[int, ...] = ()  # the family it belongs to (Chapter 2's ``family`` column), () when none
 
     def describe(self) -> str:
         """E.g. "happy rank 1, q = 3.7e-08, replicated, verdict concept"."""
@@ -109,15 +155,33 @@ class FeatureSelection:
 
 
 @dataclass
+class FamilySelection:
+    """Which feature families to look at as one (the ``--family`` flag of Chapters 3 and 4).
+
+    A chapter that can look at families adds this beside :class:`FeatureSelection`; with ``--from-results``
+    the families of Chapter 2's table (its ``family`` column) are looked at as one there too.
+    """
+
+    family: list[tuple[int, ...]] = option(
+        help="a feature family to look at as one: its member ids joined by '+', e.g. 12+345 (Chapter 2's family "
+        "column); repeat for several", default_factory=list, type=family_ids, action="append", metavar="ID+ID")
+
+
+@dataclass
 class FeatureChoice:
-    """Which features a Chapter 3/4 run looks at, and where each came from."""
+    """Which features (and feature families) a Chapter 3/4 run looks at, and where each came from.
+
+    A family is the tuple of its member ids; ``groups`` and :meth:`origin` take a feature or a family.
+    """
 
     features: list[int]
-    groups: dict[int, str]  # feature -> its Chapter 2 group, or the demo concept it was planted for
+    groups: dict[int | tuple[int, ...], str]  # feature (or family) -> its Chapter 2 group, or its demo concept
     ranks: dict[int, int]  # feature -> its rank in that group (features from --from-results only)
     how: str  # one line for the output: how the features were chosen
     picks: dict[int, ResultsPick] = field(default_factory=dict)  # feature -> its Chapter 2 row
     note: str = ""  # what the significance gate skipped, for the output
+    families: list[tuple[int, ...]] = field(default_factory=list)  # looked at as one; no member is in features
+    family_picks: dict[tuple[int, ...], list[ResultsPick]] = field(default_factory=dict)  # family -> its rows
 
     def __repr__(self) -> str:
         def clip(text: str) -> str:
@@ -125,47 +189,79 @@ class FeatureChoice:
 
         ids = ", ".join(str(f) for f in self.features[:12])
         more = f", ... ({len(self.features)} in all)" if len(self.features) > 12 else ""
+        families = f" and families {', '.join(name_of(f) for f in self.families)}" if self.families else ""
         note = f"; {clip(self.note)}" if self.note else ""
-        return f"FeatureChoice([{ids}{more}]: {clip(self.how)}{note})"
+        return f"FeatureChoice([{ids}{more}]{families}: {clip(self.how)}{note})"
 
-    def origin(self, feature: int) -> str | None:
-        """Where ``feature`` came from, with its q and verdict when it came from a results table."""
-        if feature in self.picks:
-            return self.picks[feature].describe()
-        if feature in self.groups:
-            return f"planted '{self.groups[feature]}' feature"
+    @property
+    def members(self) -> list[int]:
+        """Every family's members, once each, in order (the features whose activations a family needs)."""
+        return list(dict.fromkeys(m for family in self.families for m in family))
+
+    def origin(self, what: int | tuple[int, ...]) -> str | None:
+        """Where a feature or family came from, with its q and verdict when it came from a results table."""
+        if what in self.family_picks:
+            return "; ".join(f"#{p.feature}: {p.describe()}" for p in self.family_picks[what])
+        if what in self.picks:
+            return self.picks[what].describe()
+        if what in self.groups:
+            return f"planted '{self.groups[what]}' feature"
         return None
 
 
 def choose_features(
     given: Sequence[int], from_results: Path | None, top_n: int, demo: bool, d_sae: int,
     include_nonsignificant: bool = False, provenance: Provenance | None = None,
+    families: Sequence[Sequence[int]] | None = None,
 ) -> FeatureChoice:
     """``--feature`` ids, plus the top ``top_n`` per group of a Chapter 2 CSV, else the demo's planted ones.
 
     From a results table only features that pass the significance gate are taken (see
     :func:`read_results_csv`), and the table must have been made with this model, SAE and hook.
+
+    Args:
+        families: ``--family`` member ids, for a chapter that looks at families as one; a family row of
+            the table (a member that passes the gate) then brings its whole family, and no member is also
+            looked at alone unless given with ``--feature``. None: the chapter looks at features only, and
+            a family's members that pass the gate are taken one by one like any feature.
     """
     features, groups, ranks, picks, note = list(given), {}, {}, {}, ""
-    how = "given with --feature"
+    wanted = [tuple(sorted(set(f))) for f in families or ()]
+    if any(len(f) < 2 for f in wanted):
+        raise UserError("a family has at least two different features (one feature alone: --feature ID)")
+    family_picks: dict[tuple[int, ...], list[ResultsPick]] = {}
+    flags = " and ".join(flag for flag, used in (("--feature", given), ("--family", wanted)) if used)
+    how = f"given with {flags}"
     if from_results is not None:
         selection = read_results_csv(from_results, top_n, include_nonsignificant, provenance)
         for pick in selection.picks:
+            if families is not None and pick.family:
+                family_picks.setdefault(pick.family, []).append(pick)
+                continue
             if pick.feature not in features:
                 features.append(pick.feature)
             groups.setdefault(pick.feature, pick.group)
             ranks.setdefault(pick.feature, pick.rank)
             picks.setdefault(pick.feature, pick)
         gate = "every ranked feature, significant or not" if include_nonsignificant else selection.gate
-        how = f"top {top_n} per group of {from_results} ({gate})" + (" plus --feature" if given else "")
+        how = f"top {top_n} per group of {from_results} ({gate})" + (f" plus {flags}" if flags else "")
         note = selection.note() if not include_nonsignificant else ""
-    if not features and demo:
+    for family, rows in family_picks.items():
+        wanted.append(family)
+        groups.setdefault(family, rows[0].group)
+    wanted = list(dict.fromkeys(wanted))
+    # A member is looked at within its family, not twice; only an id given with --feature is also alone.
+    in_families = {m for family in wanted for m in family}
+    features = [f for f in features if f not in in_families or f in given]
+    if not features and not wanted and demo:
         planted = planted_features().concept
         features, groups = list(planted.values()), {f: c for c, f in planted.items()}
         how = "the demo's planted concept features (no --feature given)"
-    if not features:
-        raise UserError("no feature given: pass --feature ID (repeatable) or --from-results feature_stats.csv")
-    return FeatureChoice(validate_features(features, d_sae), groups, ranks, how, picks, note)
+    if not features and not wanted:
+        raise UserError("no feature given: pass --feature ID (repeatable) or --from-results feature_stats.csv"
+                        + (" or --family ID+ID" if families is not None else ""))
+    validate_features([m for family in wanted for m in family], d_sae)
+    return FeatureChoice(validate_features(features, d_sae), groups, ranks, how, picks, note, wanted, family_picks)
 
 
 def _float(text: str | None) -> float | None:
@@ -181,31 +277,19 @@ def read_results_csv(
     """The top ``top_n`` features of each group in a Chapter 2 ``feature_stats.csv`` that pass the gate.
 
     The gate: q below the table's alpha, replicated on held-out prompts (when the run had a held-out
-    split), and, when Chapter 2 gave verdicts, the verdict ``concept``. A rank-1 feature of a null group
-    (q = 1) is therefore never picked unless ``include_nonsignificant``. ``rank`` 1 is the strongest
-    feature within its group; a feature that tops several groups is listed once, under the first group
-    in which it appears (groups in file order). Unranked rows (always-on features) are skipped.
+    split), and, when Chapter 2 gave verdicts, the verdict ``concept`` or ``concept (split)`` (a member
+    of a family: each pick carries its ``family``, read from the optional ``family`` column). A rank-1
+    feature of a null group (q = 1) is therefore never picked unless ``include_nonsignificant``. ``rank``
+    1 is the strongest feature within its group; a feature that tops several groups is listed once, under
+    the first group in which it appears (groups in file order). Unranked rows (always-on features) are
+    skipped.
 
     Raises:
         UserError: the file is missing or malformed, was made with another SAE (``provenance``), or no
             feature passes the gate.
     """
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"--from-results {path} does not exist; run Chapter 2 first or give --feature ID")
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            columns = reader.fieldnames or []
-            rows = list(reader)
-    except (UnicodeDecodeError, csv.Error) as err:
-        raise UserError(f"--from-results {path} is not a readable CSV ({err})") from None
-    missing = [c for c in RESULTS_COLUMNS if c not in columns]
-    if missing:
-        raise UserError(
-            f"--from-results {path} lacks the column(s) {', '.join(missing)}; expected Chapter 2's "
-            f"feature_stats.csv (columns group, feature, rank, ...)"
-        )
+    columns, rows = _read_results_rows(path)
     if provenance is not None and rows:
         stamps = {tuple(row.get(c, "") for c in PROVENANCE_COLUMNS) for row in rows}
         for stamp in stamps:
@@ -214,14 +298,15 @@ def read_results_csv(
     alpha = alpha if alpha is not None else 0.05
     had_holdout = any(row.get("replicated") in ("yes", "no") for row in rows)
     has_verdicts = "verdict" in columns
-    gate = f"q < {alpha:g}" + (", replicated" if had_holdout else "") + (", verdict concept" if has_verdicts else "")
+    gate = (f"q < {alpha:g}" + (", replicated" if had_holdout else "")
+            + (", verdict concept or concept (split)" if has_verdicts else ""))
 
     def passes(pick: ResultsPick) -> bool:
         if pick.q_value is None or not pick.q_value < alpha:
             return False
         if had_holdout and pick.replicated != "yes":
             return False
-        return not has_verdicts or pick.verdict == "concept"
+        return not has_verdicts or pick.verdict in CONCEPT_VERDICTS
 
     picks: list[ResultsPick] = []
     skipped: list[ResultsPick] = []
@@ -235,7 +320,8 @@ def read_results_csv(
         except (TypeError, ValueError):
             raise UserError(f"{path} line {line}: feature and rank must be whole numbers") from None
         pick = ResultsPick(feature, row["group"], rank, _float(row.get("q_value")),
-                           (row.get("replicated") or "").strip(), (row.get("verdict") or "").strip())
+                           (row.get("replicated") or "").strip(), (row.get("verdict") or "").strip(),
+                           _family(row.get("family"), feature, f"{path} line {line}"))
         if rank > top_n or feature in seen:
             continue
         if include_nonsignificant or passes(pick):
@@ -253,6 +339,39 @@ def read_results_csv(
     group_order = list(dict.fromkeys(r["group"] for r in rows))
     picks.sort(key=lambda p: (group_order.index(p.group), p.rank))
     return ResultsSelection(picks, skipped, gate)
+
+
+def _read_results_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """The header and rows of a Chapter 2 table; UserError when it is missing, unreadable or lacks a column."""
+    if not path.is_file():
+        raise UserError(f"--from-results {path} does not exist; run Chapter 2 first or give --feature ID")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            columns = list(reader.fieldnames or [])
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise UserError(f"--from-results {path} is not a readable CSV ({err})") from None
+    missing = [c for c in RESULTS_COLUMNS if c not in columns]
+    if missing:
+        raise UserError(
+            f"--from-results {path} lacks the column(s) {', '.join(missing)}; expected Chapter 2's "
+            f"feature_stats.csv (columns group, feature, rank, ...)"
+        )
+    return columns, rows
+
+
+def _family(text: str | None, feature: int, where: str) -> tuple[int, ...]:
+    """A row's ``family`` cell as member ids; () when empty or absent (tables from before families)."""
+    if not (text or "").strip():
+        return ()
+    try:
+        family = parse_family(text)
+    except ValueError as err:
+        raise UserError(f"{where}: family {text!r}: {err}") from None
+    if feature not in family:
+        raise UserError(f"{where}: feature {feature} is not a member of its family {text!r}")
+    return family
 
 
 # --- activations of a few features over many texts ---------------------------------------------------
@@ -343,6 +462,59 @@ def typical_max_activation(fa: FeatureActivations, feature: int) -> tuple[float,
     maxes = fa.prompt_max(feature)
     fired = maxes[maxes > 0]
     return (float(np.median(fired)), int(fired.size)) if fired.size else (0.0, 0)
+
+
+# The id of the one column of a family's activations (FamilyActivations.acts): no SAE feature has it.
+FAMILY_COLUMN = -1
+
+
+@dataclass
+class FamilyActivations:
+    """A family's activation per token over the texts, and which member gives it.
+
+    Attributes:
+        members: the family's feature ids, ascending.
+        scales: each member's typical max activation over these texts (:func:`typical_max_activation`);
+            0 for a member that never fires on them.
+        acts: one column, :data:`FAMILY_COLUMN`: per token the largest of the members' activations, each
+            divided by its member's scale (1 = a member at its typical max), so every statistic of a
+            feature (top texts, firing rate, typical max, histogram) applies to the family unchanged.
+        strongest: per text, ``[n_text_tokens]`` the index into ``members`` of the member that gives the
+            family activation there; -1 where no member fires.
+    """
+
+    members: tuple[int, ...]
+    scales: list[float]
+    acts: FeatureActivations
+    strongest: list[np.ndarray]
+
+    def member_at(self, text: int, position: int) -> int | None:
+        """The member that gives the family activation at ``position`` of text ``text``; None if none fires."""
+        index = int(self.strongest[text][position])
+        return self.members[index] if index >= 0 else None
+
+
+def family_activations(fa: FeatureActivations, members: Sequence[int]) -> FamilyActivations:
+    """The family's activation per token: the max over members of activation / that member's typical max.
+
+    Members fire on different words and on different scales (one may peak at 3, another at 40); dividing
+    each by its own typical max over these texts puts them on one scale, so the family's top texts are
+    not all the louder member's. ``fa`` must hold every member's activations.
+    """
+    members = tuple(sorted(members))
+    scales = [typical_max_activation(fa, m)[0] for m in members]
+    # A member that never fires here is 0 everywhere: any divisor keeps it 0, and 1 avoids 0 / 0.
+    divisors = np.array([s if s > 0 else 1.0 for s in scales], dtype=np.float32)
+    cols = [fa.column(m) for m in members]
+    values, strongest = [], []
+    for a in fa.acts:
+        normed = a[:, cols] / divisors  # [n_text_tokens, n_members]
+        top = normed.max(axis=1) if len(a) else np.zeros(0, np.float32)
+        values.append(top[:, None].astype(np.float32))
+        strongest.append(np.where(top > 0, normed.argmax(axis=1) if len(a) else 0, -1))
+    acts = FeatureActivations(features=[FAMILY_COLUMN], texts=fa.texts, sources=fa.sources, token_ids=fa.token_ids,
+                              acts=values, n_skip=fa.n_skip, truncated=fa.truncated)
+    return FamilyActivations(members, scales, acts, strongest)
 
 
 def filter_note(fa: FeatureActivations) -> str:

@@ -7,6 +7,7 @@ its targets from it by default, and then tests whether the model really behaves 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -54,8 +55,28 @@ def logit_effects(loaded: Loaded, feature: int, k: int = 15) -> tuple[list[Logit
         either list can be shorter than ``k``.
     """
     with torch.inference_mode():
-        direction = residual_direction(loaded, feature).to(loaded.model.W_U.dtype)  # [d_model]
-        effect = (direction @ loaded.model.W_U).float().cpu()  # [d_vocab]
+        return direction_logit_effects(loaded, residual_direction(loaded, feature), k)
+
+
+def family_logit_effects(loaded: Loaded, weights: Mapping[int, float],
+                         k: int = 15) -> tuple[list[LogitEffect], list[LogitEffect]]:
+    """:func:`logit_effects` of ``sum(weight * residual_direction(f))`` over the ``weights`` {feature: weight}.
+
+    A feature family writes through all its members: weighted by each member's typical max activation,
+    this is what the family writes when every member fires at its typical strength, and the direction
+    Chapter 4 steers a family with.
+    """
+    with torch.inference_mode():
+        direction = sum(w * residual_direction(loaded, f) for f, w in weights.items())
+        return direction_logit_effects(loaded, direction, k)
+
+
+def direction_logit_effects(loaded: Loaded, direction: torch.Tensor,
+                            k: int = 15) -> tuple[list[LogitEffect], list[LogitEffect]]:
+    """The ``k`` most promoted and ``k`` most suppressed tokens of ``direction @ W_U`` (``direction``:
+    ``[d_model]`` in the residual stream), each strongest first, as :func:`logit_effects` returns them."""
+    direction = direction.to(loaded.model.W_U.dtype)  # [d_model]
+    effect = (direction @ loaded.model.W_U).float().cpu()  # [d_vocab]
     k = min(k, effect.numel())
     top = torch.topk(effect, k)
     bottom = torch.topk(-effect, k)
