@@ -113,7 +113,8 @@ def test_a_split_concept_is_one_family_and_no_member_passes_alone(seed):
 def test_the_family_activation_and_auroc_match_a_per_prompt_loop():
     g_tok, b_tok, g_act, b_act, reports = judged(*world(3), ["half_a", "half_b"])
     fam = families.find_families(g_tok, b_tok, g_act, b_act, reports)[0]
-    scale = [max(g_act.value[:, j].max(), b_act.value[:, j].max()) for j in range(2)]
+    # Each member's typical max: the median of its per-prompt values where it fires, both sets together.
+    scale = [float(np.median([v for v in np.r_[g_act.value[:, j], b_act.value[:, j]] if v > 0])) for j in range(2)]
 
     def by_loop(acts):
         return [max(acts.value[i, j] / scale[j] for j in range(2)) for i in range(len(acts.value))]
@@ -134,7 +135,7 @@ def _exhaustive(g_tok, b_tok, g_act, b_act, reports, s):
     cand = families.candidates(reports, s)
     words = [set(reports[k].evidence.separating_tokens) for k in cand]
     fired = g_act.peak[:, cand] >= 0
-    scale = np.maximum(g_act.value.max(axis=0), b_act.value.max(axis=0))
+    scale = families.typical_max(np.concatenate([g_act.value, b_act.value]))
     passing = {}
     for size in range(2, families.FAMILY_MAX + 1):
         for combo in itertools.combinations(range(len(cand)), size):

@@ -16,7 +16,8 @@ a confound (verdict ``context``), this module tests small sets of them together:
   in the same group prompt (<= :data:`COFIRE`; a topic and a concept fire *together*, split halves of
   one concept fire apart);
 * **the family's activation**: per prompt, the maximum over members of each member's statistic
-  divided by its largest value on these prompts, so members on different scales count alike; its
+  divided by its typical max (the median of its per-prompt values where it fires, over both sets: the
+  scale Chapters 3 and 4 use for a family too), so members on different scales count alike; its
   peak is the peak of the member that gives the maximum;
 * **the test**: exactly the single-feature concept test on that activation (several distinctive words,
   generalisation to prompts without the top words, the length, token and position controls), via
@@ -139,6 +140,17 @@ def subsets(words: list[set[str]], fired: np.ndarray) -> list[tuple[tuple[int, .
     return out
 
 
+def typical_max(values: np.ndarray) -> np.ndarray:
+    """``[n_features]`` median of each column's non-zero values (1 where a column never fires): one
+    outlier prompt does not set a member's scale."""
+    med = np.ones(values.shape[1])
+    for j in range(values.shape[1]):
+        on = values[:, j][values[:, j] > 0]
+        if len(on):
+            med[j] = float(np.median(on))
+    return med
+
+
 def combined(acts: FeatureActivity, cols: list[int], scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A family's per-prompt activation and peak: the max over members of value / scale, and the peak
     position of the member giving it (the first such member on ties); -1 where no member fires."""
@@ -175,7 +187,7 @@ def find_families(
     combos = subsets(words, fired)
     if not combos:
         return []
-    scale = np.maximum(np.maximum(group_acts.value.max(axis=0), baseline_acts.value.max(axis=0)), 1e-30)
+    scale = typical_max(np.concatenate([group_acts.value, baseline_acts.value]))
     cols = [[cand[i] for i in combo] for combo, _ in combos]
     fam_g = FeatureActivity(np.arange(len(cols)), *np.stack([combined(group_acts, c, scale) for c in cols], axis=2))
     fam_b = FeatureActivity(np.arange(len(cols)), *np.stack([combined(baseline_acts, c, scale) for c in cols], axis=2))
