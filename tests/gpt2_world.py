@@ -1,6 +1,6 @@
 """A GPT-2-faithful offline test world: the real tokenizer, the real names, the real file formats.
 
-Why it exists: the toy world (``mechinterp/toyworld.py``) has a 697-token tokenizer with BOS = 0, a
+Why it exists: the toy world (``mechinterp/core/toyworld.py``) has a 748-token tokenizer with BOS = 0, a
 context equal to the SAE's, untied embeddings and planted directions that make centering irrelevant. A
 chapter can be wrong on the real GPT-2 small and still pass every test on it. This world keeps what
 matters of the real set-up and shrinks only what costs time:
@@ -26,7 +26,24 @@ matters of the real set-up and shrinks only what costs time:
 Planted features of the residual SAE (ids in :class:`PlantedFeatures`, also written to
 ``<HF_HOME>/gpt2_world.json``): happy and angry features on real words (``' happy'``, ``' thrilled'``,
 ``' furious'``, ...), a position feature (fires at one absolute position, BOS = 0), a ``'!'`` feature,
-three always-on features, a BOS feature, and sparse token detectors as background.
+three always-on features, a BOS feature, and sparse token detectors as background. And four structures
+that real SAEs and real prompt sets have (prompt designs for them in tests/concept_designs.py):
+
+* a **split concept**: fear is carried by ``fear_a`` (scared, afraid, terrified, ...) and ``fear_b``
+  (worried, anxious, uneasy, ...), each silent on the other half's words, their decoder rows at cosine
+  ``SPLIT_COSINE``;
+* a **topic** feature on weather nouns (rain, storm, wind, snow, fog, weather);
+* a **template word** feature on the sentence-opening token ``'Today'`` (8888), not ``' today'`` (1909);
+* a **carry-over** concept: the sad feature fires on sad words (3.0) and on the next three tokens (about
+  2.0, 1.2, 0.5), then stops. Heads 0-2 of block 0 do it, as a model must (an SAE reads one position):
+  head j attends from every token to the token j places back, through a positional code in the
+  position embeddings, and copies the sad direction it finds there (``toyworld.carry_heads`` explains
+  the construction). They are ordinary GPT-2 attention weights, so :func:`gpt2_forward` computes them
+  unchanged; they are installed through block 0's ``ln_1``, so TransformerLens' ``fold_ln`` folds them
+  exactly.
+
+Every id of the world's first version is kept: the later structures take the residual basis' last
+directions and the SAE's next ids, and every random draw keeps its first size.
 
 Also installed: a tiny attention-output SAE under SAELens' release ``gpt2-small-hook-z-kk`` (its real
 repo, file name and ``.pt`` + ``_cfg.json`` format; d_in = n_heads x d_head), a JumpReLU SAE in SAELens'
@@ -52,6 +69,8 @@ from importlib import metadata, util
 from pathlib import Path
 
 import numpy as np
+
+from mechinterp.core.toyworld import CARRY_LAYER, SPLIT_COSINE, carry_heads, install_heads, position_code
 
 # --- names, spelled as the libraries spell them --------------------------------------------------------
 
@@ -91,7 +110,7 @@ D_SAE = 1024
 HOOK_Z_D_SAE = 256
 DISTIL = {"d_model": 48, "n_layers": 6, "n_heads": 4, "d_sae": 256}
 SEED = 20240117
-WORLD_VERSION = "1"
+WORLD_VERSION = "2"
 
 # Planted words; every one is a single GPT-2 token with its leading space (checked at build time).
 HAPPY_WORDS = (
@@ -102,6 +121,20 @@ ANGRY_WORDS = (
     "angry", "furious", "outraged", "annoyed", "irritated", "enraged", "anger", "angrily", "hate", "rage",
     "frustrated", "hostile", "bitter", "upset", "outrage", "disgusted", "furiously", "irritating", "Angry",
 )
+# A split concept: fear, carried by two features, each on (only) its half of the words.
+FEAR_WORDS_A = ("scared", "afraid", "terrified", "frightened", "fearful", "horrified")
+FEAR_WORDS_B = ("worried", "anxious", "uneasy", "tense", "panicked", "alarmed")
+# A topic feature on weather nouns, which prompt designs make co-occur with a concept.
+TOPIC_WORDS = ("rain", "storm", "wind", "snow", "fog", "weather")
+# A template-word feature on one sentence-opening token: 'Today' (8888), not ' today' (1909).
+OPENER = "Today"
+# A carry-over concept: the sad feature fires on its words and, weaker, on the next three tokens.
+SAD_WORDS = ("sad", "gloomy", "miserable", "unhappy", "depressed", "lonely", "melancholy", "grim")
+# The sad feature's activation 1, 2 and 3 tokens after a sad word (3.0 on the word); silent from the 4th.
+SAD_CARRY = (2.0, 1.2, 0.5)
+# Frequencies of the positional code the carry heads read: the kernel sum_w cos(w D) stays at or below
+# 3.74 of its 5.0 peak at every offset 1 <= D <= 1026 (found by search; see toyworld.carry_heads).
+CARRY_FREQS = (1.9262, 1.3237, 0.4429, 2.9176, 0.8082)
 POSITION = 12  # absolute position (BOS = 0) where the position feature fires, whatever the token
 CONCEPT_GAIN = 3.0  # norm of a planted direction in the embedding
 ONES_NORM = 2.0  # norm of the all-ones component of each embedding row, which centering removes
@@ -121,6 +154,16 @@ class PlantedFeatures:
     happy_tokens: tuple[int, ...]
     angry_tokens: tuple[int, ...]
     bang_tokens: tuple[int, ...]
+    fear_a: int  # fires on FEAR_WORDS_A only; fear_b on FEAR_WORDS_B only (decoder cosine SPLIT_COSINE)
+    fear_b: int
+    topic: int  # fires on the weather nouns
+    opener: int  # fires on 'Today' (no leading space) only
+    sad: int  # fires on sad words and, weaker, on the next three tokens (carried by block 0's heads 0-2)
+    fear_a_tokens: tuple[int, ...]
+    fear_b_tokens: tuple[int, ...]
+    topic_tokens: tuple[int, ...]
+    opener_tokens: tuple[int, ...]
+    sad_tokens: tuple[int, ...]
     position_index: int = POSITION
 
     def to_dict(self) -> dict[str, object]:
@@ -243,40 +286,88 @@ class _Design:
 
     d: int
     ones: np.ndarray  # [d] unit all-ones vector: what center_writing_weights removes
-    u: dict[str, np.ndarray]  # planted unit directions, orthogonal to each other and to ``ones``
-    noise_basis: np.ndarray  # [d, d - 7] orthonormal, orthogonal to all of the above
+    u: dict[str, np.ndarray]  # planted unit directions, orthogonal to ``ones`` (and to each other, but fear_a.fear_b)
+    noise_basis: np.ndarray  # [d, d - 23] orthonormal, orthogonal to all of the above and to the code
     token_noise: np.ndarray  # [vocab, d] the token-specific part of each embedding (unit norm)
+    n_drawn: int  # random numbers drawn per noise vector (see _directions)
     weights: dict[str, np.ndarray] = field(default_factory=dict)  # HF checkpoint keys -> float32
+
+
+# The planted directions of the world's first version, in the order they take the basis. The later
+# structures take the basis' last columns, and every random draw keeps its first version's size, so
+# the first version's planted feature ids are drawn from the same random numbers and stay as they were.
+FIRST_NAMES = ("bos", "always", "happy", "angry", "position", "bang")
+LATER_NAMES = ("fear", "fear_a", "fear_b", "topic", "opener", "sad")  # "fear": what fear_a and fear_b share
+
+
+def _directions(rng: np.random.Generator, d: int) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """The all-ones unit vector, the planted unit directions, the token-noise basis and the code basis."""
+    mat = np.concatenate([np.ones((d, 1)), rng.standard_normal((d, d - 1))], axis=1)
+    q, _ = np.linalg.qr(mat)
+    ones = q[:, 0] * np.sign(q[0, 0])
+    u = {name: q[:, 1 + i] for i, name in enumerate(FIRST_NAMES)}
+    n_late = len(LATER_NAMES) + 2 * len(CARRY_FREQS)
+    late = dict(zip(LATER_NAMES, q[:, d - n_late:].T))
+    # fear_a and fear_b share a component, as split features of real SAEs point in similar directions.
+    shared, own = np.sqrt(SPLIT_COSINE), np.sqrt(1 - SPLIT_COSINE)
+    u |= {"fear_a": shared * late["fear"] + own * late["fear_a"], "fear_b": shared * late["fear"] + own * late["fear_b"],
+          "topic": late["topic"], "opener": late["opener"], "sad": late["sad"]}
+    return ones, u, q[:, 1 + len(FIRST_NAMES):d - n_late], q[:, d - 2 * len(CARRY_FREQS):]
 
 
 def _design_model(
     rng: np.random.Generator, d: int, n_layers: int, n_heads: int, vocab: dict[str, int], plant_hook_z: int | None
 ) -> _Design:
     """Embeddings with planted directions and quiet random blocks, as a GPT-2 checkpoint (HF keys)."""
-    names = ("bos", "always", "happy", "angry", "position", "bang")
-    mat = np.concatenate([np.ones((d, 1)), rng.standard_normal((d, d - 1))], axis=1)
-    q, _ = np.linalg.qr(mat)
-    ones = q[:, 0] * np.sign(q[0, 0])
-    u = {name: q[:, 1 + i] for i, name in enumerate(names)}
-    noise_basis = q[:, 1 + len(names):]
-    g = rng.standard_normal((VOCAB_SIZE, noise_basis.shape[1]))
+    ones, u, noise_basis, code_basis = _directions(rng, d)
+    n_drawn = d - 1 - len(FIRST_NAMES)  # the first version's noise dimension
+    g = rng.standard_normal((VOCAB_SIZE, n_drawn))[:, : noise_basis.shape[1]]
     token_noise = _mm(g / np.linalg.norm(g, axis=1, keepdims=True), noise_basis.T)
 
     # Each row's all-ones component varies a little, as real rows' means do; centering removes all of it.
     w_e = token_noise + 1.0 * u["always"] + (ONES_NORM * (1 + 0.3 * rng.standard_normal(VOCAB_SIZE)))[:, None] * ones
-    for concept, words in (("happy", HAPPY_WORDS), ("angry", ANGRY_WORDS)):
-        w_e[list(_word_ids(vocab, words))] += CONCEPT_GAIN * u[concept]
-    w_e[list(_bang_ids(vocab))] += CONCEPT_GAIN * u["bang"]
+    planted_tokens = _planted_tokens(vocab)
+    for name, ids in planted_tokens.items():
+        w_e[list(ids)] += CONCEPT_GAIN * u[name]
     w_e[BOS_ID] = 12.0 * u["bos"] + ONES_NORM * ones
-    gp = rng.standard_normal((N_CTX, noise_basis.shape[1]))
+    gp = rng.standard_normal((N_CTX, n_drawn))[:, : noise_basis.shape[1]]
     w_pos = 0.2 * _mm(gp / np.linalg.norm(gp, axis=1, keepdims=True), noise_basis.T) + 0.5 * ones
     w_pos[POSITION] += CONCEPT_GAIN * u["position"]
+    w_pos += position_code(N_CTX, CARRY_FREQS) @ code_basis.T  # what the carry heads read (none at BOS)
+    design = _Design(d, ones, u, noise_basis, token_noise, n_drawn, {"wte.weight": w_e, "wpe.weight": w_pos})
+    _add_blocks(rng, design, n_layers, n_heads, plant_hook_z, (code_basis, planted_tokens["sad"]))
+    design.weights = {k: v.astype(np.float32) for k, v in design.weights.items()}
+    return design
+
+
+def _planted_tokens(vocab: dict[str, int]) -> dict[str, tuple[int, ...]]:
+    """The token ids each planted token-bound direction is added to."""
+    words = {"happy": HAPPY_WORDS, "angry": ANGRY_WORDS, "fear_a": FEAR_WORDS_A, "fear_b": FEAR_WORDS_B,
+             "topic": TOPIC_WORDS, "sad": SAD_WORDS}
+    out = {name: _word_ids(vocab, w) for name, w in words.items()}
+    return out | {"bang": _bang_ids(vocab), "opener": _opener_ids(vocab)}
+
+
+def _opener_ids(vocab: dict[str, int]) -> tuple[int, ...]:
+    if OPENER not in vocab:
+        raise RuntimeError(f"{OPENER!r} (no leading space) is not a single GPT-2 token")
+    return (vocab[OPENER],)
+
+
+def _add_blocks(
+    rng: np.random.Generator, design: _Design, n_layers: int, n_heads: int, plant_hook_z: int | None,
+    carry: tuple[np.ndarray, tuple[int, ...]],
+) -> None:
+    """The transformer blocks and the final LayerNorm, into ``design.weights``.
+
+    ``carry``: the code basis the carry heads read and the sad words' token ids.
+    """
+    d, u = design.d, design.u
+    d_head = d // n_heads
 
     def normal(shape: tuple[int, ...], std: float) -> np.ndarray:
         return std * rng.standard_normal(shape)
 
-    weights: dict[str, np.ndarray] = {"wte.weight": w_e, "wpe.weight": w_pos}
-    d_head = d // n_heads
     for layer in range(n_layers):
         p = f"h.{layer}."
         # Real-looking but quiet blocks: what they write into the residual stream is small, so the
@@ -285,11 +376,11 @@ def _design_model(
         if layer == plant_hook_z:
             # Head 0 attends to the current token (q = k on the token-noise subspace) and its value's
             # first coordinate reads the happy direction: hook_z of head 0 carries "this is a happy word".
-            proj = noise_basis[:, :d_head] * 3.5
+            proj = design.noise_basis[:, :d_head] * 3.5
             c_attn[:, 0:d_head] = proj
             c_attn[:, d:d + d_head] = proj
             c_attn[:, 2 * d] += 0.15 * u["happy"]
-        weights |= {
+        block = {
             p + "ln_1.weight": 1 + normal((d,), 0.05), p + "ln_1.bias": normal((d,), 0.01),
             p + "attn.c_attn.weight": c_attn, p + "attn.c_attn.bias": normal((3 * d,), 0.01),
             p + "attn.c_proj.weight": normal((d, d), 0.002), p + "attn.c_proj.bias": normal((d,), 0.002),
@@ -297,9 +388,25 @@ def _design_model(
             p + "mlp.c_fc.weight": normal((d, 4 * d), 0.02), p + "mlp.c_fc.bias": normal((4 * d,), 0.01),
             p + "mlp.c_proj.weight": normal((4 * d, d), 0.002), p + "mlp.c_proj.bias": normal((d,), 0.002),
         }
-    weights |= {"ln_f.weight": 1 + normal((d,), 0.05), "ln_f.bias": normal((d,), 0.01)}
-    weights = {k: v.astype(np.float32) for k, v in weights.items()}
-    return _Design(d, ones, u, noise_basis, token_noise, weights)
+        if layer == CARRY_LAYER:
+            install_heads(block, p, _sad_carry_heads(design, carry[0], d_head, carry[1]), d_head)
+        design.weights |= block
+    design.weights |= {"ln_f.weight": 1 + normal((d,), 0.05), "ln_f.bias": normal((d,), 0.01)}
+
+
+def _sad_carry_heads(
+    design: _Design, code_basis: np.ndarray, d_head: int, sad_ids: tuple[int, ...]
+) -> list[dict[str, np.ndarray]]:
+    """Heads 0-2 of block CARRY_LAYER: copy the sad direction 1, 2 and 3 tokens on (toyworld.carry_heads).
+
+    Scaled on a sad word at position 10: its LayerNorm scale varies by a few percent with the position.
+    """
+    x = design.weights["wte.weight"][list(sad_ids)] + design.weights["wpe.weight"][10]
+    x = x - x.mean(-1, keepdims=True)
+    value_scale = CONCEPT_GAIN * float(np.mean(np.sqrt(design.d) / np.linalg.norm(x, axis=-1)))
+    carried = tuple((a + 1.5) / 1.5 for a in SAD_CARRY)  # the sad feature reads 1.5 x sad - 1.5
+    dirs = {"always": design.u["always"], "bos": design.u["bos"], "concept": design.u["sad"]}
+    return carry_heads(code_basis, dirs, carried, value_scale, CARRY_FREQS, N_CTX, d_head)
 
 
 def _bang_ids(vocab: dict[str, int]) -> tuple[int, ...]:
@@ -313,7 +420,8 @@ def gpt2_forward(
     """Hugging Face GPT-2's forward pass up to block ``layer`` (used to calibrate the SAEs).
 
     Written out from the GPT-2 definition (pre-LayerNorm blocks, causal softmax attention, ``gelu_new``
-    MLP) in plain torch, independent of both transformers and TransformerLens.
+    MLP) in plain torch, independent of both transformers and TransformerLens. The carry heads of block
+    0 (the sad carry-over) are ordinary heads, computed here like any other.
 
     Args:
         weights: the checkpoint (HF keys, Conv1D layout ``[in, out]``).
@@ -358,11 +466,14 @@ def gpt2_forward(
 
 
 def calibration_corpus(
-    vocab: dict[str, int], rng: np.random.Generator, n_seq: int = 24, length: int = SAE_CONTEXT_SIZE
+    vocab: dict[str, int], rng: np.random.Generator, n_seq: int = 24, length: int = SAE_CONTEXT_SIZE,
+    later_rng: np.random.Generator | None = None,
 ) -> np.ndarray:
     """``[n_seq, 1 + length]`` token ids, BOS first: frequent (low-id) tokens, some planted words and '!'.
 
     A stand-in for the SAE's training text (OpenWebText, 128-token contexts) for its sparsity file.
+    ``later_rng`` (its own generator, so that ``rng`` draws what it always drew) puts in the words of the
+    later structures: fear, weather, 'Today' and sad words.
     """
     ranks = np.arange(BOS_ID)
     p = 1.0 / (ranks + 20.0)
@@ -370,6 +481,11 @@ def calibration_corpus(
     planted = list(_word_ids(vocab, HAPPY_WORDS + ANGRY_WORDS)) + list(_bang_ids(vocab))
     spots = rng.random((n_seq, length)) < 0.03
     ids[spots] = rng.choice(planted, size=int(spots.sum()))
+    if later_rng is not None:
+        tokens = _planted_tokens(vocab)
+        later = [t for name in ("fear_a", "fear_b", "topic", "opener", "sad") for t in tokens[name]]
+        spots = later_rng.random((n_seq, length)) < 0.02
+        ids[spots] = later_rng.choice(later, size=int(spots.sum()))
     return np.concatenate([np.full((n_seq, 1), BOS_ID), ids], axis=1)
 
 
@@ -387,25 +503,28 @@ def _design_res_sae(
     perm = [int(i) for i in rng.permutation(d_sae)]
     planted_ids = {"happy": perm[0], "angry": perm[1], "position": perm[2], "bang": perm[3], "bos": perm[4]}
     always = tuple(perm[5:8])
+    # The later features take the next ids, so the first version's ids stay as they were.
+    planted_ids |= {name: perm[8 + i] for i, name in enumerate(("fear_a", "fear_b", "topic", "opener", "sad"))}
+    n_noise = design.noise_basis.shape[1]
     w_enc = np.zeros((d, d_sae))
     b_enc = np.zeros(d_sae)
     w_enc[:, planted_ids["bos"]], b_enc[planted_ids["bos"]] = design.u["bos"], -1.0
     for i, f in enumerate(always):
-        direction = design.u["always"] + 0.3 * design.noise_basis @ rng.standard_normal(design.noise_basis.shape[1]) / 7
+        drawn = rng.standard_normal(design.n_drawn)[:n_noise]
+        direction = design.u["always"] + 0.3 * design.noise_basis @ drawn / 7
         w_enc[:, f], b_enc[f] = (0.8 + 0.2 * i) * direction, -0.2
-    for name in ("happy", "angry", "position", "bang"):
+    for name in ("happy", "angry", "position", "bang", "topic", "opener", "sad", "fear_a", "fear_b"):
         # 1.5 x 3.0 - 1.5 = 3.0 where planted: the decoder then rebuilds the whole planted direction.
         w_enc[:, planted_ids[name]], b_enc[planted_ids[name]] = 1.5 * design.u[name], -1.5
-    special = set(planted_ids.values()) | set(always)
-    detectors: dict[int, int] = {}
-    candidates = rng.permutation(np.arange(256, 6000))  # frequent tokens (GPT-2's early merges)
-    for j, f in enumerate(f for f in range(d_sae) if f not in special):
-        token = int(candidates[j % len(candidates)])
-        detectors[f] = token
-        w_enc[:, f] = design.token_noise[token]
-        # Fires on the token and on tokens whose noise happens to point the same way (cosine > cut).
-        b_enc[f] = -rng.uniform(0.3, 0.7)
+    for mine, other in (("fear_a", "fear_b"), ("fear_b", "fear_a")):
+        # A split feature reads only what its half does not share with the other: 3.0 on its own words,
+        # silent on the other half's.
+        own = design.u[mine] - (design.u[mine] @ design.u[other]) * design.u[other]
+        w_enc[:, planted_ids[mine]] = 1.5 * own / (own @ design.u[mine])
+    later = {planted_ids[name] for name in ("fear_a", "fear_b", "topic", "opener", "sad")}
+    detectors = _add_detectors(rng, design, w_enc, b_enc, set(planted_ids.values()) - later | set(always), later)
     w_dec = (w_enc / np.linalg.norm(w_enc, axis=0, keepdims=True)).T
+    w_dec[planted_ids["fear_a"]], w_dec[planted_ids["fear_b"]] = design.u["fear_a"], design.u["fear_b"]
     if with_ones:
         # Trained on the centred residual stream, the encoder has picked up an arbitrary component
         # along the all-ones direction (which it never saw). Without centering, that component reads
@@ -413,18 +532,45 @@ def _design_res_sae(
         beta = rng.uniform(-0.75, 0.75, d_sae)
         beta[planted_ids["happy"]] = -0.8
         w_enc += design.ones[:, None] * beta[None, :]
-    n_noise = design.noise_basis.shape[1]
-    b_dec = 0.3 * design.noise_basis @ rng.standard_normal(n_noise) / np.sqrt(n_noise)
+    b_dec = 0.3 * design.noise_basis @ rng.standard_normal(design.n_drawn)[:n_noise] / np.sqrt(n_noise)
     # apply_b_dec_to_input: the encoder sees x - b_dec; shift b_enc so the planted cut-offs hold exactly.
     b_enc = b_enc + b_dec @ w_enc
     weights = {"W_enc": w_enc, "b_enc": b_enc, "W_dec": w_dec, "b_dec": b_dec}
+    tokens = _planted_tokens(vocab)
     planted = PlantedFeatures(
-        happy=planted_ids["happy"], angry=planted_ids["angry"], position=planted_ids["position"],
-        bang=planted_ids["bang"], bos=planted_ids["bos"], always_on=always, detectors=detectors,
-        happy_tokens=_word_ids(vocab, HAPPY_WORDS), angry_tokens=_word_ids(vocab, ANGRY_WORDS),
-        bang_tokens=_bang_ids(vocab),
+        **{name: planted_ids[name] for name in ("happy", "angry", "position", "bang", "bos")},
+        always_on=always, detectors=detectors,
+        **{f"{name}_tokens": tokens[name] for name in ("happy", "angry", "bang")},
+        **{name: planted_ids[name] for name in ("fear_a", "fear_b", "topic", "opener", "sad")},
+        **{f"{name}_tokens": tokens[name] for name in ("fear_a", "fear_b", "topic", "opener", "sad")},
     )
     return {k: v.astype(np.float32) for k, v in weights.items()}, planted, -(b_enc - b_dec @ w_enc)
+
+
+def _add_detectors(
+    rng: np.random.Generator, design: _Design, w_enc: np.ndarray, b_enc: np.ndarray, special: set[int],
+    later: set[int],
+) -> dict[int, int]:
+    """Sparse background: every feature not in ``special`` or ``later`` detects one frequent token.
+
+    The ``later`` planted features draw (and drop) a detector's random numbers, as they did when they
+    were detectors, so that every other detector, and every id drawn afterwards, stays as it was.
+
+    Returns:
+        feature -> the token it detects.
+    """
+    detectors: dict[int, int] = {}
+    candidates = rng.permutation(np.arange(256, 6000))  # frequent tokens (GPT-2's early merges)
+    for j, f in enumerate(f for f in range(w_enc.shape[1]) if f not in special):
+        cut = rng.uniform(0.3, 0.7)
+        if f in later:
+            continue
+        token = int(candidates[j % len(candidates)])
+        detectors[f] = token
+        w_enc[:, f] = design.token_noise[token]
+        # Fires on the token and on tokens whose noise happens to point the same way (cosine > cut).
+        b_enc[f] = -cut
+    return detectors
 
 
 def standard_encode(sae: dict[str, np.ndarray], x: np.ndarray, apply_b_dec: bool = True) -> np.ndarray:
@@ -592,7 +738,7 @@ def _build(hf_home: Path, seed: int) -> Gpt2World:
     design = _design_model(rng, D_MODEL, N_LAYERS, N_HEADS, vocab, plant_hook_z=HOOK_Z_LAYER)
     model_dir = snapshot_dir(hf_home, MODEL_REPO)
     _write_model(model_dir, _hf_config(D_MODEL, N_LAYERS, N_HEADS), design.weights, tokenizer_bytes, tok_files)
-    corpus = calibration_corpus(vocab, rng)
+    corpus = calibration_corpus(vocab, rng, later_rng=np.random.default_rng([seed, 1]))
     resid, z = gpt2_forward(design.weights, N_HEADS, corpus, SAE_LAYER, z_layer=HOOK_Z_LAYER)
     centred = resid - resid.mean(-1, keepdims=True)  # what TransformerLens' center_writing_weights gives
     text = centred[:, 1:].reshape(-1, D_MODEL)
@@ -648,6 +794,7 @@ def _build(hf_home: Path, seed: int) -> Gpt2World:
         "version": WORLD_VERSION, "seed": seed, "planted": planted.to_dict(),
         "jumprelu_planted": jr_planted.to_dict(), "distil_planted": ds_planted.to_dict(),
         "hook_z_happy": hook_z_happy, "position_index": POSITION,
+        "carry": {"layer": CARRY_LAYER, "heads": list(range(len(SAD_CARRY))), "sad_activations": list(SAD_CARRY)},
     }
     info_path.write_text(json.dumps(info), encoding="utf-8")
     corpus_path = hf_home / "calibration_corpus.npy"

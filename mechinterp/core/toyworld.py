@@ -15,18 +15,34 @@ its answers are known because we put them there:
   not call any of them a concept): two **position** features that fire on whatever token sits at one
   absolute position, a **length** feature whose activation rises with the token's position (so a
   prompt's max grows with its length), an exclamation-mark (**punctuation**) feature and a
-  **stray-word** feature on " really".
+  **stray-word** feature on " really",
+* four structures that real SAEs and real prompt sets have:
+
+  - a **split concept**: calm is carried by two features, ``calm_a`` on calm/relaxed/peaceful/serene
+    and ``calm_b`` on content/mellow/tranquil/soothed, each silent on the other half's words, their
+    directions at cosine :data:`SPLIT_COSINE` (as split or absorbed features of real SAEs are);
+  - a **topic** feature on holiday nouns (beach, hotel, sea, ...), which the happy prompts mention
+    far more often than the others;
+  - a **template word**: a feature on the sentence-initial token 'Today' (not on ' today'), which
+    opens most angry prompts;
+  - **carry-over**: the happy feature also fires on the 1-3 tokens after a happy word, weaker at each
+    step (about 2.0, 1.2, 0.5 after the 3.0 on the word), as real features keep firing after their
+    word. Three heads of block 0 move the happy direction forward (see :func:`carry_heads`).
 
 The demo's prompt sets are written line by line from shared sentence frames (line i of every group
-uses the same subject, verb and object), and carry the confounds of hand-written prompt sets: happy
-prompts are longer (" really" before the feeling word in 60% of them, a trailing ", as always" in
-half), angry prompts end in "!" 70% of the time, and ``control`` is a null group drawn exactly like
-the baseline. ``--paired`` can pair them line by line.
+uses the same subject, verb, object and time), and carry the confounds of hand-written prompt sets:
+happy prompts are longer (" really" before the feeling word in 60% of them, a trailing ", as always"
+in 65%) and name a holiday place in 70% (5% elsewhere), angry prompts end in "!" 70% of the time and
+open with "Today" in 60% ("Today the teacher walked ..."), calm prompts use a word of either half of
+the split in exactly half of the lines, and ``control`` is a null group drawn exactly like the
+baseline. ``--paired`` can pair them line by line.
 
 The residual stream at the hook is, by construction, the token embedding plus a small positional term
-plus small contributions of the (randomly initialised, down-scaled) transformer blocks. All planted
-directions are orthogonal to each other, to the token "noise" subspace and to the all-ones vector, so
-TransformerLens' weight processing (centering) leaves them untouched.
+(with the carry heads' positional code) plus small contributions of the (randomly initialised,
+down-scaled) transformer blocks, which write nothing along the directions the planted features read,
+plus the carried happy direction. All planted directions are orthogonal to each other (but the two
+calm halves), to the token "noise" subspace and to the all-ones vector, so TransformerLens' weight
+processing (centering) leaves them untouched.
 
 The same world serves two purposes:
 
@@ -59,7 +75,7 @@ N_CTX = 128
 D_SAE = 512
 BOS_TOKEN = "<|endoftext|>"
 # Bump when the world's construction changes, so cached demo builds are rebuilt.
-WORLD_VERSION = "3"
+WORLD_VERSION = "4"
 
 CONCEPT_WORDS: dict[str, tuple[str, ...]] = {
     "happy": ("delighted", "cheerful", "glad", "thrilled", "grateful", "joyful", "elated", "overjoyed"),
@@ -92,9 +108,32 @@ CLAUSE = ", as always"
 GROUP_STYLE: dict[str, tuple[float, float, float]] = {
     "happy": (0.6, 0.65, 0.0),
     "angry": (0.05, 0.0, 0.7),
+    "calm": (0.05, 0.0, 0.0),
     "baseline": (0.05, 0.0, 0.0),
     "control": (0.05, 0.0, 0.0),
 }
+# The demo's "calm" group says one concept in words that two features share out between them, as real
+# SAEs split (or absorb) a concept: calm_a fires on the first four words only, calm_b on the others.
+CALM_WORDS_A = ("calm", "relaxed", "peaceful", "serene")
+CALM_WORDS_B = ("content", "mellow", "tranquil", "soothed")
+# Cosine between the two calm directions (and the two features' decoder rows): split features of real
+# SAEs point in similar directions, yet each fires on its own words only.
+SPLIT_COSINE = 0.5
+# A topic: holiday nouns, as the object of the sentence. Happy prompts mention one in TOPIC_SHARE of
+# their lines, every other group in BASE_TOPIC_SHARE, so a topic feature differs with the happy group
+# without meaning happy.
+TOPIC_WORDS = ("beach", "hotel", "sea", "island", "resort", "holiday")
+TOPIC_OBJECTS = ("the beach", "the hotel", "the sea", "the island", "the resort", "the holiday camp")
+TOPIC_SHARE = {"happy": 0.7}
+BASE_TOPIC_SHARE = 0.05
+# A template word: OPENER_SHARE of the angry prompts open with "Today" ("Today the teacher walked ...");
+# its feature fires on the sentence-initial token 'Today' only (not on ' today').
+OPENER = "Today"
+OPENER_SHARE = {"angry": 0.6}
+# Carry-over: the happy feature also fires on the 1st, 2nd and 3rd token after a happy word, at about
+# these activations (3.0 on the word itself), as real features keep firing, weaker, after their word.
+CARRY_CONCEPT = "happy"
+CARRY_ACTIVATIONS = (2.0, 1.2, 0.5)
 # Text positions (0 = first token after BOS) of the planted position features: 11 is reached by a
 # quarter of the baseline's prompts and most of the longer happy ones, 13 by almost no baseline prompt.
 POSITION_FEATURES = (11, 13)
@@ -126,6 +165,10 @@ class PlantedFeatures:
         length: a feature whose activation rises with position, so a prompt's max grows with its length.
         punctuation: token -> a feature firing on it ("!").
         stray: token -> a feature firing on it (" really").
+        calm_a, calm_b: the split calm concept, each on its half of the words (CALM_WORDS_A, CALM_WORDS_B).
+        topic: fires on the holiday nouns (TOPIC_WORDS).
+        opener: fires on the sentence-initial token 'Today' only.
+        carry: the concept whose feature also fires on the next few tokens after its word.
     """
 
     concept: dict[str, int]
@@ -135,19 +178,36 @@ class PlantedFeatures:
     length: int = -1
     punctuation: dict[str, int] = field(default_factory=dict)
     stray: dict[str, int] = field(default_factory=dict)
+    calm_a: int = -1
+    calm_b: int = -1
+    topic: int = -1
+    opener: int = -1
+    carry: str = CARRY_CONCEPT
+
+    @property
+    def split(self) -> dict[str, tuple[int, int]]:
+        """Each split concept and the features that share it out: ``{"calm": (calm_a, calm_b)}``."""
+        return {"calm": (self.calm_a, self.calm_b)}
 
     @property
     def confounds(self) -> dict[str, int]:
-        """Every planted confound feature by a readable name, e.g. ``"position 13"``, ``"'!'"``."""
+        """Every planted confound feature by a readable name, e.g. ``"position 13"``, ``"'!'"``, ``"topic"``.
+
+        The topic feature and the opener are confounds of the contrasts they sit in: holiday nouns come
+        with the happy prompts, 'Today' with the angry ones, and neither means the group's concept.
+        """
         out = {f"position {p}": f for p, f in self.position.items()}
         out["length"] = self.length
         out.update({repr(t): f for t, f in {**self.punctuation, **self.stray}.items()})
+        out["topic"] = self.topic
+        out[repr(OPENER)] = self.opener
         return out
 
     def to_dict(self) -> dict[str, object]:
         return {"concept": self.concept, "always_on": list(self.always_on), "bos": self.bos,
                 "position": self.position, "length": self.length, "punctuation": self.punctuation,
-                "stray": self.stray}
+                "stray": self.stray, "calm_a": self.calm_a, "calm_b": self.calm_b, "topic": self.topic,
+                "opener": self.opener, "carry": self.carry}
 
 
 @dataclass(frozen=True)
@@ -172,6 +232,11 @@ def planted_features(seed: int = SEED) -> PlantedFeatures:
         length=int(perm[8]),
         punctuation={"!": int(perm[9])},
         stray={" " + STRAY_WORD: int(perm[10])},
+        # Drawn after the first eleven, so that every feature planted before them keeps its id.
+        calm_a=int(perm[11]),
+        calm_b=int(perm[12]),
+        topic=int(perm[13]),
+        opener=int(perm[14]),
     )
 
 
@@ -183,35 +248,58 @@ def make_sentence(rng: random.Random, slot_word: str) -> str:
 
 
 def demo_prompt_sets(n_per_group: int = 48, seed: int = SEED) -> dict[str, list[str]]:
-    """Prompt groups for the demo: two planted concepts, the baseline, and a null 'control' group.
+    """Prompt groups for the demo: three concepts (calm split over two features), the baseline, and a
+    null 'control' group.
 
     Line i of every group shares one sentence frame (subject, verb, object, time), so the sets are
-    paired line by line; only the slot word and the group's incidental extras (:data:`GROUP_STYLE`)
-    differ. ``control`` is drawn exactly like ``baseline`` (another neutral word on each line); a
-    correct analysis finds (almost) nothing there, which is how the demo shows false-discovery control
-    working. No sentence appears twice, within or across groups.
+    paired line by line; only the slot word and the group's incidental extras differ: a stray word, a
+    trailing clause and "!" (:data:`GROUP_STYLE`), a holiday noun as the object (:data:`TOPIC_SHARE`)
+    and the opener "Today" (:data:`OPENER_SHARE`). Half the calm lines use a word of
+    :data:`CALM_WORDS_A`, half one of :data:`CALM_WORDS_B`. ``control`` is drawn exactly like
+    ``baseline`` (another neutral word on each line); a correct analysis finds (almost) nothing there,
+    which is how the demo shows false-discovery control working. No sentence appears twice, within or
+    across groups.
     """
     rng = random.Random(seed)
-    frames: list[str] = []
+    frames: list[tuple[str, str, str, str]] = []
     while len(frames) < n_per_group:
-        middle = f"{rng.choice(OBJECTS)} {rng.choice(TAILS)}".strip()
-        frame = f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {middle}"
+        frame = (rng.choice(SUBJECTS), rng.choice(VERBS), rng.choice(OBJECTS), rng.choice(TAILS))
         if frame not in frames:
             frames.append(frame)
+    calm_sides = [i % 2 for i in range(n_per_group)]  # exactly half from each side of the split
+    rng.shuffle(calm_sides)
     groups: dict[str, list[str]] = {group: [] for group in GROUP_STYLE}
-    for frame in frames:
+    seen: set[str] = set()
+    for frame, side in zip(frames, calm_sides):
         neutral, other = rng.sample(NEUTRAL_WORDS, 2)  # baseline and control never share a line
         words = {"happy": rng.choice(CONCEPT_WORDS["happy"]), "angry": rng.choice(CONCEPT_WORDS["angry"]),
-                 "baseline": neutral, "control": other}
-        for group, (stray, clause, bang) in GROUP_STYLE.items():
-            word = (f"{STRAY_WORD} " if rng.random() < stray else "") + words[group]
-            end = (CLAUSE if rng.random() < clause else "") + ("!" if rng.random() < bang else ".")
-            groups[group].append(f"{frame} and was {word}{end}")
+                 "calm": rng.choice((CALM_WORDS_A, CALM_WORDS_B)[side]), "baseline": neutral, "control": other}
+        for group in GROUP_STYLE:
+            line = _demo_line(rng, frame, group, words[group])
+            while line in seen:  # a holiday object can make two frames alike: draw the extras again
+                line = _demo_line(rng, frame, group, words[group])
+            seen.add(line)
+            groups[group].append(line)
     return groups
 
 
+def _demo_line(rng: random.Random, frame: tuple[str, str, str, str], group: str, word: str) -> str:
+    """One prompt of ``group``: the frame with ``word`` in the feeling slot and the group's extras."""
+    subject, verb, obj, tail = frame
+    stray, clause, bang = GROUP_STYLE[group]
+    if rng.random() < TOPIC_SHARE.get(group, BASE_TOPIC_SHARE):
+        obj = rng.choice(TOPIC_OBJECTS)
+    if rng.random() < OPENER_SHARE.get(group, 0.0):
+        subject = f"{OPENER} {subject[0].lower()}{subject[1:]}"
+    word = (f"{STRAY_WORD} " if rng.random() < stray else "") + word
+    end = (CLAUSE if rng.random() < clause else "") + ("!" if rng.random() < bang else ".")
+    middle = f"{obj} {tail}".strip()
+    return f"{subject} {verb} {middle} and was {word}{end}"
+
+
 def demo_corpus(n_sentences: int, seed: int = SEED) -> list[str]:
-    """Text from the demo vocabulary (every group mixed), e.g. to train an SAE on the demo model."""
+    """Text from the demo vocabulary (happy, angry and neutral words mixed), e.g. to train an SAE on the
+    demo model."""
     rng = random.Random(seed)
     all_words = [w for words in CONCEPT_WORDS.values() for w in words] + list(NEUTRAL_WORDS)
     return [make_sentence(rng, rng.choice(all_words)) for _ in range(n_sentences)]
@@ -226,10 +314,12 @@ def _train_tokenizer(seed: int):
     words = (
         [w for ws in CONCEPT_WORDS.values() for w in ws]
         + [w for ws in PLANTED_OUTPUTS.values() for w in ws]
-        + list(NEUTRAL_WORDS)
-        + [STRAY_WORD, "always"]
+        + list(CALM_WORDS_A + CALM_WORDS_B + TOPIC_WORDS + NEUTRAL_WORDS)
+        + [STRAY_WORD, "always", "today"]
     )
     corpus = [make_sentence(rng, rng.choice(words)) for _ in range(3000)]
+    # The demo's own prompts teach it the holiday objects and the sentence-initial 'Today'.
+    corpus += [line for lines in demo_prompt_sets(seed=seed).values() for line in lines] * 5
     corpus += [" ".join(words)] * 50 + list(GENERIC_TEXT) * 20
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -245,10 +335,10 @@ def _train_tokenizer(seed: int):
     hf_tok = GPT2TokenizerFast(
         tokenizer_object=tok, bos_token=BOS_TOKEN, eos_token=BOS_TOKEN, unk_token=BOS_TOKEN
     )
-    for word in words:
-        ids = hf_tok.encode(" " + word)
+    for text in [" " + word for word in words] + [OPENER]:
+        ids = hf_tok.encode(text)
         if len(ids) != 1:
-            raise RuntimeError(f"toy tokenizer split {word!r} into {len(ids)} tokens")
+            raise RuntimeError(f"toy tokenizer split {text!r} into {len(ids)} tokens")
     return hf_tok
 
 
@@ -259,63 +349,181 @@ def _orthonormal_basis(rng: np.random.Generator, d: int) -> np.ndarray:
     return q[:, 1:]
 
 
+# --- carry-over: attention heads that copy a concept onto the next few tokens ------------------------
+#
+# A feature can only fire after its word if the model moves the word's direction forward, and a model
+# does that with attention. Head j (j = 1, 2, 3) of block CARRY_LAYER attends from every token to the
+# token j places back and copies the concept direction it finds there, scaled so that the feature fires
+# less at each step and not at all from the 4th token on. Which token is j back is read from a positional
+# code, r (cos w p, sin w p) for a few frequencies w, that every position past BOS carries in its
+# embedding: the query turns its own code back by w j, so q.k = r^2 K(q - j - k) with
+# K(D) = sum_w cos(w D), which is len(w) at D = 0 and at most K_max at every other offset the context
+# allows (the frequencies were searched for a small K_max). LayerNorm divides each token's code by the
+# token's norm, and a concept word's norm is twice an ordinary token's, so a raw peak would lose to an
+# ordinary neighbour. The score therefore also subtracts c0 > K_max, read from the always-on direction
+# (norm 1 in every token, divided by LayerNorm exactly as the code is): every wrong key scores below 0
+# whatever its norm, the right one above 0, and BOS, a sink with a small positive score, takes the
+# attention where no token sits j places back.
+
+CARRY_LAYER = 0
+# The demo's context is 128 tokens: four frequencies keep K <= 2.41 of 4 at offsets 1..131.
+DEMO_CARRY_FREQS = (2.3718, 1.495, 1.0093, 1.3192)
+CARRY_CODE_NORM = 0.5  # norm of the positional code in each embedding row (an ordinary token's is ~1.4)
+# Every token's LayerNorm scale sqrt(d_model) / norm is above this (a concept word late in a long prompt).
+CARRY_MIN_SCALE = 1.5
+CARRY_MARGIN = 20.0  # the smallest gap, in attention logits, between the right key and any other
+
+
+def position_code(n_ctx: int, freqs: tuple[float, ...]) -> np.ndarray:
+    """The carry heads' positional code ``[n_ctx, 2 * len(freqs)]`` (cosines, then sines); none at BOS."""
+    w = np.asarray(freqs)
+    pos = np.arange(n_ctx)[:, None]
+    code = CARRY_CODE_NORM / np.sqrt(len(w)) * np.concatenate([np.cos(pos * w), np.sin(pos * w)], axis=1)
+    code[0] = 0.0
+    return code
+
+
+def carry_heads(
+    code_basis: np.ndarray, u: dict[str, np.ndarray], carried: tuple[float, ...], value_scale: float,
+    freqs: tuple[float, ...], n_ctx: int, d_head: int,
+) -> list[dict[str, np.ndarray]]:
+    """Query, key, value and output maps of the carry heads, one per offset 1..len(carried).
+
+    Args:
+        code_basis: ``[d, 2F]`` the residual directions that hold :func:`position_code`.
+        u: unit directions ``always`` (norm 1 in every text token), ``bos`` and ``concept`` (the one carried).
+        carried: amount of the concept direction to write 1, 2, ... tokens after the word.
+        value_scale: the concept coordinate of a concept word after LayerNorm (its gain x its scale).
+
+    Returns:
+        Per head ``q``, ``k``, ``v`` ``[d, d_head]`` acting on the normalised residual ``(x - mean) / std``
+        (before LayerNorm's weight and bias: see :func:`install_heads`) and ``o`` ``[d_head, d]``.
+    """
+    d, n_freq = code_basis.shape[0], len(freqs)
+    w = np.asarray(freqs)
+    r2 = CARRY_CODE_NORM**2 / n_freq
+    k_max = np.cos(np.outer(np.arange(1, n_ctx + len(carried)), w)).sum(1).max()
+    c0 = k_max + 0.3 * (n_freq - k_max)
+    sink = 0.25 * (n_freq - c0)
+    # Gaps (in units of the key's scale x K) between the right key, the sink and every other key.
+    gap = min(sink + CARRY_MIN_SCALE * (c0 - k_max), (CARRY_MIN_SCALE - 0.25) * (n_freq - c0))
+    sharp = CARRY_MARGIN * np.sqrt(d_head) / (r2 * CARRY_MIN_SCALE * gap)
+    heads = []
+    for j, amount in enumerate(carried, start=1):
+        turn = np.zeros((2 * n_freq, 2 * n_freq))
+        for f, (c, s) in enumerate(zip(np.cos(w * j), np.sin(w * j))):
+            turn[[f, f, n_freq + f, n_freq + f], [f, n_freq + f, f, n_freq + f]] = c, -s, s, c
+        q, k, v, o = np.zeros((d, d_head)), np.zeros((d, d_head)), np.zeros((d, d_head)), np.zeros((d_head, d))
+        q[:, : 2 * n_freq] = sharp * code_basis @ turn
+        k[:, : 2 * n_freq] = code_basis
+        q[:, 2 * n_freq] = -sharp * c0 * r2 * u["always"]
+        k[:, 2 * n_freq] = u["always"]
+        # BOS's normalised residual is ~sqrt(d) along u_bos: its key scores `sink` (in the same units).
+        q[:, 2 * n_freq + 1] = sharp * r2 * u["always"]
+        k[:, 2 * n_freq + 1] = sink / np.sqrt(d) * u["bos"]
+        v[:, 0] = u["concept"]
+        o[0] = amount / value_scale * u["concept"]
+        heads.append({"q": q, "k": k, "v": v, "o": o})
+    return heads
+
+
+def install_heads(block: dict[str, np.ndarray], prefix: str, heads: list[dict[str, np.ndarray]], d_head: int) -> None:
+    """Write ``heads`` into heads 0, 1, ... of a GPT-2 block's checkpoint arrays (Hugging Face keys, Conv1D
+    layout), through the block's own ``ln_1``: the maps act on ``(x - mean) / std`` whatever its weight and
+    bias, which TransformerLens' ``fold_ln`` then folds back exactly."""
+    c_attn, bias = block[prefix + "attn.c_attn.weight"], block[prefix + "attn.c_attn.bias"]
+    ln_w, ln_b = block[prefix + "ln_1.weight"], block[prefix + "ln_1.bias"]
+    d = c_attn.shape[0]
+    for h, head in enumerate(heads):
+        for part, name in enumerate("qkv"):
+            cols = slice(part * d + h * d_head, part * d + (h + 1) * d_head)
+            c_attn[:, cols] = head[name] / ln_w[:, None]
+            bias[cols] = -ln_b @ c_attn[:, cols]
+        block[prefix + "attn.c_proj.weight"][h * d_head:(h + 1) * d_head] = head["o"]
+
+
+def _directions(rng: np.random.Generator, d: int) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """The planted unit directions by name, the token-noise basis, and the carry heads' code basis.
+
+    The structures added later (split calm, topic, opener, positional code) take the basis' last
+    columns, so the first planted directions sit where they always did.
+    """
+    basis = _orthonormal_basis(rng, d)
+    names = ("bos", "always", "happy", "angry", "bang", "stray", "length", *(f"position {p}" for p in POSITION_FEATURES))
+    u = {name: basis[:, i] for i, name in enumerate(names)}
+    n_late = 5 + 2 * len(DEMO_CARRY_FREQS)
+    late = basis[:, basis.shape[1] - n_late:]
+    # calm_a and calm_b share a component: cos(calm_a, calm_b) = SPLIT_COSINE.
+    shared, own = np.sqrt(SPLIT_COSINE), np.sqrt(1 - SPLIT_COSINE)
+    u["calm_a"], u["calm_b"] = shared * late[:, 0] + own * late[:, 1], shared * late[:, 0] + own * late[:, 2]
+    u["topic"], u["opener"] = late[:, 3], late[:, 4]
+    noise_basis = basis[:, len(names): basis.shape[1] - n_late]  # everything token-specific, away from planted directions
+    return u, noise_basis, late[:, 5:]
+
+
+def _embeddings(vocab: dict[str, int], bos_id: int, u: dict[str, np.ndarray], noise, code_basis: np.ndarray):
+    """Token and position embeddings (``[vocab, d]``, ``[n_ctx, d]``) with the planted directions."""
+    w_e = noise(len(vocab), 1.0) + 1.0 * u["always"]
+    word_sets = {**CONCEPT_WORDS, "calm_a": CALM_WORDS_A, "calm_b": CALM_WORDS_B}
+    for name, words in word_sets.items():
+        for word in words:
+            w_e[vocab["Ġ" + word]] += 3.0 * u[name]
+    for word in TOPIC_WORDS:
+        w_e[vocab["Ġ" + word]] += 2.5 * u["topic"]
+    w_e[vocab[OPENER]] += 2.5 * u["opener"]  # the sentence-initial token, without a leading space
+    w_e[vocab["!"]] += 2.5 * u["bang"]
+    w_e[vocab["Ġ" + STRAY_WORD]] += 2.5 * u["stray"]
+    w_e[bos_id] = 12.0 * u["bos"]
+    w_pos = noise(N_CTX, 0.2) + position_code(N_CTX, DEMO_CARRY_FREQS) @ code_basis.T
+    # Position q of the sequence is text position q - 1 (BOS sits at 0 and gets no confound).
+    text_pos = np.arange(N_CTX) - 1
+    for p in POSITION_FEATURES:
+        w_pos[p + 1] += 2.2 * u[f"position {p}"]
+    # 1.0 above the length feature's threshold at LENGTH_START - 0.5, rising by LENGTH_SLOPE a token:
+    # silent (-0.15) one token before LENGTH_START, 0.15 at it, then up to LENGTH_CAP.
+    ramp = np.clip(1.0 + LENGTH_SLOPE * (text_pos - LENGTH_START + 0.5), 0.0, 1.0 + LENGTH_CAP)
+    w_pos[1:] += ramp[1:, None] * u["length"]
+    return w_e, w_pos
+
+
+def _demo_carry_heads(vocab: dict[str, int], u: dict[str, np.ndarray], w_e, w_pos, code_basis) -> list[dict]:
+    """The carry heads for the happy concept, scaled on a happy word at LENGTH_START (a typical place)."""
+    x = w_e[[vocab["Ġ" + w] for w in CONCEPT_WORDS[CARRY_CONCEPT]]] + w_pos[LENGTH_START + 1]
+    x = x - x.mean(-1, keepdims=True)
+    value_scale = 3.0 * float(np.mean(np.sqrt(D_MODEL) / np.linalg.norm(x, axis=-1)))
+    # The feature reads 1.5 x the concept coordinate - 1.5: this much of the direction gives each activation.
+    carried = tuple((a + 1.5) / 1.5 for a in CARRY_ACTIVATIONS)
+    dirs = {"always": u["always"], "bos": u["bos"], "concept": u[CARRY_CONCEPT]}
+    return carry_heads(code_basis, dirs, carried, value_scale, DEMO_CARRY_FREQS, N_CTX, D_MODEL // N_HEADS)
+
+
 def _build_weights(vocab: dict[str, int], bos_id: int, seed: int) -> tuple[dict, dict, np.ndarray]:
-    """Design the embedding, unembedding and SAE weights of the toy world."""
+    """Design the embedding, unembedding, carry heads and SAE weights of the toy world."""
     rng = np.random.default_rng(seed)
     d, n_vocab = D_MODEL, len(vocab)
-    basis = _orthonormal_basis(rng, d)
-    u_bos, u_always = basis[:, 0], basis[:, 1]
-    u_concept = {"happy": basis[:, 2], "angry": basis[:, 3]}
-    # The confounds' directions: one per token-bound feature, per position feature, and for length.
-    u_bang, u_stray, u_length = basis[:, 4], basis[:, 5], basis[:, 6]
-    u_position = {p: basis[:, 7 + i] for i, p in enumerate(POSITION_FEATURES)}
-    noise_basis = basis[:, 7 + len(POSITION_FEATURES):]  # everything token-specific, away from planted directions
+    u, noise_basis, code_basis = _directions(rng, d)
 
     def noise(n: int, norm: float) -> np.ndarray:
         g = rng.standard_normal((n, noise_basis.shape[1]))
         g *= norm / np.linalg.norm(g, axis=1, keepdims=True)
         return g @ noise_basis.T
 
-    w_e = noise(n_vocab, 1.0) + 1.0 * u_always
-    for concept, words in CONCEPT_WORDS.items():
-        for word in words:
-            w_e[vocab["Ġ" + word]] += 3.0 * u_concept[concept]
-    w_e[vocab["!"]] += 2.5 * u_bang
-    w_e[vocab["Ġ" + STRAY_WORD]] += 2.5 * u_stray
-    w_e[bos_id] = 12.0 * u_bos
-    w_pos = noise(N_CTX, 0.2)
-    # Position q of the sequence is text position q - 1 (BOS sits at 0 and gets no confound).
-    text_pos = np.arange(N_CTX) - 1
-    for p, u in u_position.items():
-        w_pos[p + 1] += 2.2 * u
-    # 1.0 above the length feature's threshold at LENGTH_START - 0.5, rising by LENGTH_SLOPE a token:
-    # silent (-0.15) one token before LENGTH_START, 0.15 at it, then up to LENGTH_CAP.
-    ramp = np.clip(1.0 + LENGTH_SLOPE * (text_pos - LENGTH_START + 0.5), 0.0, 1.0 + LENGTH_CAP)
-    w_pos[1:] += ramp[1:, None] * u_length
+    w_e, w_pos = _embeddings(vocab, bos_id, u, noise, code_basis)
     w_u = noise(n_vocab, 1.0)
     for concept, words in PLANTED_OUTPUTS.items():
         for word in words:
-            w_u[vocab["Ġ" + word]] += 4.0 * u_concept[concept]
+            w_u[vocab["Ġ" + word]] += 4.0 * u[concept]
 
     planted = planted_features(seed)
     w_enc = np.zeros((d, D_SAE))
     b_enc = np.zeros(D_SAE)
-    w_enc[:, planted.bos], b_enc[planted.bos] = u_bos, -1.0
+    w_enc[:, planted.bos], b_enc[planted.bos] = u["bos"], -1.0
     for i, f in enumerate(planted.always_on):
-        direction = u_always + 0.3 * noise(1, 1.0)[0]
+        direction = u["always"] + 0.3 * noise(1, 1.0)[0]
         w_enc[:, f], b_enc[f] = (0.8 + 0.2 * i) * direction, -0.2
-    for concept, f in planted.concept.items():
-        # Activation 1.5 * 3.0 - 1.5 = 3.0 on a concept word, exactly the planted magnitude, so the
-        # decoder reconstructs the whole concept direction and ablating the feature removes all of it.
-        w_enc[:, f], b_enc[f] = 1.5 * u_concept[concept], -1.5
-    # The confounds: 2.5 - 0.5 = 2.0 on "!", 2.5 - 1.0 = 1.5 on " really", 2.2 - 1.0 = 1.2 at a position,
-    # and the length ramp; all below the concept features' 3.0, so they never top Chapter 1's table.
-    w_enc[:, planted.punctuation["!"]], b_enc[planted.punctuation["!"]] = u_bang, -0.5
-    w_enc[:, planted.stray[" " + STRAY_WORD]], b_enc[planted.stray[" " + STRAY_WORD]] = u_stray, -1.0
-    for p, f in planted.position.items():
-        w_enc[:, f], b_enc[f] = u_position[p], -1.0
-    w_enc[:, planted.length], b_enc[planted.length] = u_length, -1.0
-    special = {planted.bos, *planted.always_on, *planted.concept.values(), *planted.confounds.values()}
+    _plant_encoders(planted, u, w_enc, b_enc)
+    special = {planted.bos, *planted.always_on, *planted.concept.values(), *planted.confounds.values(),
+               planted.calm_a, planted.calm_b}
     candidates = [i for i in range(n_vocab) if i != bos_id]
     for f in range(D_SAE):
         if f in special:
@@ -327,9 +535,36 @@ def _build_weights(vocab: dict[str, int], bos_id: int, seed: int) -> tuple[dict,
         w_enc[:, f] = token_noise / norm
         b_enc[f] = -rng.uniform(0.25, 0.7) * norm
     w_dec = (w_enc / np.linalg.norm(w_enc, axis=0, keepdims=True)).T
-    embed = {"wte": w_e, "wpe": w_pos, "lm_head": w_u}
+    # A split feature's encoder ignores the other half's direction, its decoder writes its own.
+    w_dec[planted.calm_a], w_dec[planted.calm_b] = u["calm_a"], u["calm_b"]
+    # The directions the planted features read: the blocks must not write into them (see _save_hf_model).
+    read = np.stack([u[name] for name in u if name not in ("bos", "always")])
+    embed = {"wte": w_e, "wpe": w_pos, "lm_head": w_u, "read": np.linalg.qr(read.T)[0].T,
+             "carry_heads": _demo_carry_heads(vocab, u, w_e, w_pos, code_basis)}
     sae = {"W_enc": w_enc, "b_enc": b_enc, "W_dec": w_dec, "b_dec": np.zeros(d)}
     return embed, sae, w_dec
+
+
+def _plant_encoders(planted: PlantedFeatures, u: dict[str, np.ndarray], w_enc: np.ndarray, b_enc: np.ndarray) -> None:
+    """Encoder columns and biases of the concept, split, topic, opener and confound features."""
+    for concept, f in planted.concept.items():
+        # Activation 1.5 * 3.0 - 1.5 = 3.0 on a concept word, exactly the planted magnitude, so the
+        # decoder reconstructs the whole concept direction and ablating the feature removes all of it.
+        w_enc[:, f], b_enc[f] = 1.5 * u[concept], -1.5
+    for f, mine, other in ((planted.calm_a, "calm_a", "calm_b"), (planted.calm_b, "calm_b", "calm_a")):
+        # Read only what is not shared with the other half: 3.0 on its own words, silent on the other's.
+        own = u[mine] - (u[mine] @ u[other]) * u[other]
+        w_enc[:, f], b_enc[f] = 1.5 * own / (own @ u[mine]), -1.5
+    # The topic and opener: 2.5 - 0.3 = 2.2 on a holiday noun and 2.5 - 0.5 = 2.0 on 'Today'. The
+    # confounds: 2.5 - 0.5 = 2.0 on "!", 2.5 - 1.0 = 1.5 on " really", 2.2 - 1.0 = 1.2 at a position,
+    # and the length ramp; all below the concept features' 3.0, so they never top Chapter 1's table.
+    w_enc[:, planted.topic], b_enc[planted.topic] = u["topic"], -0.3
+    w_enc[:, planted.opener], b_enc[planted.opener] = u["opener"], -0.5
+    w_enc[:, planted.punctuation["!"]], b_enc[planted.punctuation["!"]] = u["bang"], -0.5
+    w_enc[:, planted.stray[" " + STRAY_WORD]], b_enc[planted.stray[" " + STRAY_WORD]] = u["stray"], -1.0
+    for p, f in planted.position.items():
+        w_enc[:, f], b_enc[f] = u[f"position {p}"], -1.0
+    w_enc[:, planted.length], b_enc[planted.length] = u["length"], -1.0
 
 
 def _save_hf_model(model_dir: Path, hf_tok, embed: dict, seed: int) -> None:
@@ -353,10 +588,21 @@ def _save_hf_model(model_dir: Path, hf_tok, embed: dict, seed: int) -> None:
         model.transformer.wpe.weight.copy_(torch.tensor(embed["wpe"]))
         model.lm_head.weight.copy_(torch.tensor(embed["lm_head"]))
         # The blocks are real but quiet: random weights, with the writes into the residual stream
-        # down-scaled so that the planted structure survives to the hook (and on to the logits).
+        # down-scaled so that the planted structure survives to the hook (and on to the logits). They
+        # write nothing along the directions the planted features read: a block reading the carried
+        # happy direction on the '.' after a happy word would otherwise nudge the length feature there
+        # (by 0.002), and within prompts of equal length it would no longer depend on length alone.
+        keep = torch.eye(D_MODEL) - torch.tensor(embed["read"].T @ embed["read"], dtype=torch.float32)
         for block in model.transformer.h:
-            block.attn.c_proj.weight.mul_(0.1)
-            block.mlp.c_proj.weight.mul_(0.1)
+            for layer in (block.attn.c_proj, block.mlp.c_proj):
+                layer.weight.copy_(0.1 * layer.weight @ keep)
+                layer.bias.copy_(layer.bias @ keep)
+        # Except the carry heads, which copy the happy direction onto the next few tokens.
+        block = model.transformer.h[CARRY_LAYER]
+        params = {k: v.detach().double().numpy().copy() for k, v in block.state_dict().items()}
+        install_heads(params, "", embed["carry_heads"], D_MODEL // N_HEADS)
+        for key in ("attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight"):
+            block.get_parameter(key).copy_(torch.tensor(params[key]))
     model.save_pretrained(model_dir, safe_serialization=True)
     hf_tok.save_pretrained(model_dir)
     # The real gpt2 config.json carries the legacy key n_ctx, which TransformerLens reads.
@@ -377,7 +623,9 @@ def _firing_log10_density(model_dir: Path, sae_dir: Path, seed: int):
     fired = torch.zeros(D_SAE)
     n_tokens = 0
     with torch.inference_mode():
-        for text in demo_corpus(200, seed + 1):
+        # The demo's own kind of prompts too: demo_corpus has no calm, holiday or 'Today' sentences.
+        extra = [line for lines in demo_prompt_sets(seed=seed + 1).values() for line in lines]
+        for text in demo_corpus(200, seed + 1) + extra:
             ids = torch.tensor([[tok.bos_token_id, *tok.encode(text)]])
             hidden = model(ids, output_hidden_states=True).hidden_states[DEMO_LAYER][0, 1:]
             # The SAE's encoder is orthogonal to the all-ones vector, so HF's un-centred residual
