@@ -389,11 +389,12 @@ def group_lines(result: MeaningResult, finding: GroupFinding, options: MeaningOp
         judged = (plural(n, "significant, replicated feature") if holdout
                   else plural(n, "significant feature") + " (no held-out split, so none re-tested)")
         concepts = counts.get("concept", 0) + counts.get(CONCEPT_SPLIT, 0)
+        # A family's members share one sentence, printed with the families below.
+        shown = [v for k, v in examples.items() if k != CONCEPT_SPLIT]
         lines.append(_wrapped(f"Verdicts of the {judged}: " + ", ".join(f"{n} {k}" for k, n in counts.items())
                               + ("" if concepts else " (none passed as a concept)")
-                              + "; why, one example of each:"))
-        lines += [_tokens_wrapped(f"  #{v.feature} {v.verdict}: {v.evidence}", "    ")
-                  for k, v in examples.items() if k != CONCEPT_SPLIT]
+                              + ("; why, one example of each:" if shown else "")))
+        lines += [_tokens_wrapped(f"  #{v.feature} {v.verdict}: {v.evidence}", "    ") for v in shown]
     lines += family_lines(finding) + word_set_lines(finding, options.paired)
     return lines + always_on_lines(finding, result.always_on, options.alpha)
 
