@@ -78,6 +78,8 @@ def test_a_split_concept_is_one_concept_split_family(runs):
         assert fear[f]["family"] == label
         assert "alone:" in fear[f]["evidence"]
     assert not [f for f, r in fear.items() if r["verdict"] == "concept"]  # neither half passes alone
+    # Groups whose concept is not split get no family.
+    assert not [r for r in runs["stats"] if r["group"] != "fear" and r["family"]]
     family = [r for r in runs["evidence"] if r["group"] == "fear" and r["feature"] == label]
     assert len(family) == 1 and family[0]["verdict"] == "concept (split)"
     assert float(family[0]["generalisation_auroc"]) >= 0.7
