@@ -139,17 +139,20 @@ def test_result_reads_in_a_notebook(world, loaded_toy):
     from mechinterp.investigate.text_features import top_features
 
     result = top_features(loaded_toy, ch1.DEFAULT_TEXT, 5)
-    happy, angry = world.planted.concept["happy"], world.planted.concept["angry"]
-    assert [r.feature for r in result.top(2)] == [happy, angry] and result.top(2) == result.rows[:2]
+    planted_word = {world.planted.concept["happy"]: " thrilled", world.planted.concept["angry"]: " furious"}
+    # Both planted features peak at 3.0; which comes first is decided in the third decimal.
+    assert {r.feature for r in result.top(2)} == set(planted_word) and result.top(2) == result.rows[:2]
     assert len(result.top(50)) == 5
     first, second, third = result.rows[:3]
+    assert first.max_activation >= second.max_activation
     assert repr(result) == (
         f"TextFeatures({len(result.tokens)} tokens, {result.n_fired} of {loaded_toy.sae.d_sae} features fire; top: "
-        f"#{happy} {first.max_activation:.2f} on ' thrilled', #{angry} {second.max_activation:.2f} on ' furious', "
+        f"#{first.feature} {first.max_activation:.2f} on {planted_word[first.feature]!r}, "
+        f"#{second.feature} {second.max_activation:.2f} on {planted_word[second.feature]!r}, "
         f"#{third.feature} {third.max_activation:.2f} on {third.peak_token!r} (+2 more))"
     )
     assert len(repr(result)) < 600 and result.n_fired > 5 and first.max_activation > 2.5
     density = f", density {100 * first.density:.3g}%" if first.density is not None else ""
-    assert repr(first) == (f"TopFeature(rank 1: #{happy} {first.max_activation:.2f} on ' thrilled' at position "
-                           f"{first.peak_position}{density})")
-    assert result.tokens[first.peak_position - result.n_skip] == " thrilled"
+    assert repr(first) == (f"TopFeature(rank 1: #{first.feature} {first.max_activation:.2f} on "
+                           f"{planted_word[first.feature]!r} at position {first.peak_position}{density})")
+    assert result.tokens[first.peak_position - result.n_skip] == planted_word[first.feature]

@@ -249,7 +249,13 @@ def test_verdicts_are_shown_and_recorded(world, demo_run):
     mi3 = read_rows(demo_run / "MI3.csv")
     assert {r["verdict"] for r in mi3 if int(r["feature"]) == world.planted.concept["angry"]} == {"concept"}
     record = json.loads((demo_run / "MechInterpFeatureMeaning_run.json").read_text())
-    assert record["verdicts"]["happy"]["concept"] == 1 and sum(record["verdicts"]["control"].values()) == 0
+    # In happy: the planted concept and, at most, the holiday topic that 70% of the happy prompts mention
+    # (a topic is not the concept; Chapter 2 may not tell them apart yet). Nothing else is a concept.
+    planted = world.planted
+    concepts = {int(r["feature"]) for r in read_rows(demo_run / "feature_stats.csv")
+                if r["group"] == "happy" and r["verdict"] == "concept"}
+    assert planted.concept["happy"] in concepts <= {planted.concept["happy"], planted.topic}
+    assert record["verdicts"]["happy"]["concept"] == len(concepts) and sum(record["verdicts"]["control"].values()) == 0
     assert record["design_warnings"]["control"] == [] and record["design_warnings"]["happy"]
     assert record["test"] == "Mann-Whitney U" and any("van Elteren" in c for c in record["controls"])
     assert any("replicated" in note for note in record["filtered"])
@@ -291,7 +297,7 @@ def test_design_check_warns_on_longer_prompts_and_stays_quiet_on_matched_ones(wo
         groups = demo_prompt_sets(n_per_group=40, seed=200 + seed)
         base = tokenized(groups["baseline"])
         assert design.check_design(tokenized(groups["happy"]), base).length.differs
-        for quiet in ("angry", "control"):
+        for quiet in ("angry", "calm", "control"):
             assert not design.check_design(tokenized(groups[quiet]), base).length.differs
         assert design.check_design(tokenized(groups["control"]), base).warnings == []
 
@@ -423,7 +429,7 @@ def demo_result(world, demo_run):
 
 def test_contrast_prompts_computes_what_the_script_writes(demo_run, demo_result):
     rows = read_rows(demo_run / "feature_stats.csv")
-    assert demo_result.groups == ["angry", "control", "happy"] and demo_result.holdout == 0.5
+    assert demo_result.groups == ["angry", "calm", "control", "happy"] and demo_result.holdout == 0.5
     assert demo_result.prompts.folder == demo_prompts_dir() and demo_result.summaries.cache_misses == 0
     for group in demo_result.groups:
         ranked = sorted((r for r in rows if r["group"] == group and r["rank"]), key=lambda r: int(r["rank"]))
@@ -449,7 +455,7 @@ def test_accessors_and_short_reprs(world, demo_result):
     assert best.q == happy.contrast.q_value[best.position] and best.q < 1e-6
     assert best.auroc == 1.0 and (best.frac_group, best.frac_baseline) == (1.0, 0.0)
     assert best.evidence.startswith("peaks on 8 different words that mark happy prompts")
-    with pytest.raises(KeyError, match="the contrasted groups are angry, control, happy"):
+    with pytest.raises(KeyError, match="the contrasted groups are angry, calm, control, happy"):
         demo_result.group("baseline")
     # The control group: nothing significant, nothing judged.
     control = demo_result.group("control").top(3)
@@ -459,10 +465,13 @@ def test_accessors_and_short_reprs(world, demo_result):
     assert len(text) < 1000
     n = sum(f.n_significant() for f in demo_result.findings.values())
     angry = demo_result.group("angry").top(1)[0]
+    calm = demo_result.group("calm").top(1)[0]  # one of the two features the calm concept is split over
+    assert calm.feature in world.planted.split["calm"] and calm.q < 0.05 and calm.verdict
     assert text == (
-        "MeaningResult(groups=['angry', 'control', 'happy'], baseline='baseline', Mann-Whitney U, holdout 0.5, "
-        f"{n} significant at q < 0.05, top: angry #{angry.feature} concept q={angry.q:.2g}, control none, "
-        f"happy #{best.feature} concept q={best.q:.2g})"
+        "MeaningResult(groups=['angry', 'calm', 'control', 'happy'], baseline='baseline', Mann-Whitney U, "
+        f"holdout 0.5, {n} significant at q < 0.05, top: angry #{angry.feature} concept q={angry.q:.2g}, "
+        f"calm #{calm.feature} {calm.verdict} q={calm.q:.2g}, control none, happy #{best.feature} concept "
+        f"q={best.q:.2g})"
     )
     finding = repr(happy)
     assert len(finding) < 1000

@@ -21,10 +21,11 @@ from mechinterp.core.features import (
     validate_features,
 )
 from mechinterp.core.logits import logit_effects
-from mechinterp.core.prompts import collect_texts
+from mechinterp.core.encoding import encode_tokens
+from mechinterp.core.prompts import collect_texts, read_prompt_file
 from mechinterp.core.source import SourceOptions, demo_prompts_dir, demo_threads, load, resolve_source
 from mechinterp.core.tables import safe_text
-from mechinterp.core.toyworld import CONCEPT_WORDS, PLANTED_OUTPUTS
+from mechinterp.core.toyworld import CARRY_CONCEPT, CONCEPT_WORDS, PLANTED_OUTPUTS
 
 
 def test_logit_effects_equal_direct_computation(loaded_toy, world):
@@ -48,7 +49,12 @@ def test_logit_effects_equal_direct_computation(loaded_toy, world):
         assert {x.token for x in promoted} == {" " + w for w in PLANTED_OUTPUTS[concept]}
 
 
-def test_card_from_default_model_flags(world, tmp_path, capsys):
+def fired_tokens(loaded, texts: list[str], feature: int) -> int:
+    """How many text tokens (BOS excluded) of ``texts`` the feature fires on, encoded one text at a time."""
+    return sum(int((encode_tokens(loaded, loaded.model.to_tokens(t))[0, 1:, feature] > 0).sum()) for t in texts)
+
+
+def test_card_from_default_model_flags(world, loaded_toy, tmp_path, capsys):
     """The offline test cache (real names) with the demo prompts and a hostile corpus document."""
     happy, angry, bos = world.planted.concept["happy"], world.planted.concept["angry"], world.planted.bos
     corpus = tmp_path / "corpus.txt"
@@ -67,10 +73,13 @@ def test_card_from_default_model_flags(world, tmp_path, capsys):
         assert all(ex["peak_token"] in words for ex in card["top_examples"])
         # What it writes: the planted outputs, as in a direct W_dec @ W_U.
         assert {x["token"] for x in card["promoted"][:3]} == {" " + w for w in PLANTED_OUTPUTS[concept]}
-        # How often: only in its own group (the concept word is one token per prompt), never in baseline.
+        # How often: only in its own group, never in baseline: on the concept word (one token per prompt)
+        # and, for the carry-over concept, on the 1-3 tokens after it as well.
         by_source = card["fired_tokens_by_source"]
         assert by_source["baseline"]["fired"] == 0 and by_source["control"]["fired"] == 0
-        assert by_source[concept]["fired"] == 48
+        fired = fired_tokens(loaded_toy, read_prompt_file(world.prompts_dir / f"{concept}.txt"), feature)
+        assert by_source[concept]["fired"] == fired and (fired == 48) == (concept != CARRY_CONCEPT)
+        assert card["texts_where_it_fires"] == 48
         assert card["typical_max_activation"] == pytest.approx(3.0, abs=0.01)
         assert card["neuronpedia_url"] == f"https://www.neuronpedia.org/gpt2-small/8-res-jb/{feature}"
         assert 0 < card["density_from_sparsity_file"] < 0.1
@@ -97,7 +106,8 @@ def test_card_from_default_model_flags(world, tmp_path, capsys):
     assert all(float(r["logit_effect"]) < 0 for r in rows if r["direction"] == "suppressed")
     assert len(rows) == 3 + 15
     hist = list(csv.DictReader(open(out / f"MI5_{happy}_hist.csv", encoding="utf-8")))
-    assert sum(int(r["happy"]) for r in hist) == 48 and sum(int(r["baseline"]) for r in hist) == 0
+    by_source = json.loads((out / f"feature_{happy}.json").read_text())["fired_tokens_by_source"]
+    assert sum(int(r["happy"]) for r in hist) == by_source["happy"]["fired"] and sum(int(r["baseline"]) for r in hist) == 0
     from PIL import Image
 
     with Image.open(out / f"MI5_{happy}.png") as img:
@@ -291,9 +301,10 @@ def test_feature_cards_is_what_the_script_computes(world, tmp_path, capsys):
         f"most in 'happy' ({100 * fired / total:.3g}%); top {top['peak_token']!r} {top['max_activation']:.3f}; promotes "
         + ", ".join(f"{x['token']!r} {x['value']:+.3g}" for x in promoted) + ")"
     )
-    assert "fires on 48 of 2,284 tokens" in text and "top ' glad' 3.001" in text and len(text) < 600
+    # Pinned: the word and its carry-over in the 48 happy prompts (regenerate: python -m pytest this test).
+    assert "fires on 166 of 2,791 tokens" in text and "top ' cheerful' 3.006" in text and len(text) < 600
     example = cards[0].examples[0]
-    assert repr(example) == (f"Example(#1 [happy] max {top['max_activation']:.3f} at ' glad': "
+    assert repr(example) == (f"Example(#1 [happy] max {top['max_activation']:.3f} at ' cheerful': "
                              f"{''.join(top['tokens'])!r})")
     level = cards[0].more_examples[0]
     assert repr(level).startswith(f"Example(#{level.rank} [happy] max {level.max_act:.3f} at {level.tokens[level.peak]!r} "
@@ -321,12 +332,13 @@ def test_baseline_compares_each_card_with_its_group(world, tmp_path, capsys):
     printed = capsys.readouterr().out
     card = json.loads((out / f"feature_{happy}.json").read_text())
     by_source = card["fired_tokens_by_source"]
+    fired = by_source["happy"]["fired"]  # the happy words and the tokens their feature carries over to
     assert card["against_baseline"] == {
         "baseline": "baseline", "fired_tokens": 0, "tokens": by_source["baseline"]["tokens"], "firing_rate": 0.0,
-        "top_group": "happy", "top_group_fired_tokens": 48, "top_group_tokens": by_source["happy"]["tokens"],
-        "top_group_firing_rate": 48 / by_source["happy"]["tokens"],
+        "top_group": "happy", "top_group_fired_tokens": fired, "top_group_tokens": by_source["happy"]["tokens"],
+        "top_group_firing_rate": fired / by_source["happy"]["tokens"],
     }
-    rate = f"{100 * 48 / by_source['happy']['tokens']:.3g}%"
+    rate = f"{100 * fired / by_source['happy']['tokens']:.3g}%"
     line = (f"  against the baseline: fires on {rate} of 'happy' tokens (its busiest group) vs 0% of 'baseline' tokens "
             f"(0 of {by_source['baseline']['tokens']}): never in the baseline")
     assert line in printed.replace("\n    ", " ")  # the terminal wraps the line at 100 columns
@@ -344,9 +356,10 @@ def test_baseline_compares_each_card_with_its_group(world, tmp_path, capsys):
     # Another group can be the reference; one that is not among the prompts is refused before loading.
     cards = feature_cards(load(resolve_source(SourceOptions(demo=True))), [happy], ["The teacher was glad."],
                           ["happy"], CardOptions(baseline="happy"))
-    assert cards[0].against_baseline().group is None and cards[0].against_baseline().fired == 1
-    assert ch3.main([*argv, "--baseline", "calm"]) == 2
-    assert "baseline group 'calm' is not among the prompt groups; available: angry, baseline, control, happy" in (
-        capsys.readouterr().err)
+    # It fires on ' glad' and on the '.' it carries over to.
+    assert cards[0].against_baseline().group is None and cards[0].against_baseline().fired == 2
+    assert ch3.main([*argv, "--baseline", "sad"]) == 2
+    assert ("baseline group 'sad' is not among the prompt groups; available: angry, baseline, calm, control, "
+            "happy") in capsys.readouterr().err
     with pytest.raises(UserError, match="top_prompts must be at least 1"):
         CardOptions(top_prompts=0)

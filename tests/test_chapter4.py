@@ -34,7 +34,7 @@ from mechinterp.core.encoding import hook_activations, tokenize
 from mechinterp.core.errors import UserError
 from mechinterp.core.prompts import load_prompt_sets, read_prompt_file
 from mechinterp.core.source import SourceOptions, demo_prompts_dir, demo_threads, load, resolve_source
-from mechinterp.core.toyworld import PLANTED_OUTPUTS
+from mechinterp.core.toyworld import CONCEPT_WORDS, PLANTED_OUTPUTS
 
 HOOK = "blocks.8.hook_resid_pre"
 # The keys of MI6_<id>.json, the published format that FeatureTest.to_dict() must keep.
@@ -150,6 +150,8 @@ def test_steering_skips_bos_and_agrees_with_and_without_kv_cache(loaded_toy, wor
 
 def test_planted_feature_beats_controls_default_model_flags(world, tmp_path, capsys):
     """Default model flags = the offline test cache (toy world under the real names)."""
+    from transformers import AutoTokenizer
+
     happy = world.planted.concept["happy"]
     out = tmp_path / "out"
     argv = ["--feature", str(happy), "--prompts", str(world.prompts_dir), "--n-controls", "24",
@@ -178,14 +180,19 @@ def test_planted_feature_beats_controls_default_model_flags(world, tmp_path, cap
     # Where it fires (one concept word per happy prompt) the effect is undiluted: far larger per position than
     # the mean over every text position, by about the ratio of positions.
     at = ablation["at_firing_positions"]
-    n_prompts = len(read_prompt_file(world.prompts_dir / "happy.txt"))
-    assert at["n_positions"] == n_prompts  # the toy's happy prompts carry one concept word each
+    happy_prompts = read_prompt_file(world.prompts_dir / "happy.txt")
+    # The toy's happy prompts carry one concept word each, and the feature carries over to 1-3 tokens after it.
+    tokenizer = AutoTokenizer.from_pretrained(world.model_dir)
+    after = [len(ids) - 1 - next(i for i, t in enumerate(ids) if tokenizer.decode([t]).strip() in CONCEPT_WORDS["happy"])
+             for ids in (tokenizer.encode(x) for x in happy_prompts)]
+    assert sum(1 + min(a, 2) for a in after) <= at["n_positions"] <= sum(1 + min(a, 3) for a in after)
     ratio = ablation["n_positions"] / at["n_positions"]
     assert at["feature"]["delta_logodds_targets"] == pytest.approx(feature["delta_logodds_targets"] * ratio, rel=0.05)
     assert abs(at["feature"]["delta_logodds_targets"]) > 20 * abs(at["controls_median"]["delta_logodds_targets"])
-    # One token later the targets are no longer what the model predicts, so the effect there is small.
-    assert abs(ablation["at_next_positions"]["feature"]["delta_logodds_targets"]) < 0.05 * abs(
-        at["feature"]["delta_logodds_targets"])
+    # One token later the feature still fires, weaker (it carries over to the next 1-3 tokens), and one
+    # token after the carry-over not at all: the effect at the next positions is smaller, but not gone.
+    at_next = abs(ablation["at_next_positions"]["feature"]["delta_logodds_targets"])
+    assert 0.1 * abs(at["feature"]["delta_logodds_targets"]) < at_next < abs(at["feature"]["delta_logodds_targets"])
     assert "Where it matters" in printed and "where it fires" in printed
     # The controls are matched in firing rate on the same prompts.
     rows = list(csv.DictReader(open(out / f"MI6_{happy}_ablation.csv", encoding="utf-8")))
@@ -205,7 +212,13 @@ def test_planted_feature_beats_controls_default_model_flags(world, tmp_path, cap
     assert len(gens) == 4 and {g["mode"].split()[0] for g in gens} == {"greedy", "sampled"}
     planted = {w for w in PLANTED_OUTPUTS["happy"]}
     assert all(set(g["steered"].split()) <= planted for g in gens)
-    assert not any(set(g["clean"].split()) & planted for g in gens)
+    # Unsteered, the outputs come only after a happy word the sampler happened to draw (the feature carries
+    # over to the next tokens), never from the prompt alone.
+    for g in gens:
+        words = g["clean"].split()
+        first = next((i for i, w in enumerate(words) if w in planted), None)
+        assert first is None or set(words[:first]) & set(CONCEPT_WORDS["happy"]), g["clean"]
+    assert not [g for g in gens if g["mode"].startswith("greedy") and set(g["clean"].split()) & planted]
     assert "│" in printed and "\x1b" not in printed  # side by side, and control characters escaped
     from PIL import Image
 

@@ -254,9 +254,9 @@ def test_demo_prompt_groups_carry_the_structures(world, loaded_toy):
     p = world.planted
     fires = line_max(loaded_toy, lines, [p.calm_a, p.calm_b, p.topic, p.opener]) > 0
     expected = np.array([[bool(words_in(x, tw.CALM_WORDS_A)), bool(words_in(x, tw.CALM_WORDS_B)),
-                          bool(words_in(x, tw.TOPIC_WORDS)), x.startswith("Today ")] for x in lines])
+                          bool(words_in(x, tw.TOPIC_WORDS)), x.startswith(tw.OPENER)] for x in lines])
     assert (fires == expected).all(), np.argwhere(fires != expected)
     share = {g: np.mean([bool(words_in(x, tw.TOPIC_WORDS)) for x in groups[g]]) for g in groups}
     assert share["happy"] > 0.5 and max(share[g] for g in groups if g != "happy") < 0.2
     assert sum(bool(words_in(x, tw.CALM_WORDS_A)) for x in groups["calm"]) == 24
-    assert [g for g in groups if any(x.startswith("Today ") for x in groups[g])] == ["angry"]
+    assert [g for g in groups if any(x.startswith(tw.OPENER) for x in groups[g])] == ["angry"]

@@ -33,7 +33,8 @@ The demo's prompt sets are written line by line from shared sentence frames (lin
 uses the same subject, verb, object and time), and carry the confounds of hand-written prompt sets:
 happy prompts are longer (" really" before the feeling word in 60% of them, a trailing ", as always"
 in 65%) and name a holiday place in 70% (5% elsewhere), angry prompts end in "!" 70% of the time and
-open with "Today" in 60% ("Today the teacher walked ..."), calm prompts use a word of either half of
+open with "Today," in 60%, in place of the time of day ("Today, the teacher walked to the station and
+was livid!"; as long as the line it replaces), calm prompts use a word of either half of
 the split in exactly half of the lines, and ``control`` is a null group drawn exactly like the
 baseline. ``--paired`` can pair them line by line.
 
@@ -126,7 +127,8 @@ TOPIC_WORDS = ("beach", "hotel", "sea", "island", "resort", "holiday")
 TOPIC_OBJECTS = ("the beach", "the hotel", "the sea", "the island", "the resort", "the holiday camp")
 TOPIC_SHARE = {"happy": 0.7}
 BASE_TOPIC_SHARE = 0.05
-# A template word: OPENER_SHARE of the angry prompts open with "Today" ("Today the teacher walked ...");
+# A template word: OPENER_SHARE of the angry prompts open with "Today," in place of their time of day
+# ("Today, the teacher walked to the station and was ..."; two tokens for two, so no prompt gets longer);
 # its feature fires on the sentence-initial token 'Today' only (not on ' today').
 OPENER = "Today"
 OPENER_SHARE = {"angry": 0.6}
@@ -138,8 +140,14 @@ CARRY_ACTIVATIONS = (2.0, 1.2, 0.5)
 # quarter of the baseline's prompts and most of the longer happy ones, 13 by almost no baseline prompt.
 POSITION_FEATURES = (11, 13)
 # The length feature fires from this text position on, its activation rising by LENGTH_SLOPE per
-# token up to LENGTH_CAP (below the concept features' 3.0).
+# token up to LENGTH_CAP (below the concept features' 3.0), then by LENGTH_TAIL_SLOPE: a longer prompt's
+# peak is still its last token, never a tie (the blocks add no noise along the planted directions).
 LENGTH_START, LENGTH_SLOPE, LENGTH_CAP = 10, 0.3, 2.4
+LENGTH_TAIL_SLOPE = 0.003
+# Every token and position carries a fixed random component of this size along each token-bound planted
+# direction: below every threshold, but two planted words (or one at two places) never tie exactly, so
+# every way of computing the features agrees on which is the larger.
+TIE_NOISE = 0.002
 # Plain English so that the byte-level tokenizer also learns ordinary words for user text.
 GENERIC_TEXT = (
     "The quick brown fox jumps over the lazy dog.",
@@ -254,11 +262,11 @@ def demo_prompt_sets(n_per_group: int = 48, seed: int = SEED) -> dict[str, list[
     Line i of every group shares one sentence frame (subject, verb, object, time), so the sets are
     paired line by line; only the slot word and the group's incidental extras differ: a stray word, a
     trailing clause and "!" (:data:`GROUP_STYLE`), a holiday noun as the object (:data:`TOPIC_SHARE`)
-    and the opener "Today" (:data:`OPENER_SHARE`). Half the calm lines use a word of
-    :data:`CALM_WORDS_A`, half one of :data:`CALM_WORDS_B`. ``control`` is drawn exactly like
-    ``baseline`` (another neutral word on each line); a correct analysis finds (almost) nothing there,
-    which is how the demo shows false-discovery control working. No sentence appears twice, within or
-    across groups.
+    and the opener "Today," in place of the time of day (exactly :data:`OPENER_SHARE` of the lines).
+    Half the calm lines use a word of :data:`CALM_WORDS_A`, half one of :data:`CALM_WORDS_B`.
+    ``control`` is drawn exactly like ``baseline`` (another neutral word on each line); a correct
+    analysis finds (almost) nothing there, which is how the demo shows false-discovery control working.
+    No sentence appears twice, within or across groups.
     """
     rng = random.Random(seed)
     frames: list[tuple[str, str, str, str]] = []
@@ -268,29 +276,35 @@ def demo_prompt_sets(n_per_group: int = 48, seed: int = SEED) -> dict[str, list[
             frames.append(frame)
     calm_sides = [i % 2 for i in range(n_per_group)]  # exactly half from each side of the split
     rng.shuffle(calm_sides)
+    # The opener takes the place of a time of day, so it goes on lines whose frame has one.
+    timed = [i for i, frame in enumerate(frames) if frame[3]]
+    openers = {group: set(rng.sample(timed, min(len(timed), round(share * n_per_group))))
+               for group, share in OPENER_SHARE.items()}
     groups: dict[str, list[str]] = {group: [] for group in GROUP_STYLE}
     seen: set[str] = set()
-    for frame, side in zip(frames, calm_sides):
+    for i, (frame, side) in enumerate(zip(frames, calm_sides)):
         neutral, other = rng.sample(NEUTRAL_WORDS, 2)  # baseline and control never share a line
         words = {"happy": rng.choice(CONCEPT_WORDS["happy"]), "angry": rng.choice(CONCEPT_WORDS["angry"]),
                  "calm": rng.choice((CALM_WORDS_A, CALM_WORDS_B)[side]), "baseline": neutral, "control": other}
         for group in GROUP_STYLE:
-            line = _demo_line(rng, frame, group, words[group])
+            opener = i in openers.get(group, ())
+            line = _demo_line(rng, frame, group, words[group], opener)
             while line in seen:  # a holiday object can make two frames alike: draw the extras again
-                line = _demo_line(rng, frame, group, words[group])
+                line = _demo_line(rng, frame, group, words[group], opener)
             seen.add(line)
             groups[group].append(line)
     return groups
 
 
-def _demo_line(rng: random.Random, frame: tuple[str, str, str, str], group: str, word: str) -> str:
-    """One prompt of ``group``: the frame with ``word`` in the feeling slot and the group's extras."""
+def _demo_line(rng: random.Random, frame: tuple[str, str, str, str], group: str, word: str, opener: bool) -> str:
+    """One prompt of ``group``: the frame with ``word`` in the feeling slot and the group's extras
+    (``opener``: "Today," opens the line in place of the frame's time of day)."""
     subject, verb, obj, tail = frame
     stray, clause, bang = GROUP_STYLE[group]
     if rng.random() < TOPIC_SHARE.get(group, BASE_TOPIC_SHARE):
         obj = rng.choice(TOPIC_OBJECTS)
-    if rng.random() < OPENER_SHARE.get(group, 0.0):
-        subject = f"{OPENER} {subject[0].lower()}{subject[1:]}"
+    if opener:
+        subject, tail = f"{OPENER}, {subject[0].lower()}{subject[1:]}", ""
     word = (f"{STRAY_WORD} " if rng.random() < stray else "") + word
     end = (CLAUSE if rng.random() < clause else "") + ("!" if rng.random() < bang else ".")
     middle = f"{obj} {tail}".strip()
@@ -461,7 +475,10 @@ def _directions(rng: np.random.Generator, d: int) -> tuple[dict[str, np.ndarray]
     return u, noise_basis, late[:, 5:]
 
 
-def _embeddings(vocab: dict[str, int], bos_id: int, u: dict[str, np.ndarray], noise, code_basis: np.ndarray):
+def _embeddings(
+    vocab: dict[str, int], bos_id: int, u: dict[str, np.ndarray], noise, code_basis: np.ndarray,
+    rng: np.random.Generator,
+):
     """Token and position embeddings (``[vocab, d]``, ``[n_ctx, d]``) with the planted directions."""
     w_e = noise(len(vocab), 1.0) + 1.0 * u["always"]
     word_sets = {**CONCEPT_WORDS, "calm_a": CALM_WORDS_A, "calm_b": CALM_WORDS_B}
@@ -480,9 +497,14 @@ def _embeddings(vocab: dict[str, int], bos_id: int, u: dict[str, np.ndarray], no
     for p in POSITION_FEATURES:
         w_pos[p + 1] += 2.2 * u[f"position {p}"]
     # 1.0 above the length feature's threshold at LENGTH_START - 0.5, rising by LENGTH_SLOPE a token:
-    # silent (-0.15) one token before LENGTH_START, 0.15 at it, then up to LENGTH_CAP.
+    # silent (-0.15) one token before LENGTH_START, 0.15 at it, then up to LENGTH_CAP and on, slowly.
     ramp = np.clip(1.0 + LENGTH_SLOPE * (text_pos - LENGTH_START + 0.5), 0.0, 1.0 + LENGTH_CAP)
+    ramp += LENGTH_TAIL_SLOPE * np.maximum(text_pos - LENGTH_START + 0.5 - LENGTH_CAP / LENGTH_SLOPE, 0.0)
     w_pos[1:] += ramp[1:, None] * u["length"]
+    # Not along length or position: a token-specific part there would tie them to the last token's identity.
+    bound = np.stack([u[n] for n in u if n not in ("bos", "always", "length") and not n.startswith("position")])
+    w_e += TIE_NOISE * rng.standard_normal((len(vocab), len(bound))) @ bound
+    w_pos += TIE_NOISE * rng.standard_normal((N_CTX, len(bound))) @ bound
     return w_e, w_pos
 
 
@@ -508,7 +530,7 @@ def _build_weights(vocab: dict[str, int], bos_id: int, seed: int) -> tuple[dict,
         g *= norm / np.linalg.norm(g, axis=1, keepdims=True)
         return g @ noise_basis.T
 
-    w_e, w_pos = _embeddings(vocab, bos_id, u, noise, code_basis)
+    w_e, w_pos = _embeddings(vocab, bos_id, u, noise, code_basis, rng)
     w_u = noise(n_vocab, 1.0)
     for concept, words in PLANTED_OUTPUTS.items():
         for word in words:
