@@ -143,15 +143,21 @@ EXAMPLES: dict[str, Excerpt] = {
         Span(r"^density = ", wrapped=True),
     )),
     "chapter2-design": Excerpt("2", (Span(r"^happy vs baseline: your prompt sets differ", stop=r"^$"),)),
-    "chapter2-happy": Excerpt("2", (
-        Span(r"^=== happy vs baseline", lines=6),
-        Span(r"^   7 ", lines=4),
-    )),
+    "chapter2-happy": Excerpt("2", (Span(r"^=== happy vs baseline", lines=7),)),
     # Not the "paired lines: happy lines add ..." summary: the order of its tied counts changes from run
     # to run (it follows Python's string hashing), so it cannot be compared with a fresh run.
     "paired-design": Excerpt("2p", (
         Span(r"^happy vs baseline: your prompt sets differ"),
         Span(r"^    pair 1: ", lines=3),
+    )),
+    "chapter2-family": Excerpt("2", (
+        Span(r"^=== calm vs baseline"),
+        Span(r"^rank  feature .* in calm", lines=4),
+        Span(r"^  #\d+ \+ #\d+ concept \(split\)", wrapped=True),
+    )),
+    "chapter2-topic": Excerpt("2", (
+        Span(r"^=== happy vs baseline"),
+        Span(r"^Concept word sets", stop=r"^    that co-occurs with the concept"),
     )),
     "verdicts-design": Excerpt("2", (Span(r"^angry vs baseline: your prompt sets differ", stop=r"^$"),)),
     "verdicts-why": Excerpt("2", (
