@@ -107,9 +107,12 @@ def test_bf16_finds_the_same_features_on_the_demo_world(world, both, demo_texts)
     _, labels, groups = demo_texts
     rank1, significant = chapter2_analysis(both["float32"], labels, groups)
     rank1_bf16, significant_bf16 = chapter2_analysis(both["bfloat16"], labels, groups)
-    assert rank1_bf16 == rank1 and set(rank1) == set(world.planted.concept)
+    assert rank1_bf16 == rank1 and set(rank1) == {*world.planted.concept, "calm"}
     for concept, feature in world.planted.concept.items():
         assert rank1[concept] == feature and feature in significant_bf16[concept]
+    # The split calm concept: one of its two features first, both significant in either dtype.
+    assert rank1["calm"] in world.planted.split["calm"]
+    assert set(world.planted.split["calm"]) <= significant["calm"] & significant_bf16["calm"]
     assert not significant["control"] and not significant_bf16["control"]
     # Significance may change only for features whose group difference is about bfloat16's resolution
     # (0.4%): e.g. a position feature at 1.203 in the baseline and 1.204 in a group. A handful, not the

@@ -66,9 +66,11 @@ def test_cache_skips_model_and_recomputes_only_edited_prompt(world, tmp_path, mo
     def record(out):
         return json.loads((out / "MechInterpFeatureMeaning_run.json").read_text())
 
+    n_prompts = sum(len(f.read_text(encoding="utf-8").splitlines()) - 1 for f in prompts.glob("*.txt"))  # less headers
+    assert n_prompts == 5 * 48  # the demo's five groups
     assert ch2.main([*argv, "--out", str(tmp_path / "a")]) == 0
     first = record(tmp_path / "a")
-    assert first["cache_misses"] == 192 and first["cache_hits"] == 0 and first["model_loaded"]
+    assert first["cache_misses"] == n_prompts and first["cache_hits"] == 0 and first["model_loaded"]
 
     # Nothing changed: everything comes from the cache and the model is never loaded.
     def refuse_to_load(*_args, **_kwargs):
@@ -77,7 +79,7 @@ def test_cache_skips_model_and_recomputes_only_edited_prompt(world, tmp_path, mo
     monkeypatch.setattr(pipeline, "load", refuse_to_load)
     assert ch2.main([*argv, "--out", str(tmp_path / "b")]) == 0
     second = record(tmp_path / "b")
-    assert second["cache_hits"] == 192 and not second["model_loaded"]
+    assert second["cache_hits"] == n_prompts and not second["model_loaded"]
     assert (tmp_path / "a" / "feature_stats.csv").read_text() == (tmp_path / "b" / "feature_stats.csv").read_text()
 
     # Edit one line of one file: exactly one prompt is recomputed.
@@ -90,7 +92,7 @@ def test_cache_skips_model_and_recomputes_only_edited_prompt(world, tmp_path, mo
     happy.write_text("\n".join(lines) + "\n", encoding="utf-8")
     assert ch2.main([*argv, "--out", str(tmp_path / "c")]) == 0
     third = record(tmp_path / "c")
-    assert third["cache_misses"] == 1 and third["cache_hits"] == 191
+    assert third["cache_misses"] == 1 and third["cache_hits"] == n_prompts - 1
     assert third["tokens_encoded"] == len(world_tokens(lines[1]))
 
 
