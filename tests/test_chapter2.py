@@ -249,12 +249,22 @@ def test_verdicts_are_shown_and_recorded(world, demo_run):
     mi3 = read_rows(demo_run / "MI3.csv")
     assert {r["verdict"] for r in mi3 if int(r["feature"]) == world.planted.concept["angry"]} == {"concept"}
     record = json.loads((demo_run / "MechInterpFeatureMeaning_run.json").read_text())
-    # In happy: the planted concept and, at most, the holiday topic that 70% of the happy prompts mention
-    # (a topic is not the concept; Chapter 2 may not tell them apart yet). Nothing else is a concept.
-    planted = world.planted
-    concepts = {int(r["feature"]) for r in read_rows(demo_run / "feature_stats.csv")
-                if r["group"] == "happy" and r["verdict"] == "concept"}
+    # In happy: the planted concept and, at most, the holiday topic that 70% of the happy prompts mention,
+    # and then flagged as a second theme. Nothing else is a concept.
+    planted, stats = world.planted, read_rows(demo_run / "feature_stats.csv")
+    happy = {int(r["feature"]): r for r in stats if r["group"] == "happy"}
+    concepts = {f for f, r in happy.items() if r["verdict"] == "concept"}
     assert planted.concept["happy"] in concepts <= {planted.concept["happy"], planted.topic}
+    assert happy[planted.concept["happy"]]["word_set_flag"] == ""
+    if planted.topic in concepts:
+        assert happy[planted.topic]["word_set_flag"].startswith("a second theme")
+        assert "happy's concept findings rest on disjoint word sets" in " ".join(printed.split())
+    # In calm: the two halves are one family, and nothing is a single-feature concept.
+    calm = {int(r["feature"]): r for r in stats if r["group"] == "calm"}
+    label = "+".join(map(str, sorted(planted.split["calm"])))
+    assert {f for f, r in calm.items() if r["verdict"]} == set(planted.split["calm"])
+    assert all(calm[f]["verdict"] == "concept (split)" and calm[f]["family"] == label for f in planted.split["calm"])
+    assert not [r for r in stats if r["group"] != "calm" and r["family"]]
     assert record["verdicts"]["happy"]["concept"] == len(concepts) and sum(record["verdicts"]["control"].values()) == 0
     assert record["design_warnings"]["control"] == [] and record["design_warnings"]["happy"]
     assert record["test"] == "Mann-Whitney U" and any("van Elteren" in c for c in record["controls"])
