@@ -76,10 +76,14 @@ def test_synthetic_recovers_planted_features_far_above_chance(tmp_path):
 
 @pytest.fixture(scope="module")
 def trained_demo(world, tmp_path_factory):
-    """A small --demo training run (toy model, demo sentences), shared by the tests below."""
+    """A small --demo training run (toy model, demo sentences), shared by the tests below.
+
+    120,000 tokens: with the happy direction carried over to the tokens after each happy word, 40,000
+    left its closest latent at cos 0.73 (0.85 here), and angry's was at 0.80-0.82 even before.
+    """
     out = tmp_path_factory.mktemp("ch5_demo")
     code = ch5.main([
-        "--demo", "--training-tokens", "40000", "--batch-size", "512", "--d-sae", "128",
+        "--demo", "--training-tokens", "120000", "--batch-size", "512", "--d-sae", "128",
         "--checkpoints", "1", "--eval-batches", "2", "--quiet", "--out", str(out),
     ])
     assert code == 0
