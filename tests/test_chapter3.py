@@ -13,6 +13,7 @@ import torch
 import MechInterpFeatureInspect as ch3
 from mechinterp.cards.card import CardOptions, Example, build_card, feature_cards
 from mechinterp.cards.render import format_card_text, highlight_terminal, render_html
+from mechinterp.core.encoding import encode_tokens
 from mechinterp.core.errors import UserError
 from mechinterp.core.features import (
     choose_features,
@@ -21,7 +22,6 @@ from mechinterp.core.features import (
     validate_features,
 )
 from mechinterp.core.logits import logit_effects
-from mechinterp.core.encoding import encode_tokens
 from mechinterp.core.prompts import collect_texts, read_prompt_file
 from mechinterp.core.source import SourceOptions, demo_prompts_dir, demo_threads, load, resolve_source
 from mechinterp.core.tables import safe_text
