@@ -248,3 +248,16 @@ def test_a_figure_over_the_limit_is_flagged(tmp_path):
         small = NotebookFigure(figsize=(4, 3))
         small.subplots().plot([0, 1], [0, 1])
         assert max(png_size(png_bytes(small, dpi=150))) < MAX_FIGURE_PX  # a small one passes quietly
+
+
+def test_token_labels_with_dollar_signs_draw_as_text():
+    """GPT-2 has tokens like '$$$$': two '$' in a label would start matplotlib's math mode and crash."""
+    import matplotlib.pyplot as plt
+
+    from mechinterp.core.figures import axis_label
+
+    fig, ax = plt.subplots()
+    ax.set_yticks([0, 1], [axis_label("$$$$"), axis_label(" $5 and $6")])
+    fig.canvas.draw()  # raises on a math-mode parse error
+    assert [t.get_text() for t in ax.get_yticklabels()] == [r"'\$\$\$\$'", r"' \$5 and \$6'"]
+    plt.close(fig)

@@ -40,7 +40,9 @@ def white_zero_cmap():
 def axis_label(token: str) -> str:
     """A token as an axis label: quotes show leading spaces; newlines and control characters escaped."""
     text = repr(token)
-    return text if len(text) <= 22 else text[:20] + "…'"
+    text = text if len(text) <= 22 else text[:20] + "…'"
+    # Two '$' in a label (GPT-2 has tokens like '$$$$') would start matplotlib's math mode and crash it.
+    return text.replace("$", r"\$")
 
 
 def png_bytes(fig: Figure, dpi: int = 110) -> bytes:
