@@ -223,3 +223,32 @@ def test_a_concept_in_few_of_its_groups_prompts_is_flagged_even_alone():
     w = themes.WordSet("#1", (1,), [" rain", " storm"], 35, 2, 50, 50)
     assert themes.flag_themes([w], "joy") is False
     assert "only 35 of 50 joy prompts" in w.flag
+
+
+def test_paired_word_sets_count_the_pairs_that_differ_in_them():
+    """With minimal pairs, a topic the pairs hold constant differs in no pair; one only the group line
+    has differs in every pair that has it, and the advice says which."""
+    vocab = Vocab()
+    group = [f"The teacher opened the window and was {w} in the storm." for w in (HALF_A + HALF_B) * 2]
+    same = [f"The teacher opened the window and was {w} in the storm." for w in NEUTRAL * 2]
+    other = [f"The teacher opened the window and was {w} in the rain." for w in NEUTRAL * 2]
+    g_tok = design.TokenizedPrompts(group, *zip(*(vocab(t) for t in group)))
+    for base, n_base, differ in ((same, 16, 0), (other, 0, 16)):
+        b_tok = design.TokenizedPrompts(base, *zip(*(vocab(t) for t in base)))
+        w = themes.word_set("#7", [7], [" storm", " snow"], g_tok, b_tok, True, None)
+        assert (w.n_group, w.n_baseline, w.pairs_differ) == (16, n_base, differ)
+        w.flag = "a second theme"
+        advice = " ".join(themes.advice([w], "fear", paired=True, stated=False))
+        assert f"#7's words differ within {differ} of 16 pairs" in advice
+        assert ("the pairs hold them constant" in advice) == (differ == 0)
+
+
+def test_the_design_check_lists_the_words_the_baseline_never_uses():
+    vocab = Vocab()
+    group = ["I was scared in the rain.", "I was afraid of 12 storms.", "I was calm, really."]
+    base = ["I was calm.", "I was ready, really."]
+    only = design.only_words(design.TokenizedPrompts(group, *zip(*(vocab(t) for t in group))),
+                             design.TokenizedPrompts(base, *zip(*(vocab(t) for t in base))))
+    # Letters only and 3 or more of them: not ' in', ' 12', '.' or ' I'; ' calm' and ' really' are in the baseline.
+    assert only.words == [(" afraid", 1), (" rain", 1), (" scared", 1), (" storms", 1), (" the", 1)]
+    assert (only.n_prompts, only.size) == (2, 3)

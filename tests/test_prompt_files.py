@@ -137,3 +137,16 @@ def test_chapter2_samples_with_max_prompts_and_records_it(world, tmp_path, capsy
     assert any("baseline.txt: 300 prompts, 60 sampled" in line for line in record["filtered"])
     assert ch2.main([*argv, "--max-prompts", "3"]) == 2
     assert "--max-prompts 3 is too few: the statistics need at least 5 prompts per group" in capsys.readouterr().err
+
+
+def test_concept_lines_state_the_concept_words(tmp_path):
+    from mechinterp.core.prompts import concept_words, load_prompt_sets
+
+    (tmp_path / "baseline.txt").write_text("I was ready.\nI was busy.\n", encoding="utf-8")
+    (tmp_path / "joy.txt").write_text("# concept: happy, glad\n#Concept:thrilled,  glad ,\nI was happy.\n"
+                                      "# a plain comment: not words\nI was glad.\n", encoding="utf-8")
+    assert concept_words(tmp_path / "joy.txt") == ["happy", "glad", "thrilled"]
+    assert concept_words(tmp_path / "baseline.txt") == []
+    sets = load_prompt_sets(tmp_path)
+    assert sets.concept_words == {"joy": ["happy", "glad", "thrilled"]}
+    assert sets.groups["joy"] == ["I was happy.", "I was glad."]  # the concept line is a comment
