@@ -18,6 +18,7 @@ import pytest
 
 from mechinterp.meaning import design, families, themes, verdicts
 from mechinterp.meaning.options import ConfoundSettings
+from tests.test_confounds import Vocab  # the same regex tokenizer: words with their leading space
 
 HALF_A = ("scared", "afraid", "terrified", "frightened")
 HALF_B = ("nervous", "worried", "anxious", "uneasy")
@@ -26,7 +27,6 @@ NEUTRAL = ("ready", "quiet", "busy", "early", "late", "seated", "awake", "tired"
 SUBJECTS = ("The teacher", "My neighbour", "The driver", "Our team", "The old man", "My sister", "A student")
 VERBS = ("walked to", "looked at", "opened", "cleaned", "painted", "visited", "passed", "closed")
 OBJECTS = ("the station", "the window", "a small box", "the garden", "the kitchen", "the office", "the bridge")
-TOKEN_RE = re.compile(r"\s?\w+|[^\w\s]")
 
 
 def _noise(text: str, salt: int, n: int) -> np.ndarray:
@@ -47,15 +47,6 @@ RULES = {
 }
 FEATURE_ID = {name: 200 + i for i, name in enumerate(RULES)}
 NAME_OF = {v: k for k, v in FEATURE_ID.items()}
-
-
-class Vocab:
-    def __init__(self) -> None:
-        self.ids: dict[str, int] = {}
-
-    def __call__(self, text: str) -> tuple[np.ndarray, list[str]]:
-        strs = TOKEN_RE.findall(text)
-        return np.array([self.ids.setdefault(t, len(self.ids)) for t in strs]), strs
 
 
 def side(vocab: Vocab, texts: list[str], names: list[str]):

@@ -277,6 +277,17 @@ def _corpus_html(c: CorpusEvidence, feature: int, figure_png: bytes | None) -> s
     return "\n".join(parts)
 
 
+DEMO_NOTE = '<p class="demo">Synthetic demo: a toy model with planted features, not GPT-2.</p>'
+
+
+def _figure_html(figure_png: bytes | None, alt: str) -> str:
+    """The card's figure, inlined as PNG data so the page is one self-contained file."""
+    if not figure_png:
+        return ""
+    data = base64.b64encode(figure_png).decode("ascii")
+    return f'<h2>Activations and logit effects</h2><img alt="{alt}" src="data:image/png;base64,{data}">'
+
+
 def render_html(card: FeatureCard, title: str, is_demo: bool, figure_png: bytes | None = None,
                 corpus_png: bytes | None = None) -> str:
     """A self-contained HTML page for the card: inline CSS, the figures inlined as data URIs, no scripts.
@@ -287,12 +298,9 @@ def render_html(card: FeatureCard, title: str, is_demo: bool, figure_png: bytes 
     stats_html = "".join(f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in _stats_rows(card))
     examples = _examples_html(card)
     corpus = "\n" + _corpus_html(card.corpus, card.feature, corpus_png) if card.corpus is not None else ""
-    figure = ""
-    if figure_png:
-        data = base64.b64encode(figure_png).decode("ascii")
-        figure = f'<h2>Activations and logit effects</h2><img alt="feature {card.feature} figure" src="data:image/png;base64,{data}">'
+    figure = _figure_html(figure_png, f"feature {card.feature} figure")
     scale = max((abs(r.value) for r in card.promoted + card.suppressed), default=1.0)
-    demo = '<p class="demo">Synthetic demo: a toy model with planted features, not GPT-2.</p>' if is_demo else ""
+    demo = DEMO_NOTE if is_demo else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -495,12 +503,9 @@ def render_family_html(card: FamilyCard, title: str, is_demo: bool, figure_png: 
                        for ex in card.examples)
     examples += "".join(example_html(ex, scale, why=f"{ex.label}; {_member_head(card, ex)} fired at the peak")
                         for ex in card.more_examples)
-    figure = ""
-    if figure_png:
-        data = base64.b64encode(figure_png).decode("ascii")
-        figure = f'<h2>Activations and logit effects</h2><img alt="family {esc(card.name)} figure" src="data:image/png;base64,{data}">'
+    figure = _figure_html(figure_png, f"family {esc(card.name)} figure")
     logit_scale = max((abs(r.value) for r in card.promoted + card.suppressed), default=1.0)
-    demo = '<p class="demo">Synthetic demo: a toy model with planted features, not GPT-2.</p>' if is_demo else ""
+    demo = DEMO_NOTE if is_demo else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">

@@ -38,26 +38,31 @@ SUMMARY_HEADINGS = ["feature", "density", "firing rate", "typ. max", "top peak t
 # --- one card's files -----------------------------------------------------------------------------------
 
 
-def write_card(out: OutputFolder, card: FeatureCard, title: str, is_demo: bool, provenance: Provenance) -> list[Path]:
-    """MI5_<id>.png with the numbers behind it, and the card as JSON and as a self-contained HTML page;
-    with a mined corpus also MI5_<id>_corpus.png and its numbers."""
-    feature = card.feature
-    fig = card_figure(card, title)
-    png = out.save_figure(fig, constants.MI5_PNG.format(feature=feature))
+def _logits_and_histogram(out: OutputFolder, card: FeatureCard | FamilyCard, name: object) -> list[Path]:
+    """MI5_<name>.csv (the promoted and suppressed tokens) and MI5_<name>_hist.csv (the histogram), the
+    numbers behind a card's figure, for one feature or a family alike."""
     logits_csv = out.write_csv(
-        constants.MI5_CSV.format(feature=feature),
+        constants.MI5_CSV.format(feature=name),
         ["direction", "rank", "token_id", "token", "logit_effect"],
         [["promoted", r, x.token_id, x.token, x.value] for r, x in enumerate(card.promoted, 1)]
         + [["suppressed", r, x.token_id, x.token, x.value] for r, x in enumerate(card.suppressed, 1)],
     )
     edges, counts = card.hist_edges, card.hist_counts
     hist_csv = out.write_csv(
-        constants.MI5_HIST_CSV.format(feature=feature),
+        constants.MI5_HIST_CSV.format(feature=name),
         ["bin_low", "bin_high", *counts.keys()],
-        [[float(edges[b]), float(edges[b + 1]), *(int(c[b]) for c in counts.values())]
-         for b in range(len(edges) - 1)],
+        [[float(edges[b]), float(edges[b + 1]), *(int(c[b]) for c in counts.values())] for b in range(len(edges) - 1)],
     )
-    written = [png, logits_csv, hist_csv]
+    return [logits_csv, hist_csv]
+
+
+def write_card(out: OutputFolder, card: FeatureCard, title: str, is_demo: bool, provenance: Provenance) -> list[Path]:
+    """MI5_<id>.png with the numbers behind it, and the card as JSON and as a self-contained HTML page;
+    with a mined corpus also MI5_<id>_corpus.png and its numbers."""
+    feature = card.feature
+    fig = card_figure(card, title)
+    png = out.save_figure(fig, constants.MI5_PNG.format(feature=feature))
+    written = [png, *_logits_and_histogram(out, card, feature)]
     corpus_png = None
     if card.corpus is not None:
         corpus_png, corpus_files = _write_corpus_figure(out, card, title)
@@ -76,18 +81,7 @@ def write_family_card(out: OutputFolder, card: FamilyCard, title: str, is_demo: 
     name = card.name
     fig = family_figure(card, title)
     png = out.save_figure(fig, constants.MI5_PNG.format(feature=name))
-    logits_csv = out.write_csv(
-        constants.MI5_CSV.format(feature=name),
-        ["direction", "rank", "token_id", "token", "logit_effect"],
-        [["promoted", r, x.token_id, x.token, x.value] for r, x in enumerate(card.promoted, 1)]
-        + [["suppressed", r, x.token_id, x.token, x.value] for r, x in enumerate(card.suppressed, 1)],
-    )
-    edges, counts = card.hist_edges, card.hist_counts
-    hist_csv = out.write_csv(
-        constants.MI5_HIST_CSV.format(feature=name),
-        ["bin_low", "bin_high", *counts.keys()],
-        [[float(edges[b]), float(edges[b + 1]), *(int(c[b]) for c in counts.values())] for b in range(len(edges) - 1)],
-    )
+    logits_csv, hist_csv = _logits_and_histogram(out, card, name)
     members_csv = out.write_csv(
         constants.MI5_MEMBERS_CSV.format(feature=name),
         ["feature", "density_sparsity_file", "firing_rate_prompts", "typical_max_activation", "tokens_it_carries",
