@@ -19,6 +19,7 @@ import os
 import shutil
 import struct
 import tempfile
+import textwrap
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -146,6 +147,9 @@ def _save_png(fig: Any, path: Path, dpi: int, name: str) -> None:
         check_figure_size(f.read(24), name)
 
 
+EARLIER_RUNS = "earlier_runs"  # where an output folder moves files an earlier run wrote and this one did not
+
+
 class OutputFolder:
     """A script's output folder, written as one unit: new files appear only when the run succeeds.
 
@@ -162,6 +166,7 @@ class OutputFolder:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self._pending: list[tuple[Path, Path]] = []  # (temporary, final)
+        self._retired: list[str] = []  # earlier runs' files to remove when this run commits
 
     def __truediv__(self, name: str) -> Path:
         """The final path of ``name`` inside the folder (nothing is written)."""
@@ -206,14 +211,30 @@ class OutputFolder:
             _save_png(fig, tmp, dpi, name)
         return self.path / name
 
+    def retire(self, names: Sequence[str]) -> None:
+        """Move these files of an earlier run into :data:`EARLIER_RUNS` when this run commits (never when it
+        fails), and say so: the folder then shows one run, and nothing is lost."""
+        self._retired += [n for n in names if n not in self._retired]
+
     def commit(self) -> None:
-        """Rename every staged file into place."""
+        """Rename every staged file into place, and remove the retired ones."""
         for tmp, final in self._pending:
             os.replace(tmp, final)
         self._pending.clear()
+        if self._retired:
+            aside = self.path / EARLIER_RUNS
+            aside.mkdir(exist_ok=True)
+            for name in self._retired:
+                if (self.path / name).is_file():
+                    os.replace(self.path / name, aside / name)
+            print(textwrap.fill(
+                f"Moved {len(self._retired)} file(s) that an earlier run of this script wrote here, and this run "
+                f"did not, to {aside}/: {', '.join(self._retired)}", 100, subsequent_indent="  "))
+        self._retired.clear()
 
     def discard(self) -> None:
         """Delete every staged file; the folder keeps what it had before the run."""
         for tmp, _ in self._pending:
             tmp.unlink(missing_ok=True)
         self._pending.clear()
+        self._retired.clear()

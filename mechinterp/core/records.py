@@ -7,6 +7,7 @@ project's git commit, input hashes, counts, timings and the list of files writte
 from __future__ import annotations
 
 import hashlib
+import json
 import platform
 import subprocess
 import sys
@@ -56,6 +57,15 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _earlier_files(record: Path) -> set[str]:
+    """Names of the files an earlier run's record in the same folder lists as written there."""
+    try:
+        written = json.loads(record.read_text(encoding="utf-8")).get("files_written", [])
+    except (OSError, ValueError, AttributeError):
+        return set()  # no earlier record, or one that cannot be read: nothing is retired
+    return {Path(p).name for p in written if isinstance(p, str) and Path(p).parent.name == record.parent.name}
+
+
 class RunRecord:
     """Collects what a run did; :meth:`write` saves it as JSON beside the outputs."""
 
@@ -98,5 +108,12 @@ class RunRecord:
         """Save the record into the run's output folder (renamed into place when the run commits)."""
         name = RUN_RECORD_JSON.format(script=self.script)
         self.data["files_written"].append(str(out / name))
+        # Files an earlier run of this script wrote here and this one did not (MI4_angry.png after
+        # --groups happy) would sit beside this run's tables as if they belonged to it: retire them.
+        current = {Path(p).name for p in self.data["files_written"]}
+        stale = sorted(n for n in _earlier_files(out.path / name) - current if (out.path / n).is_file())
+        if stale:
+            out.retire(stale)
+            self.data["removed_earlier_files"] = stale
         self.data["seconds"]["total"] = round(sum(v for k, v in self.data["seconds"].items() if k != "total"), 4)
         return out.write_json(name, self.data)

@@ -368,7 +368,9 @@ def group_lines(result: MeaningResult, finding: GroupFinding, options: MeaningOp
              f"{holdout:.0%}" if holdout else f"{c.n_group} vs {c.n_baseline} prompts, no held-out split")
     lines = ["", _wrapped(f"=== {group} vs {baseline}: {split}" + (" (paired line by line)" if options.paired else "")),
              _wrapped(f"{plural(finding.n_significant(options.alpha), 'feature')} with q < {options.alpha:g} (of "
-                      f"{len(c.tested)} tested; {c.n_never_fired} never fired in either group and were skipped)")]
+                      f"{len(c.tested)} tested; {c.n_never_fired} never fired in either group and were skipped)"
+                      + (f"; the top {options.top_k} are shown, every one is in {constants.FEATURE_STATS_CSV}"
+                         if finding.n_significant(options.alpha) > options.top_k else ""))]
     lines += [_wrapped(line) for line in imbalance_lines(result, finding)]
     rows, examples = [], {}
     for ranked in finding.top(options.top_k):
