@@ -279,7 +279,7 @@ def write_cards(out: OutputFolder, cards: list[FeatureCard], families: list[Fami
         if families:  # its numbers are the family activation's, not a feature's
             print_wrapped("A family's row: tokens where any member fires, and its family activation.")
         print()
-        print_table(headings, rows)
+        print_table(headings, [report.shown_row(row) for row in rows])
         written += [summary_csv, report.write_index(out, cards, loaded.title, families)]
     return written
 

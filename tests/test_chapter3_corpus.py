@@ -118,7 +118,7 @@ def test_cards_show_the_corpus_as_a_brute_force_encode_does(run, corpus, world, 
         patch.setattr(report, "corpus_figure", corpus_figure)  # drawn for real here
         code, printed, err = run(*argv)
     assert code == 0, err
-    assert f"mined {cut:,} tokens" in err and "already mined" not in err
+    assert f"mined {cut:,} tokens" in err and "reading the saved pass" not in err
 
     for feature, words, fired_windows in ((happy, "happy", happy_windows), (angry, "angry", angry_windows)):
         c = card(out, feature)["corpus"]
@@ -193,14 +193,14 @@ def test_cards_show_the_corpus_as_a_brute_force_encode_does(run, corpus, world, 
     monkeypatch.setattr(mining, "_run", lambda *a, **k: passes.append(1) or real_run(*a, **k))
     first = card(out, angry)["corpus"]
     code, _, err = run(*argv)
-    assert code == 0 and "already mined: read" in err and passes == []
+    assert code == 0 and "reading the saved pass: " in err and passes == []
     assert card(out, angry)["corpus"] == first
     code, printed, err = run("--feature", str(angry), "--corpus", str(path), "--max-tokens", str(cut),
                              "--out", str(tmp_path / "fewer"))
-    assert code == 0 and "already mined (in a pass over every feature)" in err and passes == []
+    assert code == 0 and "reading the saved pass over every feature" in err and passes == []
     assert card(tmp_path / "fewer", angry)["corpus"] == first
     code, _, err = run(*argv, "--fresh")
-    assert code == 0 and "already mined" not in err and passes == [1]
+    assert code == 0 and "reading the saved pass" not in err and passes == [1]
     assert card(out, angry)["corpus"] == first
 
 
@@ -274,7 +274,7 @@ def test_a_streamed_dataset_needs_the_network_only_to_mine_it(run, corpus, world
     described = card(tmp_path / "out", world.planted.concept["angry"])["corpus"]["corpus"]
     assert described == "Hugging Face dataset Skylion007/openwebtext (train split, streamed)"
     code, _, err = run(*argv)  # the session is offline (HF_HUB_OFFLINE=1)
-    assert code == 0 and "already mined: read 600 tokens" in err
+    assert code == 0 and "reading the saved pass: 600 tokens" in err
     code, _, err = run(*argv, "--fresh")
     assert code == 1 and err.strip().splitlines()[-1].startswith("error: the dataset Skylion007/openwebtext")
     assert "HF_HUB_OFFLINE is set" in err and "Traceback" not in err

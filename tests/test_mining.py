@@ -300,7 +300,7 @@ def test_resuming_gives_the_uninterrupted_result(loaded_toy, corpus_file, tmp_pa
     with monkeypatch.context() as patch:
         patch.setattr(mining, "_batch_activations", None)  # fails if called
         again, messages = run(checkpoint_dir=tmp_path / "crash")
-    assert any(m.startswith("already mined") for m in messages)
+    assert any(m.startswith("reading the saved pass") for m in messages)
     np.testing.assert_array_equal(again.top_values, whole.top_values)
     # Other options are another pass: with a token limit, this checkpoint is not used.
     _, messages = run(checkpoint_dir=tmp_path / "crash", max_tokens=500)

@@ -223,7 +223,12 @@ def example_html(ex: Example, scale: float, window: int = 60, why: str = "") -> 
         act = float(ex.acts[i])
         cls = "t peak" if i == ex.peak else "t"
         tip = html.escape(f"{ex.tokens[i]!r}: {act:.3f}", quote=True)
-        spans.append(f'<span class="{cls}" style="{_bg(act, scale)}" title="{tip}">{_token_html(ex.tokens[i])}</span>')
+        # A word token's leading space goes outside its box: an outlined ' glad' would swallow the space and
+        # read "wasglad".
+        token = ex.tokens[i]
+        body = token.lstrip(" ") or token
+        lead = token[: len(token) - len(body)]
+        spans.append(f'{lead}<span class="{cls}" style="{_bg(act, scale)}" title="{tip}">{_token_html(body)}</span>')
     spans.append("…" if stop < len(ex.tokens) else "")
     rank = f"#{ex.rank} · " if ex.rank > 0 else ""
     where = html.escape(ex.where) if ex.where else f"text {ex.text_index + 1}"
@@ -394,8 +399,8 @@ def render_index(entries: list[dict], title: str) -> str:
     """``index.html``: one row per card in the folder, linking it, with where the feature came from.
 
     Args:
-        entries: dicts with ``feature``, ``file`` (the card's file name), ``origin``, ``firing_rate`` and
-            ``typical_max``, e.g. read back from each card's JSON; ``label`` for a family's card (its link's
+        entries: dicts with ``feature``, ``file`` (the card's file name), ``origin``, ``firing_rate``,
+            ``typical_max``, ``density`` and ``top_example``, e.g. read back from each card's JSON; ``label`` for a family's card (its link's
             text, e.g. ``#409+#501``; a feature's is ``#id``); and ``corpus_density`` (with
             ``corpus``, its name) for cards with a mined corpus. The corpus column is shown only when
             some card has one.
@@ -413,7 +418,9 @@ def render_index(entries: list[dict], title: str) -> str:
     rows = "".join(
         f'<tr><td><a href="{esc(e["file"], quote=True)}">{esc(e.get("label") or "#" + str(int(e["feature"])))}</a></td>'
         f'<td>{esc(e.get("origin") or "-")}</td>'
+        f'<td class="val">{_pct(float(e["density"])) if e.get("density") is not None else "-"}</td>'
         f'<td class="val">{_pct(float(e.get("firing_rate") or 0.0))}</td><td class="val">{float(e.get("typical_max") or 0.0):.3f}</td>'
+        f'<td class="toks">{esc(e.get("top_example") or "-")}</td>'
         f'{corpus_cell(e)}<td>{esc(e.get("title") or "")}</td></tr>'
         for e in entries
     )
@@ -427,8 +434,9 @@ def render_index(entries: list[dict], title: str) -> str:
 <h1>Feature cards</h1>
 <p class="sub">{esc(title)}</p>
 <p class="sub">Every card in this folder. "From" says where the feature came from: its Chapter 2 group and rank,
-q-value, replication and verdict, or how it was chosen.</p>
-<table class="index"><tr><th>feature</th><th>from</th><th>firing rate</th><th>typical max</th>{corpus_head}<th>model · SAE · hook</th></tr>
+q-value, replication and verdict, or how it was chosen. Density: in the SAE's training tokens (its sparsity
+file); firing rate and typical max: on your texts.</p>
+<table class="index"><tr><th>feature</th><th>from</th><th>density</th><th>firing rate</th><th>typical max</th><th>top example [peak]</th>{corpus_head}<th>model · SAE · hook</th></tr>
 {rows}</table>
 </body></html>
 """

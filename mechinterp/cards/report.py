@@ -31,7 +31,8 @@ from mechinterp.core.provenance import Provenance
 from mechinterp.core.tables import plural
 
 # The summary of every card: one row per feature in feature_cards.csv and in the terminal table.
-SUMMARY_COLUMNS = ["feature", "density_sparsity_file", "firing_rate_prompts", "typical_max_activation",
+# Densities and firing rates in percent, as the cards and every chapter print them (the header says so).
+SUMMARY_COLUMNS = ["feature", "density_sparsity_file_percent", "firing_rate_prompts_percent", "typical_max_activation",
                    "top_peak_token", "top_promoted_token", "neuronpedia_url"]
 SUMMARY_HEADINGS = ["feature", "density", "firing rate", "typ. max", "top peak token", "top promoted", "neuronpedia"]
 
@@ -84,9 +85,9 @@ def write_family_card(out: OutputFolder, card: FamilyCard, title: str, is_demo: 
     logits_csv, hist_csv = _logits_and_histogram(out, card, name)
     members_csv = out.write_csv(
         constants.MI5_MEMBERS_CSV.format(feature=name),
-        ["feature", "density_sparsity_file", "firing_rate_prompts", "typical_max_activation", "tokens_it_carries",
-         "top_promoted_token", "peak_words"],
-        [[r.feature, r.density if r.density is not None else "", r.firing_rate, r.typical_max, r.carries,
+        ["feature", "density_sparsity_file_percent", "firing_rate_prompts_percent", "typical_max_activation",
+         "tokens_it_carries", "top_promoted_token", "peak_words"],
+        [[r.feature, _pct(r.density), _pct(r.firing_rate), r.typical_max, r.carries,
           r.promoted[0].token if r.promoted else "", " ".join(f"{w!r}:{n}" for w, n in r.peak_words)]
          for r in card.rows],
     )
@@ -123,36 +124,45 @@ def edge(x: float) -> float:
 # --- every card of the run ------------------------------------------------------------------------------
 
 
+def _pct(fraction: float | None) -> float | str:
+    return "" if fraction is None else float(f"{100 * fraction:.4g}")
+
+
 def summary_row(card: FeatureCard) -> list:
-    """One row of the summary table and feature_cards.csv."""
+    """One row of feature_cards.csv (densities and firing rates in percent)."""
     top = card.examples[0] if card.examples else None
     return [
-        card.feature,
-        f"{card.density:.3g}" if card.density is not None else "-",
-        f"{card.firing_rate:.3g}",
-        f"{card.typical_max:.3f}",
-        repr(top.tokens[top.peak]) if top else "-",
-        repr(card.promoted[0].token),
-        card.url or "-",
-    ] + ([f"{card.corpus.density:.3g}"] if card.corpus is not None else [])
+        card.feature, _pct(card.density), _pct(card.firing_rate), float(f"{card.typical_max:.4g}"),
+        repr(top.tokens[top.peak]) if top else "-", repr(card.promoted[0].token), card.url or "-",
+    ] + ([_pct(card.corpus.density)] if card.corpus is not None else [])
 
 
 def family_summary_row(card: FamilyCard, with_corpus: bool = False) -> list:
     """A family's row of the summary table: its name, the family activation's numbers (firing = any member)."""
     top = card.examples[0] if card.examples else None
-    return [card.name, "-", f"{card.firing_rate:.3g}", f"{card.typical_max:.3f}",
+    return [card.name, "", _pct(card.firing_rate), float(f"{card.typical_max:.4g}"),
             repr(top.tokens[top.peak]) if top else "-", repr(card.promoted[0].token) if card.promoted else "-",
-            "-"] + (["-"] if with_corpus else [])
+            "-"] + ([""] if with_corpus else [])
+
+
+def shown_row(row: list) -> list:
+    """A summary row as the terminal shows it: percentages with their sign, '-' for none."""
+    feature, density, rate, typical, *rest = row
+    out = [feature, "-" if density == "" else f"{density:.3g}%", f"{rate:.3g}%", f"{typical:.3f}", *rest]
+    if len(rest) > 3:  # the corpus density
+        out[-1] = "-" if rest[-1] == "" else f"{rest[-1]:.3g}%"
+    return out
 
 
 def summary_table(cards: Sequence[FeatureCard],
                   families: Sequence[FamilyCard] = ()) -> tuple[list[str], list[str], list[list]]:
-    """The cards' summary: (CSV columns, terminal headings, rows); a corpus column when they have a corpus.
+    """The cards' summary: (CSV columns, terminal headings, CSV rows); a corpus column when they have a
+    corpus. :func:`shown_row` turns a row into what the terminal shows.
 
     A family's row (after the features') is named ``409+501`` and gives its family activation's numbers.
     """
     with_corpus = any(card.corpus is not None for card in cards)
-    return (SUMMARY_COLUMNS + (["density_corpus"] if with_corpus else []),
+    return (SUMMARY_COLUMNS + (["density_corpus_percent"] if with_corpus else []),
             SUMMARY_HEADINGS + (["corpus density"] if with_corpus else []),
             [summary_row(card) for card in cards] + [family_summary_row(card, with_corpus) for card in families])
 
@@ -180,6 +190,21 @@ def write_index(out: OutputFolder, cards: list[FeatureCard], title: str,
     return out.write_text(constants.CARDS_INDEX_HTML, render_index([_index_row(d) for d in entries.values()], title))
 
 
+INDEX_CONTEXT = 8  # tokens shown before a card's top example's peak in index.html
+
+
+def _top_example(d: dict) -> str:
+    """A card's top example as index.html shows it: a few tokens up to its peak token, which is bracketed
+    (the peak is found by the activations stored beside the tokens)."""
+    top = (d.get("top_examples") or [{}])[0]
+    tokens, acts = top.get("tokens") or [], top.get("activations") or []
+    if not tokens or len(acts) != len(tokens):
+        return ""
+    i = max(range(len(acts)), key=lambda k: acts[k])
+    head = "".join(tokens[max(0, i - INDEX_CONTEXT):i])
+    return ("…" if i > INDEX_CONTEXT else "") + f"{head}[{tokens[i]}]"
+
+
 def _index_row(d: dict) -> dict:
     """One card's row of index.html, from its JSON (a family's is linked by its label, e.g. #409+#501)."""
     family = d.get("family")
@@ -187,7 +212,8 @@ def _index_row(d: dict) -> dict:
              "file": constants.FAMILY_HTML.format(family=family) if family else constants.CARD_HTML.format(
                  feature=d["feature"]),
              "origin": d.get("origin", ""), "firing_rate": d.get("firing_rate_on_prompts"),
-             "typical_max": d.get("typical_max_activation"), "title": d.get("title", "")}
+             "typical_max": d.get("typical_max_activation"), "title": d.get("title", ""),
+             "density": d.get("density_from_sparsity_file"), "top_example": _top_example(d)}
             | ({"label": label_of(parse_family(family))} if family else {})
             | ({"corpus_density": d["corpus"].get("density"), "corpus": d["corpus"].get("corpus")}
                if isinstance(d.get("corpus"), dict) else {}))

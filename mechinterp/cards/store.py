@@ -201,7 +201,7 @@ def restore(folder: Path | None, key: dict[str, Any], resume: bool, new_state: C
         return Restored(state, path)
     found, features = path.is_file() and load_state(path, key, state, log), None
     if found and state.complete:
-        log(f"already mined: read {state.n_tokens:,} tokens' results from {path}")
+        log(f"reading the saved pass: {state.n_tokens:,} tokens' results from {path}")
     else:
         covering = _covering_pass(folder, key, new_state, d_sae, log)
         if covering is not None:
@@ -224,6 +224,6 @@ def _covering_pass(folder: Path, key: dict[str, Any], new_state: Callable[[int],
     state = new_state(len(features))
     if not load_state(path, their_key, state, log):
         return None
-    log(f"already mined (in a pass over {'every feature' if every else 'more features'}): "
-        f"read {state.n_tokens:,} tokens' results from {path}")
+    log(f"reading the saved pass over {'every feature' if every else 'more features'}: "
+        f"{state.n_tokens:,} tokens' results from {path}")
     return state, path, features

@@ -131,7 +131,8 @@ class ResultsSelection:
             return f"all picks pass the gate ({self.gate})"
         names = ", ".join(f"#{p.feature} ({p.describe()})" for p in self.skipped[:6])
         more = f" and {len(self.skipped) - 6} more" if len(self.skipped) > 6 else ""
-        return (f"skipped {len(self.skipped)} feature{'s' if len(self.skipped) != 1 else ''} that fail the gate "
+        one = len(self.skipped) == 1
+        return (f"skipped {len(self.skipped)} feature{'' if one else 's'} that {'fails' if one else 'fail'} the gate "
                 f"({self.gate}): {names}{more}; --include-nonsignificant takes them anyway")
 
 

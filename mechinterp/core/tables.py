@@ -52,6 +52,14 @@ def plural(n: int, word: str, many: str | None = None) -> str:
     return f"{n} {word if n == 1 else (many or word + 's')}"
 
 
+def percent(fraction: float | None) -> str:
+    """A share as the project prints densities and firing rates: ``"5.7%"``, ``"<0.0001%"`` for the floor
+    that sparsity files give features never seen, ``"-"`` for none."""
+    if fraction is None:
+        return "-"
+    return "<0.0001%" if 0 < fraction < 1e-6 else f"{100 * fraction:.3g}%"
+
+
 def wrapped(text: str) -> str:
     """Prose wrapped to :data:`WIDTH` columns, continuation lines indented (what :func:`print_wrapped` prints)."""
     return textwrap.fill(text, WIDTH, subsequent_indent="  ", break_on_hyphens=False)
