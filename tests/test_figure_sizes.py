@@ -261,3 +261,27 @@ def test_token_labels_with_dollar_signs_draw_as_text():
     fig.canvas.draw()  # raises on a math-mode parse error
     assert [t.get_text() for t in ax.get_yticklabels()] == [r"'\$\$\$\$'", r"' \$5 and \$6'"]
     plt.close(fig)
+
+
+def test_volcano_labels_never_overlap_and_points_on_one_spot_share_a_label():
+    """MI4 with a tight cluster of strong features, several on exactly the same spot (equal statistics,
+    as the demo's ',' ' as' ' always' detectors have): every label box is apart from every other, and
+    the features it could not label are named in a note."""
+    from mechinterp.meaning.figures import volcano
+
+    rng = np.random.default_rng(0)
+    effect = np.r_[rng.uniform(0.80, 0.95, 12), 0.83, 0.83, 0.83, rng.uniform(-0.3, 0.3, 100)]
+    q = np.r_[10 ** -rng.uniform(5.5, 6.2, 12), 1e-6, 1e-6, 1e-6, rng.uniform(0.2, 1.0, 100)]
+    features = np.arange(1000, 1000 + len(q))
+    labelled = [int(f) for f in features[np.argsort(q)[:15]]]
+    fig = volcano(effect, q, features, labelled, 0.05, "happy", "baseline", "test")
+    renderer = fig._get_renderer()
+    ax = fig.axes[0]
+    labels = [t for t in ax.texts if t.get_text().startswith("#")]
+    boxes = [t.get_window_extent(renderer) for t in labels]
+    assert all(not a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    shown = " ".join(t.get_text() for t in labels).split()
+    note = [t.get_text() for t in ax.texts if t.get_text().startswith("no room to label")]
+    missing = note[0].split(": ", 1)[1].split() if note else []
+    assert sorted(shown + missing) == sorted(f"#{f}" for f in labelled)  # every one named once
+    assert any(t.get_text() == "#1012 #1013 #1014" for t in labels) or {"#1012", "#1013", "#1014"} <= set(missing)

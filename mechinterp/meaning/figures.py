@@ -23,7 +23,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from mechinterp.core import constants
-from mechinterp.core.figures import NotebookFigure, white_zero_cmap
+from mechinterp.core.figures import NotebookFigure, place_labels, white_zero_cmap
 from mechinterp.core.io import OutputFolder
 from mechinterp.core.tables import plural
 from mechinterp.meaning.contrast import MeaningResult
@@ -288,13 +288,16 @@ def volcano(
     ax.axhline(line, color="black", linestyle="--", linewidth=0.8)
     # The threshold's label sits at the right end of its line, away from the legend (upper left).
     ax.text(1.03, line, f"q = {alpha:g} ", va="bottom", ha="right", fontsize=8)
-    position = {int(f): i for i, f in enumerate(features)}
-    for f in labelled:
-        i = position[int(f)]
-        ax.annotate(f"#{f}", (effect[i], y[i]), xytext=(4, 3), textcoords="offset points", fontsize=8)
     ax.set_xlim(-1.05, 1.05)
     # Keep the threshold line well inside the plot even when nothing comes near it (a null group).
     ax.set_ylim(bottom=-0.05 * max(float(y.max(initial=0.0)), line), top=max(float(y.max(initial=0.0)), line) * 1.25)
+    position = {int(f): i for i, f in enumerate(features)}
+    rows = [position[int(f)] for f in labelled]
+    # Labels go where they do not cover one another; those that fit nowhere are named below the plot.
+    left_out = place_labels(ax, [(effect[i], y[i]) for i in rows], [f"#{f}" for f in labelled])
+    if left_out:
+        ax.text(0.99, 0.01, "no room to label: " + " ".join(left_out), transform=ax.transAxes,
+                ha="right", va="bottom", fontsize=7, color="#555555")
     if not sig.any():
         ax.text(0.5, 0.5, f"no feature reaches q < {alpha:g}:\nno evidence that any feature differs",
                 transform=ax.transAxes, ha="center", va="center", fontsize=9, color="#555555")
