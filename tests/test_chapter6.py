@@ -20,7 +20,7 @@ from mechinterp.attribution.attribute import (
     project_components,
     run_components,
 )
-from mechinterp.attribution.report import format_attribution_text
+from mechinterp.attribution.report import attribution_tables, format_attribution_text, num, percent
 from mechinterp.core.encoding import Tokenized, pad_batch
 from mechinterp.core.errors import UserError
 from mechinterp.core.io import OutputFolder
@@ -349,6 +349,63 @@ def test_demo_script_writes_the_planted_answer(world, tmp_path, capsys):
     assert [int(r["feature"]) for r in summary] == [happy, angry]
     record = json.loads((out / "MechInterpFeatureToWeights_run.json").read_text())
     assert "BOS" in record["filtered"] and set(record["checks"]) == {str(happy), str(angry)}
+    _assert_zeros_are_counted_not_listed(printed, out, [happy, angry])
+
+
+def _assert_zeros_are_counted_not_listed(printed: str, out, features: list[int]) -> None:
+    """No printed number rounds to zero, each feature's counted line matches the zero rows of its CSV, and
+    the agreement's denominator is the non-zero ablations."""
+    assert not ROUNDS_TO_ZERO.search(printed), ROUNDS_TO_ZERO.search(printed)
+    summary = {r["feature"]: r for r in _read_csv(out / "feature_to_weights.csv")}
+    for feature, block in zip(features, printed.split("=== Feature #")[1:]):
+        data = json.loads((out / f"MI9_{feature}.json").read_text())
+        threshold = data["causal_check"]["zero_threshold"]
+        rows = _read_csv(out / f"MI9_{feature}.csv")
+        zero = sum(abs(float(r["mean_contribution"])) <= threshold for r in rows)
+        assert 0 < zero < len(rows) and len(rows) == len(data["direct_attribution"]["rows"])  # the CSV keeps all
+        assert f"\n   {zero} other components contribute nothing" in block
+        ablation = _read_csv(out / f"MI9_{feature}_ablation.csv")
+        live = [r for r in ablation if max(abs(float(r[k])) for k in (
+            "predicted_drop", "measured_drop_pre", "measured_drop_act")) > threshold]
+        assert 0 < len(live) <= len(ablation)
+        assert f"of {len(live)} non-zero components" in block
+        assert summary[str(feature)]["ablation agrees"].split(",")[0].endswith(f"/{len(live)}")
+
+
+# A printed number that rounds to zero: "-0.0000", "+0.000", "0.0%" (an exact "0", e.g. a constant's spread,
+# is fine).
+ROUNDS_TO_ZERO = re.compile(r"(?<![\d.e])[-+]?0\.0+(?![\d.]*[1-9])%?|\(\s*-?0\.0+%\)")
+
+
+def test_silent_world_counts_what_writes_nothing():
+    """Every block writes exactly zero: the text lists none of them, counts them once, and the causal check
+    measures agreement over the components that change anything."""
+    loaded, _ = silent_world()
+    result = attribute_feature(loaded, tokenized_ids(loaded, SILENT_TEXTS), FEATURE, AttributionOptions(n_ablate=6))
+    text = format_attribution_text(result, "silent")
+    d, c, w = result.direct, result.causal, result.weights
+    assert not ROUNDS_TO_ZERO.search(text)
+    assert "copies nothing" not in text and not re.search(r"\bL\dH\d\b|\bL\dN\d+\b|\d_mlp_out", text)
+    csv_rows = attribution_tables(result)[0][2]  # MI9_<id>.csv: every row, zeros included
+    zero = sum(abs(row[5]) <= d.zero_threshold for row in csv_rows)
+    assert len(csv_rows) == len(d.rows) and zero == len(d.zero_rows()) >= 10
+    assert f"   {zero} other components contribute nothing" in text
+    assert f"{len(w.heads)} listed heads write nothing" in text
+    assert f"{len(w.neurons_up)} listed neurons write nothing" in text
+    live = [r for r in c.rows if abs(r.predicted_drop) > c.zero_threshold or abs(r.measured_drop_pre) > c.zero_threshold]
+    assert len(live) == c.n_nonzero < len(c.rows) and c.n_agree <= c.n_nonzero
+    assert c.correlation is None  # fewer than 3 components change anything: no r from a cluster of zeros
+    assert f"for {c.n_agree} of {c.n_nonzero} non-zero components" in c.summary and "r =" not in c.summary
+    assert f"{len(c.rows) - len(live)} other ablated components change nothing" in text
+
+
+@pytest.mark.parametrize(("value", "sign", "expected"), [
+    (0.0, True, "0"), (-0.0, False, "0"), (-3e-11, True, "-3.000e-11"), (1.780142, False, "1.780"),
+    (0.0009313, True, "+0.0009313"), (1234.5, False, "1234"), (-84.31, True, "-84.31"),
+])
+def test_numbers_keep_significant_digits(value, sign, expected):
+    assert num(value, sign=sign) == expected
+    assert percent(0.000523) == "0.0523%" and percent(1.499) == "150%" and percent(float("nan")) == "-"
 
 
 def test_flags_keep_their_names_and_defaults(capsys):
@@ -406,7 +463,7 @@ def test_one_call_on_texts_and_reprs_that_name_the_answer():
     assert text == (
         f"FeatureAttribution(#{FEATURE} at blocks.2.hook_resid_pre: mean pre-activation {d.mean_pre_activation:.4g} "
         f"over {d.n_tokens} firing tokens, rows add up (residual {d.residual:+.1e}); top {briefs}; {head.sentence}; "
-        f"mean-ablation agrees for {causal.n_agree}/6, r={causal.correlation:.2f})"
+        f"mean-ablation agrees for {causal.n_agree}/{causal.n_nonzero} non-zero, r={causal.correlation:.2f})"
     )
     assert repr(top[0]) == f"ComponentRow({top[0].component} {top[0].mean_contribution:+.3g} ({top[0].share:.0%}), " \
                            f"spread {top[0].std_contribution:.3g})"

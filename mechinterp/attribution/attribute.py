@@ -65,6 +65,23 @@ LAYER_NORM_EPS = 1e-5  # SAELens' run_time_activation_ln_in default
 # bfloat16, against 2e-7 in float32.
 REDUCED_PRECISION_RTOL = {torch.bfloat16: 2.0**-6, torch.float16: 2.0**-9}
 BOS_SOURCE = "<BOS>"  # how a source position that is the BOS token is named
+# A contribution counts as zero when its size is at most this fraction of the signal it is part of (the
+# mean pre-activation on data; the largest |score| of the weights-only view). Components built to write
+# nothing still leave round-off: on the demo world the blocks write about 1e-10 against a pre-activation
+# near 2. A real contribution of a millionth of the feature changes no printed digit (4 significant
+# digits) and no ablation beyond float32's own rounding (6e-8 per operation, accumulated over a residual
+# stream of hundreds of dimensions). 1e-6 sits between the two with orders of magnitude to spare each side.
+ZERO_TOLERANCE = 1e-6
+
+
+def zero_threshold(scale: float) -> float:
+    """Sizes at or below this are "contributes nothing" next to a signal of size ``scale``."""
+    return ZERO_TOLERANCE * abs(scale)
+
+
+def is_zero(value: float, threshold: float) -> bool:
+    """Exactly zero, or at most ``threshold`` (see :func:`zero_threshold`)."""
+    return value == 0 or abs(value) <= threshold
 
 
 class AttributionCheckFailed(UserError):
@@ -371,6 +388,16 @@ class DirectAttribution:
     def row(self, component: str) -> ComponentRow:
         return next(r for r in self.rows if r.component == component)
 
+    @property
+    def zero_threshold(self) -> float:
+        """A row whose |mean contribution| is at most this contributes nothing (:data:`ZERO_TOLERANCE` of the
+        mean pre-activation)."""
+        return zero_threshold(self.mean_pre_activation)
+
+    def zero_rows(self) -> list[ComponentRow]:
+        """The rows that contribute nothing (exactly zero, or round-off below :attr:`zero_threshold`)."""
+        return [r for r in self.rows if is_zero(r.mean_contribution, self.zero_threshold)]
+
 
 @dataclass
 class SourceRow:
@@ -463,6 +490,12 @@ class WeightsView:
             for r in getattr(self, name)
         ]
 
+    @property
+    def zero_threshold(self) -> float:
+        """A score whose size is at most this writes nothing: :data:`ZERO_TOLERANCE` of the largest |score| in
+        the view (there is no data, so no pre-activation to compare with)."""
+        return zero_threshold(max((abs(r.score) for _, r in self.all_rows()), default=0.0))
+
 
 @dataclass
 class AblationRow:
@@ -486,9 +519,16 @@ class CausalCheck:
 
     rows: list[AblationRow]
     correlation: float | None  # Pearson r of predicted vs measured pre-activation drops (>= 3 rows)
-    n_agree: int  # rows whose drops agree within agree_tolerance
+    n_agree: int  # non-zero rows whose drops agree within agree_tolerance
     agree_tolerance: float
     ablated_on: str
+    n_nonzero: int = 0  # rows where the predicted or the measured drop is above zero_threshold
+    zero_threshold: float = 0.0  # drops at most this size are zero (ZERO_TOLERANCE of the mean pre-activation)
+
+    def is_zero_row(self, row: AblationRow) -> bool:
+        """Neither the predicted nor the measured drop (of the pre-activation or the activation) is above zero."""
+        return all(is_zero(v, self.zero_threshold)
+                   for v in (row.predicted_drop, row.measured_drop_pre, row.measured_drop_act))
 
     def __repr__(self) -> str:
         return f"CausalCheck({self.summary})"
@@ -497,11 +537,15 @@ class CausalCheck:
     def summary(self) -> str:
         if not self.rows:
             return "no component ablated"
-        r = f"; correlation r = {self.correlation:.3f}" if self.correlation is not None else ""
+        if not self.n_nonzero:
+            return f"no ablated component changes the feature (every drop at most {self.zero_threshold:.2g})"
+        r = (f"; correlation r = {self.correlation:.3f} over those {self.n_nonzero}"
+             if self.correlation is not None else "")
+        zero = len(self.rows) - self.n_nonzero
+        left_out = f"; {zero} whose drops are zero left out" if zero else ""
         return (
             f"measured drop within {self.agree_tolerance:.0%} of the predicted direct drop for "
-            f"{self.n_agree} of "
-            f"{len(self.rows)} components{r}"
+            f"{self.n_agree} of {self.n_nonzero} non-zero components{r}{left_out}"
         )
 
 
@@ -532,7 +576,7 @@ class FeatureAttribution:
             parts.append(self.head_sources[0].sentence)
         if self.causal is not None and self.causal.rows:
             r = f", r={self.causal.correlation:.2f}" if self.causal.correlation is not None else ""
-            parts.append(f"mean-ablation agrees for {self.causal.n_agree}/{len(self.causal.rows)}{r}")
+            parts.append(f"mean-ablation agrees for {self.causal.n_agree}/{self.causal.n_nonzero} non-zero{r}")
         return head + "; ".join(parts) + ")"
 
     def sum_check(self) -> dict[str, float] | None:
@@ -570,6 +614,8 @@ class FeatureAttribution:
                 "rows": [asdict(r) | {"removed_fraction": r.removed_fraction} for r in self.causal.rows],
                 "correlation": self.causal.correlation,
                 "n_agree": self.causal.n_agree,
+                "n_nonzero": self.causal.n_nonzero,
+                "zero_threshold": self.causal.zero_threshold,
                 "agree_tolerance": self.causal.agree_tolerance,
                 "ablated_on": self.causal.ablated_on,
                 "summary": self.causal.summary,
@@ -1032,6 +1078,7 @@ def _causal_check(
         rows,
         options.agree_tolerance,
         f"{len(fire.text)} firing tokens in {len(texts)} texts, mean over all {means.n_tokens} text tokens",
+        direct.zero_threshold,
     )
 
 
@@ -1069,19 +1116,23 @@ def _values_at(
     return pre_out, act_out
 
 
-def _agreement(rows: list[AblationRow], tolerance: float, ablated_on: str) -> CausalCheck:
-    agree = sum(
+def _agreement(rows: list[AblationRow], tolerance: float, ablated_on: str, threshold: float) -> CausalCheck:
+    """Agreement and correlation over the non-zero rows only: two zeros "agree" trivially, and a cluster of
+    them at the origin inflates r."""
+    check = CausalCheck(rows, None, 0, tolerance, ablated_on, zero_threshold=threshold)
+    live = [r for r in rows if not check.is_zero_row(r)]
+    check.n_nonzero = len(live)
+    check.n_agree = int(sum(
         abs(r.measured_drop_pre - r.predicted_drop)
-        <= tolerance * max(abs(r.measured_drop_pre), abs(r.predicted_drop)) + 1e-9
-        for r in rows
-    )
-    correlation = None
-    if len(rows) >= 3:
-        p = np.array([r.predicted_drop for r in rows])
-        m = np.array([r.measured_drop_pre for r in rows])
+        <= tolerance * max(abs(r.measured_drop_pre), abs(r.predicted_drop)) + max(threshold, 1e-9)
+        for r in live
+    ))
+    if len(live) >= 3:
+        p = np.array([r.predicted_drop for r in live])
+        m = np.array([r.measured_drop_pre for r in live])
         if p.std() > 0 and m.std() > 0:
-            correlation = float(np.corrcoef(p, m)[0, 1])
-    return CausalCheck(rows, correlation, int(agree), tolerance, ablated_on)
+            check.correlation = float(np.corrcoef(p, m)[0, 1])
+    return check
 
 
 # --- all four -----------------------------------------------------------------------------------------

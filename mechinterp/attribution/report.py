@@ -19,11 +19,14 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from mechinterp.attribution.attribute import (
+    ZERO_TOLERANCE,
     CausalCheck,
     DirectAttribution,
     FeatureAttribution,
     HeadSources,
+    WeightRow,
     WeightsView,
+    is_zero,
 )
 from mechinterp.core import constants
 from mechinterp.core.figures import NotebookFigure
@@ -192,7 +195,7 @@ def _causal_panel(ax: Axes, direct: DirectAttribution, causal: CausalCheck | Non
     ax.set_ylabel("measured drop after mean-ablation (all paths)")
     corr = f", r = {causal.correlation:.3f}" if causal.correlation is not None else ""
     ax.set_title(
-        f"4. Causal check: {causal.n_agree} of {len(causal.rows)} agree within {causal.agree_tolerance:.0%}{corr}",
+        f"4. Causal check: {causal.n_agree} of {causal.n_nonzero} non-zero agree within {causal.agree_tolerance:.0%}{corr}",
         fontsize=10,
     )
     ax.legend(fontsize=8, loc="upper left")
@@ -215,77 +218,132 @@ def _chunks(items: list[str], indent: str, per_line: int = 4) -> list[str]:
     return [(indent if i == 0 else " " * len(indent)) + row for i, row in enumerate(rows)]
 
 
+def num(x: float, digits: int = 4, sign: bool = False) -> str:
+    """``x`` to ``digits`` significant digits (``0`` for an exact zero; never ``-0.0000``)."""
+    if x == 0:
+        return "0"
+    text = f"{x:{'+' if sign else ''}#.{digits}g}"
+    return text[:-1] if text.endswith(".") else text
+
+
+def percent(x: float, digits: int = 3) -> str:
+    """A fraction as a percentage to ``digits`` significant digits (``-`` when undefined)."""
+    return "-" if x != x else num(100 * x, digits) + "%"
+
+
 def format_attribution_text(result: FeatureAttribution, title: str, n_rows: int = 12) -> str:
     """The four answers as terminal text (the script prints it; ``n_rows``: components listed)."""
     lines = [f"=== Feature #{result.feature} · {title}", *_wrap(f"Filtered: {result.filtered}")]
     for note in result.notes:
         lines += _wrap(f"Note: {note}")
-    lines += direct_lines(result.direct, n_rows) + source_lines(result.head_sources)
+    threshold = result.direct.zero_threshold if result.direct is not None else 0.0
+    lines += direct_lines(result.direct, n_rows) + source_lines(result.head_sources, threshold)
     lines += weights_lines(result.weights) + causal_lines(result.causal, fired=result.direct is not None)
     return "\n".join(lines)
 
 
+def _zero_line(n: int, what: str, threshold: float, of: str, indent: str = "   ") -> list[str]:
+    """The one counted line that stands for ``n`` rows that are zero (none when ``n`` is 0); ``of`` names
+    the value and the scale the threshold is a fraction of, e.g. ``"|mean|", "the mean pre-activation"``."""
+    if not n:
+        return []
+    value, scale = of
+    below = f"{value} <= {threshold:.2g}, {ZERO_TOLERANCE:g} x {scale}" if threshold else "exactly zero"
+    return _wrap(f"{n} {what} ({below})", indent)
+
+
 def direct_lines(d: DirectAttribution | None, n_rows: int = 12) -> list[str]:
-    """Question 1: the sum check, then the ``n_rows`` largest rows."""
+    """Question 1: the sum check, the ``n_rows`` largest non-zero rows, then one line counting the zero rows."""
     if d is None:
         return ["", "1. Direct attribution: the feature never fires on these texts."]
     lines = ["", *_wrap(
-        f"1. Direct attribution: mean pre-activation {d.mean_pre_activation:.4f} (mean activation "
-        f"{d.mean_activation:.4f}) over {d.n_tokens} firing tokens in {d.n_texts} texts "
+        f"1. Direct attribution: mean pre-activation {num(d.mean_pre_activation)} (mean activation "
+        f"{num(d.mean_activation)}) over {d.n_tokens} firing tokens in {d.n_texts} texts "
         f"(of {d.n_text_tokens} text tokens)."
     )]
     lines += _wrap(
-        f"Check: the {len(d.rows)} rows add up to {d.sum_of_rows:.6f}; the SAE's own hook_sae_acts_pre gives "
-        f"{d.mean_pre_activation:.6f}; residual {d.residual:+.2e} (largest on one token "
+        f"Check: the {len(d.rows)} rows add up to {num(d.sum_of_rows, 7)}; the SAE's own hook_sae_acts_pre gives "
+        f"{num(d.mean_pre_activation, 7)}; residual {d.residual:+.2e} (largest on one token "
         f"{d.max_token_residual:.2e}).",
         "   ",
     )
-    lines.append(f"   {'component':<12} {'mean':>9} {'share':>7} {'spread':>8}")
-    for r in d.top(n_rows):
-        lines.append(f"   {r.component:<12} {r.mean_contribution:>+9.4f} {r.share:>7.1%} {r.std_contribution:>8.4f}")
+    zero = d.zero_rows()
+    live = [r for r in d.top(len(d.rows)) if r not in zero]
+    lines.append(f"   {'component':<12} {'mean':>10} {'share':>8} {'spread':>10}")
+    for r in live[:n_rows]:
+        lines.append(f"   {r.component:<12} {num(r.mean_contribution, sign=True):>10} {percent(r.share):>8} "
+                     f"{num(r.std_contribution, 3):>10}")
+    if len(live) > n_rows:
+        lines.append(f"   {len(live) - n_rows} smaller non-zero components are in the CSV")
+    lines += _zero_line(len(zero), f"{'other ' if live else ''}components contribute nothing", d.zero_threshold,
+                        ("|mean|", "the mean pre-activation; every row is in the CSV"))
     return lines
 
 
-def source_lines(head_sources: list[HeadSources]) -> list[str]:
-    """Question 2: each traced head's sentence and its source tokens."""
+def source_lines(head_sources: list[HeadSources], threshold: float = 0.0) -> list[str]:
+    """Question 2: each traced head's sentence and its non-zero source tokens (``threshold``: the direct
+    attribution's :attr:`~DirectAttribution.zero_threshold`)."""
     if not head_sources:
         return ["", "2. From which tokens: no head contributes, so there is nothing to trace."]
     lines = ["", "2. From which tokens (top heads, split exactly by source position):"]
     for hs in head_sources:
         lines += _wrap(safe_text(hs.sentence), "   ")
-        for s in hs.sources:
+        live = [s for s in hs.sources if not is_zero(s.mean_contribution, threshold)]
+        for s in live:
             lines.append(
-                f"      {safe_text(repr(s.token)):<18} {s.mean_contribution:>+9.4f} ({s.share:>6.1%}), "
-                f"typically {s.typical_offset} back, {s.n_pairs} pairs"
+                f"      {safe_text(repr(s.token)):<18} {num(s.mean_contribution, sign=True):>10} "
+                f"({percent(s.share):>6}), typically {s.typical_offset} back, {s.n_pairs} pairs"
             )
+        lines += _zero_line(len(hs.sources) - len(live), f"{'other ' if live else ''}source tokens bring nothing",
+                            threshold, ("|mean|", "the mean pre-activation"), "      ")
     return lines
 
 
+def _weight_items(rows: list[WeightRow], threshold: float, shown: int, indent: str, noun: str) -> list[str]:
+    """Up to ``shown`` non-zero rows of one weights-only list, four to a line, then the zero rows counted."""
+    live = [r for r in rows if not is_zero(r.score, threshold)]
+    name = (lambda r: safe_text(repr(r.component))) if noun == "tokens" else (lambda r: r.component)
+    lines = _chunks([f"{name(r)} {num(r.score, 3, sign=True)}" for r in live[:shown]], indent) if live else []
+    zero = _zero_line(len(rows) - len(live), f"{'other ' if live else ''}listed {noun} write nothing", threshold,
+                      ("|score|", "the largest"), " " * len(indent))
+    if not live and zero:
+        zero[0] = indent + zero[0].lstrip()
+    return lines + zero
+
+
 def weights_lines(wv: WeightsView) -> list[str]:
-    """Question 3: the neurons, heads and tokens that write most onto the encoder direction."""
+    """Question 3: the neurons, heads and tokens that write most onto the encoder direction; rows that write
+    nothing are counted, not listed (the CSV keeps every row)."""
+    t = wv.zero_threshold
     lines = ["", "3. Weights alone (no data; DIRECT PATH ONLY: every path through other layers is ignored):",
              "   MLP neurons whose output row writes most onto the encoder direction (per unit of activation):"]
-    lines += _chunks([f"{r.component} {r.score:+.3g}" for r in wv.neurons_up[:8]], "      up:   ")
-    lines += _chunks([f"{r.component} {r.score:+.3g}" for r in wv.neurons_down[:8]], "      down: ")
+    lines += _weight_items(wv.neurons_up, t, 8, "      up:   ", "neurons")
+    lines += _weight_items(wv.neurons_down, t, 8, "      down: ", "neurons")
     lines.append("   Heads whose OV circuit writes most onto it (gain for one fully attended, normalised source):")
-    lines += [f"      {r.component:<8} {r.score:8.3g}  {safe_text(r.detail)}" for r in wv.heads[:5]]
+    live = [r for r in wv.heads if not is_zero(r.score, t)]
+    lines += [f"      {r.component:<8} {num(r.score, 3):>8}  {safe_text(r.detail)}" for r in live[:5]]
+    lines += _zero_line(len(wv.heads) - len(live), f"{'other ' if live else ''}listed heads write nothing", t,
+                        ("|gain|", "the largest score"), "      ")
     lines.append("   Tokens whose embedding reads most strongly onto it (embedding -> hook, skipping every block):")
-    lines += _chunks([f"{safe_text(repr(r.component))} {r.score:+.3g}" for r in wv.tokens_up[:8]], "      up:   ")
-    lines += _chunks([f"{safe_text(repr(r.component))} {r.score:+.3g}" for r in wv.tokens_down[:8]], "      down: ")
+    lines += _weight_items(wv.tokens_up, t, 8, "      up:   ", "tokens")
+    lines += _weight_items(wv.tokens_down, t, 8, "      down: ", "tokens")
     return lines
 
 
 def causal_lines(c: CausalCheck | None, fired: bool = True) -> list[str]:
-    """Question 4: predicted against measured drops of each mean-ablated component."""
+    """Question 4: predicted against measured drops of each mean-ablated component that changes anything."""
     if c is None:
         return ["", "4. Causal check: not run." if fired else "4. Causal check: nothing to ablate."]
     lines = ["", *_wrap(f"4. Causal check: mean-ablate each top component ({c.ablated_on}).")]
     lines.append(f"   {'component':<12} {'predicted':>10} {'measured':>10} {'act. drop':>10} {'removed':>8}")
-    for r in c.rows:
+    live = [r for r in c.rows if not c.is_zero_row(r)]
+    for r in live:
         lines.append(
-            f"   {r.component:<12} {r.predicted_drop:>+10.4f} {r.measured_drop_pre:>+10.4f} "
-            f"{r.measured_drop_act:>+10.4f} {r.removed_fraction:>8.1%}"
+            f"   {r.component:<12} {num(r.predicted_drop, sign=True):>10} {num(r.measured_drop_pre, sign=True):>10} "
+            f"{num(r.measured_drop_act, sign=True):>10} {percent(r.removed_fraction):>8}"
         )
+    lines += _zero_line(len(c.rows) - len(live), f"{'other ' if live else ''}ablated components change nothing",
+                        c.zero_threshold, ("|drop|", "the mean pre-activation; every row is in the CSV"))
     lines += _wrap(
         f"{c.summary}. Predicted = direct path only; measured = the SAE's pre-activation after the "
         "real ablation (all paths); act. drop = of the activation (after the ReLU).",
@@ -305,13 +363,13 @@ def summary_row(result: FeatureAttribution) -> list:
     return [
         result.feature,
         d.n_tokens if d else 0,
-        f"{d.mean_pre_activation:.4f}" if d else "-",
-        f"{d.sum_of_rows:.4f}" if d else "-",
+        num(d.mean_pre_activation, 5) if d else "-",
+        num(d.sum_of_rows, 5) if d else "-",
         f"{d.residual:.1e}" if d else "-",
         f"{top.component} ({top.share:.0%})" if top else "-",
         result.head_sources[0].sentence if result.head_sources else "-",
         repr(result.weights.tokens_up[0].component) if result.weights.tokens_up else "-",
-        f"{c.n_agree}/{len(c.rows)}" + (f", r={c.correlation:.2f}" if c.correlation is not None else "")
+        f"{c.n_agree}/{c.n_nonzero}" + (f", r={c.correlation:.2f}" if c.correlation is not None else "")
         if c
         else "-",
     ]
