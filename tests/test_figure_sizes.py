@@ -285,3 +285,23 @@ def test_volcano_labels_never_overlap_and_points_on_one_spot_share_a_label():
     missing = note[0].split(": ", 1)[1].split() if note else []
     assert sorted(shown + missing) == sorted(f"#{f}" for f in labelled)  # every one named once
     assert any(t.get_text() == "#1012 #1013 #1014" for t in labels) or {"#1012", "#1013", "#1014"} <= set(missing)
+
+
+def test_card_logit_panels_give_suppression_its_own_scale():
+    """A +4 promotion and a -0.017 suppression: each panel's x range fits its own bars, so the small
+    ones are not drawn as nothing, and no token label runs into the histogram."""
+    from mechinterp.cards.figures import feature_figure
+
+    edges = np.linspace(0.1, 3.0, 11)
+    fig = feature_figure(501, edges, {"happy": np.arange(10)}, 100, 145,
+                         [(" sunshine", 4.0), (" laughter", 3.9)],
+                         [(" Accountability", -0.017), ("<|endoftext|>", -0.012)], "test")
+    fig.draw_without_rendering()  # constrained layout places the axes at draw time
+    renderer = fig._get_renderer()
+    hist = fig.axes[0]
+    promoted, suppressed = fig.axes[1:3]  # the logit panels, top and bottom
+    assert promoted.get_xlim()[1] >= 4.0 and suppressed.get_xlim()[0] <= -0.017
+    assert suppressed.get_xlim()[0] > -0.1  # its own scale, not the promoted one's
+    hist_box = hist.get_window_extent(renderer)
+    for label in suppressed.get_yticklabels() + promoted.get_yticklabels():
+        assert label.get_window_extent(renderer).x0 > hist_box.x1, label.get_text()

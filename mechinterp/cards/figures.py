@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from matplotlib import colormaps
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
@@ -61,8 +62,13 @@ def feature_figure(
     """
     listed = len(promoted), len(suppressed)
     promoted, suppressed = promoted[:MAX_LOGIT_BARS], suppressed[:MAX_LOGIT_BARS]
-    fig = NotebookFigure(figsize=(14, 7.2))
-    ax_hist, ax_logit = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.25, 1]})
+    # Constrained layout leaves the logit panels' long token labels room of their own.
+    fig = NotebookFigure(figsize=(14, 7.2), layout="constrained")
+    # The histogram on the left; on the right, promoted above suppressed, each as tall as its rows need.
+    grid = fig.add_gridspec(2, 2, width_ratios=[1.25, 1],
+                            height_ratios=[min(len(promoted), MAX_LOGIT_BARS) + 2, min(len(suppressed), MAX_LOGIT_BARS) + 2])
+    ax_hist = fig.add_subplot(grid[:, 0])
+    logit_axes = fig.add_subplot(grid[0, 1]), fig.add_subplot(grid[1, 1])
     widths = np.diff(edges)
     bottom = np.zeros(len(widths))
     palette = colormaps["tab10"]
@@ -88,24 +94,32 @@ def feature_figure(
     )
     ax_hist.grid(axis="y", alpha=0.3)
 
-    # Promoted on top (strongest first), suppressed below (strongest last), a gap between.
-    labels = [axis_label(t) for t, _ in promoted] + [""] + [axis_label(t) for t, _ in reversed(suppressed)]
-    values = [v for _, v in promoted] + [0.0] + [v for _, v in reversed(suppressed)]
-    colors = ["#2e7d32"] * len(promoted) + ["white"] + ["#c62828"] * len(suppressed)
-    y = np.arange(len(values))[::-1]
-    ax_logit.barh(y, values, color=colors, height=0.75)
-    ax_logit.set_yticks(y, labels, fontsize=8.5, family="monospace")
-    ax_logit.axvline(0, color="black", linewidth=0.8)
     of_listed = (f"\n(the strongest drawn; all {listed[0]} promoted and {listed[1]} suppressed are in "
                  f"{constants.MI5_CSV.format(feature=feature)})" if listed != (len(promoted), len(suppressed)) else "")
     writes = writes or f"one unit of feature #{feature} (W_dec[f] @ W_U)"
-    ax_logit.set_xlabel(f"direct logit effect of {writes}{of_listed}")
-    ax_logit.set_title(f"What it writes: {len(promoted)} most promoted (green), {len(suppressed)} most suppressed (red)",
-                       fontsize=10)
-    ax_logit.grid(axis="x", alpha=0.3)
-    ax_logit.margins(y=0.01)
+    _logit_panels(logit_axes, promoted, suppressed, f"direct logit effect of {writes}{of_listed}")
     fig.suptitle(f"{heading or f'Feature #{feature}'}\n{title}", fontsize=11)
     return fig
+
+
+def _logit_panels(axes: tuple[Axes, Axes], promoted: Sequence[tuple[str, float]],
+                  suppressed: Sequence[tuple[str, float]], xlabel: str) -> None:
+    """What it writes, in two panels with their own scales: promoted tokens above (strongest first), suppressed
+    below. One shared scale would draw a -0.017 suppression as nothing next to a +4 promotion."""
+    top, bottom = axes
+    for panel, rows, color, name in ((top, promoted, "#2e7d32", "promoted"), (bottom, suppressed, "#c62828", "suppressed")):
+        y = np.arange(len(rows))[::-1]
+        panel.barh(y, [v for _, v in rows], color=color, height=0.75)
+        panel.set_yticks(y, [axis_label(t) for t, _ in rows], fontsize=8.5, family="monospace")
+        panel.axvline(0, color="black", linewidth=0.8)
+        panel.grid(axis="x", alpha=0.3)
+        panel.margins(y=0.02)
+        panel.set_title(("What it writes: " if name == "promoted" else "")
+                        + f"{len(rows)} most {name}" + (" (its own scale)" if name == "suppressed" else ""),
+                        fontsize=10 if name == "promoted" else 9, loc="left")
+        if not rows:
+            panel.text(0.5, 0.5, f"none {name}", ha="center", va="center", transform=panel.transAxes)
+    bottom.set_xlabel(xlabel)
 
 
 def family_figure(card: FamilyCard, title: str = "") -> Figure:
