@@ -29,10 +29,13 @@ from mechinterp.causal.intervene import (
     matched_controls,
     steering_hook,
 )
+from mechinterp.causal import report
 from mechinterp.causal.report import feature_test_text, steering_lines
 from mechinterp.core.encoding import hook_activations, tokenize
 from mechinterp.core.errors import UserError
 from mechinterp.core.prompts import load_prompt_sets, read_prompt_file
+from mechinterp.core.tables import WIDTH
+from mechinterp.core.tokens import _byte_decoder
 from mechinterp.core.source import SourceOptions, demo_prompts_dir, demo_threads, load, resolve_source
 from mechinterp.core.toyworld import CONCEPT_WORDS, PLANTED_OUTPUTS
 
@@ -491,3 +494,103 @@ def test_group_batches_prepare_once_for_every_feature(loaded_toy, world):
     prepared = GroupBatches.of(loaded_toy, sets, FeatureTestOptions(max_prompts=3))
     assert prepared.baseline == "happy" and prepared.batch_size == 16  # the CPU default
     assert all(p == sets.groups[g][:3] for g, p in prepared.groups.items())
+
+
+# --- what a learner sees: the summary, the caveats, the continuations ----------------------------------
+
+
+def _table_row(text, starts):
+    """The cells of the first table row of ``text`` that starts with ``starts`` (columns split on 2+ spaces)."""
+    import re
+
+    line = next(line for line in text.splitlines() if line.startswith(starts))
+    return re.split(r" {2,}", line.strip())
+
+
+def test_summary_row_leads_with_the_effect_where_it_fires(happy_test):
+    _, result = happy_test
+    a, which = result.ablation, "delta_logodds_targets"
+    at = a.located.firing
+    firing_controls = [getattr(c.firing, which) for c in a.control_located if c.firing.n_positions]
+    # the same numbers as the 'Where it matters' table's rows for the feature and its controls
+    where = "\n".join(report.located_lines(result))
+    log_odds_column = 3  # positions, n, Δ log P, Δ log-odds, KL
+    assert float(_table_row(where, "where it fires")[log_odds_column]) == pytest.approx(at.delta_logodds_targets,
+                                                                                      rel=1e-3)
+    table_ctrl = float(_table_row(where, "controls where")[log_odds_column])
+    assert table_ctrl == pytest.approx(float(np.median(firing_controls)), rel=1e-2, abs=1e-3)
+    row = report.summary_row(result)
+    assert row[2] == f"{at.delta_logodds_targets:+.3g}"
+    assert float(row[3]) == pytest.approx(table_ctrl, rel=1e-2, abs=1e-3)
+    # its empirical p, by its definition, against the controls where they fire
+    n_ge = sum(abs(c) >= abs(at.delta_logodds_targets) for c in firing_controls)
+    assert row[4] == f"{(1 + n_ge) / (1 + len(firing_controls)):.3g}"
+    assert a.to_dict()["at_firing_positions"]["empirical_p"][which] == a.located_empirical_p(which)
+    # then the per-token effect over all tokens, as before
+    assert row[5] == f"{a.effect.delta_logodds_targets:+.3g}" and row[6] == f"{a.empirical_p(which):.3g}"
+    text = report.summary_text([result], 2.0)
+    assert any(line.startswith("feature  ablated on  where it fires  ctrl median") for line in text.splitlines())
+    assert all(len(line) <= WIDTH for line in text.splitlines())
+
+
+def test_summary_explains_when_the_two_effects_disagree(happy_test):
+    _, result = happy_test
+    a = result.ablation
+    assert report.disagreement(result) is None  # on the toy world both stand out
+    # Controls as large as the feature over all tokens, but not where they fire: diluted.
+    big = [replace(e, delta_logodds_targets=2 * abs(a.effect.delta_logodds_targets)) for e in a.control_effects]
+    diluted = replace(result, ablation=replace(a, control_effects=big))
+    line = report.disagreement(diluted)
+    assert "significant where it fires" in line and "diluted over all tokens" in line
+    assert f"fires on {a.located.firing.n_positions} of {a.effect.n_positions} positions" in line
+    assert line in report.summary_text([diluted], 2.0).replace("\n  ", " ")
+    # The reverse: the controls where they fire beat the feature there, but not over all tokens.
+    at = a.located.firing
+    strong = [replace(c, firing=replace(c.firing, delta_logodds_targets=2 * abs(at.delta_logodds_targets),
+                                        n_positions=max(c.firing.n_positions, 1))) for c in a.control_located]
+    elsewhere = replace(result, ablation=replace(a, control_located=strong))
+    assert "significant over all tokens" in report.disagreement(elsewhere)
+
+
+def test_small_effect_caveat_only_after_a_small_effect(happy_test):
+    _, result = happy_test
+    a = result.ablation
+    assert "does not mean the feature does nothing" not in feature_test_text(result).replace("\n  ", " ")
+    assert a.located.firing.delta_logp_targets < -report.SMALL_EFFECT  # a large effect where it fires
+    assert np.exp(a.located.clean_firing.logp_targets) > report.ALREADY_PREDICTED  # though already predicted
+    small = replace(a.located, firing=replace(a.located.firing, delta_logp_targets=-0.01))
+    text = "\n".join(report.located_lines(replace(result, ablation=replace(a, located=small)))).replace("\n  ", " ")
+    assert "does not mean the feature does nothing" in text and f"< {report.SMALL_EFFECT:g} nat" in text
+
+
+def _byte_token_ids(tokenizer, raw):
+    """One byte-level token per byte of ``raw`` (GPT-2's byte alphabet): a multi-byte character split up."""
+    to_char = {b: ch for ch, b in _byte_decoder().items()}
+    ids = tokenizer.convert_tokens_to_ids([to_char[b] for b in raw])
+    assert tokenizer.unk_token_id not in ids or tokenizer.unk_token_id is None
+    return ids
+
+
+def test_continuations_decode_multibyte_characters_whole(loaded_toy, monkeypatch):
+    tok = loaded_toy.model.tokenizer
+    new = _byte_token_ids(tok, "é→x".encode() + b"\xe2")  # ends with a stray first byte of a character
+    # the model's continuation comes back as these tokens
+    prompt = tokenize(loaded_toy, ["A day."]).ids[0]
+
+    def fake_generate(ids, **kwargs):
+        return torch.cat([ids, torch.tensor([new], device=ids.device)], dim=1)
+
+    monkeypatch.setattr(loaded_toy.model, "generate", fake_generate)
+    direction = torch.zeros(loaded_toy.model.cfg.d_model, device=loaded_toy.device)
+    gens = intervene.generate_side_by_side(loaded_toy, [prompt], ["A day."], 1, direction, len(new), seed=0)
+    assert [(g.clean, g.steered) for g in gens] == [("é→x<0xE2>", "é→x<0xE2>")] * 2
+    assert "\ufffd" in tok.decode([new[0]])  # one byte token alone is no character
+    assert intervene.continuation_text(tok, new) == "é→x<0xE2>"
+    assert all("\ufffd" not in line for line in report.generation_lines(_with_generations(gens)))
+
+
+def _with_generations(gens):
+    """A minimal stand-in for a FeatureTest with these generations, for report.generation_lines."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(generation_coeff=2.0, typical_max=1.0, feature=1, generations=gens, max_new_tokens=4)

@@ -42,6 +42,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -70,6 +71,8 @@ from mechinterp.core.logits import family_logit_effects, logit_effects
 from mechinterp.core.options import finite_float, option, positive_int
 from mechinterp.core.progress import Log, silent
 from mechinterp.core.prompts import PromptSets
+from mechinterp.core.tokens import _show_bytes as show_bytes
+from mechinterp.core.tokens import _token_bytes as token_bytes
 from mechinterp.core.tokens import decode_token
 
 HookFn = Callable[[torch.Tensor, object], torch.Tensor]
@@ -465,6 +468,19 @@ class AblationResult:
         """(1 + controls at least as large) / (1 + controls): the permutation-style p-value."""
         return (1 + self.n_controls_at_least(which)) / (1 + len(self.control_effects))
 
+    def located_controls(self, which: str) -> np.ndarray:
+        """Each control's effect where it fires (controls that never fire on these prompts left out)."""
+        return np.array([getattr(c.firing, which) for c in self.control_located if c.firing.n_positions])
+
+    def located_empirical_p(self, which: str) -> float | None:
+        """The empirical p of the effect where the feature fires, against each control's effect where that
+        control fires; None when the feature, or every control, never fires here."""
+        ctrl = self.located_controls(which)
+        if self.located is None or not self.located.firing.n_positions or not len(ctrl):
+            return None
+        value = getattr(self.located.firing, which)
+        return (1 + int((np.abs(ctrl) >= abs(value)).sum())) / (1 + len(ctrl))
+
     def z_score(self, which: str) -> float:
         value, ctrl = self._values(which)
         sd = float(ctrl.std(ddof=1)) if len(ctrl) > 1 else 0.0
@@ -493,6 +509,7 @@ class AblationResult:
                 "feature": {k: getattr(self.located.firing, k) for k in keys},
                 "controls_median": {k: float(np.median([getattr(c.firing, k) for c in self.control_located]))
                                     for k in keys} if self.control_located else None,
+                "empirical_p": {k: self.located_empirical_p(k) for k in keys},
             }, "at_next_positions": {
                 "n_positions": self.located.next.n_positions,
                 "feature": {k: getattr(self.located.next, k) for k in keys},
@@ -599,6 +616,16 @@ class Generation:
     steered: str
 
 
+def continuation_text(tokenizer: Any, ids: Sequence[int]) -> str:
+    """Generated tokens as one text: their bytes joined and decoded together, so a character split across
+    byte tokens comes out whole, and a stray byte that is no character is shown as ``<0xE2>`` (never as
+    the replacement character, which would hide which byte it was)."""
+    pieces = [token_bytes(tokenizer, int(t)) for t in ids]
+    if any(p is None for p in pieces):  # not a byte-level vocabulary: its own decoder knows best
+        return tokenizer.decode(list(ids))
+    return show_bytes(b"".join(pieces))
+
+
 @torch.inference_mode()
 def generate_side_by_side(
     loaded: Loaded,
@@ -633,7 +660,7 @@ def generate_side_by_side(
                 result = model.generate(ids, **kwargs)
         else:
             result = model.generate(ids, **kwargs)
-        return tok.decode(result[0, ids.shape[1] :].tolist())
+        return continuation_text(tok, result[0, ids.shape[1] :].tolist())
 
     for text, ids_list in zip(prompts, prompt_ids):
         ids = torch.tensor([list(ids_list)], device=loaded.device)

@@ -28,6 +28,12 @@ MEASURE_NAMES = {"delta_logp_targets": "Δ log P(tgt)", "delta_logodds_targets":
 ALREADY_PREDICTED = 0.5
 # KL(clean || steered) above this many nats: the steered model no longer resembles the clean one.
 OVERWRITTEN_KL = 1.0
+# |Δ log P(tgt)| where the feature fires below this many nats (P(targets) falls by under 10%): a small effect.
+SMALL_EFFECT = 0.1
+# An empirical p at or below this: the effect stands out from the controls' (1/21 with 20 controls).
+SIGNIFICANT = 0.05
+# The measure the summary leads with (where the feature fires and over all tokens).
+SUMMARY_MEASURE = "delta_logodds_targets"
 
 
 # --- terminal text -------------------------------------------------------------------------------------
@@ -144,17 +150,26 @@ def located_lines(test: FeatureTest) -> list[str]:
                               f"positions where {where} (of {a.effect.n_positions}), and over the "
                               "positions right after them:"),
                   format_table(["positions", "n"] + [MEASURE_NAMES[k] for k in ABLATION_MEASURES], rows)]
-        clean_p = float(np.exp(a.located.clean_firing.logp_targets))
-        if at.n_positions and clean_p > ALREADY_PREDICTED:
-            lines.append(wrapped(
-                f"Note: where {where}, the clean model already gives the targets P = {clean_p:.0%}; "
-                "removing one feature cannot lower a prediction that other features carry too, so a small "
-                "effect here does not mean the feature does nothing."))
+        lines += saturation_note(test, where)
     lines.append(wrapped(f"(tgt = {fmt_tokens(test.target_tokens)}. Clean means on these prompts: log P(tgt) "
                          f"{a.clean.logp_targets:.4g}, log-odds {a.clean.logodds_targets:.4g}; empirical p = (1 + "
                          "controls at least as large) / (1 + controls); log P saturates when the targets already "
                          "hold most of the probability, log-odds do not)"))
     return lines
+
+
+def saturation_note(test: FeatureTest, where: str) -> list[str]:
+    """The caveat for a small effect where the feature fires, when the clean model already predicted the
+    targets there; nothing when the effect is not small (it needs no excuse) or the targets were not predicted."""
+    located = test.ablation.located
+    at, clean_p = located.firing, float(np.exp(located.clean_firing.logp_targets))
+    if not at.n_positions or clean_p <= ALREADY_PREDICTED or abs(at.delta_logp_targets) >= SMALL_EFFECT:
+        return []
+    return [wrapped(
+        f"Note: the effect where {where} is small (|Δ log P(tgt)| {abs(at.delta_logp_targets):.2g} < "
+        f"{SMALL_EFFECT:g} nat, i.e. P(tgt) falls by under {1 - np.exp(-SMALL_EFFECT):.0%}), but there the clean "
+        f"model already gives the targets P = {clean_p:.0%}; removing one feature cannot lower a prediction that "
+        "other features carry too, so this small effect does not mean the feature does nothing.")]
 
 
 def steering_lines(test: FeatureTest) -> list[str]:
@@ -193,26 +208,62 @@ def generation_lines(test: FeatureTest, columns: int = WIDTH) -> list[str]:
     return lines
 
 
-SUMMARY_HEADER = ["feature", "ablated on", "Δ log-odds(tgt)", "p", "KL", "p"]
+SUMMARY_HEADER = ["feature", "ablated on", "where it fires", "ctrl median", "p", "all tokens", "p", "KL", "p"]
+
+
+def _p(p: float | None) -> str:
+    return "-" if p is None else f"{p:.3g}"
 
 
 def summary_row(test: FeatureTest) -> list:
-    """One row of the closing summary table."""
-    a = test.ablation
+    """One row of the closing summary table: the undiluted effect first (Δ log-odds(tgt) where the feature
+    fires, its controls' median where they fire, and its empirical p), then the same measure over all text
+    tokens, the KL over all text tokens, and the steering."""
+    a, which = test.ablation, SUMMARY_MEASURE
+    fires = a is not None and a.located is not None and a.located.firing.n_positions > 0
+    ctrl = a.located_controls(which) if fires else np.array([])
     return [
         test.name, test.ablation_group,
-        f"{a.effect.delta_logodds_targets:+.3g}" if a else "-",
-        f"{a.empirical_p('delta_logodds_targets'):.3g}" if a else "-",
+        f"{getattr(a.located.firing, which):+.3g}" if fires else "-",
+        f"{np.median(ctrl):+.3g}" if len(ctrl) else "-",
+        _p(a.located_empirical_p(which)) if fires else "-",
+        f"{getattr(a.effect, which):+.3g}" if a else "-",
+        _p(a.empirical_p(which)) if a else "-",
         f"{a.effect.kl:.3g}" if a else "-",
-        f"{a.empirical_p('kl'):.3g}" if a else "-",
+        _p(a.empirical_p("kl")) if a else "-",
         f"{test.steering.delta_logp(test.generation_coeff):+.3g}",
     ]
 
 
+def disagreement(test: FeatureTest) -> str | None:
+    """One line when the effect where the feature fires and the effect over all tokens disagree (one stands
+    out from the controls at p <= SIGNIFICANT, the other does not); None when they agree."""
+    a, which = test.ablation, SUMMARY_MEASURE
+    p_fires = a.located_empirical_p(which) if a is not None else None
+    if p_fires is None:
+        return None
+    at, n_all, p_all = a.located.firing, a.effect.n_positions, a.empirical_p(which)
+    if (p_fires <= SIGNIFICANT) == (p_all <= SIGNIFICANT):
+        return None
+    if p_fires <= SIGNIFICANT:
+        return (f"{test.name}: significant where it fires (p {p_fires:.3g}), diluted over all tokens (p {p_all:.3g}): "
+                f"it fires on {at.n_positions} of {n_all} positions, and the average over all of them shrinks "
+                "its effect toward the controls'.")
+    return (f"{test.name}: significant over all tokens (p {p_all:.3g}) but not where it fires (p {p_fires:.3g}): "
+            "its effect lies elsewhere, e.g. on later positions (see 'one token later').")
+
+
 def summary_text(tests: Sequence[FeatureTest], coeff: float) -> str:
-    """The closing table: one row per feature, its ablation (p against the controls) and steering."""
-    return ("\nSummary (ablation: mean change per text token, empirical p against the controls):\n\n"
-            + format_table([*SUMMARY_HEADER, f"steer ×{coeff:g}: Δ log P"], [summary_row(t) for t in tests]))
+    """The closing table: one row per feature, its ablation where it fires and over all tokens (p against the
+    controls) and its steering, then a line for each feature whose two ablation effects disagree."""
+    notes = [wrapped(line) for t in tests if (line := disagreement(t))]
+    heading = wrapped(f"Summary. Ablation: Δ log-odds(tgt) where the feature fires, beside its controls' median "
+                      "where they fire, then per text token over all tokens, and KL per text token; p: empirical, "
+                      f"against the controls (significant: p <= {SIGNIFICANT:g}). Steering: Δ log P(tgt) at "
+                      f"coeff {coeff:g}.")
+    return ("\n" + heading + "\n\n"
+            + format_table([*SUMMARY_HEADER, f"steer ×{coeff:g}"], [summary_row(t) for t in tests])
+            + "".join("\n" + n for n in notes))
 
 
 # --- the numbers behind the figure ---------------------------------------------------------------------
