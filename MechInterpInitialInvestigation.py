@@ -2,7 +2,8 @@
 
 Loads GPT-2 small (TransformerLens) and the pretrained SAE ``gpt2-small-res-jb`` /
 ``blocks.8.hook_resid_pre`` (SAELens), encodes a text into sparse features, prints the top-k features
-by their maximum activation over the text's tokens (the BOS position excluded), and saves
+by their maximum activation over the text's tokens (the BOS position excluded), marks those that are
+not word features (◆ positional, decided on the baseline prompts; ● fires on BOS; ▲ dense), and saves
 ``Images/MI1.png`` (heatmap) with ``Images/MI1.csv`` (the numbers behind it).
 
 Run:
@@ -30,6 +31,7 @@ from mechinterp.core.errors import UserError
 from mechinterp.core.loading import Loaded
 from mechinterp.core.records import RunRecord
 from mechinterp.core.source import load, resolve_source
+from mechinterp.investigate.flags import ReferenceFlags, apply_flags, reference_flags
 from mechinterp.investigate.report import results_text, write_outputs
 from mechinterp.investigate.text_features import (  # noqa: F401  (DEFAULT_TEXT: the tutorial's sentence, as ch1.DEFAULT_TEXT)
     DEFAULT_TEXT,
@@ -59,20 +61,24 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     with output_folder(args) as out:
         record = RunRecord(__file__, argv, vars(args))
         with record.timed("load"):
-            loaded = load(resolve_source(source_options(args), log), log=log)
+            source = resolve_source(source_options(args), log)
+            loaded = load(source, log=log)
         with record.timed("encode"):
             result = top_features(loaded, options.text, options.top_k)
-        print(results_text(result, loaded.title, options.text, options.top_k))
+        with record.timed("reference"):  # which top features are positional (cached after the first run)
+            reference = reference_flags(source, loaded, result, source.is_demo, log)
+            apply_flags(result, reference)
+        print(results_text(result, loaded.title, options.text, options.top_k, reference))
         written = write_outputs(out, result, loaded.title)
         record.wrote(*written)
-        record.update(**run_facts(loaded, result))
+        record.update(**run_facts(loaded, result, reference))
         written.append(record.write(out))
         print("\nSaved " + "\n      ".join(str(path) for path in written))
     return 0
 
 
-def run_facts(loaded: Loaded, result: TextFeatures) -> dict:
-    """What the run record says about the model, the SAE, the text and the filtering."""
+def run_facts(loaded: Loaded, result: TextFeatures, reference: ReferenceFlags) -> dict:
+    """What the run record says about the model, the SAE, the text, the filtering and the flags."""
     return {
         "model": loaded.model_label,
         "sae": loaded.sae.label,
@@ -81,6 +87,7 @@ def run_facts(loaded: Loaded, result: TextFeatures) -> dict:
         "n_tokens": len(result.tokens),
         "filtered": "BOS position excluded from all statistics",
         **({"truncated": result.truncation} if result.truncation else {}),
+        "flags": {**reference.to_dict(), "by_feature": {str(r.feature): r.flags for r in result.rows if r.flags}},
     }
 
 

@@ -12,7 +12,7 @@ The chapter's options (:class:`TextOptions`) are defined here once; ``mechinterp
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -62,6 +62,9 @@ class TopFeature:
     peak_position: int  # in the model's token sequence, BOS = 0, as every chapter shows positions
     neuronpedia_url: str  # "" when the SAE is not on Neuronpedia
     density: float | None = None  # share of training tokens it fires on (the SAE's sparsity file), if shipped
+    # What makes it not a word feature: "positional" (set by mechinterp.investigate.flags), "BOS" (fires on
+    # the text's BOS token), "dense" (see the property).
+    flags: list[str] = field(default_factory=list)
 
     @property
     def dense(self) -> bool:
@@ -69,7 +72,8 @@ class TopFeature:
 
     def row(self) -> list:
         return [self.rank, self.feature, self.max_activation, self.peak_token, self.peak_position,
-                self.neuronpedia_url, "" if self.density is None else self.density, "yes" if self.dense else "no"]
+                self.neuronpedia_url, "" if self.density is None else self.density, "yes" if self.dense else "no",
+                ";".join(self.flags)]
 
     def short(self) -> str:
         """``#501 4.21 on ' thrilled'``: the feature, its max activation and where it peaks."""
@@ -140,12 +144,15 @@ def top_features(loaded: Loaded, text: str, top_k: int) -> TextFeatures:
     # Stable sort on -max gives a deterministic order for ties (lower feature id first).
     top = np.argsort(-max_acts, kind="stable")[:k]
     log_sparsity = loaded.sae.log_sparsity
+    # BOS is read only to flag the features that fire on it (a BOS feature's leftovers); no number uses it.
+    at_bos = acts[0].float().cpu().numpy() if skip else np.zeros(text_acts.shape[1], dtype=np.float32)
     rows = []
     for rank, feature in enumerate(top, start=1):
         peak = int(text_acts[:, feature].argmax())
         density = float(10 ** float(log_sparsity[feature])) if log_sparsity is not None else None
-        rows.append(TopFeature(rank, int(feature), float(max_acts[feature]), str_tokens[peak],
-                               model_position(peak, skip), neuronpedia_url(loaded.sae.neuronpedia_id, int(feature)),
-                               density))
+        row = TopFeature(rank, int(feature), float(max_acts[feature]), str_tokens[peak], model_position(peak, skip),
+                         neuronpedia_url(loaded.sae.neuronpedia_id, int(feature)), density)
+        row.flags = [name for name, on in (("BOS", at_bos[feature] > 0), ("dense", row.dense)) if on]
+        rows.append(row)
     truncation = f"the text {truncation_note(tokenized, 0)}" if tokenized.truncated else ""
     return TextFeatures(str_tokens, skip, rows, text_acts[:, top].T, n_fired, loaded.sae.d_sae, truncation)
