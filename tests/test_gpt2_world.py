@@ -439,6 +439,18 @@ def test_chapter1_default_finds_the_planted_words(runs, g2w):
     assert rows[g2w.planted.happy]["neuronpedia_url"] == f"https://www.neuronpedia.org/gpt2-small/8-res-jb/{g2w.planted.happy}"
 
 
+def test_chapter1_flags_the_planted_position_feature_and_not_the_words(runs, g2w):
+    """GPT-2's tokenizer and the shipped prompts/baseline.txt as reference: the planted position feature
+    (absolute position 12) tops the default sentence on ' that'; it must be flagged, the words not."""
+    ok(runs["ch1_default"])
+    rows = {int(r["feature"]): r for r in read_csv(runs["ch1_default"]["out"] / "MI1.csv")}
+    planted = g2w.planted
+    assert rows[planted.position]["flag"] == "positional"
+    assert rows[planted.happy]["flag"] == "" and rows[planted.angry]["flag"] == ""
+    assert {f for f, r in rows.items() if "positional" in r["flag"]} == {planted.position}
+    assert f"  {planted.position} ◆" in runs["ch1_default"]["stdout"]
+
+
 def test_long_text_names_the_sae_context(runs):
     ok(runs["ch1_long"])
     said = " ".join((runs["ch1_long"]["stdout"] + runs["ch1_long"]["stderr"]).split())
