@@ -136,8 +136,8 @@ def _heads_panel(fig: Figure, ax: Axes, result: FeatureAttribution, n_heads: int
         ax.text(0.5, 0.5, "no block writes before this hook", ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
         return
-    vmax = float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 0.0
-    vmax = vmax if vmax > 0 else 1.0
+    vmax = heatmap_limit(grid, result.direct.mean_pre_activation)
+    largest = float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 0.0
     cmap = colormaps["RdBu_r"].with_extremes(bad="#eeeeee")
     image = ax.imshow(
         np.ma.masked_invalid(grid),
@@ -157,13 +157,68 @@ def _heads_panel(fig: Figure, ax: Axes, result: FeatureAttribution, n_heads: int
             if np.isfinite(value):
                 ax.text(col, row, f"{value:+.2g}", ha="center", va="center", fontsize=7,
                         color="white" if abs(value) > 0.6 * vmax else "black")
-    fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02, label="mean contribution (red = builds the feature)")
-    # The colour scale adapts to the largest cell: say how large that is next to the whole signal.
+    # Below the heatmap: on its right, the bar's label met the next panel's y label.
+    fig.colorbar(image, ax=ax, location="bottom", shrink=0.8, pad=0.02, aspect=40,
+                 extend="both" if largest > vmax else "neither",
+                 label=f"mean contribution, scale ±{vmax:.3g} = the mean pre-activation (red builds the feature)")
     ax.set_title(
-        f"Every head and MLP, mean over firing tokens\ncolour scale ±{vmax:.2g} "
+        f"Every head and MLP, mean over firing tokens\nthe largest cell is {largest:.2g} "
         f"(the mean pre-activation is {result.direct.mean_pre_activation:.3g})",
         fontsize=10,
     )
+
+
+def heatmap_limit(grid: np.ndarray, mean_pre_activation: float) -> float:
+    """The heatmap's colour limit: ±|mean pre-activation|, the size of the whole signal, so a cell reads
+    as a share of it and noise (1e-10 from a head that does nothing) stays white. The largest cell when
+    the mean pre-activation is 0, and 1 when everything is 0."""
+    limit = abs(float(mean_pre_activation))
+    if not np.isfinite(limit) or limit == 0:
+        limit = float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 0.0
+    return limit if limit > 0 else 1.0
+
+
+LABEL_APART = (0.18, 0.06)  # points closer than this (axes fractions, x and y) share one label
+
+
+def point_groups(
+    x: np.ndarray, y: np.ndarray, size: np.ndarray, apart: tuple[float, float] = LABEL_APART,
+) -> list[list[int]]:
+    """Points in groups whose labels would overlap: each group's first point is its largest (``size``),
+    and every other member lies within ``apart`` of it (``x``, ``y`` as axes fractions)."""
+    order = np.argsort(-np.asarray(size), kind="stable")
+    groups: list[list[int]] = []
+    for i in order:
+        home = next((g for g in groups if abs(x[g[0]] - x[i]) < apart[0] and abs(y[g[0]] - y[i]) < apart[1]), None)
+        if home is None:
+            groups.append([int(i)])
+        else:
+            home.append(int(i))
+    return groups
+
+
+def _label_points(ax: Axes, names: Sequence[str], x: np.ndarray, y: np.ndarray) -> None:
+    """Name each point that lies apart; a stack of points gets a count, and a note under the panel lists it."""
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    groups = point_groups((x - x0) / (x1 - x0), (y - y0) / (y1 - y0), np.maximum(np.abs(x), np.abs(y)))
+    tiny = 1e-3 * max(x1 - x0, y1 - y0)  # rounding noise (1e-10 of a drop) reads as 0
+    notes = []
+    for k, group in enumerate(g for g in groups if len(g) > 1):
+        lead = group[0]
+        px, py = (0.0 if abs(v) < tiny else float(v) for v in (x[lead], y[lead]))
+        notes.append(f"[{k + 1}] near ({px:.2g}, {py:.2g}): " + ", ".join(names[i] for i in group))
+    k = 0
+    for group in groups:
+        lead = group[0]
+        if len(group) > 1:
+            k += 1
+        text = names[lead] if len(group) == 1 else f"[{k}] {len(group)} points"
+        ax.annotate(text, (x[lead], y[lead]), fontsize=7.5, xytext=(4, 4), textcoords="offset points")
+    if notes:
+        note = "\n".join(textwrap.fill(n, 70, subsequent_indent="    ") for n in notes)
+        # Under the x label, whatever its height.
+        ax.annotate(note, (0.0, 0.0), xycoords=("axes fraction", ax.xaxis.label), xytext=(0, -4),
+                    textcoords="offset points", va="top", ha="left", fontsize=8)
 
 
 def _causal_panel(ax: Axes, direct: DirectAttribution, causal: CausalCheck | None) -> None:
@@ -176,11 +231,6 @@ def _causal_panel(ax: Axes, direct: DirectAttribution, causal: CausalCheck | Non
     measured = np.array([r.measured_drop_pre for r in causal.rows])
     kinds = [next(x.kind for x in direct.rows if x.component == r.component) for r in causal.rows]
     ax.scatter(predicted, measured, c=[KIND_COLOURS[k] for k in kinds], s=40, zorder=3)
-    # Name the points that stand out; labels of the many near-zero points would only overlap.
-    size = np.maximum(np.abs(predicted), np.abs(measured))
-    for r, px, my, s in zip(causal.rows, predicted, measured, size):
-        if s >= 0.05 * size.max():
-            ax.annotate(r.component, (px, my), fontsize=7.5, xytext=(3, 3), textcoords="offset points")
     low = float(min(predicted.min(), measured.min(), 0.0))
     high = float(max(predicted.max(), measured.max(), 0.0))
     pad = 0.05 * (high - low or 1.0)
@@ -189,6 +239,7 @@ def _causal_panel(ax: Axes, direct: DirectAttribution, causal: CausalCheck | Non
     # Room on the right and top for the point labels.
     ax.set_xlim(low - pad, high + 3 * pad)
     ax.set_ylim(low - pad, high + 3 * pad)
+    _label_points(ax, [r.component for r in causal.rows], predicted, measured)
     ax.axhline(0, color="grey", linewidth=0.5)
     ax.axvline(0, color="grey", linewidth=0.5)
     ax.set_xlabel("predicted drop of the pre-activation (direct path only)")

@@ -372,6 +372,24 @@ def causal_figure(
         ax.legend(fontsize=8.5, loc="upper center", bbox_to_anchor=(0.5, -0.02), frameon=False)
         ax.grid(axis="y", alpha=0.3)
 
+    _steering_panels(bottom, coeffs, curve, target_label, steer_group, added)
+    fig.suptitle(
+        f"{subject[0].upper() + subject[1:]}: does it matter? Ablation (SAE error term kept) vs random controls, and "
+        f"steering\n{title}",
+        fontsize=11,
+    )
+    return fig
+
+
+def _steering_panels(
+    bottom: list, coeffs: Sequence[float], curve: dict[str, Sequence[float]], target_label: str,
+    steer_group: str, added: str,
+) -> None:
+    """MI6's bottom row: the target tokens' log P and log-odds (left), the KL to the clean model (right).
+
+    The KL panel draws the line at :data:`OVERWRITTEN_KL` nat, the one above which the steering table
+    marks a coefficient with "!".
+    """
     ax_t, ax_kl = bottom
     ax_t.plot(coeffs, curve["logp_targets"], marker="o", color="#1f77b4", label=f"mean log P({target_label})")
     ax_t.plot(coeffs, curve["logodds_targets"], marker="s", linestyle="--", color="#9467bd",
@@ -379,6 +397,8 @@ def causal_figure(
     ax_t.set_ylabel("nats")
     ax_t.set_title(f"Steering '{steer_group}' prompts: the target tokens", fontsize=10)
     ax_kl.plot(coeffs, curve["kl"], marker="o", color="#ff7f0e", label="mean KL(clean ‖ steered)")
+    ax_kl.axhline(OVERWRITTEN_KL, color="#d62728", linestyle=":", linewidth=1.2,
+                  label=f"{OVERWRITTEN_KL:g} nat: above it the table marks the coefficient with '!'")
     ax_kl.set_ylabel("mean KL(clean ‖ steered), nats")
     ax_kl.set_title("Steering: how far the whole next-token distribution moves", fontsize=10)
     for ax in bottom:
@@ -387,9 +407,3 @@ def causal_figure(
         ax.set_xlabel(f"steering coefficient c: adds c × {added}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=9, loc="best")
-    fig.suptitle(
-        f"{subject[0].upper() + subject[1:]}: does it matter? Ablation (SAE error term kept) vs random controls, and "
-        f"steering\n{title}",
-        fontsize=11,
-    )
-    return fig

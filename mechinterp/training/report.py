@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, NullFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from mechinterp.core import constants
 from mechinterp.core.figures import NotebookFigure
@@ -35,6 +35,9 @@ def training_curves(
 ) -> Figure:
     """MI7: loss, L0 and explained variance against the training step, one line per SAE.
 
+    Every line differs from the others in its panel by line style or marker (not colour alone), so two
+    lines that coincide (TopK's MSE part is its whole loss) still both show.
+
     Args:
         curves: architecture name ("standard"/"topk") -> its recorded curve.
         samples_label: what one training sample is ("tokens", or "samples" of synthetic data).
@@ -42,25 +45,23 @@ def training_curves(
     """
     fig = NotebookFigure(figsize=(13, 4.2))
     ax_loss, ax_l0, ax_ev = fig.subplots(1, 3)
-    for arch, curve in curves.items():
-        color = COLORS.get(arch, "tab:green")
-        label = ARCHITECTURE_LABELS.get(arch, arch)
-        ax_loss.plot(curve.step, curve.loss, color=color, lw=1.5, label=f"{label}: total loss")
-        ax_loss.plot(curve.step, curve.mse, color=color, lw=1.0, ls="--", label=f"{label}: MSE part")
-        ax_l0.plot(curve.step, curve.l0, color=color, lw=1.5, label=label)
-        ax_ev.plot(curve.step, curve.explained_variance, color=color, lw=1.5, label=label)
+    for k, (arch, curve) in enumerate(curves.items()):
+        color, label = COLORS.get(arch, "tab:green"), ARCHITECTURE_LABELS.get(arch, arch)
+        marker = MARKERS[k % len(MARKERS)]
+        solid = {"color": color, "lw": 1.5, "marker": marker, "markersize": 5,
+                 "markevery": _markevery(len(curve.step), k, 0.0)}
+        ax_loss.plot(curve.step, curve.loss, **solid, label=f"{label}: total loss")
+        same = np.allclose(curve.loss, curve.mse, rtol=1e-3) if curve.loss else False
+        # The SAE's marker, hollow, half-way between the solid line's, drawn on top: visible even where the two coincide.
+        ax_loss.plot(curve.step, curve.mse, color=color, lw=1.2, ls="--", marker=marker, markersize=5,
+                     markerfacecolor="white", markevery=_markevery(len(curve.step), k, 0.5), zorder=3,
+                     label=f"{label}: MSE part" + (" (= total: no penalty term)" if same else ""))
+        ax_l0.plot(curve.step, curve.l0, **solid, label=label)
+        ax_ev.plot(curve.step, curve.explained_variance, **solid, label=label)
     ax_loss.set_yscale("log")
     ax_l0.set_yscale("log")
-    plain = FuncFormatter(lambda value, _pos: f"{value:g}")
-    for axis in (ax_loss, ax_l0):
-        # One format for every label (plain numbers, major and minor alike), with the in-between ticks
-        # labelled when the range spans few decades (else one label per decade is enough).
-        axis.yaxis.set_major_formatter(plain)
-        axis.yaxis.set_minor_formatter(plain if _spans_few_decades(axis) else NullFormatter())
-    for axis in (ax_loss, ax_l0, ax_ev):
-        axis.tick_params(which="both", labelsize=8)  # one label size everywhere: decades, in-betweens, linear axes
     if true_l0 is not None:
-        ax_l0.axhline(true_l0, color="black", lw=0.8, ls="--", label=f"true features per sample ({true_l0:.2f})")
+        ax_l0.axhline(true_l0, color="black", lw=0.8, ls=":", label=f"true features per sample ({true_l0:.2f})")
     ax_loss.set_title("training loss (log scale)", fontsize=10)
     ax_l0.set_title("L0: active latents per input (log scale)", fontsize=10)
     ax_ev.set_title("explained variance of the input", fontsize=10)
@@ -71,6 +72,9 @@ def training_curves(
     for ax in (ax_loss, ax_l0, ax_ev):
         ax.set_xlabel(f"training step ({per_step:,.0f} {samples_label} per step)")
         ax.grid(alpha=0.3)
+        ax.tick_params(which="both", labelsize=8)  # one label size everywhere: decades, in-betweens, linear axes
+    for ax in (ax_loss, ax_l0):
+        _readable_log_ticks(ax)
     ax_loss.legend(fontsize=8)
     if len(curves) > 1 or true_l0 is not None:
         ax_l0.legend(fontsize=8)
@@ -79,9 +83,29 @@ def training_curves(
     return fig
 
 
-def _spans_few_decades(axis) -> bool:
-    low, high = axis.axes.get_ylim()
-    return low > 0 and high / low < 30
+MARKERS = ("o", "s", "D", "^")  # one per SAE, in the order of the curves (hollow on the MSE part)
+MIN_TICKS = 3  # labelled ticks on every axis at least
+
+
+def _markevery(n_points: int, k: int, shift: float) -> tuple[int, int]:
+    """About ten markers along a line, each SAE's (``k``) and each line's (``shift``) at other steps."""
+    every = max(1, n_points // 10)
+    return (int((shift + 0.25 * k) * every) % every, every)
+
+
+def _readable_log_ticks(ax) -> None:
+    """Plain-number labels on a log y axis, at 1, 2, 5 (or every digit) per decade when few decades show,
+    so the axis always has at least :data:`MIN_TICKS` labels."""
+    ax.autoscale_view()
+    low, high = ax.get_ylim()
+    plain = FuncFormatter(lambda value, _pos: f"{value:g}")
+    for subs in ((1.0,), (1.0, 2.0, 5.0), tuple(float(d) for d in range(1, 10))):
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=subs))
+        shown = [t for t in ax.get_yticks() if low <= t <= high]
+        if len(shown) >= MIN_TICKS:
+            break
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 def feature_matching(
