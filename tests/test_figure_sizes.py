@@ -230,9 +230,9 @@ def test_chapter1_heatmap_of_many_features_draws_the_strongest():
 def test_chapter3_logit_panel_draws_at_most_its_cap():
     tokens = [(f" t{i}", 1.0 - i / 200) for i in range(100)]
     fig = feature_figure(7, np.linspace(0, 1, 11), {"a": np.ones(10)}, 5, 20, tokens, tokens, "TEST")
-    panel = fig.axes[1]
-    assert len(panel.patches) == 2 * MAX_LOGIT_BARS + 1  # both sides and the gap between them
-    assert "all 100 promoted and 100 suppressed" in panel.get_xlabel()
+    promoted, suppressed = fig.axes[1:3]  # one panel each, with its own scale
+    assert len(promoted.patches) == len(suppressed.patches) == MAX_LOGIT_BARS
+    assert "all 100 promoted and 100 suppressed" in suppressed.get_xlabel()
 
 
 def test_a_figure_over_the_limit_is_flagged(tmp_path):

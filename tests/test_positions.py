@@ -86,8 +86,9 @@ def test_chapter1_prints_and_writes_the_same_position(followed, tmp_path):
     cells = [r for r in _read_csv(tmp_path / "MI1_token_activations.csv") if int(r["feature"]) == followed["feature"]]
     peak_cell = max(cells, key=lambda r: float(r["activation"]))
     assert (peak_cell["token"], int(peak_cell["position"])) == (followed["token"], followed["position"])
-    # The printed table's row: rank, feature (▲ if dense), max act, peak token, pos.
-    row_text = rf"\s*\d+\s+{followed['feature']}( ▲)?\s+\S+\s+{re.escape(repr(followed['token']))}\s+(\d+)\s"
+    # The printed table's row: rank, feature and its markers, max act, peak token, pos.
+    # (after the id, markers: ▲ dense, ◆ positional, ● BOS)
+    row_text = rf"\s*\d+\s+{followed['feature']}( [▲◆●]+)?\s+\S+\s+{re.escape(repr(followed['token']))}\s+(\d+)\s"
     shown = [m.group(2) for m in map(re.compile(row_text).match, printed.splitlines()) if m]
     assert shown == [str(followed["position"])], printed
     assert f"pos = position in the model's token sequence ({BOS_ZERO})" in " ".join(printed.split())  # wrapped
