@@ -89,3 +89,18 @@ def test_download_progress_bars_stay_on_while_loading():
         assert not are_progress_bars_disabled()
     assert are_progress_bars_disabled()
     enable_progress_bars()
+
+
+def test_a_local_model_in_a_folder_named_like_another_architecture_loads_as_itself(world, tmp_path):
+    """TransformerLens picks its loader by substrings of the model's name; for a local folder that is its
+    path, and a test folder such as /tmp/mechinterp-tests-mg8l3ot5 once loaded the toy GPT-2 as T5."""
+    import shutil
+
+    from mechinterp.core.loading import NAME_PATTERNS, load_hooked_model, neutral_path
+
+    folder = tmp_path / "abc-t5-bert" / "model"
+    shutil.copytree(world.model_dir, folder)
+    assert neutral_path(folder) != folder and not any(p in str(neutral_path(folder)).lower() for p in NAME_PATTERNS)
+    assert neutral_path(world.model_dir.parent / "model") in (world.model_dir.parent / "model", neutral_path(world.model_dir))
+    model = load_hooked_model(str(folder), "cpu", {})
+    assert model.cfg.original_architecture == "GPT2LMHeadModel" and model.cfg.d_model == 64

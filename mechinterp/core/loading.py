@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import hashlib
 import io
 import logging
 import re
+import tempfile
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -429,6 +431,30 @@ def use_fused_gelu(model: Any) -> None:
             block.mlp.act_fn = fused
 
 
+# TransformerLens picks a model's loader by substrings of its name, and a local folder's name is its path:
+# "/tmp/tests-mg8l3ot5/model" would load as T5, "~/llama-notes/gpt2" as Llama.
+NAME_PATTERNS = ("t5", "bert", "hubert", "wav2vec2", "llama", "gemma", "python", "v0", "_old")
+
+
+def neutral_path(path: Path) -> Path:
+    """``path``, or a link to it whose name holds none of :data:`NAME_PATTERNS` (a hex digest in a fixed
+    folder of the temporary directory), so TransformerLens reads the folder's config.json as it is."""
+    text = str(path.resolve()).lower()
+    if not any(p in text for p in NAME_PATTERNS):
+        return path
+    links = Path(tempfile.gettempdir()) / "mechinterp-local-models"
+    link = links / hashlib.sha256(text.encode()).hexdigest()[:16]
+    if not any(p in str(link).lower() for p in NAME_PATTERNS):
+        links.mkdir(exist_ok=True)
+        if not link.exists():
+            try:
+                link.symlink_to(path.resolve(), target_is_directory=True)
+            except FileExistsError:  # another process made the same link at the same moment
+                pass
+        return link
+    return path
+
+
 def load_local_model(path: Path, device: str, kwargs: dict[str, Any]) -> Any:
     """A Hugging Face model folder on disk, processed exactly as ``HookedTransformer.from_pretrained`` does.
 
@@ -442,10 +468,17 @@ def load_local_model(path: Path, device: str, kwargs: dict[str, Any]) -> Any:
     options = {"fold_ln": True, "center_writing_weights": True, "center_unembed": True, "fold_value_biases": True}
     options.update({k: v for k, v in kwargs.items() if k in options})
     extra = {k: v for k, v in kwargs.items() if k not in options}
+    name = str(neutral_path(path))
     cfg = tl_loading.get_pretrained_model_config(
-        str(path), fold_ln=options["fold_ln"], device=device, dtype=torch.float32, **extra
+        name, fold_ln=options["fold_ln"], device=device, dtype=torch.float32, **extra
     )
-    state_dict = tl_loading.get_pretrained_state_dict(str(path), cfg, None, dtype=torch.float32)
+    # The weights come from a model loaded here: TransformerLens resolves the link back to the folder's
+    # own path before it picks a loader by substrings of it.
+    from transformers import AutoModelForCausalLM
+
+    hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    state_dict = tl_loading.get_pretrained_state_dict(name, cfg, hf_model, dtype=torch.float32)
+    del hf_model
     model = HookedTransformer(cfg, move_to_device=False)
     model.load_and_process_state_dict(state_dict, **options)
     model.move_model_modules_to_device()
