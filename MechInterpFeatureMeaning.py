@@ -36,6 +36,7 @@ from mechinterp.cli import (
     make_logger,
     options_from,
     output_folder,
+    print_report,
     run_cli,
     source_options,
 )
@@ -78,7 +79,8 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         record.add_seconds(result.seconds)
         # ... then the report: tables, the terminal summary, figures, and the run record.
         written = report.write_tables(out, result, options)
-        print("\n".join(report.summary_lines(result, options)))
+        written.append(print_report(out, __file__, args, report.summary_lines(result, options),
+                                    report.brief_lines(result, options)))
         with record.timed("figures"):
             written += figures.write_figures(out, result, options)
         record.wrote(*written)

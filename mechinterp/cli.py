@@ -18,6 +18,7 @@ import os
 import re
 import sys
 import tempfile
+import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,6 +38,7 @@ from mechinterp.core.options import (  # noqa: F401  (value types: the scripts t
     positive_int,
 )
 from mechinterp.core.progress import Log
+from mechinterp.core.tables import WIDTH
 from mechinterp.core.source import SourceOptions, resolve_prompt_folder
 
 T = TypeVar("T")
@@ -141,6 +143,8 @@ class OutputOptions:
                        type=Path, metavar="DIR")
     tag: str | None = option(None, "write this run's outputs under OUT/TAG/ so earlier results are kept")
     quiet: bool = option(False, "print only the results, no progress")
+    verbose: bool = option(False, "print the full report in the terminal, not only its summary (the full report "
+                                  "is always saved as <script>_report.txt in the output folder)")
     debug: bool = option(False, "show full tracebacks on errors")
 
 
@@ -188,6 +192,31 @@ def output_folder(args: argparse.Namespace) -> OutputFolder:
     except OSError as err:
         raise EnvironmentProblem(f"the output folder {path} is not writable ({err.strerror}); pick another --out") from err
     return OutputFolder(path)
+
+
+def print_report(out: OutputFolder, script: str, args: argparse.Namespace, full: Sequence[str],
+                 brief: Sequence[str]) -> Path:
+    """Print a run's summary (its full report with ``--verbose``) and save the full report beside its results.
+
+    A terminal holds about 60 lines: the summary gives each result in a line or a short table, and says
+    where the rest is. The full report is plain text (no colour codes), so it reads the same in an editor.
+    """
+    path = out.write_text(f"{Path(script).stem}_report.txt", strip_ansi("\n".join(full)).strip("\n") + "\n")
+    if getattr(args, "verbose", False):
+        print("\n".join(full))
+    else:
+        print("\n".join(brief))
+        print("\n" + textwrap.fill(f"The full report (every table, and why each result is what it is): "
+                                   f"{out.path / path.name} (or rerun with --verbose)", WIDTH, subsequent_indent="  "))
+    return path
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def strip_ansi(text: str) -> str:
+    """``text`` without terminal colour codes."""
+    return _ANSI.sub("", text)
 
 
 def make_logger(args: argparse.Namespace) -> Log:

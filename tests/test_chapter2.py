@@ -12,6 +12,7 @@ import contextlib
 import csv
 import io
 import json
+import re
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -46,7 +47,7 @@ def demo_run(world, tmp_path_factory):
     out = tmp_path_factory.mktemp("ch2demo")
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        assert ch2.main(["--demo", "--out", str(out), "--quiet"]) == 0
+        assert ch2.main(["--demo", "--out", str(out), "--quiet", "--verbose"]) == 0
     (out / "stdout.txt").write_text(printed.getvalue(), encoding="utf-8")
     return out
 
@@ -108,7 +109,7 @@ def test_fdr_holds_for_null_groups_across_seeds(loaded_toy):
 
 def test_pvalues_match_scipy_on_a_sample_of_features(world, loaded_toy, tmp_path):
     out = tmp_path / "out"
-    assert ch2.main(["--demo", "--out", str(out), "--no-holdout", "--groups", "happy", "--quiet"]) == 0
+    assert ch2.main(["--demo", "--out", str(out), "--no-holdout", "--groups", "happy", "--quiet", "--verbose"]) == 0
     rows = {int(r["feature"]): r for r in read_rows(out / "feature_stats.csv") if r["group"] == "happy"}
     # Recompute the per-prompt max activations independently, then test each feature with scipy.
     groups = demo_prompt_sets()
@@ -140,7 +141,7 @@ def test_user_adds_a_group_without_code_changes(world, tmp_path, capsys):
         encoding="utf-8",
     )
     out = tmp_path / "out"
-    assert ch2.main(["--prompts", str(prompts), "--out", str(out)]) == 0
+    assert ch2.main(["--prompts", str(prompts), "--out", str(out), "--verbose"]) == 0
     printed = capsys.readouterr().out
     assert "=== sad vs baseline" in printed and "gpt2-small-res-jb/blocks.8.hook_resid_pre" in printed
     assert (out / "MI4_sad.png").is_file()
@@ -152,7 +153,7 @@ def test_user_adds_a_group_without_code_changes(world, tmp_path, capsys):
 
 def test_mean_aggregation_also_recovers_planted_features(world, tmp_path):
     out = tmp_path / "out"
-    assert ch2.main(["--demo", "--out", str(out), "--agg", "mean", "--no-holdout", "--quiet"]) == 0
+    assert ch2.main(["--demo", "--out", str(out), "--agg", "mean", "--no-holdout", "--quiet", "--verbose"]) == 0
     rows = read_rows(out / "feature_stats.csv")
     happy_top = next(r for r in rows if r["group"] == "happy" and r["rank"] == "1")
     assert int(happy_top["feature"]) == world.planted.concept["happy"]
@@ -316,7 +317,7 @@ def test_paired_demo_matches_scipy_wilcoxon_and_lists_each_pair(world, loaded_to
     out = tmp_path / "out"
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        assert ch2.main(["--demo", "--paired", "--no-holdout", "--groups", "happy", "--out", str(out), "--quiet"]) == 0
+        assert ch2.main(["--demo", "--paired", "--no-holdout", "--groups", "happy", "--out", str(out), "--quiet", "--verbose"]) == 0
     rows = {int(r["feature"]): r for r in read_rows(out / "feature_stats.csv")}
     assert {r["test"] for r in rows.values()} == {"Wilcoxon signed-rank (paired)"}
     happy = world.planted.concept["happy"]
@@ -528,3 +529,24 @@ def test_flags_come_from_the_options(capsys):
     with pytest.raises(SystemExit):
         ch2.parse_args(["--holdout", "0.3", "--no-holdout"])
     assert "--holdout and --no-holdout contradict each other; pick one" in capsys.readouterr().err
+
+
+def test_default_terminal_is_a_short_summary_and_the_full_report_is_saved(world, demo_run, tmp_path, capsys):
+    """Without --verbose the demo prints at most about 60 lines; the full report is a file, the same as --verbose."""
+    out = tmp_path / "out"
+    assert ch2.main(["--demo", "--out", str(out), "--quiet"]) == 0
+    brief = capsys.readouterr().out
+    assert len(brief.splitlines()) <= 62, brief
+    # The summary still names each group's concept and its words, the split family and the topic flag ...
+    happy, angry = world.planted.concept["happy"], world.planted.concept["angry"]
+    assert f"      {happy}  up " in brief and f"      {angry}  up " in brief
+    assert f"#{happy} on ' elated'" in brief.replace("\n    ", " ")
+    assert "concept (split)" in brief and "(topic?)" in brief
+    assert "control: nothing flagged" in brief and "angry: more '!'" in brief
+    # ... and points to the full report, which is what --verbose prints (without the list of written files).
+    report = (out / "MechInterpFeatureMeaning_report.txt").read_text(encoding="utf-8")
+    assert str(out / "MechInterpFeatureMeaning_report.txt") in brief.replace("\n  ", "")
+    verbose = (demo_run / "stdout.txt").read_text(encoding="utf-8")
+    cache = re.compile(r"cache: \d+ hits, \d+ misses")  # this run found the fixture's prompts in the cache
+    assert cache.sub("", report.strip()) == cache.sub("", verbose.split("\nWrote ")[0].strip())
+    assert "why, one example of each" in report and "Rank = significant features" in report

@@ -31,7 +31,7 @@ STATED = "# concept: " + ", ".join(cd.JOY_WORDS)
 
 def _run(world: gw.Gpt2World, prompts, out, cache, *extra: str) -> str:
     env = {"PATH": "/usr/bin:/bin", **world.env(cache)}
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--prompts", str(prompts), "--out", str(out), *extra],
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--prompts", str(prompts), "--out", str(out), "--verbose", *extra],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout

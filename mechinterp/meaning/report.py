@@ -322,6 +322,78 @@ def summary_lines(result: MeaningResult, options: MeaningOptions) -> list[str]:
     return lines
 
 
+BRIEF_ROWS = 5  # features per group in the summary (the full report shows --top-k, the CSV all)
+
+
+def brief_lines(result: MeaningResult, options: MeaningOptions) -> list[str]:
+    """The terminal summary: one line per design check, then per group its top features and what they are.
+
+    Everything here is also in the full report (:func:`summary_lines`), which adds the reasons behind
+    every verdict and the definitions of the columns.
+    """
+    sets, summaries = _inputs(result)
+    info, always = summaries.info, result.always_on
+    lines = ["", info.title, _wrapped(
+        f"{sum(len(p) for p in sets.groups.values())} prompts, {summaries.aggregates.n_tokens} text tokens "
+        f"(BOS and padding excluded); per-prompt {options.agg} activation; {result.test} test"
+        + (f"; {len(always)} always-on features not ranked ({constants.ALWAYS_ON_CSV})" if len(always) else ""))]
+    lines += ["", f"Design checks: what else differs from {result.baseline}, before any feature is looked at "
+              f"({constants.DESIGN_CSV}):"]
+    lines += [_tokens_wrapped(f"  {line}", "    ") for f in result.findings.values()
+              for line in [brief_design_line(f.design, options.confounds)]]
+    for finding in result.findings.values():
+        lines += brief_group_lines(result, finding, options)
+    return lines
+
+
+def brief_design_line(design: DesignReport, settings: ConfoundSettings) -> str:
+    """What the design checks flagged for one group, in one line."""
+    parts = []
+    if design.length.differs:
+        parts.append(f"length ({design.length.mean_group:.1f} vs {design.length.mean_baseline:.1f} tokens)")
+    for side, word in (("group", "more"), ("baseline", "fewer")):
+        flagged = [t.token for t in design.tokens if t.more_in == side and t.q_value < settings.token_warn_q]
+        if flagged:
+            parts.append(f"{word} " + " ".join(map(repr, flagged[:4])) + (" ..." if len(flagged) > 4 else ""))
+    endings = [e.ending for e in design.endings if e.p_value < settings.ending_warn_p]
+    if endings:
+        parts.append("endings " + " ".join(map(repr, endings)))
+    return f"{design.group}: " + ("; ".join(parts) if parts else "nothing flagged")
+
+
+def brief_group_lines(result: MeaningResult, finding: GroupFinding, options: MeaningOptions) -> list[str]:
+    """One group in the summary: its significant count, its top features, its concepts and families."""
+    c, group, baseline = finding.contrast, finding.group, result.baseline
+    n_sig = finding.n_significant(options.alpha)
+    lines = ["", _wrapped(f"=== {group} vs {baseline}: {n_sig} of {len(c.tested)} features with q < {options.alpha:g} "
+                          f"({c.n_group} vs {c.n_baseline} prompts"
+                          + ("; held-out re-test)" if result.holdout else ")"))]
+    lines += [_wrapped(line) for line in imbalance_lines(result, finding)]
+    top = finding.top(min(options.top_k, BRIEF_ROWS))
+    if not n_sig:
+        if top:
+            lines.append(f"  none: the closest is #{top[0].feature} (q = {top[0].q:.2g}, AUROC {top[0].auroc:.2f})")
+        return lines
+    rows = [[r.rank, r.feature, "up" if c.effect_size[r.position] > 0 else "down", f"{r.q:.2g}", f"{r.auroc:.2f}",
+             f"{r.frac_group:.0%}", f"{r.frac_baseline:.0%}",
+             ("yes" if r.replicated else "no") if r.replication else "-", _verdict_cell(finding, r)]
+            for r in top if r.q < options.alpha]
+    lines.append(format_table(["rank", "feature", "dir", "q", "AUROC", f"in {group}", f"in {baseline}", "replic.",
+                              "verdict"], rows))
+    counts = {k: n for k, n in finding.verdict_counts().items() if n}
+    if counts:
+        lines.append(_wrapped("Verdicts: " + ", ".join(f"{n} {k}" for k, n in counts.items())))
+    lines += [_tokens_wrapped(f"  {w.label}" + (f" ({TOPIC})" if w.flag else "") + f" on {' '.join(map(repr, w.words[:5]))}"
+                              + (f" +{len(w.words) - 5}" if len(w.words) > 5 else "")
+                              + f" (in {w.n_group} of {w.size_group} {group}, {w.n_baseline} of {w.size_baseline} "
+                              f"{baseline} prompts)", "    ")
+              for w in finding.word_sets]
+    if finding.themes:
+        lines.append(_wrapped(f"warning: {group}'s concepts rest on disjoint word sets: a second theme or a topic "
+                              "(the full report says what to do)"))
+    return lines
+
+
 ONLY_WORDS_SHOWN = 10  # words shown of a group's words that the baseline never uses (all are in the CSV)
 
 
