@@ -36,7 +36,6 @@ Run:
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
@@ -47,7 +46,13 @@ from mechinterp.causal.intervene import (
     intervention_note,
     test_feature,
 )
-from mechinterp.causal.report import feature_test_figure, feature_test_tables, feature_test_text, summary_text
+from mechinterp.causal.report import (
+    brief_test_lines,
+    feature_test_figure,
+    feature_test_tables,
+    feature_test_text,
+    summary_text,
+)
 from mechinterp.cli import (
     ArgumentParser,
     add_common_args,
@@ -55,6 +60,7 @@ from mechinterp.cli import (
     make_logger,
     options_from,
     output_folder,
+    print_report,
     prompt_folder,
     run_cli,
     source_options,
@@ -73,7 +79,7 @@ from mechinterp.core.io import OutputFolder
 from mechinterp.core.prompts import PromptOptions, PromptSets, load_prompt_sets
 from mechinterp.core.records import RunRecord
 from mechinterp.core.source import demo_threads, load, resolve_source
-from mechinterp.core.tables import WIDTH, print_wrapped
+from mechinterp.core.tables import print_wrapped, wrapped
 
 # This chapter's wording of the shared flags (each flag itself is defined once, in its dataclass).
 WHICH_HELPS = {
@@ -145,23 +151,25 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
                 warn_truncated(prompts.texts, prompts.tokenized(), int(loaded.model.cfg.n_ctx))
                 fa = prompts.activations([*choice.features, *choice.members])
 
-            print(f"\n{loaded.title}")
-            print_wrapped(f"Prompts: {len(prompts.texts)} in groups {', '.join(prompts.groups)} from {folder} "
-                          f"(at most {options.max_prompts} per group). Features: {choice.how}.")
-            print_wrapped(f"Filtered: {intervention_note(fa)}.")
+            head = ["", loaded.title,
+                    wrapped(f"Prompts: {len(prompts.texts)} in groups {', '.join(prompts.groups)} from {folder} "
+                            f"(at most {options.max_prompts} per group). Features: {choice.how}."),
+                    wrapped(f"Filtered: {intervention_note(fa)}.")]
             if choice.note:
-                print_wrapped(f"Note: {choice.note}.")
-            tests, written = [], []
+                head.append(wrapped(f"Note: {choice.note}."))
+            tests, written, full, brief = [], [], list(head), list(head)
             for feature in [*choice.features, *choice.families]:
                 group = results_group(choice, feature, options, prompts, folder)
                 test = test_feature(loaded, feature, prompts, options, log, group=group,
                                     group_how="its group in the results table")
                 record.add_seconds(test.seconds)
-                print(feature_test_text(test, choice.origin(feature), shutil.get_terminal_size((WIDTH, 24)).columns))
+                full.append(feature_test_text(test, choice.origin(feature)))
+                brief += brief_test_lines(test, choice.origin(feature))
                 written += write_test(out, test)
                 tests.append(test)
 
-        print(summary_text(tests, options.coeff))
+        summary = summary_text(tests, options.coeff)
+        written.append(print_report(out, __file__, args, [*full, summary], [*brief, summary]))
         record.wrote(*written)
         record.update(
             model=loaded.model_label, sae=loaded.sae.label, hook=loaded.sae.hook_name, d_sae=loaded.sae.d_sae,

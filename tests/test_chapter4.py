@@ -158,7 +158,7 @@ def test_planted_feature_beats_controls_default_model_flags(world, tmp_path, cap
     happy = world.planted.concept["happy"]
     out = tmp_path / "out"
     argv = ["--feature", str(happy), "--prompts", str(world.prompts_dir), "--n-controls", "24",
-            "--sweep", "-2", "0", "1", "2", "4", "--n-generate", "2", "--max-new-tokens", "6", "--out", str(out)]
+            "--sweep", "-2", "0", "1", "2", "4", "--n-generate", "2", "--max-new-tokens", "6", "--out", str(out), "--verbose"]
     assert ch4.main(argv) == 0
     printed = capsys.readouterr().out
     summary = json.loads((out / f"MI6_{happy}.json").read_text())
@@ -462,7 +462,7 @@ def test_one_call_gives_what_the_script_writes_on_the_demo(world, tmp_path, caps
     """test_feature(loaded, feature, prompt sets, options) alone reproduces the script's numbers exactly."""
     happy = world.planted.concept["happy"]
     flags = ["--max-prompts", "12", "--sweep", "0", "1", "--n-generate", "1", "--max-new-tokens", "3"]
-    assert ch4.main(["--demo", "--feature", str(happy), *flags, "--out", str(tmp_path)]) == 0
+    assert ch4.main(["--demo", "--feature", str(happy), *flags, "--out", str(tmp_path), "--verbose"]) == 0
     printed = capsys.readouterr().out
     written = json.loads((tmp_path / f"MI6_{happy}.json").read_text())
     generations = list(csv.DictReader(open(tmp_path / f"MI6_{happy}_generations.csv", encoding="utf-8")))

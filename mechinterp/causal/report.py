@@ -208,6 +208,39 @@ def generation_lines(test: FeatureTest, columns: int = WIDTH) -> list[str]:
     return lines
 
 
+def brief_test_lines(test: FeatureTest, origin: str | None = None) -> list[str]:
+    """The feature (or family) in a few lines for the terminal summary: its targets, where it fires, the
+    ablation where it fires and over all tokens, the steering, and one steered continuation."""
+    kind = "Family" if is_family(test) else "Feature"
+    rates = sorted(test.firing_rate_by_group.items(), key=lambda kv: -kv[1])
+    lines = ["", wrapped(f"=== {kind} {test.label}" + (f" ({origin})" if origin else "")),
+             wrapped(indent="    ", text=f"  targets {fmt_tokens(test.target_tokens)}; typical max {_typical(test)}; fires on "
+                     + ", ".join(f"{100 * r:.3g}% of {g}" for g, r in rates[:2]) + " tokens"
+                     + (f" ({', '.join(g for g, _ in rates[2:])}: {max(r for _, r in rates[2:]) * 100:.3g}% at most)"
+                        if len(rates) > 2 else ""))]
+    a, which = test.ablation, SUMMARY_MEASURE
+    if a is None:
+        lines.append(wrapped(indent="    ", text=f"  ablation on '{test.ablation_group}': skipped, it never fires there"))
+    else:
+        fires = a.located is not None and a.located.firing.n_positions > 0
+        ctrl = a.located_controls(which) if fires else np.array([])
+        here = (f"{getattr(a.located.firing, which):+.4g} where it fires (controls' median "
+                f"{np.median(ctrl):+.3g}, p {_p(a.located_empirical_p(which))}), " if fires and len(ctrl) else "")
+        lines.append(wrapped(indent="    ", text=f"  ablation on '{test.ablation_group}': Δ log-odds(tgt) {here}"
+                             f"{getattr(a.effect, which):+.4g} over all {a.effect.n_positions} positions (p "
+                             f"{_p(a.empirical_p(which))}); KL {a.effect.kl:.3g}"))
+    s, coeff = test.steering, test.generation_coeff
+    overwritten = [c for c, k in zip(s.coeffs, s.kl) if k > OVERWRITTEN_KL]
+    lines.append(wrapped(indent="    ", text=f"  steering '{test.steer_group}': Δ log P(tgt) {s.delta_logp(coeff):+.4g} at coeff {coeff:g}"
+                         + (f" (KL above {OVERWRITTEN_KL:g} nat from coeff {min(overwritten, key=abs):g}: "
+                            "the direction overwrites the model there)" if overwritten else "")))
+    g = next((g for g in test.generations if g.mode == "greedy"), None)
+    if g is not None:
+        lines.append(wrapped(indent="    ", text=f"  continuation at ×{coeff:g}: {safe_text(g.prompt)!r} + clean {safe_text(g.clean)!r}"
+                             f" / steered {safe_text(g.steered)!r}"))
+    return lines
+
+
 SUMMARY_HEADER = ["feature", "ablated on", "where it fires", "ctrl median", "p", "all tokens", "p", "KL", "p"]
 
 

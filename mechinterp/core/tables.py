@@ -60,9 +60,9 @@ def percent(fraction: float | None) -> str:
     return "<0.0001%" if 0 < fraction < 1e-6 else f"{100 * fraction:.3g}%"
 
 
-def wrapped(text: str) -> str:
+def wrapped(text: str, indent: str = "  ") -> str:
     """Prose wrapped to :data:`WIDTH` columns, continuation lines indented (what :func:`print_wrapped` prints)."""
-    return textwrap.fill(text, WIDTH, subsequent_indent="  ", break_on_hyphens=False)
+    return textwrap.fill(text, WIDTH, subsequent_indent=indent, break_on_hyphens=False)
 
 
 def print_wrapped(text: str) -> None:
