@@ -58,7 +58,13 @@ from mechinterp.cards.card import CardOptions, FeatureCard, check_baseline, feat
 from mechinterp.cards.corpus import Corpus, CorpusOptions, HFDatasetCorpus, resolve_window
 from mechinterp.cards.family import FamilyCard, family_cards
 from mechinterp.cards.mining import DEFAULT_BATCH_SIZE, DEFAULT_K, MiningOptions, MiningResult, mine
-from mechinterp.cards.render import ansi_allowed, format_card_text, format_family_text
+from mechinterp.cards.render import (
+    ansi_allowed,
+    brief_card_text,
+    brief_family_text,
+    format_card_text,
+    format_family_text,
+)
 from mechinterp.cards.store import finished_pass_exists
 from mechinterp.cli import (
     ArgumentParser,
@@ -67,6 +73,7 @@ from mechinterp.cli import (
     make_logger,
     options_from,
     output_folder,
+    print_report,
     prompt_folder,
     run_cli,
     source_options,
@@ -88,7 +95,7 @@ from mechinterp.core.progress import Log
 from mechinterp.core.prompts import PromptOptions, collect_texts
 from mechinterp.core.records import RunRecord
 from mechinterp.core.source import demo_threads, load, resolve_source
-from mechinterp.core.tables import print_table, print_wrapped
+from mechinterp.core.tables import format_table, print_wrapped, wrapped
 
 # Chapter 3's wording of the shared flags.
 FEATURE_HELPS = {
@@ -157,10 +164,15 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
                                     origins={f: choice.origin(f) or choice.how for f in choice.families})
             notes = [choice.note] + (["family cards show the prompts only, not the corpus"]
                                      if corpus is not None and families else [])
-            print_cards(cards, families, loaded, f"Texts: {described}. Features: {choice.how}.", mined, scope,
-                        "; ".join(n for n in notes if n), ansi_allowed(sys.stdout, show.color))
+            head = run_lines(loaded, f"Texts: {described}. Features: {choice.how}.", mined, scope,
+                             "; ".join(n for n in notes if n))
             with record.timed("cards"):
-                written = write_cards(out, cards, families, loaded, mined if mining.all_features else None)
+                written, summary = write_cards(out, cards, families, loaded, mined if mining.all_features else None)
+            color = ansi_allowed(sys.stdout, show.color)
+            written.append(print_report(
+                out, __file__, args, [*head, *card_lines(cards, families, loaded.title, False), *summary],
+                [*head, *card_lines(cards, families, loaded.title, color, brief=True), *summary],
+                [*head, *card_lines(cards, families, loaded.title, color), *summary]))
         n_tokens, filtered = prompt_totals(fa)
         record.wrote(*written)
         record.update(
@@ -243,45 +255,48 @@ def mine_corpus(loaded: Loaded, corpus: Corpus, options: MiningOptions, identity
     return result
 
 
-def print_cards(cards: list[FeatureCard], families: list[FamilyCard], loaded: Loaded, texts_line: str,
-                mined: MiningResult | None, scope: str, note: str, color: bool) -> None:
-    """What the run looked at, then every card as terminal text, the families' last."""
-    print(f"\n{loaded.title}")
-    print_wrapped(texts_line)
+def run_lines(loaded: Loaded, texts_line: str, mined: MiningResult | None, scope: str, note: str) -> list[str]:
+    """What the run looked at: the model and SAE, the texts, the corpus, and any note."""
+    lines = ["", loaded.title, wrapped(texts_line)]
     if mined is not None:
-        print_wrapped(report.corpus_line(mined, scope))
+        lines.append(wrapped(report.corpus_line(mined, scope)))
     if note:
-        print_wrapped(f"Note: {note}.")
+        lines.append(wrapped(f"Note: {note}."))
+    return lines
+
+
+def card_lines(cards: list[FeatureCard], families: list[FamilyCard], title: str, color: bool,
+               brief: bool = False) -> list[str]:
+    """Every card as terminal text, the families' last; ``brief``: the summary's dozen lines each."""
+    lines = []
     for card in cards:
-        print()
-        print(format_card_text(card, loaded.title, color))
+        lines += ["", brief_card_text(card, color) if brief else format_card_text(card, title, color)]
     for family in families:
-        print()
-        print(format_family_text(family, loaded.title, color))
+        lines += ["", brief_family_text(family, color) if brief else format_family_text(family, title, color)]
+    return lines
 
 
 def write_cards(out: OutputFolder, cards: list[FeatureCard], families: list[FamilyCard], loaded: Loaded,
-                every_feature: MiningResult | None) -> list[Path]:
+                every_feature: MiningResult | None) -> tuple[list[Path], list[str]]:
     """Each card's files (families' too); with ``every_feature`` (--all-features) the every-feature tables;
-    then the summary table (printed too) and index.html. Returns the paths written."""
+    then the summary table and index.html. Returns the paths written and the summary's lines."""
     written = [path for card in cards
                for path in report.write_card(out, card, loaded.title, loaded.is_demo, loaded.provenance)]
     written += [path for family in families
                 for path in report.write_family_card(out, family, loaded.title, loaded.is_demo, loaded.provenance)]
+    lines = []
     if every_feature is not None:
         written += report.write_all_features(out, every_feature, loaded.model.tokenizer)
-        print()
-        print_wrapped(report.every_feature_line(every_feature))
+        lines += ["", wrapped(report.every_feature_line(every_feature))]
     if cards or families:
         columns, headings, rows = report.summary_table(cards, families)
         summary_csv = out.write_csv(constants.CARDS_CSV, columns, rows)
-        print("\nSummary (firing rate and typical max over your texts; BOS and padding excluded):")
+        lines += ["", "Summary (firing rate and typical max over your texts; BOS and padding excluded):"]
         if families:  # its numbers are the family activation's, not a feature's
-            print_wrapped("A family's row: tokens where any member fires, and its family activation.")
-        print()
-        print_table(headings, [report.shown_row(row) for row in rows])
+            lines.append(wrapped("A family's row: tokens where any member fires, and its family activation."))
+        lines += ["", format_table(headings, [report.shown_row(row) for row in rows])]
         written += [summary_csv, report.write_index(out, cards, loaded.title, families)]
-    return written
+    return written, lines
 
 
 def prompt_totals(fa: FeatureActivations) -> tuple[int, str]:

@@ -38,8 +38,8 @@ from mechinterp.core.options import (  # noqa: F401  (value types: the scripts t
     positive_int,
 )
 from mechinterp.core.progress import Log
-from mechinterp.core.tables import WIDTH
 from mechinterp.core.source import SourceOptions, resolve_prompt_folder
+from mechinterp.core.tables import WIDTH
 
 T = TypeVar("T")
 
@@ -195,15 +195,16 @@ def output_folder(args: argparse.Namespace) -> OutputFolder:
 
 
 def print_report(out: OutputFolder, script: str, args: argparse.Namespace, full: Sequence[str],
-                 brief: Sequence[str]) -> Path:
+                 brief: Sequence[str], full_shown: Sequence[str] | None = None) -> Path:
     """Print a run's summary (its full report with ``--verbose``) and save the full report beside its results.
 
     A terminal holds about 60 lines: the summary gives each result in a line or a short table, and says
-    where the rest is. The full report is plain text (no colour codes), so it reads the same in an editor.
+    where the rest is. The full report is saved as plain text, so it reads the same in an editor;
+    ``full_shown`` is the full report as the terminal shows it, where that differs (colour for marks).
     """
     path = out.write_text(f"{Path(script).stem}_report.txt", strip_ansi("\n".join(full)).strip("\n") + "\n")
     if getattr(args, "verbose", False):
-        print("\n".join(full))
+        print("\n".join(full if full_shown is None else full_shown))
     else:
         print("\n".join(brief))
         print("\n" + textwrap.fill(f"The full report (every table, and why each result is what it is): "

@@ -163,8 +163,84 @@ def format_card_text(card: FeatureCard, title: str, color: bool) -> str:
     return "\n".join(lines)
 
 
+BRIEF_EXAMPLES = 3  # top texts (and corpus windows) per card in the terminal summary
+BRIEF_LOGITS = 3  # promoted and suppressed tokens per card in the terminal summary
+
+
+def brief_card_text(card: FeatureCard, color: bool) -> str:
+    """The card in about a dozen lines: where it fires, its top texts, what it writes (the rest is in the
+    full report and the HTML card)."""
+    fired, total = card.fired_total
+    density = f"Density {_pct(card.density)} of training tokens; " if card.density is not None else ""
+    lines = [f"=== Feature #{card.feature}" + (f" ({card.origin})" if card.origin else ""),
+             f"{density}fires on {_pct(card.firing_rate)} of your text tokens ({fired} of {total}; "
+             f"{_busiest(card.fired_by_source)}); typical max {card.typical_max:.3f}"]
+    comparison = card.against_baseline()
+    if comparison is not None:
+        lines.append(f"Against the baseline: {baseline_text(comparison)}")
+    if card.corpus is not None:
+        lines.append(f"In the corpus: fires on {_corpus_density(card.corpus)}")
+    lines = [textwrap.fill(line, 100, subsequent_indent="    ", break_on_hyphens=False) for line in lines]
+    if card.examples:
+        scale = card.examples[0].max_act
+        lines.append(f"Top {min(BRIEF_EXAMPLES, len(card.examples))} of your texts:")
+        lines += _example_lines(card.examples[:BRIEF_EXAMPLES], scale, color, lambda ex: f"{ex.rank:>2}. [{ex.source}]")
+    if card.corpus is not None and card.corpus.examples:
+        c = card.corpus
+        lines.append(f"Top {min(BRIEF_EXAMPLES, len(c.examples))} corpus windows:")
+        lines += _example_lines(c.examples[:BRIEF_EXAMPLES], c.examples[0].max_act, color,
+                                lambda ex: f"{_rank(ex)} [{ex.where}]")
+    lines.append(_brief_logits(f"W_dec[{card.feature}] @ W_U", card.promoted, card.suppressed))
+    return "\n".join(lines)
+
+
+def _busiest(fired_by_source: dict[str, tuple[int, int]], shown: int = 3) -> str:
+    """The sources where it fires most, e.g. "happy 25.2%, 0% elsewhere"."""
+    rates = sorted(((s, a / b if b else 0.0) for s, (a, b) in fired_by_source.items()), key=lambda sr: -sr[1])
+    firing = [(s, r) for s, r in rates if r > 0]
+    text = ", ".join(f"{s} {_pct(r)}" for s, r in firing[:shown])
+    rest = len(rates) - min(len(firing), shown)
+    if not rest:
+        return text
+    return (text + ", " if text else "") + ("0% elsewhere" if len(firing) <= shown else f"{rest} more sources")
+
+
+NOTHING_WRITTEN = 1e-4  # direct logit effects all below this: the direction writes nothing on the vocabulary
+
+
+def _brief_logits(what: str, promoted: list[LogitEffect], suppressed: list[LogitEffect]) -> str:
+    """What the decoder direction writes, promoted and suppressed, in one wrapped line (or that it writes
+    nothing: effects of 1e-7 are round-off, and listing them would report nothing as something)."""
+    def shown(effects: list[LogitEffect]) -> str:
+        return ", ".join(f"{safe_text(repr(e.token))} {e.value:+.3g}" for e in effects[:BRIEF_LOGITS]) or "-"
+    largest = max((abs(e.value) for e in promoted + suppressed), default=0.0)
+    text = (f"Writes ({what}): promotes {shown(promoted)}; suppresses {shown(suppressed)}" if largest >= NOTHING_WRITTEN
+            else f"Writes ({what}): nothing on the vocabulary (largest |effect| {largest:.2g})")
+    return textwrap.fill(text, 100, subsequent_indent="    ", break_on_hyphens=False)
+
+
+def brief_family_text(card: FamilyCard, color: bool) -> str:
+    """A family's card in a few lines: where it fires, which member carries it, its top texts."""
+    fired, total = card.fired_total
+    lines = [f"=== Family {card.label}" + (f" ({card.origin})" if card.origin else ""),
+             textwrap.fill(f"Fires on {_pct(card.firing_rate)} of your text tokens ({fired} of {total}, where any "
+                           f"member fires; {_busiest(card.fired_by_source)}); typical max family activation {card.typical_max:.3f}", 100,
+                           subsequent_indent="    ", break_on_hyphens=False),
+             *("  " + line for line in format_table(*member_table(card)).split("\n"))]
+    if card.examples:
+        lines.append(f"Top {min(BRIEF_EXAMPLES, len(card.examples))} of your texts by family activation:")
+        lines += _example_lines(card.examples[:BRIEF_EXAMPLES], card.examples[0].max_act, color,
+                                lambda ex: f"{ex.rank:>2}. [{ex.source}] {_member_head(card, ex)}")
+    lines.append(_brief_logits("Σ typical max × W_dec[m] @ W_U", card.promoted, card.suppressed))
+    return "\n".join(lines)
+
+
 def _logit_columns(promoted: list[LogitEffect], suppressed: list[LogitEffect]) -> list[str]:
-    """The promoted and suppressed tokens side by side, with their logit effects."""
+    """The promoted and suppressed tokens side by side, with their logit effects (or one line saying that
+    the direction writes nothing, when every effect is round-off)."""
+    largest = max((abs(e.value) for e in promoted + suppressed), default=0.0)
+    if largest < NOTHING_WRITTEN:
+        return [f"  nothing on the vocabulary: the largest |effect| is {largest:.2g}, below {NOTHING_WRITTEN:g}"]
     width = max((len(safe_text(repr(x.token))) for x in promoted + suppressed), default=1)
     lines = [f"  {'promoted':<{width + 9}}   suppressed"]
     # Either column can be shorter: only tokens pushed in the column's direction are listed.
