@@ -36,6 +36,7 @@ from mechinterp.attribution.report import (
     SUMMARY_HEADER,
     attribution_figure,
     attribution_tables,
+    brief_attribution_lines,
     format_attribution_text,
     output_name,
     summary_row,
@@ -49,6 +50,7 @@ from mechinterp.cli import (
     options_from,
     output_folder,
     positive_int,
+    print_report,
     prompt_folder,
     run_cli,
     source_options,
@@ -61,7 +63,7 @@ from mechinterp.core.progress import Log
 from mechinterp.core.prompts import PromptOptions, collect_texts
 from mechinterp.core.records import RunRecord
 from mechinterp.core.source import demo_threads, load, resolve_source
-from mechinterp.core.tables import print_wrapped
+from mechinterp.core.tables import print_wrapped, wrapped
 
 # This chapter's wording of the shared flags (each flag itself is defined once, in its dataclass).
 WHICH_HELPS = {
@@ -111,26 +113,24 @@ def attribute_and_write(args: argparse.Namespace, argv: list[str] | None, out: O
         tokenized = tokenize(loaded, texts)
         warn_truncated(texts, tokenized, int(loaded.model.cfg.n_ctx))
 
-    print(f"\n{loaded.title}")
-    print_wrapped(f"Texts: {described}. Features: {choice.how}.")
+    head = ["", loaded.title, wrapped(f"Texts: {described}. Features: {choice.how}.")]
     if choice.note:
-        print_wrapped(f"Note: {choice.note}.")
-    written, results = [], {}
+        head.append(wrapped(f"Note: {choice.note}."))
+    written, results, full, brief = [], {}, list(head), list(head)
     for feature in choice.features:
         log(f"feature {feature}: attributing over {len(texts)} texts ...")
         with record.timed("attribution"):
             result = attribute_feature(loaded, tokenized, feature, options)
         results[feature] = result
-        print()
-        if choice.origin(feature):
-            print(f"(feature #{feature}: {choice.origin(feature)})")
-        print(format_attribution_text(result, loaded.title, args.top_components))
+        full += ["", *([f"(feature #{feature}: {choice.origin(feature)})"] if choice.origin(feature) else []),
+                 format_attribution_text(result, loaded.title, args.top_components)]
+        brief += brief_attribution_lines(result, choice.origin(feature))
         with record.timed("outputs"):
             written += write_outputs(result, out, loaded.title, int(loaded.model.cfg.n_heads), args.top_components)
 
     summary = [summary_row(r) for r in results.values()]
     summary_csv = out.write_csv(constants.FEATURE_TO_WEIGHTS_CSV, SUMMARY_HEADER, summary)
-    print(summary_text(summary))
+    written.append(print_report(out, __file__, args, [*full, summary_text(summary)], [*brief, summary_text(summary)]))
     record.wrote(*written, summary_csv)
     record.update(
         model=loaded.model_label, sae=loaded.sae.label, hook=loaded.sae.hook_name, features=choice.features,

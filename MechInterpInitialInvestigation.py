@@ -46,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Chapter 1: encode a text with GPT-2 small + its SAE and show the top features.",
     )
     add_options(parser, TextOptions, "text")
-    add_common_args(parser)
+    add_common_args(parser, summary=False)
     args = parser.parse_args(argv)
     try:
         options_from(args, TextOptions)  # the options' own checks (an empty text ...), as usage errors

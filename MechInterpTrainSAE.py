@@ -114,7 +114,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_options(parser, SyntheticOptions, "--synthetic data", only=SyntheticOptions.mode_fields())
     add_options(parser, ModelOptions, "model mode: data, hook, outputs", only=ModelOptions.mode_fields())
     add_common_args(parser, out_help="folder for figures, tables, the trained SAE and checkpoints",
-                    model_default=constants.DEFAULT_MODEL)
+                    model_default=constants.DEFAULT_MODEL, summary=False)
     args = parser.parse_args(argv)
     if args.sae_path is not None:
         parser.error("--sae-path is for the chapters that use an SAE; this script trains one (saved as OUT/sae)")

@@ -149,16 +149,20 @@ class OutputOptions:
 
 
 def add_common_args(parser: argparse.ArgumentParser, out_help: str = "folder for figures and tables",
-                    model_default: str | None = None) -> None:
+                    model_default: str | None = None, summary: bool = True) -> None:
     """Add the model/SAE and output flags every chapter shares (:class:`SourceOptions`, :class:`OutputOptions`).
 
     ``model_default``: the ``--model`` default for a script with no SAE to take the model from (Chapter 5
-    trains one); elsewhere the model defaults to the one the SAE was trained on.
+    trains one); elsewhere the model defaults to the one the SAE was trained on. ``summary``: whether the
+    chapter prints a summary by default and its full report with ``--verbose``.
     """
     model_help = f"TransformerLens model name, or a local Hugging Face model folder (default: {model_default})"
     add_options(parser, SourceOptions, "model and SAE", defaults={"model": model_default},
                 helps={"model": model_help} if model_default else None)
-    add_options(parser, OutputOptions, "output", helps={"out": f"{out_help} (default: Images/ beside the script)"})
+    helps = {"out": f"{out_help} (default: Images/ beside the script)"}
+    if not summary:  # a chapter whose whole report fits a terminal prints it all
+        helps["verbose"] = "accepted for symmetry with the other chapters: this one always prints everything"
+    add_options(parser, OutputOptions, "output", helps=helps)
 
 
 def source_options(args: argparse.Namespace) -> SourceOptions:

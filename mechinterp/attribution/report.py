@@ -30,7 +30,7 @@ from mechinterp.attribution.attribute import (
 )
 from mechinterp.core import constants
 from mechinterp.core.figures import NotebookFigure
-from mechinterp.core.tables import WIDTH, format_table, safe_text
+from mechinterp.core.tables import WIDTH, format_table, safe_text, wrapped
 
 # One colour per component kind, the same in every panel and every figure.
 KIND_COLOURS = {
@@ -291,6 +291,40 @@ def format_attribution_text(result: FeatureAttribution, title: str, n_rows: int 
     lines += direct_lines(result.direct, n_rows) + source_lines(result.head_sources, threshold)
     lines += weights_lines(result.weights) + causal_lines(result.causal, fired=result.direct is not None)
     return "\n".join(lines)
+
+
+BRIEF_ITEMS = 4  # components, heads and tokens per answer in the terminal summary
+
+
+def brief_attribution_lines(result: FeatureAttribution, origin: str | None = None) -> list[str]:
+    """The four answers in a line or two each, for the terminal summary (the full report lists every row)."""
+    lines = ["", f"=== Feature #{result.feature}" + (f" ({origin})" if origin else "")]
+    d = result.direct
+    if d is None:
+        return lines + ["   It never fires on these texts: nothing to attribute."]
+    live = [r for r in d.top(len(d.rows)) if r not in d.zero_rows()]
+    shown = ", ".join(f"{r.component} {num(r.mean_contribution, 3, sign=True)} ({percent(r.share)})"
+                      for r in live[:BRIEF_ITEMS])
+    lines += _brief_wrap(f"1. Direct: mean pre-activation {num(d.mean_pre_activation)} over {d.n_tokens} firing tokens; the "
+                   f"{len(d.rows)} rows add up to it (residual {d.residual:+.1e}). Largest: {shown}"
+                   + (f"; {len(d.zero_rows())} rows are zero" if d.zero_rows() else ""), "   ")
+    lines += (_brief_wrap("2. Sources: " + "; ".join(safe_text(hs.sentence) for hs in result.head_sources[:2]), "   ")
+              if result.head_sources else ["   2. Sources: no head contributes, so there is nothing to trace."])
+    wv = result.weights
+    heads = [r for r in wv.heads if not is_zero(r.score, wv.zero_threshold)]
+    tokens = [r for r in wv.tokens_up if not is_zero(r.score, wv.zero_threshold)]
+    lines += _brief_wrap("3. Weights alone (direct path only): heads "
+                   + (", ".join(f"{r.component} {num(r.score, 3)}" for r in heads[:BRIEF_ITEMS]) or "none")
+                   + "; tokens " + (", ".join(f"{safe_text(repr(r.component))} {num(r.score, 3, sign=True)}"
+                                              for r in tokens[:BRIEF_ITEMS]) or "none"), "   ")
+    if result.causal is not None:
+        lines += _brief_wrap(f"4. Causal check: {result.causal.summary}.", "   ")
+    return lines
+
+
+def _brief_wrap(text: str, indent: str) -> list[str]:
+    """``text`` wrapped with ``indent``, continuation lines two further in, quoted tokens kept whole."""
+    return wrapped(indent + text, indent + "  ").split("\n")
 
 
 def _zero_line(n: int, what: str, threshold: float, of: str, indent: str = "   ") -> list[str]:

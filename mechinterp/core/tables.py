@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 import unicodedata
 from collections.abc import Sequence
@@ -60,9 +61,16 @@ def percent(fraction: float | None) -> str:
     return "<0.0001%" if 0 < fraction < 1e-6 else f"{100 * fraction:.3g}%"
 
 
+_QUOTED = re.compile(r"'[^'\n]*'|\"[^\"\n]*\"")
+
+
 def wrapped(text: str, indent: str = "  ") -> str:
-    """Prose wrapped to :data:`WIDTH` columns, continuation lines indented (what :func:`print_wrapped` prints)."""
-    return textwrap.fill(text, WIDTH, subsequent_indent=indent, break_on_hyphens=False)
+    """Prose wrapped to :data:`WIDTH` columns, continuation lines indented (what :func:`print_wrapped` prints).
+
+    A quoted token such as ``' seated'`` is never broken across lines: its space is part of the token.
+    """
+    protected = _QUOTED.sub(lambda m: m.group(0).replace(" ", "\0"), text)
+    return textwrap.fill(protected, WIDTH, subsequent_indent=indent, break_on_hyphens=False).replace("\0", " ")
 
 
 def print_wrapped(text: str) -> None:

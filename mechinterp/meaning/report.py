@@ -13,7 +13,6 @@ notebook may too), tables as rows under a header. The figures (MI2, MI3, MI4) ar
 
 from __future__ import annotations
 
-import re
 import textwrap
 from dataclasses import asdict
 from pathlib import Path
@@ -27,7 +26,7 @@ from mechinterp.core.pipeline import Summaries
 from mechinterp.core.positions import BOS_ZERO, model_position
 from mechinterp.core.prompts import PromptSets
 from mechinterp.core.provenance import PROVENANCE_COLUMNS
-from mechinterp.core.tables import WIDTH, format_table, plural
+from mechinterp.core.tables import WIDTH, format_table, plural, wrapped
 from mechinterp.meaning import themes
 from mechinterp.meaning.contrast import GroupFinding, MeaningResult
 from mechinterp.meaning.design import DesignReport
@@ -273,13 +272,9 @@ def _wrapped(text: str) -> str:
     return textwrap.fill(text, WIDTH, subsequent_indent="  ", break_on_hyphens=False)
 
 
-_QUOTED = re.compile(r"'[^'\n]*'|\"[^\"\n]*\"")
-
-
 def _tokens_wrapped(text: str, indent: str = "  ") -> str:
-    """Like :func:`_wrapped`, but never breaks a line inside a quoted token such as ' seated'."""
-    protected = _QUOTED.sub(lambda m: m.group(0).replace(" ", "\0"), text)
-    return textwrap.fill(protected, WIDTH, subsequent_indent=indent, break_on_hyphens=False).replace("\0", " ")
+    """Like :func:`_wrapped`, but with its own continuation indent (quoted tokens are never broken)."""
+    return wrapped(text, indent)
 
 
 def summary_lines(result: MeaningResult, options: MeaningOptions) -> list[str]:
