@@ -61,7 +61,7 @@ def test_card_from_default_model_flags(world, loaded_toy, tmp_path, capsys):
     corpus.write_text('<script>alert("x")</script> & the <b>teacher</b> was glad\n', encoding="utf-8")
     out = tmp_path / "out"
     argv = ["--feature", str(happy), "--feature", str(angry), "--feature", str(bos),
-            "--prompts", str(world.prompts_dir), "--corpus", str(corpus), "--top-prompts", "8", "--out", str(out)]
+            "--prompts", str(world.prompts_dir), "--corpus", str(corpus), "--top-prompts", "8", "--out", str(out), "--verbose"]
     assert ch3.main(argv) == 0
     printed = capsys.readouterr().out
 
@@ -272,7 +272,7 @@ def _as_written(card, loaded) -> dict:
 def test_feature_cards_is_what_the_script_computes(world, tmp_path, capsys):
     """The notebook entry point gives the demo run's cards, number for number, and their reprs say so."""
     out = tmp_path / "out"
-    assert ch3.main(["--demo", "--quiet", "--out", str(out)]) == 0
+    assert ch3.main(["--demo", "--quiet", "--out", str(out), "--verbose"]) == 0
     printed = capsys.readouterr().out
     record = json.loads((out / "MechInterpFeatureInspect_run.json").read_text())
     assert "baseline" not in record["args"]  # not given: the run records the flags it always had
@@ -327,7 +327,7 @@ def test_baseline_compares_each_card_with_its_group(world, tmp_path, capsys):
     """--baseline GROUP: each card sets its firing rate there beside the busiest other group's."""
     happy, always = world.planted.concept["happy"], world.planted.always_on[0]
     out = tmp_path / "out"
-    argv = ["--demo", "--quiet", "--feature", str(happy), "--feature", str(always), "--out", str(out)]
+    argv = ["--demo", "--quiet", "--feature", str(happy), "--feature", str(always), "--out", str(out), "--verbose"]
     assert ch3.main([*argv, "--baseline", "baseline"]) == 0
     printed = capsys.readouterr().out
     card = json.loads((out / f"feature_{happy}.json").read_text())

@@ -83,7 +83,7 @@ def run(loaded_toy, tmp_path, monkeypatch, capsys):
     (prompts / "baseline.txt").write_text("The teacher was ready.\n", encoding="utf-8")
 
     def call(*argv: str) -> tuple[int, str, str]:
-        code = ch3.main(["--demo", "--prompts", str(prompts), "--color", "never", *argv])
+        code = ch3.main(["--demo", "--prompts", str(prompts), "--color", "never", "--verbose", *argv])
         captured = capsys.readouterr()
         return code, captured.out, captured.err
 

@@ -312,7 +312,7 @@ def test_refuses_what_is_not_linear():
 def test_demo_script_writes_the_planted_answer(world, tmp_path, capsys):
     out = tmp_path / "out"
     happy, angry = world.planted.concept["happy"], world.planted.concept["angry"]
-    assert ch6.main(["--demo", "--out", str(out), "--n-ablate", "4"]) == 0
+    assert ch6.main(["--demo", "--out", str(out), "--n-ablate", "4", "--verbose"]) == 0
     printed = capsys.readouterr().out
     for concept, feature in world.planted.concept.items():
         rows = {r["component"]: r for r in _read_csv(out / f"MI9_{feature}.csv")}
@@ -483,7 +483,7 @@ def test_one_call_on_texts_and_reprs_that_name_the_answer():
 def test_one_call_gives_what_the_script_writes_on_the_demo(world, tmp_path, capsys):
     """attribute_feature(loaded, texts, feature, options) alone reproduces the script's files and text."""
     happy = world.planted.concept["happy"]
-    assert ch6.main(["--demo", "--feature", str(happy), "--n-ablate", "4", "--out", str(tmp_path)]) == 0
+    assert ch6.main(["--demo", "--feature", str(happy), "--n-ablate", "4", "--out", str(tmp_path), "--verbose"]) == 0
     printed = capsys.readouterr().out
     written = json.loads((tmp_path / f"MI9_{happy}.json").read_text())
     record = json.loads((tmp_path / "MechInterpFeatureToWeights_run.json").read_text())

@@ -67,7 +67,7 @@ def test_family_card_is_the_max_of_members_normalised_activations(world, referen
     members = tuple(sorted(family_of_two() + tuple(planted_features().stray.values())[:1]))
     name = "+".join(map(str, members))
     out = tmp_path / "out"
-    assert ch3.main(["--demo", "--quiet", "--family", "+".join(map(str, members[::-1])), "--top-prompts", "4",
+    assert ch3.main(["--demo", "--quiet", "--verbose", "--family", "+".join(map(str, members[::-1])), "--top-prompts", "4",
                      "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     card = json.loads((out / f"family_{name}.json").read_text())
@@ -152,7 +152,7 @@ def test_family_ablation_equals_ablating_every_member_by_hand(world, reference, 
     baseline = read_prompt_file(world.prompts_dir / "baseline.txt")[:6]
     (prompts / "baseline.txt").write_text("\n".join(baseline) + "\n", encoding="utf-8")
     out = tmp_path / "out"
-    assert ch4.main(["--prompts", str(prompts), "--family", name, "--sweep", "0", "1", "--n-generate", "1",
+    assert ch4.main(["--prompts", str(prompts), "--verbose", "--family", name, "--sweep", "0", "1", "--n-generate", "1",
                      "--max-new-tokens", "2", "--quiet", "--out", str(out)]) == 0
     result = json.loads((out / f"MI6_{name}.json").read_text())
     assert result["feature"] == name and result["members"] == list(members) and result["ablation_group"] == "both"
@@ -211,7 +211,7 @@ def test_from_results_picks_a_split_concept_as_one_family(world, loaded_toy, tmp
     assert again.families == [members] and again.features == [members[0]]
 
     out = tmp_path / "out"
-    assert ch3.main(["--demo", "--quiet", "--from-results", str(path), "--top-n", "2", "--top-prompts", "2",
+    assert ch3.main(["--demo", "--quiet", "--verbose", "--from-results", str(path), "--top-n", "2", "--top-prompts", "2",
                      "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert (out / f"family_{name}.json").is_file() and not list(out.glob("feature_*.json"))

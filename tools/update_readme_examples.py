@@ -102,6 +102,12 @@ class Excerpt:
 
     run: str
     spans: tuple[Span, ...] = ()  # empty: the whole output
+    report: bool = False  # from the run's full report (OUT/<script>_report.txt), not from its terminal summary
+
+    @property
+    def source(self) -> str:
+        """The key of the text it is cut from in :func:`collect`'s outputs."""
+        return f"{self.run}:report" if self.report else self.run
 
     def select(self, output: str) -> str:
         lines = output.rstrip("\n").split("\n")
@@ -142,49 +148,49 @@ EXAMPLES: dict[str, Excerpt] = {
         Span(r"^rank\s+feature", lines=7),
         Span(r"^density = ", wrapped=True),
     )),
-    "chapter2-design": Excerpt("2", (Span(r"^happy vs baseline: your prompt sets differ", stop=r"^$"),)),
-    "chapter2-happy": Excerpt("2", (Span(r"^=== happy vs baseline", lines=7),)),
+    "chapter2-design": Excerpt("2", (Span(r"^Design checks: what else differs", stop=r"^  happy: "),)),
+    "chapter2-happy": Excerpt("2", (Span(r"^=== happy vs baseline", lines=5),)),
     # Not the "paired lines: happy lines add ..." summary: the order of its tied counts changes from run
     # to run (it follows Python's string hashing), so it cannot be compared with a fresh run.
     "paired-design": Excerpt("2p", (
         Span(r"^happy vs baseline: your prompt sets differ"),
         Span(r"^    pair 1: ", lines=3),
-    )),
+    ), report=True),
     "chapter2-family": Excerpt("2", (
         Span(r"^=== calm vs baseline"),
         Span(r"^rank  feature .* in calm", lines=4),
         Span(r"^  #\d+ \+ #\d+ concept \(split\)", wrapped=True),
-    )),
+    ), report=True),
     "chapter2-topic": Excerpt("2", (
         Span(r"^=== happy vs baseline"),
-        Span(r"^Concept word sets", stop=r"^    that co-occurs with the concept"),
+        Span(r"^  #\d+ on ' elated'", stop=r"^warning: ", wrapped=True),
     )),
-    "verdicts-design": Excerpt("2", (Span(r"^angry vs baseline: your prompt sets differ", stop=r"^$"),)),
+    "verdicts-design": Excerpt("2", (Span(r"^angry vs baseline: your prompt sets differ", stop=r"^$"),), report=True),
     "verdicts-why": Excerpt("2", (
         Span(r"^=== happy vs baseline"),
         Span(r"^Verdicts of the \d+ significant", stop=r"^$"),
-    )),
+    ), report=True),
     "chapter3": Excerpt("3", (
         Span(r"^=== Feature #501", wrapped=True),
         Span(r"^From: ", stop=r"^Typical max"),
         Span(r"^Top 10 activating texts", lines=5),
         Span(r"^What it writes", lines=5),
-    )),
+    ), report=True),
     "chapter4": Excerpt("4", (
         Span(r"^=== Feature #501", lines=2),
         Span(r"^Ablation on 'happy'", wrapped=True),
         Span(r"^Controls: ", wrapped=True),
         Span(r"^mean per token", lines=5),
-    )),
-    "chapter4-where": Excerpt("4", (Span(r"^Where it matters", wrapped=True), Span(r"^positions ", lines=5))),
+    ), report=True),
+    "chapter4-where": Excerpt("4", (Span(r"^Where it matters", wrapped=True), Span(r"^positions ", lines=5)), report=True),
     "chapter4-steering": Excerpt("4", (
         Span(r"^Steering 'baseline' prompts: add coeff × [\d.]+ × W_dec\[501\]", wrapped=True),
         Span(r"^coeff ", stop=r"^! KL above", wrapped=True),
-    )),
+    ), report=True),
     "chapter4-continuations": Excerpt("4", (
         Span(r"^Continuations \(\d+ new tokens\), clean vs steered at coeff 2 \(\+[\d.]+ × W_dec\[501\]\)"),
         Span(r"^  prompt: ", lines=11),
-    )),
+    ), report=True),
     "chapter4-summary": Excerpt("4", (Span(r"^feature  ablated on", lines=4),)),
     "chapter5": Excerpt("5", (
         Span(r"^metric ", stop=r"^loss recovered"),
@@ -195,18 +201,18 @@ EXAMPLES: dict[str, Excerpt] = {
         Span(r"^1\. Direct attribution", wrapped=True),
         Span(r"^   Check: ", wrapped=True),
         Span(r"^   component ", lines=5),
-    )),
-    "chapter6-sources": Excerpt("6", (Span(r"^2\. From which tokens", lines=3),)),
+    ), report=True),
+    "chapter6-sources": Excerpt("6", (Span(r"^2\. From which tokens", lines=3),), report=True),
     "chapter6-weights": Excerpt("6", (
         Span(r"^3\. Weights alone"),
         Span(r"^   Heads whose OV circuit", lines=3),
         Span(r"^   Tokens whose embedding", lines=3),
-    )),
+    ), report=True),
     "chapter6-causal": Excerpt("6", (
         Span(r"^4\. Causal check", wrapped=True),
         Span(r"^   component ", lines=3),
         Span(r"^   measured drop within", wrapped=True),
-    )),
+    ), report=True),
     "chapter6-summary": Excerpt("6", (Span(r"^feature  firing tokens", lines=4),)),
 }
 EXAMPLES.update({f"help-{Path(s).stem}": Excerpt(f"help:{s}") for s in SCRIPTS})
@@ -247,10 +253,10 @@ def render(text: str, outputs: dict[str, str]) -> str:
 
     def replace(match: re.Match) -> str:
         excerpt = EXAMPLES[match.group("name")]
-        if excerpt.run not in outputs:
+        if excerpt.source not in outputs:
             return match.group(0)
         indent = match.group("indent")
-        lines = ["```text", *excerpt.select(outputs[excerpt.run]).split("\n"), "```"]
+        lines = ["```text", *excerpt.select(outputs[excerpt.source]).split("\n"), "```"]
         body = "".join(f"{indent}{line}".rstrip() + "\n" for line in lines)
         return f"{match.group('head')}{body}{match.group('tail')}"
 
@@ -276,13 +282,19 @@ def subprocess_runner(work: Path) -> Runner:
     return run
 
 
-def collect(runner: Runner, keys: Iterable[str], log: Callable[[str], None] = lambda _m: None) -> dict[str, str]:
-    """Masked stdout of each run in ``keys`` (``--out Images`` added to every command but ``--help``)."""
+def collect(runner: Runner, keys: Iterable[str], log: Callable[[str], None] = lambda _m: None,
+            work: Path = Path(".")) -> dict[str, str]:
+    """Masked stdout of each run in ``keys`` (``--out Images`` added to every command but ``--help``), and
+    as ``"<key>:report"`` the full report the run saved (``work``: the folder the runner runs in)."""
     outputs = {}
     for key in keys:
         argv = RUNS[key] + ([] if "--help" in RUNS[key] else ["--out", OUT])
         log(f"running python {' '.join(argv)} ...")
         outputs[key] = mask(runner(argv))
+        report = work / OUT / f"{Path(argv[0]).stem}_report.txt"
+        if "--help" not in argv and report.is_file():  # read now: the next run of the script replaces it
+            outputs[f"{key}:report"] = mask(report.read_text(encoding="utf-8"))
+            report.unlink()
     return outputs
 
 
@@ -336,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         keys = [k for k in ORDER if k in {*keys, "1", "2", "3", "4", "6"} or (k == "5" and not args.fast)]
     with tempfile.TemporaryDirectory(prefix="readme-examples-") as tmp:
         work = Path(tmp)
-        outputs = collect(subprocess_runner(work), keys, log=lambda m: print(m, file=sys.stderr))
+        outputs = collect(subprocess_runner(work), keys, log=lambda m: print(m, file=sys.stderr), work=work)
         if args.pictures:
             for path in write_pictures(work / OUT, ROOT / "docs" / "images"):
                 print(f"wrote {path.relative_to(ROOT)} ({path.stat().st_size:,} bytes)")
