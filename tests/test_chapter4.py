@@ -461,8 +461,11 @@ def test_one_call_gives_what_the_script_writes_on_the_demo(world, tmp_path, caps
     """test_feature(loaded, feature, prompt sets, options) alone reproduces the script's numbers exactly."""
     happy = world.planted.concept["happy"]
     flags = ["--max-prompts", "12", "--sweep", "0", "1", "--n-generate", "1", "--max-new-tokens", "3"]
-    assert ch4.main(["--demo", "--feature", str(happy), *flags, "--out", str(tmp_path), "--verbose"]) == 0
-    printed = capsys.readouterr().out
+    assert ch4.main(["--demo", "--feature", str(happy), *flags, "--out", str(tmp_path)]) == 0
+    brief = capsys.readouterr().out
+    # The terminal gets the summary (the effect where it fires leads); the full report is saved.
+    assert len(brief.splitlines()) <= 60 and "Δ log-odds(tgt)" in brief and "where it fires (controls' median" in brief
+    printed = (tmp_path / "MechInterpSteering_report.txt").read_text(encoding="utf-8")
     written = json.loads((tmp_path / f"MI6_{happy}.json").read_text())
     generations = list(csv.DictReader(open(tmp_path / f"MI6_{happy}_generations.csv", encoding="utf-8")))
 
