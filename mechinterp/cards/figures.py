@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
@@ -18,7 +17,7 @@ from matplotlib.ticker import FuncFormatter
 from mechinterp.cards.card import CorpusEvidence, FeatureCard
 from mechinterp.cards.family import FamilyCard
 from mechinterp.core import constants
-from mechinterp.core.figures import NotebookFigure, axis_label
+from mechinterp.core.figures import DEFAULT_BASELINE, NotebookFigure, axis_label, group_colours
 
 # Tokens drawn on each side of MI5's logit panel: the panel has a fixed height, so --n-tokens 200 would
 # squeeze 401 labels into it. MI5_<id>.csv and the card's page list every one.
@@ -31,6 +30,7 @@ def card_figure(card: FeatureCard, title: str = "") -> Figure:
     return feature_figure(
         card.feature, card.hist_edges, card.hist_counts, total - fired, total,
         [(x.token, x.value) for x in card.promoted], [(x.token, x.value) for x in card.suppressed], title,
+        baseline=card.baseline or DEFAULT_BASELINE,
     )
 
 
@@ -47,6 +47,7 @@ def feature_figure(
     heading: str | None = None,
     activation: str = "activation",
     writes: str | None = None,
+    baseline: str | None = DEFAULT_BASELINE,
 ) -> Figure:
     """MI5: where the feature fires (activation histogram) and what it writes (top logit effects).
 
@@ -59,6 +60,8 @@ def feature_figure(
             :data:`MAX_LOGIT_BARS` of each are drawn).
         heading, activation, writes: for a family's card, the figure's heading (default "Feature #id"),
             what the histogram counts, and what the logit effects are of (default one unit of the feature).
+        baseline: the reference group, drawn grey; every source has its colour of
+            :func:`~mechinterp.core.figures.group_colours`, as in Chapter 2's figures.
     """
     listed = len(promoted), len(suppressed)
     promoted, suppressed = promoted[:MAX_LOGIT_BARS], suppressed[:MAX_LOGIT_BARS]
@@ -71,11 +74,11 @@ def feature_figure(
     logit_axes = fig.add_subplot(grid[0, 1]), fig.add_subplot(grid[1, 1])
     widths = np.diff(edges)
     bottom = np.zeros(len(widths))
-    palette = colormaps["tab10"]
-    for i, (source, c) in enumerate(counts.items()):
+    colours = group_colours(counts, baseline)
+    for source, c in counts.items():
         if c.sum() == 0:
             continue
-        ax_hist.bar(edges[:-1], c, width=widths, bottom=bottom, align="edge", color=palette(i % 10),
+        ax_hist.bar(edges[:-1], c, width=widths, bottom=bottom, align="edge", color=colours[source],
                     edgecolor="white", linewidth=0.4, label=f"{source} ({int(c.sum())} tokens)")
         bottom += c
     fired = total - zeros
