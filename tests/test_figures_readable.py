@@ -56,6 +56,29 @@ def test_mi6_kl_panel_marks_one_nat():
     assert "1 nat" in " ".join(t.get_text() for t in ax_kl.get_legend().get_texts())
 
 
+def test_mi6_one_nat_stands_apart_from_zero_when_steering_moves_kl_by_25_nats():
+    """KL from 0 to 26.5 nats: on a linear axis the 1-nat line sat on the 0 line. Linear to 1 and log
+    above, the two are at least a tenth of the panel apart; log P and log-odds meeting is said."""
+    coeffs = [-2, 0, 0.5, 1, 2, 4, 8]
+    curve = {"logp_targets": [-36, -6, 0, 0, 0, 0, 0], "logodds_targets": [-36, -6, 16, 22, 25, 26, 26],
+             "kl": [0.3, 0.0, 16, 22, 25, 26, 26.5]}
+    effect = {"delta_logp_targets": -0.5, "delta_logodds_targets": -4.0, "kl": 0.5}
+    controls = {k: np.linspace(-0.01, 0.01, 20) for k in effect}
+    fig = causal_figure("feature #1", "happy", "targets", effect, controls, coeffs, curve, "baseline",
+                        "3 × W_dec[1]", "TEST")
+    drawn(fig)
+    ax_kl = next(ax for ax in fig.axes if ax.get_ylabel().startswith("mean KL(clean ‖ steered)"))
+    low, high = ax_kl.get_ylim()
+    assert low >= 0 and high >= 26.5, "KL is never negative, and every point is inside"
+    to_axes = ax_kl.transData + ax_kl.transAxes.inverted()
+    one, zero = (to_axes.transform((0, v))[1] for v in (OVERWRITTEN_KL, 0.0))
+    assert one - zero >= 0.1, f"1 nat and 0 are {one - zero:.3f} of the panel apart"
+    ax_t = next(ax for ax in fig.axes if ax.get_ylabel() == "nats")
+    assert "log-odds ≈ log P" in ax_t.get_title()
+    a, b = ax_t.get_lines()[:2]
+    assert (a.get_linestyle(), a.get_marker()) != (b.get_linestyle(), b.get_marker())
+
+
 # --- MI7 ---------------------------------------------------------------------------------------------
 
 
@@ -137,3 +160,39 @@ def test_mi9_labels_clear_and_colour_scale_is_the_mean_pre_activation():
             if other is not mine and other.get_text():
                 assert not overlaps(box, other.get_window_extent(renderer)), \
                     f"{mine.get_text()!r} overlaps {other.get_text()!r}"
+
+
+def test_mi9_draws_no_zero_rows_or_points_and_counts_them_in_one_note():
+    """Chapter 6 folds components whose contribution is zero (at most 1e-6 of the mean pre-activation)
+    in its terminal output; MI9 does the same: no empty bar, no point at (0, 0), one note with counts."""
+    result = stacked_attribution()
+    causal = result.causal
+    causal.zero_threshold = 1e-6 * result.direct.mean_pre_activation
+    causal.rows += [AblationRow("L1H1", 0.0, 1e-9, 0.0, 1.0), AblationRow("L2H2", 1e-10, 0.0, -2e-7, 1.0)]
+    fig = attribution_figure(result, n_heads=4, title="TEST")
+    drawn(fig)
+    ax_bar, ax_map, ax_abl = fig.axes[:3]
+    zero = {r.component for r in result.direct.zero_rows()}
+    assert len(zero) == 41  # pos_embed, 32 heads, 8 MLPs: each within 1e-9 of nothing
+    assert {t.get_text() for t in ax_bar.get_yticklabels()} == {"embed", "sae_bias"}
+    widths = [p.get_width() for p in ax_bar.patches if np.isfinite(p.get_width())]
+    assert len(widths) == 2 and all(abs(w) > 1 for w in widths)
+    points = ax_abl.collections[0].get_offsets()
+    assert len(points) == len(causal.rows) - 2
+    assert not any(name in t.get_text() for t in ax_abl.texts for name in ("L1H1", "L2H2"))
+    notes = [line for line in fig.get_suptitle().splitlines() if "not drawn" in line]
+    assert len(notes) == 1 and "41 components" in notes[0] and "2 ablated components" in notes[0]
+    # The heatmap still shows every head, round-off written as 0.
+    assert {t.get_text() for t in ax_map.texts} <= {"0"}
+
+
+def test_mi9_without_zero_rows_has_no_note():
+    rows = [ComponentRow("embed", "embed", None, None, 2.0, 0.5, 0.3, 1.0, 2.0),
+            ComponentRow("L0H0", "head", 0, 0, 1.0, 0.25, 0.3, 1.0, 1.0),
+            ComponentRow("sae_bias", "sae_bias", None, None, 1.0, 0.25, 0.0, 0.0, 0.0)]
+    direct = DirectAttribution(rows, 10, 2, 50, 4.0, 4.0, 4.0, 0.0, 1e-7)
+    result = FeatureAttribution(1, "blocks.1.hook_resid_pre", "none", 1.0, direct, [],
+                                WeightsView([], [], [], [], []), None, "")
+    fig = attribution_figure(result, n_heads=1, title="TEST")
+    assert "not drawn" not in fig.get_suptitle()
+    assert {t.get_text() for t in fig.axes[0].get_yticklabels()} == {"embed", "L0H0", "sae_bias"}
