@@ -58,7 +58,7 @@ def mi2_colours(groups: list[str]) -> dict[str, str]:
     means = {g: rng.exponential(1.0, D_SAE) for g in groups}
     fig = figures.group_mean_overview(means, [3], "TEST", "max")
     panels = [ax for ax in fig.axes if ax.collections]
-    return {ax.get_ylabel(): to_hex(ax.collections[0].get_colors()[0]) for ax in panels}
+    return {ax.get_ylabel().split("\n")[0]: to_hex(ax.collections[0].get_colors()[0]) for ax in panels}
 
 
 def mi4_colours(group: str) -> tuple[str, str]:

@@ -38,6 +38,28 @@ def visible_yticks(ax) -> list[str]:
     return [t.get_text() for t, v in zip(ax.get_yticklabels(), ax.get_yticks()) if low <= v <= high and t.get_text()]
 
 
+# --- MI2 ---------------------------------------------------------------------------------------------
+
+
+def test_mi2_panels_hold_only_data():
+    """A feature near id 0 or near the last id reaches the panel's top corners: the legend's ▼ stood beside
+    the data's ▼ at feature 5, and the count of active features sat on the tallest line at the right end.
+    The title explains ▼, and each count sits beside its group's name, outside the panel."""
+    from mechinterp.meaning.figures import group_mean_overview
+
+    means = {g: np.zeros(64) for g in ("baseline", "happy")}
+    for m in means.values():
+        m[[5, 20, 63]] = [3.0, 0.5, 3.0]
+    fig = group_mean_overview(means, [5], "TEST", "max")
+    renderer = drawn(fig)
+    for ax in fig.axes:
+        assert ax.get_legend() is None and not ax.texts
+        name, count = ax.get_ylabel().split("\n")
+        assert count == "3 active"
+        assert ax.yaxis.label.get_window_extent(renderer).x1 <= ax.get_window_extent(renderer).x0
+    assert "▼ always-on" in fig.get_suptitle()
+
+
 # --- MI6 ---------------------------------------------------------------------------------------------
 
 
