@@ -60,6 +60,52 @@ def test_mi2_panels_hold_only_data():
     assert "▼ always-on" in fig.get_suptitle()
 
 
+# --- MI5 corpus ---------------------------------------------------------------------------------------
+
+
+def corpus_evidence(levels: list[float], lowest_top: float):
+    from types import SimpleNamespace
+
+    edges = np.geomspace(0.01, 10, 31)
+    counts = np.zeros(30, dtype=int)
+    counts[25:28] = [5, 40, 3]
+    names = ("upper quartile", "median", "lower quartile")
+    return SimpleNamespace(
+        corpus="corpus.txt", hist_edges=edges, hist_counts=counts, fired=48, n_tokens=10_000, density=0.0048,
+        windows_fired=40, n_windows=400, levels=list(zip(names, levels)),
+        examples=[SimpleNamespace(max_act=v) for v in np.linspace(4.0, lowest_top, 10)])
+
+
+def vertical_lines(ax) -> list:
+    return [line for line in ax.get_lines() if len(set(np.atleast_1d(line.get_xdata()))) == 1]
+
+
+@pytest.mark.parametrize("case", ["one strength", "spread"])
+def test_mi5_corpus_reference_lines_are_apart_or_one_line_named_for_all(case):
+    """A feature that fires at one strength put its quartiles, median and lowest top window on one spot:
+    four lines drawn over each other with four legend entries. Lines on one spot are now one line whose
+    entry names them all; lines apart stay apart, each with its own entry."""
+    from mechinterp.cards.figures import SAME_PLACE, corpus_figure
+
+    levels, lowest = ([3.0, 3.0, 3.0], 3.0) if case == "one strength" else ([3.5, 2.0, 0.8], 3.2)
+    fig = corpus_figure(7, corpus_evidence(levels, lowest), "TEST")
+    drawn(fig)
+    ax = fig.axes[0]
+    lines = vertical_lines(ax)
+    low, high = ax.get_xlim()
+    where = sorted(np.log10(line.get_xdata()[0] / low) / np.log10(high / low) for line in lines)
+    assert all(b - a >= SAME_PLACE for a, b in itertools.pairwise(where)), where
+    labels = [line.get_label() for line in lines]
+    if case == "one strength":
+        assert len(lines) == 1
+        assert "upper quartile = median = lower quartile of the per-window maxima" in labels[0]
+        assert "= lowest of the top 10 windows" in labels[0] and lines[0].get_color() == "#b00020"
+    else:
+        assert len(lines) == 4 and len({(line.get_linestyle(), line.get_color()) for line in lines}) == 4
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert all(label in legend for label in labels)
+
+
 # --- MI6 ---------------------------------------------------------------------------------------------
 
 

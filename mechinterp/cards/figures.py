@@ -184,13 +184,7 @@ def corpus_figure(feature: int, c: CorpusEvidence, title: str) -> Figure:
         ax.set_xlim(lo / 1.1, hi * 1.1)
         ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
         ax.xaxis.set_minor_formatter(FuncFormatter(_minor_label))
-        for (name, value), style in zip(c.levels, ("--", "-.", (0, (5, 1, 1, 1)))):
-            ax.axvline(value, color="#444", linestyle=style, linewidth=1,
-                       label=f"{name} of the per-window maxima (~{value:.3g})")
-        if c.examples:
-            low = c.examples[-1].max_act
-            ax.axvline(low, color="#b00020", linestyle=":", linewidth=1.5,
-                       label=f"lowest of the top {len(c.examples)} windows ({low:.3g})")
+        _reference_lines(ax, c)
         ax.set_ylim(0, float(counts.max()) * 1.1)
         ax.legend(fontsize=8.5, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
     ax.set_xlabel("activation (log scale; corpus tokens where it fires, BOS and padding excluded)")
@@ -203,3 +197,39 @@ def corpus_figure(feature: int, c: CorpusEvidence, title: str) -> Figure:
     ax.grid(axis="y", alpha=0.3)
     fig.suptitle(f"Feature #{feature} over {c.corpus}\n{title}", fontsize=11)
     return fig
+
+
+# Reference lines closer than this share of the log axis' width are drawn as one: two lines a pixel or
+# two apart read as one line with two legend entries, and the reader cannot tell which is which.
+SAME_PLACE = 0.01
+
+
+def _reference_lines(ax: Axes, c: CorpusEvidence) -> None:
+    """MI5 corpus' vertical lines: the quartiles and median of the per-window maxima, and the lowest of
+    the top windows shown. Lines on one spot (a feature that fires at one strength) become one line whose
+    legend entry names them all: "lower quartile = median of the per-window maxima = lowest of the top
+    10 windows (~3)"."""
+    # (name, value, is a level of the per-window maxima, style)
+    # Three styles a reader tells apart at a glance (a dense dash-dot beside "-." did not), and the
+    # lowest top window red and dotted.
+    lines = [(name, float(value), True, dict(color="#444", linestyle=style, linewidth=1))
+             for (name, value), style in zip(c.levels, ("--", "-", "-."))]
+    if c.examples:
+        lines.append((f"lowest of the top {len(c.examples)} windows", float(c.examples[-1].max_act), False,
+                      dict(color="#b00020", linestyle=":", linewidth=1.5)))
+    low, high = ax.get_xlim()
+    width = np.log10(high / low)
+    spots: list[list[tuple]] = []
+    for line in sorted(lines, key=lambda item: item[1]):
+        last = spots[-1][-1][1] if spots else None
+        if last is not None and last > 0 and line[1] > 0 and np.log10(line[1] / last) / width < SAME_PLACE:
+            spots[-1].append(line)
+        else:
+            spots.append([line])
+    for spot in spots:
+        levels = " = ".join(name for name, _, level, _ in spot if level)
+        names = [f"{levels} of the per-window maxima"] if levels else []
+        names += [name for name, _, level, _ in spot if not level]
+        # The lowest top window's red line is the one a reader looks for: it keeps its style on a shared spot.
+        style = next((kw for _, _, level, kw in spot if not level), spot[0][3])
+        ax.axvline(spot[0][1], **style, label=f"{' = '.join(names)} (~{spot[0][1]:.3g})")
