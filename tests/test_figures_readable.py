@@ -242,7 +242,7 @@ def test_mi9_draws_no_zero_rows_or_points_and_counts_them_in_one_note():
     ax_bar, ax_map, ax_abl = fig.axes[:3]
     zero = {r.component for r in result.direct.zero_rows()}
     assert len(zero) == 41  # pos_embed, 32 heads, 8 MLPs: each within 1e-9 of nothing
-    assert {t.get_text() for t in ax_bar.get_yticklabels()} == {"embed", "sae_bias"}
+    assert {t.get_text().split()[0] for t in ax_bar.get_yticklabels()} == {"embed", "sae_bias"}
     widths = [p.get_width() for p in ax_bar.patches if np.isfinite(p.get_width())]
     assert len(widths) == 2 and all(abs(w) > 1 for w in widths)
     points = ax_abl.collections[0].get_offsets()
@@ -263,4 +263,6 @@ def test_mi9_without_zero_rows_has_no_note():
                                 WeightsView([], [], [], [], []), None, "")
     fig = attribution_figure(result, n_heads=1, title="TEST")
     assert "not drawn" not in fig.get_suptitle()
-    assert {t.get_text() for t in fig.axes[0].get_yticklabels()} == {"embed", "L0H0", "sae_bias"}
+    # Each bar's value beside its name, so that a small one still reads.
+    assert [t.get_text().split() for t in fig.axes[0].get_yticklabels()] == [
+        ["embed", "+2.0"], ["L0H0", "+1.0"], ["sae_bias", "+1.0"]]

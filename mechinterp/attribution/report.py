@@ -133,7 +133,10 @@ def _bars_panel(ax: Axes, direct: DirectAttribution, n_top: int) -> None:
         height=0.75,
         error_kw={"elinewidth": 0.8, "alpha": 0.6},
     )
-    ax.set_yticks(y, [r.component for r in top], fontsize=9, family="monospace")
+    # Each row's value beside its name: a real but small contribution (0.01 next to 4.5) has no visible bar.
+    width = max((len(r.component) for r in top), default=0)
+    ax.set_yticks(y, [f"{r.component:<{width}} {num(r.mean_contribution, 2, sign=True):>8}" for r in top],
+                  fontsize=9, family="monospace")
     ax.axvline(0, color="black", linewidth=0.8)
     ax.axvline(
         direct.mean_pre_activation,
