@@ -180,6 +180,34 @@ def test_mi7_every_line_distinct_and_every_axis_ticked(which):
         assert "= total" in mse.get_label()
 
 
+def test_mi7_true_l0_line_clear_of_the_frame_and_mi8_plain_numbers():
+    """The true-L0 line (3.65) sat on the L0 panel's lower edge, where it read as the frame; MI8's log
+    axis of firing probabilities (0.01 to 0.08) was labelled 2 x 10^-2."""
+    from mechinterp.training.report import feature_matching
+    from mechinterp.training.synthetic import MatchScores
+
+    n = 300
+    decay = np.exp(-np.arange(n) / 100)
+    curves = {"standard": curve(n, 8 + 200 * decay, 1 + 2 * decay, 0.4 + decay),
+              "topk": curve(n, np.full(n, 5.0), 0.5 + decay, 0.5 + decay)}
+    fig = training_curves(curves, "TEST", true_l0=3.65)
+    drawn(fig)
+    ax_l0 = fig.axes[1]
+    to_axes = ax_l0.transData + ax_l0.transAxes.inverted()
+    assert to_axes.transform((0, 3.65))[1] >= 0.05
+    rng = np.random.default_rng(0)
+    probabilities = np.geomspace(0.01, 0.08, 64)
+    scores = MatchScores(rng.uniform(0.8, 1.0, 64), np.arange(64), 0.9)
+    fig = feature_matching({"standard": scores}, MatchScores(rng.uniform(0.2, 0.5, 64), np.arange(64), 0.9),
+                           probabilities, 0.9, "TEST")
+    drawn(fig)
+    ax_freq = fig.axes[1]
+    low, high = ax_freq.get_xlim()
+    labels = [t.get_text() for t in ax_freq.get_xticklabels(minor=True) + ax_freq.get_xticklabels()
+              if t.get_text() and low <= t.get_position()[0] <= high]
+    assert len(labels) >= 3 and not any("times" in t or "^" in t for t in labels), labels
+
+
 # --- MI9 ---------------------------------------------------------------------------------------------
 
 
