@@ -212,11 +212,11 @@ def _reference_lines(ax: Axes, c: CorpusEvidence) -> None:
     # (name, value, is a level of the per-window maxima, style)
     # Three styles a reader tells apart at a glance (a dense dash-dot beside "-." did not), and the
     # lowest top window red and dotted.
-    lines = [(name, float(value), True, dict(color="#444", linestyle=style, linewidth=1))
+    lines = [(name, float(value), True, {"color": "#444", "linestyle": style, "linewidth": 1})
              for (name, value), style in zip(c.levels, ("--", "-", "-."))]
     if c.examples:
         lines.append((f"lowest of the top {len(c.examples)} windows", float(c.examples[-1].max_act), False,
-                      dict(color="#b00020", linestyle=":", linewidth=1.5)))
+                      {"color": "#b00020", "linestyle": ":", "linewidth": 1.5}))
     low, high = ax.get_xlim()
     width = np.log10(high / low)
     spots: list[list[tuple]] = []

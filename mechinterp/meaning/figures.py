@@ -24,7 +24,11 @@ from matplotlib.figure import Figure
 
 from mechinterp.core import constants
 from mechinterp.core.figures import (
-    DEFAULT_BASELINE, NotebookFigure, group_colours, place_labels, white_zero_cmap,
+    DEFAULT_BASELINE,
+    NotebookFigure,
+    group_colours,
+    place_labels,
+    white_zero_cmap,
 )
 from mechinterp.core.io import OutputFolder
 from mechinterp.core.tables import plural
