@@ -59,6 +59,29 @@ def test_mi2_panels_hold_only_data():
     assert "▼ always-on" in fig.get_suptitle()
 
 
+# --- MI3 ---------------------------------------------------------------------------------------------
+
+
+def test_mi3_row_labels_and_titles_clear_of_the_neighbouring_panels():
+    """Long group names ran over the image of the panel to their left, and the figure's title over the
+    panels' titles, when the panels were few and short."""
+    from mechinterp.meaning.figures import group_heatmaps
+
+    acts = np.random.default_rng(0).random((10, 3))
+    panels = [(g, "2 features at q < 0.05", acts, 5, [1, 2, 3])
+              for g in ("happy", "a_much_longer_group_name", "control_group_two")]
+    fig = group_heatmaps(panels, "baseline_reference", "TEST", "max")
+    renderer = drawn(fig)
+    axes = [ax for ax in fig.axes if ax.images and ax.get_title()]
+    title = fig._suptitle.get_window_extent(renderer)
+    for left, ax in itertools.pairwise([None, *axes]):
+        assert not overlaps(title, ax.title.get_window_extent(renderer)), ax.get_title()
+        if left is None:
+            continue
+        for label in ax.get_yticklabels():
+            assert label.get_window_extent(renderer).x0 > left.get_window_extent(renderer).x1, label.get_text()
+
+
 # --- MI5 corpus ---------------------------------------------------------------------------------------
 
 

@@ -194,15 +194,12 @@ def group_heatmaps(
              for p in panels[:n_drawn]]
     rows = max(p.acts.shape[0] for p in drawn)
     size = (max(5.0, _panel_width(most) * per_row + 1.5), max(4.5, 0.075 * rows + 3.0) * n_rows)
-    if n_rows == 1:
-        fig = NotebookFigure(figsize=size)
-        # Room between panels for the next panel's row labels.
-        axes = fig.subplots(1, per_row, squeeze=False, gridspec_kw={"wspace": 0.45})[0]
-    else:  # rows of panels: the constrained layout keeps each row's labels clear of the next row's titles
-        fig = NotebookFigure(figsize=size, layout="constrained")
-        axes = fig.subplots(n_rows, per_row, squeeze=False).ravel()
-        for ax in axes[n_drawn:]:
-            ax.set_visible(False)
+    # The constrained layout gives each panel's row labels (a group's name can be long) room clear of the
+    # panel to its left, and the title room above the panels' titles; fixed spacing did neither.
+    fig = NotebookFigure(figsize=size, layout="constrained")
+    axes = fig.subplots(n_rows, per_row, squeeze=False).ravel()
+    for ax in axes[n_drawn:]:
+        ax.set_visible(False)
     image = None
     for i, (ax, panel) in enumerate(zip(axes, drawn)):
         image = _heatmap_panel(ax, panel, baseline, list(verdicts[i]) if verdicts is not None else None)
