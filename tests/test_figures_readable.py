@@ -300,8 +300,9 @@ def test_mi9_draws_no_zero_rows_or_points_and_counts_them_in_one_note():
     assert not any(name in t.get_text() for t in ax_abl.texts for name in ("L1H1", "L2H2"))
     notes = [line for line in fig.get_suptitle().splitlines() if "not drawn" in line]
     assert len(notes) == 1 and "41 components" in notes[0] and "2 ablated components" in notes[0]
-    # The heatmap still shows every head, round-off written as 0.
+    # The heatmap still shows every head, round-off written as 0, and its title says they add nothing.
     assert {t.get_text() for t in ax_map.texts} <= {"0"}
+    assert "all contribute nothing" in ax_map.get_title()
 
 
 def test_mi9_without_zero_rows_has_no_note():

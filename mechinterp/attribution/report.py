@@ -193,11 +193,11 @@ def _heads_panel(fig: Figure, ax: Axes, result: FeatureAttribution, n_heads: int
     fig.colorbar(image, ax=ax, location="bottom", shrink=0.8, pad=0.02, aspect=40,
                  extend="both" if largest > vmax else "neither",
                  label=f"mean contribution, scale ±{vmax:.3g} = the mean pre-activation (red builds the feature)")
-    ax.set_title(
-        f"Every head and MLP, mean over firing tokens\nthe largest cell is {largest:.2g} "
-        f"(the mean pre-activation is {result.direct.mean_pre_activation:.3g})",
-        fontsize=10,
-    )
+    # When every cell is round-off, say so: "the largest cell is 1.5e-10" over a grid of 0s reads as a contradiction.
+    mean = f"the mean pre-activation {result.direct.mean_pre_activation:.3g}"
+    largest_text = (f"all contribute nothing (the largest, {largest:.2g}, is at most {ZERO_TOLERANCE:g} × {mean})"
+                    if is_zero(largest, result.direct.zero_threshold) else f"the largest cell is {largest:.2g} ({mean})")
+    ax.set_title(f"Every head and MLP, mean over firing tokens\n{largest_text}", fontsize=10)
 
 
 def heatmap_limit(grid: np.ndarray, mean_pre_activation: float) -> float:
