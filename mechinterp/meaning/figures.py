@@ -207,7 +207,7 @@ def group_heatmaps(
             tick.set_color(colours[side])  # the row labels in the groups' colours, as in MI2 and MI4
     if image is not None:
         fig.colorbar(image, ax=list(axes[:n_drawn]), label=f"per-prompt {agg} activation ÷ the column's max "
-                     "(white = 0)", fraction=0.03, pad=0.02)
+                     "(white = 0)", fraction=0.03, pad=0.02, aspect=50)
     fig.suptitle(f"Each row is one prompt; always-on features removed; each column scaled to its own max"
                  f"{_heatmap_notes(panels, n_drawn, most)}\n{title}", fontsize=10)
     return fig
