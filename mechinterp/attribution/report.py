@@ -17,6 +17,7 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.transforms import Bbox
 
 from mechinterp.attribution.attribute import (
     ZERO_TOLERANCE,
@@ -29,7 +30,7 @@ from mechinterp.attribution.attribute import (
     is_zero,
 )
 from mechinterp.core import constants
-from mechinterp.core.figures import NotebookFigure
+from mechinterp.core.figures import NotebookFigure, place_labels
 from mechinterp.core.tables import WIDTH, format_table, safe_text, wrapped
 
 # One colour per component kind, the same in every panel and every figure.
@@ -78,26 +79,51 @@ def attribution_figure(result: FeatureAttribution, n_heads: int, title: str, n_t
     direct = result.direct
     if direct is None:
         raise ValueError("no figure for a feature that never fires")
-    capped = n_top > MAX_BARS
+    n_live = len(direct.rows) - len(direct.zero_rows())
+    capped = min(n_top, n_live) > MAX_BARS
     n_top = min(n_top, MAX_BARS)
-    fig = NotebookFigure(figsize=(19, max(6.5, 0.3 * n_top + 2.5)), layout="constrained")
+    # As tall as the bars drawn need: rows that contribute nothing are not drawn.
+    fig = NotebookFigure(figsize=(19, max(6.5, 0.3 * min(n_top, n_live) + 2.5)), layout="constrained")
     ax_bar, ax_map, ax_abl = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1.0, 1.25, 0.95]})
     _bars_panel(ax_bar, direct, n_top)
     if capped:
         ax_bar.set_title(f"{ax_bar.get_title()}\nthe largest {n_top} drawn (every row is in "
                          f"{output_name(constants.MI9_CSV, result.feature)})", fontsize=10)
     _heads_panel(fig, ax_map, result, n_heads)
-    _causal_panel(ax_abl, direct, result.causal)
     fig.suptitle(
-        f"Feature #{result.feature}: where its pre-activation comes from (hook {result.hook_name})\n{title}",
+        f"Feature #{result.feature}: where its pre-activation comes from (hook {result.hook_name})\n{title}"
+        + _folded_note(result),
         fontsize=11,
     )
+    _causal_panel(ax_abl, direct, result.causal)  # last: it places its labels in the finished layout
     return fig
 
 
+def _folded_note(result: FeatureAttribution) -> str:
+    """The figure's one line on what it leaves out: components that contribute nothing (not a bar) and
+    ablations that change nothing (not a point), as the terminal folds them; "" when there are none."""
+    direct, causal = result.direct, result.causal
+    parts = []
+    if direct is not None and (n := len(direct.zero_rows())):
+        parts.append(f"{n} component{'s' if n != 1 else ''} that contribute{'s' if n == 1 else ''} nothing (bars)")
+    if causal is not None and (n := sum(causal.is_zero_row(r) for r in causal.rows)):
+        parts.append(f"{n} ablated component{'s' if n != 1 else ''} that change{'s' if n == 1 else ''} nothing "
+                     "(points)")
+    if not parts:
+        return ""
+    files = output_name(constants.MI9_CSV, result.feature) + (
+        " and " + output_name(constants.MI9_ABLATION_CSV, result.feature) if causal is not None else "")
+    return (f"\nnot drawn: {' and '.join(parts)}, i.e. at most {ZERO_TOLERANCE:g} × the mean pre-activation "
+            f"(every row is in {files})")
+
+
 def _bars_panel(ax: Axes, direct: DirectAttribution, n_top: int) -> None:
-    """Left: the largest rows, strongest on top, spread over the firing tokens as error bars."""
-    top = direct.top(n_top)
+    """Left: the largest rows that contribute something, strongest on top, spread over the firing tokens as
+    error bars. Rows that contribute nothing are left out (the figure's title counts them)."""
+    zero = {r.component for r in direct.zero_rows()}
+    top = [r for r in direct.top(len(direct.rows)) if r.component not in zero][:n_top]
+    if not top:
+        ax.text(0.5, 0.5, "no component contributes anything", ha="center", va="center", transform=ax.transAxes)
     y = np.arange(len(top))[::-1]
     ax.barh(
         y,
@@ -107,7 +133,10 @@ def _bars_panel(ax: Axes, direct: DirectAttribution, n_top: int) -> None:
         height=0.75,
         error_kw={"elinewidth": 0.8, "alpha": 0.6},
     )
-    ax.set_yticks(y, [r.component for r in top], fontsize=9, family="monospace")
+    # Each row's value beside its name: a real but small contribution (0.01 next to 4.5) has no visible bar.
+    width = max((len(r.component) for r in top), default=0)
+    ax.set_yticks(y, [f"{r.component:<{width}} {num(r.mean_contribution, 2, sign=True):>8}" for r in top],
+                  fontsize=9, family="monospace")
     ax.axvline(0, color="black", linewidth=0.8)
     ax.axvline(
         direct.mean_pre_activation,
@@ -153,19 +182,22 @@ def _heads_panel(fig: Figure, ax: Axes, result: FeatureAttribution, n_heads: int
     ax.set_xlabel("attention head (last column: the layer's MLP)")
     ax.set_ylabel("layer")
     if grid.size <= ANNOTATE_MAX_CELLS:
+        threshold = result.direct.zero_threshold
         for (row, col), value in np.ndenumerate(grid):
             if np.isfinite(value):
-                ax.text(col, row, f"{value:+.2g}", ha="center", va="center", fontsize=7,
+                # Round-off (1e-10 from a head that does nothing) reads "0", as the terminal counts it.
+                text = "0" if is_zero(value, threshold) else f"{value:+.2g}"
+                ax.text(col, row, text, ha="center", va="center", fontsize=7,
                         color="white" if abs(value) > 0.6 * vmax else "black")
     # Below the heatmap: on its right, the bar's label met the next panel's y label.
     fig.colorbar(image, ax=ax, location="bottom", shrink=0.8, pad=0.02, aspect=40,
                  extend="both" if largest > vmax else "neither",
                  label=f"mean contribution, scale ±{vmax:.3g} = the mean pre-activation (red builds the feature)")
-    ax.set_title(
-        f"Every head and MLP, mean over firing tokens\nthe largest cell is {largest:.2g} "
-        f"(the mean pre-activation is {result.direct.mean_pre_activation:.3g})",
-        fontsize=10,
-    )
+    # When every cell is round-off, say so: "the largest cell is 1.5e-10" over a grid of 0s reads as a contradiction.
+    mean = f"the mean pre-activation {result.direct.mean_pre_activation:.3g}"
+    largest_text = (f"all contribute nothing (the largest, {largest:.2g}, is at most {ZERO_TOLERANCE:g} × {mean})"
+                    if is_zero(largest, result.direct.zero_threshold) else f"the largest cell is {largest:.2g} ({mean})")
+    ax.set_title(f"Every head and MLP, mean over firing tokens\n{largest_text}", fontsize=10)
 
 
 def heatmap_limit(grid: np.ndarray, mean_pre_activation: float) -> float:
@@ -178,14 +210,17 @@ def heatmap_limit(grid: np.ndarray, mean_pre_activation: float) -> float:
     return limit if limit > 0 else 1.0
 
 
-LABEL_APART = (0.18, 0.06)  # points closer than this (axes fractions, x and y) share one label
+# Points closer than this (axes fractions, x and y) draw their markers over one another: one label
+# names them, and a note under the panel lists them. Points further apart each get their own label,
+# placed by :func:`~mechinterp.core.figures.place_labels` where it covers no other.
+LABEL_APART = (0.025, 0.025)
 
 
 def point_groups(
     x: np.ndarray, y: np.ndarray, size: np.ndarray, apart: tuple[float, float] = LABEL_APART,
 ) -> list[list[int]]:
-    """Points in groups whose labels would overlap: each group's first point is its largest (``size``),
-    and every other member lies within ``apart`` of it (``x``, ``y`` as axes fractions)."""
+    """Points in groups drawn on one spot: each group's first point is its largest (``size``), and every
+    other member lies within ``apart`` of it (``x``, ``y`` as axes fractions)."""
     order = np.argsort(-np.asarray(size), kind="stable")
     groups: list[list[int]] = []
     for i in order:
@@ -198,27 +233,34 @@ def point_groups(
 
 
 def _label_points(ax: Axes, names: Sequence[str], x: np.ndarray, y: np.ndarray) -> None:
-    """Name each point that lies apart; a stack of points gets a count, and a note under the panel lists it."""
+    """Name each point, no label over another; a stack of points gets a count, and a note under the panel
+    lists it (and any label that found no room)."""
     (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
     groups = point_groups((x - x0) / (x1 - x0), (y - y0) / (y1 - y0), np.maximum(np.abs(x), np.abs(y)))
     tiny = 1e-3 * max(x1 - x0, y1 - y0)  # rounding noise (1e-10 of a drop) reads as 0
-    notes = []
-    for k, group in enumerate(g for g in groups if len(g) > 1):
-        lead = group[0]
-        px, py = (0.0 if abs(v) < tiny else float(v) for v in (x[lead], y[lead]))
-        notes.append(f"[{k + 1}] near ({px:.2g}, {py:.2g}): " + ", ".join(names[i] for i in group))
-    k = 0
+    notes, texts = [], []
     for group in groups:
         lead = group[0]
-        if len(group) > 1:
-            k += 1
-        text = names[lead] if len(group) == 1 else f"[{k}] {len(group)} points"
-        ax.annotate(text, (x[lead], y[lead]), fontsize=7.5, xytext=(4, 4), textcoords="offset points")
-    if notes:
-        note = "\n".join(textwrap.fill(n, 70, subsequent_indent="    ") for n in notes)
-        # Under the x label, whatever its height.
-        ax.annotate(note, (0.0, 0.0), xycoords=("axes fraction", ax.xaxis.label), xytext=(0, -4),
-                    textcoords="offset points", va="top", ha="left", fontsize=8)
+        if len(group) == 1:
+            texts.append(names[lead])
+            continue
+        px, py = (0.0 if abs(v) < tiny else float(v) for v in (x[lead], y[lead]))
+        texts.append(f"[{len(notes) + 1}] {len(group)} points")
+        notes.append(f"{texts[-1].split()[0]} near ({px:.2g}, {py:.2g}): " + ", ".join(names[i] for i in group))
+    note = ax.annotate("\n".join(textwrap.fill(n, 70, subsequent_indent="    ") for n in notes), (0.0, 0.0),
+                       xycoords=("axes fraction", ax.xaxis.label), xytext=(0, -4), textcoords="offset points",
+                       va="top", ha="left", fontsize=8)  # under the x label, whatever its height
+    # Lay the figure out first: labels are placed in points, so the axes must have their final size.
+    ax.figure.draw_without_rendering()
+    renderer = ax.figure._get_renderer()
+    # No label on the legend or on a marker (4 points around each centre: the markers' radius and a little).
+    avoid = [ax.get_legend().get_window_extent(renderer)] if ax.get_legend() else []
+    r = 4 * ax.figure.dpi / 72
+    avoid += [Bbox.from_extents(px - r, py - r, px + r, py + r) for px, py in ax.transData.transform(np.c_[x, y])]
+    left_out = place_labels(ax, [(x[g[0]], y[g[0]]) for g in groups], texts, fontsize=7.5, avoid=avoid)
+    if left_out:
+        note.set_text("\n".join(filter(None, [note.get_text(), textwrap.fill(
+            "no room to label: " + ", ".join(left_out), 70, subsequent_indent="    ")])))
 
 
 def _causal_panel(ax: Axes, direct: DirectAttribution, causal: CausalCheck | None) -> None:
@@ -227,9 +269,16 @@ def _causal_panel(ax: Axes, direct: DirectAttribution, causal: CausalCheck | Non
         ax.text(0.5, 0.5, "no ablation run", ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
         return
-    predicted = np.array([r.predicted_drop for r in causal.rows])
-    measured = np.array([r.measured_drop_pre for r in causal.rows])
-    kinds = [next(x.kind for x in direct.rows if x.component == r.component) for r in causal.rows]
+    # Components whose ablation changes nothing would all sit on (0, 0): the title counts them instead.
+    rows = [r for r in causal.rows if not causal.is_zero_row(r)]
+    if not rows:
+        ax.text(0.5, 0.5, "no ablated component changes the feature", ha="center", va="center",
+                transform=ax.transAxes)
+        ax.set_axis_off()
+        return
+    predicted = np.array([r.predicted_drop for r in rows])
+    measured = np.array([r.measured_drop_pre for r in rows])
+    kinds = [next(x.kind for x in direct.rows if x.component == r.component) for r in rows]
     ax.scatter(predicted, measured, c=[KIND_COLOURS[k] for k in kinds], s=40, zorder=3)
     low = float(min(predicted.min(), measured.min(), 0.0))
     high = float(max(predicted.max(), measured.max(), 0.0))
@@ -239,7 +288,6 @@ def _causal_panel(ax: Axes, direct: DirectAttribution, causal: CausalCheck | Non
     # Room on the right and top for the point labels.
     ax.set_xlim(low - pad, high + 3 * pad)
     ax.set_ylim(low - pad, high + 3 * pad)
-    _label_points(ax, [r.component for r in causal.rows], predicted, measured)
     ax.axhline(0, color="grey", linewidth=0.5)
     ax.axvline(0, color="grey", linewidth=0.5)
     ax.set_xlabel("predicted drop of the pre-activation (direct path only)")
@@ -251,6 +299,7 @@ def _causal_panel(ax: Axes, direct: DirectAttribution, causal: CausalCheck | Non
     )
     ax.legend(fontsize=8, loc="upper left")
     ax.grid(alpha=0.3)
+    _label_points(ax, [r.component for r in rows], predicted, measured)  # last: in the finished layout
 
 
 # --- text for the terminal ----------------------------------------------------------------------------

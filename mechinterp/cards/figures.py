@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
@@ -18,7 +17,7 @@ from matplotlib.ticker import FuncFormatter
 from mechinterp.cards.card import CorpusEvidence, FeatureCard
 from mechinterp.cards.family import FamilyCard
 from mechinterp.core import constants
-from mechinterp.core.figures import NotebookFigure, axis_label
+from mechinterp.core.figures import DEFAULT_BASELINE, NotebookFigure, axis_label, group_colours
 
 # Tokens drawn on each side of MI5's logit panel: the panel has a fixed height, so --n-tokens 200 would
 # squeeze 401 labels into it. MI5_<id>.csv and the card's page list every one.
@@ -31,6 +30,7 @@ def card_figure(card: FeatureCard, title: str = "") -> Figure:
     return feature_figure(
         card.feature, card.hist_edges, card.hist_counts, total - fired, total,
         [(x.token, x.value) for x in card.promoted], [(x.token, x.value) for x in card.suppressed], title,
+        baseline=card.baseline or DEFAULT_BASELINE,
     )
 
 
@@ -47,6 +47,7 @@ def feature_figure(
     heading: str | None = None,
     activation: str = "activation",
     writes: str | None = None,
+    baseline: str | None = DEFAULT_BASELINE,
 ) -> Figure:
     """MI5: where the feature fires (activation histogram) and what it writes (top logit effects).
 
@@ -59,6 +60,8 @@ def feature_figure(
             :data:`MAX_LOGIT_BARS` of each are drawn).
         heading, activation, writes: for a family's card, the figure's heading (default "Feature #id"),
             what the histogram counts, and what the logit effects are of (default one unit of the feature).
+        baseline: the reference group, drawn grey; every source has its colour of
+            :func:`~mechinterp.core.figures.group_colours`, as in Chapter 2's figures.
     """
     listed = len(promoted), len(suppressed)
     promoted, suppressed = promoted[:MAX_LOGIT_BARS], suppressed[:MAX_LOGIT_BARS]
@@ -71,11 +74,11 @@ def feature_figure(
     logit_axes = fig.add_subplot(grid[0, 1]), fig.add_subplot(grid[1, 1])
     widths = np.diff(edges)
     bottom = np.zeros(len(widths))
-    palette = colormaps["tab10"]
-    for i, (source, c) in enumerate(counts.items()):
+    colours = group_colours(counts, baseline)
+    for source, c in counts.items():
         if c.sum() == 0:
             continue
-        ax_hist.bar(edges[:-1], c, width=widths, bottom=bottom, align="edge", color=palette(i % 10),
+        ax_hist.bar(edges[:-1], c, width=widths, bottom=bottom, align="edge", color=colours[source],
                     edgecolor="white", linewidth=0.4, label=f"{source} ({int(c.sum())} tokens)")
         bottom += c
     fired = total - zeros
@@ -181,13 +184,7 @@ def corpus_figure(feature: int, c: CorpusEvidence, title: str) -> Figure:
         ax.set_xlim(lo / 1.1, hi * 1.1)
         ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
         ax.xaxis.set_minor_formatter(FuncFormatter(_minor_label))
-        for (name, value), style in zip(c.levels, ("--", "-.", (0, (5, 1, 1, 1)))):
-            ax.axvline(value, color="#444", linestyle=style, linewidth=1,
-                       label=f"{name} of the per-window maxima (~{value:.3g})")
-        if c.examples:
-            low = c.examples[-1].max_act
-            ax.axvline(low, color="#b00020", linestyle=":", linewidth=1.5,
-                       label=f"lowest of the top {len(c.examples)} windows ({low:.3g})")
+        _reference_lines(ax, c)
         ax.set_ylim(0, float(counts.max()) * 1.1)
         ax.legend(fontsize=8.5, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
     ax.set_xlabel("activation (log scale; corpus tokens where it fires, BOS and padding excluded)")
@@ -200,3 +197,39 @@ def corpus_figure(feature: int, c: CorpusEvidence, title: str) -> Figure:
     ax.grid(axis="y", alpha=0.3)
     fig.suptitle(f"Feature #{feature} over {c.corpus}\n{title}", fontsize=11)
     return fig
+
+
+# Reference lines closer than this share of the log axis' width are drawn as one: two lines a pixel or
+# two apart read as one line with two legend entries, and the reader cannot tell which is which.
+SAME_PLACE = 0.01
+
+
+def _reference_lines(ax: Axes, c: CorpusEvidence) -> None:
+    """MI5 corpus' vertical lines: the quartiles and median of the per-window maxima, and the lowest of
+    the top windows shown. Lines on one spot (a feature that fires at one strength) become one line whose
+    legend entry names them all: "lower quartile = median of the per-window maxima = lowest of the top
+    10 windows (~3)"."""
+    # (name, value, is a level of the per-window maxima, style)
+    # Three styles a reader tells apart at a glance (a dense dash-dot beside "-." did not), and the
+    # lowest top window red and dotted.
+    lines = [(name, float(value), True, {"color": "#444", "linestyle": style, "linewidth": 1})
+             for (name, value), style in zip(c.levels, ("--", "-", "-."))]
+    if c.examples:
+        lines.append((f"lowest of the top {len(c.examples)} windows", float(c.examples[-1].max_act), False,
+                      {"color": "#b00020", "linestyle": ":", "linewidth": 1.5}))
+    low, high = ax.get_xlim()
+    width = np.log10(high / low)
+    spots: list[list[tuple]] = []
+    for line in sorted(lines, key=lambda item: item[1]):
+        last = spots[-1][-1][1] if spots else None
+        if last is not None and last > 0 and line[1] > 0 and np.log10(line[1] / last) / width < SAME_PLACE:
+            spots[-1].append(line)
+        else:
+            spots.append([line])
+    for spot in spots:
+        levels = " = ".join(name for name, _, level, _ in spot if level)
+        names = [f"{levels} of the per-window maxima"] if levels else []
+        names += [name for name, _, level, _ in spot if not level]
+        # The lowest top window's red line is the one a reader looks for: it keeps its style on a shared spot.
+        style = next((kw for _, _, level, kw in spot if not level), spot[0][3])
+        ax.axvline(spot[0][1], **style, label=f"{' = '.join(names)} (~{spot[0][1]:.3g})")

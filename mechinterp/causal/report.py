@@ -14,11 +14,12 @@ from collections.abc import Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 from mechinterp.causal.intervene import ABLATION_MEASURES, FeatureTest
 from mechinterp.core import constants
 from mechinterp.core.features import name_of
-from mechinterp.core.figures import NotebookFigure
+from mechinterp.core.figures import NotebookFigure, group_colours
 from mechinterp.core.tables import WIDTH, format_table, safe_text, wrapped
 
 # How the tables name each ablation measure (an Effect field each, in ABLATION_MEASURES order).
@@ -345,6 +346,8 @@ def feature_test_figure(test: FeatureTest) -> Figure:
         {k: getattr(a.effect, k) for k in keys} if a else None,
         {k: np.array([getattr(e, k) for e in a.control_effects]) for k in keys} if a else None,
         test.steering.coeffs, test.steering.columns(), test.steer_group, added, test.title,
+        # From every group the feature was measured on: the same colours as in this run's other figures.
+        colours=group_colours([*test.firing_rate_by_group, test.ablation_group, test.steer_group]),
     )
 
 
@@ -359,8 +362,13 @@ def causal_figure(
     steer_group: str,
     added: str,
     title: str,
+    colours: dict[str, str] | None = None,
 ) -> Figure:
     """MI6: the ablation effect against firing-rate-matched controls (top), the steering curve (bottom).
+
+    The feature's ablation effect is drawn in the ablation group's colour and the steering curves in the
+    steered group's (``colours``, default :func:`~mechinterp.core.figures.group_colours` of the two), the
+    colours the groups have in every other figure.
 
     Args:
         subject: what was ablated and steered, e.g. "feature #501" or "family #409+#501".
@@ -371,6 +379,7 @@ def causal_figure(
         curve: per coefficient, ``logp_targets``, ``logodds_targets`` and ``kl`` (means per text token).
         added: what coefficient 1 adds, e.g. "3 (typical max activation) × W_dec[501]".
     """
+    colours = colours or group_colours([group, steer_group])
     fig = NotebookFigure(figsize=(15, 10.5), layout="constrained")
     grid = fig.add_gridspec(2, 6)
     top = [fig.add_subplot(grid[0, 2 * i : 2 * i + 2]) for i in range(3)]
@@ -395,7 +404,8 @@ def causal_figure(
         ax.boxplot([ctrl], positions=[0], widths=0.5, showfliers=False, medianprops={"color": "black"})
         value = feature_effect[key]
         beyond = int((np.abs(ctrl) >= abs(value)).sum())
-        ax.scatter([0], [value], s=160, marker="*", color="#d62728", zorder=5,
+        # A black edge keeps the star apart from the grey controls when the group is the (grey) baseline.
+        ax.scatter([0], [value], s=180, marker="*", color=colours[group], edgecolors="black", linewidths=0.7, zorder=5,
                    label=f"{subject}: {value:+.3g}\n{beyond} of {len(ctrl)} controls have |effect| ≥ it")
         ax.axhline(0, color="black", linewidth=0.6)
         ax.set_xlim(-0.6, 0.6)
@@ -405,7 +415,7 @@ def causal_figure(
         ax.legend(fontsize=8.5, loc="upper center", bbox_to_anchor=(0.5, -0.02), frameon=False)
         ax.grid(axis="y", alpha=0.3)
 
-    _steering_panels(bottom, coeffs, curve, target_label, steer_group, added)
+    _steering_panels(bottom, coeffs, curve, target_label, steer_group, added, colours[steer_group])
     fig.suptitle(
         f"{subject[0].upper() + subject[1:]}: does it matter? Ablation (SAE error term kept) vs random controls, and "
         f"steering\n{title}",
@@ -416,23 +426,37 @@ def causal_figure(
 
 def _steering_panels(
     bottom: list, coeffs: Sequence[float], curve: dict[str, Sequence[float]], target_label: str,
-    steer_group: str, added: str,
+    steer_group: str, added: str, colour: str,
 ) -> None:
     """MI6's bottom row: the target tokens' log P and log-odds (left), the KL to the clean model (right).
 
+    Every curve is in the steered group's ``colour``; log P and log-odds differ by line style and marker.
     The KL panel draws the line at :data:`OVERWRITTEN_KL` nat, the one above which the steering table
     marks a coefficient with "!".
     """
     ax_t, ax_kl = bottom
-    ax_t.plot(coeffs, curve["logp_targets"], marker="o", color="#1f77b4", label=f"mean log P({target_label})")
-    ax_t.plot(coeffs, curve["logodds_targets"], marker="s", linestyle="--", color="#9467bd",
+    ax_t.plot(coeffs, curve["logp_targets"], marker="o", color=colour, label=f"mean log P({target_label})")
+    ax_t.plot(coeffs, curve["logodds_targets"], marker="s", markerfacecolor="white", linestyle="--", color=colour,
               label=f"mean log-odds({target_label})")
     ax_t.set_ylabel("nats")
-    ax_t.set_title(f"Steering '{steer_group}' prompts: the target tokens", fontsize=10)
-    ax_kl.plot(coeffs, curve["kl"], marker="o", color="#ff7f0e", label="mean KL(clean ‖ steered)")
-    ax_kl.axhline(OVERWRITTEN_KL, color="#d62728", linestyle=":", linewidth=1.2,
+    # log-odds = log P - log(1 - P): equal where P is small, so there one line hides the other; said in
+    # the title, where no note can cover a point.
+    meet = ("\nwhere the two lines meet, P(targets) is small: log-odds ≈ log P"
+            if _lines_meet(curve["logp_targets"], curve["logodds_targets"]) else "")
+    ax_t.set_title(f"Steering '{steer_group}' prompts: the target tokens{meet}", fontsize=10)
+    ax_kl.plot(coeffs, curve["kl"], marker="o", color=colour, label="mean KL(clean ‖ steered)")
+    # Black and dashed-dotted, not a colour: a group (angry: red) may have any colour of the palette.
+    ax_kl.axhline(OVERWRITTEN_KL, color="black", linestyle="-.", linewidth=1.2,
                   label=f"{OVERWRITTEN_KL:g} nat: above it the table marks the coefficient with '!'")
-    ax_kl.set_ylabel("mean KL(clean ‖ steered), nats")
+    kl_max = max((float(v) for v in curve["kl"] if np.isfinite(v)), default=0.0)
+    if kl_max > 10 * OVERWRITTEN_KL:
+        # On a linear axis to 25 nats the 1-nat line would sit on the 0 line; linear up to 1 nat, log above.
+        ax_kl.set_yscale("symlog", linthresh=OVERWRITTEN_KL)
+        ax_kl.set_ylim(0, kl_max * 2)  # KL is never negative; room above the top point for the legend
+        ax_kl.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 10, not 10^1
+        ax_kl.set_ylabel("mean KL(clean ‖ steered), nats\n(linear up to 1, log scale above)")
+    else:
+        ax_kl.set_ylabel("mean KL(clean ‖ steered), nats")
     ax_kl.set_title("Steering: how far the whole next-token distribution moves", fontsize=10)
     for ax in bottom:
         ax.axvline(0, color="black", linewidth=0.6)
@@ -440,3 +464,11 @@ def _steering_panels(
         ax.set_xlabel(f"steering coefficient c: adds c × {added}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=9, loc="best")
+
+
+def _lines_meet(a: Sequence[float], b: Sequence[float]) -> bool:
+    """Whether two curves drawn on one axis share a point, within 1% of the axis' span."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    both = np.concatenate([a, b])
+    span = float(np.nanmax(both) - np.nanmin(both)) if np.isfinite(both).any() else 0.0
+    return bool(np.any(np.abs(a - b) <= 0.01 * span)) if span > 0 else False

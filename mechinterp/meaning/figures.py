@@ -23,7 +23,13 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from mechinterp.core import constants
-from mechinterp.core.figures import NotebookFigure, place_labels, white_zero_cmap
+from mechinterp.core.figures import (
+    DEFAULT_BASELINE,
+    NotebookFigure,
+    group_colours,
+    place_labels,
+    white_zero_cmap,
+)
 from mechinterp.core.io import OutputFolder
 from mechinterp.core.tables import plural
 from mechinterp.meaning.contrast import MeaningResult
@@ -31,7 +37,6 @@ from mechinterp.meaning.options import MeaningOptions
 from mechinterp.meaning.report import _inputs, _six
 
 LABELLED_IN_VOLCANO = 8  # strongest significant features named in each MI4 plot
-GROUP_COLOURS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666")
 
 # Prompts drawn per side (group, baseline) of an MI3 panel. A random sample rather than the strongest
 # rows: picking rows by activation would make the separation look cleaner than it is. 60 keeps the
@@ -54,10 +59,12 @@ def group_mean_overview(
     always_on: Sequence[int],
     title: str,
     agg: str,
+    baseline: str = DEFAULT_BASELINE,
 ) -> Figure:
     """MI2: every feature's mean activation in each group (one panel per group), always-on marked.
 
-    At most :data:`MAX_MI2_GROUPS` groups are drawn (the first ones); the title names the others.
+    At most :data:`MAX_MI2_GROUPS` groups are drawn (the first ones); the title names the others. Each
+    group is drawn in its colour of :func:`~mechinterp.core.figures.group_colours` (the baseline grey).
 
     Args:
         means: group -> ``[d_sae]`` mean over the group's prompts of the per-prompt ``agg`` activation.
@@ -75,19 +82,19 @@ def group_mean_overview(
     axes = fig.subplots(len(groups), 1, sharex=True, sharey=True, squeeze=False)[:, 0]
     always = np.asarray(list(always_on), dtype=int)
     top = max(float(means[g].max()) for g in groups) or 1.0
-    for i, (ax, group) in enumerate(zip(axes, groups)):
+    colours = group_colours(means, baseline)
+    for ax, group in zip(axes, groups):
         m = means[group]
         ids = np.flatnonzero(m > 0)
-        ax.vlines(ids, 0, m[ids], color=GROUP_COLOURS[i % len(GROUP_COLOURS)], linewidth=0.8)
+        ax.vlines(ids, 0, m[ids], color=colours[group], linewidth=0.8)
         if len(always):
+            # No legend: the title says what ▼ is, and a legend's ▼ sat beside the data's at feature 5.
             ax.scatter(always, m[always], s=28, marker="v", color="black", zorder=3, label="always-on")
         ax.set_ylim(0, top * 1.12)
-        ax.set_ylabel(group, rotation=0, ha="right", va="center", fontsize=11)
-        ax.text(0.995, 0.92, f"{len(ids)} features active", transform=ax.transAxes, ha="right", va="top", fontsize=8)
+        # The count beside the group's name: inside the panel it sat on the tallest lines at the right end.
+        ax.set_ylabel(f"{group}\n{len(ids)} active", rotation=0, ha="right", va="center", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
-    if len(always):
-        axes[0].legend(loc="upper left", fontsize=8, frameon=False)
-    axes[-1].set_xlabel(f"feature id (0 to {d_sae - 1})")
+    axes[-1].set_xlabel(f"feature id (0 to {d_sae - 1}); active = mean above 0")
     axes[-1].set_xlim(-0.5, d_sae - 0.5)
     fig.supylabel(f"mean of per-prompt {agg} activation", x=0.0)
     not_drawn = (f"\nthe first {len(groups)} of {len(means)} groups drawn; not drawn (their means are in "
@@ -162,6 +169,7 @@ def group_heatmaps(
     agg: str,
     verdicts: Sequence[Sequence[str]] | None = None,
     seed: int = 0,
+    colours: dict[str, str] | None = None,
 ) -> Figure:
     """MI3: per contrast group, prompts x that group's top features, group prompts above baseline ones.
 
@@ -176,29 +184,30 @@ def group_heatmaps(
         panels: one :class:`HeatmapPanel` (or tuple of its fields) per group.
         verdicts: per panel, one verdict per feature ("" for none: not significant or not replicated).
         seed: the seed of the sample of larger sets (:func:`write_heatmaps` passes them sampled already).
+        colours: group -> colour of its row label (default: :func:`group_colours` of these groups).
     """
     panels = [_sampled(HeatmapPanel(*p), baseline, seed) for p in panels]
+    colours = colours or group_colours([baseline, *(p.group for p in panels)], baseline)
     most = max(len(p.features) for p in panels)
     n_drawn, per_row, n_rows = heatmap_layout(len(panels), most)
     drawn = [p._replace(acts=p.acts[:, :MAX_FEATURES_PER_PANEL], features=list(p.features[:MAX_FEATURES_PER_PANEL]))
              for p in panels[:n_drawn]]
     rows = max(p.acts.shape[0] for p in drawn)
     size = (max(5.0, _panel_width(most) * per_row + 1.5), max(4.5, 0.075 * rows + 3.0) * n_rows)
-    if n_rows == 1:
-        fig = NotebookFigure(figsize=size)
-        # Room between panels for the next panel's row labels.
-        axes = fig.subplots(1, per_row, squeeze=False, gridspec_kw={"wspace": 0.45})[0]
-    else:  # rows of panels: the constrained layout keeps each row's labels clear of the next row's titles
-        fig = NotebookFigure(figsize=size, layout="constrained")
-        axes = fig.subplots(n_rows, per_row, squeeze=False).ravel()
-        for ax in axes[n_drawn:]:
-            ax.set_visible(False)
+    # The constrained layout gives each panel's row labels (a group's name can be long) room clear of the
+    # panel to its left, and the title room above the panels' titles; fixed spacing did neither.
+    fig = NotebookFigure(figsize=size, layout="constrained")
+    axes = fig.subplots(n_rows, per_row, squeeze=False).ravel()
+    for ax in axes[n_drawn:]:
+        ax.set_visible(False)
     image = None
     for i, (ax, panel) in enumerate(zip(axes, drawn)):
         image = _heatmap_panel(ax, panel, baseline, list(verdicts[i]) if verdicts is not None else None)
+        for tick, side in zip(ax.get_yticklabels(), (panel.group, baseline)):
+            tick.set_color(colours[side])  # the row labels in the groups' colours, as in MI2 and MI4
     if image is not None:
         fig.colorbar(image, ax=list(axes[:n_drawn]), label=f"per-prompt {agg} activation ÷ the column's max "
-                     "(white = 0)", fraction=0.03, pad=0.02)
+                     "(white = 0)", fraction=0.03, pad=0.02, aspect=50)
     fig.suptitle(f"Each row is one prompt; always-on features removed; each column scaled to its own max"
                  f"{_heatmap_notes(panels, n_drawn, most)}\n{title}", fontsize=10)
     return fig
@@ -274,16 +283,26 @@ def volcano(
     group: str,
     baseline: str,
     title: str,
+    colours: dict[str, str] | None = None,
 ) -> Figure:
-    """MI4: effect size (rank-biserial) against -log10 q for every tested feature, top ones labelled."""
+    """MI4: effect size (rank-biserial) against -log10 q for every tested feature, top ones labelled.
+
+    Features higher in the group are drawn in the group's colour, those higher in the baseline in the
+    baseline's (``colours``, default :func:`group_colours` of the two), as in every other figure.
+    """
+    colours = colours or group_colours([baseline, group], baseline)
     fig = NotebookFigure(figsize=(8, 6))
     ax = fig.subplots()
     floor = np.finfo(float).tiny
     y = -np.log10(np.maximum(q, floor))
     sig = q < alpha
-    ax.scatter(effect[~sig], y[~sig], s=9, color="#bbbbbb", label=f"q ≥ {alpha:g}", linewidths=0)
-    ax.scatter(effect[sig & (effect > 0)], y[sig & (effect > 0)], s=14, color="#d95f02", label=f"higher in {group}")
-    ax.scatter(effect[sig & (effect < 0)], y[sig & (effect < 0)], s=14, color="#1b9e77", label=f"higher in {baseline}")
+    # Not significant: small, pale and hollow, so it never reads as the baseline's grey.
+    ax.scatter(effect[~sig], y[~sig], s=9, facecolors="none", edgecolors="#c8c8c8", label=f"q ≥ {alpha:g}",
+               linewidths=0.6)
+    ax.scatter(effect[sig & (effect > 0)], y[sig & (effect > 0)], s=14, color=colours[group],
+               label=f"higher in {group}")
+    ax.scatter(effect[sig & (effect < 0)], y[sig & (effect < 0)], s=14, color=colours[baseline],
+               label=f"higher in {baseline}")
     line = -np.log10(alpha)
     ax.axhline(line, color="black", linestyle="--", linewidth=0.8)
     # The threshold's label sits at the right end of its line, away from the legend (upper left).
@@ -318,19 +337,23 @@ def write_figures(out: OutputFolder, result: MeaningResult, options: MeaningOpti
     sets, summaries = _inputs(result)
     title = summaries.info.title
     always_list = result.always_on.tolist()
-    written = [out.save_figure(group_mean_overview(result.means, always_list, title, options.agg), constants.MI2_PNG)]
+    # One colour per group, from the run's whole list of groups, for every figure of the run.
+    colours = group_colours(sets.groups, sets.baseline)
+    written = [out.save_figure(group_mean_overview(result.means, always_list, title, options.agg, sets.baseline),
+                               constants.MI2_PNG)]
     active = np.flatnonzero(np.any(np.stack(list(result.means.values())) > 0, axis=0))
     written.append(out.write_csv(
         constants.MI2_CSV, ["feature", *[f"mean_{g}" for g in sets.groups], "always_on"],
         [[int(f), *[_six(result.means[g][f]) for g in sets.groups], "yes" if f in set(always_list) else "no"]
          for f in active],
     ))
-    written += write_heatmaps(out, result, options)
+    written += write_heatmaps(out, result, options, colours)
     for group, finding in result.findings.items():
         c = finding.contrast
         # Label the strongest findings only: labels on non-significant points would invite over-reading.
         labelled = [r.feature for r in finding.top(LABELLED_IN_VOLCANO) if r.q < options.alpha]
-        fig = volcano(c.effect_size, c.q_value, c.tested, labelled, options.alpha, group, sets.baseline, title)
+        fig = volcano(c.effect_size, c.q_value, c.tested, labelled, options.alpha, group, sets.baseline, title,
+                      colours)
         written.append(out.save_figure(fig, constants.MI4_PNG.format(group=group)))
     return written
 
@@ -338,7 +361,8 @@ def write_figures(out: OutputFolder, result: MeaningResult, options: MeaningOpti
 MI3_HEADER = ["panel", "prompt_group", "prompt", "feature", "verdict", "activation", "prompts_drawn", "prompts_in_set"]
 
 
-def write_heatmaps(out: OutputFolder, result: MeaningResult, options: MeaningOptions) -> list[Path]:
+def write_heatmaps(out: OutputFolder, result: MeaningResult, options: MeaningOptions,
+                   colours: dict[str, str] | None = None) -> list[Path]:
     """MI3.png and MI3.csv (nothing when a group has no ranked feature to show).
 
     MI3.csv holds exactly the cells drawn (:func:`group_heatmaps` leaves out what does not fit), each
@@ -370,5 +394,6 @@ def write_heatmaps(out: OutputFolder, result: MeaningResult, options: MeaningOpt
                 heat_rows.append([group, g, prompt, f, labels[k], _six(acts[r, k]), *sizes[g]])
     if not (panels and all(p.features for p in panels)):
         return []
-    fig = group_heatmaps(panels, baseline, summaries.info.title, options.agg, verdicts=verdicts, seed=options.seed)
+    fig = group_heatmaps(panels, baseline, summaries.info.title, options.agg, verdicts=verdicts, seed=options.seed,
+                         colours=colours)
     return [out.save_figure(fig, constants.MI3_PNG), out.write_csv(constants.MI3_CSV, MI3_HEADER, heat_rows)]

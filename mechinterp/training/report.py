@@ -62,6 +62,10 @@ def training_curves(
     ax_l0.set_yscale("log")
     if true_l0 is not None:
         ax_l0.axhline(true_l0, color="black", lw=0.8, ls=":", label=f"true features per sample ({true_l0:.2f})")
+        # Room below the line: at the axis' lower edge it read as the frame.
+        ax_l0.autoscale_view()
+        low, high = ax_l0.get_ylim()
+        ax_l0.set_ylim(min(low, true_l0 / 2), high)
     ax_loss.set_title("training loss (log scale)", fontsize=10)
     ax_l0.set_title("L0: active latents per input (log scale)", fontsize=10)
     ax_ev.set_title("explained variance of the input", fontsize=10)
@@ -156,6 +160,7 @@ def feature_matching(
     ax.set_ylabel("max |cos| between the true feature and any decoder row")
     ax.legend(loc="lower left", fontsize=8)
     ax_freq.set_xscale("log")
+    _plain_log_x(ax_freq, firing_probabilities)
     ax_freq.set_xlabel("firing probability of the true feature (log scale)")
     ax_freq.set_title("which features are missed? (one dot per true feature)", fontsize=10)
     ax_freq.legend(loc="lower right", fontsize=8)
@@ -330,3 +335,17 @@ def model_facts(spec: ModelTrainingSpec, trained: ModelTrainingResult, data: Tra
         },
         "filtered": "special tokens (BOS/end-of-text) excluded from training and evaluation",
     }
+
+
+def _plain_log_x(ax, values: np.ndarray) -> None:
+    """Plain numbers on a log x axis (0.01, 0.02, not 2 x 10^-2); within two decades also 2, 3 and 5 of
+    each decade, so a narrow range still has labels."""
+    positive = np.asarray(values)[np.asarray(values) > 0]
+    decades = float(np.log10(positive.max() / positive.min())) if positive.size else 0.0
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+
+    def minor(v: float, _pos: int) -> str:
+        leading = round(v / 10 ** np.floor(np.log10(v)), 6) if v > 0 else 0
+        return f"{v:g}" if decades < 2 and leading in (2, 3, 5) else ""
+
+    ax.xaxis.set_minor_formatter(FuncFormatter(minor))
