@@ -57,6 +57,10 @@ from mechinterp.cards import report
 from mechinterp.cards.card import CardOptions, FeatureCard, check_baseline, feature_cards, prompt_activations
 from mechinterp.cards.corpus import Corpus, CorpusOptions, HFDatasetCorpus, resolve_window
 from mechinterp.cards.family import FamilyCard, family_cards
+from mechinterp.cards.label_cards import check_label_options, score_cards
+from mechinterp.cards.label_report import SUMMARY_COLUMNS as LABEL_COLUMNS
+from mechinterp.cards.label_report import label_text, summary_values
+from mechinterp.cards.labels import LabelOptions
 from mechinterp.cards.mining import DEFAULT_BATCH_SIZE, DEFAULT_K, MiningOptions, MiningResult, mine
 from mechinterp.cards.render import ansi_allowed, format_card_text, format_family_text
 from mechinterp.cards.store import finished_pass_exists
@@ -104,6 +108,7 @@ PROMPT_HELPS = {
                 "rate there beside its rate in the group where it fires most (default: no comparison)",
 }
 CORPUS_GROUP = "corpus mining (one streaming pass; memory does not grow with the corpus; resumable)"
+LABEL_GROUP = "label scoring (does a stated meaning explain the feature? needs --corpus or --dataset)"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -120,6 +125,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_options(parser, CorpusOptions, only=("corpus", "dataset"), into=corpus.add_mutually_exclusive_group())
     add_options(parser, CorpusOptions, only=("dataset_split", "text_column", "dataset_config", "max_tokens",
                                              "all_features", "fresh"), into=corpus)
+    add_options(parser, LabelOptions, LABEL_GROUP)
     add_options(parser, CardOptions, "what to show", only=("top_prompts", "n_tokens", "color"))
     add_common_args(parser)
     return parser.parse_args(argv)
@@ -130,6 +136,8 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     show = options_from(args, CardOptions, baseline=getattr(args, "baseline", None))
     mining = options_from(args, CorpusOptions)
     corpus = mining.open()
+    labeling = options_from(args, LabelOptions)
+    check_label_options(labeling, corpus is not None, args.from_results)
     refuse_unreachable_dataset(corpus)
     with output_folder(args) as out:
         record = RunRecord(__file__, argv, vars(args))
@@ -156,7 +164,13 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
             families = family_cards(loaded, choice.families, texts, sources, show, activations=fa,
                                     origins={f: choice.origin(f) or choice.how for f in choice.families})
             notes = [choice.note] + (["family cards show the prompts only, not the corpus"]
-                                     if corpus is not None and families else [])
+                                     if corpus is not None and families and not labeling.wanted else [])
+            if labeling.wanted:  # a second pass over the corpus: every token against each label
+                with record.timed("labels"):
+                    scored, label_note = score_cards(loaded, corpus, cards, families, labeling, args.from_results,
+                                                     mining.token_limit, show.batch_size, log)
+                notes += [label_note] + ([f"--label-prompts words: {', '.join(w for w, _ in scored.prompt_words)}"]
+                                         if scored is not None and scored.prompt_words else [])
             print_cards(cards, families, loaded, f"Texts: {described}. Features: {choice.how}.", mined, scope,
                         "; ".join(n for n in notes if n), ansi_allowed(sys.stdout, show.color))
             with record.timed("cards"):
@@ -255,9 +269,13 @@ def print_cards(cards: list[FeatureCard], families: list[FamilyCard], loaded: Lo
     for card in cards:
         print()
         print(format_card_text(card, loaded.title, color))
+        if card.label_scores:
+            print("\n".join(label_text(card.label_scores, card.feature)))
     for family in families:
         print()
         print(format_family_text(family, loaded.title, color))
+        if family.label_scores:
+            print("\n".join(label_text(family.label_scores, family.name)))
 
 
 def write_cards(out: OutputFolder, cards: list[FeatureCard], families: list[FamilyCard], loaded: Loaded,
@@ -274,7 +292,12 @@ def write_cards(out: OutputFolder, cards: list[FeatureCard], families: list[Fami
         print_wrapped(report.every_feature_line(every_feature))
     if cards or families:
         columns, headings, rows = report.summary_table(cards, families)
-        summary_csv = out.write_csv(constants.CARDS_CSV, columns, rows)
+        if any(c.label_scores for c in [*cards, *families]):  # the label columns: in the CSV, not the terminal
+            extra = [summary_values(c.label_scores) for c in [*cards, *families]]
+            summary_csv = out.write_csv(constants.CARDS_CSV, columns + LABEL_COLUMNS,
+                                        [r + x for r, x in zip(rows, extra)])
+        else:
+            summary_csv = out.write_csv(constants.CARDS_CSV, columns, rows)
         print("\nSummary (firing rate and typical max over your texts; BOS and padding excluded):")
         if families:  # its numbers are the family activation's, not a feature's
             print_wrapped("A family's row: tokens where any member fires, and its family activation.")
