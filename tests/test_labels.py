@@ -214,3 +214,110 @@ def test_prompt_words_are_the_over_represented_ones(tmp_path):
     words = [w for w, _ in words_from_prompts(path, corpus)]
     assert words[:2] == ["glad", "happy"] or words[:2] == ["happy", "glad"]
     assert "the" not in words  # once in the prompts: never taken
+
+
+# --- the GPT-2-faithful world ----------------------------------------------------------------------------
+
+NEUTRAL_LABEL = "neutral: station, garden, kitchen, river, market, bridge, window, library"
+
+
+@pytest.fixture(scope="module")
+def g2w_scores(tmp_path_factory):
+    """The world loaded by its real names, a ~20k-token generated corpus, and one pass scoring the planted
+    happy feature (joy, anger and neutral words) and sad feature (its words, and the 1..3 tokens after them)."""
+    from mechinterp.cards.corpus import TextFileCorpus
+    from mechinterp.core.source import SourceOptions, load, resolve_source
+    from tests import gpt2_world as gw
+    from tests.label_corpus import write_corpus
+
+    root = tmp_path_factory.mktemp("labels_g2w")
+    world = gw.build_gpt2_world(root / "hf")
+    with gw.hub_cache(world.hf_home):
+        loaded = load(resolve_source(SourceOptions(device="cpu")))
+    path = root / "corpus.txt"
+    write_corpus(path, 20_000, loaded.model.tokenizer, seed=3)
+    happy, sad = world.planted.happy, world.planted.sad
+    labels = {"joy": parse_label("joy: " + ", ".join(gw.HAPPY_WORDS)),
+              "anger": parse_label("anger: " + ", ".join(gw.ANGRY_WORDS)),
+              "neutral": parse_label(NEUTRAL_LABEL),
+              "sad": parse_label("sad: " + ", ".join(gw.SAD_WORDS)),
+              "after_sad": parse_label("sad: " + ", ".join(gw.SAD_WORDS), (1, 3))}
+    units = [ls.Unit(str(happy), (happy,)), ls.Unit(str(sad), (sad,))]
+    per_unit = {str(happy): [labels["joy"], labels["anger"], labels["neutral"]],
+                str(sad): [labels["sad"], labels["after_sad"]]}
+    result = ls.score_labels(loaded, TextFileCorpus(path), units, per_unit,
+                             ls.LabelPassOptions(n_random=10, n_boot=50, seed=1))
+    scores = {s.label.name + ("+" if s.label.window != (0, 0) else ""): s for ss in result.scores.values() for s in ss}
+    return dict(loaded=loaded, path=path, world=world, labels=labels, scores=scores, result=result)
+
+
+def brute_force(loaded, path, feature: int, label: Label) -> dict:
+    """Every window encoded alone by TransformerLens' run_with_cache and SAELens' encode, held in memory."""
+    import torch
+
+    from mechinterp.cards.corpus import TextFileCorpus, iter_windows
+
+    tok = loaded.model.tokenizer
+    matcher = Matcher(label, tok)
+    acts, covered, occurrences = [], [], []
+    for window, _, _ in iter_windows(TextFileCorpus(path), tok, 127):
+        tokens = torch.tensor([[tok.bos_token_id, *window.tokens.tolist()]])
+        with torch.inference_mode():
+            _, cache = loaded.model.run_with_cache(tokens, names_filter=loaded.sae.hook_name)
+            a = loaded.sae.sae.encode(cache[loaded.sae.hook_name])[0, 1:, feature].float().numpy()  # BOS dropped
+        c = matcher.cover(window.tokens)
+        acts.append(a.astype(np.float64))
+        covered.append(c.covered)
+        occurrences += [a[p].max() for p in c.occurrences]
+    return {"act": np.concatenate(acts), "cov": np.concatenate(covered), "occ": np.array(occurrences)}
+
+
+def test_the_planted_happy_feature_is_explained_by_joy_words_only(g2w_scores):
+    s = g2w_scores["scores"]
+    joy, anger, neutral = s["joy"], s["anger"], s["neutral"]
+    assert joy.specificity >= 0.9 and joy.sensitivity >= 0.9 and joy.auroc >= 0.9
+    assert joy.n_occurrences > 100 and joy.ci["specificity"][0] >= 0.9
+    assert anger.specificity <= 0.2 and anger.sensitivity <= 0.2
+    # A list of ordinary words scores about what random lists of its frequency score.
+    for name in ("specificity", "sensitivity"):
+        med, lo, hi = neutral.baseline[name]
+        assert lo - 0.05 <= getattr(neutral, name) <= hi + 0.05 and getattr(neutral, name) <= 0.2
+    assert joy.baseline["auroc"][2] < 0.8  # chance is far below the joy label
+    assert all(abs(n - joy.n_occurrences) <= 0.5 * joy.n_occurrences for n in joy.random_occurrences)
+    assert joy.silent == [] or all(x.activation == 0 or x.activation > 0 for x in joy.silent)
+    assert all("[[" in x.text for x in anger.silent)
+
+
+def test_a_label_on_the_tokens_after_a_sad_word_catches_the_carry_over(g2w_scores):
+    from tests import gpt2_world as gw
+
+    s = g2w_scores["scores"]
+    word, after = s["sad"], s["sad+"]
+    assert word.sensitivity >= 0.9 and after.sensitivity >= 0.9  # it fires on the word and on the tokens after
+    carried = sum(gw.SAD_CARRY)
+    # On the word: 3 of 3 + 3.7 of its mass; after it: the rest (within the model's rounding of the planted values).
+    assert word.specificity == pytest.approx(3.0 / (3.0 + carried), abs=0.08)
+    assert after.specificity == pytest.approx(carried / (3.0 + carried), abs=0.08)
+    assert after.specificity > after.baseline["specificity"][2] + 0.3
+
+
+@pytest.mark.parametrize("name", ["joy", "anger", "neutral", "after_sad"])
+def test_every_streaming_score_equals_brute_force(g2w_scores, name):
+    from scipy.stats import mannwhitneyu
+
+    s = g2w_scores["scores"][{"after_sad": "sad+"}.get(name, name)]
+    bf = brute_force(g2w_scores["loaded"], g2w_scores["path"], int(s.unit), g2w_scores["labels"][name])
+    act, cov, occ = bf["act"], bf["cov"], bf["occ"]
+    assert s.n_tokens == len(act) and s.n_covered == int(cov.sum()) and s.n_occurrences == len(occ)
+    # Two encodes (batched and padded vs one window alone) agree to float32 rounding; a count could flip
+    # only for an activation within 1e-5 of 0, which the planted features do not have.
+    assert s.n_fired == int((act > 1e-5).sum()) and s.n_occurrences_fired == int((occ > 1e-5).sum())
+    assert s.mass == pytest.approx(act.sum(), rel=1e-4)
+    assert s.specificity == pytest.approx(act[cov].sum() / act.sum(), rel=1e-4, abs=1e-6)
+    assert s.sensitivity == pytest.approx((occ > 1e-5).mean(), abs=1e-9)
+    exact = mannwhitneyu(act[cov], act[~cov]).statistic / (cov.sum() * (~cov).sum())
+    assert abs(s.auroc - exact) <= s.auroc_tie_bound + 1e-3
+    for threshold, share in s.above:
+        at = act >= threshold
+        if at.sum():
+            assert share == pytest.approx((at & cov).sum() / at.sum(), abs=0.01)

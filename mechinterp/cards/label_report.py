@@ -16,6 +16,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
+from mechinterp.cards.figures import _minor_label as minor_label
 from mechinterp.cards.label_score import FINE_PER_DECADE, LabelScore
 from mechinterp.core.figures import NotebookFigure
 from mechinterp.core.io import OutputFolder
@@ -102,6 +103,7 @@ def label_figure(scores: Sequence[LabelScore], name: str, title: str) -> Figure:
                label=f"tokens the label covers ({int(cov.sum()):,})")
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+        ax.xaxis.set_minor_formatter(FuncFormatter(minor_label))
         ax.set_ylabel("tokens where it fires")
         ax.legend(fontsize=8.5, loc="upper left", frameon=False)
         ax.grid(axis="y", alpha=0.3)

@@ -456,24 +456,47 @@ def text_length(loaded: Loaded, options: LabelPassOptions) -> tuple[int, int, in
     return window - n_bos, n_bos, bos_id
 
 
+def _vocab_words(tokenizer: Any, vocab_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per token id: the whole-word token (``" happy"``) it is a case or space variant of (-1 if none), whether
+    it glues onto the previous token, and whether it ends in a letter or digit (the matcher's boundary rules)."""
+    pieces = tokenizer.convert_ids_to_tokens(list(range(vocab_size)))
+    ok = whole_word_tokens(tokenizer, vocab_size)
+    spaced = {p[1:]: i for i, p in enumerate(pieces) if ok[i]}
+    canonical = np.full(vocab_size + 1, -1, dtype=np.int64)  # the extra entry: "no token"
+    # Byte-level BPE writes a space, newline, ... as a character in U+0100..U+0143 ("Ġ" is a letter to Python).
+    def plain(c: str) -> bool:
+        return c.isalnum() and not 0x100 <= ord(c) <= 0x143
+
+    continues = np.zeros(vocab_size + 1, dtype=bool)
+    ends = np.zeros(vocab_size + 1, dtype=bool)
+    for i, p in enumerate(pieces):
+        if not p:
+            continue
+        continues[i], ends[i] = plain(p[0]), plain(p[-1])
+        word = p[1:] if p[0] == "\u0120" else p
+        canonical[i] = spaced.get(word.lower(), -1) if word.isalpha() else -1
+    return canonical, continues, ends
+
+
 def count_pass(corpus: Corpus, tokenizer: Any, text_len: int, max_tokens: int | None, matchers: Sequence[Matcher],
                vocab_size: int) -> tuple[np.ndarray, list[int]]:
-    """Tokenizer-only pre-pass: how often each single-token whole word (``" happy"`` followed by no letter)
-    occurs, and each matcher's occurrences; flat memory (one count per vocabulary entry).
+    """Tokenizer-only pre-pass: how often each single-token whole word occurs (``" happy"``, with ``"happy"``,
+    ``" Happy"``, ``"Happy"`` counted under it, at word boundaries as the matcher has them), and each
+    matcher's occurrences; flat memory (one count per vocabulary entry).
 
     Returns:
-        ``(counts int64 [vocab], occurrences per matcher)``.
+        ``(counts int64 [vocab] indexed by the spaced lower-case token, occurrences per matcher)``.
     """
-    pieces = tokenizer.convert_ids_to_tokens(list(range(vocab_size)))
-    # Byte-level BPE writes a space, newline, ... as a character in U+0100..U+0143 ("Ġ" is a letter to Python).
-    continues = np.array([bool(p) and p[0].isalnum() and not 0x100 <= ord(p[0]) <= 0x143 for p in pieces]
-                         + [False])  # the extra entry: "no next token"
+    canonical, continues, ends = _vocab_words(tokenizer, vocab_size)
+    spaced = np.array([p[:1] == "\u0120" for p in tokenizer.convert_ids_to_tokens(list(range(vocab_size)))] + [True])
     counts = np.zeros(vocab_size, dtype=np.int64)
     occurrences = [0] * len(matchers)
     for window, _, _ in iter_windows(corpus, tokenizer, text_len, max_tokens=max_tokens):
         t = window.tokens.astype(np.int64)
-        nxt = np.append(t[1:], vocab_size)
-        counts += np.bincount(t[~continues[nxt]], minlength=vocab_size)
+        nxt, prev = np.append(t[1:], vocab_size), np.insert(t[:-1], 0, vocab_size)
+        word = canonical[t]
+        counted = (word >= 0) & ~continues[nxt] & (spaced[t] | ~ends[prev])
+        counts += np.bincount(word[counted], minlength=vocab_size)
         for i, m in enumerate(matchers):
             occurrences[i] += len(m.spans(window.tokens))
     return counts, occurrences
