@@ -127,23 +127,25 @@ def test_bootstrap_replicates_equal_brute_force_weighted_sums():
 def test_bootstrap_interval_covers_the_truth_at_about_the_nominal_rate():
     """Documents with a per-document share of mass on the label: the interval from a finite sample should
     hold the population's specificity in about 95% of simulations."""
-    n_sims, covered = 120, 0
+    n_sims, n_docs, covered = 150, 40, 0
     rng = np.random.default_rng(5)
     true_share = 0.6
     for sim in range(n_sims):
-        n_docs = 40
         sums = ls._Sums(1, len(ls._INNER) + 1, [0], 200)
-        for d in range(n_docs):
-            n = int(rng.integers(5, 30))
-            act = np.where(rng.random(n) < 0.5, rng.lognormal(0, 1, n), 0.0)
-            # Documents differ in how much of the feature the label explains (clustered data).
-            cov = rng.random(n) < np.clip(rng.normal(true_share, 0.2), 0, 1)
-            c = Coverage(cov, [np.array([i]) for i in np.flatnonzero(cov)], list(np.flatnonzero(cov)), 0)
-            ls._fold(sums, act, np.ones(n, bool), np.zeros(n, np.int64), [[c]], ls._doc_weights([sim * 1000 + d], 200, 0), 1)
+        lengths = rng.integers(5, 30, size=n_docs)
+        n = int(lengths.sum())
+        act = np.where(rng.random(n) < 0.5, rng.lognormal(0, 1, n), 0.0)
+        # Documents differ in how much of the feature the label explains (clustered data), around true_share.
+        cov = rng.random(n) < np.repeat(np.clip(rng.normal(true_share, 0.2, n_docs), 0, 1), lengths)
+        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        coverages = [Coverage(cov[o:o + k], [], [], int(o)) for o, k in zip(offsets, lengths)]
+        docs = [sim * 1000 + d for d in range(n_docs)]
+        ls._fold(sums, act, np.ones(n, bool), np.repeat(np.arange(n_docs), lengths), [coverages],
+                 ls._doc_weights(docs, 200, 0), n_docs)
         lo, hi = ls._boot_ci(sums, 0)["specificity"]
         covered += lo <= true_share <= hi
-    # Nominal 95%; with 120 simulations and a percentile bootstrap on 40 documents, 85-100% is the band.
-    assert 0.85 <= covered / n_sims <= 1.0
+    # Nominal 95%; a percentile bootstrap on 40 documents runs a little under it: 87-100% over 150 simulations.
+    assert 0.87 <= covered / n_sims <= 1.0
 
 
 def test_auroc_from_histograms_matches_the_exact_auroc_within_its_bound():
@@ -235,7 +237,7 @@ def g2w_scores(tmp_path_factory):
     with gw.hub_cache(world.hf_home):
         loaded = load(resolve_source(SourceOptions(device="cpu")))
     path = root / "corpus.txt"
-    write_corpus(path, 20_000, loaded.model.tokenizer, seed=3)
+    write_corpus(path, 12_000, loaded.model.tokenizer, seed=3)
     happy, sad = world.planted.happy, world.planted.sad
     labels = {"joy": parse_label("joy: " + ", ".join(gw.HAPPY_WORDS)),
               "anger": parse_label("anger: " + ", ".join(gw.ANGRY_WORDS)),
@@ -251,22 +253,32 @@ def g2w_scores(tmp_path_factory):
     return dict(loaded=loaded, path=path, world=world, labels=labels, scores=scores, result=result)
 
 
-def brute_force(loaded, path, feature: int, label: Label) -> dict:
-    """Every window encoded alone by TransformerLens' run_with_cache and SAELens' encode, held in memory."""
+@pytest.fixture(scope="module")
+def encoded(g2w_scores):
+    """Every window encoded alone by TransformerLens' run_with_cache and SAELens' encode, held in memory:
+    its tokens and the activations ``[n, d_sae]`` without BOS."""
     import torch
 
     from mechinterp.cards.corpus import TextFileCorpus, iter_windows
 
-    tok = loaded.model.tokenizer
-    matcher = Matcher(label, tok)
-    acts, covered, occurrences = [], [], []
-    for window, _, _ in iter_windows(TextFileCorpus(path), tok, 127):
+    loaded = g2w_scores["loaded"]
+    tok, hook = loaded.model.tokenizer, loaded.sae.hook_name
+    windows = []
+    for window, _, _ in iter_windows(TextFileCorpus(g2w_scores["path"]), tok, 127):
         tokens = torch.tensor([[tok.bos_token_id, *window.tokens.tolist()]])
         with torch.inference_mode():
-            _, cache = loaded.model.run_with_cache(tokens, names_filter=loaded.sae.hook_name)
-            a = loaded.sae.sae.encode(cache[loaded.sae.hook_name])[0, 1:, feature].float().numpy()  # BOS dropped
-        c = matcher.cover(window.tokens)
-        acts.append(a.astype(np.float64))
+            _, cache = loaded.model.run_with_cache(tokens, names_filter=hook, stop_at_layer=loaded.sae.hook_layer + 1)
+            windows.append((window.tokens, loaded.sae.sae.encode(cache[hook])[0, 1:].float().numpy()))  # BOS dropped
+    return windows
+
+
+def brute_force(encoded, tokenizer, feature: int, label: Label) -> dict:
+    matcher = Matcher(label, tokenizer)
+    acts, covered, occurrences = [], [], []
+    for tokens, all_acts in encoded:
+        a = all_acts[:, feature].astype(np.float64)
+        c = matcher.cover(tokens)
+        acts.append(a)
         covered.append(c.covered)
         occurrences += [a[p].max() for p in c.occurrences]
     return {"act": np.concatenate(acts), "cov": np.concatenate(covered), "occ": np.array(occurrences)}
@@ -276,7 +288,7 @@ def test_the_planted_happy_feature_is_explained_by_joy_words_only(g2w_scores):
     s = g2w_scores["scores"]
     joy, anger, neutral = s["joy"], s["anger"], s["neutral"]
     assert joy.specificity >= 0.9 and joy.sensitivity >= 0.9 and joy.auroc >= 0.9
-    assert joy.n_occurrences > 100 and joy.ci["specificity"][0] >= 0.9
+    assert joy.n_occurrences > 80 and joy.ci["specificity"][0] >= 0.9
     assert anger.specificity <= 0.2 and anger.sensitivity <= 0.2
     # A list of ordinary words scores about what random lists of its frequency score.
     for name in ("specificity", "sensitivity"):
@@ -302,11 +314,11 @@ def test_a_label_on_the_tokens_after_a_sad_word_catches_the_carry_over(g2w_score
 
 
 @pytest.mark.parametrize("name", ["joy", "anger", "neutral", "after_sad"])
-def test_every_streaming_score_equals_brute_force(g2w_scores, name):
+def test_every_streaming_score_equals_brute_force(g2w_scores, encoded, name):
     from scipy.stats import mannwhitneyu
 
     s = g2w_scores["scores"][{"after_sad": "sad+"}.get(name, name)]
-    bf = brute_force(g2w_scores["loaded"], g2w_scores["path"], int(s.unit), g2w_scores["labels"][name])
+    bf = brute_force(encoded, g2w_scores["loaded"].model.tokenizer, int(s.unit), g2w_scores["labels"][name])
     act, cov, occ = bf["act"], bf["cov"], bf["occ"]
     assert s.n_tokens == len(act) and s.n_covered == int(cov.sum()) and s.n_occurrences == len(occ)
     # Two encodes (batched and padded vs one window alone) agree to float32 rounding; a count could flip
