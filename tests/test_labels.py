@@ -159,7 +159,7 @@ def test_auroc_from_histograms_matches_the_exact_auroc_within_its_bound():
         return np.bincount(bins, minlength=len(ls._INNER) + 2)
 
     auc, bound = ls.auroc_from_hist(hist(pos), hist(neg))
-    assert abs(auc - exact_auroc(pos, neg)) <= bound and bound < 0.01
+    assert abs(auc - exact_auroc(pos, neg)) <= bound < 0.01
     from scipy.stats import mannwhitneyu
 
     u = mannwhitneyu(pos, neg).statistic  # scipy's U / (n m) is the exact AUROC with ties half
@@ -174,8 +174,8 @@ def gpt2_tokenizer():
     """GPT-2's real BPE (the files tests/gpt2_world.py checks by hash), as a transformers tokenizer."""
     import json
 
-    from transformers import PreTrainedTokenizerFast
     from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
 
     from tests import gpt2_world as gw
 
@@ -250,7 +250,7 @@ def g2w_scores(tmp_path_factory):
     result = ls.score_labels(loaded, TextFileCorpus(path), units, per_unit,
                              ls.LabelPassOptions(n_random=10, n_boot=50, seed=1))
     scores = {s.label.name + ("+" if s.label.window != (0, 0) else ""): s for ss in result.scores.values() for s in ss}
-    return dict(loaded=loaded, path=path, world=world, labels=labels, scores=scores, result=result)
+    return {"loaded": loaded, "path": path, "world": world, "labels": labels, "scores": scores, "result": result}
 
 
 @pytest.fixture(scope="module")
@@ -292,7 +292,7 @@ def test_the_planted_happy_feature_is_explained_by_joy_words_only(g2w_scores):
     assert anger.specificity <= 0.2 and anger.sensitivity <= 0.2
     # A list of ordinary words scores about what random lists of its frequency score.
     for name in ("specificity", "sensitivity"):
-        med, lo, hi = neutral.baseline[name]
+        _, lo, hi = neutral.baseline[name]
         assert lo - 0.05 <= getattr(neutral, name) <= hi + 0.05 and getattr(neutral, name) <= 0.2
     assert joy.baseline["auroc"][2] < 0.8  # chance is far below the joy label
     assert all(abs(n - joy.n_occurrences) <= 0.5 * joy.n_occurrences for n in joy.random_occurrences)

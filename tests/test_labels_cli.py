@@ -75,7 +75,8 @@ def test_a_label_is_scored_on_each_card_and_family(run, corpus, world, tmp_path)
             rows = list(csv.DictReader(f))
         assert rows and {"label", "bin_low", "bin_high", "label_tokens", "other_tokens"} <= set(rows[0])
     # The CSV's counts are the figure's: the covered tokens where it fires.
-    covered = sum(int(r["label_tokens"]) for r in csv.DictReader(open(out / label_report.LABEL_CSV.format(feature=happy))))
+    with open(out / label_report.LABEL_CSV.format(feature=happy), newline="") as f:
+        covered = sum(int(r["label_tokens"]) for r in csv.DictReader(f))
     assert covered == joy_on_happy["n_covered_fired"]
     assert "Does the label explain it?" in (out / constants.CARD_HTML.format(feature=happy)).read_text()
     assert "label scores (corpus)" in (out / constants.CARDS_INDEX_HTML).read_text()
@@ -101,8 +102,8 @@ def test_each_feature_gets_its_own_chapter2_word_set(run, corpus, world, tmp_pat
             w.writerow([group, feature, 1, 1e-8, 0.05, "yes", "concept", "",
                         " ".join(repr(" " + x) for x in CONCEPT_WORDS[group])])
     out = tmp_path / "out"
-    code, printed, err = run("--from-results", str(stats), "--top-n", "1", "--label-from-results", "--corpus",
-                             str(corpus), "--label-regex", r"\bwas\b", "--out", str(out))
+    code, _, err = run("--from-results", str(stats), "--top-n", "1", "--label-from-results", "--corpus",
+                       str(corpus), "--label-regex", r"\bwas\b", "--out", str(out))
     assert code == 0, err
     for feature, group in ((happy, "happy"), (angry, "angry")):
         scores = json.loads((out / constants.CARD_JSON.format(feature=feature)).read_text())["label_scores"]

@@ -37,6 +37,7 @@ from mechinterp.cards.mining import DEFAULT_BATCH_SIZE
 from mechinterp.core.errors import UserError
 from mechinterp.core.loading import Loaded
 from mechinterp.core.progress import Log, silent
+from mechinterp.core.tables import plural
 
 
 def check_label_options(options: LabelOptions, has_corpus: bool, from_results: Path | None) -> None:
@@ -99,8 +100,9 @@ def score_cards(loaded: Loaded, corpus: Corpus, cards: Sequence[FeatureCard], fa
     units, labels, note = units_and_labels(cards, families, stated, options, from_results)
     if not units:
         return None, note
-    log(f"scoring {len(stated) or 'each card'}'s label{'s' if len(stated) != 1 else ''} on {len(units)} "
-        f"feature{'s' if len(units) != 1 else ''} over {corpus.describe()} ...")
+    what = plural(len(stated), "stated label") if stated else "each card's Chapter 2 word set"
+    log(f"scoring {what} on {plural(len(units), 'feature or family', 'features and families')} over "
+        f"{corpus.describe()} (a second pass over the corpus) ...")
     result = score_labels(loaded, corpus, units, labels, pass_options)
     result.prompt_words = chosen
     for card in cards:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import math
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -89,7 +90,7 @@ def display_bins(score: LabelScore) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 def label_figure(scores: Sequence[LabelScore], name: str, title: str) -> Figure:
     """One panel per label: the unit's non-zero activations, each bin's tokens split into those the label
     covers (coloured) and the rest (grey), stacked; the scores in the panel's title."""
-    fig = NotebookFigure(figsize=(9, 3.4 * len(scores) + 0.8), layout="constrained")
+    fig = NotebookFigure(figsize=(9, 3.8 * len(scores) + 0.8), layout="constrained")
     axes = fig.subplots(len(scores), 1, squeeze=False)[:, 0]
     for ax, s in zip(axes, scores):
         edges, cov, oth = display_bins(s)
@@ -102,14 +103,22 @@ def label_figure(scores: Sequence[LabelScore], name: str, title: str) -> Figure:
         ax.bar(lows, cov, bottom=oth, width=widths, align="edge", color="#d95f02", edgecolor="white", linewidth=0.4,
                label=f"tokens the label covers ({int(cov.sum()):,})")
         ax.set_xscale("log")
+        # At least one decade, so a unit firing in one or two bins still shows a readable axis (as MI5 corpus).
+        lo, hi = float(lows.min()), float(highs.max())
+        if hi / lo < 10:
+            middle = float(np.sqrt(lo * hi))
+            lo, hi = middle / 10 ** 0.5, middle * 10 ** 0.5
+        ax.set_xlim(lo / 1.1, hi * 1.1)
         ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
         ax.xaxis.set_minor_formatter(FuncFormatter(minor_label))
         ax.set_ylabel("tokens where it fires")
-        ax.legend(fontsize=8.5, loc="upper left", frameon=False)
+        ax.set_xlabel("activation (log scale; tokens where it is 0 not drawn; BOS and padding excluded)", fontsize=9)
+        # Below the axis: a legend inside would cover the tallest bars.
+        ax.legend(fontsize=8.5, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
         ax.grid(axis="y", alpha=0.3)
-        ax.set_title(f"label {s.label.describe()[:70]}\nspecificity {_num(s.specificity)}, sensitivity "
-                     f"{_num(s.sensitivity)}, AUROC {_num(s.auroc, 3)}", fontsize=9.5)
-    axes[-1].set_xlabel("activation (log scale; tokens where it is 0 not drawn; BOS and padding excluded)")
+        heading = textwrap.shorten(f"label {s.label.describe()}", 110, placeholder=" …")
+        ax.set_title(f"{heading}\nspecificity {_num(s.specificity)}, sensitivity {_num(s.sensitivity)}, "
+                     f"AUROC {_num(s.auroc, 3)}", fontsize=9.5)
     fig.suptitle(f"#{name}: does the label explain it? ({scores[0].n_tokens:,} corpus tokens)\n{title}", fontsize=10.5)
     return fig
 

@@ -35,7 +35,13 @@ import torch
 
 from mechinterp.cards.corpus import Corpus, MinedWindow, iter_windows
 from mechinterp.cards.labels import Coverage, Label, Matcher, TokenText, draw_random_words, whole_word_tokens
-from mechinterp.cards.mining import DEFAULT_BATCH_SIZE, _batch_activations, _Batcher, _window_and_bos, MiningOptions
+from mechinterp.cards.mining import (
+    DEFAULT_BATCH_SIZE,
+    MiningOptions,
+    _batch_activations,
+    _Batcher,
+    _window_and_bos,
+)
 from mechinterp.core.errors import UserError
 from mechinterp.core.loading import Loaded
 

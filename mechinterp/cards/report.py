@@ -234,6 +234,8 @@ def saved_line(out: OutputFolder, written: list[Path], record_path: Path) -> str
                      f"with the numbers behind it, card JSON, {constants.CARDS_CSV}")
     if any(n.endswith("_corpus.png") for n in names):
         parts.append("MI5_<id>_corpus.png (the corpus histogram) with MI5_<id>_corpus_hist.csv")
+    if any(n.endswith("_label.png") for n in names):
+        parts.append("MI5_<id>_label.png (the label's specificity plot) with MI5_<id>_label.csv")
     if constants.CORPUS_FEATURES_CSV in names:
         parts.append(f"{constants.CORPUS_FEATURES_CSV}, {constants.CORPUS_HIST_CSV}")
     parts.append(record_path.name)
