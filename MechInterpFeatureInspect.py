@@ -27,6 +27,15 @@ divided by its typical max, the largest member per token), which member fired at
 member's own row, and what the family writes (``mechinterp.cards.family``); its files are
 ``MI5_409+501.png`` (with its CSVs and ``MI5_409+501_members.csv``), ``family_409+501.html`` and ``.json``.
 
+With a corpus and a stated label (``--label "joy: happy, glad"``, ``--label-regex PATTERN``, ``--label-prompts
+FILE``, or ``--label-from-results`` for each feature's own Chapter 2 word set; ``--label-window A:B`` for the
+tokens after each occurrence), a second streaming pass scores the label on every carded feature and family
+(``mechinterp.cards.label_score``): specificity (share of its activation on the label's tokens), sensitivity
+(share of the label's occurrences where it fires), AUROC, 95% bootstrap intervals over documents, and the
+same scores for random word lists of the label's corpus frequency (the chance level). Each card then
+prints a short label block and gets ``MI5_<id>_label.png`` with ``MI5_<id>_label.csv``; the card's page,
+JSON, ``index.html`` and ``feature_cards.csv`` show the scores.
+
 With ``--baseline GROUP`` each card also sets the feature's firing rate in that prompt group beside its
 rate in the group where it fires most ("fires on 7.33% of 'happy' tokens (its busiest group) vs 0% of
 'baseline' tokens (0 of 543): never in the baseline"); without it the cards make no comparison.
@@ -44,6 +53,8 @@ Run:
     python MechInterpFeatureInspect.py --demo --family 409+501            # two features carded as one family
     python MechInterpFeatureInspect.py --feature 1234 --corpus my_documents.txt   # one document per line
     python MechInterpFeatureInspect.py --feature 1234 --dataset Skylion007/openwebtext --max-tokens 1000000
+    python MechInterpFeatureInspect.py --feature 1234 --corpus my_documents.txt --label "joy: happy, glad, thrilled"
+    python MechInterpFeatureInspect.py --from-results Images/feature_stats.csv --corpus docs.txt --label-from-results
 """
 
 from __future__ import annotations

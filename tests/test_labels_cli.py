@@ -115,3 +115,18 @@ def test_each_feature_gets_its_own_chapter2_word_set(run, corpus, world, tmp_pat
 def test_a_label_needs_a_corpus(run, tmp_path, capsys):
     code, _, err = run("--feature", "1", "--label", JOY, "--out", str(tmp_path / "out"))
     assert code == 2 and "--corpus" in err
+
+
+def test_a_prompt_file_becomes_a_word_list(run, corpus, world, tmp_path):
+    happy = world.planted.concept["happy"]
+    prompts = tmp_path / "joy_prompts.txt"
+    words = CONCEPT_WORDS["happy"]
+    rng = random.Random(3)  # sentences like the corpus's, each with a happy word: only those stand out
+    prompts.write_text("\n".join(make_sentence(rng, w) for w in words * 3) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    code, printed, err = run("--feature", str(happy), "--corpus", str(corpus), "--label-prompts", str(prompts),
+                             "--label-random", "0", "--label-bootstrap", "0", "--out", str(out))
+    assert code == 0, err
+    assert "--label-prompts words:" in " ".join(printed.split())
+    score = json.loads((out / constants.CARD_JSON.format(feature=happy)).read_text())["label_scores"][0]
+    assert set(score["label"]["words"]) == set(words) and score["sensitivity"] >= 0.9

@@ -48,6 +48,8 @@ DEFAULT_SEED = 0
 PROMPT_WORDS = 20
 PROMPT_ALPHA = 0.5
 PROMPT_MIN_COUNT = 2  # a word seen once in the prompts is no evidence of over-representation
+# ... nor a word only a little more frequent there: a kept word is at least 4x as frequent (smoothed).
+PROMPT_MIN_LOG_ODDS = math.log(4.0)
 WORD_RE = re.compile(r"[A-Za-z][A-Za-z']+")
 
 
@@ -330,7 +332,7 @@ def whole_word_tokens(tokenizer: Any, vocab_size: int) -> np.ndarray:
     pieces = tokenizer.convert_ids_to_tokens(list(range(vocab_size)))
     for i, piece in enumerate(pieces):
         # GPT-2's byte-level BPE writes a leading space as "Ġ".
-        if piece and piece[0] == "\u0120" and len(piece) >= 4 and piece[1:].isalpha() and piece[1:].islower() \
+        if piece and piece[0] == "\u0120" and len(piece) >= 2 and piece[1:].isalpha() and piece[1:].islower() \
                 and piece[1:].isascii():
             ok[i] = True
     return ok
@@ -343,7 +345,7 @@ def words_from_prompts(path: Path, word_counts: Counter, n_words: int = PROMPT_W
     Score of word w (lower-cased, letters and apostrophes): ``log((p_w + a) / (N_p + a V)) - log((c_w + a) /
     (N_c + a V))`` with ``p_w``/``c_w`` its counts in the prompts and in the corpus, ``N`` their totals, ``V``
     the words of both and ``a`` = ``alpha``: the add-alpha smoothed log ratio of its frequencies. Words seen
-    fewer than :data:`PROMPT_MIN_COUNT` times in the prompts are not taken.
+    fewer than :data:`PROMPT_MIN_COUNT` times in the prompts, or under :data:`PROMPT_MIN_LOG_ODDS`, are not taken.
     """
     prompts = Counter(w.lower() for line in Path(path).read_text(encoding="utf-8-sig").splitlines()
                       if line.strip() and not line.lstrip().startswith("#") for w in WORD_RE.findall(line))
@@ -355,6 +357,7 @@ def words_from_prompts(path: Path, word_counts: Counter, n_words: int = PROMPT_W
     scores = [(w, math.log((c + alpha) / (n_p + alpha * vocab)) - math.log((word_counts.get(w, 0) + alpha)
                                                                            / (n_c + alpha * vocab)))
               for w, c in prompts.items() if c >= PROMPT_MIN_COUNT and w not in skip]
+    scores = [x for x in scores if x[1] >= PROMPT_MIN_LOG_ODDS]
     scores.sort(key=lambda x: (-x[1], x[0]))
     return scores[:n_words]
 
