@@ -50,6 +50,14 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
 
 
+def current_rss_mb() -> float:
+    """Resident memory now (Linux /proc): the pass's own state shows here even when loading set the peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def child(hf_home: Path, corpus: Path, n_tokens: int, n_random: int, n_boot: int) -> dict[str, Any]:
     """In this fresh process: load the world, score the labels over ``n_tokens`` tokens, report."""
     import torch
@@ -64,7 +72,7 @@ def child(hf_home: Path, corpus: Path, n_tokens: int, n_random: int, n_boot: int
     planted = json.loads((hf_home / "gpt2_world.json").read_text())["planted"]
     with gw.hub_cache(hf_home):
         loaded = load(resolve_source(SourceOptions(device="cpu")))
-    after_load = peak_rss_mb()
+    after_load, rss_loaded = peak_rss_mb(), current_rss_mb()
     happy, sad = str(planted["happy"]), str(planted["sad"])
     labels = {happy: [parse_label("joy: " + ", ".join(gw.HAPPY_WORDS)), parse_label("anger: " + ", ".join(gw.ANGRY_WORDS)),
                       parse_label(NEUTRAL)],
@@ -85,7 +93,8 @@ def child(hf_home: Path, corpus: Path, n_tokens: int, n_random: int, n_boot: int
                 "occurrences": s.n_occurrences}
     return {"tokens": result.n_tokens, "documents": result.n_documents, "seconds": round(seconds, 1),
             "tokens_per_second": round(result.n_tokens / seconds, 1), "peak_rss_after_load_mb": round(after_load, 1),
-            "peak_rss_mb": round(peak_rss_mb(), 1), "scores": scores}
+            "peak_rss_mb": round(peak_rss_mb(), 1), "rss_after_load_mb": round(rss_loaded, 1),
+            "rss_after_pass_mb": round(current_rss_mb(), 1), "scores": scores}
 
 
 def run_sizes(sizes: list[int], n_random: int, n_boot: int) -> dict[str, Any]:
@@ -115,10 +124,11 @@ def run_sizes(sizes: list[int], n_random: int, n_boot: int) -> dict[str, Any]:
 
 def table(report: dict[str, Any]) -> str:
     runs = report["runs"]
-    lines = ["| tokens | seconds | tokens/s | peak RSS after load (MB) | peak RSS (MB) |",
-             "|---:|---:|---:|---:|---:|"]
+    lines = ["| tokens | seconds | tokens/s | peak RSS after load (MB) | peak RSS (MB) | RSS after load -> after pass (MB) |",
+             "|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['tokens']:,} | {r['seconds']} | {r['tokens_per_second']:,.0f} | {r['peak_rss_after_load_mb']} "
-              f"| {r['peak_rss_mb']} |" for r in runs]
+              f"| {r['peak_rss_mb']} | {r.get('rss_after_load_mb', '-')} -> {r.get('rss_after_pass_mb', '-')} |"
+              for r in runs]
     growth = runs[-1]["peak_rss_mb"] / runs[0]["peak_rss_mb"]
     lines += ["", f"Peak RSS growth {runs[0]['tokens']:,} -> {runs[-1]['tokens']:,} tokens: {growth:.3f}x "
               f"(target <= {TARGET_MEMORY_GROWTH}x)", ""]
