@@ -162,7 +162,9 @@ def label_html(scores: Sequence[LabelScore], png: bytes | None) -> str:
             ("specificity", _num(s.specificity) + _ci(s, "specificity") + _chance(s, "specificity")),
             ("sensitivity", _num(s.sensitivity) + _ci(s, "sensitivity") + _chance(s, "sensitivity")
              + f" ({s.n_occurrences_fired:,} of {s.n_occurrences:,} occurrences)"),
-            ("AUROC", _num(s.auroc, 3) + _ci(s, "auroc", 3) + _chance(s, "auroc", 3)),
+            ("activation on the occurrences (quartiles)", ", ".join(f"{q:.3g}" for q in s.occurrence_quartiles)),
+            ("AUROC", _num(s.auroc, 3) + _ci(s, "auroc", 3) + _chance(s, "auroc", 3)
+             + f" (binned: within ±{s.auroc_tie_bound:.2g} of the exact value)"),
             ("firings above each quartile on the label",
              ", ".join(f"≥{t:.3g}: {_num(v)}" for t, v in s.above))))
         off = "".join(f"<li>{esc(x.text)} ({x.activation:.3g})</li>" for x in s.off_label) or "<li>none</li>"

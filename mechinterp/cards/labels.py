@@ -191,7 +191,11 @@ def results_word_sets(path: Path) -> dict[str, tuple[str, ...]]:
                 continue
             sets.setdefault(str(row.get("feature", "")).strip(), words)
             family = (row.get("family") or "").strip()
-            if family:
+            if family:  # named as Chapter 3 names a family: its members ascending, joined by '+'
+                try:
+                    family = "+".join(str(m) for m in sorted(int(x) for x in family.split("+")))
+                except ValueError:
+                    pass
                 sets.setdefault(family, words)
     if not sets:
         raise UserError(f"--label-from-results: {path} has no word sets (no 'words' column filled); rerun Chapter 2")
