@@ -27,6 +27,15 @@ divided by its typical max, the largest member per token), which member fired at
 member's own row, and what the family writes (``mechinterp.cards.family``); its files are
 ``MI5_409+501.png`` (with its CSVs and ``MI5_409+501_members.csv``), ``family_409+501.html`` and ``.json``.
 
+With a corpus and a stated label (``--label "joy: happy, glad"``, ``--label-regex PATTERN``, ``--label-prompts
+FILE``, or ``--label-from-results`` for each feature's own Chapter 2 word set; ``--label-window A:B`` for the
+tokens after each occurrence), a second streaming pass scores the label on every carded feature and family
+(``mechinterp.cards.label_score``): specificity (share of its activation on the label's tokens), sensitivity
+(share of the label's occurrences where it fires), AUROC, 95% bootstrap intervals over documents, and the
+same scores for random word lists of the label's corpus frequency (the chance level). Each card then
+prints a short label block and gets ``MI5_<id>_label.png`` with ``MI5_<id>_label.csv``; the card's page,
+JSON, ``index.html`` and ``feature_cards.csv`` show the scores.
+
 With ``--baseline GROUP`` each card also sets the feature's firing rate in that prompt group beside its
 rate in the group where it fires most ("fires on 7.33% of 'happy' tokens (its busiest group) vs 0% of
 'baseline' tokens (0 of 543): never in the baseline"); without it the cards make no comparison.
@@ -44,6 +53,8 @@ Run:
     python MechInterpFeatureInspect.py --demo --family 409+501            # two features carded as one family
     python MechInterpFeatureInspect.py --feature 1234 --corpus my_documents.txt   # one document per line
     python MechInterpFeatureInspect.py --feature 1234 --dataset Skylion007/openwebtext --max-tokens 1000000
+    python MechInterpFeatureInspect.py --feature 1234 --corpus my_documents.txt --label "joy: happy, glad, thrilled"
+    python MechInterpFeatureInspect.py --from-results Images/feature_stats.csv --corpus docs.txt --label-from-results
 """
 
 from __future__ import annotations
@@ -57,6 +68,10 @@ from mechinterp.cards import report
 from mechinterp.cards.card import CardOptions, FeatureCard, check_baseline, feature_cards, prompt_activations
 from mechinterp.cards.corpus import Corpus, CorpusOptions, HFDatasetCorpus, resolve_window
 from mechinterp.cards.family import FamilyCard, family_cards
+from mechinterp.cards.label_cards import check_label_options, score_cards
+from mechinterp.cards.label_report import SUMMARY_COLUMNS as LABEL_COLUMNS
+from mechinterp.cards.label_report import label_text, summary_values
+from mechinterp.cards.labels import LabelOptions
 from mechinterp.cards.mining import DEFAULT_BATCH_SIZE, DEFAULT_K, MiningOptions, MiningResult, mine
 from mechinterp.cards.render import (
     ansi_allowed,
@@ -111,6 +126,7 @@ PROMPT_HELPS = {
                 "rate there beside its rate in the group where it fires most (default: no comparison)",
 }
 CORPUS_GROUP = "corpus mining (one streaming pass; memory does not grow with the corpus; resumable)"
+LABEL_GROUP = "label scoring (does a stated meaning explain the feature? needs --corpus or --dataset)"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -127,6 +143,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_options(parser, CorpusOptions, only=("corpus", "dataset"), into=corpus.add_mutually_exclusive_group())
     add_options(parser, CorpusOptions, only=("dataset_split", "text_column", "dataset_config", "max_tokens",
                                              "all_features", "fresh"), into=corpus)
+    add_options(parser, LabelOptions, LABEL_GROUP)
     add_options(parser, CardOptions, "what to show", only=("top_prompts", "n_tokens", "color"))
     add_common_args(parser)
     return parser.parse_args(argv)
@@ -137,6 +154,8 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     show = options_from(args, CardOptions, baseline=getattr(args, "baseline", None))
     mining = options_from(args, CorpusOptions)
     corpus = mining.open()
+    labeling = options_from(args, LabelOptions)
+    check_label_options(labeling, corpus is not None, args.from_results)
     refuse_unreachable_dataset(corpus)
     with output_folder(args) as out:
         record = RunRecord(__file__, argv, vars(args))
@@ -163,7 +182,13 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
             families = family_cards(loaded, choice.families, texts, sources, show, activations=fa,
                                     origins={f: choice.origin(f) or choice.how for f in choice.families})
             notes = [choice.note] + (["family cards show the prompts only, not the corpus"]
-                                     if corpus is not None and families else [])
+                                     if corpus is not None and families and not labeling.wanted else [])
+            if labeling.wanted:  # a second pass over the corpus: every token against each label
+                with record.timed("labels"):
+                    scored, label_note = score_cards(loaded, corpus, cards, families, labeling, args.from_results,
+                                                     mining.token_limit, show.batch_size, log)
+                notes += [label_note] + ([f"--label-prompts words: {', '.join(w for w, _ in scored.prompt_words)}"]
+                                         if scored is not None and scored.prompt_words else [])
             head = run_lines(loaded, f"Texts: {described}. Features: {choice.how}.", mined, scope,
                              "; ".join(n for n in notes if n))
             with record.timed("cards"):
@@ -271,8 +296,12 @@ def card_lines(cards: list[FeatureCard], families: list[FamilyCard], title: str,
     lines = []
     for card in cards:
         lines += ["", brief_card_text(card, color) if brief else format_card_text(card, title, color)]
+        if card.label_scores:  # the label's scores are short: the summary shows them whole
+            lines.append("\n".join(label_text(card.label_scores, card.feature)))
     for family in families:
         lines += ["", brief_family_text(family, color) if brief else format_family_text(family, title, color)]
+        if family.label_scores:
+            lines.append("\n".join(label_text(family.label_scores, family.name)))
     return lines
 
 
@@ -290,7 +319,12 @@ def write_cards(out: OutputFolder, cards: list[FeatureCard], families: list[Fami
         lines += ["", wrapped(report.every_feature_line(every_feature))]
     if cards or families:
         columns, headings, rows = report.summary_table(cards, families)
-        summary_csv = out.write_csv(constants.CARDS_CSV, columns, rows)
+        if any(c.label_scores for c in [*cards, *families]):  # the label columns: in the CSV, not the terminal
+            extra = [summary_values(c.label_scores) for c in [*cards, *families]]
+            summary_csv = out.write_csv(constants.CARDS_CSV, columns + LABEL_COLUMNS,
+                                        [r + x for r, x in zip(rows, extra)])
+        else:
+            summary_csv = out.write_csv(constants.CARDS_CSV, columns, rows)
         lines += ["", "Summary (firing rate and typical max over your texts; BOS and padding excluded):"]
         if families:  # its numbers are the family activation's, not a feature's
             lines.append(wrapped("A family's row: tokens where any member fires, and its family activation."))

@@ -195,6 +195,8 @@ class FeatureCard:
     # The histogram of its non-zero activations over the texts: edges [bins + 1], and per source counts [bins].
     hist_edges: np.ndarray = field(default_factory=lambda: np.linspace(0.0, 1.0, 31))
     hist_counts: dict[str, np.ndarray] = field(default_factory=dict)
+    # How well stated labels explain it over the corpus (mechinterp.cards.label_score.LabelScore), if scored.
+    label_scores: list = field(default_factory=list)
 
     def __repr__(self) -> str:
         fired, total = self.fired_total
@@ -254,7 +256,8 @@ class FeatureCard:
             "promoted": [vars(x) for x in self.promoted],
             "suppressed": [vars(x) for x in self.suppressed],
         } | ({"corpus": self.corpus.to_dict()} if self.corpus is not None else {}) | (
-            {"against_baseline": self.against_baseline().to_dict()} if self.baseline is not None else {})
+            {"against_baseline": self.against_baseline().to_dict()} if self.baseline is not None else {}) | (
+            {"label_scores": [x.to_dict() for x in self.label_scores]} if self.label_scores else {})
 
 
 def _example_dict(e: Example) -> dict:

@@ -116,6 +116,7 @@ class FamilyCard:
     origin: str = ""
     hist_edges: np.ndarray = field(default_factory=lambda: np.linspace(0.0, 1.0, 31))
     hist_counts: dict[str, np.ndarray] = field(default_factory=dict)
+    label_scores: list = field(default_factory=list)  # LabelScore of stated labels on the family activation
 
     @property
     def name(self) -> str:
@@ -163,7 +164,7 @@ class FamilyCard:
             "top_examples": [example(e, False) for e in self.examples],
             "more_examples": [example(e, True) for e in self.more_examples],
             "promoted": [vars(x) for x in self.promoted], "suppressed": [vars(x) for x in self.suppressed],
-        }
+        } | ({"label_scores": [x.to_dict() for x in self.label_scores]} if self.label_scores else {})
 
 
 def member_row(loaded: Loaded, fa: FeatureActivations, family: FamilyActivations, feature: int) -> MemberRow:

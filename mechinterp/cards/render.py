@@ -370,10 +370,11 @@ def _figure_html(figure_png: bytes | None, alt: str) -> str:
 
 
 def render_html(card: FeatureCard, title: str, is_demo: bool, figure_png: bytes | None = None,
-                corpus_png: bytes | None = None) -> str:
+                corpus_png: bytes | None = None, extra_html: str = "") -> str:
     """A self-contained HTML page for the card: inline CSS, the figures inlined as data URIs, no scripts.
 
     ``corpus_png``: the corpus histogram (``mechinterp.cards.figures.corpus_figure``), shown in the corpus section.
+    ``extra_html``: a section placed after the examples (e.g. the label scores, ``mechinterp.cards.label_report``).
     """
     esc = html.escape
     stats_html = "".join(f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in _stats_rows(card))
@@ -395,6 +396,7 @@ def render_html(card: FeatureCard, title: str, is_demo: bool, figure_png: bytes 
 <table class="stats">{stats_html}</table>
 <h2>Where it fires: top {len(card.examples)} activating texts</h2>
 {examples}{corpus}
+{extra_html}
 <h2>What it writes: W_dec[{card.feature}] @ W_U</h2>
 <p class="sub">The decoder direction pushed straight through the unembedding: how much one unit of this feature
 raises (left) or lowers (right) each next-token logit, ignoring the layers after the hook.</p>
@@ -483,6 +485,10 @@ def render_index(entries: list[dict], title: str) -> str:
     """
     esc = html.escape
     with_corpus = any(e.get("corpus_density") is not None for e in entries)
+    with_labels = any(e.get("label_scores") for e in entries)
+
+    def label_cell(e: dict) -> str:  # the first label's scores ("label_scores": text), when some card has one
+        return f'<td>{esc(e.get("label_scores") or "-")}</td>' if with_labels else ""
 
     def corpus_cell(e: dict) -> str:
         if not with_corpus:
@@ -497,10 +503,11 @@ def render_index(entries: list[dict], title: str) -> str:
         f'<td class="val">{_pct(float(e["density"])) if e.get("density") is not None else "-"}</td>'
         f'<td class="val">{_pct(float(e.get("firing_rate") or 0.0))}</td><td class="val">{float(e.get("typical_max") or 0.0):.3f}</td>'
         f'<td class="toks">{esc(e.get("top_example") or "-")}</td>'
-        f'{corpus_cell(e)}<td>{esc(e.get("title") or "")}</td></tr>'
+        f'{corpus_cell(e)}{label_cell(e)}<td>{esc(e.get("title") or "")}</td></tr>'
         for e in entries
     )
     corpus_head = "<th>corpus density</th>" if with_corpus else ""
+    label_head = "<th>label scores (corpus)</th>" if with_labels else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -512,7 +519,7 @@ def render_index(entries: list[dict], title: str) -> str:
 <p class="sub">Every card in this folder. "From" says where the feature came from: its Chapter 2 group and rank,
 q-value, replication and verdict, or how it was chosen. Density: in the SAE's training tokens (its sparsity
 file); firing rate and typical max: on your texts.</p>
-<table class="index"><tr><th>feature</th><th>from</th><th>density</th><th>firing rate</th><th>typical max</th><th>top example [peak]</th>{corpus_head}<th>model · SAE · hook</th></tr>
+<table class="index"><tr><th>feature</th><th>from</th><th>density</th><th>firing rate</th><th>typical max</th><th>top example [peak]</th>{corpus_head}{label_head}<th>model · SAE · hook</th></tr>
 {rows}</table>
 </body></html>
 """
@@ -568,8 +575,10 @@ def format_family_text(card: FamilyCard, title: str, color: bool) -> str:
     return "\n".join(lines)
 
 
-def render_family_html(card: FamilyCard, title: str, is_demo: bool, figure_png: bytes | None = None) -> str:
-    """A family's card as a self-contained HTML page (inline CSS and figure, no scripts), like a feature's."""
+def render_family_html(card: FamilyCard, title: str, is_demo: bool, figure_png: bytes | None = None,
+                       extra_html: str = "") -> str:
+    """A family's card as a self-contained HTML page (inline CSS and figure, no scripts), like a feature's;
+    ``extra_html`` goes after the examples (the label scores)."""
     esc = html.escape
     fired, total = card.fired_total
     headings, rows = member_table(card)
@@ -605,6 +614,7 @@ def render_family_html(card: FamilyCard, title: str, is_demo: bool, figure_png: 
 {members}
 <h2>Where it fires: top {len(card.examples)} texts by family activation</h2>
 {examples or "<p>No member fires on any of your texts (BOS excluded).</p>"}
+{extra_html}
 <h2>What it writes: Σ typical max × W_dec[m] @ W_U</h2>
 <p class="sub">Every member's decoder direction, scaled by its typical max, pushed straight through the unembedding:
 what Chapter 4 steers the family with.</p>

@@ -20,6 +20,7 @@ import numpy as np
 from mechinterp.cards.card import FeatureCard
 from mechinterp.cards.family import FamilyCard
 from mechinterp.cards.figures import card_figure, corpus_figure, family_figure
+from mechinterp.cards.label_report import index_text, label_html, write_label_files
 from mechinterp.cards.mining import MiningOptions, MiningResult, Progress
 from mechinterp.cards.render import render_family_html, render_html, render_index
 from mechinterp.core import constants
@@ -68,11 +69,13 @@ def write_card(out: OutputFolder, card: FeatureCard, title: str, is_demo: bool, 
     if card.corpus is not None:
         corpus_png, corpus_files = _write_corpus_figure(out, card, title)
         written += corpus_files
+    label_png, label_files = write_label_files(out, feature, card.label_scores, title)
     data = card.to_dict() | {"title": title, "provenance": provenance.to_dict()}
     card_json = out.write_json(constants.CARD_JSON.format(feature=feature), data)
     page = out.write_text(constants.CARD_HTML.format(feature=feature),
-                          render_html(card, title, is_demo, png_bytes(fig), corpus_png))
-    return written + [card_json, page]
+                          render_html(card, title, is_demo, png_bytes(fig), corpus_png,
+                                      label_html(card.label_scores, label_png)))
+    return written + label_files + [card_json, page]
 
 
 def write_family_card(out: OutputFolder, card: FamilyCard, title: str, is_demo: bool,
@@ -91,11 +94,12 @@ def write_family_card(out: OutputFolder, card: FamilyCard, title: str, is_demo: 
           r.promoted[0].token if r.promoted else "", " ".join(f"{w!r}:{n}" for w, n in r.peak_words)]
          for r in card.rows],
     )
+    label_png, label_files = write_label_files(out, name, card.label_scores, title)
     data = card.to_dict() | {"title": title, "provenance": provenance.to_dict()}
     card_json = out.write_json(constants.FAMILY_JSON.format(family=name), data)
     page = out.write_text(constants.FAMILY_HTML.format(family=name),
-                          render_family_html(card, title, is_demo, png_bytes(fig)))
-    return [png, logits_csv, hist_csv, members_csv, card_json, page]
+                          render_family_html(card, title, is_demo, png_bytes(fig), label_html(card.label_scores, label_png)))
+    return [png, logits_csv, hist_csv, members_csv, *label_files, card_json, page]
 
 
 def _write_corpus_figure(out: OutputFolder, card: FeatureCard, title: str) -> tuple[bytes, list[Path]]:
@@ -216,7 +220,8 @@ def _index_row(d: dict) -> dict:
              "density": d.get("density_from_sparsity_file"), "top_example": _top_example(d)}
             | ({"label": label_of(parse_family(family))} if family else {})
             | ({"corpus_density": d["corpus"].get("density"), "corpus": d["corpus"].get("corpus")}
-               if isinstance(d.get("corpus"), dict) else {}))
+               if isinstance(d.get("corpus"), dict) else {})
+            | ({"label_scores": index_text(d["label_scores"])} if d.get("label_scores") else {}))
 
 
 def saved_line(out: OutputFolder, written: list[Path], record_path: Path) -> str:
@@ -229,6 +234,8 @@ def saved_line(out: OutputFolder, written: list[Path], record_path: Path) -> str
                      f"with the numbers behind it, card JSON, {constants.CARDS_CSV}")
     if any(n.endswith("_corpus.png") for n in names):
         parts.append("MI5_<id>_corpus.png (the corpus histogram) with MI5_<id>_corpus_hist.csv")
+    if any(n.endswith("_label.png") for n in names):
+        parts.append("MI5_<id>_label.png (the label's specificity plot) with MI5_<id>_label.csv")
     if constants.CORPUS_FEATURES_CSV in names:
         parts.append(f"{constants.CORPUS_FEATURES_CSV}, {constants.CORPUS_HIST_CSV}")
     parts.append(record_path.name)
