@@ -21,6 +21,7 @@ from mechinterp.cards.figures import _minor_label as minor_label
 from mechinterp.cards.label_score import FINE_PER_DECADE, LabelScore
 from mechinterp.core.figures import NotebookFigure
 from mechinterp.core.io import OutputFolder
+from mechinterp.core.tables import wrapped
 
 LABEL_PNG = "MI5_{feature}_label.png"  # activation histogram split into label-covered and other tokens
 LABEL_CSV = "MI5_{feature}_label.csv"  # the numbers behind it
@@ -52,14 +53,15 @@ def label_text(scores: Sequence[LabelScore], name: str) -> list[str]:
     for s in scores:
         median = s.above[1][1] if len(s.above) > 1 else float("nan")
         lines += [
-            f"Label {s.label.describe()!r}: {s.n_occurrences:,} occurrences, {s.n_covered:,} of {s.n_tokens:,} "
-            "corpus tokens covered (95% bootstrap intervals over documents):",
+            wrapped(f"Label {s.label.describe()!r}: {s.n_occurrences:,} occurrences, {s.n_covered:,} of "
+                    f"{s.n_tokens:,} corpus tokens covered (95% bootstrap intervals over documents):", "    "),
             f"  specificity {_num(s.specificity)}{_ci(s, 'specificity')} of its activation on the label "
             f"({_num(median)} of firings above its median){_chance(s, 'specificity')}",
             f"  sensitivity {_num(s.sensitivity)}{_ci(s, 'sensitivity')}: fires on {s.n_occurrences_fired:,} of "
             f"{s.n_occurrences:,} occurrences{_chance(s, 'sensitivity')}",
             f"  AUROC {_num(s.auroc, 3)}{_ci(s, 'auroc', 3)} label vs other tokens{_chance(s, 'auroc', 3)}",
         ]
+    lines = [wrapped(line, "    ") for line in lines]
     if scores:
         lines.append(f"  figure: {LABEL_PNG.format(feature=name)} (numbers: {LABEL_CSV.format(feature=name)})")
     return lines
@@ -164,7 +166,8 @@ def label_html(scores: Sequence[LabelScore], png: bytes | None) -> str:
              + f" ({s.n_occurrences_fired:,} of {s.n_occurrences:,} occurrences)"),
             ("activation on the occurrences (quartiles)", ", ".join(f"{q:.3g}" for q in s.occurrence_quartiles)),
             ("AUROC", _num(s.auroc, 3) + _ci(s, "auroc", 3) + _chance(s, "auroc", 3)
-             + f" (binned: within ±{s.auroc_tie_bound:.2g} of the exact value)"),
+             + (f" (binned: within ±{s.auroc_tie_bound:.2g} of the exact value)" if s.auroc_tie_bound
+                else " (binned, and exact here)")),
             ("firings above each quartile on the label",
              ", ".join(f"≥{t:.3g}: {_num(v)}" for t, v in s.above))))
         off = "".join(f"<li>{esc(x.text)} ({x.activation:.3g})</li>" for x in s.off_label) or "<li>none</li>"

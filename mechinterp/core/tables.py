@@ -61,7 +61,7 @@ def percent(fraction: float | None) -> str:
     return "<0.0001%" if 0 < fraction < 1e-6 else f"{100 * fraction:.3g}%"
 
 
-_QUOTED = re.compile(r"'[^'\n]*'|\"[^\"\n]*\"")
+_QUOTED = re.compile(r"'[^'\n]{0,24}'|\"[^\"\n]{0,24}\"")  # a token, not a quoted sentence
 
 
 def wrapped(text: str, indent: str = "  ") -> str:
