@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mechinterp.causal.unembed import reused_unembed
 from mechinterp.core.encoding import (
     Tokenized,
     default_batch_size,
@@ -256,12 +257,13 @@ class LocatedEffects:
     clean_firing: CleanScores
 
 
-# Rows of the [positions, d_vocab] log-probabilities handled at once. With a 50,257-token vocabulary one
-# row is 200 kB: a few rows keep every temporary of the per-intervention scores in the CPU's cache and
-# in reused allocations, where whole-batch temporaries (60+ MB each) stream through memory and fault in
-# fresh pages at every step. Each row's numbers are computed exactly as on the whole batch (see
-# :func:`_per_row`), so the chunk size changes the speed only.
-ROW_CHUNK = 8
+# How many log-probabilities the per-intervention scores handle at once (2 MB of float32). With a
+# 50,257-token vocabulary that is 10 rows of 200 kB: every temporary of the scores then stays in the CPU's
+# cache and in reused allocations, where whole-batch temporaries (60+ MB each) stream through memory and
+# fault in fresh pages at every step. A small vocabulary takes a whole batch at once (many tiny chunks
+# would cost more in per-call overhead than they save). Each row's numbers are computed exactly as on the
+# whole batch (see :func:`_per_row`), so the chunk size changes the speed only.
+CHUNK_ELEMENTS = 2**19
 
 
 @dataclass
@@ -299,8 +301,10 @@ def _per_row(fn: Callable[..., tuple[torch.Tensor, ...]], *rows: torch.Tensor) -
     return tuple(out[:1] for out in fn(*(r.expand(2, *r.shape[1:]) for r in rows)))
 
 
-def _row_chunks(n: int, size: int = ROW_CHUNK) -> list[slice]:
-    """Slices of ``range(n)`` of ``size`` rows; a last chunk of one row joins the one before it."""
+def _row_chunks(n: int, width: int) -> list[slice]:
+    """Slices of ``range(n)`` of :data:`CHUNK_ELEMENTS` ``// width`` rows (at least 2); a last chunk of one row
+    joins the one before it."""
+    size = max(2, CHUNK_ELEMENTS // width)
     starts = list(range(0, n, size))
     if len(starts) > 1 and n - starts[-1] == 1:
         starts.pop()
@@ -324,7 +328,7 @@ def edited_scores(logits: torch.Tensor, clean: CleanBatch,
 
     The numbers are those of ``logits.float().log_softmax(-1)`` over the whole batch, then
     :func:`target_scores` and ``(clean.exp() * (clean - edited)).sum(-1)``, taken at the valid positions:
-    the same operations, row by row, a few rows at a time (:data:`ROW_CHUNK`), with the clean run's
+    the same operations, row by row, a few rows at a time (:data:`CHUNK_ELEMENTS`), with the clean run's
     probabilities computed once per batch.
     """
     flat = logits.reshape(-1, logits.shape[-1])
@@ -334,7 +338,7 @@ def edited_scores(logits: torch.Tensor, clean: CleanBatch,
     def scores(edited: torch.Tensor, clean_lp: torch.Tensor, clean_p: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return (*target_scores(edited, index), (clean_p * (clean_lp - edited)).sum(-1))
 
-    for part in _row_chunks(n):
+    for part in _row_chunks(n, flat.shape[-1]):
         edited = flat.index_select(0, clean.rows[part]).float().log_softmax(-1)
         lp[part], lo[part], kl[part] = _per_row(scores, edited, clean.log_probs[part], clean.probs[part])
     return lp, lo, kl
@@ -366,23 +370,25 @@ def intervention_effects(
     clean_where = {name: np.zeros(2) for name in located}
     clean_sums = np.zeros(2)
     n = 0
-    for batch in batches:
-        index = torch.tensor(list(targets), device=batch.tokens.device)
-        clean = clean_batch(loaded, batch, index)
-        # Every per-position tensor below holds the valid positions only, in the order of x[batch.valid].
-        clean_sums += [float(clean.logp.sum()), float(clean.logodds.sum())]
-        n += int(clean.rows.shape[0])
-        masks = _located_masks(loaded, batch, located)
-        for name, where in masks.items():
-            fires = where["firing"]
-            clean_where[name] += [float(clean.logp[fires].sum()), float(clean.logodds[fires].sum())]
-        for name, fn in hooks.items():
-            lp, lo, kl = edited_scores(logits_from_hook(loaded, clean.resid, fn), clean, index)
-            d_lp, d_lo = lp - clean.logp, lo - clean.logodds
-            sums[name] += [float(d_lp.sum()), float(d_lo.sum()), float(kl.sum())]
-            for where, mask in masks.get(name, {}).items():
-                where_sums[name][where] += [float(d_lp[mask].sum()), float(d_lo[mask].sum()), float(kl[mask].sum()),
-                                            float(mask.sum())]
+    # Every forward pass's logits are scored before the next pass runs, so one output buffer serves them all.
+    with reused_unembed(loaded.model, reuse_output=True):
+        for batch in batches:
+            index = torch.tensor(list(targets), device=batch.tokens.device)
+            clean = clean_batch(loaded, batch, index)
+            # Every per-position tensor below holds the valid positions only, in the order of x[batch.valid].
+            clean_sums += [float(clean.logp.sum()), float(clean.logodds.sum())]
+            n += int(clean.rows.shape[0])
+            masks = _located_masks(loaded, batch, located)
+            for name, where in masks.items():
+                fires = where["firing"]
+                clean_where[name] += [float(clean.logp[fires].sum()), float(clean.logodds[fires].sum())]
+            for name, fn in hooks.items():
+                lp, lo, kl = edited_scores(logits_from_hook(loaded, clean.resid, fn), clean, index)
+                d_lp, d_lo = lp - clean.logp, lo - clean.logodds
+                sums[name] += [float(d_lp.sum()), float(d_lo.sum()), float(kl.sum())]
+                for where, mask in masks.get(name, {}).items():
+                    where_sums[name][where] += [float(d_lp[mask].sum()), float(d_lo[mask].sum()), float(kl[mask].sum()),
+                                                float(mask.sum())]
     if n == 0:
         raise UserError("the prompts have no text tokens to measure on")
     effects = {k: Effect(v[0] / n, v[1] / n, v[2] / n, n) for k, v in sums.items()}
@@ -756,11 +762,12 @@ def generate_side_by_side(
             result = model.generate(ids, **kwargs)
         return continuation_text(tok, result[0, ids.shape[1] :].tolist())
 
-    for text, ids_list in zip(prompts, prompt_ids):
-        ids = torch.tensor([list(ids_list)], device=loaded.device)
-        for sample in (False, True):
-            mode = f"sampled (seed {seed}, T={temperature:g})" if sample else "greedy"
-            out.append(Generation(text, mode, run(ids, sample, False), run(ids, sample, True)))
+    with reused_unembed(model):  # the transposed unembedding made once, not once per generated token
+        for text, ids_list in zip(prompts, prompt_ids):
+            ids = torch.tensor([list(ids_list)], device=loaded.device)
+            for sample in (False, True):
+                mode = f"sampled (seed {seed}, T={temperature:g})" if sample else "greedy"
+                out.append(Generation(text, mode, run(ids, sample, False), run(ids, sample, True)))
     return out
 
 
