@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mechinterp.causal.unembed import reused_unembed
 from mechinterp.core.encoding import (
     Tokenized,
     default_batch_size,
@@ -200,15 +201,17 @@ def steering_hook(direction: torch.Tensor, n_skip: int) -> HookFn:
     return hook
 
 
-def target_scores(log_probs: torch.Tensor, targets: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(log P(T), log-odds of T)``, each ``[B, T]``, for the target set T at each position.
+def target_scores(log_probs: torch.Tensor,
+                  targets: Sequence[int] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(log P(T), log-odds of T)``, each ``[B, T]``, for the target set T (ids, or a long tensor of them on
+    ``log_probs``' device) at each position.
 
     ``log P(T)`` is the log of the targets' total probability. It saturates at 0 once the targets
     hold nearly all the mass, and then hides any further change; the log-odds
     ``log P(T) - log(1 - P(T))`` equal ``log P(T)`` while P(T) is small but keep moving near 1.
     Both are computed from log-probabilities with ``logsumexp``, so neither underflows.
     """
-    index = torch.tensor(list(targets), device=log_probs.device)
+    index = targets if isinstance(targets, torch.Tensor) else torch.tensor(list(targets), device=log_probs.device)
     log_p = log_probs.index_select(-1, index).logsumexp(-1)
     others = log_probs.index_fill(-1, index, float("-inf")).logsumexp(-1)  # log(1 - P(T))
     return log_p, log_p - others
@@ -254,6 +257,93 @@ class LocatedEffects:
     clean_firing: CleanScores
 
 
+# How many log-probabilities the per-intervention scores handle at once (2 MB of float32). With a
+# 50,257-token vocabulary that is 10 rows of 200 kB: every temporary of the scores then stays in the CPU's
+# cache and in reused allocations, where whole-batch temporaries (60+ MB each) stream through memory and
+# fault in fresh pages at every step. A small vocabulary takes a whole batch at once (many tiny chunks
+# would cost more in per-call overhead than they save). Each row's numbers are computed exactly as on the
+# whole batch (see :func:`_per_row`), so the chunk size changes the speed only.
+CHUNK_ELEMENTS = 2**19
+
+
+@dataclass
+class CleanBatch:
+    """One batch's clean run at its text positions, computed once and shared by every intervention on it.
+
+    Attributes:
+        resid: ``[B, T, d_model]``, the input of the SAE's block (:func:`block_input`).
+        rows: long ``[N]``, the flat index ``b * T + t`` of each valid position, in row-major order (the
+            order of ``x[batch.valid]``).
+        log_probs: ``[N, d_vocab]`` float32, the clean next-token log-probabilities there.
+        probs: ``[N, d_vocab]``, ``log_probs.exp()``: the weights of KL(clean || edited), the same for
+            every intervention, so computed once rather than once per intervention.
+        logp, logodds: ``[N]``, the clean target scores (:func:`target_scores`).
+    """
+
+    resid: torch.Tensor
+    rows: torch.Tensor
+    log_probs: torch.Tensor
+    probs: torch.Tensor
+    logp: torch.Tensor
+    logodds: torch.Tensor
+
+
+def _per_row(fn: Callable[..., tuple[torch.Tensor, ...]], *rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``fn(*rows)`` for row-wise ``fn`` (each output row depends on its input row only), bit for bit as
+    if the rows were part of a bigger batch.
+
+    PyTorch reduces each row of a batch serially, so a row's sum is the same in any batch of two or more
+    rows; a lone row is the exception (with several threads, its sum is split between them and added
+    in another order). A lone row is therefore computed as two copies of itself.
+    """
+    if rows[0].shape[0] != 1:
+        return fn(*rows)
+    return tuple(out[:1] for out in fn(*(r.expand(2, *r.shape[1:]) for r in rows)))
+
+
+def _row_chunks(n: int, width: int) -> list[slice]:
+    """Slices of ``range(n)`` of :data:`CHUNK_ELEMENTS` ``// width`` rows (at least 2); a last chunk of one row
+    joins the one before it."""
+    size = max(2, CHUNK_ELEMENTS // width)
+    starts = list(range(0, n, size))
+    if len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    return [slice(a, b) for a, b in zip(starts, [*starts[1:], n])]
+
+
+def clean_batch(loaded: Loaded, batch: Batch, index: torch.Tensor) -> CleanBatch:
+    """The clean run of ``batch`` at its valid positions (:class:`CleanBatch`); ``index``: the target ids."""
+    resid = block_input(loaded, batch.tokens)  # [B, T, d_model]
+    logits = logits_from_hook(loaded, resid)
+    rows = batch.valid.flatten().nonzero().squeeze(1)
+    log_probs = logits.reshape(-1, logits.shape[-1]).index_select(0, rows).float().log_softmax(-1)
+    logp, logodds = _per_row(lambda lp: target_scores(lp, index), log_probs)
+    return CleanBatch(resid, rows, log_probs, log_probs.exp(), logp, logodds)
+
+
+def edited_scores(logits: torch.Tensor, clean: CleanBatch,
+                  index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(log P(targets), log-odds(targets), KL(clean || edited))``, each ``[N]``, of an edited run's
+    ``logits [B, T, d_vocab]`` at the clean batch's valid positions.
+
+    The numbers are those of ``logits.float().log_softmax(-1)`` over the whole batch, then
+    :func:`target_scores` and ``(clean.exp() * (clean - edited)).sum(-1)``, taken at the valid positions:
+    the same operations, row by row, a few rows at a time (:data:`CHUNK_ELEMENTS`), with the clean run's
+    probabilities computed once per batch.
+    """
+    flat = logits.reshape(-1, logits.shape[-1])
+    n = clean.rows.shape[0]
+    lp, lo, kl = (torch.empty(n, device=logits.device) for _ in range(3))
+
+    def scores(edited: torch.Tensor, clean_lp: torch.Tensor, clean_p: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return (*target_scores(edited, index), (clean_p * (clean_lp - edited)).sum(-1))
+
+    for part in _row_chunks(n, flat.shape[-1]):
+        edited = flat.index_select(0, clean.rows[part]).float().log_softmax(-1)
+        lp[part], lo[part], kl[part] = _per_row(scores, edited, clean.log_probs[part], clean.probs[part])
+    return lp, lo, kl
+
+
 @torch.inference_mode()
 def intervention_effects(
     loaded: Loaded,
@@ -280,32 +370,25 @@ def intervention_effects(
     clean_where = {name: np.zeros(2) for name in located}
     clean_sums = np.zeros(2)
     n = 0
-    for batch in batches:
-        resid = block_input(loaded, batch.tokens)  # [B, T, d_model]
-        clean = logits_from_hook(loaded, resid).float().log_softmax(-1)  # [B, T, d_vocab]
-        valid = batch.valid
-        clean_lp, clean_lo = target_scores(clean, targets)
-        clean_sums += [float(clean_lp[valid].sum()), float(clean_lo[valid].sum())]
-        n += int(valid.sum())
-        masks = {}
-        if located:
-            acts = loaded.sae.sae.encode(hook_activations(loaded, batch.tokens))  # [B, T, d_sae]
-            for name, f in located.items():
-                columns = [f] if isinstance(f, int) else list(f)
-                fires = (acts[..., columns] > 0).any(-1) & valid
-                after = torch.zeros_like(fires)
-                after[:, 1:] = fires[:, :-1]
-                masks[name] = {"firing": fires, "next": after & valid}
-                clean_where[name] += [float(clean_lp[fires].sum()), float(clean_lo[fires].sum())]
-        for name, fn in hooks.items():
-            edited = logits_from_hook(loaded, resid, fn).float().log_softmax(-1)
-            lp, lo = target_scores(edited, targets)
-            kl = (clean.exp() * (clean - edited)).sum(-1)  # [B, T]
-            d_lp, d_lo = lp - clean_lp, lo - clean_lo
-            sums[name] += [float(d_lp[valid].sum()), float(d_lo[valid].sum()), float(kl[valid].sum())]
-            for where, mask in masks.get(name, {}).items():
-                where_sums[name][where] += [float(d_lp[mask].sum()), float(d_lo[mask].sum()), float(kl[mask].sum()),
-                                            float(mask.sum())]
+    # Every forward pass's logits are scored before the next pass runs, so one output buffer serves them all.
+    with reused_unembed(loaded.model, reuse_output=True):
+        for batch in batches:
+            index = torch.tensor(list(targets), device=batch.tokens.device)
+            clean = clean_batch(loaded, batch, index)
+            # Every per-position tensor below holds the valid positions only, in the order of x[batch.valid].
+            clean_sums += [float(clean.logp.sum()), float(clean.logodds.sum())]
+            n += int(clean.rows.shape[0])
+            masks = _located_masks(loaded, batch, located)
+            for name, where in masks.items():
+                fires = where["firing"]
+                clean_where[name] += [float(clean.logp[fires].sum()), float(clean.logodds[fires].sum())]
+            for name, fn in hooks.items():
+                lp, lo, kl = edited_scores(logits_from_hook(loaded, clean.resid, fn), clean, index)
+                d_lp, d_lo = lp - clean.logp, lo - clean.logodds
+                sums[name] += [float(d_lp.sum()), float(d_lo.sum()), float(kl.sum())]
+                for where, mask in masks.get(name, {}).items():
+                    where_sums[name][where] += [float(d_lp[mask].sum()), float(d_lo[mask].sum()), float(kl[mask].sum()),
+                                                float(mask.sum())]
     if n == 0:
         raise UserError("the prompts have no text tokens to measure on")
     effects = {k: Effect(v[0] / n, v[1] / n, v[2] / n, n) for k, v in sums.items()}
@@ -320,6 +403,23 @@ def intervention_effects(
         for name, w in where_sums.items()
     }
     return effects, CleanScores(clean_sums[0] / n, clean_sums[1] / n), at
+
+
+def _located_masks(loaded: Loaded, batch: Batch, located: dict[str, Target]) -> dict[str, dict[str, torch.Tensor]]:
+    """For each located intervention, bool ``[N]`` masks over the batch's valid positions: where its
+    feature (any member of its family) fires, and the positions right after those."""
+    if not located:
+        return {}
+    acts = loaded.sae.sae.encode(hook_activations(loaded, batch.tokens))  # [B, T, d_sae]
+    valid = batch.valid
+    masks = {}
+    for name, f in located.items():
+        columns = [f] if isinstance(f, int) else list(f)
+        fires = (acts[..., columns] > 0).any(-1) & valid
+        after = torch.zeros_like(fires)
+        after[:, 1:] = fires[:, :-1]
+        masks[name] = {"firing": fires[valid], "next": (after & valid)[valid]}
+    return masks
 
 
 @torch.inference_mode()
@@ -662,11 +762,12 @@ def generate_side_by_side(
             result = model.generate(ids, **kwargs)
         return continuation_text(tok, result[0, ids.shape[1] :].tolist())
 
-    for text, ids_list in zip(prompts, prompt_ids):
-        ids = torch.tensor([list(ids_list)], device=loaded.device)
-        for sample in (False, True):
-            mode = f"sampled (seed {seed}, T={temperature:g})" if sample else "greedy"
-            out.append(Generation(text, mode, run(ids, sample, False), run(ids, sample, True)))
+    with reused_unembed(model):  # the transposed unembedding made once, not once per generated token
+        for text, ids_list in zip(prompts, prompt_ids):
+            ids = torch.tensor([list(ids_list)], device=loaded.device)
+            for sample in (False, True):
+                mode = f"sampled (seed {seed}, T={temperature:g})" if sample else "greedy"
+                out.append(Generation(text, mode, run(ids, sample, False), run(ids, sample, True)))
     return out
 
 
