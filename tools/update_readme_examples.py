@@ -54,6 +54,8 @@ RUNS: dict[str, list[str]] = {
     "2": ["MechInterpFeatureMeaning.py", "--demo"],
     "2p": ["MechInterpFeatureMeaning.py", "--demo", "--paired"],
     "3": ["MechInterpFeatureInspect.py", "--demo"],
+    "3l": ["MechInterpFeatureInspect.py", "--demo", "--feature", "501", "--corpus", "demo_corpus.txt",
+           "--label", "joy: happy, glad, thrilled, cheerful"],
     "4": ["MechInterpSteering.py", "--demo"],
     "6": ["MechInterpFeatureToWeights.py", "--demo"],
     "5": ["MechInterpTrainSAE.py", "--demo"],
@@ -71,7 +73,12 @@ RUNS.update({f"help:{script}": [script, "--help"] for script in SCRIPTS})
 SLOW_RUNS = ("5", "5s")  # Chapter 5 trains SAEs: about a minute each on 2 CPU cores
 # Every run writes to one Images/ folder, and the tour's pictures are taken from it at the end: the
 # paired run goes first, so that MI4_happy.png is the one of the plain run the README describes.
-ORDER = ("1", "2p", "2", "3", "4", "6", "5", "5s", *(f"help:{s}" for s in SCRIPTS))
+ORDER = ("1", "2p", "2", "3l", "3", "4", "6", "5", "5s", *(f"help:{s}" for s in SCRIPTS))
+
+# The README's commands that make a file before a run: the demo corpus, exactly as the README makes it.
+DEMO_CORPUS_COMMAND = ("from mechinterp.core.toyworld import demo_corpus; s = demo_corpus(20000, seed=7); "
+                       "print(*(' '.join(s[i:i + 10]) for i in range(0, len(s), 10)), sep='\\n')")
+PREPARE = {"3l": "demo_corpus.txt"}
 
 DURATION = re.compile(r"\d+(\.\d+)?\s?(s|ms|min)\b")
 CHECKPOINT_ID = re.compile(r"checkpoints/[0-9a-f]{8}")  # SAELens: checkpoints/<uuid4()[:8]>/
@@ -172,11 +179,12 @@ EXAMPLES: dict[str, Excerpt] = {
         Span(r"^Verdicts of the \d+ significant", stop=r"^$"),
     ), report=True),
     "chapter3": Excerpt("3", (
-        Span(r"^=== Feature #501", wrapped=True),
-        Span(r"^From: ", stop=r"^Typical max"),
-        Span(r"^Top 10 activating texts", lines=5),
-        Span(r"^What it writes", lines=5),
-    ), report=True),
+        Span(r"^=== Feature #501"),
+        Span(r"^Density ", wrapped=True),
+        Span(r"^Top 3 of your texts", lines=5),
+        Span(r"^Writes \(", wrapped=True),
+    )),
+    "chapter3-label": Excerpt("3l", (Span(r"^Label 'joy", stop=r"^  figure: "),)),
     "chapter4": Excerpt("4", (
         Span(r"^=== Feature #501", lines=2),
         Span(r"^Ablation on 'happy'", wrapped=True),
@@ -186,7 +194,8 @@ EXAMPLES: dict[str, Excerpt] = {
     "chapter4-where": Excerpt("4", (Span(r"^Where it matters", wrapped=True), Span(r"^positions ", lines=5)), report=True),
     "chapter4-steering": Excerpt("4", (
         Span(r"^Steering 'baseline' prompts: add coeff × [\d.]+ × W_dec\[501\]", wrapped=True),
-        Span(r"^coeff ", stop=r"^! KL above", wrapped=True),
+        Span(r"^coeff ", lines=6),
+        Span(r"^! KL above", wrapped=True),
     ), report=True),
     "chapter4-continuations": Excerpt("4", (
         Span(r"^Continuations \(\d+ new tokens\), clean vs steered at coeff 2 \(\+[\d.]+ × W_dec\[501\]\)"),
@@ -289,6 +298,8 @@ def collect(runner: Runner, keys: Iterable[str], log: Callable[[str], None] = la
     as ``"<key>:report"`` the full report the run saved (``work``: the folder the runner runs in)."""
     outputs = {}
     for key in keys:
+        if key in PREPARE and not (work / PREPARE[key]).is_file():
+            write_demo_corpus(work / PREPARE[key])
         argv = RUNS[key] + ([] if "--help" in RUNS[key] else ["--out", OUT])
         log(f"running python {' '.join(argv)} ...")
         outputs[key] = mask(runner(argv))
@@ -297,6 +308,13 @@ def collect(runner: Runner, keys: Iterable[str], log: Callable[[str], None] = la
             outputs[f"{key}:report"] = mask(report.read_text(encoding="utf-8"))
             report.unlink()
     return outputs
+
+
+def write_demo_corpus(path: Path) -> None:
+    """The demo corpus, by the README's own command (in a subprocess, as a reader runs it)."""
+    text = subprocess.run([sys.executable, "-c", DEMO_CORPUS_COMMAND], cwd=ROOT, capture_output=True, text=True,
+                          encoding="utf-8", check=True).stdout
+    path.write_text(text, encoding="utf-8")
 
 
 # The tour's pictures: docs/images/<name> from the demo's Images/<source>, downscaled.
