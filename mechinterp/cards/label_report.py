@@ -51,6 +51,10 @@ def label_text(scores: Sequence[LabelScore], name: str) -> list[str]:
     """The card's label block: at most 5 lines per label (scores with 95% intervals, chance, files)."""
     lines = []
     for s in scores:
+        if not s.n_occurrences:  # no score means anything then: say so instead of printing zeros
+            lines.append(f"Label {s.label.describe()!r}: it never occurs in the {s.n_tokens:,} corpus tokens, so "
+                         "it cannot be scored; check its spelling, or use a corpus that has its words")
+            continue
         median = s.above[1][1] if len(s.above) > 1 else float("nan")
         lines += [
             wrapped(f"Label {s.label.describe()!r}: {s.n_occurrences:,} occurrences, {s.n_covered:,} of "
