@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -116,3 +117,37 @@ def test_candidates_option_and_checkpoint_key(loaded_toy, corpus_file):
     assert "candidates" not in mining.checkpoint_key(loaded_toy, corpus, plain, 32)
     more = mining.checkpoint_key(loaded_toy, corpus, MiningOptions(features=(1,), k=5, candidates=10), 32)
     assert more["candidates"] == 10
+
+
+@pytest.mark.slow  # ~30 s: it builds GPT-2 small's full-size random model twice
+def test_mining_benchmark_compares_dtypes(tmp_path):
+    """bench_mining.py with --dtype float32 bfloat16 at toy sizes: a row per dtype, the CPU's bf16
+    instructions in the header, and the top-k comparison before and after the re-score."""
+    import json
+    import subprocess
+    import sys
+
+    bench = Path(__file__).resolve().parent.parent / "bench" / "bench_mining.py"
+    cmd = [sys.executable, str(bench), "--sizes", "400", "--d-sae", "256", "--hook-layer", "0", "--checkpoint-every",
+           "0", "--dtype", "bfloat16", "float32", "--out", str(tmp_path), "--quiet"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr
+    results = json.loads((tmp_path / "bench_mining_float32_bfloat16.json").read_text())
+    assert [r["dtype"] for r in results["runs"]] == ["float32", "bfloat16"]
+    assert results["runs"][0]["rescore"] is None and results["runs"][1]["rescore"]["done"]
+    (comparison,) = results["comparisons"]
+    assert comparison["candidates"] == 20 and comparison["without_rescore"]["features"] == 256
+    after = comparison["with_rescore"]
+    assert after["set_differs"] + after["order_differs"] <= sum(comparison["without_rescore"].values()) - 256
+    assert "CPU bfloat16 instructions" in done.stdout and "| bfloat16 | 400 |" in done.stdout
+
+
+def test_topk_differences_counts_sets_and_orders():
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    from bench_mining import topk_differences
+
+    a = {"windows": np.array([[1, 2], [1, 2], [1, 2], [1, 2]]), "positions": np.array([[0, 0], [0, 0], [0, 0], [0, 5]])}
+    b = {"windows": np.array([[1, 2], [2, 1], [1, 3], [1, 2]]), "positions": np.array([[0, 0], [0, 0], [0, 0], [0, 0]])}
+    assert topk_differences(a, b) == {"features": 4, "set_differs": 2, "order_differs": 1}

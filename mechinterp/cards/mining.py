@@ -19,6 +19,11 @@ an interrupted run must not start over. So:
   by the number of windows read, for a small corpus).
 * **float32 statistics.** Activations are cast to float32 before anything is counted, compared or
   kept, so a model or SAE computing in bfloat16 gives the same kind of numbers (at its precision).
+* **float32 re-score.** bfloat16 rounds near-equal peaks into ties, so its top-k can hold other
+  windows, in another order, than a float32 pass's. A reduced-precision pass can keep more candidates
+  per feature (``MiningOptions.candidates``) and have them encoded again in float32
+  (``mine(..., rescore_with=...)``): the top-k are re-ranked by their float32 peaks, and features
+  whose true top-k might lie outside the candidates are flagged (:class:`Rescore`).
 * **Resumable.** The state is saved now and then to a checkpoint keyed by everything that determines
   the numbers (:mod:`mechinterp.cards.store`): the same command continues an interrupted pass, and a
   finished pass (or a finished pass over more features) is read back at once.
