@@ -915,7 +915,10 @@ def _rescore(result: MiningResult, state: PassState, reference: Loaded, dtype: s
     same_set, same_order = _same_entries(before[0], before[1], result.top_windows, result.top_positions)
     fired = cand_windows >= 0
     change = (values - old_values.clamp(min=0)).abs().masked_fill(~fired, 0)  # values <= 0: did not fire in float32
-    per_feature = change.max(dim=1).values if change.numel() else torch.zeros(len(change))
+    per_feature = change.max(dim=1).values
+    # A feature with no candidate (it never fired in reduced precision) has no error of its own to
+    # show; it may still fire weakly in float32, so it gets the largest error seen on any feature.
+    per_feature = torch.where(fired.any(dim=1), per_feature, change.max())
     # A window outside the candidates had a reduced-precision peak at most the last candidate's (0 when
     # fewer were kept: it did not fire); if its float32 peak moved as much as the candidates' did, could
     # it reach the float32 k-th value (0 when fewer than k fired: any positive peak would enter)?
@@ -928,7 +931,7 @@ def _rescore(result: MiningResult, state: PassState, reference: Loaded, dtype: s
         windows_encoded=int(torch.unique(cand_windows[fired]).numel()),
         features_changed=int((~same_set).sum()), order_changed=int((same_set & ~same_order).sum()),
         uncertain=int(uncertain.sum()), uncertain_features=result.features[uncertain.cpu().numpy()],
-        max_abs_change=float(change.max()) if change.numel() else 0.0,
+        max_abs_change=float(change.max()),
         before_windows=before[0], before_positions=before[1], before_values=before[2],
     )
 
