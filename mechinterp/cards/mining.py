@@ -19,6 +19,11 @@ an interrupted run must not start over. So:
   by the number of windows read, for a small corpus).
 * **float32 statistics.** Activations are cast to float32 before anything is counted, compared or
   kept, so a model or SAE computing in bfloat16 gives the same kind of numbers (at its precision).
+* **float32 re-score.** bfloat16 rounds near-equal peaks into ties, so its top-k can hold other
+  windows, in another order, than a float32 pass's. A reduced-precision pass can keep more candidates
+  per feature (``MiningOptions.candidates``) and have them encoded again in float32
+  (``mine(..., rescore_with=...)``): the top-k are re-ranked by their float32 peaks, and features
+  whose true top-k might lie outside the candidates are flagged (:class:`Rescore`).
 * **Resumable.** The state is saved now and then to a checkpoint keyed by everything that determines
   the numbers (:mod:`mechinterp.cards.store`): the same command continues an interrupted pass, and a
   finished pass (or a finished pass over more features) is read back at once.
@@ -100,6 +105,10 @@ class MiningOptions:
         checkpoint_dir: folder for the resumable state; None = no checkpoints.
         checkpoint_every: save the state after at least this many windows since the last save.
         resume: continue from (or reuse) a matching checkpoint; False starts over and overwrites it.
+        candidates: windows kept per feature during the pass (at least ``k``; None = ``k``), for a
+            float32 re-score of a reduced-precision pass (``mine(..., rescore_with=...)``): bfloat16
+            rounding can push a true top-k window just below the k-th place, so a few more candidates
+            let the re-score find it. The result still holds ``k`` per feature.
     """
 
     features: tuple[int, ...] = ()
@@ -115,6 +124,7 @@ class MiningOptions:
     checkpoint_dir: Path | None = None
     checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY
     resume: bool = True
+    candidates: int | None = None
 
     def __post_init__(self) -> None:
         self.features = tuple(dict.fromkeys(int(f) for f in self.features))
@@ -133,6 +143,13 @@ class MiningOptions:
             raise UserError(f"histogram range must satisfy 0 < low < high, got {self.hist_low}, {self.hist_high}")
         if self.checkpoint_dir is not None:
             self.checkpoint_dir = Path(self.checkpoint_dir)
+        if self.candidates is not None and int(self.candidates) < int(self.k):
+            raise UserError(f"candidates must be at least k ({self.k}), got {self.candidates}")
+
+    @property
+    def slots(self) -> int:
+        """Top windows kept per feature during the pass: ``candidates``, or ``k``."""
+        return max(int(self.k), int(self.candidates or 0))
 
     def hist_edges(self) -> np.ndarray:
         """float32 ``[hist_bins + 3]``: 0, the log-spaced edges from ``hist_low`` to ``hist_high``, inf."""
@@ -165,6 +182,49 @@ class MinedExample:
 
 
 @dataclass
+class Rescore:
+    """What a float32 re-score of a reduced-precision pass's top windows did.
+
+    The pass (e.g. in bfloat16) keeps ``candidates`` windows per feature; each is encoded again with the
+    model and SAE in float32 and the feature's top ``k`` are picked from them by their float32 peaks, so
+    the values, peak positions and order are a float32 pass's whenever its top-k windows are among the
+    candidates.
+
+    Attributes:
+        dtype: what the pass computed in (e.g. ``"torch.bfloat16"``).
+        candidates: windows kept per feature by the pass and re-scored.
+        windows_encoded: distinct windows encoded again (the re-score's cost, at most ``F x candidates``).
+        features_changed: features whose top-k (window, peak position) set changed through it.
+        order_changed: features whose set stayed but whose order changed.
+        uncertain: features whose float32 k-th value is within the observed rounding error of the last
+            candidate's reduced-precision value: a window outside the candidates might belong in their
+            top-k (more ``candidates`` would tell).
+        max_abs_change: the largest |float32 - reduced-precision| peak among the re-scored candidates.
+        before_windows, before_positions, before_values: ``[F, k]`` the pass's own top-k, before the
+            re-score (for comparisons; not part of :meth:`to_dict`).
+    """
+
+    dtype: str
+    candidates: int
+    windows_encoded: int
+    features_changed: int
+    order_changed: int
+    uncertain: int
+    max_abs_change: float
+    uncertain_features: np.ndarray = field(repr=False)
+    before_windows: np.ndarray = field(repr=False)
+    before_positions: np.ndarray = field(repr=False)
+    before_values: np.ndarray = field(repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The summary for a run record."""
+        return {"done": True, "pass_dtype": self.dtype, "candidates": self.candidates,
+                "windows_encoded": self.windows_encoded, "features_changed": self.features_changed,
+                "order_changed": self.order_changed, "uncertain": self.uncertain,
+                "max_abs_change": self.max_abs_change}
+
+
+@dataclass
 class MiningResult:
     """What a pass found, per feature, over ``n_tokens`` corpus tokens (BOS and padding excluded).
 
@@ -189,6 +249,8 @@ class MiningResult:
         complete: the whole corpus (or ``max_tokens``) was read.
         resumed_at: tokens already done when this run started (from a checkpoint), else 0.
         reused: this run read a finished pass from its checkpoint instead of encoding anything.
+        rescore: the float32 re-score of the top windows, when the pass ran in reduced precision and
+            one was asked for (``mine(..., rescore_with=...)``); None otherwise.
     """
 
     features: np.ndarray
@@ -212,6 +274,7 @@ class MiningResult:
     checkpoint: Path | None = None
     resumed_at: int = 0
     reused: bool = False
+    rescore: Rescore | None = None
     _rows: dict[int, int] = field(default_factory=dict, repr=False)
 
     def __repr__(self) -> str:
@@ -221,6 +284,7 @@ class MiningResult:
         more = f", ... ({n:,} in all)" if n > REPR_FEATURES else ""
         corpus = self.corpus if len(self.corpus) <= 100 else self.corpus[:99] + "…"
         state = ("complete" if self.complete else "incomplete") + (", read back from its checkpoint" if self.reused else "")
+        state += ", top windows re-scored in float32" if self.rescore is not None else ""
         return (f"MiningResult({plural(n, 'feature')} over {self.n_tokens:,} tokens of {corpus} "
                 f"({self.n_windows:,} windows of {self.window} tokens, {self.n_documents:,} documents); top {self.k} "
                 f"windows each; {state}; density {densities}{more})")
@@ -621,6 +685,8 @@ def checkpoint_key(loaded: Loaded, corpus: Corpus, options: MiningOptions, windo
         "features": "all" if options.all_features else list(options.features),
         "d_sae": loaded.sae.d_sae,
         "k": options.k,
+        # Only when it differs from k, so that the keys (and saved passes) of plain passes stay as they were.
+        **({"candidates": options.slots} if options.slots != options.k else {}),
         "samples": options.samples,
         "window": window,
         "prepend_bos": bool(loaded.sae.prepend_bos),
@@ -648,6 +714,7 @@ def mine(
     identity: dict[str, str] | None = None,
     progress: Progress | None = None,
     log: Log | None = None,
+    rescore_with: Loaded | None = None,
 ) -> MiningResult:
     """One streaming pass over ``corpus``: top-k windows, firing counts, histograms and a random draw of
     windows per feature.
@@ -665,6 +732,10 @@ def mine(
             a hash of their weights is part of the key in any case.
         progress: called after every batch with ``(corpus tokens read, estimated total or None)``.
         log: one-line messages for a person (resuming, checkpoints, out-of-memory retries).
+        rescore_with: the same model and SAE loaded in float32, when ``loaded`` computes in a reduced
+            precision: the ``options.slots`` top windows per feature are encoded again with it and the
+            top ``k`` re-ranked by their float32 peaks (see :class:`Rescore`). Not saved in the
+            checkpoint: a read-back pass is re-scored again.
 
     Returns:
         The :class:`MiningResult`. Memory stays bounded: the state is ``F x (2k + 2 bins + 2 samples)``
@@ -675,7 +746,7 @@ def mine(
     features, cols = _features_to_mine(loaded, options)
     edges = options.hist_edges()
     key = checkpoint_key(loaded, corpus, options, window, identity)
-    new_state = functools.partial(PassState, k=options.k, n_bins=len(edges) - 1, n_samples=options.samples,
+    new_state = functools.partial(PassState, k=options.slots, n_bins=len(edges) - 1, n_samples=options.samples,
                                   device=loaded.device)
     start = restore(options.checkpoint_dir, key, options.resume, new_state, len(features), loaded.sae.d_sae, log)
     if not start.state.complete:
@@ -683,7 +754,12 @@ def mine(
         _run(loaded, corpus, options, start.state, window - n_bos, n_bos, bos_id, cols, inner_edges, start.path, key,
              progress, log)
     start.state.prune_pool()
-    return _result(start, features if start.features is None else start.features, edges, window, n_bos, corpus)
+    result = _result(start, features if start.features is None else start.features, edges, window, n_bos, corpus,
+                     options.k)
+    if rescore_with is not None:
+        _rescore(result, start.state, rescore_with, str(loaded.sae.sae.W_enc.dtype), n_bos, bos_id,
+                 options.batch_size)
+    return result
 
 
 def _window_and_bos(loaded: Loaded, options: MiningOptions) -> tuple[int, int, int | None]:
@@ -713,14 +789,14 @@ def _features_to_mine(loaded: Loaded, options: MiningOptions) -> tuple[np.ndarra
 
 
 def _result(start: Restored, features: np.ndarray, edges: np.ndarray, window: int, n_bos: int,
-            corpus: Corpus) -> MiningResult:
-    """The finished (or read back) state as a :class:`MiningResult` of numpy arrays."""
+            corpus: Corpus, k: int) -> MiningResult:
+    """The finished (or read back) state as a :class:`MiningResult` of numpy arrays (``k`` top windows each)."""
     state = start.state
     return MiningResult(
         features=features,
-        top_values=np.maximum(state.values.cpu().numpy(), 0.0),
-        top_windows=state.windows.cpu().numpy(),
-        top_positions=state.positions.cpu().numpy(),
+        top_values=np.maximum(state.values[:, :k].cpu().numpy(), 0.0),
+        top_windows=state.windows[:, :k].cpu().numpy(),
+        top_positions=state.positions[:, :k].cpu().numpy(),
         windows=dict(sorted(state.pool.items())),
         hist_edges=edges,
         hist_counts=state.hist.cpu().numpy(),
@@ -779,7 +855,7 @@ def _run(loaded: Loaded, corpus: Corpus, options: MiningOptions, state: PassStat
             windows = [w for w, _, _ in batch]
             try:
                 acts, valid = _batch_activations(loaded, windows, n_bos, bos_id, cols)
-                update = _batch_update(state, acts, valid, windows, n_bos, inner_edges, options.k)
+                update = _batch_update(state, acts, valid, windows, n_bos, inner_edges, options.slots)
                 del acts
             except Exception as err:
                 if not is_out_of_memory(err):
@@ -813,6 +889,87 @@ def _run(loaded: Loaded, corpus: Corpus, options: MiningOptions, state: PassStat
         save_state(path, state, key)
 
 
+
+
+# --- the float32 re-score --------------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def _rescore(result: MiningResult, state: PassState, reference: Loaded, dtype: str, n_bos: int,
+             bos_id: int | None, batch_size: int) -> None:
+    """Re-rank each feature's candidate windows by their float32 peaks; sets ``result``'s top-k and
+    ``result.rescore``.
+
+    Only the candidates are encoded again (each distinct window once, whichever features keep it), so
+    the cost is that of a float32 pass over at most ``F x candidates`` windows, not over the corpus.
+    """
+    cand_windows = state.windows.to(reference.device)  # [F, c], -1 = empty
+    old_values = state.values.to(reference.device)
+    values, positions = _float32_peaks(result, cand_windows, reference, n_bos, bos_id, batch_size)
+    k = result.k
+    empty = torch.zeros((len(cand_windows), 0), device=values.device)
+    top_v, top_w, top_p = _merge([empty, empty.long(), empty.long()], [values, cand_windows, positions], k)
+    before = (result.top_windows, result.top_positions, result.top_values)
+    result.top_values = np.maximum(top_v.cpu().numpy(), 0.0)
+    result.top_windows, result.top_positions = top_w.cpu().numpy(), top_p.cpu().numpy()
+    same_set, same_order = _same_entries(before[0], before[1], result.top_windows, result.top_positions)
+    fired = cand_windows >= 0
+    change = (values - old_values.clamp(min=0)).abs().masked_fill(~fired, 0)  # values <= 0: did not fire in float32
+    per_feature = change.max(dim=1).values
+    # A feature with no candidate (it never fired in reduced precision) has no error of its own to
+    # show; it may still fire weakly in float32, so it gets the largest error seen on any feature.
+    per_feature = torch.where(fired.any(dim=1), per_feature, change.max())
+    # A window outside the candidates had a reduced-precision peak at most the last candidate's (0 when
+    # fewer were kept: it did not fire); if its float32 peak moved as much as the candidates' did, could
+    # it reach the float32 k-th value (0 when fewer than k fired: any positive peak would enter)?
+    full = fired[:, -1]
+    bound = torch.where(full, old_values[:, -1].clamp(min=0), 0.0) + per_feature
+    kth = top_v[:, k - 1].clamp(min=0)
+    uncertain = (kth < bound) | (full & (kth <= bound))
+    result.rescore = Rescore(
+        dtype=dtype, candidates=int(cand_windows.shape[1]),
+        windows_encoded=int(torch.unique(cand_windows[fired]).numel()),
+        features_changed=int((~same_set).sum()), order_changed=int((same_set & ~same_order).sum()),
+        uncertain=int(uncertain.sum()), uncertain_features=result.features[uncertain.cpu().numpy()],
+        max_abs_change=float(change.max()),
+        before_windows=before[0], before_positions=before[1], before_values=before[2],
+    )
+
+
+def _float32_peaks(result: MiningResult, cand_windows: torch.Tensor, reference: Loaded, n_bos: int,
+                   bos_id: int | None, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each candidate's float32 peak and its first position: ``[F, c]`` float32 (-inf where empty or not
+    firing) and int64, encoded with ``reference`` in batches of distinct windows."""
+    ids = torch.unique(cand_windows[cand_windows >= 0])  # sorted
+    index = torch.searchsorted(ids, cand_windows.clamp(min=0))  # [F, c] into ids (garbage where empty)
+    values = torch.full(cand_windows.shape, -math.inf, device=cand_windows.device)
+    positions = torch.zeros(cand_windows.shape, dtype=torch.long, device=cand_windows.device)
+    features = torch.from_numpy(result.features).to(reference.device)
+    every = len(features) == reference.sae.d_sae and bool((features == torch.arange(len(features),
+                                                                                   device=features.device)).all())
+    cols = None if every else features
+    for lo in range(0, len(ids), batch_size):
+        hi = min(lo + batch_size, len(ids))
+        batch = [result.windows[int(i)] for i in ids[lo:hi].tolist()]
+        acts, _ = _batch_activations(reference, batch, n_bos, bos_id, cols)
+        peak, where = acts.max(dim=1)  # [B, F]; max returns the first position of the maximum
+        rows, slots = ((index >= lo) & (index < hi) & (cand_windows >= 0)).nonzero(as_tuple=True)
+        b = index[rows, slots] - lo
+        values[rows, slots] = peak[b, rows]
+        positions[rows, slots] = where[b, rows] - n_bos
+    return values, positions
+
+
+def _same_entries(windows_a: np.ndarray, positions_a: np.ndarray, windows_b: np.ndarray,
+                  positions_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: whether two ``[F, k]`` top-k tables hold the same (window, position) set, and the same order."""
+    same_order = (windows_a == windows_b).all(axis=1) & (positions_a == positions_b).all(axis=1)
+    same_set = np.array([
+        same_order[r] or set(zip(windows_a[r].tolist(), positions_a[r].tolist()))
+        == set(zip(windows_b[r].tolist(), positions_b[r].tolist()))
+        for r in range(len(windows_a))
+    ], dtype=bool)
+    return same_set, same_order
 
 
 # --- what the card needs ------------------------------------------------------------------------------

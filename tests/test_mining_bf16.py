@@ -1,0 +1,153 @@
+"""bfloat16 mining with a float32 re-score of the kept windows (issue 25), on the toy world.
+
+A bfloat16 pass rounds the activations, so a feature's top-k windows can come in another order, or
+with another window at the k-th place, than a float32 pass's. Re-scoring the pass's candidates (2k per
+feature) with the model and SAE in float32 must give the float32 pass's top-k exactly: the same
+windows, peak positions, order and values.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mechinterp.cards import mining
+from mechinterp.cards.corpus import TextFileCorpus
+from mechinterp.cards.mining import MiningOptions, mine
+from mechinterp.core.errors import UserError
+from mechinterp.core.toyworld import demo_corpus
+
+K = 5
+
+
+@pytest.fixture(scope="module")
+def corpus_file(tmp_path_factory):
+    """~6,000 tokens of the demo corpus, one sentence group per document: many windows per feature."""
+    sentences = demo_corpus(600, seed=11)
+    docs = [" ".join(sentences[i : i + 3]) for i in range(0, len(sentences), 3)]
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text("\n".join(docs) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def half(loaded_toy):
+    """The toy model and SAE cast to bfloat16 (as ``--dtype bfloat16`` loads them)."""
+    model = copy.deepcopy(loaded_toy.model).to(torch.bfloat16)
+    sae = copy.deepcopy(loaded_toy.sae.sae).to(torch.bfloat16)
+    return dataclasses.replace(loaded_toy, model=model, sae=dataclasses.replace(loaded_toy.sae, sae=sae),
+                               dtype="bfloat16")
+
+
+def planted(world) -> list[int]:
+    p = world.planted
+    return sorted({*p.concept.values(), *p.always_on, *p.position.values(), p.length, *p.punctuation.values(),
+                   *p.stray.values(), p.calm_a, p.calm_b, p.topic, p.opener} - {-1})
+
+
+def differs(a, b) -> np.ndarray:
+    """bool ``[F]``: the two results' top-k differ in a window, a peak position, the order or a value."""
+    same = ((a.top_windows == b.top_windows) & (a.top_positions == b.top_positions)
+            & (a.top_values == b.top_values)).all(axis=1)
+    return ~same
+
+
+@pytest.fixture(scope="module")
+def float32_pass(loaded_toy, corpus_file):
+    return mine(loaded_toy, TextFileCorpus(corpus_file), MiningOptions(all_features=True, k=K, window=32))
+
+
+def test_rescore_with_every_window_gives_the_float32_top_k_exactly(loaded_toy, half, world, corpus_file, float32_pass):
+    """Candidates enough for every window: the re-score alone decides, and it is bit-exact.
+
+    Exact equality (no tolerance): the re-score encodes each window in other batches than the pass
+    did, and on this CPU a window's float32 activations do not depend on its batch; a BLAS whose
+    results depend on the batch shape would break this test, not the re-score's purpose.
+    """
+    options = MiningOptions(all_features=True, k=K, window=32, candidates=float32_pass.n_windows)
+    result = mine(half, TextFileCorpus(corpus_file), options, rescore_with=loaded_toy)
+    rows = [result.row(f) for f in planted(world)]
+    for name in ("top_windows", "top_positions", "top_values"):
+        np.testing.assert_array_equal(getattr(result, name)[rows], getattr(float32_pass, name)[rows], err_msg=name)
+    rescore = result.rescore
+    assert rescore is not None and rescore.windows_encoded == float32_pass.n_windows
+    # Without the re-score the bfloat16 pass differs on most planted features: their activations form
+    # plateaus (the same value on hundreds of windows, to 1e-6) that bfloat16 rounds into exact ties.
+    before = dataclasses.replace(result, top_windows=rescore.before_windows, top_positions=rescore.before_positions,
+                                 top_values=rescore.before_values)
+    assert differs(before, float32_pass)[rows].sum() >= len(rows) // 2
+    # Every feature left different fired in float32 in a window where bfloat16 did not; each is flagged.
+    assert set(np.flatnonzero(differs(result, float32_pass))) <= set(rescore.uncertain_features.tolist())
+
+
+@pytest.mark.parametrize("factor", [1, 2, 4])
+def test_rescore_of_a_few_candidates_is_exact_or_flagged(loaded_toy, half, world, corpus_file, float32_pass, factor):
+    """With ``factor * k`` candidates (bounded memory), a feature's re-scored top-k is the float32
+    pass's exactly unless the re-score flags it as uncertain; more candidates leave fewer different."""
+    plain = mine(half, TextFileCorpus(corpus_file), MiningOptions(all_features=True, k=K, window=32))
+    options = MiningOptions(all_features=True, k=K, window=32, candidates=factor * K)
+    result = mine(half, TextFileCorpus(corpus_file), options, rescore_with=loaded_toy)
+    rescore = result.rescore
+    assert rescore is not None and rescore.candidates == factor * K and rescore.dtype == "torch.bfloat16"
+    # The pass's own top-k (before the re-score) is the plain bfloat16 pass's.
+    np.testing.assert_array_equal(rescore.before_windows, plain.top_windows)
+    np.testing.assert_array_equal(rescore.before_values, plain.top_values)
+    wrong_before, wrong_after = differs(plain, float32_pass), differs(result, float32_pass)
+    flagged = set(rescore.uncertain_features.tolist())
+    assert set(result.features[wrong_after].tolist()) <= flagged
+    assert wrong_after.sum() < wrong_before.sum()
+    assert rescore.features_changed + rescore.order_changed > 0
+    record = rescore.to_dict()
+    assert record["done"] and record["uncertain"] == len(flagged) and "before_windows" not in record
+    assert "re-scored in float32" in repr(result)
+
+
+def test_candidates_option_and_checkpoint_key(loaded_toy, corpus_file):
+    with pytest.raises(UserError, match="candidates must be at least k"):
+        MiningOptions(features=(1,), k=5, candidates=4)
+    corpus = TextFileCorpus(corpus_file)
+    plain = MiningOptions(features=(1,), k=5)
+    assert plain.slots == 5 and MiningOptions(features=(1,), k=5, candidates=5).slots == 5
+    # A plain pass keeps its key (and so its saved passes); more candidates are another pass.
+    assert "candidates" not in mining.checkpoint_key(loaded_toy, corpus, plain, 32)
+    more = mining.checkpoint_key(loaded_toy, corpus, MiningOptions(features=(1,), k=5, candidates=10), 32)
+    assert more["candidates"] == 10
+
+
+@pytest.mark.slow  # ~30 s: it builds GPT-2 small's full-size random model twice
+def test_mining_benchmark_compares_dtypes(tmp_path):
+    """bench_mining.py with --dtype float32 bfloat16 at toy sizes: a row per dtype, the CPU's bf16
+    instructions in the header, and the top-k comparison before and after the re-score."""
+    import json
+    import subprocess
+    import sys
+
+    bench = Path(__file__).resolve().parent.parent / "bench" / "bench_mining.py"
+    cmd = [sys.executable, str(bench), "--sizes", "400", "--d-sae", "256", "--hook-layer", "0", "--checkpoint-every",
+           "0", "--dtype", "bfloat16", "float32", "--out", str(tmp_path), "--quiet"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr
+    results = json.loads((tmp_path / "bench_mining_float32_bfloat16.json").read_text())
+    assert [r["dtype"] for r in results["runs"]] == ["float32", "bfloat16"]
+    assert results["runs"][0]["rescore"] is None and results["runs"][1]["rescore"]["done"]
+    (comparison,) = results["comparisons"]
+    assert comparison["candidates"] == 20 and comparison["without_rescore"]["features"] == 256
+    after = comparison["with_rescore"]
+    assert after["set_differs"] + after["order_differs"] <= sum(comparison["without_rescore"].values()) - 256
+    assert "CPU bfloat16 instructions" in done.stdout and "| bfloat16 | 400 |" in done.stdout
+
+
+def test_topk_differences_counts_sets_and_orders():
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    from bench_mining import topk_differences
+
+    a = {"windows": np.array([[1, 2], [1, 2], [1, 2], [1, 2]]), "positions": np.array([[0, 0], [0, 0], [0, 0], [0, 5]])}
+    b = {"windows": np.array([[1, 2], [2, 1], [1, 3], [1, 2]]), "positions": np.array([[0, 0], [0, 0], [0, 0], [0, 0]])}
+    assert topk_differences(a, b) == {"features": 4, "set_differs": 2, "order_differs": 1}
