@@ -85,7 +85,8 @@ def test_rescore_with_every_window_gives_the_float32_top_k_exactly(loaded_toy, h
     assert set(np.flatnonzero(differs(result, float32_pass))) <= set(rescore.uncertain_features.tolist())
 
 
-@pytest.mark.parametrize("factor", [1, 2, 4])
+# 2k runs by default; 1k and 4k (the same check at other sizes) with the real-size cases (-m slow).
+@pytest.mark.parametrize("factor", [pytest.param(1, marks=pytest.mark.slow), 2, pytest.param(4, marks=pytest.mark.slow)])
 def test_rescore_of_a_few_candidates_is_exact_or_flagged(loaded_toy, half, world, corpus_file, float32_pass, factor):
     """With ``factor * k`` candidates (bounded memory), a feature's re-scored top-k is the float32
     pass's exactly unless the re-score flags it as uncertain; more candidates leave fewer different."""

@@ -140,6 +140,20 @@ def family_figure(card: FamilyCard, title: str = "") -> Figure:
 # --- the corpus histogram ------------------------------------------------------------------------------
 
 
+def log_activation_axis(ax: Axes, lows: np.ndarray, highs: np.ndarray) -> None:
+    """A log x axis over histogram bins ``lows``-``highs`` of activations, at least one decade wide, so that a
+    feature firing in one or two bins still shows a readable axis, with plain numbers (0.5, 1, 2) rather
+    than 2.5x10^0."""
+    ax.set_xscale("log")
+    lo, hi = float(lows.min()), float(highs.max())
+    if hi / lo < 10:
+        middle = float(np.sqrt(lo * hi))
+        lo, hi = middle / 10 ** 0.5, middle * 10 ** 0.5
+    ax.set_xlim(lo / 1.1, hi * 1.1)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(_minor_label))
+
+
 def _minor_label(x: float, _pos: int) -> str:
     """Minor log-axis ticks: only 2 and 5 of each decade are labelled."""
     if x <= 0:
@@ -174,16 +188,7 @@ def corpus_figure(feature: int, c: CorpusEvidence, title: str) -> Figure:
         if first:
             ax.bar(lows[0], counts[0], width=highs[0] - lows[0], align="edge", color="#9ecae1", hatch="//",
                    edgecolor="white", linewidth=0.4, label=f"all activations below {highs[0]:.3g} ({int(counts[0]):,})")
-        ax.set_xscale("log")
-        # At least one decade, so that a feature firing in one or two bins still shows a readable axis,
-        # with plain numbers (0.5, 1, 2) rather than 2.5x10^0.
-        lo, hi = float(lows.min()), float(highs.max())
-        if hi / lo < 10:
-            middle = float(np.sqrt(lo * hi))
-            lo, hi = middle / 10 ** 0.5, middle * 10 ** 0.5
-        ax.set_xlim(lo / 1.1, hi * 1.1)
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
-        ax.xaxis.set_minor_formatter(FuncFormatter(_minor_label))
+        log_activation_axis(ax, lows, highs)
         _reference_lines(ax, c)
         ax.set_ylim(0, float(counts.max()) * 1.1)
         ax.legend(fontsize=8.5, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
 
-from mechinterp.cards.figures import _minor_label as minor_label
+from mechinterp.cards.figures import log_activation_axis
 from mechinterp.cards.label_score import FINE_PER_DECADE, LabelScore
 from mechinterp.core.figures import NotebookFigure
 from mechinterp.core.io import OutputFolder
@@ -108,15 +107,7 @@ def label_figure(scores: Sequence[LabelScore], name: str, title: str) -> Figure:
                label=f"other tokens ({int(oth.sum()):,})")
         ax.bar(lows, cov, bottom=oth, width=widths, align="edge", color="#d95f02", edgecolor="white", linewidth=0.4,
                label=f"tokens the label covers ({int(cov.sum()):,})")
-        ax.set_xscale("log")
-        # At least one decade, so a unit firing in one or two bins still shows a readable axis (as MI5 corpus).
-        lo, hi = float(lows.min()), float(highs.max())
-        if hi / lo < 10:
-            middle = float(np.sqrt(lo * hi))
-            lo, hi = middle / 10 ** 0.5, middle * 10 ** 0.5
-        ax.set_xlim(lo / 1.1, hi * 1.1)
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
-        ax.xaxis.set_minor_formatter(FuncFormatter(minor_label))
+        log_activation_axis(ax, lows, highs)  # as MI5_<id>_corpus.png
         ax.set_ylabel("tokens where it fires")
         ax.set_xlabel("activation (log scale; tokens where it is 0 not drawn; BOS and padding excluded)", fontsize=9)
         # Below the axis: a legend inside would cover the tallest bars.
