@@ -12,7 +12,10 @@ the SAE's training context, memory flat in the corpus size, resumable): each car
 feature's density over the corpus, its top corpus windows, windows at lower activation levels and the
 histogram of its activations there. ``--max-tokens`` (default 100,000) bounds the pass; its state is
 kept in the project cache (``.cache/mining/``), so the same command again says "already mined" and
-reuses it, and an interrupted pass continues where it stopped (``--fresh`` starts over).
+reuses it, and an interrupted pass continues where it stopped (``--fresh`` starts over). With
+``--dtype bfloat16`` the pass runs in bfloat16 and keeps ``--candidates-factor`` times the top windows
+per feature; a float32 copy of the model and SAE re-scores them, so the cards' top windows are float32's,
+and the run says how many features' top windows may still differ from a float32 pass (flagged on their cards).
 
 Writes to --out (default Images/): ``MI5_<id>.png`` (activation histogram + logit effects) with
 ``MI5_<id>.csv`` and ``MI5_<id>_hist.csv`` (the numbers behind it), ``feature_<id>.html`` (a
@@ -60,6 +63,7 @@ Run:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -105,11 +109,11 @@ from mechinterp.core.features import (
     name_of,
 )
 from mechinterp.core.io import OutputFolder
-from mechinterp.core.loading import Loaded
+from mechinterp.core.loading import DEFAULT_DTYPE, Loaded
 from mechinterp.core.progress import Log
 from mechinterp.core.prompts import PromptOptions, collect_texts
 from mechinterp.core.records import RunRecord
-from mechinterp.core.source import demo_threads, load, resolve_source
+from mechinterp.core.source import Source, demo_threads, load, resolve_source
 from mechinterp.core.tables import format_table, print_wrapped, wrapped
 
 # Chapter 3's wording of the shared flags.
@@ -143,6 +147,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_options(parser, CorpusOptions, only=("corpus", "dataset"), into=corpus.add_mutually_exclusive_group())
     add_options(parser, CorpusOptions, only=("dataset_split", "text_column", "dataset_config", "max_tokens",
                                              "all_features", "fresh"), into=corpus)
+    # Not in args unless given, like --baseline: a float32 run records the same flags as before it existed.
+    add_options(parser, CorpusOptions, only=("candidates_factor",), into=corpus,
+                defaults={"candidates_factor": argparse.SUPPRESS})
     add_options(parser, LabelOptions, LABEL_GROUP)
     add_options(parser, CardOptions, "what to show", only=("top_prompts", "n_tokens", "color"))
     add_common_args(parser)
@@ -153,6 +160,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     log = make_logger(args)
     show = options_from(args, CardOptions, baseline=getattr(args, "baseline", None))
     mining = options_from(args, CorpusOptions)
+    mining.check_dtype(source_options(args).dtype)
     corpus = mining.open()
     labeling = options_from(args, LabelOptions)
     check_label_options(labeling, corpus is not None, args.from_results)
@@ -167,18 +175,20 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         with demo_threads(loaded.is_demo):
             choice = features_for_cards(options_from(args, FeatureSelection), options_from(args, FamilySelection),
                                         mining.all_features, args.demo, loaded)
-            mined, options = None, None
+            mined, options, exact = None, None, None
             if corpus is not None and (choice.features or mining.all_features):  # a family's card has no corpus part
-                options = mining_options(mining, show, choice.features)
+                options = mining_options(mining, show, choice.features, loaded.dtype)
+                with record.timed("load"):
+                    exact = float32_copy(source, loaded, log)
                 with record.timed("mine"):
-                    mined = mine_corpus(loaded, corpus, options, source.cache_identity(), args.quiet, log)
+                    mined = mine_corpus(loaded, corpus, options, source.cache_identity(), args.quiet, log, exact)
             scope = report.corpus_scope(mined, options.max_tokens) if mined is not None else ""
             with record.timed("encode"):  # once, for the features and every family's members
                 fa = prompt_activations(loaded, texts, sources, [*choice.features, *choice.members],
                                         show.batch_size, log)
             cards = feature_cards(loaded, choice.features, texts, sources, show, corpus=mined, corpus_scope=scope,
                                   origins={f: choice.origin(f) or choice.how for f in choice.features},
-                                  log=log, record=record, activations=fa)
+                                  log=log, record=record, activations=fa, windows_with=exact)
             families = family_cards(loaded, choice.families, texts, sources, show, activations=fa,
                                     origins={f: choice.origin(f) or choice.how for f in choice.families})
             notes = [choice.note] + (["family cards show the prompts only, not the corpus"]
@@ -248,12 +258,15 @@ def features_for_cards(selection: FeatureSelection, families: FamilySelection, a
                            selection.include_nonsignificant, loaded.provenance, families=families.family)
 
 
-def mining_options(mining: CorpusOptions, show: CardOptions, features: list[int]) -> MiningOptions:
-    """The pass's options: the features on cards (or every feature), checkpoints in the project cache."""
+def mining_options(mining: CorpusOptions, show: CardOptions, features: list[int], dtype: str) -> MiningOptions:
+    """The pass's options: the features on cards (or every feature), checkpoints in the project cache; in
+    reduced precision (``dtype``), candidate windows for the float32 re-score."""
+    k = max(show.top_prompts, DEFAULT_K)
     return MiningOptions(
         features=tuple(sorted(set(features))), all_features=mining.all_features,
         # At least the library's 10, so that --top-prompts 5 and the default share one saved pass.
-        k=max(show.top_prompts, DEFAULT_K),
+        k=k,
+        candidates=None if dtype == DEFAULT_DTYPE else k * mining.rescore_factor,
         max_tokens=mining.token_limit,
         batch_size=show.batch_size or DEFAULT_BATCH_SIZE,
         checkpoint_dir=constants.mining_cache_dir(),
@@ -261,15 +274,33 @@ def mining_options(mining: CorpusOptions, show: CardOptions, features: list[int]
     )
 
 
+def float32_copy(source: Source, loaded: Loaded, log: Log) -> Loaded | None:
+    """The same model and SAE in float32, to re-score a reduced-precision pass's top windows; None when
+    ``loaded`` is float32 already.
+
+    Loaded like ``loaded`` (the SAE's model kwargs, the weights processed in float32): the bfloat16
+    copy is these weights rounded, so the re-score sees the model a float32 run would.
+    """
+    if loaded.dtype == DEFAULT_DTYPE:
+        return None
+    log(f"loading a float32 copy of the model and SAE, to re-score the top corpus windows of the {loaded.dtype} "
+        "pass exactly ...")
+    return load(dataclasses.replace(source, dtype=DEFAULT_DTYPE), log=log)
+
+
 def mine_corpus(loaded: Loaded, corpus: Corpus, options: MiningOptions, identity: dict[str, str], quiet: bool,
-                log: Log) -> MiningResult:
-    """Run (or reuse, or continue) the pass, with progress and a closing line; refuse a corpus without text."""
+                log: Log, exact: Loaded | None = None) -> MiningResult:
+    """Run (or reuse, or continue) the pass, with progress and a closing line; refuse a corpus without text.
+
+    ``exact``: the float32 copy that re-scores a reduced-precision pass's candidate windows (every time:
+    a saved pass holds the candidates, not the re-score).
+    """
     _, why = resolve_window(loaded, options.window)
     log(report.mining_started_line(corpus.describe(), options, why))
     progress = report.MiningProgress(quiet, log)
     start = time.perf_counter()
     try:
-        result = mine(loaded, corpus, options, identity, progress, log)
+        result = mine(loaded, corpus, options, identity, progress, log, rescore_with=exact)
     finally:
         progress.close()
     if not result.reused:
@@ -285,6 +316,8 @@ def run_lines(loaded: Loaded, texts_line: str, mined: MiningResult | None, scope
     lines = ["", loaded.title, wrapped(texts_line)]
     if mined is not None:
         lines.append(wrapped(report.corpus_line(mined, scope)))
+        if mined.rescore is not None:
+            lines.append(wrapped(report.rescore_line(mined)))
     if note:
         lines.append(wrapped(f"Note: {note}."))
     return lines

@@ -379,6 +379,11 @@ class CorpusEvidence:
             ``label`` says which level and its value.
         hist_edges: ``[n + 1]`` the fixed log-spaced bins of the pass, trimmed to where it fires.
         hist_counts: ``[n]`` corpus tokens per bin; ``window_hist_counts``: windows per bin of their peak.
+        rescored_from: the dtype the pass computed in (e.g. "bfloat16") when its top windows were re-scored
+            in float32 (``mine(..., rescore_with=...)``): the top windows and every example's activations
+            are then float32's, the density, histogram and levels the pass's. None for a float32 pass.
+        uncertain: re-scored, but flagged by the re-score: a window the pass ranked below its candidates
+            might belong among the top windows, so they may differ from a float32 pass's.
     """
 
     corpus: str
@@ -397,6 +402,8 @@ class CorpusEvidence:
     hist_edges: np.ndarray
     hist_counts: np.ndarray
     window_hist_counts: np.ndarray
+    rescored_from: str | None = None
+    uncertain: bool = False
 
     @property
     def density(self) -> float:
@@ -430,11 +437,13 @@ class CorpusEvidence:
                           "bin_high": [float(x) for x in self.hist_edges[1:]],
                           "tokens": [int(c) for c in self.hist_counts],
                           "windows_by_peak": [int(c) for c in self.window_hist_counts]},
-        }
+        } | ({"rescored_in_float32_from": self.rescored_from, "top_windows_may_differ_from_float32": self.uncertain}
+             if self.rescored_from is not None else {})
 
 
 def corpus_evidence(
     loaded: Loaded, result: MiningResult, feature: int, n_examples: int = 10, scope: str = "", batch_size: int = 16,
+    windows_with: Loaded | None = None,
 ) -> CorpusEvidence:
     """The corpus part of ``feature``'s card, from a mining pass.
 
@@ -443,6 +452,11 @@ def corpus_evidence(
     at each of :data:`LEVELS` of the per-window maxima where the feature fires: of the windows the pass
     drew at random among those, the one nearest to the level (none when every window where it fires
     is already a top one).
+
+    Args:
+        windows_with: the model and SAE that encode the windows shown (default ``loaded``): the float32
+            copy that re-scored a reduced-precision pass, so that the tokens' activations are as exact
+            as the re-scored peaks.
     """
     top = result.examples(feature)[:n_examples]
     fired_windows = result.windows_fired(feature)
@@ -458,7 +472,7 @@ def corpus_evidence(
             candidates.remove(best)
             picks.append((best, f"{name} of the per-window maxima where it fires (~{target:.3g}); drawn at random"))
     mined = top + [s for s, _ in picks]
-    acts = window_activations(loaded, [m.window for m in mined], [feature], batch_size)
+    acts = window_activations(windows_with or loaded, [m.window for m in mined], [feature], batch_size)
     tok = loaded.model.tokenizer
     n_bos = 1 if loaded.sae.prepend_bos else 0  # window_activations puts BOS in front when the SAE uses it
 
@@ -480,7 +494,17 @@ def corpus_evidence(
         typical_max=result.window_max_quantile(feature, 0.5), examples=examples, levels=levels,
         level_examples=level_examples,
         hist_edges=edges, hist_counts=counts, window_hist_counts=window_counts,
+        **_rescore_flags(result, feature),
     )
+
+
+def _rescore_flags(result: MiningResult, feature: int) -> dict:
+    """What a float32 re-score of the pass says about ``feature`` (CorpusEvidence's fields; none without one)."""
+    rescore = result.rescore
+    if rescore is None:
+        return {}
+    return {"rescored_from": rescore.dtype.removeprefix("torch."),
+            "uncertain": bool(np.isin(feature, rescore.uncertain_features))}
 
 
 # --- every card of a run ------------------------------------------------------------------------------
@@ -499,6 +523,7 @@ def feature_cards(
     log: Log = silent,
     record: RunRecord | None = None,
     activations: FeatureActivations | None = None,
+    windows_with: Loaded | None = None,
 ) -> list[FeatureCard]:
     """The cards of ``features``: what Chapter 3 computes, from prompts and optionally a mined corpus.
 
@@ -520,6 +545,8 @@ def feature_cards(
         activations: the texts' activations already collected for (at least) ``features``, e.g. with
             the members of the families carded beside them (:func:`prompt_activations`); default: the
             texts are encoded here.
+        windows_with: the float32 model and SAE that re-scored ``corpus`` (a reduced-precision pass):
+            the corpus windows shown are encoded with it (see :func:`corpus_evidence`).
 
     Raises:
         UserError: the baseline is not one of ``sources``, or a feature was not mined in ``corpus``.
@@ -538,7 +565,7 @@ def feature_cards(
                               (origins or {}).get(feature, ""), options.baseline)
             if corpus is not None:
                 card.corpus = corpus_evidence(loaded, corpus, feature, options.top_prompts, corpus_scope,
-                                              options.batch_size or DEFAULT_BATCH_SIZE)
+                                              options.batch_size or DEFAULT_BATCH_SIZE, windows_with)
             cards.append(card)
     return cards
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from mechinterp.core.errors import EnvironmentProblem, UserError
 from mechinterp.core.loading import Loaded, go_offline_if_hub_unreachable
-from mechinterp.core.options import option
+from mechinterp.core.options import option, positive_int
 
 UTF8_BOM = b"\xef\xbb\xbf"
 # Corpus tokens mined unless --max-tokens says otherwise: GPT-2 small encodes ~1,000 tokens/s on a
@@ -41,6 +41,11 @@ DEFAULT_MAX_TOKENS = 100_000
 # --max-tokens all: the whole corpus (argparse's own None means "not given": the default applies).
 ALL_TOKENS = 0
 DEFAULT_SPLIT, DEFAULT_TEXT_COLUMN = "train", "text"
+# A bfloat16 (or float16) pass keeps this many times a card's top windows per feature as candidates for
+# the float32 re-score: rounding can push a true top window just below the last place. On the demo world
+# (k = 5) 2x leaves 50 of 512 features' top windows different from float32's, against 120 at 1x and 17
+# at 4x (bench/README.md, "bfloat16, and the float32 re-score of the top windows").
+DEFAULT_CANDIDATES_FACTOR = 2
 
 
 # --- corpora --------------------------------------------------------------------------------------------
@@ -374,7 +379,7 @@ def token_count(text: str) -> int:
 
 # Flags that only mean something for a Hugging Face dataset, and every flag that needs a corpus.
 DATASET_FLAGS = ("dataset_split", "text_column", "dataset_config")
-MINING_FLAGS = ("all_features", "fresh", "max_tokens", *DATASET_FLAGS)
+MINING_FLAGS = ("all_features", "fresh", "max_tokens", "candidates_factor", *DATASET_FLAGS)
 
 
 @dataclass
@@ -405,6 +410,12 @@ class CorpusOptions:
         False, "track every feature of the SAE in the pass and write corpus_features.csv (each feature's density "
         "and top example) and corpus_histograms.csv; cards are still made for the features chosen above, if any")
     fresh: bool = option(False, "ignore the saved pass (in the project cache, .cache/mining/) and mine again")
+    candidates_factor: int | None = option(
+        None, "with --dtype bfloat16 or float16: the pass keeps N times a card's top windows (--top-prompts, at "
+        "least 10) per feature as candidates, which a float32 copy of the model and SAE encodes again to pick "
+        "and show the top windows with float32 activations; a larger N finds more of float32's top windows "
+        "(fewer flagged), at N times the re-score's cost "
+        f"(default: {DEFAULT_CANDIDATES_FACTOR})", type=positive_int, metavar="N")
 
     def __post_init__(self) -> None:
         if self.corpus is not None and self.dataset is not None:
@@ -419,6 +430,17 @@ class CorpusOptions:
         dataset_only = [name for name in DATASET_FLAGS if getattr(self, name)]
         if self.corpus is not None and dataset_only:
             raise UserError(f"{_flag(dataset_only[0])} applies to --dataset, not to --corpus FILE")
+
+    @property
+    def rescore_factor(self) -> int:
+        """Candidate windows per top window kept by a reduced-precision pass for the float32 re-score."""
+        return self.candidates_factor or DEFAULT_CANDIDATES_FACTOR
+
+    def check_dtype(self, dtype: str) -> None:
+        """Refuse ``--candidates-factor`` with a float32 pass: its top windows are float32's already."""
+        if self.candidates_factor is not None and dtype == "float32":
+            raise UserError("--candidates-factor applies to a pass in --dtype bfloat16 or float16 (its top windows "
+                            "are re-scored in float32); a float32 pass's top windows are exact already")
 
     @property
     def token_limit(self) -> int | None:

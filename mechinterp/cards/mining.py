@@ -35,6 +35,7 @@ every window.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import math
@@ -311,6 +312,15 @@ class MiningResult:
     def densities(self) -> np.ndarray:
         """float64 ``[F]`` the fraction of corpus tokens where each feature fires."""
         return self.fired_counts / max(self.n_tokens, 1)
+
+    def subset(self, rows: torch.Tensor | np.ndarray) -> MiningResult:
+        """The same pass with only these rows (features), in this order; itself when it is every row."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if np.array_equal(rows, np.arange(len(self.features))):
+            return self
+        arrays = ("features", "top_values", "top_windows", "top_positions", "hist_counts", "window_hist_counts",
+                  "sample_windows", "sample_positions", "sample_values")
+        return dataclasses.replace(self, **{name: getattr(self, name)[rows] for name in arrays}, _rows={})
 
     def fired(self, feature: int) -> int:
         return int(self.hist_counts[self.row(feature)].sum())
@@ -735,7 +745,8 @@ def mine(
         rescore_with: the same model and SAE loaded in float32, when ``loaded`` computes in a reduced
             precision: the ``options.slots`` top windows per feature are encoded again with it and the
             top ``k`` re-ranked by their float32 peaks (see :class:`Rescore`). Not saved in the
-            checkpoint: a read-back pass is re-scored again.
+            checkpoint: a read-back pass is re-scored again. A re-scored result holds only the
+            features asked for, also when a saved pass over more features answers.
 
     Returns:
         The :class:`MiningResult`. Memory stays bounded: the state is ``F x (2k + 2 bins + 2 samples)``
@@ -757,9 +768,21 @@ def mine(
     result = _result(start, features if start.features is None else start.features, edges, window, n_bos, corpus,
                      options.k)
     if rescore_with is not None:
-        _rescore(result, start.state, rescore_with, str(loaded.sae.sae.W_enc.dtype), n_bos, bos_id,
-                 options.batch_size)
+        rows = _asked_rows(result, options)
+        # A saved pass over more features answers with the rows asked for only: every row of a re-scored
+        # result is then float32's, and the re-score encodes no window for features nobody asked about.
+        result = result.subset(rows)
+        on = rows.to(start.state.values.device)
+        _rescore(result, start.state.values[on], start.state.windows[on], rescore_with,
+                 str(loaded.sae.sae.W_enc.dtype), n_bos, bos_id, options.batch_size)
     return result
+
+
+def _asked_rows(result: MiningResult, options: MiningOptions) -> torch.Tensor:
+    """The rows of ``result`` that hold the features ``options`` asks for (every row for every feature)."""
+    if options.all_features:
+        return torch.arange(len(result.features))
+    return torch.tensor([result.row(f) for f in options.features], dtype=torch.long)
 
 
 def _window_and_bos(loaded: Loaded, options: MiningOptions) -> tuple[int, int, int | None]:
@@ -895,16 +918,19 @@ def _run(loaded: Loaded, corpus: Corpus, options: MiningOptions, state: PassStat
 
 
 @torch.inference_mode()
-def _rescore(result: MiningResult, state: PassState, reference: Loaded, dtype: str, n_bos: int,
-             bos_id: int | None, batch_size: int) -> None:
+def _rescore(result: MiningResult, values: torch.Tensor, windows: torch.Tensor, reference: Loaded, dtype: str,
+             n_bos: int, bos_id: int | None, batch_size: int) -> None:
     """Re-rank each feature's candidate windows by their float32 peaks; sets ``result``'s top-k and
     ``result.rescore``.
+
+    Args:
+        values, windows: ``[F, c]`` the pass's candidates for ``result``'s rows (its state's top table).
 
     Only the candidates are encoded again (each distinct window once, whichever features keep it), so
     the cost is that of a float32 pass over at most ``F x candidates`` windows, not over the corpus.
     """
-    cand_windows = state.windows.to(reference.device)  # [F, c], -1 = empty
-    old_values = state.values.to(reference.device)
+    cand_windows = windows.to(reference.device)  # [F, c], -1 = empty
+    old_values = values.to(reference.device)
     values, positions = _float32_peaks(result, cand_windows, reference, n_bos, bos_id, batch_size)
     k = result.k
     empty = torch.zeros((len(cand_windows), 0), device=values.device)

@@ -38,6 +38,8 @@ def format_corpus_text(c: CorpusEvidence, color: bool) -> list[str]:
         f"In the corpus ({c.corpus}{scope}; windows of {c.window} tokens): fires on {_corpus_density(c)}; "
         f"max {c.max_activation:.3f}, typical max ~{c.typical_max:.3g} (median of the per-window maxima where it "
         "fires)", 100, subsequent_indent="    ", break_on_hyphens=False)]
+    if c.rescored_from is not None:
+        lines.append(textwrap.fill(rescore_note(c), 100, subsequent_indent="    ", break_on_hyphens=False))
     if not c.examples:
         lines.append("It never fires in the corpus (BOS excluded): no corpus examples.")
         return lines
@@ -49,6 +51,17 @@ def format_corpus_text(c: CorpusEvidence, color: bool) -> list[str]:
         lines.append("Lower activation levels (windows drawn at random where it fires, nearest to each level):")
         lines += _example_lines(c.level_examples, scale, color, lambda ex: f"{_rank(ex)} [{ex.where}] {ex.label}:")
     return lines
+
+
+def rescore_note(c: CorpusEvidence) -> str:
+    """What a float32 re-score of a reduced-precision pass means for this card's corpus windows."""
+    if c.uncertain:
+        return (f"Note: its top corpus windows may differ from a float32 pass's. The pass ran in {c.rescored_from}, "
+                f"which rounds near-equal peaks into ties; its candidate windows were re-scored in float32, but a "
+                "window it ranked below them could still belong here (flagged by the re-score; a larger "
+                "--candidates-factor, or --dtype float32, would tell).")
+    return (f"Mined in {c.rescored_from}; the top windows were re-scored in float32, so they and their "
+            f"activations are float32's; the density, histogram and levels are the {c.rescored_from} pass's.")
 
 
 def _example_lines(examples: Sequence[Example], scale: float, color: bool, head: Callable[[Example], str]) -> list[str]:
@@ -187,6 +200,9 @@ def brief_card_text(card: FeatureCard, color: bool) -> str:
         lines += _example_lines(card.examples[:BRIEF_EXAMPLES], scale, color, lambda ex: f"{ex.rank:>2}. [{ex.source}]")
     if card.corpus is not None and card.corpus.examples:
         c = card.corpus
+        if c.uncertain:  # the summary keeps the warning, not the full note
+            lines.append(textwrap.fill(f"Note: its top corpus windows may differ from a float32 pass's (mined in "
+                                       f"{c.rescored_from}; see the full report)", 100, subsequent_indent="    "))
         lines.append(f"Top {min(BRIEF_EXAMPLES, len(c.examples))} corpus windows:")
         lines += _example_lines(c.examples[:BRIEF_EXAMPLES], c.examples[0].max_act, color,
                                 lambda ex: f"{_rank(ex)} [{ex.where}]")
@@ -342,6 +358,8 @@ def _corpus_html(c: CorpusEvidence, feature: int, figure_png: bytes | None) -> s
         f"<tr><td>Typical max</td><td>~{c.typical_max:.3g} (median of the per-window maxima where it fires)</td></tr>",
         "</table>",
     ]
+    if c.rescored_from is not None:  # the flagged note in the demo's yellow box: it qualifies what follows
+        parts.append(f'<p class="{"demo" if c.uncertain else "sub"}">{esc(rescore_note(c))}</p>')
     if c.examples:
         scale = c.examples[0].max_act
         parts.append(f"<h3>Top {len(c.examples)} corpus windows</h3>")

@@ -329,7 +329,26 @@ def mining_record(mined: MiningResult, options: MiningOptions) -> dict:
         "k": options.k, "samples": options.samples,
         "hist_edges": [float(x) for x in mined.hist_edges], "checkpoint": str(mined.checkpoint),
         "already_mined": mined.reused, "resumed_at_tokens": mined.resumed_at, "complete": mined.complete,
-    }
+    } | (_rescore_record(mined) if mined.rescore is not None else {})
+
+
+def _rescore_record(mined: MiningResult) -> dict:
+    """A reduced-precision pass's float32 re-score, for the run record (a float32 pass has none: its record
+    keeps the keys it always had)."""
+    rescore = mined.rescore
+    return {"dtype": rescore.dtype.removeprefix("torch."), "features_rescored": len(mined.features),
+            "rescore": rescore.to_dict() | {"uncertain_features": [int(f) for f in rescore.uncertain_features]}}
+
+
+def rescore_line(mined: MiningResult) -> str:
+    """The run's sentence about a reduced-precision pass's float32 re-score ("" without one)."""
+    rescore = mined.rescore
+    if rescore is None:
+        return ""
+    n = len(mined.features)
+    return (f"Mined in {rescore.dtype.removeprefix('torch.')}; top-k windows re-scored in float32: "
+            f"{rescore.uncertain:,} of {n:,} {'feature' if n == 1 else 'features'} may still differ from float32 "
+            "(flagged).")
 
 
 # --- the pass's progress --------------------------------------------------------------------------------
