@@ -39,7 +39,8 @@ from mechinterp.meaning.contrast import MeaningOptions, contrast_groups
 
 BF16_REL_TOL = 0.05  # documented in docs/performance.md
 FLOOR = 0.1  # relative errors are judged on maxima >= 10% of the largest activation
-MAX_SIGNIFICANCE_CHANGES = 2  # per group, of ~10 significant features (1 per group on the demo world)
+MAX_SIGNIFICANCE_CHANGES = 2  # per group, or a fifth of its float32 findings where that is more
+MARGIN_Q = 0.01  # a feature whose significance changes has q above this in both dtypes: it was marginal
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +104,12 @@ def chapter2_analysis(aggregates: PromptAggregates, labels, groups):
     return {g: feature for g, feature in rank1.items() if feature in significant[g]}, significant
 
 
+def q_values(aggregates: PromptAggregates, labels, groups) -> dict[str, dict[int, float]]:
+    """Each group's q-value per tested feature, with chapter2_analysis' settings."""
+    result = contrast_groups(aggregates, labels, groups, "baseline", MeaningOptions(holdout=0.5))
+    return {g: dict(zip(f.contrast.tested.tolist(), f.contrast.q_value.tolist())) for g, f in result.findings.items()}
+
+
 def test_bf16_finds_the_same_features_on_the_demo_world(world, both, demo_texts):
     _, labels, groups = demo_texts
     rank1, significant = chapter2_analysis(both["float32"], labels, groups)
@@ -115,11 +122,16 @@ def test_bf16_finds_the_same_features_on_the_demo_world(world, both, demo_texts)
     assert set(world.planted.split["calm"]) <= significant["calm"] & significant_bf16["calm"]
     assert not significant["control"] and not significant_bf16["control"]
     # Significance may change only for features whose group difference is about bfloat16's resolution
-    # (0.4%): e.g. a position feature at 1.203 in the baseline and 1.204 in a group. A handful, not the
-    # findings: docs/performance.md.
+    # (0.4%), e.g. a position feature at 1.203 in the baseline and 1.204 in a group, or whose q-value
+    # sits near 0.05 (on this CPU: angry's #165 at q 0.046 in float32, 0.053 in bfloat16). A handful,
+    # each marginal in both dtypes, never the findings: docs/performance.md.
+    q32, q16 = q_values(both["float32"], labels, groups), q_values(both["bfloat16"], labels, groups)
     for g in groups[1:]:
-        assert len(significant[g] ^ significant_bf16[g]) <= MAX_SIGNIFICANCE_CHANGES, g
+        changed = significant[g] ^ significant_bf16[g]
+        assert len(changed) <= max(MAX_SIGNIFICANCE_CHANGES, len(significant[g]) // 5), (g, changed)
         assert len(significant[g] & significant_bf16[g]) >= 0.8 * len(significant[g]), g
+        for feature in changed:
+            assert min(q32[g].get(feature, 1.0), q16[g].get(feature, 1.0)) > MARGIN_Q, (g, feature)
 
 
 def test_chapter2_script_in_bf16_ranks_the_float32_features_first(world, both, demo_texts, tmp_path):

@@ -110,6 +110,36 @@ def test_bf16_fast_path_is_as_close_to_float32_as_transformer_lens_bf16(fused_ca
     assert float(err_fast.max()) <= 1.5 * float(err_reference.max())
 
 
+@pytest.mark.parametrize("normalization", ["LN", "LNPre"])
+@torch.inference_mode()
+def test_bf16_layer_norm_normalises_in_float32_without_a_round_trip(normalization, monkeypatch):
+    """In bfloat16 the fused LayerNorm takes the bfloat16 input as it is (no float32 copy and back) and
+    still equals TransformerLens' float32 normalisation rounded once: at most one unit in the last place,
+    on a handful of elements. Rows include GPT-2's BOS-like residual (norm ~3,000)."""
+    from transformer_lens.components import LayerNorm, LayerNormPre
+
+    reference, fast = pair(normalization_type=normalization)
+    for model in (reference, fast):
+        model.to(torch.bfloat16, print_details=False)
+    norm_ref, norm_fast = reference.blocks[1].ln2, fast.blocks[1].ln2
+    assert isinstance(norm_ref, (LayerNorm, LayerNormPre)) and type(norm_fast) is not type(norm_ref)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 33, 48, generator=g) + torch.randn(48, generator=g)
+    x[:, 0] *= 3000.0 / x[:, 0].norm(dim=-1, keepdim=True)
+    x = x.to(torch.bfloat16)
+    casts = []
+    original_to = torch.Tensor.to
+    monkeypatch.setattr(torch.Tensor, "to", lambda self, *a, **k: (casts.append(a), original_to(self, *a, **k))[1])
+    got = norm_fast(x)
+    monkeypatch.setattr(torch.Tensor, "to", original_to)
+    assert casts == [] and got.dtype == torch.bfloat16
+    want = norm_ref(x)
+    differ = got != want
+    assert int(differ.sum()) <= x.numel() // 1000
+    ulp = torch.finfo(torch.bfloat16).eps * want.float().abs().clamp_min(2**-14)
+    assert bool(((got.float() - want.float()).abs() <= ulp)[differ].all())
+
+
 @torch.inference_mode()
 def test_stop_at_layer_and_project_loader(loaded_toy, fused_calls):
     """The project's loader installs the fast path, and the encoding path (stop_at_layer) agrees."""
@@ -268,6 +298,14 @@ def test_linked_weights_follow_every_edit(fused_calls):
     torch.testing.assert_close(fast(tokens), reference(tokens), **TOL)
 
 
+def fused_reference(sae, x: torch.Tensor) -> torch.Tensor:
+    """The SAE's encode in float64 from its (rounded) weights and its own rounded input: what a
+    bfloat16 encode would give without rounding the product or the biased sum."""
+    with torch.inference_mode():
+        sae_in = sae.process_sae_in(x).double()
+        return (sae_in @ sae.W_enc.double() + sae.b_enc.double()).relu()
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
 @pytest.mark.parametrize("normalize", ["none", "constant_norm_rescale"])
 def test_fused_sae_encode_equals_saelens(dtype, normalize):
@@ -290,7 +328,14 @@ def test_fused_sae_encode_equals_saelens(dtype, normalize):
     if dtype == torch.float32:
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
     else:  # SAELens rounds the product and then the biased sum to bfloat16, the fused path once
+        assert not torch.equal(got, expected)  # the fused path is taken in bfloat16 too
         torch.testing.assert_close(got.float(), expected.float(), atol=2**-7, rtol=2**-7)
+        # ... and is at least as close to the exact encode of the same bfloat16 numbers, on average and
+        # in which features fire.
+        exact = fused_reference(sae, x)
+        err_fused, err_saelens = (got.double() - exact).abs(), (expected.double() - exact).abs()
+        assert float(err_fused.mean()) <= float(err_saelens.mean())
+        assert int(((got > 0) != (exact > 0)).sum()) <= int(((expected > 0) != (exact > 0)).sum())
     # A hook on the pre-activations takes SAELens' own encode, and sees them.
     seen = []
     with torch.inference_mode(), sae.hooks(fwd_hooks=[("hook_sae_acts_pre", lambda t, hook: seen.append(t.shape))]):
