@@ -21,6 +21,7 @@ import torch
 from mechinterp.cards import mining, report, store
 from mechinterp.cards.corpus import CorpusPosition, HFDatasetCorpus, TextFileCorpus, iter_windows
 from mechinterp.cards.mining import MiningOptions, merge_topk, mine, window_activations
+from mechinterp.core.encoding import sae_encode
 from mechinterp.core.errors import EnvironmentProblem, UserError
 from mechinterp.core.prompts import read_prompt_file
 from mechinterp.core.toyworld import demo_corpus
@@ -66,7 +67,10 @@ def reference(loaded, path, text_len, max_tokens=None, bos=True):
         for _, _, chunk in windows:
             first = [tok.bos_token_id] if bos else []
             _, cache = loaded.model.run_with_cache(torch.tensor([[*first, *chunk]]), names_filter=hook)
-            acts.append(loaded.sae.sae.encode(cache[hook])[0, len(first):].float().numpy())
+            # The project's encode (tests/test_fast_attention.py: SAELens' to float rounding in float32, and
+            # one rounding apart in bfloat16, where it adds the bias inside the matmul): the activations as
+            # the pass computes them, one window at a time and without its batching.
+            acts.append(sae_encode(loaded.sae.sae, cache[hook])[0, len(first):].float().numpy())
     return windows, acts
 
 

@@ -198,8 +198,9 @@ class Rescore:
         features_changed: features whose top-k (window, peak position) set changed through it.
         order_changed: features whose set stayed but whose order changed.
         uncertain: features whose float32 k-th value is within the observed rounding error of the last
-            candidate's reduced-precision value: a window outside the candidates might belong in their
-            top-k (more ``candidates`` would tell).
+            candidate's reduced-precision value (of zero, where fewer candidates fired than were kept:
+            then the error is also taken from any feature's candidates at that level): a window outside
+            the candidates might belong in their top-k (more ``candidates`` would tell).
         max_abs_change: the largest |float32 - reduced-precision| peak among the re-scored candidates.
         before_windows, before_positions, before_values: ``[F, k]`` the pass's own top-k, before the
             re-score (for comparisons; not part of :meth:`to_dict`).
@@ -498,13 +499,9 @@ def window_priority(window_ids: np.ndarray | Sequence[int]) -> np.ndarray:
     return ((z >> np.uint64(40)).astype(np.float32) + np.float32(1.0)) / np.float32(2**24)
 
 
-@torch.inference_mode()
-def _batch_activations(
-    loaded: Loaded, windows: Sequence[MinedWindow], n_bos: int, bos_id: int | None, cols: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Feature activations ``[B, T, F]`` of a batch of windows as float32 (zero wherever not counted),
-    and ``valid [B, T]``: True at the windows' text tokens, False at BOS, padding and any BOS-token
-    position."""
+def _window_tokens(windows: Sequence[MinedWindow], n_bos: int, bos_id: int | None) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """A batch of windows as right-padded tokens ``[B, T]`` (BOS first when the SAE was trained with
+    it), ``valid [B, T]`` (the text tokens that are not BOS) and each row's length."""
     lengths = [n_bos + len(w.tokens) for w in windows]
     longest = max(lengths)
     tokens = torch.zeros((len(windows), longest), dtype=torch.long)
@@ -516,6 +513,32 @@ def _batch_activations(
         valid[r, n_bos : lengths[r]] = True
     if bos_id is not None:
         valid &= tokens != bos_id
+    return tokens, valid, lengths
+
+
+@torch.inference_mode()
+def _pre_activations(loaded: Loaded, windows: Sequence[MinedWindow], n_bos: int, bos_id: int | None,
+                     cols: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The SAE's pre-activations (``hook_sae_acts_pre``, before its ReLU or threshold) ``[B, T, F]`` in
+    float32, and ``valid [B, T]``: the re-score compares them across dtypes, negative values included."""
+    tokens, valid, _ = _window_tokens(windows, n_bos, bos_id)
+    sae, seen = loaded.sae.sae, []
+    resid = hook_activations(loaded, tokens.to(loaded.device))
+    with sae.hooks(fwd_hooks=[("hook_sae_acts_pre", lambda t, hook: seen.append(t))]):
+        sae_encode(sae, resid)  # a hook on the pre-activations: SAELens' own encode, which shows them
+    pre = seen[0] if cols is None else seen[0].index_select(2, cols)
+    return pre.float(), valid.to(pre.device)
+
+
+@torch.inference_mode()
+def _batch_activations(
+    loaded: Loaded, windows: Sequence[MinedWindow], n_bos: int, bos_id: int | None, cols: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Feature activations ``[B, T, F]`` of a batch of windows as float32 (zero wherever not counted),
+    and ``valid [B, T]``: True at the windows' text tokens, False at BOS, padding and any BOS-token
+    position."""
+    tokens, valid, lengths = _window_tokens(windows, n_bos, bos_id)
+    longest = tokens.shape[1]
     acts = sae_encode(loaded.sae.sae, hook_activations(loaded, tokens.to(loaded.device)))
     if cols is not None:
         acts = acts.index_select(2, cols)
@@ -773,7 +796,7 @@ def mine(
         # result is then float32's, and the re-score encodes no window for features nobody asked about.
         result = result.subset(rows)
         on = rows.to(start.state.values.device)
-        _rescore(result, start.state.values[on], start.state.windows[on], rescore_with,
+        _rescore(result, start.state.values[on], start.state.windows[on], (rescore_with, loaded),
                  str(loaded.sae.sae.W_enc.dtype), n_bos, bos_id, options.batch_size)
     return result
 
@@ -918,20 +941,22 @@ def _run(loaded: Loaded, corpus: Corpus, options: MiningOptions, state: PassStat
 
 
 @torch.inference_mode()
-def _rescore(result: MiningResult, values: torch.Tensor, windows: torch.Tensor, reference: Loaded, dtype: str,
-             n_bos: int, bos_id: int | None, batch_size: int) -> None:
+def _rescore(result: MiningResult, values: torch.Tensor, windows: torch.Tensor, models: tuple[Loaded, Loaded],
+             dtype: str, n_bos: int, bos_id: int | None, batch_size: int) -> None:
     """Re-rank each feature's candidate windows by their float32 peaks; sets ``result``'s top-k and
     ``result.rescore``.
 
     Args:
         values, windows: ``[F, c]`` the pass's candidates for ``result``'s rows (its state's top table).
+        models: (the float32 reference, the reduced-precision model and SAE of the pass).
 
     Only the candidates are encoded again (each distinct window once, whichever features keep it), so
     the cost is that of a float32 pass over at most ``F x candidates`` windows, not over the corpus.
     """
+    reference = models[0]
     cand_windows = windows.to(reference.device)  # [F, c], -1 = empty
     old_values = values.to(reference.device)
-    values, positions = _float32_peaks(result, cand_windows, reference, n_bos, bos_id, batch_size)
+    values, positions, missed = _float32_peaks(result, cand_windows, models, n_bos, bos_id, batch_size)
     k = result.k
     empty = torch.zeros((len(cand_windows), 0), device=values.device)
     top_v, top_w, top_p = _merge([empty, empty.long(), empty.long()], [values, cand_windows, positions], k)
@@ -941,16 +966,22 @@ def _rescore(result: MiningResult, values: torch.Tensor, windows: torch.Tensor, 
     same_set, same_order = _same_entries(before[0], before[1], result.top_windows, result.top_positions)
     fired = cand_windows >= 0
     change = (values - old_values.clamp(min=0)).abs().masked_fill(~fired, 0)  # values <= 0: did not fire in float32
-    per_feature = change.max(dim=1).values
+    full = fired[:, -1]
+    kth = top_v[:, k - 1].clamp(min=0)
+    # A window outside a full candidate list fired in reduced precision, below the last candidate: its
+    # float32 peak can move about as much as the candidates' peaks did. A window outside a list that is
+    # not full did not fire at all and left no trace: its float32 peak is a rounding error near zero,
+    # which this feature's peaks (mostly far from zero) need not show (on the demo world a feature's
+    # largest peak error, 0.0018, missed a window that fired at 0.0027 in float32 only). Its
+    # pre-activations on every token of its candidate windows, fired or not, show that error directly.
+    own = change.max(dim=1).values
+    per_feature = torch.where(full, own, torch.maximum(own, missed))
     # A feature with no candidate (it never fired in reduced precision) has no error of its own to
     # show; it may still fire weakly in float32, so it gets the largest error seen on any feature.
     per_feature = torch.where(fired.any(dim=1), per_feature, change.max())
-    # A window outside the candidates had a reduced-precision peak at most the last candidate's (0 when
-    # fewer were kept: it did not fire); if its float32 peak moved as much as the candidates' did, could
-    # it reach the float32 k-th value (0 when fewer than k fired: any positive peak would enter)?
-    full = fired[:, -1]
+    # Could such a window's float32 peak reach the float32 k-th value (0 when fewer than k fired: any
+    # positive peak would enter)?
     bound = torch.where(full, old_values[:, -1].clamp(min=0), 0.0) + per_feature
-    kth = top_v[:, k - 1].clamp(min=0)
     uncertain = (kth < bound) | (full & (kth <= bound))
     result.rescore = Rescore(
         dtype=dtype, candidates=int(cand_windows.shape[1]),
@@ -962,10 +993,14 @@ def _rescore(result: MiningResult, values: torch.Tensor, windows: torch.Tensor, 
     )
 
 
-def _float32_peaks(result: MiningResult, cand_windows: torch.Tensor, reference: Loaded, n_bos: int,
-                   bos_id: int | None, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _float32_peaks(result: MiningResult, cand_windows: torch.Tensor, models: tuple[Loaded, Loaded], n_bos: int,
+                   bos_id: int | None, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Each candidate's float32 peak and its first position: ``[F, c]`` float32 (-inf where empty or not
-    firing) and int64, encoded with ``reference`` in batches of distinct windows."""
+    firing) and int64, encoded with the float32 reference in batches of distinct windows; and per feature
+    ``[F]``, the largest difference between its float32 and reduced-precision pre-activations on any
+    text token of its candidate windows: how far a window that never fired in the pass (pre-activation
+    at most 0 there) might reach in float32."""
+    reference, reduced = models
     ids = torch.unique(cand_windows[cand_windows >= 0])  # sorted
     index = torch.searchsorted(ids, cand_windows.clamp(min=0))  # [F, c] into ids (garbage where empty)
     values = torch.full(cand_windows.shape, -math.inf, device=cand_windows.device)
@@ -974,6 +1009,7 @@ def _float32_peaks(result: MiningResult, cand_windows: torch.Tensor, reference: 
     every = len(features) == reference.sae.d_sae and bool((features == torch.arange(len(features),
                                                                                    device=features.device)).all())
     cols = None if every else features
+    missed = torch.zeros(cand_windows.shape, device=cand_windows.device)
     for lo in range(0, len(ids), batch_size):
         hi = min(lo + batch_size, len(ids))
         batch = [result.windows[int(i)] for i in ids[lo:hi].tolist()]
@@ -983,7 +1019,11 @@ def _float32_peaks(result: MiningResult, cand_windows: torch.Tensor, reference: 
         b = index[rows, slots] - lo
         values[rows, slots] = peak[b, rows]
         positions[rows, slots] = where[b, rows] - n_bos
-    return values, positions
+        exact, valid = _pre_activations(reference, batch, n_bos, bos_id, cols)
+        rounded, _ = _pre_activations(reduced, batch, n_bos, bos_id, cols)
+        error = (exact - rounded.to(exact.device)).abs().masked_fill(~valid[..., None], 0).amax(dim=1)  # [B, F]
+        missed[rows, slots] = error[b, rows]
+    return values, positions, missed.max(dim=1).values
 
 
 def _same_entries(windows_a: np.ndarray, positions_a: np.ndarray, windows_b: np.ndarray,
