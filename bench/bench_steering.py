@@ -406,7 +406,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     log = (lambda _: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     worlds = args.worlds or (["faithful"] if args.quick else ["faithful", "gpt2-small"])
     dtypes = list(dict.fromkeys(args.dtype))  # each once, in the order given
@@ -415,9 +415,10 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if "bfloat16" in dtypes and not cpu_bf16_instructions():
         log("note: this CPU has no bf16 instructions: PyTorch emulates bfloat16, many times slower than float32")
-    results: dict[str, Any] = {"machine": machine(), "dtype": ", ".join(dtypes), "dtypes": dtypes,
-                               "repeats": repeats, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                               "load_average": [load_average()[0]], "timings": []}
+    results: dict[str, Any] = {"argv": list(sys.argv[1:] if argv is None else argv), "machine": machine(),
+                               "dtype": ", ".join(dtypes), "dtypes": dtypes, "repeats": repeats,
+                               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "load_average": [load_average()[0]],
+                               "timings": []}
     with tempfile.TemporaryDirectory(prefix="bench_steering_") as home:
         for by_dtype in workloads_by_dtype(args, worlds, dtypes, Path(home)):
             timings = time_workloads(by_dtype, repeats, log)
@@ -448,7 +449,7 @@ def workloads_by_dtype(args: argparse.Namespace, worlds: Sequence[str], dtypes: 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    return run_cli(run, args)
+    return run_cli(lambda a: run(a, argv), args)
 
 
 if __name__ == "__main__":

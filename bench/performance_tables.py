@@ -114,7 +114,8 @@ def run_words(data: dict[str, Any], path: Path, threads: Any) -> str:
     when = (started[:16].replace("T", " ") if started
             else time.strftime("%Y-%m-%d %H:%M", time.localtime(path.stat().st_mtime)) + " (file)")
     load = data.get("load_average") or [data["load_average_start"][0], data["load_average_end"][0]]
-    return f"{when}; {data['machine']['cpu']}; {threads} threads; load {load[0]:.2f} -> {load[-1]:.2f}"
+    plural = "" if threads == 1 else "s"
+    return f"{when}; {data['machine']['cpu']}; {threads} thread{plural}; load {load[0]:.2f} -> {load[-1]:.2f}"
 
 
 def number(x: float) -> str:
@@ -186,6 +187,8 @@ def steering_rows(data: dict[str, Any], path: Path, bench: Bench) -> list[Row]:
             row.speed = speed_words(seconds["float32"] / seconds["bfloat16"])
         else:
             row.note = f"{'float32' if 'bfloat16' in seconds else 'bfloat16'} not run: `{bench.command}`; "
+        first = next(iter(entries.values()))
+        row.note += f"{first['positions']:,} text positions, {first['interventions']} interventions; "
         same = all(t["identical"] for t in entries.values())
         row.note += "(a) = (b) bit for bit in each dtype" if same else "(a) and (b) DIFFER"
         rows.append(row)

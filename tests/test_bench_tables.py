@@ -107,19 +107,19 @@ def test_numbers_ratios_and_emulated_wording(tables, tmp_path):
     [enc] = _cells(rows, "encoding")
     assert enc[1:6] == ["tokens/s", "400", "8.00", "0.02x (50x slower)", "none: emulated"]
     assert "first 6" in enc[7] and "(400 tokens/s)" in enc[7]  # float32 on bfloat16's own prompts
-    assert enc[6] == "2026-12-03 18:47; AMD EPYC; 1 threads; load 3.38 -> 4.50"
+    assert enc[6] == "2026-12-03 18:47; AMD EPYC; 1 thread; load 3.38 -> 4.50"
 
     [mine] = _cells(rows, "corpus mining")  # the final row of each pass, not its milestone
     assert mine[2:5] == ["200", "4.00", "0.02x (50x slower)"]
     assert "500 tokens" in mine[7] and "re-score took 1.5 s" in mine[7]
-    assert mine[6] == "2026-12-03 19:01; AMD EPYC; 1 threads; load 0.98 -> 1.26"
+    assert mine[6] == "2026-12-03 19:01; AMD EPYC; 1 thread; load 0.98 -> 1.26"
 
     steer = _cells(rows, "Chapter 4")
     assert [c[0].split(": ", 1)[1] for c in steer] == ["ablation", "steering"]
     assert steer[0][2:5] == ["0.500", "2.000", "0.25x (4x slower)"]
     assert steer[1][2:5] == ["0.300", "0.120", "2.5x"]  # faster than float32: no slow-down words
-    assert steer[0][6] == "2026-12-03 18:51; AMD EPYC; 1 threads; load 5.78 -> 6.10"
-    assert "bit for bit" in steer[0][7]
+    assert steer[0][6] == "2026-12-03 18:51; AMD EPYC; 1 thread; load 5.78 -> 6.10"
+    assert steer[0][7] == "889 text positions, 21 interventions; (a) = (b) bit for bit in each dtype"
 
     text = tables.markdown(rows, read, quick=True)
     assert text.count("\n| ") == 1 + 4  # header and 4 rows, each on its own line
@@ -253,6 +253,7 @@ def test_steering_run_times_both_dtypes_interleaved_and_feeds_the_table(tmp_path
     assert order == ["float32", "float32", "bfloat16", "bfloat16"] * 2  # every repeat runs every dtype
     data = json.loads((out / "bench_steering_quick.json").read_text())
     assert [t["dtype"] for t in data["timings"]] == ["float32", "bfloat16"] and data["dtypes"] == ["float32", "bfloat16"]
+    assert data["argv"] == argv and data["started"] <= data["finished"]
     assert all(t["identical"] for t in data["timings"])
     f32, bf16 = (t["seconds_per_intervention"]["project"] for t in data["timings"])
     assert data["timings"][1]["speed_vs_float32"]["project"] == pytest.approx(f32 / bf16)
