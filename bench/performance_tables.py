@@ -145,7 +145,16 @@ def encoding_rows(data: dict[str, Any], path: Path, bench: Bench) -> list[Row]:
     if bf16["prompts"] != f32["prompts"]:
         row.note += (f"; bfloat16 on the first {bf16['prompts']}, its speed against float32 on those "
                      f"({number(same['tokens_per_second'])} tokens/s)")
+    busy = data.get("other_processes_cpu_share") or {}
+    row.note += others_words(busy.get("pipeline"), busy.get("reduced")) + "; interleaved"
     return [row]
+
+
+def others_words(float32: float | None, bfloat16: float | None) -> str:
+    """The share of the cores other programs used while each dtype was timed (0%: alone)."""
+    if float32 is None or bfloat16 is None:
+        return ""
+    return f"; other programs used {float32:.0%} (float32) and {bfloat16:.0%} (bfloat16) of the cores"
 
 
 def mining_rows(data: dict[str, Any], path: Path, bench: Bench) -> list[Row]:
@@ -169,6 +178,9 @@ def mining_rows(data: dict[str, Any], path: Path, bench: Bench) -> list[Row]:
         row.note += f" (bfloat16: {bf16['tokens']:,})"
     if bf16.get("rescore"):
         row.note += f"; bfloat16's pass alone (its float32 re-score took {bf16['rescore']['seconds']:.1f} s more)"
+    # bench_mining runs the dtypes one after the other, each in its own process: load can differ between them
+    row.note += others_words(f32.get("other_processes_cpu_share"), bf16.get("other_processes_cpu_share"))
+    row.note += "; one dtype after the other"
     return [row]
 
 

@@ -51,6 +51,7 @@ def encoding_json(flags: list[str] | None = None, reduced: bool = True) -> dict[
         "config": {"quick": True, "prompts": 12, "device": "cpu", "dtype": "bfloat16", "batch_size": 16},
         "speed": {"pipeline": {**_run(1.2, 12, 480), "all_runs_seconds": [1.1, 1.2, 1.3]}},
         "load_average_end": [4.5, 3.0, 2.5], "finished": "2026-12-03T19:00:00+0000",
+        "other_processes_cpu_share": {"pipeline": 0.25, "reduced": 0.5, "naive": 0.1},
     }
     if reduced:
         data["reduced"] = {"dtype": "bfloat16", "emulated": not flags,
@@ -68,7 +69,8 @@ def mining_json(dtypes: tuple[str, ...] = ("float32", "bfloat16")) -> dict[str, 
                      "peak_rss_mb": 1400.0, "one_pass": True})
         runs.append({"dtype": d, "tokens": 500, "windows": 4, "seconds": 500 / speed[d], "tokens_per_second": speed[d],
                      "rescore": {"seconds": 1.5, "windows": 4} if d == "bfloat16" else None,
-                     "peak_rss_mb": 1479.0, "requested_tokens": 500, "one_pass": True})
+                     "peak_rss_mb": 1479.0, "requested_tokens": 500, "one_pass": True,
+                     "other_processes_cpu_share": {"float32": 0.89, "bfloat16": 0.81}[d]})
     return {"argv": ["--quick"], "started": "2026-12-03T19:01:00+0000", "load_average_start": [0.98, 1.0, 1.0],
             "machine": _machine([]), "config": {"sizes": [250, 500], "threads": 1, "dtypes": list(dtypes)},
             "corpus": {"documents": 1}, "runs": runs, "comparisons": [],
@@ -107,11 +109,13 @@ def test_numbers_ratios_and_emulated_wording(tables, tmp_path):
     [enc] = _cells(rows, "encoding")
     assert enc[1:6] == ["tokens/s", "400", "8.00", "0.02x (50x slower)", "none: emulated"]
     assert "first 6" in enc[7] and "(400 tokens/s)" in enc[7]  # float32 on bfloat16's own prompts
+    assert "other programs used 25% (float32) and 50% (bfloat16) of the cores" in enc[7]
     assert enc[6] == "2026-12-03 18:47; AMD EPYC; 1 thread; load 3.38 -> 4.50"
 
     [mine] = _cells(rows, "corpus mining")  # the final row of each pass, not its milestone
     assert mine[2:5] == ["200", "4.00", "0.02x (50x slower)"]
     assert "500 tokens" in mine[7] and "re-score took 1.5 s" in mine[7]
+    assert "89% (float32) and 81% (bfloat16)" in mine[7] and mine[7].endswith("one dtype after the other")
     assert mine[6] == "2026-12-03 19:01; AMD EPYC; 1 thread; load 0.98 -> 1.26"
 
     steer = _cells(rows, "Chapter 4")
