@@ -108,7 +108,7 @@ def test_numbers_ratios_and_emulated_wording(tables, tmp_path):
 
     [enc] = _cells(rows, "encoding")
     assert enc[1:6] == ["tokens/s", "400", "8.00", "0.02x (50x slower)", "none: emulated"]
-    assert "first 6" in enc[7] and "(400 tokens/s)" in enc[7]  # float32 on bfloat16's own prompts
+    assert "float32 on bfloat16's 6 prompts, timed right after it (400 tokens/s)" in enc[7]
     assert "other programs used 25% (float32) and 50% (bfloat16) of the cores" in enc[7]
     assert enc[6] == "2026-12-03 18:47; AMD EPYC; 1 thread; load 3.38 -> 4.50"
 
@@ -128,6 +128,14 @@ def test_numbers_ratios_and_emulated_wording(tables, tmp_path):
     text = tables.markdown(rows, read, quick=True)
     assert text.count("\n| ") == 1 + 4  # header and 4 rows, each on its own line
     assert "`bench_mining_quick_float32_bfloat16.json`" in text
+
+
+def test_encoding_ratio_is_explained_only_when_float32_was_timed_apart(tables, tmp_path):
+    data = encoding_json()
+    data["reduced"]["float32_same_prompts"] = {k: data["speed"]["pipeline"][k] for k in data["reduced"]["float32_same_prompts"]}
+    _write(tmp_path, "bench_encoding.json", data)
+    [enc] = _cells(tables.rows_for(tmp_path, quick=False)[0], "encoding")
+    assert "timed right after" not in enc[7] and enc[7].endswith("; interleaved")
 
 
 def test_native_flags_and_unknown_are_named(tables, tmp_path):
