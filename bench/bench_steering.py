@@ -26,8 +26,13 @@ Run from the repository root:
     python bench/bench_steering.py                      # both worlds, float32 (10-15 minutes on 2 busy cores)
     python bench/bench_steering.py --quick              # the faithful world only, 2 repeats: a smoke run
     python bench/bench_steering.py --dtype bfloat16     # the project's loader casts model and SAE
+    python bench/bench_steering.py --dtype float32 bfloat16   # both, interleaved, with bfloat16's speed ratio
 
-Prints a markdown table and writes ``bench/results/bench_steering[_quick].json`` and ``.md``.
+Several dtypes are timed in one run on the same worlds and interventions, interleaved (a slow spell of the
+machine hits every dtype alike); (a) and (b) must agree bit for bit within each dtype.
+
+Prints a markdown table and writes ``bench/results/bench_steering[_quick].json`` and ``.md`` (whatever
+the dtypes; ``bench/performance_tables.py`` reads them).
 """
 
 from __future__ import annotations
@@ -163,9 +168,11 @@ class Workload:
 
 
 def ablation_workload(name: str, loaded: Loaded, batches: list[Batch], feature: int, n_controls: int,
-                      targets: list[int]) -> Workload:
-    """The feature and ``n_controls`` firing-rate-matched controls ablated, as ``run_ablation`` does."""
-    controls = matched_controls(firing_rates(loaded, batches), feature, n_controls, seed=0).features
+                      targets: list[int], controls: Sequence[int] | None = None) -> Workload:
+    """The feature and ``n_controls`` firing-rate-matched controls ablated, as ``run_ablation`` does
+    (``controls``: given, so that every dtype ablates the same features; bfloat16 shifts firing rates)."""
+    if controls is None:
+        controls = matched_controls(firing_rates(loaded, batches), feature, n_controls, seed=0).features
     located: dict[str, Target] = {"feature": feature} | {f"control {c}": c for c in controls}
     hooks = {key: ablation_hook(loaded, f, 1) for key, f in located.items()}
     return Workload(name, loaded, batches, hooks, targets, located)
@@ -178,44 +185,62 @@ def steering_workload(name: str, loaded: Loaded, batches: list[Batch], feature: 
     return Workload(name, loaded, batches, hooks, targets, {})
 
 
-def faithful_workloads(dtype: str, home: Path) -> list[Workload]:
-    """The default Chapter 4 run's ablation and steering on the GPT-2-faithful world (built in ``home``)."""
+def reference_dtype(dtypes: Sequence[str]) -> str:
+    """The dtype whose run picks the features and scales, so that every dtype does the same interventions."""
+    return "float32" if "float32" in dtypes else dtypes[0]
+
+
+def faithful_workloads(dtypes: Sequence[str], home: Path) -> dict[str, list[Workload]]:
+    """The default Chapter 4 run's ablation and steering on the GPT-2-faithful world (built once in
+    ``home``), loaded once per dtype through the project's loader, so every dtype has the same weights;
+    the controls and the typical activation come from the reference dtype's run."""
     from mechinterp.core.features import typical_max_activation
     from mechinterp.core.prompts import load_prompt_sets
     from mechinterp.core.source import SourceOptions, load, resolve_source
     from tests import gpt2_world as gw
 
     world = gw.build_gpt2_world(home / "hf_home")
-    with gw.hub_cache(world.hf_home):
-        loaded = load(resolve_source(SourceOptions(dtype=dtype)))
     options = intervene.FeatureTestOptions(target=(FAITHFUL_FEATURE_TARGET,))
-    prompts = GroupBatches.of(loaded, load_prompt_sets(ROOT / "prompts", baseline="baseline"), options)
+    sets = load_prompt_sets(ROOT / "prompts", baseline="baseline")
+    groups = {}
+    for dtype in dtypes:
+        with gw.hub_cache(world.hf_home):
+            loaded = load(resolve_source(SourceOptions(dtype=dtype)))
+        groups[dtype] = (loaded, GroupBatches.of(loaded, sets, options))
     happy = world.planted.happy
-    targets = intervene.resolve_target_tokens(loaded, options.target)
-    typical, _ = typical_max_activation(prompts.activations([happy]), happy)
-    return [
+    ref_loaded, ref = groups[reference_dtype(dtypes)]
+    controls = matched_controls(firing_rates(ref_loaded, ref.batches("happy")), happy, 20, seed=0).features
+    typical, _ = typical_max_activation(ref.activations([happy]), happy)
+    targets = intervene.resolve_target_tokens(ref_loaded, options.target)
+    return {dtype: [
         ablation_workload("faithful: ablation (feature + 20 controls, happy.txt)", loaded, prompts.batches("happy"),
-                          happy, 20, targets),
+                          happy, 20, targets, controls),
         steering_workload("faithful: steering curve (7 coefficients, baseline.txt)", loaded,
                           prompts.batches("baseline"), happy, typical, options.coeffs, targets),
-    ]
+    ] for dtype, (loaded, prompts) in groups.items()}
 
 
-def gpt2_small_workloads(dtype: str, n_prompts: int, n_controls: int, seed: int) -> list[Workload]:
-    """Random weights of GPT-2 small's shape; the most often firing feature ablated beside ``n_controls``
-    controls, and steered over three coefficients."""
-    world = world_in_dtype(build_world(ModelShape(), 24_576, 8, seed, GPT2_SAE_L0), dtype)
-    prompts = random_prompts(n_prompts, 8, 28, world.shape.d_vocab, world.bos, seed)
-    batches = make_batches(world.loaded, Tokenized(prompts, n_skip=1), 16)
-    rates = firing_rates(world.loaded, batches)
-    feature = int(np.argmin(np.abs(rates - 0.04)))  # fires about as often as the planted happy feature
-    targets = [int(t) for t in np.random.default_rng(seed).choice(world.shape.d_vocab - 1, 3, replace=False)]
-    return [
-        ablation_workload(f"gpt2-small shape: ablation (feature + {n_controls} controls)", world.loaded, batches,
-                          feature, n_controls, targets),
-        steering_workload("gpt2-small shape: steering (3 coefficients)", world.loaded, batches, feature, 1.0,
+def gpt2_small_workloads(dtypes: Sequence[str], n_prompts: int, n_controls: int,
+                         seed: int) -> dict[str, list[Workload]]:
+    """Random weights of GPT-2 small's shape (built once in float32, then cast per dtype as the project's
+    loader casts them) on seeded random prompts; the feature that fires about as often as the faithful
+    world's happy feature ablated beside ``n_controls`` controls, and steered over three coefficients.
+    The features are picked in the reference dtype, so every dtype does the same interventions."""
+    base = build_world(ModelShape(), 24_576, 8, seed, GPT2_SAE_L0)
+    worlds = {dtype: world_in_dtype(base, dtype) for dtype in dtypes}
+    prompts = random_prompts(n_prompts, 8, 28, base.shape.d_vocab, base.bos, seed)
+    batches = {dtype: make_batches(w.loaded, Tokenized(prompts, n_skip=1), 16) for dtype, w in worlds.items()}
+    ref = reference_dtype(dtypes)
+    rates = firing_rates(worlds[ref].loaded, batches[ref])
+    feature = int(np.argmin(np.abs(rates - 0.04)))
+    controls = matched_controls(rates, feature, n_controls, seed=0).features
+    targets = [int(t) for t in np.random.default_rng(seed).choice(base.shape.d_vocab - 1, 3, replace=False)]
+    return {dtype: [
+        ablation_workload(f"gpt2-small shape: ablation (feature + {n_controls} controls)", w.loaded, batches[dtype],
+                          feature, n_controls, targets, controls),
+        steering_workload("gpt2-small shape: steering (3 coefficients)", w.loaded, batches[dtype], feature, 1.0,
                           (0.0, 1.0, DEFAULT_SWEEP[-1]), targets),
-    ]
+    ] for dtype, w in worlds.items()}
 
 
 # --- timing and profiling -------------------------------------------------------------------------------
@@ -232,21 +257,50 @@ def run_method(method: str, w: Workload) -> Effects:
 
 def time_workload(w: Workload, repeats: int, log: Callable[[str], None]) -> dict[str, Any]:
     """Both methods, interleaved (a slow spell of the machine hits both), ``repeats`` times each."""
-    seconds: dict[str, list[float]] = {m: [] for m in METHODS}
-    results = {}
+    return time_workloads({w.loaded.dtype: w}, repeats, log)[0]
+
+
+def time_workloads(by_dtype: dict[str, Workload], repeats: int, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """One workload in each dtype, both methods, ``repeats`` times each: every repeat runs every
+    (dtype, method) once, so a slow spell of the machine hits all of them alike.
+
+    Returns:
+        One timing entry per dtype (in ``by_dtype``'s order), each naming its ``dtype``; ``identical``
+        compares (a) with (b) within that dtype (different dtypes give different numbers).
+    """
+    seconds = {d: {m: [] for m in METHODS} for d in by_dtype}
+    effects: dict[str, dict[str, Effects]] = {d: {} for d in by_dtype}
     for r in range(repeats):
-        for method in METHODS:
-            start = time.perf_counter()
-            results[method] = run_method(method, w)
-            seconds[method].append(time.perf_counter() - start)
-            log(f"{w.name}: {method} run {r + 1}: {seconds[method][-1]:.2f} s")
-    per = {m: statistics.median(s) / len(w.hooks) for m, s in seconds.items()}
-    return {
-        "workload": w.name, "batches": len(w.batches), "positions": w.positions, "interventions": len(w.hooks),
-        "seconds": seconds, "seconds_per_intervention": per,
-        "speedup": per["straightforward"] / per["project"],
-        "identical": results["straightforward"] == results["project"],
-    }
+        for dtype, w in by_dtype.items():
+            for method in METHODS:
+                start = time.perf_counter()
+                effects[dtype][method] = run_method(method, w)
+                seconds[dtype][method].append(time.perf_counter() - start)
+                log(f"{w.name} [{dtype}]: {method} run {r + 1}: {seconds[dtype][method][-1]:.2f} s")
+    timings = []
+    for dtype, w in by_dtype.items():
+        per = {m: statistics.median(s) / len(w.hooks) for m, s in seconds[dtype].items()}
+        timings.append({
+            "workload": w.name, "dtype": dtype, "batches": len(w.batches), "positions": w.positions,
+            "interventions": len(w.hooks), "seconds": seconds[dtype], "seconds_per_intervention": per,
+            "speedup": per["straightforward"] / per["project"],
+            "identical": effects[dtype]["straightforward"] == effects[dtype]["project"],
+        })
+    return add_dtype_ratios(timings)
+
+
+def add_dtype_ratios(timings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Give each non-float32 entry ``speed_vs_float32``: per method, float32's seconds per intervention
+    over this dtype's on the same workload (above 1: faster than float32); None without a float32 entry."""
+    float32 = {t["workload"]: t for t in timings if t.get("dtype", "float32") == "float32"}
+    for t in timings:
+        ref = float32.get(t["workload"])
+        if t.get("dtype", "float32") == "float32" or ref is None:
+            t["speed_vs_float32"] = None
+            continue
+        t["speed_vs_float32"] = {m: ref["seconds_per_intervention"][m] / t["seconds_per_intervention"][m]
+                                 for m in METHODS}
+    return timings
 
 
 def profile_parts() -> list[tuple[str, Callable[[tuple], bool]]]:
@@ -285,27 +339,40 @@ def profile_workload(w: Workload) -> dict[str, list[dict[str, Any]]]:
 
 
 def markdown(results: dict[str, Any]) -> str:
+    """The timings table (a dtype column; with several dtypes, each one's speed against float32's), then
+    a cProfile share table per workload and dtype."""
     m = results["machine"]
     bf16 = ", ".join(m["bf16_instructions"] or []) or "none"
+    dtypes = results.get("dtypes") or [results["dtype"]]
+    ratio = len(dtypes) > 1  # the speed column only means something beside a float32 run
     lines = [
         (f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['versions'].get('torch', '?')} with "
-        f"{m['torch_threads']} threads; bf16 instructions (/proc/cpuinfo): {bf16}; dtype {results['dtype']}; "
+        f"{m['torch_threads']} threads; bf16 instructions (/proc/cpuinfo): {bf16}; dtype {', '.join(dtypes)}; "
         f"load average {results['load_average'][0]} at start, {results['load_average'][1]} at end."),
         "",
-        ("| workload | batches | text positions | interventions | (a) straightforward, s per intervention "
-        "| (b) project, s per intervention | speed-up | same numbers |"),
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        ("| workload | dtype | batches | text positions | interventions | (a) straightforward, s per intervention "
+        "| (b) project, s per intervention | speed-up | same numbers |"
+         + (" (b) speed vs float32 |" if ratio else "")),
+        "|---|---|---:|---:|---:|---:|---:|---:|---|" + ("---:|" if ratio else ""),
     ]
     for t in results["timings"]:
         per = t["seconds_per_intervention"]
-        lines.append(f"| {t['workload']} | {t['batches']} | {t['positions']:,} | {t['interventions']} | "
-                     f"{per['straightforward']:.3f} | {per['project']:.3f} | {t['speedup']:.1f}x | "
-                     f"{'bit for bit' if t['identical'] else 'NO'} |")
+        row = (f"| {t['workload']} | {t.get('dtype', dtypes[0])} | {t['batches']} | {t['positions']:,} | "
+               f"{t['interventions']} | {per['straightforward']:.3f} | {per['project']:.3f} | {t['speedup']:.1f}x | "
+               f"{'bit for bit' if t['identical'] else 'NO'} |")
+        if ratio:
+            speed = t.get("speed_vs_float32")
+            row += f" {speed['project']:.2f}x |" if speed else " 1x |" if t.get("dtype") == "float32" else " - |"
+        lines.append(row)
     lines.append(f"\nMedian of {results['repeats']} interleaved runs; a run scores every intervention on "
                  "every batch, and its seconds are divided by the number of interventions (the clean run "
-                 "of each batch included).")
+                 "of each batch included). 'Same numbers' compares (a) with (b) within a dtype."
+                 + (" '(b) speed vs float32': float32's seconds per intervention over this dtype's (above 1: "
+                    "faster than float32)." if ratio else ""))
     for t in results["timings"]:
-        lines += ["", f"Profile, {t['workload']} (cProfile; nested parts indented):", "",
+        if not t["profile"].get("straightforward"):
+            continue
+        lines += ["", f"Profile, {t['workload']}, {t.get('dtype', dtypes[0])} (cProfile; nested parts indented):", "",
                   "| part | (a) seconds | (a) share | (b) seconds | (b) share |", "|---|---:|---:|---:|---:|"]
         a, b = t["profile"]["straightforward"], t["profile"]["project"]
         for ra, rb in zip(a, b):
@@ -319,9 +386,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="the faithful world only, 2 repeats: a smoke run")
     parser.add_argument("--worlds", nargs="+", choices=["faithful", "gpt2-small"], default=None,
                         help="which worlds to measure (default: both; --quick: faithful)")
-    parser.add_argument("--dtype", choices=[d for d in DTYPES if d != "float16"], default="float32",
-                        help="what the model and the SAE compute in (bfloat16 is emulated, and slow, on CPUs "
-                             "without bf16 instructions)")
+    parser.add_argument("--dtype", nargs="+", choices=[d for d in DTYPES if d != "float16"], default=["float32"],
+                        help="what the model and the SAE compute in; several (float32 bfloat16): each timed on "
+                             "the same workloads, interleaved, with its speed against float32's (bfloat16 is "
+                             "emulated, and slow, on CPUs without bf16 instructions)")
     parser.add_argument("--repeats", type=positive_int, default=None, help="timed runs per method (default 3; "
                         "--quick: 2)")
     parser.add_argument("--gpt2-prompts", type=positive_int, default=32, help="random prompts in the gpt2-small world")
@@ -338,40 +406,50 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     log = (lambda _: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     worlds = args.worlds or (["faithful"] if args.quick else ["faithful", "gpt2-small"])
+    dtypes = list(dict.fromkeys(args.dtype))  # each once, in the order given
     repeats = args.repeats or (2 if args.quick else 3)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.dtype == "bfloat16" and not cpu_bf16_instructions():
+    if "bfloat16" in dtypes and not cpu_bf16_instructions():
         log("note: this CPU has no bf16 instructions: PyTorch emulates bfloat16, many times slower than float32")
-    results: dict[str, Any] = {"machine": machine(), "dtype": args.dtype, "repeats": repeats,
-                               "load_average": [load_average()[0]], "timings": []}
+    results: dict[str, Any] = {"argv": list(sys.argv[1:] if argv is None else argv), "machine": machine(),
+                               "dtype": ", ".join(dtypes), "dtypes": dtypes, "repeats": repeats,
+                               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "load_average": [load_average()[0]],
+                               "timings": []}
     with tempfile.TemporaryDirectory(prefix="bench_steering_") as home:
-        workloads = []
-        if "faithful" in worlds:
-            workloads += faithful_workloads(args.dtype, Path(home))
-        if "gpt2-small" in worlds:
-            workloads += gpt2_small_workloads(args.dtype, args.gpt2_prompts, args.gpt2_controls, args.seed)
-        for w in workloads:
-            timing = time_workload(w, repeats, log)
-            timing["profile"] = {} if args.no_profile else profile_workload(w)
-            results["timings"].append(timing)
+        for by_dtype in workloads_by_dtype(args, worlds, dtypes, Path(home)):
+            timings = time_workloads(by_dtype, repeats, log)
+            for t in timings:
+                t["profile"] = {} if args.no_profile else profile_workload(by_dtype[t["dtype"]])
+            results["timings"] += timings
     results["load_average"].append(load_average()[0])
-    table = markdown(results) if not args.no_profile else markdown_without_profile(results)
-    write_report(Path(args.out), "bench_steering_quick" if args.quick else "bench_steering", results, table, log)
+    results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    write_report(Path(args.out), "bench_steering_quick" if args.quick else "bench_steering", results,
+                 markdown(results), log)
     return 0 if all(t["identical"] for t in results["timings"]) else 1
 
 
-def markdown_without_profile(results: dict[str, Any]) -> str:
-    return markdown({**results, "timings": [{**t, "profile": {"straightforward": [], "project": []}}
-                                            for t in results["timings"]]})
+def workloads_by_dtype(args: argparse.Namespace, worlds: Sequence[str], dtypes: Sequence[str],
+                       home: Path) -> list[dict[str, Workload]]:
+    """Each workload of the chosen worlds as ``{dtype: the workload in that dtype}``."""
+    lists: dict[str, list[Workload]] = {d: [] for d in dtypes}
+    made = []
+    if "faithful" in worlds:
+        made.append(faithful_workloads(dtypes, home))
+    if "gpt2-small" in worlds:
+        made.append(gpt2_small_workloads(dtypes, args.gpt2_prompts, args.gpt2_controls, args.seed))
+    for per_dtype in made:
+        for d in dtypes:
+            lists[d] += per_dtype[d]
+    return [{d: lists[d][i] for d in dtypes} for i in range(len(lists[dtypes[0]]))]
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    return run_cli(run, args)
+    return run_cli(lambda a: run(a, argv), args)
 
 
 if __name__ == "__main__":
