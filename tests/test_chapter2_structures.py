@@ -23,6 +23,7 @@ import pytest
 
 from tests import concept_designs as cd
 from tests import gpt2_world as gw
+from tests import shared_builds
 from tests.helpers import ROOT
 
 SCRIPT = ROOT / "MechInterpFeatureMeaning.py"
@@ -46,7 +47,7 @@ def _rows(path) -> list[dict]:
 def runs(tmp_path_factory):
     """The mixed design, run as written; then joy alone with its concept words stated in joy.txt."""
     root = tmp_path_factory.mktemp("structures")
-    world = gw.build_gpt2_world(root / "hf")
+    world, _ = shared_builds.gpt2_world(tmp_path_factory, root / "hf")  # a copy of the session's one build
     prompts = root / "prompts"
     prompts.mkdir()
     design = cd.mixed_design()
