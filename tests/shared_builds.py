@@ -6,8 +6,10 @@ workers see (the session's base temporary folder: the parent of each worker's ow
 keyed by a hash of the builder's source files and parameters; the second caller waits for the first
 build and reuses it. Without xdist the folder is the session's own base temporary folder.
 
-A caller that gets a build must treat it as read-only; :func:`gpt2_world` hands each caller its own copy
+A caller that gets a build must treat it as read-only; :func:`gpt2_world` (the GPT-2-faithful world of
+tests/gpt2_world.py) and :func:`demo_world` (the toy world of ``--demo``) hand each caller its own copy
 (copying takes a fraction of a second, building a few), so a test may run scripts that write into it.
+The folder belongs to one session, so a build never outlives the sources it was made from.
 """
 
 from __future__ import annotations
@@ -76,8 +78,21 @@ def gpt2_world(tmp_path_factory: pytest.TempPathFactory, hf_home: Path):
     from tests import gpt2_world as gw
 
     sources = [ROOT / "tests" / "gpt2_world.py", ROOT / "mechinterp" / "core" / "toyworld.py"]
-    folder, built, seconds = shared_build(tmp_path_factory, "gpt2_world", sources, (gw.SEED, gw.WORLD_VERSION),
-                                          lambda f: gw.build_gpt2_world(f / "hf_home"))
+    _, built, seconds = shared_build(tmp_path_factory, "gpt2_world", sources, (gw.SEED, gw.WORLD_VERSION),
+                                     lambda f: gw.build_gpt2_world(f / "hf_home"))
     shutil.copytree(built.hf_home, hf_home, symlinks=True)
     fields = {f.name: _rebase(getattr(built, f.name), built.hf_home, Path(hf_home)) for f in dataclasses.fields(built)}
     return dataclasses.replace(built, **fields), seconds
+
+
+def demo_world(tmp_path_factory: pytest.TempPathFactory, root: Path):
+    """The toy world (``mechinterp.core.toyworld.build_world``) as ``build_world(root)`` returns it; ``root``
+    is this caller's own copy of the session's one build."""
+    from mechinterp.core import toyworld
+
+    sources = [ROOT / "mechinterp" / "core" / "toyworld.py"]
+    _, built, _ = shared_build(tmp_path_factory, "demo_world", sources, toyworld.SEED,
+                               lambda f: toyworld.build_world(f / "demo"))
+    shutil.copytree(built.root, root, symlinks=True)
+    fields = {f.name: _rebase(getattr(built, f.name), built.root, Path(root)) for f in dataclasses.fields(built)}
+    return dataclasses.replace(built, **fields)
