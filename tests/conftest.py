@@ -33,25 +33,6 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
 
 
-# The files that take longest (pytest --durations=0, summed per file), longest first. With --dist loadfile
-# each worker takes the next file of the queue when it is nearly done with its own: starting the long
-# ones first keeps the two workers busy to the end (longest-first scheduling), instead of one worker
-# finishing a long file alone. pyproject's --no-loadscope-reorder keeps this order (pytest-xdist would
-# otherwise queue the files with the most tests first). Files not listed follow in their usual order.
-LONGEST_FIRST = (
-    "test_readme.py", "test_encoding.py", "test_chapter1.py", "test_chapter2_structures.py", "test_families_cli.py",
-    "test_gpt2_world.py", "test_intervene_fast.py", "test_chapter2.py", "test_chapter3.py", "test_package_api.py",
-    "test_notebook.py", "test_mining_bf16.py", "test_chapter5.py", "test_chapter5_interrupt.py",
-    "test_chapter2_scale.py", "test_errors.py", "test_positions.py", "test_stats.py", "test_labels_cli.py",
-    "test_chapter6.py", "test_labels.py",
-)
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: tests keep their order in a file
-
-
 def pytest_unconfigure(config: pytest.Config) -> None:
     if _SESSION_DIR is not None:
         shutil.rmtree(_SESSION_DIR, ignore_errors=True)
