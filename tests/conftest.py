@@ -39,13 +39,14 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session")
-def world():
+def world(tmp_path_factory):
     """The toy world, built once per session, also installed in the offline HF cache and as the demo."""
     from mechinterp.core import constants
-    from mechinterp.core.toyworld import build_world
+    from tests import shared_builds
     from tests.hf_cache import install_in_hf_cache
 
-    built = build_world(constants.demo_dir())
+    # One build per session, shared by the xdist workers; each worker's demo folder is its own copy.
+    built = shared_builds.demo_world(tmp_path_factory, constants.demo_dir())
     install_in_hf_cache(built, Path(os.environ["HF_HOME"]))
     return built
 

@@ -15,7 +15,9 @@ as a user would run it, and the tests read what it wrote:
 from __future__ import annotations
 
 import csv
+import json
 import re
+import shutil
 import subprocess
 import sys
 
@@ -23,18 +25,28 @@ import pytest
 
 from tests import concept_designs as cd
 from tests import gpt2_world as gw
+from tests import shared_builds
 from tests.helpers import ROOT
 
 SCRIPT = ROOT / "MechInterpFeatureMeaning.py"
 STATED = "# concept: " + ", ".join(cd.JOY_WORDS)
 
 
-def _run(world: gw.Gpt2World, prompts, out, cache, *extra: str) -> str:
+def _run_all(world: gw.Gpt2World, root, runs: dict[str, list[str]], cache) -> dict[str, str]:
+    """Each run as ``python MechInterpFeatureMeaning.py ARGS --verbose`` would run it, one after another in
+    one subprocess (``gpt2_world.run_scripts``: it pays the imports once); the stdout of each by name."""
+    spec = {"runs": [{"name": n, "script": str(SCRIPT), "argv": [*a, "--verbose"]} for n, a in runs.items()],
+            "results": str(root / "results.json")}
+    (root / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
     env = {"PATH": "/usr/bin:/bin", **world.env(cache)}
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--prompts", str(prompts), "--out", str(out), "--verbose", *extra],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout
+    proc = subprocess.run([sys.executable, "-m", "tests.gpt2_world", "run", str(root / "spec.json")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((root / "results.json").read_text(encoding="utf-8"))
+    for name in runs:
+        result = results[name]
+        assert result["returncode"] == 0, result["stdout"][-3000:] + result["stderr"][-3000:]
+    return {name: results[name]["stdout"] for name in runs}
 
 
 def _rows(path) -> list[dict]:
@@ -46,15 +58,21 @@ def _rows(path) -> list[dict]:
 def runs(tmp_path_factory):
     """The mixed design, run as written; then joy alone with its concept words stated in joy.txt."""
     root = tmp_path_factory.mktemp("structures")
-    world = gw.build_gpt2_world(root / "hf")
+    world, _ = shared_builds.gpt2_world(tmp_path_factory, root / "hf")  # a copy of the session's one build
     prompts = root / "prompts"
     prompts.mkdir()
     design = cd.mixed_design()
     for group, lines in design.items():
         (prompts / f"{group}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    first = _run(world, prompts, root / "out", root / "cache")
-    (prompts / "joy.txt").write_text(STATED + "\n" + "\n".join(design["joy"]) + "\n", encoding="utf-8")
-    stated = _run(world, prompts, root / "out_stated", root / "cache", "--groups", "joy")
+    # The same folder with the concept's words stated in joy.txt (the second run reads this copy).
+    stated_prompts = root / "prompts_stated"
+    shutil.copytree(prompts, stated_prompts)
+    (stated_prompts / "joy.txt").write_text(STATED + "\n" + "\n".join(design["joy"]) + "\n", encoding="utf-8")
+    done = _run_all(world, root, {
+        "first": ["--prompts", str(prompts), "--out", str(root / "out")],
+        "stated": ["--prompts", str(stated_prompts), "--out", str(root / "out_stated"), "--groups", "joy"],
+    }, root / "cache")
+    first, stated = done["first"], done["stated"]
     return dict(world=world, design=design, root=root, stdout=first, stdout_stated=stated,
                 stats=_rows(root / "out" / "feature_stats.csv"), sets=_rows(root / "out" / "concept_word_sets.csv"),
                 evidence=_rows(root / "out" / "feature_evidence.csv"),

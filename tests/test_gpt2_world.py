@@ -25,7 +25,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +32,7 @@ import pytest
 import torch
 
 from tests import gpt2_world as gw
+from tests import shared_builds
 from tests.helpers import ROOT
 
 CH1 = ROOT / "MechInterpInitialInvestigation.py"
@@ -60,10 +60,9 @@ pytestmark = pytest.mark.filterwarnings(
 
 @pytest.fixture(scope="session")
 def built(tmp_path_factory) -> tuple[gw.Gpt2World, float]:
-    """The world, built once per session in its own HF_HOME, and how many seconds that took."""
-    start = time.perf_counter()
-    world = gw.build_gpt2_world(tmp_path_factory.mktemp("gpt2_world") / "hf_home")
-    return world, time.perf_counter() - start
+    """The world, built once per session (tests/shared_builds.py), a copy in its own HF_HOME, and how many
+    seconds the build took."""
+    return shared_builds.gpt2_world(tmp_path_factory, tmp_path_factory.mktemp("gpt2_world") / "hf_home")
 
 
 @pytest.fixture(scope="session")

@@ -230,10 +230,11 @@ def g2w_scores(tmp_path_factory):
     from mechinterp.cards.corpus import TextFileCorpus
     from mechinterp.core.source import SourceOptions, load, resolve_source
     from tests import gpt2_world as gw
+    from tests import shared_builds
     from tests.label_corpus import write_corpus
 
     root = tmp_path_factory.mktemp("labels_g2w")
-    world = gw.build_gpt2_world(root / "hf")
+    world, _ = shared_builds.gpt2_world(tmp_path_factory, root / "hf")  # a copy of the session's one build
     with gw.hub_cache(world.hf_home):
         loaded = load(resolve_source(SourceOptions(device="cpu")))
     path = root / "corpus.txt"

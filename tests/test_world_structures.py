@@ -23,6 +23,7 @@ from mechinterp.core.encoding import PromptAggregates, aggregate_prompts, encode
 from mechinterp.core.loading import Loaded, load_model, load_sae
 from tests import concept_designs as cd
 from tests import gpt2_world as gw
+from tests import shared_builds
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:HookedTransformer.from_pretrained is deprecated:DeprecationWarning",
@@ -33,7 +34,8 @@ pytestmark = pytest.mark.filterwarnings(
 @pytest.fixture(scope="module")
 def g2(tmp_path_factory) -> tuple[gw.Gpt2World, Loaded]:
     """The GPT-2-faithful world, and its model and SAE loaded by their real names as the chapters load them."""
-    world = gw.build_gpt2_world(tmp_path_factory.mktemp("structures") / "hf_home")
+    # A copy of the session's one build (tests/shared_builds.py).
+    world, _ = shared_builds.gpt2_world(tmp_path_factory, tmp_path_factory.mktemp("structures") / "hf_home")
     with gw.hub_cache(world.hf_home), torch.inference_mode():
         sae = load_sae(gw.SAE_RELEASE, gw.SAE_ID, None, "cpu")
         model = load_model(gw.MODEL_NAME, sae, "cpu")
