@@ -127,8 +127,10 @@ def run_in_process(argv: list[str], env: dict[str, str]) -> RunOutcome:
     out, err = io.StringIO(), io.StringIO()
     code: int | str = 0
     start = time.perf_counter()
+    # huggingface_hub reads HF_HOME once, at import: point an already-imported one at this world too.
+    hub = gw.hub_cache(Path(env["HF_HOME"])) if "HF_HOME" in env else contextlib.nullcontext()
     try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with hub, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             runpy.run_path(str(SCRIPT), run_name="__main__")
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)

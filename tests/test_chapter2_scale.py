@@ -15,9 +15,10 @@ with another seed gives the same distribution of tokens.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
-import subprocess
 import sys
 from collections import Counter
 
@@ -124,13 +125,14 @@ def test_designs_have_their_sizes_and_repeats(tmp_path):
 
 @pytest.fixture(scope="module")
 def scale_run(tmp_path_factory) -> dict:
-    """bench/check_meaning_scale.py at 15% on both designs, in one process; its results JSON."""
+    """bench/check_meaning_scale.py at 15% on both designs, in this process; its results JSON."""
     work = tmp_path_factory.mktemp("meaning_scale")
-    cmd = [sys.executable, str(CHECKER), "--in-process", "--scale", str(SCALE), "--work", str(work / "run"),
-           "--results-dir", str(work / "results")]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
+    argv = ["--in-process", "--scale", str(SCALE), "--work", str(work / "run"), "--results-dir", str(work / "results")]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.chdir(ROOT):
+        _checker().main(argv)  # in this process: a second interpreter would spend 10 s on imports
     path = work / "results" / "meaning_scale_quick.json"
-    assert path.is_file(), proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert path.is_file(), printed.getvalue()[-3000:]
     return json.loads(path.read_text(encoding="utf-8"))
 
 

@@ -15,11 +15,8 @@ as a user would run it, and the tests read what it wrote:
 from __future__ import annotations
 
 import csv
-import json
 import re
 import shutil
-import subprocess
-import sys
 
 import pytest
 
@@ -34,15 +31,10 @@ STATED = "# concept: " + ", ".join(cd.JOY_WORDS)
 
 def _run_all(world: gw.Gpt2World, root, runs: dict[str, list[str]], cache) -> dict[str, str]:
     """Each run as ``python MechInterpFeatureMeaning.py ARGS --verbose`` would run it, one after another in
-    one subprocess (``gpt2_world.run_scripts``: it pays the imports once); the stdout of each by name."""
-    spec = {"runs": [{"name": n, "script": str(SCRIPT), "argv": [*a, "--verbose"]} for n, a in runs.items()],
-            "results": str(root / "results.json")}
-    (root / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
-    env = {"PATH": "/usr/bin:/bin", **world.env(cache)}
-    proc = subprocess.run([sys.executable, "-m", "tests.gpt2_world", "run", str(root / "spec.json")],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200, check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads((root / "results.json").read_text(encoding="utf-8"))
+    this process (``gpt2_world.run_scripts_here``: no second interpreter to import into); the stdout of
+    each by name."""
+    spec = [{"name": n, "script": str(SCRIPT), "argv": [*a, "--verbose"]} for n, a in runs.items()]
+    results = gw.run_scripts_here(world, spec, root / "results.json", cache)
     for name in runs:
         result = results[name]
         assert result["returncode"] == 0, result["stdout"][-3000:] + result["stderr"][-3000:]

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import shutil
+import traceback
 
 import numpy as np
 import pytest
@@ -61,13 +64,15 @@ def test_cache_skips_model_and_recomputes_only_edited_prompt(world, tmp_path, mo
     monkeypatch.setattr("mechinterp.core.constants.demo_dir", lambda: world.root)
     prompts = tmp_path / "prompts"
     shutil.copytree(world.prompts_dir, prompts)
-    argv = ["--demo", "--prompts", str(prompts), "--quiet", "--no-holdout"]
+    # One group and the baseline: the cache is what this tests, and each run then draws 2 groups, not 5.
+    argv = ["--demo", "--prompts", str(prompts), "--quiet", "--no-holdout", "--groups", "happy"]
 
     def record(out):
         return json.loads((out / "MechInterpFeatureMeaning_run.json").read_text())
 
-    n_prompts = sum(len(f.read_text(encoding="utf-8").splitlines()) - 1 for f in prompts.glob("*.txt"))  # less headers
-    assert n_prompts == 5 * 48  # the demo's five groups
+    used = [prompts / "happy.txt", prompts / "baseline.txt"]
+    n_prompts = sum(len(f.read_text(encoding="utf-8").splitlines()) - 1 for f in used)  # less headers
+    assert n_prompts == 2 * 48
     assert ch2.main([*argv, "--out", str(tmp_path / "a")]) == 0
     first = record(tmp_path / "a")
     assert first["cache_misses"] == n_prompts and first["cache_hits"] == 0 and first["model_loaded"]
@@ -105,27 +110,39 @@ def world_tokens(text: str) -> list[int]:
     return tok.encode(text, add_special_tokens=False)
 
 
+def _exit_with_main(argv: list[str]) -> None:
+    """A forked child: Chapter 2's ``main``, then exit at once with its status (no pytest teardown)."""
+    code = 1
+    try:
+        code = ch2.main(argv)
+    except BaseException:  # noqa: BLE001 - show it, then exit: the parent reads only the status
+        traceback.print_exc()
+    finally:
+        os._exit(code)
+
+
 def test_two_runs_at_once_share_the_cache_safely(world, tmp_path, monkeypatch, capsys):
     """Two Chapter 2 runs started together on one empty activation cache: both succeed, same numbers."""
-    import subprocess
-    import sys
-
     from tests.helpers import ROOT
 
-    env = {**__import__("os").environ, "MECHINTERP_CACHE": str(tmp_path / "cache")}
+    env = {"MECHINTERP_CACHE": str(tmp_path / "cache")}
     # The demo world is built once per test session; share it so both runs race on the activation cache.
     shutil.copytree(world.root, tmp_path / "cache" / "demo")
-    runs = [
-        subprocess.Popen(
-            [sys.executable, str(ROOT / "MechInterpFeatureMeaning.py"), "--demo", "--out", str(tmp_path / f"out{i}"),
-             "--groups", "happy", "--batch-size", "4", "--quiet"],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        for i in range(2)
-    ]
+    # Two processes forked from this one start encoding at once (two fresh interpreters would spend
+    # their first 10 s importing, one of them perhaps while the other already runs).
+    monkeypatch.setenv("MECHINTERP_CACHE", env["MECHINTERP_CACHE"])
+    monkeypatch.chdir(ROOT)
+    fork = multiprocessing.get_context("fork")
+    runs = [fork.Process(target=_exit_with_main, args=(["--demo", "--out", str(tmp_path / f"out{i}"), "--groups",
+                                                          "happy", "--batch-size", "4", "--quiet"],))
+            for i in range(2)]
     for run in runs:
-        _, err = run.communicate(timeout=300)
-        assert run.returncode == 0, err
+        run.start()
+    for run in runs:
+        run.join(timeout=300)
+        if run.is_alive():
+            run.kill()
+        assert run.exitcode == 0, f"a racing run exited {run.exitcode} (its output is in the captured stderr)"
     stats = [(tmp_path / f"out{i}" / "feature_stats.csv").read_text() for i in range(2)]
     assert stats[0] == stats[1]
     # Every entry is complete and readable, and a third run is served entirely from the cache.
@@ -134,9 +151,7 @@ def test_two_runs_at_once_share_the_cache_safely(world, tmp_path, monkeypatch, c
     for entry in entries:
         with np.load(entry, allow_pickle=False) as data:
             assert data["ints"].shape == data["floats"].shape
-    # The third run in this process (the cache is what it tests; a third interpreter would only add imports).
-    monkeypatch.setenv("MECHINTERP_CACHE", env["MECHINTERP_CACHE"])
-    monkeypatch.chdir(ROOT)
+    # The third run in this process.
     capsys.readouterr()
     code = ch2.main(["--demo", "--out", str(tmp_path / "out3"), "--groups", "happy"])
     assert code == 0 and "the model was not loaded" in capsys.readouterr().err

@@ -6,9 +6,9 @@ Three tiers:
   (``gpt2_world.hub_cache`` points the already-imported huggingface_hub at the world), centering that
   changes the features, planted features where they were planted, and the builder's own numpy forward
   pass against TransformerLens.
-* **The chapters' commands**, run in one subprocess with ``HF_HOME=<world>``, ``HF_HUB_OFFLINE=1`` and
-  ``MECHINTERP_CACHE=<tmp>`` (``gpt2_world.run_scripts``: each script runs as ``__main__`` with its
-  ``sys.argv``, as ``python SCRIPT ...`` would; one process pays the imports once).
+* **The chapters' commands**, run in this process with ``HF_HOME=<world>``, ``HF_HUB_OFFLINE=1`` and
+  ``MECHINTERP_CACHE=<tmp>`` (``gpt2_world.run_scripts_here``: each script runs as ``__main__`` with its
+  ``sys.argv``, as ``python SCRIPT ...`` would, without paying the imports again).
 * **Full default commands** of Chapters 2-4 and the other SAEs in them: marked ``slow``.
 
 Each test of the second tier states behaviour the toy world could not show: texts past the SAE's
@@ -21,10 +21,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -100,19 +97,9 @@ def reference_acts(real, text: str, sae) -> torch.Tensor:
     return cache[f"{sae.cfg.metadata.hook_name}.hook_sae_acts_post"][0].float()
 
 
-def _run_all(g2w: gw.Gpt2World, root: Path, runs: dict[str, tuple[Path, list[str]]], timeout: float) -> dict:
-    spec = {
-        "runs": [{"name": n, "script": str(s), "argv": [*a, "--out", str(root / n)]} for n, (s, a) in runs.items()],
-        "results": str(root / "results.json"),
-    }
-    (root / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
-    env = {**os.environ, **g2w.env(root / "project_cache")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "tests.gpt2_world", "run", str(root / "spec.json")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads((root / "results.json").read_text(encoding="utf-8"))
+def _run_all(g2w: gw.Gpt2World, root: Path, runs: dict[str, tuple[Path, list[str]]]) -> dict:
+    runs_spec = [{"name": n, "script": str(s), "argv": [*a, "--out", str(root / n)]} for n, (s, a) in runs.items()]
+    results = gw.run_scripts_here(g2w, runs_spec, root / "results.json", root / "project_cache")
     for name, result in results.items():
         result["out"] = root / name
     return results
@@ -171,7 +158,7 @@ def runs(g2w, tmp_path_factory) -> dict:
         "ch4_target_happy": (CH4, ["--feature", str(g2w.planted.happy), "--target", "happy", *CH4_NO_ABLATION]),
         "ch4_hook_z": (CH4, [*hz, "--feature", str(g2w.hook_z_happy), *CH4_QUICK]),
     }
-    return _run_all(g2w, root, commands, timeout=600)
+    return _run_all(g2w, root, commands)
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +176,7 @@ def slow_runs(g2w, tmp_path_factory) -> dict:
         "ch3_jumprelu": (CH3, [*jr, "--feature", jr_happy]),
         "ch4_jumprelu": (CH4, [*jr, "--feature", jr_happy, *CH4_QUICK]),
     }
-    return _run_all(g2w, tmp_path_factory.mktemp("gpt2_slow_runs"), commands, timeout=1800)
+    return _run_all(g2w, tmp_path_factory.mktemp("gpt2_slow_runs"), commands)
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

@@ -27,8 +27,8 @@ K = 5
 
 @pytest.fixture(scope="module")
 def corpus_file(tmp_path_factory):
-    """~6,000 tokens of the demo corpus, one sentence group per document: many windows per feature."""
-    sentences = demo_corpus(600, seed=11)
+    """~3,000 tokens of the demo corpus, one sentence group per document: many windows per feature."""
+    sentences = demo_corpus(300, seed=11)
     docs = [" ".join(sentences[i : i + 3]) for i in range(0, len(sentences), 3)]
     path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
     path.write_text("\n".join(docs) + "\n", encoding="utf-8")
