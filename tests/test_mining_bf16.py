@@ -2,8 +2,15 @@
 
 A bfloat16 pass rounds the activations, so a feature's top-k windows can come in another order, or
 with another window at the k-th place, than a float32 pass's. Re-scoring the pass's candidates (2k per
-feature) with the model and SAE in float32 must give the float32 pass's top-k exactly: the same
-windows, peak positions, order and values.
+feature) with the model and SAE in float32 must give the float32 pass's top-k: the same windows,
+peak positions, order and values, to float32 rounding.
+
+"To float32 rounding", because the re-score encodes each window in another batch than the pass did,
+and on some CPUs (AVX-512 ones among them) a matmul's last bits depend on the batch's shape and a
+row's place in it. The toy world's planted features have plateaus (one activation, to 1e-6, in
+hundreds of windows), whose order is then batch noise. So values are compared at a relative 1e-5
+(float32's rounding is 6e-8), windows tied within that are interchangeable, and every test here runs
+under a simulated batch-dependent rounding (``batch_rounding``), so that it holds on every CPU.
 """
 
 from __future__ import annotations
@@ -50,30 +57,72 @@ def planted(world) -> list[int]:
                    *p.stray.values(), p.calm_a, p.calm_b, p.topic, p.opener} - {-1})
 
 
+RTOL = 1e-5  # float32 rounding between batches is ~1e-7 relative; bfloat16's is ~4e-3
+
+
+def _above_the_kth(windows, positions, values, kth: float) -> set[tuple[int, int]]:
+    """The (window, position) entries whose value is clear of the k-th value's ties."""
+    clear = values > kth + RTOL * abs(kth) + 1e-6
+    return set(zip(windows[clear].tolist(), positions[clear].tolist()))
+
+
 def differs(a, b) -> np.ndarray:
-    """bool ``[F]``: the two results' top-k differ in a window, a peak position, the order or a value."""
-    same = ((a.top_windows == b.top_windows) & (a.top_positions == b.top_positions)
-            & (a.top_values == b.top_values)).all(axis=1)
-    return ~same
+    """bool ``[F]``: the two results' top-k differ beyond float32 rounding, in a value (at ``RTOL``), or in
+    a window or peak position that is not tied, within that tolerance, with the k-th value."""
+    va, vb = a.top_values, b.top_values
+    close = (np.abs(va - vb) <= RTOL * np.maximum(np.abs(va), np.abs(vb)) + 1e-6).all(axis=1)
+    out = ~close
+    for f in np.flatnonzero(close):
+        kth = float(min(va[f, -1], vb[f, -1]))
+        out[f] = (_above_the_kth(a.top_windows[f], a.top_positions[f], va[f], kth)
+                  != _above_the_kth(b.top_windows[f], b.top_positions[f], vb[f], kth))
+    return out
 
 
 @pytest.fixture(scope="module")
-def float32_pass(loaded_toy, corpus_file):
+def batch_rounding():
+    """float32 SAE activations that move by up to 2 ulp with the batch's size and a row's place in it,
+    as some CPUs' matmul kernels do (this CPU's may not): what the tests must survive everywhere."""
+    real = mining.sae_encode
+
+    def rounded_by_batch(sae, x):
+        out = real(sae, x)
+        if out.dtype != torch.float32:
+            return out
+        rows = torch.arange(x.shape[0], dtype=torch.float32, device=out.device).view(-1, *[1] * (out.dim() - 1))
+        return out * (1.0 + 2.0**-23 * ((rows + x.shape[0]) % 5 - 2))
+
+    mining.sae_encode = rounded_by_batch
+    yield
+    mining.sae_encode = real
+
+
+def test_differs_ignores_rounding_and_ties_but_not_a_window():
+    def result(windows, values):
+        n = np.asarray(windows)
+        return dataclasses.make_dataclass("R", ["top_windows", "top_positions", "top_values"])(
+            n, np.zeros_like(n), np.asarray(values, dtype=np.float32))
+
+    base = result([[1, 2, 3]], [[3.0, 2.0, 1.0]])
+    assert not differs(base, result([[1, 2, 3]], [[3.0000002, 2.0, 1.0]]))[0]  # rounding
+    assert not differs(base, result([[1, 2, 4]], [[3.0, 2.0, 1.0000001]]))[0]  # another window tied with the k-th
+    assert differs(base, result([[1, 4, 3]], [[3.0, 2.0, 1.0]]))[0]  # another window above the k-th
+    assert differs(base, result([[1, 2, 3]], [[3.0, 2.0, 0.99]]))[0]  # a value
+
+
+@pytest.fixture(scope="module")
+def float32_pass(loaded_toy, corpus_file, batch_rounding):
     return mine(loaded_toy, TextFileCorpus(corpus_file), MiningOptions(all_features=True, k=K, window=32))
 
 
-def test_rescore_with_every_window_gives_the_float32_top_k_exactly(loaded_toy, half, world, corpus_file, float32_pass):
-    """Candidates enough for every window: the re-score alone decides, and it is bit-exact.
-
-    Exact equality (no tolerance): the re-score encodes each window in other batches than the pass
-    did, and on this CPU a window's float32 activations do not depend on its batch; a BLAS whose
-    results depend on the batch shape would break this test, not the re-score's purpose.
-    """
+def test_rescore_with_every_window_gives_the_float32_top_k(loaded_toy, half, world, corpus_file, float32_pass,
+                                                           batch_rounding):
+    """Candidates enough for every window: the re-score alone decides, and gives the float32 pass's
+    top-k of every planted feature, to float32 rounding (see the module's docstring)."""
     options = MiningOptions(all_features=True, k=K, window=32, candidates=float32_pass.n_windows)
     result = mine(half, TextFileCorpus(corpus_file), options, rescore_with=loaded_toy)
     rows = [result.row(f) for f in planted(world)]
-    for name in ("top_windows", "top_positions", "top_values"):
-        np.testing.assert_array_equal(getattr(result, name)[rows], getattr(float32_pass, name)[rows], err_msg=name)
+    assert not differs(result, float32_pass)[rows].any()
     rescore = result.rescore
     assert rescore is not None and rescore.windows_encoded == float32_pass.n_windows
     # Without the re-score the bfloat16 pass differs on most planted features: their activations form
@@ -87,9 +136,11 @@ def test_rescore_with_every_window_gives_the_float32_top_k_exactly(loaded_toy, h
 
 # 2k runs by default; 1k and 4k (the same check at other sizes) with the real-size cases (-m slow).
 @pytest.mark.parametrize("factor", [pytest.param(1, marks=pytest.mark.slow), 2, pytest.param(4, marks=pytest.mark.slow)])
-def test_rescore_of_a_few_candidates_is_exact_or_flagged(loaded_toy, half, world, corpus_file, float32_pass, factor):
+def test_rescore_of_a_few_candidates_is_exact_or_flagged(loaded_toy, half, world, corpus_file, float32_pass, factor,
+                                                         batch_rounding):
     """With ``factor * k`` candidates (bounded memory), a feature's re-scored top-k is the float32
-    pass's exactly unless the re-score flags it as uncertain; more candidates leave fewer different."""
+    pass's (to float32 rounding) unless the re-score flags it as uncertain; more candidates leave fewer
+    different."""
     plain = mine(half, TextFileCorpus(corpus_file), MiningOptions(all_features=True, k=K, window=32))
     options = MiningOptions(all_features=True, k=K, window=32, candidates=factor * K)
     result = mine(half, TextFileCorpus(corpus_file), options, rescore_with=loaded_toy)
