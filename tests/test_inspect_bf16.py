@@ -3,9 +3,10 @@
 ``MechInterpFeatureInspect.py --demo --dtype bfloat16 --corpus FILE`` mines in bfloat16, loads a float32
 copy of the model and SAE through the project's loader and re-scores each feature's candidate windows
 with it. The reference is the same command in float32. For every feature the re-score does not flag,
-the bfloat16 run must report float32's top windows exactly: the same windows, peak positions and
-float32 activations (no tolerance: the re-score encodes with the same float32 weights, and on this CPU
-a window's float32 activations do not depend on its batch, as tests/test_mining_bf16.py asserts).
+the bfloat16 run must report float32's top windows: the same windows, peak positions and float32
+activations, to float32 rounding. The re-score encodes with the same float32 weights, but in other
+batches, and some CPUs' kernels round by batch; so numbers are compared at a relative 1e-5, and the
+runs use an encoder that rounds by batch (tests/helpers.py), so that the test holds on every CPU.
 The flags must agree everywhere they are reported: the summary line, the run record and each card.
 
 The bfloat16 pass is interrupted once and continued, so the re-scored result is that of a resumed pass;
@@ -26,9 +27,10 @@ import torch
 from matplotlib.figure import Figure
 
 import MechInterpFeatureInspect as ch3
-from mechinterp.cards import report
+from mechinterp.cards import mining, report
 from mechinterp.core import constants
 from mechinterp.core.toyworld import demo_corpus
+from tests.helpers import batch_dependent_rounding
 
 # The run's line about the re-score, wrapped anywhere in the terminal.
 SUMMARY = re.compile(r"Mined\s+in\s+bfloat16;\s+top-k\s+windows\s+re-scored\s+in\s+float32:\s+(\d+)\s+of\s+(\d+)\s+"
@@ -37,6 +39,19 @@ SUMMARY = re.compile(r"Mined\s+in\s+bfloat16;\s+top-k\s+windows\s+re-scored\s+in
 # 10 windows of this corpus. In bfloat16 alone the top 10 of #1, #3 and #100 differ from float32's (measured
 # with mine() on this corpus); the re-score makes them float32's and does not flag them; #300 is flagged.
 CARDED = (1, 3, 100, 185, 300, 409, 501)
+
+
+def same_to_rounding(a, b) -> bool:
+    """``a == b`` for JSON-like values, numbers (not their strings) compared at a relative 1e-5."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a == b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return abs(a - b) <= 1e-5 * max(abs(a), abs(b)) + 1e-7
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_to_rounding(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same_to_rounding(x, y) for x, y in zip(a, b))
+    return a == b
 
 
 def blank_figure(*_args, **_kwargs) -> Figure:
@@ -72,6 +87,7 @@ def runs(world, corpus_file, tmp_path_factory):
         return loaded[source.dtype]
 
     patch.setattr(ch3, "load", load)
+    patch.setattr(mining, "sae_encode", batch_dependent_rounding(mining.sae_encode))
     patch.setattr(report, "card_figure", blank_figure)  # the figures are tested in test_chapter3*
     patch.setattr(report, "corpus_figure", blank_figure)
     patch.setattr(constants, "mining_cache_dir", lambda: base / "mining")
@@ -136,7 +152,7 @@ def test_the_pass_is_interrupted_then_continued_in_bfloat16_with_a_float32_copy(
     assert "Mined in" not in runs["float32"]["printed"] and "rescore" not in record(runs["float32"])["corpus"]
 
 
-def test_unflagged_features_show_float32s_top_windows_exactly(runs):
+def test_unflagged_features_show_float32s_top_windows(runs):
     f32, bf16 = runs["float32"], runs["bfloat16"]
     flagged = set(record(bf16)["corpus"]["rescore"]["uncertain_features"])
     # Every feature's top window (corpus_features.csv), where the re-score vouches for it.
@@ -144,13 +160,21 @@ def test_unflagged_features_show_float32s_top_windows_exactly(runs):
     columns = ("max_activation", "examples", "top_doc", "top_doc_token", "top_token", "top_context")
     vouched = [f for f in theirs if f not in flagged and int(theirs[f]["examples"]) > 0]
     assert len(vouched) >= 100
+    # The top window may be another of a plateau's windows (the same activation to rounding on the same
+    # token, whose order is batch noise on some CPUs); anything else must be float32's own.
+    plateau_swaps = 0
     for f in vouched:
-        assert [ours[f][c] for c in columns] == [theirs[f][c] for c in columns], f
+        assert float(ours[f]["max_activation"]) == pytest.approx(float(theirs[f]["max_activation"]), rel=1e-5), f
+        assert ours[f]["examples"] == theirs[f]["examples"], f
+        if [ours[f][c] for c in columns[2:]] != [theirs[f][c] for c in columns[2:]]:
+            assert ours[f]["top_token"] == theirs[f]["top_token"], f
+            plateau_swaps += 1
+    assert plateau_swaps <= len(vouched) // 20
     # The cards' whole top 10: windows, peaks and float32 activations of every token.
     unflagged = [f for f in CARDED if f not in flagged]
     assert len(unflagged) >= 3
     for f in unflagged:
-        assert len(top_windows(f32, f)) == 10 and top_windows(bf16, f) == top_windows(f32, f), f
+        assert len(top_windows(f32, f)) == 10 and same_to_rounding(top_windows(bf16, f), top_windows(f32, f)), f
     # The re-score changed what the bfloat16 pass alone would show: the flags are not decoration. The
     # planted 'happy' feature is a plateau (3.0 in bfloat16 in many windows) and its top windows differ.
     assert record(bf16)["corpus"]["rescore"]["features_changed"] > 0
@@ -199,7 +223,7 @@ def test_a_reread_pass_is_re_scored_again_for_the_features_asked(runs):
     match = SUMMARY.search(again["printed"])
     assert match is not None and int(match[2]) == len(CARDED)
     for f in CARDED:
-        assert card(again, f)["corpus"] == card(runs["bfloat16"], f)["corpus"], f
+        assert same_to_rounding(card(again, f)["corpus"], card(runs["bfloat16"], f)["corpus"]), f
 
 
 def test_candidates_factor_needs_a_reduced_precision_corpus_pass(corpus_file, capsys):

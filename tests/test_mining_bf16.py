@@ -28,6 +28,7 @@ from mechinterp.cards.corpus import TextFileCorpus
 from mechinterp.cards.mining import MiningOptions, mine
 from mechinterp.core.errors import UserError
 from mechinterp.core.toyworld import demo_corpus
+from tests.helpers import batch_dependent_rounding
 
 K = 5
 
@@ -81,18 +82,9 @@ def differs(a, b) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def batch_rounding():
-    """float32 SAE activations that move by up to 2 ulp with the batch's size and a row's place in it,
-    as some CPUs' matmul kernels do (this CPU's may not): what the tests must survive everywhere."""
+    """The pass's float32 encoder rounding by batch, as some CPUs' kernels do (tests/helpers.py)."""
     real = mining.sae_encode
-
-    def rounded_by_batch(sae, x):
-        out = real(sae, x)
-        if out.dtype != torch.float32:
-            return out
-        rows = torch.arange(x.shape[0], dtype=torch.float32, device=out.device).view(-1, *[1] * (out.dim() - 1))
-        return out * (1.0 + 2.0**-23 * ((rows + x.shape[0]) % 5 - 2))
-
-    mining.sae_encode = rounded_by_batch
+    mining.sae_encode = batch_dependent_rounding(real)
     yield
     mining.sae_encode = real
 
