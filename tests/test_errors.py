@@ -235,7 +235,7 @@ def test_interrupt_mid_encode_keeps_old_results_and_cache(world, tmp_path, monke
     assert proc.poll() is None, "the run finished before it could be interrupted"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130
+    assert proc.returncode == 130, f"exit {proc.returncode} after Ctrl-C; its stderr ended:\n{err[-3000:]}"
     assert err.strip().splitlines()[-1].startswith("interrupted: stopped cleanly")
     assert "Traceback" not in err
     # The earlier result is untouched and no temporary file is left behind.
