@@ -222,10 +222,18 @@ def test_interrupt_mid_encode_keeps_old_results_and_cache(world, tmp_path, monke
 
     env = {**os.environ, "MECHINTERP_CACHE": str(cache)}
     argv = ["--demo", "--prompts", str(prompts), "--out", str(out), "--batch-size", "1"]
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "MechInterpFeatureMeaning.py"), *argv],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    # The run gets Ctrl-C as a terminal delivers it. Started from a background job (`pytest ... &` in a
+    # script, as CI may be), this process inherited SIGINT ignored, as a child would, and a Python started
+    # with it ignored keeps it so: the run would never see the signal. A handler of our own is reset to
+    # the default in the child.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "MechInterpFeatureMeaning.py"), *argv],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
     deadline = time.time() + 90
     while time.time() < deadline and proc.poll() is None:
         if list(cache.glob("activations/*/shard-*.npz")):  # the first shard of SHARD_PROMPTS prompts
