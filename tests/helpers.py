@@ -41,3 +41,49 @@ def batch_dependent_rounding(encode):
         return out * (1.0 + 2.0**-23 * ((rows + x.shape[0]) % 5 - 2))
 
     return rounded_by_batch
+
+
+class PassRecorder:
+    """What a mining pass computed: every window's activations as the pass encoded them, and its batches.
+
+    Statistics are exact functions of the activations the pass computed; a one-window-at-a-time brute
+    force can only match them to rounding on CPUs whose kernels round by the batch's shape. Tests check
+    the statistics exactly against :attr:`acts` and the brute force to rounding.
+
+    Use as ``with PassRecorder() as seen: mine(...)``; ``seen.acts[window_id]`` is float32
+    ``[len(tokens), n_columns]`` (BOS left out), ``seen.windows[window_id]`` its ``MinedWindow`` and
+    ``seen.batches`` the window ids of each batch, in order.
+    """
+
+    def __init__(self):
+        self.acts: dict = {}
+        self.windows: dict = {}
+        self.batches: list[list[int]] = []
+
+    def __enter__(self) -> PassRecorder:
+        from mechinterp.cards import mining
+
+        self._real = real = mining._batch_activations
+
+        def recording(loaded, windows, n_bos, bos_id, cols):
+            acts, valid = real(loaded, windows, n_bos, bos_id, cols)
+            host = acts.float().cpu().numpy()
+            for r, w in enumerate(windows):
+                self.acts[w.window_id] = host[r, n_bos : n_bos + len(w.tokens)].copy()
+                self.windows[w.window_id] = w
+            self.batches.append([w.window_id for w in windows])
+            return acts, valid
+
+        mining._batch_activations = recording
+        return self
+
+    def __exit__(self, *exc) -> None:
+        from mechinterp.cards import mining
+
+        mining._batch_activations = self._real
+
+    def in_order(self, n_windows: int) -> list:
+        """The activations of windows ``0 .. n_windows - 1`` (each encoded exactly once by the pass)."""
+        assert sorted(self.acts) == list(range(n_windows)), "the pass did not encode every window once"
+        assert sum(len(b) for b in self.batches) == n_windows
+        return [self.acts[w] for w in range(n_windows)]
