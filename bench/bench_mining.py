@@ -75,7 +75,9 @@ from mechinterp.cards.mining import (  # noqa: E402
     DEFAULT_BATCH_SIZE,
     DEFAULT_CHECKPOINT_EVERY,
     MiningOptions,
+    differs_beyond_rounding,
     mine,
+    same_entries,
 )
 from mechinterp.cli import positive_int, run_cli  # noqa: E402
 from mechinterp.core.errors import UserError  # noqa: E402
@@ -247,19 +249,26 @@ def save_topk(path: Path, result: Any) -> None:
     before = result.rescore
     np.savez(path, windows=result.top_windows, positions=result.top_positions, values=result.top_values,
              before_windows=result.top_windows if before is None else before.before_windows,
-             before_positions=result.top_positions if before is None else before.before_positions)
+             before_positions=result.top_positions if before is None else before.before_positions,
+             before_values=result.top_values if before is None else before.before_values)
 
 
 def topk_differences(a: dict[str, np.ndarray], b: dict[str, np.ndarray], prefix: str = "") -> dict[str, int]:
-    """How many features' top-k differ between two runs: in the set of (window, peak position), or in
-    the order only (same set); ``prefix`` picks ``b``'s tables (``"before_"``: before its re-score)."""
-    wa, pa = a["windows"], a["positions"]
+    """How many features' top-k differ between two runs: in the set of (window, peak position), in the
+    order only (same set), and beyond float32 rounding (a value off by more than 1e-5 relative, or a
+    window not tied with the k-th value: ``differs_beyond_rounding``). ``prefix`` picks ``b``'s
+    tables (``"before_"``: before its re-score; its values are then the pass's own).
+
+    Exact sets and orders count plateau ties and last-bit differences too, which on a CPU whose float32
+    matmuls round by the batch's shape differ between any two float32 passes; the last count does not.
+    """
+    wa, pa, va = a["windows"], a["positions"], a["values"]
     wb, pb = b[prefix + "windows"], b[prefix + "positions"]
-    in_order = (wa == wb).all(axis=1) & (pa == pb).all(axis=1)
-    same_set = np.array([in_order[r] or set(zip(wa[r].tolist(), pa[r].tolist())) == set(zip(wb[r].tolist(),
-                         pb[r].tolist())) for r in range(len(wa))], dtype=bool)
+    vb = b[prefix + "values"] if prefix + "values" in b else b["values"]
+    same_set, same_order = same_entries(wa, pa, wb, pb)
+    beyond = differs_beyond_rounding((wa, pa, va), (wb, pb, vb))
     return {"features": len(wa), "set_differs": int((~same_set).sum()),
-            "order_differs": int((same_set & ~in_order).sum())}
+            "order_differs": int((same_set & ~same_order).sum()), "beyond_rounding": int(beyond.sum())}
 
 
 def measure(
@@ -405,7 +414,8 @@ def comparison_lines(comparisons: list[dict[str, Any]], rows: list[dict[str, Any
             f"{run['rescore']['seconds']:,.1f}s and flags {run['rescore']['uncertain']:,} features as uncertain")
         lines.append(f"With the float32 re-score of {c['candidates']} candidates per feature: {after['set_differs']:,} "
                      f"differ in set, {after['order_differs']:,} in order only, {c['values_differ_after_rescore']:,} "
-                     f"in some value{detail}.")
+                     f"in some value{detail}. Beyond float32 rounding (a value off by more than 1e-5 relative, or a "
+                     f"window not tied with the k-th value) {after['beyond_rounding']:,} differ.")
     return lines
 
 

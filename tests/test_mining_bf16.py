@@ -58,26 +58,10 @@ def planted(world) -> list[int]:
                    *p.stray.values(), p.calm_a, p.calm_b, p.topic, p.opener} - {-1})
 
 
-RTOL = 1e-5  # float32 rounding between batches is ~1e-7 relative; bfloat16's is ~4e-3
-
-
-def _above_the_kth(windows, positions, values, kth: float) -> set[tuple[int, int]]:
-    """The (window, position) entries whose value is clear of the k-th value's ties."""
-    clear = values > kth + RTOL * abs(kth) + 1e-6
-    return set(zip(windows[clear].tolist(), positions[clear].tolist()))
-
-
 def differs(a, b) -> np.ndarray:
-    """bool ``[F]``: the two results' top-k differ beyond float32 rounding, in a value (at ``RTOL``), or in
-    a window or peak position that is not tied, within that tolerance, with the k-th value."""
-    va, vb = a.top_values, b.top_values
-    close = (np.abs(va - vb) <= RTOL * np.maximum(np.abs(va), np.abs(vb)) + 1e-6).all(axis=1)
-    out = ~close
-    for f in np.flatnonzero(close):
-        kth = float(min(va[f, -1], vb[f, -1]))
-        out[f] = (_above_the_kth(a.top_windows[f], a.top_positions[f], va[f], kth)
-                  != _above_the_kth(b.top_windows[f], b.top_positions[f], vb[f], kth))
-    return out
+    """bool ``[F]``: the two results' top-k differ beyond float32 rounding (ties with the k-th interchangeable)."""
+    return mining.differs_beyond_rounding((a.top_windows, a.top_positions, a.top_values),
+                                          (b.top_windows, b.top_positions, b.top_values))
 
 
 @pytest.fixture(scope="module")
@@ -194,4 +178,8 @@ def test_topk_differences_counts_sets_and_orders():
 
     a = {"windows": np.array([[1, 2], [1, 2], [1, 2], [1, 2]]), "positions": np.array([[0, 0], [0, 0], [0, 0], [0, 5]])}
     b = {"windows": np.array([[1, 2], [2, 1], [1, 3], [1, 2]]), "positions": np.array([[0, 0], [0, 0], [0, 0], [0, 0]])}
-    assert topk_differences(a, b) == {"features": 4, "set_differs": 2, "order_differs": 1}
+    a["values"] = b["values"] = np.array([[2.0, 1.0]] * 4, dtype=np.float32)
+    # Row 1's top window changed; rows 2 and 3 differ only at the k-th value, where ties are interchangeable.
+    assert topk_differences(a, b) == {"features": 4, "set_differs": 2, "order_differs": 1, "beyond_rounding": 1}
+    b["values"] = np.array([[2.0, 1.0], [2.0, 1.0], [2.0, 1.0], [2.0, 1.0001]], dtype=np.float32)
+    assert topk_differences(a, b)["beyond_rounding"] == 2  # row 1, and row 3's value off by 1e-4

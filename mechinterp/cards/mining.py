@@ -963,7 +963,7 @@ def _rescore(result: MiningResult, values: torch.Tensor, windows: torch.Tensor, 
     before = (result.top_windows, result.top_positions, result.top_values)
     result.top_values = np.maximum(top_v.cpu().numpy(), 0.0)
     result.top_windows, result.top_positions = top_w.cpu().numpy(), top_p.cpu().numpy()
-    same_set, same_order = _same_entries(before[0], before[1], result.top_windows, result.top_positions)
+    same_set, same_order = same_entries(before[0], before[1], result.top_windows, result.top_positions)
     fired = cand_windows >= 0
     change = (values - old_values.clamp(min=0)).abs().masked_fill(~fired, 0)  # values <= 0: did not fire in float32
     full = fired[:, -1]
@@ -1026,7 +1026,7 @@ def _float32_peaks(result: MiningResult, cand_windows: torch.Tensor, models: tup
     return values, positions, missed.max(dim=1).values
 
 
-def _same_entries(windows_a: np.ndarray, positions_a: np.ndarray, windows_b: np.ndarray,
+def same_entries(windows_a: np.ndarray, positions_a: np.ndarray, windows_b: np.ndarray,
                   positions_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per row: whether two ``[F, k]`` top-k tables hold the same (window, position) set, and the same order."""
     same_order = (windows_a == windows_b).all(axis=1) & (positions_a == positions_b).all(axis=1)
@@ -1036,6 +1036,35 @@ def _same_entries(windows_a: np.ndarray, positions_a: np.ndarray, windows_b: np.
         for r in range(len(windows_a))
     ], dtype=bool)
     return same_set, same_order
+
+
+ROUNDING_RTOL = 1e-5  # float32's rounding between two batches is ~1e-7 relative; bfloat16's ~4e-3
+
+
+def _clear_of_the_kth(windows: np.ndarray, positions: np.ndarray, values: np.ndarray, kth: float,
+                      rtol: float) -> set[tuple[int, int]]:
+    clear = values > kth + rtol * abs(kth) + 1e-6
+    return set(zip(windows[clear].tolist(), positions[clear].tolist()))
+
+
+def differs_beyond_rounding(a: tuple[np.ndarray, np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray, np.ndarray],
+                            rtol: float = ROUNDING_RTOL) -> np.ndarray:
+    """Per row, whether two ``[F, k]`` top-k tables ``(windows, positions, values)`` differ beyond float32
+    rounding: in a value (at ``rtol``), or in a (window, position) that is not tied with the k-th value.
+
+    Two float32 passes agree only to rounding where a CPU's matmul kernels round a row's last bits by the
+    batch's shape (AVX-512 ones among them). A feature that fires with one value, to 1e-6, on hundreds of
+    windows then orders them by that noise; which of them fill the last places says nothing about the
+    feature, so windows tied with the k-th value (within ``rtol``) are interchangeable.
+    """
+    va, vb = a[2], b[2]
+    close = (np.abs(va - vb) <= rtol * np.maximum(np.abs(va), np.abs(vb)) + 1e-6).all(axis=1)
+    out = ~close
+    for f in np.flatnonzero(close):
+        kth = float(min(va[f, -1], vb[f, -1]))
+        out[f] = (_clear_of_the_kth(a[0][f], a[1][f], va[f], kth, rtol)
+                  != _clear_of_the_kth(b[0][f], b[1][f], vb[f], kth, rtol))
+    return out
 
 
 # --- what the card needs ------------------------------------------------------------------------------
