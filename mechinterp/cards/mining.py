@@ -518,12 +518,14 @@ def _window_tokens(windows: Sequence[MinedWindow], n_bos: int, bos_id: int | Non
 
 @torch.inference_mode()
 def _pre_activations(loaded: Loaded, windows: Sequence[MinedWindow], n_bos: int, bos_id: int | None,
-                     cols: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+                     cols: torch.Tensor | None, resid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The SAE's pre-activations (``hook_sae_acts_pre``, before its ReLU or threshold) ``[B, T, F]`` in
-    float32, and ``valid [B, T]``: the re-score compares them across dtypes, negative values included."""
+    float32, and ``valid [B, T]``: the re-score compares them across dtypes, negative values included.
+    ``resid``: the windows' activations at the SAE's hook, when already computed."""
     tokens, valid, _ = _window_tokens(windows, n_bos, bos_id)
     sae, seen = loaded.sae.sae, []
-    resid = hook_activations(loaded, tokens.to(loaded.device))
+    if resid is None:
+        resid = hook_activations(loaded, tokens.to(loaded.device))
     with sae.hooks(fwd_hooks=[("hook_sae_acts_pre", lambda t, hook: seen.append(t))]):
         sae_encode(sae, resid)  # a hook on the pre-activations: SAELens' own encode, which shows them
     pre = seen[0] if cols is None else seen[0].index_select(2, cols)
@@ -532,14 +534,17 @@ def _pre_activations(loaded: Loaded, windows: Sequence[MinedWindow], n_bos: int,
 
 @torch.inference_mode()
 def _batch_activations(
-    loaded: Loaded, windows: Sequence[MinedWindow], n_bos: int, bos_id: int | None, cols: torch.Tensor | None
+    loaded: Loaded, windows: Sequence[MinedWindow], n_bos: int, bos_id: int | None, cols: torch.Tensor | None,
+    resid: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Feature activations ``[B, T, F]`` of a batch of windows as float32 (zero wherever not counted),
     and ``valid [B, T]``: True at the windows' text tokens, False at BOS, padding and any BOS-token
-    position."""
+    position. ``resid``: the windows' activations at the SAE's hook, when already computed."""
     tokens, valid, lengths = _window_tokens(windows, n_bos, bos_id)
     longest = tokens.shape[1]
-    acts = sae_encode(loaded.sae.sae, hook_activations(loaded, tokens.to(loaded.device)))
+    if resid is None:
+        resid = hook_activations(loaded, tokens.to(loaded.device))
+    acts = sae_encode(loaded.sae.sae, resid)
     if cols is not None:
         acts = acts.index_select(2, cols)
     # Every statistic is taken in float32: with a bfloat16 model or SAE, top-k values, histogram bins
@@ -1013,13 +1018,16 @@ def _float32_peaks(result: MiningResult, cand_windows: torch.Tensor, models: tup
     for lo in range(0, len(ids), batch_size):
         hi = min(lo + batch_size, len(ids))
         batch = [result.windows[int(i)] for i in ids[lo:hi].tolist()]
-        acts, _ = _batch_activations(reference, batch, n_bos, bos_id, cols)
+        # One float32 forward for both the values (the pass's own encode, so they equal a float32 pass's)
+        # and the pre-activations (SAELens' encode, whose hook shows them).
+        resid = hook_activations(reference, _window_tokens(batch, n_bos, bos_id)[0].to(reference.device))
+        acts, _ = _batch_activations(reference, batch, n_bos, bos_id, cols, resid)
         peak, where = acts.max(dim=1)  # [B, F]; max returns the first position of the maximum
         rows, slots = ((index >= lo) & (index < hi) & (cand_windows >= 0)).nonzero(as_tuple=True)
         b = index[rows, slots] - lo
         values[rows, slots] = peak[b, rows]
         positions[rows, slots] = where[b, rows] - n_bos
-        exact, valid = _pre_activations(reference, batch, n_bos, bos_id, cols)
+        exact, valid = _pre_activations(reference, batch, n_bos, bos_id, cols, resid)
         rounded, _ = _pre_activations(reduced, batch, n_bos, bos_id, cols)
         error = (exact - rounded.to(exact.device)).abs().masked_fill(~valid[..., None], 0).amax(dim=1)  # [B, F]
         missed[rows, slots] = error[b, rows]
