@@ -300,11 +300,13 @@ def mine_corpus(loaded: Loaded, corpus: Corpus, options: MiningOptions, identity
     progress = report.MiningProgress(quiet, log)
     start = time.perf_counter()
     try:
-        result = mine(loaded, corpus, options, identity, progress, log, rescore_with=exact)
+        result = mine(loaded, corpus, options, identity, progress, progress.message, rescore_with=exact)
     finally:
         progress.close()
     if not result.reused:
         log(report.mined_line(result, time.perf_counter() - start))
+    elif result.rescore is not None:
+        log(report.rescored_line(result))
     if result.n_tokens == 0:
         raise UserError(f"{corpus.describe()} holds no text to mine (blank lines and lines starting "
                         "with '#' are skipped)")

@@ -211,6 +211,42 @@ def test_flags_agree_in_the_summary_the_record_and_the_cards(runs):
     assert "float32" not in json.dumps(card(runs["float32"], CARDED[0])["corpus"])
 
 
+RESCORING = re.compile(r"re-scoring the top windows in float32: ([\d,]+) distinct candidate windows of the pass's "
+                       r"([\d,]+) \(20 per feature, (\d+) features\) \.\.\.(.*)")
+RESCORED = re.compile(r"re-scored ([\d,]+) windows in float32 in ([\d.]+)s")
+MINED = re.compile(r"mined ([\d,]+) tokens \(([\d,]+) windows, [\d,]+ documents\) in ([\d.]+)s, ([\d,]+) tokens/s")
+
+
+def number(text: str) -> int:
+    return int(text.replace(",", ""))
+
+
+def test_the_log_says_what_the_re_score_encodes_and_times_it_apart_from_the_pass(runs):
+    """The re-score encodes every distinct candidate window again, in float32 and in bfloat16: the log
+    says how many before the wait (and when that is most of the corpus), and its time is not the pass's."""
+    for name, n_features in (("bfloat16", 512), ("reread", len(CARDED))):
+        run = runs[name]
+        corpus = record(run)["corpus"]
+        rescore = corpus["rescore"]
+        before, after = RESCORING.search(run["err"]), RESCORED.search(run["err"])
+        assert before is not None and after is not None, run["err"][-3000:]
+        assert number(before[1]) == number(after[1]) == rescore["windows_encoded"] > 0
+        assert (number(before[2]), number(before[3])) == (corpus["windows"], n_features)
+        assert ("Most of the corpus" in before[4]) == (2 * rescore["windows_encoded"] > corpus["windows"]), before[4]
+        assert 0 < rescore["seconds"] and float(after[2]) == pytest.approx(rescore["seconds"], abs=0.06)
+        assert before.end() < after.start()
+    # 20 candidates per feature cover most of this small corpus (67 windows), even for seven features.
+    assert "Most of the corpus" in RESCORING.search(runs["bfloat16"]["err"])[4]
+    # The pass that encoded (the continued one) reports its own speed, without the re-score's time.
+    mined = MINED.search(runs["bfloat16"]["err"])
+    assert mined is not None and number(mined[2]) == record(runs["bfloat16"])["corpus"]["windows"]
+    assert MINED.search(runs["reread"]["err"]) is None  # read back: nothing mined, only re-scored
+    pass_seconds, rate = float(mined[3]), number(mined[4])
+    total = pass_seconds + record(runs["bfloat16"])["corpus"]["rescore"]["seconds"]
+    assert rate * pass_seconds <= number(mined[1]) * (1 + 0.05 / pass_seconds) + rate * 0.05
+    assert rate * total > number(mined[1]) - 1 or total < 0.1  # a rate over the whole call would be lower
+
+
 def test_a_reread_pass_is_re_scored_again_for_the_features_asked(runs):
     """The saved pass holds the bfloat16 candidates, never the re-score: reading it back (here the
     every-feature pass, for the carded features only) re-scores the features asked for, to the same cards."""

@@ -39,6 +39,7 @@ import dataclasses
 import functools
 import hashlib
 import math
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,6 +203,8 @@ class Rescore:
             then the error is also taken from any feature's candidates at that level): a window outside
             the candidates might belong in their top-k (more ``candidates`` would tell).
         max_abs_change: the largest |float32 - reduced-precision| peak among the re-scored candidates.
+        seconds: how long the re-score took (each candidate window encoded in float32 and in the pass's
+            precision): part of a run's time that is not the pass's.
         before_windows, before_positions, before_values: ``[F, k]`` the pass's own top-k, before the
             re-score (for comparisons; not part of :meth:`to_dict`).
     """
@@ -217,13 +220,14 @@ class Rescore:
     before_windows: np.ndarray = field(repr=False)
     before_positions: np.ndarray = field(repr=False)
     before_values: np.ndarray = field(repr=False)
+    seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """The summary for a run record."""
         return {"done": True, "pass_dtype": self.dtype, "candidates": self.candidates,
                 "windows_encoded": self.windows_encoded, "features_changed": self.features_changed,
                 "order_changed": self.order_changed, "uncertain": self.uncertain,
-                "max_abs_change": self.max_abs_change}
+                "max_abs_change": self.max_abs_change, "seconds": round(self.seconds, 2)}
 
 
 @dataclass
@@ -801,8 +805,18 @@ def mine(
         # result is then float32's, and the re-score encodes no window for features nobody asked about.
         result = result.subset(rows)
         on = rows.to(start.state.values.device)
-        _rescore(result, start.state.values[on], start.state.windows[on], (rescore_with, loaded),
+        candidates = start.state.windows[on]
+        # It encodes every distinct candidate window twice (float32 and the pass's precision): with many
+        # features that can be most of the corpus, so say what the wait after the pass is.
+        distinct = int(torch.unique(candidates[candidates >= 0]).numel())
+        most = (" Most of the corpus: for this many features a float32 pass (--dtype float32) costs about as"
+                " much, with no re-score." if 2 * distinct > result.n_windows else "")
+        log(f"re-scoring the top windows in float32: {distinct:,} distinct candidate windows of the pass's "
+            f"{result.n_windows:,} ({options.slots} per feature, {plural(len(rows), 'feature')}) ...{most}")
+        began = time.perf_counter()
+        _rescore(result, start.state.values[on], candidates, (rescore_with, loaded),
                  str(loaded.sae.sae.W_enc.dtype), n_bos, bos_id, options.batch_size)
+        result.rescore.seconds = time.perf_counter() - began
     return result
 
 

@@ -10,6 +10,7 @@ a change of wording never touches a number. Nothing here prints: the script prin
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -362,10 +363,19 @@ def mining_started_line(corpus: str, options: MiningOptions, window: str) -> str
 
 
 def mined_line(result: MiningResult, seconds: float) -> str:
-    """The line a pass that encoded something ends with: how much, how fast, where it is saved."""
+    """The line a pass that encoded something ends with: how much, how fast, where it is saved, and
+    how long a float32 re-score took (``seconds`` is the whole call; the speed is the pass's own)."""
     new = result.n_tokens - result.resumed_at
-    return (f"mined {result.n_tokens:,} tokens ({result.n_windows:,} windows, {result.n_documents:,} documents) "
-            f"in {seconds:.1f}s, {new / max(seconds, 1e-9):,.0f} tokens/s; saved to {result.checkpoint}")
+    spent = result.rescore.seconds if result.rescore is not None else 0.0
+    line = (f"mined {result.n_tokens:,} tokens ({result.n_windows:,} windows, {result.n_documents:,} documents) "
+            f"in {seconds - spent:.1f}s, {new / max(seconds - spent, 1e-9):,.0f} tokens/s; saved to {result.checkpoint}")
+    return line + ("" if result.rescore is None else "\n" + rescored_line(result))
+
+
+def rescored_line(result: MiningResult) -> str:
+    """How much a float32 re-score encoded, and how long it took."""
+    rescore = result.rescore
+    return f"re-scored {rescore.windows_encoded:,} windows in float32 in {rescore.seconds:.1f}s"
 
 
 class MiningProgress:
@@ -395,6 +405,13 @@ class MiningProgress:
         rate = (done - self.first) / max(time.perf_counter() - self.start, 1e-9)
         left = f", about {duration((total - done) / rate)} left" if rate > 0 and done < total else ""
         self.log(f"mining: {done:,} of {total:,} tokens ({100 * done / total:.0f}%), {rate:,.0f} tokens/s{left}")
+
+    def message(self, msg: str) -> None:
+        """A line for a person while the pass runs: above the bar on a terminal, so that it stays whole."""
+        if self.bar is not None:
+            self.bar.write(msg, file=sys.stderr)
+        else:
+            self.log(msg)
 
     def close(self) -> None:
         if self.bar is not None:
