@@ -809,8 +809,8 @@ def mine(
         # It encodes every distinct candidate window twice (float32 and the pass's precision): with many
         # features that can be most of the corpus, so say what the wait after the pass is.
         distinct = int(torch.unique(candidates[candidates >= 0]).numel())
-        most = (" Most of the corpus: for this many features a float32 pass (--dtype float32) costs about as"
-                " much, with no re-score." if 2 * distinct > result.n_windows else "")
+        most = (" Most of the corpus: for this many features a float32 pass (--dtype float32) costs no more,"
+                " with no re-score." if 2 * distinct > result.n_windows else "")
         log(f"re-scoring the top windows in float32: {distinct:,} distinct candidate windows of the pass's "
             f"{result.n_windows:,} ({options.slots} per feature, {plural(len(rows), 'feature')}) ...{most}")
         began = time.perf_counter()
