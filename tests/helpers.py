@@ -65,8 +65,8 @@ class PassRecorder:
 
         self._real = real = mining._batch_activations
 
-        def recording(loaded, windows, n_bos, bos_id, cols, *rest):
-            acts, valid = real(loaded, windows, n_bos, bos_id, cols, *rest)
+        def recording(loaded, windows, n_bos, bos_id, cols, *rest, **options):
+            acts, valid = real(loaded, windows, n_bos, bos_id, cols, *rest, **options)
             host = acts.float().cpu().numpy()
             for r, w in enumerate(windows):
                 self.acts[w.window_id] = host[r, n_bos : n_bos + len(w.tokens)].copy()
