@@ -414,8 +414,9 @@ def comparison_lines(comparisons: list[dict[str, Any]], rows: list[dict[str, Any
             f"{run['rescore']['seconds']:,.1f}s and flags {run['rescore']['uncertain']:,} features as uncertain")
         lines.append(f"With the float32 re-score of {c['candidates']} candidates per feature: {after['set_differs']:,} "
                      f"differ in set, {after['order_differs']:,} in order only, {c['values_differ_after_rescore']:,} "
-                     f"in some value{detail}. Beyond float32 rounding (a value off by more than 1e-5 relative, or a "
-                     f"window not tied with the k-th value) {after['beyond_rounding']:,} differ.")
+                     f"in some value{detail}. Beyond float32 rounding (a value off by more than 1e-5 "
+                     f"relative, or a window not tied with the k-th value) {after['beyond_rounding']:,} "
+                     "differ.")
     return lines
 
 

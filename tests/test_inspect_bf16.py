@@ -211,10 +211,11 @@ def test_flags_agree_in_the_summary_the_record_and_the_cards(runs):
     assert "float32" not in json.dumps(card(runs["float32"], CARDED[0])["corpus"])
 
 
-RESCORING = re.compile(r"re-scoring the top windows in float32: ([\d,]+) distinct candidate windows of the pass's "
-                       r"([\d,]+) \(20 per feature, (\d+) features\) \.\.\.(.*)")
+RESCORING = re.compile(r"re-scoring the top windows in float32: ([\d,]+) distinct candidate windows of the "
+                       r"pass's ([\d,]+) \(20 per feature, (\d+) features\) \.\.\.(.*)")
 RESCORED = re.compile(r"re-scored ([\d,]+) windows in float32 in ([\d.]+)s")
-MINED = re.compile(r"mined ([\d,]+) tokens \(([\d,]+) windows, [\d,]+ documents\) in ([\d.]+)s, ([\d,]+) tokens/s")
+MINED = re.compile(r"mined ([\d,]+) tokens \(([\d,]+) windows, [\d,]+ documents\) in ([\d.]+)s, "
+                   r"([\d,]+) tokens/s")
 
 
 def number(text: str) -> int:
@@ -232,7 +233,8 @@ def test_the_log_says_what_the_re_score_encodes_and_times_it_apart_from_the_pass
         assert before is not None and after is not None, run["err"][-3000:]
         assert number(before[1]) == number(after[1]) == rescore["windows_encoded"] > 0
         assert (number(before[2]), number(before[3])) == (corpus["windows"], n_features)
-        assert ("Most of the corpus" in before[4]) == (2 * rescore["windows_encoded"] > corpus["windows"]), before[4]
+        most = 2 * rescore["windows_encoded"] > corpus["windows"]
+        assert ("Most of the corpus" in before[4]) == most, before[4]
         assert 0 < rescore["seconds"] and float(after[2]) == pytest.approx(rescore["seconds"], abs=0.06)
         assert before.end() < after.start()
     # 20 candidates per feature cover most of this small corpus (67 windows), even for seven features.

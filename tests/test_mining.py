@@ -95,12 +95,14 @@ def rounding(request, monkeypatch):
     ids=["sae-context-128", "window-16-max-700-tokens-rounding-by-batch", "window-48-no-bos"],
     indirect=["rounding"],
 )
-def test_mining_equals_brute_force(loaded_toy, world, corpus_file, window, max_tokens, batch_size, bos, rounding):
+def test_mining_equals_brute_force(loaded_toy, world, corpus_file, window, max_tokens, batch_size, bos,
+                                   rounding):
     if not bos:  # an SAE trained without BOS: windows of text only
         loaded_toy = dataclasses.replace(loaded_toy, sae=dataclasses.replace(loaded_toy.sae, prepend_bos=False))
     size = window or 128  # the toy SAE's recorded training context
     windows, acts = reference(loaded_toy, corpus_file, size - bos, max_tokens, bos)
-    options = MiningOptions(all_features=True, k=K, window=window, max_tokens=max_tokens, batch_size=batch_size)
+    options = MiningOptions(all_features=True, k=K, window=window, max_tokens=max_tokens,
+                            batch_size=batch_size)
     with PassRecorder() as first:
         mine(loaded_toy, TextFileCorpus(corpus_file), options)
     computed = first.in_order(len(windows))
@@ -120,8 +122,8 @@ def test_mining_equals_brute_force(loaded_toy, world, corpus_file, window, max_t
     assert (dense == options.hist_edges()[1]).any()
     with PassRecorder() as again:
         result = mine(loaded_toy, TextFileCorpus(corpus_file), options)
-    assert again.batches == first.batches and all(np.array_equal(a, b) for a, b in zip(again.in_order(len(windows)),
-                                                                                       computed))
+    assert again.batches == first.batches
+    assert all(np.array_equal(a, b) for a, b in zip(again.in_order(len(windows)), computed))
 
     assert result.window == size and result.n_bos == int(bos) and result.complete
     assert result.n_windows == len(windows) and len(windows) > 30
@@ -233,7 +235,8 @@ def test_bfloat16_model_and_sae_give_float32_statistics_of_their_own_activations
         np.testing.assert_array_equal(a, computed[w][:, [7, 300]])
     tops = [w for w in result.top_windows[:, 0] if w >= 0][:3]
     for a in window_activations(half, [result.windows[w] for w in tops], [7, 300]):
-        assert a.dtype == np.float32 and torch.equal(torch.from_numpy(a).to(torch.bfloat16).float(), torch.from_numpy(a))
+        exact = torch.from_numpy(a)
+        assert a.dtype == np.float32 and torch.equal(exact.to(torch.bfloat16).float(), exact)
     # Not the float32 numbers: bfloat16 changed the activations, and its checkpoints are another pass's.
     full = mine(loaded_toy, TextFileCorpus(corpus_file), options)
     assert not np.array_equal(full.top_values, result.top_values)
@@ -355,7 +358,8 @@ def test_example_activations_reproduce_the_mined_peaks(loaded_toy, world, corpus
     for e, a in zip(examples, acts):
         assert a.shape == (len(e.window.tokens), 2)
         # Encoded again in other batches: the same numbers to rounding (some CPUs round by the batch).
-        assert float(a[:, 0].max()) == pytest.approx(e.value, rel=1e-5) and int(a[:, 0].argmax()) == e.position
+        assert float(a[:, 0].max()) == pytest.approx(e.value, rel=1e-5)
+        assert int(a[:, 0].argmax()) == e.position
     edges, counts = result.histogram(happy)
     assert np.isfinite(edges).all() and counts.sum() == result.fired(happy) and counts[0] > 0 and counts[-1] > 0
     assert edges[0] <= examples[-1].value and edges[-1] > result.max_activation(happy)

@@ -59,7 +59,7 @@ def planted(world) -> list[int]:
 
 
 def differs(a, b) -> np.ndarray:
-    """bool ``[F]``: the two results' top-k differ beyond float32 rounding (ties with the k-th interchangeable)."""
+    """bool ``[F]``: the two results' top-k differ beyond float32 rounding (k-th value's ties swap freely)."""
     return mining.differs_beyond_rounding((a.top_windows, a.top_positions, a.top_values),
                                           (b.top_windows, b.top_positions, b.top_values))
 
@@ -180,6 +180,7 @@ def test_topk_differences_counts_sets_and_orders():
     b = {"windows": np.array([[1, 2], [2, 1], [1, 3], [1, 2]]), "positions": np.array([[0, 0], [0, 0], [0, 0], [0, 0]])}
     a["values"] = b["values"] = np.array([[2.0, 1.0]] * 4, dtype=np.float32)
     # Row 1's top window changed; rows 2 and 3 differ only at the k-th value, where ties are interchangeable.
-    assert topk_differences(a, b) == {"features": 4, "set_differs": 2, "order_differs": 1, "beyond_rounding": 1}
+    expected = {"features": 4, "set_differs": 2, "order_differs": 1, "beyond_rounding": 1}
+    assert topk_differences(a, b) == expected
     b["values"] = np.array([[2.0, 1.0], [2.0, 1.0], [2.0, 1.0], [2.0, 1.0001]], dtype=np.float32)
     assert topk_differences(a, b)["beyond_rounding"] == 2  # row 1, and row 3's value off by 1e-4

@@ -521,8 +521,10 @@ def _window_tokens(windows: Sequence[MinedWindow], n_bos: int, bos_id: int | Non
 
 
 @torch.inference_mode()
-def _pre_activations(loaded: Loaded, windows: Sequence[MinedWindow], n_bos: int, bos_id: int | None,
-                     cols: torch.Tensor | None, resid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def _pre_activations(
+    loaded: Loaded, windows: Sequence[MinedWindow], n_bos: int, bos_id: int | None, cols: torch.Tensor | None,
+    resid: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The SAE's pre-activations (``hook_sae_acts_pre``, before its ReLU or threshold) ``[B, T, F]`` in
     float32, and ``valid [B, T]``: the re-score compares them across dtypes, negative values included.
     ``resid``: the windows' activations at the SAE's hook, when already computed."""
@@ -774,7 +776,7 @@ def mine(
         identity: names the model and SAE for the checkpoint key (e.g. ``Source.cache_identity()``);
             a hash of their weights is part of the key in any case.
         progress: called after every batch with ``(corpus tokens read, estimated total or None)``.
-        log: one-line messages for a person (resuming, checkpoints, out-of-memory retries).
+        log: one-line messages for a person (resuming, checkpoints, out-of-memory retries, the re-score).
         rescore_with: the same model and SAE loaded in float32, when ``loaded`` computes in a reduced
             precision: the ``options.slots`` top windows per feature are encoded again with it and the
             top ``k`` re-ranked by their float32 peaks (see :class:`Rescore`). Not saved in the
@@ -1072,8 +1074,10 @@ def _clear_of_the_kth(windows: np.ndarray, positions: np.ndarray, values: np.nda
     return set(zip(windows[clear].tolist(), positions[clear].tolist()))
 
 
-def differs_beyond_rounding(a: tuple[np.ndarray, np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray, np.ndarray],
-                            rtol: float = ROUNDING_RTOL) -> np.ndarray:
+TopK = tuple[np.ndarray, np.ndarray, np.ndarray]  # [F, k] windows, peak positions, values
+
+
+def differs_beyond_rounding(a: TopK, b: TopK, rtol: float = ROUNDING_RTOL) -> np.ndarray:
     """Per row, whether two ``[F, k]`` top-k tables ``(windows, positions, values)`` differ beyond float32
     rounding: in a value (at ``rtol``), or in a (window, position) that is not tied with the k-th value.
 

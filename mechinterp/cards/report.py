@@ -367,8 +367,9 @@ def mined_line(result: MiningResult, seconds: float) -> str:
     how long a float32 re-score took (``seconds`` is the whole call; the speed is the pass's own)."""
     new = result.n_tokens - result.resumed_at
     spent = result.rescore.seconds if result.rescore is not None else 0.0
-    line = (f"mined {result.n_tokens:,} tokens ({result.n_windows:,} windows, {result.n_documents:,} documents) "
-            f"in {seconds - spent:.1f}s, {new / max(seconds - spent, 1e-9):,.0f} tokens/s; saved to {result.checkpoint}")
+    took = seconds - spent
+    line = (f"mined {result.n_tokens:,} tokens ({result.n_windows:,} windows, {result.n_documents:,} "
+            f"documents) in {took:.1f}s, {new / max(took, 1e-9):,.0f} tokens/s; saved to {result.checkpoint}")
     return line + ("" if result.rescore is None else "\n" + rescored_line(result))
 
 
