@@ -1029,27 +1029,30 @@ def _float32_peaks(result: MiningResult, cand_windows: torch.Tensor, models: tup
     index = torch.searchsorted(ids, cand_windows.clamp(min=0))  # [F, c] into ids (garbage where empty)
     values = torch.full(cand_windows.shape, -math.inf, device=cand_windows.device)
     positions = torch.zeros(cand_windows.shape, dtype=torch.long, device=cand_windows.device)
-    features = torch.from_numpy(result.features).to(reference.device)
-    every = len(features) == reference.sae.d_sae and bool((features == torch.arange(len(features),
-                                                                                   device=features.device)).all())
-    cols = None if every else features
+    features = torch.from_numpy(result.features).to(reference.device)  # row r of result: SAE column features[r]
     missed = torch.zeros(cand_windows.shape, device=cand_windows.device)
     for lo in range(0, len(ids), batch_size):
         hi = min(lo + batch_size, len(ids))
         batch = [result.windows[int(i)] for i in ids[lo:hi].tolist()]
+        rows, slots = ((index >= lo) & (index < hi) & (cand_windows >= 0)).nonzero(as_tuple=True)
+        b = index[rows, slots] - lo
+        # Only the features with a candidate in this batch: with every feature of a large SAE that is a
+        # few hundred of 24,576 columns, and every dense [B, T, F] step below shrinks with it. The encode
+        # is still full width, so the numbers are the same as over every column.
+        need = torch.unique(rows)
+        col = torch.searchsorted(need, rows)  # [P] each candidate's column among need
+        cols = features[need]
         # One float32 forward for both the values (the pass's own encode, so they equal a float32 pass's)
         # and the pre-activations (SAELens' encode, whose hook shows them).
         resid = hook_activations(reference, _window_tokens(batch, n_bos, bos_id)[0].to(reference.device))
         acts, _ = _batch_activations(reference, batch, n_bos, bos_id, cols, resid)
-        peak, where = acts.max(dim=1)  # [B, F]; max returns the first position of the maximum
-        rows, slots = ((index >= lo) & (index < hi) & (cand_windows >= 0)).nonzero(as_tuple=True)
-        b = index[rows, slots] - lo
-        values[rows, slots] = peak[b, rows]
-        positions[rows, slots] = where[b, rows] - n_bos
+        peak, where = acts.max(dim=1)  # [B, len(need)]; max returns the first position of the maximum
+        values[rows, slots] = peak[b, col]
+        positions[rows, slots] = where[b, col] - n_bos
         exact, valid = _pre_activations(reference, batch, n_bos, bos_id, cols, resid)
         rounded, _ = _pre_activations(reduced, batch, n_bos, bos_id, cols)
-        error = (exact - rounded.to(exact.device)).abs().masked_fill(~valid[..., None], 0).amax(dim=1)  # [B, F]
-        missed[rows, slots] = error[b, rows]
+        error = (exact - rounded.to(exact.device)).abs().masked_fill(~valid[..., None], 0).amax(dim=1)
+        missed[rows, slots] = error[b, col]
     return values, positions, missed.max(dim=1).values
 
 
