@@ -1029,7 +1029,7 @@ def _float32_peaks(result: MiningResult, cand_windows: torch.Tensor, models: tup
     index = torch.searchsorted(ids, cand_windows.clamp(min=0))  # [F, c] into ids (garbage where empty)
     values = torch.full(cand_windows.shape, -math.inf, device=cand_windows.device)
     positions = torch.zeros(cand_windows.shape, dtype=torch.long, device=cand_windows.device)
-    features = torch.from_numpy(result.features).to(reference.device)  # result's row r: SAE column features[r]
+    features = torch.from_numpy(result.features).to(reference.device)  # row r: SAE column features[r]
     missed = torch.zeros(cand_windows.shape, device=cand_windows.device)
     for lo in range(0, len(ids), batch_size):
         hi = min(lo + batch_size, len(ids))
